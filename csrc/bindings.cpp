@@ -1,0 +1,22 @@
+// Every sentfuse schema in one place. Implementations register per backend in cpu/ and cuda/;
+// fake (meta) kernels are registered in python/sentfuse/_ops.py.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(sentfuse, m) {
+  // hidden [B, L, H], attention_mask [B, L] -> [B, H]
+  m.def("masked_pool(Tensor hidden, Tensor attention_mask, str mode, bool normalize=False, int skip_tokens=0) "
+        "-> Tensor");
+  // hidden [T, H], cu_seqlens [B + 1] -> [B, H]
+  m.def("masked_pool_varlen(Tensor hidden, Tensor cu_seqlens, str mode, bool normalize=False, "
+        "int skip_tokens=0) -> Tensor");
+  // x [N, D] -> [N, dim or D]
+  m.def("l2_normalize(Tensor x, int? dim=None) -> Te// Importing sentfuse._C loads this library, which runs the registrations above.
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sentfuse native ops (registered under torch.ops.sentfuse)";
+#ifdef SENTFUSE_WITH_CUDA
+  m.attr("WITH_CUDA") = true;
+#else
+  m.attr("WITH_CUDA") = false;
+#endif
+}

@@ -1,0 +1,26 @@
+// Host entry points of every sentfuse op, per backend. Schemas live in bindings.cpp.
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+namespace sentfuse {
+
+// hidden [B, L, H] fp32/fp16/bf16, attention_mask [B, L] -> [B, H] pooled over valid tokens.
+at::Tensor masked_pool_cpu(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
+                           bool normalize, int64_t skip_tokens);
+// hidden [T, H] packed sequences, cu_seqlens [B + 1] int32/int64 offsets -> [B, H].
+at::Tensor masked_pool_varlen_cpu(const at::Tensor& hidden, const at::Tensor& cu_seqlens, c10::string_view mode,
+                                  bool normalize, int64_t skip_tokens);
+// x [N, D] -> [N, dim or D]: first `dim` features, scaled to unit L2 norm.
+at::Tensor l2_normalize_cpu(const at::Tensor& x, std::optional<int64_t> dim);
+
+at::Tensor masked_pool_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
+                            bool normalize, int64_t skip_tokens);
+at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden, const at::Tensor& cu_seqlens, c10::string_view mode,
+                                   bool normalize, int64_t skip_tokens);
+at::Tensor l2_normalize_cuda(const at::Tensor& x, std::optional<int64_t> dim);
+
+}  // namespace sentfuse

@@ -1,0 +1,88 @@
+"""Plain-PyTorch versions of every sentfuse op: the oracle for tests and benchmarks.
+
+Written for clarity, not speed. The semantics are those of sentence-transformers' Pooling and
+Normalize modules, with one deliberate difference: a row with no valid token pools to zeros in every
+mode (sentence-transformers gives -inf for max and token 0 for cls/lasttoken).
+
+Valid tokens of a row: positions t with mask[t] != 0 and t >= first + skip_tokens, where first is
+the row's first position with mask != 0 (so left-padded rows skip their padding before the prompt).
+weightedmean weighs position t by t + 1 - first, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POOLING_MODES = ("mean", "max", "cls", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
+
+
+def valid_token_mask(attention_mask: torch.Tensor, skip_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid[B, L] bool, first[B] int64): which tokens a row pools, and where its first token sits."""
+    present = attention_mask != 0
+    seq_len = attention_mask.shape[1]
+    positions = torch.arange(seq_len, device=attention_mask.device).unsqueeze(0)
+    first = torch.where(present.any(dim=1), present.int().argmax(dim=1), seq_len)
+    valid = present & (positions >= (first + skip_tokens).unsqueeze(1))
+    return valid, first
+
+
+def masked_pool(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mode: str = "mean",
+    normalize: bool = False,
+    skip_tokens: int = 0,
+) -> torch.Tensor:
+    """hidden [B, L, H], attention_mask [B, L] -> [B, H] in hidden's dtype (fp32 arithmetic)."""
+    if mode not in POOLING_MODES:
+        raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
+    x = hidden.float()
+    batch, seq_len, _ = x.shape
+    valid, first = valid_token_mask(attention_mask, skip_tokens)
+    count = valid.sum(dim=1, keepdim=True).float()
+    positions = torch.arange(seq_len, device=x.device).unsqueeze(0)
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        total = (x * valid.unsqueeze(-1)).sum(dim=1)
+        denom = count if mode == "mean" else count.sqrt()
+        out = total / denom.clamp(min=1e-9)
+    elif mode == "weightedmean":
+        weights = (positions + 1 - first.unsqueeze(1)).float() * valid
+        out = (x * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+    elif mode == "max":
+        out = x.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=1)
+        out = torch.where(count > 0, out, torch.zeros_like(out))
+    else:
+        if mode == "cls":
+            index = torch.where(valid, positions, seq_len).amin(dim=1)
+        else:
+            index = torch.where(valid, positions, -1).amax(dim=1)
+        picked = x[torch.arange(batch, device=x.device), index.clamp(0, max(seq_len - 1, 0))] if seq_len else x.sum(1)
+        out = torch.where(count > 0, picked, torch.zeros_like(picked))
+    if normalize:
+        out = torch.nn.functional.normalize(out, p=2.0, dim=-1)
+    return out.to(hidden.dtype)
+
+
+def masked_pool_varlen(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    mode: str = "mean",
+    normalize: bool = False,
+    skip_tokens: int = 0,
+) -> torch.Tensor:
+    """Packed tokens hidden [T, H] with sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] -> [B, H]."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    max_len = max(lengths, default=0)
+    padded = hidden.new_zeros(len(lengths), max_len, hidden.shape[-1])
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.long, device=hidden.device)
+    for i, (start, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
+        padded[i, :n] = hidden[start : start + n]
+        mask[i, :n] = 1
+    return masked_pool(padded, mask, mode, normalize, skip_tokens)
+
+
+def l2_normalize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Keep the first `dim` features of x [N, D] (all if None), then scale rows to unit L2 norm."""
+    if dim is not None:
+        x = x[..., :dim]
+    return torch.nn.functional.normalize(x.float(), p=2.0, dim=-1).to(x.dtype)
