@@ -34,7 +34,7 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 
 demo: $(BUILD_STAMP)
 	$(VENV)/bin/sentfuse info
-	$(VENV)/bin/sentfuse encode ../shared/data/stsb/sts-test.tsv --tsv-column 1 -o demo-out/stsb-test.npy
+	head -n 5000 ../shared/data/corpus/squad-v1.1/questions.txt | $(VENV)/bin/sentfuse encode - -o demo-out/squad-questions.npy
 
 test: $(BUILD_STAMP)
 	$(PY) -m pytest -q tests
