@@ -11,7 +11,10 @@ TORCH_LIBRARY(sentfuse, m) {
   m.def("masked_pool_varlen(Tensor hidden, Tensor cu_seqlens, str mode, bool normalize=False, "
         "int skip_tokens=0) -> Tensor");
   // x [N, D] -> [N, dim or D]
-  m.def("l2_normalize(Tensor x, int? dim=None) -> Te// Importing sentfuse._C loads this library, which runs the registrations above.
+  m.def("l2_normalize(Tensor x, int? dim=None) -> Tensor");
+}
+
+// Importing sentfuse._C loads this library, which runs the registrations above.
 PYBIND11_MODULE(_C, m) {
   m.doc() = "sentfuse native ops (registered under torch.ops.sentfuse)";
 #ifdef SENTFUSE_WITH_CUDA

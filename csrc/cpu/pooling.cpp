@@ -1,0 +1,241 @@
+// CPU kernels for masked_pool, masked_pool_varlen and l2_normalize.
+//
+// Each row is pooled in one pass over its valid tokens into an fp32 accumulator that stays in L1
+// (H floats), then scaled, optionally L2-normalized and written once. Rows run in parallel on
+// torch's thread pool. Inner loops are plain unit-stride loops that the compiler vectorizes.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "dispatch.h"
+#include "ops.h"
+#include "pooling_args.h"
+
+namespace sentfuse {
+namespace {
+
+// Widening loads written so that the compiler can vectorize them (bf16 is the top half of fp32).
+inline float load_float(const float* p, int64_t i) { return p[i]; }
+inline float load_float(const c10::BFloat16* p, int64_t i) {
+  uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline float load_float(const c10::Half* p, int64_t i) { return static_cast<float>(p[i]); }
+
+template <typename scalar_t>
+inline void add_scaled(float* __restrict acc, const scalar_t* __restrict x, float w, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) acc[h] += w * load_float(x, h);
+}
+
+template <typename scalar_t>
+inline void add(float* __restrict acc, const scalar_t* __restrict x, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) acc[h] += load_float(x, h);
+}
+
+template <typename scalar_t>
+inline void take_max(float* __restrict acc, const scalar_t* __restrict x, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) acc[h] = std::max(acc[h], load_float(x, h));
+}
+
+template <typename scalar_t>
+inline void copy_in(float* __restrict acc, const scalar_t* __restrict x, int64_t n) {
+  for (int64_t h = 0; h < n; ++h) acc[h] = load_float(x, h);
+}
+
+// acc * scale, divided by its L2 norm when normalize (F.normalize's eps of 1e-12), stored as scalar_t.
+template <typename scalar_t>
+inline void store_row(scalar_t* __restrict out, const float* __restrict acc, float scale, bool normalize,
+                      int64_t n) {
+  if (normalize) {
+    float sumsq = 0.f;
+    for (int64_t h = 0; h < n; ++h) sumsq += acc[h] * acc[h];
+    float norm = std::sqrt(sumsq) * std::abs(scale);
+    scale = norm > 1e-12f ? scale / norm : scale * 1e12f;
+  }
+  for (int64_t h = 0; h < n; ++h) out[h] = static_cast<scalar_t>(acc[h] * scale);
+}
+
+// One sequence: `length` tokens `token_stride` elements apart; `mask` is null when all are present.
+struct RowView {
+  const void* tokens;
+  int64_t length;
+  int64_t token_stride;
+  const bool* mask;
+
+  bool present(int64_t t) const { return mask == nullptr || mask[t]; }
+};
+
+// Pools one row into out[0:H]; acc is H floats of scratch.
+template <typename scalar_t>
+void pool_row(const RowView& row, PoolMode mode, int64_t skip_tokens, bool normalize, int64_t H, float* acc,
+              scalar_t* out) {
+  const auto* x = static_cast<const scalar_t*>(row.tokens);
+  auto token = [&](int64_t t) { return x + t * row.token_stride; };
+
+  int64_t first = 0;
+  while (first < row.length && !row.present(first)) ++first;
+  const int64_t start = first + skip_tokens;
+
+  float scale = 1.f;
+  int64_t count = 0;
+  switch (mode) {
+    case PoolMode::Mean:
+    case PoolMode::MeanSqrtLen: {
+      std::fill(acc, acc + H, 0.f);
+      for (int64_t t = start; t < row.length; ++t) {
+        if (!row.present(t)) continue;
+        add(acc, token(t), H);
+        ++count;
+      }
+      scale = count == 0 ? 0.f : (mode == PoolMode::Mean ? 1.f / count : 1.f / std::sqrt(float(count)));
+      break;
+    }
+    case PoolMode::WeightedMean: {
+      std::fill(acc, acc + H, 0.f);
+      float weight_sum = 0.f;
+      for (int64_t t = start; t < row.length; ++t) {
+        if (!row.present(t)) continue;
+        const float w = float(t + 1 - first);  // sentence-transformers: 1-based position after left padding
+        add_scaled(acc, token(t), w, H);
+        weight_sum += w;
+        ++count;
+      }
+      scale = count == 0 ? 0.f : 1.f / weight_sum;
+      break;
+    }
+    case PoolMode::Max: {
+      for (int64_t t = start; t < row.length; ++t) {
+        if (!row.present(t)) continue;
+        if (count++ == 0) {
+          copy_in(acc, token(t), H);
+        } else {
+          take_max(acc, token(t), H);
+        }
+      }
+      break;
+    }
+    case PoolMode::Cls:
+    case PoolMode::LastToken: {
+      int64_t pick = -1;
+      if (mode == PoolMode::Cls) {
+        for (int64_t t = start; t < row.length && pick < 0; ++t)
+          if (row.present(t)) pick = t;
+      } else {
+        for (int64_t t = row.length - 1; t >= start && pick < 0; --t)
+          if (row.present(t)) pick = t;
+      }
+      count = pick >= 0;
+      if (count) copy_in(acc, token(pick), H);
+      break;
+    }
+  }
+  if (count == 0) {
+    std::fill(out, out + H, scalar_t(0.f));
+    return;
+  }
+  store_row(out, acc, scale, normalize, H);
+}
+
+// Runs pool_row over `batch` rows in parallel; row_at(b) describes row b.
+template <typename RowAt>
+void pool_rows(const at::Tensor& hidden, at::Tensor& out, int64_t batch, RowAt row_at, PoolMode mode,
+               int64_t skip_tokens, bool normalize) {
+  const int64_t H = out.size(1);
+  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "sentfuse_masked_pool_cpu", [&] {
+    auto* out_ptr = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(H);
+      for (int64_t b = begin; b < end; ++b)
+        pool_row<scalar_t>(row_at(b), mode, skip_tokens, normalize, H, acc.data(), out_ptr + b * H);
+    });
+  });
+}
+
+}  // namespace
+
+at::Tensor masked_pool_cpu(const at::Tensor& hidden_in, const at::Tensor& attention_mask, c10::string_view mode,
+                           bool normalize, int64_t skip_tokens) {
+  check_masked_pool_args(hidden_in, attention_mask, skip_tokens);
+  const PoolMode pool_mode = parse_pool_mode(mode);
+  const at::Tensor hidden = with_unit_feature_stride(hidden_in);
+  const int64_t B = hidden.size(0), L = hidden.size(1), H = hidden.size(2);
+  at::Tensor out = at::empty({B, H}, hidden.options());
+  if (B == 0 || H == 0) return out;
+  if (L == 0) return out.zero_();
+
+  const at::Tensor present = attention_mask.ne(0).contiguous();  // [B, L] bool
+  const bool* mask = present.data_ptr<bool>();
+  const auto* base = static_cast<const char*>(hidden.data_ptr());
+  const int64_t item = hidden.element_size();
+  const int64_t batch_stride = hidden.stride(0), token_stride = hidden.stride(1);
+  auto row_at = [&](int64_t b) {
+    return RowView{base + b * batch_stride * item, L, token_stride, mask + b * L};
+  };
+  pool_rows(hidden, out, B, row_at, pool_mode, skip_tokens, normalize);
+  return out;
+}
+
+at::Tensor masked_pool_varlen_cpu(const at::Tensor& hidden_in, const at::Tensor& cu_seqlens_in,
+                                  c10::string_view mode, bool normalize, int64_t skip_tokens) {
+  check_varlen_args(hidden_in, cu_seqlens_in, skip_tokens);
+  const PoolMode pool_mode = parse_pool_mode(mode);
+  const at::Tensor hidden = with_unit_feature_stride(hidden_in);
+  const int64_t T = hidden.size(0), H = hidden.size(1);
+  const at::Tensor cu = cu_seqlens_in.to(at::kLong).contiguous();
+  const int64_t B = cu.size(0) - 1;
+  const int64_t* offsets = cu.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(offsets[b] >= 0 && offsets[b] <= offsets[b + 1] && offsets[b + 1] <= T,
+                      "masked_pool_varlen: cu_seqlens must be non-decreasing offsets within [0, ", T,
+                      "] (hidden has ", T, " tokens), got cu_seqlens[", b, "]=", offsets[b], ", cu_seqlens[",
+                      b + 1, "]=", offsets[b + 1]);
+  }
+  at::Tensor out = at::empty({B, H}, hidden.options());
+  if (B == 0 || H == 0) return out;
+
+  const auto* base = static_cast<const char*>(hidden.data_ptr());
+  const int64_t item = hidden.element_size();
+  const int64_t token_stride = hidden.stride(0);
+  auto row_at = [&](int64_t b) {
+    return RowView{base + offsets[b] * token_stride * item, offsets[b + 1] - offsets[b], token_stride, nullptr};
+  };
+  pool_rows(hidden, out, B, row_at, pool_mode, skip_tokens, normalize);
+  return out;
+}
+
+at::Tensor l2_normalize_cpu(const at::Tensor& x_in, std::optional<int64_t> dim) {
+  const int64_t D = check_l2_normalize_args(x_in, dim);
+  const at::Tensor x = with_unit_feature_stride(x_in);
+  const int64_t N = x.size(0);
+  at::Tensor out = at::empty({N, D}, x.options());
+  if (N == 0) return out;
+  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "sentfuse_l2_normalize_cpu", [&] {
+    const auto* in_ptr = x.data_ptr<scalar_t>();
+    auto* out_ptr = out.data_ptr<scalar_t>();
+    const int64_t row_stride = x.stride(0);
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(D);
+      for (int64_t n = begin; n < end; ++n) {
+        copy_in(acc.data(), in_ptr + n * row_stride, D);
+        store_row(out_ptr + n * D, acc.data(), 1.f, true, D);
+      }
+    });
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(sentfuse, CPU, m) {
+  m.impl("masked_pool", &masked_pool_cpu);
+  m.impl("masked_pool_varlen", &masked_pool_varlen_cpu);
+  m.impl("l2_normalize", &l2_normalize_cpu);
+}
+
+}  // namespace sentfuse
