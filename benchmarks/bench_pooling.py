@@ -1,0 +1,117 @@
+"""Fused masked_pool (+ L2 normalization) vs plain PyTorch, side by side.
+
+Baselines: sentence-transformers' own Pooling + Normalize modules (what users run today) and
+sentfuse.reference (the plain-PyTorch oracle). Effective GB/s counts only the bytes of valid tokens,
+the least any implementation must read; the ceiling is this machine's measured read bandwidth.
+
+    python benchmarks/bench_pooling.py [--device cuda] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+from torch.utils import benchmark
+
+from sentfuse import _ops, reference
+
+SHAPES = [(128, 128, 384), (128, 512, 768), (32, 256, 1024)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def median_ms(fn, min_run_time: float) -> float:
+    fn()
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def read_bandwidth_gbs(device: str) -> float:
+    """Measured ceiling: bytes/s of a full reduction over a tensor far larger than the caches."""
+    x = torch.ones(256 * 2**20 // 4, device=device)  # 256 MiB
+    return x.numel() * 4 / median_ms(lambda: x.sum(), 0.5) / 1e6
+
+
+def sentence_transformers_pool():
+    """ST's Pooling(mean) + Normalize as modules, or None when sentence-transformers is absent."""
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    except ImportError:
+        try:
+            from sentence_transformers.models import Normalize, Pooling
+        except ImportError:
+            return None
+
+    def run(hidden, mask):
+        pooling = Pooling(hidden.shape[-1], pooling_mode="mean")
+        features = pooling({"token_embeddings": hidden, "attention_mask": mask})
+        return Normalize()(features)["sentence_embedding"]
+
+    return run
+
+
+def random_batch(batch, seq_len, hidden_dim, dtype, device, generator):
+    hidden = torch.randn(batch, seq_len, hidden_dim, generator=generator).to(device=device, dtype=dtype)
+    lengths = torch.randint(1, seq_len + 1, (batch,), generator=generator)
+    mask = (torch.arange(seq_len).unsqueeze(0) < lengths.unsqueeze(1)).long().to(device)
+    return hidden, mask, int(lengths.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
+    args = parser.parse_args()
+    device = args.device
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+    ceiling = read_bandwidth_gbs(device)
+    st_pool = sentence_transformers_pool()
+    print(f"device: {device_name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"measured read bandwidth (ceiling): {ceiling:.1f} GB/s\n")
+
+    header = (f"{'shape':>16} {'dtype':>5} {'fused ms':>9} {'GB/s':>7} {'%ceil':>6} {'ST ms':>8} {'x ST':>6} "
+              f"{'ref ms':>8} {'x ref':>6}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for shape in SHAPES:
+        for dtype_name, dtype in DTYPES.items():
+            hidden, mask, valid_tokens = random_batch(*shape, dtype, device, g)
+
+            def fused():
+                _ops.masked_pool(hidden, mask, "mean", True)
+                sync()
+
+            def ref():
+                reference.masked_pool(hidden, mask, "mean", True)
+                sync()
+
+            fused_ms = median_ms(fused, args.min_run_time)
+            ref_ms = median_ms(ref, args.min_run_time)
+            st_ms = None
+            if st_pool is not None:
+                st_ms = median_ms(lambda: (st_pool(hidden, mask), sync()), args.min_run_time)
+            valid_bytes = valid_tokens * shape[2] * hidden.element_size()
+            gbs = valid_bytes / fused_ms / 1e6
+            row = dict(shape=list(shape), dtype=dtype_name, valid_tokens=valid_tokens, fused_ms=fused_ms,
+                       fused_gbs=gbs, fraction_of_ceiling=gbs / ceiling, reference_ms=ref_ms,
+                       speedup_vs_reference=ref_ms / fused_ms, sentence_transformers_ms=st_ms,
+                       speedup_vs_sentence_transformers=None if st_ms is None else st_ms / fused_ms)
+            rows.append(row)
+            st_cols = f"{st_ms:8.2f} {st_ms / fused_ms:5.1f}x" if st_ms is not None else f"{'n/a':>8} {'':>6}"
+            print(f"{'x'.join(map(str, shape)):>16} {dtype_name:>5} {fused_ms:9.3f} {gbs:7.1f} "
+                  f"{100 * gbs / ceiling:5.0f}% {st_cols} {ref_ms:8.2f} {ref_ms / fused_ms:5.1f}x")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=device, device_name=device_name, torch=torch.__version__,
+                           threads=torch.get_num_threads(), ceiling_gbs=ceiling, results=rows), f, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
