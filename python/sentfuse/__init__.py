@@ -1,0 +1,13 @@
+"""sentfuse: fast sentence embeddings with fused pooling and normalization kernels for PyTorch."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._ops import l2_normalize, masked_pool, masked_pool_varlen
+from .encoder import Encoder
+
+try:
+    __version__ = version("sentfuse")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["Encoder", "__version__", "l2_normalize", "masked_pool", "masked_pool_varlen"]

