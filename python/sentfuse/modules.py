@@ -223,6 +223,15 @@ def load_transformer(folder: Path) -> TransformerModule:
                 raise ModelFolderError(f"{path}: max_seq_length must be a positive integer, got {max_len!r}")
             module.max_seq_length = max_len
             module.do_lower_case = bool(config.get("do_lower_case", False))
+            task = config.get("transformer_task", "feature-extraction")
+            text = (config.get("modality_config") or {}).get("text", {})
+            if task != "feature-extraction" or text.get("method", "forward") != "forward" or text.get(
+                "method_output_name", "last_hidden_state"
+            ) not in ("last_hidden_state", ["last_hidden_state"]):
+                raise ModelFolderError(
+                    f"{path}: only feature-extraction backbones whose forward() gives last_hidden_state are "
+                    f"supported (transformer_task={task!r}, text modality={text!r})"
+                )
             break
     return module
 
