@@ -12,6 +12,11 @@ TORCH_LIBRARY(sentfuse, m) {
         "int skip_tokens=0) -> Tensor");
   // x [N, D] -> [N, dim or D]
   m.def("l2_normalize(Tensor x, int? dim=None) -> Tensor");
+  // queries [M, D], corpus [N, D] -> (scores [M, min(k, N)] fp32, indices [M, min(k, N)] int64), best first.
+  // Corpus row j is reported as j + corpus_offset; exclude_self drops i + query_offset == j + corpus_offset.
+  m.def("cosine_topk(Tensor queries, Tensor corpus, int k, *, bool normalized=False, bool exclude_self=False, "
+        "float? min_score=None, int query_offset=0, int corpus_offset=0, bool bf16_rescore=False) "
+        "-> (Tensor, Tensor)");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

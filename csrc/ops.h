@@ -2,6 +2,7 @@
 #pragma once
 
 #include <optional>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
@@ -17,10 +18,20 @@ at::Tensor masked_pool_varlen_cpu(const at::Tensor& hidden, const at::Tensor& cu
 // x [N, D] -> [N, dim or D]: first `dim` features, scaled to unit L2 norm.
 at::Tensor l2_normalize_cpu(const at::Tensor& x, std::optional<int64_t> dim);
 
+// queries [M, D], corpus [N, D] -> (scores, indices) [M, min(k, N)]: exact cosine top-k, tile by tile.
+std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
+                                                   bool normalized, bool exclude_self,
+                                                   std::optional<double> min_score, int64_t query_offset,
+                                                   int64_t corpus_offset, bool bf16_rescore);
+
 at::Tensor masked_pool_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
                             bool normalize, int64_t skip_tokens);
 at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden, const at::Tensor& cu_seqlens, c10::string_view mode,
                                    bool normalize, int64_t skip_tokens);
 at::Tensor l2_normalize_cuda(const at::Tensor& x, std::optional<int64_t> dim);
+std::tuple<at::Tensor, at::Tensor> cosine_topk_cuda(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
+                                                    bool normalized, bool exclude_self,
+                                                    std::optional<double> min_score, int64_t query_offset,
+                                                    int64_t corpus_offset, bool bf16_rescore);
 
 }  // namespace sentfuse

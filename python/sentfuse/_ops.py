@@ -59,3 +59,39 @@ def _masked_pool_varlen_fake(hidden, cu_seqlens, mode, normalize=False, skip_tok
 def _l2_normalize_fake(x, dim=None):
     torch._check(x.dim() == 2, lambda: f"l2_normalize: x must be 2-D, got {x.dim()}-D")
     return x.new_empty((x.shape[0], x.shape[1] if dim is None else dim))
+
+
+def cosine_topk(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    *,
+    normalized: bool = False,
+    exclude_self: bool = False,
+    min_score: float | None = None,
+    query_offset: int = 0,
+    corpus_offset: int = 0,
+    bf16_rescore: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact cosine top-k of queries [M, D] against corpus [N, D] -> (scores fp32, indices int64) [M, min(k, N)].
+
+    Best first; ties go to the lower index. Working memory is bounded by the tile size, never M x N.
+    normalized=True skips computing norms (inputs already unit length). exclude_self drops pairs with
+    i + query_offset == j + corpus_offset; min_score drops candidates scoring below it; a query left
+    with fewer than min(k, N) candidates is padded with (-inf, -1). Returned indices are
+    j + corpus_offset. bf16_rescore scores tiles in bfloat16 and rescores the candidates in fp32, so
+    the answer stays exact. NaN or inf in the inputs raises an error.
+    """
+    return torch.ops.sentfuse.cosine_topk.default(
+        queries, corpus, k, normalized=normalized, exclude_self=exclude_self, min_score=min_score,
+        query_offset=query_offset, corpus_offset=corpus_offset, bf16_rescore=bf16_rescore,
+    )
+
+
+@torch.library.register_fake("sentfuse::cosine_topk")
+def _cosine_topk_fake(queries, corpus, k, *, normalized=False, exclude_self=False, min_score=None,
+                      query_offset=0, corpus_offset=0, bf16_rescore=False):
+    torch._check(queries.dim() == 2 and corpus.dim() == 2, lambda: "cosine_topk: queries and corpus must be 2-D")
+    k_out = min(k, corpus.shape[0])
+    return (queries.new_empty((queries.shape[0], k_out), dtype=torch.float32),
+            queries.new_empty((queries.shape[0], k_out), dtype=torch.int64))

@@ -86,3 +86,40 @@ def l2_normalize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     if dim is not None:
         x = x[..., :dim]
     return torch.nn.functional.normalize(x.float(), p=2.0, dim=-1).to(x.dtype)
+
+
+def cosine_topk(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    *,
+    normalized: bool = False,
+    exclude_self: bool = False,
+    min_score: float | None = None,
+    query_offset: int = 0,
+    corpus_offset: int = 0,
+    bf16_rescore: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force: the full [M, N] fp32 score matrix, then a stable sort (ties: lower index first).
+
+    Returns (scores [M, min(k, N)] fp32, indices int64), best first; a query with fewer than min(k, N)
+    candidates left by exclude_self / min_score is padded with score -inf and index -1.
+    bf16_rescore is accepted for signature parity: the exact answer is the same either way.
+    """
+    q, c = queries.float(), corpus.float()
+    if normalized:
+        scores = q @ c.T
+    else:
+        scores = (q @ c.T) / (q.norm(dim=1, keepdim=True) * c.norm(dim=1).unsqueeze(0))
+        scores = torch.nan_to_num(scores, nan=0.0)  # zero vectors score 0
+    rows = torch.arange(q.shape[0], device=q.device).unsqueeze(1) + query_offset
+    cols = torch.arange(c.shape[0], device=q.device).unsqueeze(0) + corpus_offset
+    if exclude_self:
+        scores = scores.masked_fill(rows == cols, float("-inf"))
+    if min_score is not None:
+        scores = scores.masked_fill(scores < min_score, float("-inf"))
+    k_out = min(k, c.shape[0])
+    values, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    values, order = values[:, :k_out], order[:, :k_out]
+    indices = torch.where(values == float("-inf"), -1, order + corpus_offset)
+    return values, indices
