@@ -4,7 +4,6 @@
 // (H floats), then scaled, optionally L2-normalized and written once. Rows run in parallel on
 // torch's thread pool. Inner loops are plain unit-stride loops that the compiler vectorizes.
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -12,22 +11,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/load_float.h"
 #include "dispatch.h"
 #include "ops.h"
 #include "pooling_args.h"
 
 namespace sentfuse {
 namespace {
-
-// Widening loads written so that the compiler can vectorize them (bf16 is the top half of fp32).
-inline float load_float(const float* p, int64_t i) { return p[i]; }
-inline float load_float(const c10::BFloat16* p, int64_t i) {
-  uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-inline float load_float(const c10::Half* p, int64_t i) { return static_cast<float>(p[i]); }
 
 template <typename scalar_t>
 inline void add_scaled(float* __restrict acc, const scalar_t* __restrict x, float w, int64_t n) {
