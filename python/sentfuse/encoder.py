@@ -295,8 +295,13 @@ class Encoder:
             raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {value!r}")
         self._similarity_fn_name = value
 
-    def get_sentence_embedding_dimension(self) -> int:
+    def get_embedding_dimension(self) -> int:
+        """Width of the sentence embeddings encode returns (after truncate_dim)."""
         return min(self._dim, self.truncate_dim) if self.truncate_dim else self._dim
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The same as get_embedding_dimension, under sentence-transformers' older name."""
+        return self.get_embedding_dimension()
 
     def to(self, device: str | torch.device) -> Encoder:
         target = _parse_device(device)

@@ -202,11 +202,11 @@ def load_dense(folder: Path) -> DenseModule:
         use_residual=bool(config.get("use_residual", False)),
     )
     state = _load_state_dict(folder)
-    missing, unexpected = dense.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelFolderError(
-            f"Dense weights in {folder} do not match config.json (missing {missing}, unexpected {unexpected})"
-        )
+    expected = {name: tuple(p.shape) for name, p in dense.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if found != expected:
+        raise ModelFolderError(f"Dense weights in {folder} do not match config.json: expected {expected}, found {found}")
+    dense.load_state_dict(state)
     return dense.eval()
 
 
