@@ -1,0 +1,156 @@
+"""The sentfuse command line: encode from files, JSON lines and stdin; info; clean failures."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from sentfuse import Encoder
+from sentfuse.cli import main
+
+TEXTS = ["The cat sat on the mat.", "", "A much longer line about the weather in the mountains today.", "ok"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_root):
+    return tiny_model_root / "bert-mean-normalize"
+
+
+@pytest.fixture(scope="module")
+def expected(model) -> np.ndarray:
+    return Encoder(model, device="cpu").encode(TEXTS)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_encode_text_file(tmp_path, capsys, model, expected):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = tmp_path / "nested" / "dir" / "emb.npy"
+    code, _, err = run(capsys, "encode", src, "-o", out, "--model", model, "--batch-size", 3, "--no-progress")
+    assert code == 0
+    emb = np.load(out)
+    assert emb.shape == (len(TEXTS), expected.shape[1])  # the blank line is an item, the final newline is not
+    np.testing.assert_allclose(emb, expected, atol=1e-5)
+    summary = err.strip().splitlines()[-1]
+    assert f"encoded {len(TEXTS)} texts, dim {expected.shape[1]}" in summary
+    assert "sentences/s" in summary and str(out) in summary
+
+
+def test_encode_crlf_lines(tmp_path, capsys, model, expected):
+    src = tmp_path / "in.txt"
+    src.write_bytes("\r\n".join(TEXTS).encode())
+    out = tmp_path / "emb.npy"
+    assert run(capsys, "encode", src, "-o", out, "--model", model, "--no-progress")[0] == 0
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_encode_jsonl_field(tmp_path, capsys, model, expected):
+    src = tmp_path / "in.jsonl"
+    records = [json.dumps({"id": i, "body": t}) for i, t in enumerate(TEXTS)]
+    src.write_text("\n".join(records[:2] + [""] + records[2:]) + "\n", encoding="utf-8")
+    out = tmp_path / "emb.npy"
+    assert run(capsys, "encode", src, "-o", out, "--model", model, "--field", "body", "--no-progress")[0] == 0
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_encode_stdin_with_progress_bar(tmp_path, capsys, monkeypatch, model, expected):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TEXTS) + "\n"))
+    out = tmp_path / "emb.npy"
+    code, _, err = run(capsys, "encode", "-", "-o", out, "--model", model, "--batch-size", 2)
+    assert code == 0
+    assert "Batches" in err  # the tqdm bar
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_encode_options(tmp_path, capsys, tiny_model_root):
+    model = tiny_model_root / "bert-mean-noprompt-dense"  # not normalized by the model itself
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS), encoding="utf-8")
+    out = tmp_path / "emb.npy"
+    assert run(capsys, "encode", src, "-o", out, "--model", model, "--normalize", "--no-progress")[0] == 0
+    np.testing.assert_allclose(np.linalg.norm(np.load(out), axis=1), 1.0, atol=1e-5)
+    assert run(capsys, "encode", src, "-o", out, "--model", model, "--precision", "ubinary", "--no-progress")[0] == 0
+    packed = np.load(out)
+    assert packed.dtype == np.uint8 and packed.shape == (len(TEXTS), 3)  # 20 dims -> 3 bytes
+    args = ("encode", src, "-o", out, "--model", model, "--prompt-name", "query", "--device", "cpu", "--no-progress")
+    assert run(capsys, *args)[0] == 0
+    expected = Encoder(model, device="cpu").encode(TEXTS, prompt_name="query")
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_info(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    import torch
+
+    from sentfuse import __version__
+
+    assert f"sentfuse {__version__}" in out
+    assert "build: CPU" in out
+    assert f"torch: {torch.__version__}" in out
+    assert "devices:" in out and f"threads: {torch.get_num_threads()}" in out
+
+
+@pytest.mark.parametrize(
+    "setup, extra, message",
+    [
+        (None, (), "input file {tmp}/missing.txt does not exist"),
+        ("text", ("--field", "body"), "--field applies to JSON lines input only"),
+        ("jsonl-missing-field", ("--field", "body"), "line 2: no field 'body'"),
+        ("jsonl-bad-json", (), "line 1: not valid JSON"),
+        ("jsonl-not-str", (), "line 1: field 'text' is int, expected str"),
+        ("jsonl-not-object", (), "line 1: expected a JSON object, got list"),
+        ("text", ("--model", "{tmp}/no-model"), "model folder {tmp}/no-model does not exist"),
+        ("one-line", ("--precision", "int8"), "needs at least 2 items"),
+        ("latin1", (), "is not UTF-8 text"),
+    ],
+)
+def test_encode_errors(tmp_path, capsys, model, setup, extra, message):
+    files = {
+        "text": ("in.txt", b"a\nb\n"),
+        "one-line": ("in.txt", b"only\n"),
+        "latin1": ("in.txt", "caf\u00e9\n".encode("latin-1")),
+        "jsonl-missing-field": ("in.jsonl", b'{"body": "x"}\n{"text": "y"}\n'),
+        "jsonl-bad-json": ("in.jsonl", b'{"text": \n'),
+        "jsonl-not-str": ("in.jsonl", b'{"text": 3}\n'),
+        "jsonl-not-object": ("in.jsonl", b'["text"]\n'),
+    }
+    src = tmp_path / "missing.txt"
+    if setup is not None:
+        name, content = files[setup]
+        src = tmp_path / name
+        src.write_bytes(content)
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    if "--model" not in extra:
+        extra += ["--model", str(model)]
+    out = tmp_path / "out.npy"
+    code, _, err = run(capsys, "encode", src, "-o", out, *extra)
+    assert code == 1
+    assert message.format(tmp=tmp_path) in err
+    assert err.startswith("sentfuse encode: error:")
+    assert not out.exists()
+
+
+def test_encode_rejects_non_npy_output(tmp_path, capsys, model):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "out.txt", "--model", model)
+    assert code == 1 and "must end in .npy" in err
+
+
+@pytest.mark.parametrize("argv", [["encode", "in.txt"], ["encode", "x", "-o", "y.npy", "--batch-size", "0"],
+                                  ["encode", "x", "-o", "y.npy", "--precision", "fp8"], ["frobnicate"], []])
+def test_usage_errors(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: sentfuse" in capsys.readouterr().err
