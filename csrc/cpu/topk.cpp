@@ -1,33 +1,31 @@
 // CPU cosine_topk: tiled GEMM + running top-k per query, never the full [M, N] score matrix.
 //
-// Work is split into (query part x corpus part) units, one per thread. Each unit walks its corpus
-// part block by block (the block stays in cache while every query tile of the part scores against
-// it), and keeps one bounded heap per query. Most candidates are rejected by a vectorized compare
-// against the query's current k-th best score before any heap work. Units that share queries are
-// merged at the end.
+// Each tile of scores comes from one at::mm call on the calling thread, so BLAS threads it well
+// (BLAS calls made from inside at::parallel_for either oversubscribe or run single-threaded).
+// Tiles are at most 16 MB: large enough for BLAS to run near its peak, far from M x N. Selection then
+// runs in parallel over the tile's query rows: each query keeps a bounded heap, and most
+// candidates are rejected by one vectorized compare against its current k-th best score.
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "cpu/dot_tile.h"
-#include "cpu/load_float.h"
-#include "dispatch.h"
 #include "ops.h"
 #include "topk_args.h"
 
 namespace sentfuse {
 namespace {
 
-constexpr int64_t kQueryTile = 128;   // queries per GEMM tile
-constexpr int64_t kCorpusTile = 512;   // corpus rows per tile: a 128 x 512 fp32 tile is 256 KB (L2)
+// Tile shape, measured: BLAS reaches its peak near 1024 x 4096; smaller tiles lose up to 30%.
+constexpr int64_t kQueryTile = 1024;     // queries per tile at most
+constexpr int64_t kTileFloats = 1 << 22;  // scores per tile at most: 16 MB
+constexpr int64_t kMinCorpusTile = 2048;  // corpus rows per tile at least
 constexpr int64_t kChunk = 16;        // scores tested per vectorized reject step
 
 struct Candidate {
@@ -106,108 +104,66 @@ void write_sorted(std::vector<Candidate>& kept, int64_t k_out, int64_t corpus_of
   }
 }
 
-// 1 / ||row|| for rows of x [n, D] with row stride ldx; 0 for a zero row, so it scores 0, not NaN.
-void inverse_norms(const float* x, int64_t ldx, int64_t n, int64_t D, float* out) {
-  for (int64_t r = 0; r < n; ++r) {
-    float sumsq = 0.f;
-    for (int64_t d = 0; d < D; ++d) sumsq += x[r * ldx + d] * x[r * ldx + d];
-    out[r] = sumsq > 0.f ? 1.f / std::sqrt(sumsq) : 0.f;
-  }
-}
-
-// The corpus block [n, D] as fp32: the rows themselves for fp32 input, else widened into `buffer`.
-template <typename scalar_t>
-const float* load_block(const scalar_t* rows, int64_t stride, int64_t n, int64_t D, float* buffer) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    return rows;
-  } else {
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t d = 0; d < D; ++d) buffer[r * D + d] = load_float(rows + r * stride, d);
-    return buffer;
-  }
+// 1 / ||row|| per row of x [R, D] as fp32; 0 for a zero row, so that it scores 0 rather than NaN.
+at::Tensor inverse_norms(const at::Tensor& x) {
+  const at::Tensor norms = at::linalg_vector_norm(x, 2, {1}, false, at::kFloat);
+  return at::where(norms > 0, norms.reciprocal(), at::zeros_like(norms));
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, const at::Tensor& corpus_in, int64_t k,
+std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
                                                    bool normalized, bool exclude_self,
                                                    std::optional<double> min_score, int64_t query_offset,
                                                    int64_t corpus_offset, bool bf16_rescore) {
-  const int64_t k_out = check_cosine_topk_args(queries, corpus_in, k, min_score);
+  const int64_t k_out = check_cosine_topk_args(queries, corpus, k, min_score);
   // Without bf16 matrix units a bf16 tile is no cheaper than an fp32 one here, so there is no CPU path.
   TORCH_CHECK_NOT_IMPLEMENTED(!bf16_rescore, "cosine_topk: bf16_rescore is implemented for CUDA only; "
                                              "on CPU call it with bf16_rescore=False (the fp32 path is exact)");
-  const int64_t M = queries.size(0), N = corpus_in.size(0);
+  const int64_t M = queries.size(0), N = corpus.size(0);
   at::Tensor out_scores = at::empty({M, k_out}, queries.options().dtype(at::kFloat));
   at::Tensor out_indices = at::empty({M, k_out}, queries.options().dtype(at::kLong));
   if (M == 0 || k_out == 0) return {out_scores, out_indices};
 
-  // Queries become contiguous fp32 unit vectors once; corpus norms are applied per block, to tile columns.
-  const int64_t D = queries.size(1);
-  at::Tensor q = queries.to(at::kFloat).contiguous();
-  if (!normalized) {
-    q = q.clone();
-    std::vector<float> inv(M);
-    inverse_norms(q.data_ptr<float>(), D, M, D, inv.data());
-    q.mul_(at::from_blob(inv.data(), {M, 1}, q.options()));
-  }
-  // dot_tile needs unit feature stride.
-  const at::Tensor corpus = corpus_in.stride(1) == 1 ? corpus_in : corpus_in.contiguous();
+  // Queries become fp32 unit vectors once; corpus norms are applied per tile, to its columns.
+  at::Tensor q = queries.to(at::kFloat);
+  if (!normalized) q = q * inverse_norms(q).unsqueeze(1);
+  q = q.contiguous();
 
-  // Split threads between query parts and corpus parts: queries first (no merge needed), the corpus
-  // only when there are too few query tiles to keep every thread busy.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t query_parts = std::min(threads, (M + kQueryTile - 1) / kQueryTile);
-  const int64_t corpus_parts = std::max<int64_t>(1, std::min(threads / query_parts, (N + kCorpusTile - 1) / kCorpusTile));
-  const int64_t part_rows = (M + query_parts - 1) / query_parts;
-  const int64_t part_corpus = ((N + corpus_parts - 1) / corpus_parts + kCorpusTile - 1) / kCorpusTile * kCorpusTile;
+  const int64_t query_tile = std::min(M, kQueryTile);
+  const int64_t corpus_tile = std::min(N, std::max(kMinCorpusTile, kTileFloats / query_tile));
+  at::Tensor tile_buffer = at::empty({query_tile, corpus_tile}, q.options());
 
   const float floor = min_score.has_value()
                           ? std::nextafter(static_cast<float>(*min_score), -std::numeric_limits<float>::infinity())
                           : -std::numeric_limits<float>::infinity();
-  // Heap slots for every (corpus part, query): corpus_parts * M * k candidates.
-  std::vector<Candidate> slots(corpus_parts * M * k_out);
-  std::vector<int64_t> sizes(corpus_parts * M, 0);
+  std::vector<Candidate> slots(M * k_out);  // each query's heap; the result's own size
+  std::vector<TopK> tops;
+  tops.reserve(M);
+  for (int64_t i = 0; i < M; ++i) tops.emplace_back(slots.data() + i * k_out, k_out, floor);
   std::atomic<bool> non_finite{false};
 
-  const float* q_ptr = q.data_ptr<float>();
-  SENTFUSE_DISPATCH_FLOAT_TYPES(corpus.scalar_type(), "sentfuse_cosine_topk_cpu", [&] {
-    const auto* corpus_ptr = corpus.data_ptr<scalar_t>();
-    const int64_t corpus_stride = corpus.stride(0);
-    at::parallel_for(0, query_parts * corpus_parts, 1, [&](int64_t unit_begin, int64_t unit_end) {
-      // Per-thread scratch: the score tile, and the corpus block as fp32 with its inverse norms.
-      std::vector<float> tile(kQueryTile * kCorpusTile), block(kCorpusTile * D), inv_norm(kCorpusTile);
-      for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
-        const int64_t qp = unit / corpus_parts, cp = unit % corpus_parts;
-        const int64_t q0 = qp * part_rows, q1 = std::min(M, q0 + part_rows);
-        const int64_t c0 = cp * part_corpus, c1 = std::min(N, c0 + part_corpus);
-        if (q0 >= q1 || c0 >= c1) continue;
-        std::vector<TopK> tops;
-        tops.reserve(q1 - q0);
-        for (int64_t i = q0; i < q1; ++i) tops.emplace_back(slots.data() + (cp * M + i) * k_out, k_out, floor);
-
-        for (int64_t j0 = c0; j0 < c1 && !non_finite; j0 += kCorpusTile) {
-          const int64_t n = std::min(kCorpusTile, c1 - j0);
-          const float* x = load_block(corpus_ptr + j0 * corpus_stride, corpus_stride, n, D, block.data());
-          const int64_t ldx = std::is_same_v<scalar_t, float> ? corpus_stride : D;
-          if (!normalized) inverse_norms(x, ldx, n, D, inv_norm.data());
-          for (int64_t i0 = q0; i0 < q1; i0 += kQueryTile) {
-            const int64_t m = std::min(kQueryTile, q1 - i0);
-            dot_tile(q_ptr + i0 * D, D, m, x, ldx, n, D, tile.data(), n);
-            for (int64_t r = 0; r < m; ++r) {
-              float* row = tile.data() + r * n;
-              if (!normalized)
-                for (int64_t t = 0; t < n; ++t) row[t] *= inv_norm[t];
-              const int64_t self = exclude_self ? i0 + r + query_offset - corpus_offset - j0 : -1;
-              const int64_t skip = (self >= 0 && self < n) ? self : -1;
-              if (!select_row(row, n, j0, skip, tops[i0 + r - q0])) non_finite = true;
-            }
-          }
+  // Corpus tiles outer, query tiles inner: each corpus tile is read from memory once.
+  for (int64_t j0 = 0; j0 < N && !non_finite; j0 += corpus_tile) {
+    const int64_t n = std::min(corpus_tile, N - j0);
+    const at::Tensor block = corpus.narrow(0, j0, n).to(at::kFloat);  // no copy for fp32 input
+    const at::Tensor column_scale = normalized ? at::Tensor() : inverse_norms(block);
+    for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
+      const int64_t m = std::min(query_tile, M - i0);
+      at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, n);
+      at::mm_out(scores, q.narrow(0, i0, m), block.t());
+      if (!normalized) scores.mul_(column_scale);
+      const float* rows = scores.data_ptr<float>();
+      const int64_t row_stride = scores.stride(0);
+      at::parallel_for(0, m, std::max<int64_t>(1, 32768 / n), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t self = exclude_self ? i0 + r + query_offset - corpus_offset - j0 : -1;
+          const int64_t skip = (self >= 0 && self < n) ? self : -1;
+          if (!select_row(rows + r * row_stride, n, j0, skip, tops[i0 + r])) non_finite = true;
         }
-        for (int64_t i = q0; i < q1; ++i) sizes[cp * M + i] = tops[i - q0].size();
-      }
-    });
-  });
+      });
+    }
+  }
   TORCH_CHECK_VALUE(!non_finite, "cosine_topk: queries ", queries.sizes(), " or corpus ", corpus.sizes(),
                     " contain NaN or inf");
 
@@ -216,11 +172,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
   at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
     std::vector<Candidate> kept;
     for (int64_t i = begin; i < end; ++i) {
-      kept.clear();
-      for (int64_t cp = 0; cp < corpus_parts; ++cp) {
-        const Candidate* part = slots.data() + (cp * M + i) * k_out;
-        kept.insert(kept.end(), part, part + sizes[cp * M + i]);
-      }
+      kept.assign(slots.data() + i * k_out, slots.data() + i * k_out + tops[i].size());
       write_sorted(kept, k_out, corpus_offset, score_out + i * k_out, index_out + i * k_out);
     }
   });
