@@ -19,39 +19,6 @@ CUDA_SASS := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),sm_$(subst .,,$(a)))
 # torch's CMake finds the toolkit through the nvcc first on PATH; cmake and ninja come from the venv.
 CUDA_PATH_ENV := $(CUDA_HOME)/bin:$(abspath $(CUDA_VENV))/bin:$(PATH)
 
-# Prints the SASS architectures in a module's fatbins and fails unless all of argv[2:] are there
-# (the toolkit here ships no cuobjdump). Fatbin layout: 16-byte header (magic 0xBA55ED50, u16 version,
-# u16 header size, u64 payload size), then entries of u16 kind (2 = ELF), u16, u32 header size,
-# u64 payload size, ..., u32 arch at offset 28.
-define LIST_CUBINS
-import struct, sys
-data = open(sys.argv[1], "rb").read()
-shoff, = struct.unpack_from("<Q", data, 0x28)
-shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-names = sections[shstrndx][4]
-found = set()
-for name, _, _, _, off, size in sections:
-    if data[names + name:data.index(b"\0", names + name)] != b".nv_fatbin":
-        continue
-    pos = off
-    while pos + 16 <= off + size:
-        magic, _, hsize, fat_size = struct.unpack_from("<IHHQ", data, pos)
-        if magic != 0xBA55ED50:
-            pos += 8
-            continue
-        entry, end = pos + hsize, pos + hsize + fat_size
-        while entry < end:
-            kind, _, ehsize, payload = struct.unpack_from("<HHIQ", data, entry)
-            arch, = struct.unpack_from("<I", data, entry + 28)
-            found.add(("sm_%d" if kind == 2 else "compute_%d") % arch)
-            entry += ehsize + payload
-        pos = end
-print("cuda-check: device code in", sys.argv[1].split("/")[-1] + ":", " ".join(sorted(found)))
-missing = [a for a in sys.argv[2:] if a not in found]
-sys.exit("cuda-check: no SASS for " + " ".join(missing) if missing else 0)
-endef
-export LIST_CUBINS
 
 .PHONY: demo test install cuda-check bench clean
 
@@ -78,8 +45,11 @@ demo: $(BUILD_STAMP)
 test: $(BUILD_STAMP)
 	$(PY) -m pytest -q tests
 
+# faiss-cpu is a benchmark-only dependency (a peer to compare against).
 bench: $(BUILD_STAMP)
+	$(PIP) install -q faiss-cpu threadpoolctl
 	$(PY) benchmarks/bench_pooling.py
+	$(PY) benchmarks/bench_topk.py
 
 $(CUDA_PY):
 	$(PYTHON) -m venv $(CUDA_VENV)
@@ -108,7 +78,7 @@ cuda-check: $(CUDA_DEPS_STAMP)
 		|| { cat $(CUDA_BUILD)/configure.log; exit 1; }; \
 	grep 'sentfuse: CUDA kernels' $(CUDA_BUILD)/configure.log; \
 	cmake --build $(CUDA_BUILD) -j $$(nproc); \
-	$(CUDA_PY) -c "$$LIST_CUBINS" $$(ls $(CUDA_BUILD)/_C*.so) $(CUDA_SASS); \
+	$(CUDA_PY) .ci/list_cubins.py $$(ls $(CUDA_BUILD)/_C*.so) $(CUDA_SASS); \
 	echo "cuda-check: OK in $$(( $$(date +%s) - start ))s"
 
 clean:
