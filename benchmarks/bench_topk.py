@@ -2,8 +2,9 @@
 
 Normalized random 384-d embeddings, so every method scores with a plain dot product (for unit
 vectors it is the cosine; sentence-transformers gets util.dot_score) and returns the exact top-k. Reported per method:
-median milliseconds, peak extra resident memory during the call (RSS sampled every millisecond,
-after returning freed memory to the OS), and sentfuse's speedup over it. The GEMM column is the
+median milliseconds, peak extra memory during the call (on CPU resident memory sampled every
+millisecond after returning freed memory to the OS; on CUDA the allocator's peak), and sentfuse's
+speedup over it. The GEMM column is the
 fraction of this machine's measured fp32 matrix-multiply throughput that sentfuse reached.
 
     python benchmarks/bench_topk.py [--corpus 100000 1000000] [--device cuda] [--json out.json]
@@ -59,14 +60,31 @@ class PeakRss:
         self.extra_mb = (self.peak - self.base) / 2**20
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
+class PeakCuda:
+    """Peak CUDA memory allocated above the level at entry."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.extra_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+
+
+def timed(fn, repeats: int, device: str) -> tuple[float, float, object]:
     """(median ms, peak extra MB over all runs, last result); one warm-up run first."""
+    on_cuda = device.startswith("cuda")
     result = fn()
     times, extra = [], 0.0
     for _ in range(repeats):
-        with PeakRss() as mem:
+        with PeakCuda() if on_cuda else PeakRss() as mem:
             start = time.perf_counter()
             result = fn()
+            if on_cuda:
+                torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1e3)
         extra = max(extra, mem.extra_mb)
     return float(np.median(times)), extra, result
@@ -99,6 +117,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (1 for cells over 5 s)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: st, torch, faiss")
+    parser.add_argument("--bf16-rescore", action="store_true", help="also time sentfuse's bf16-rescored path")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -143,22 +162,30 @@ def main() -> None:
                 flops = 2.0 * m * n * DIM
                 repeats = args.repeats if flops < 2e11 else 1
                 ours_ms, ours_mb, (ours_s, ours_i) = timed(
-                    lambda: search_topk(queries, corpus, k, score_function=dot_score), repeats)
+                    lambda: search_topk(queries, corpus, k, score_function=dot_score), repeats, device)
                 cells = {}
+                if args.bf16_rescore:
+                    cells["bf16"] = timed(lambda: search_topk(queries, corpus, k, score_function=dot_score,
+                                                              bf16_rescore=True), repeats, device)
+                    assert torch.equal(cells["bf16"][2][1], ours_i), "bf16_rescore changed the answer"
                 if "st" not in args.skip:
                     cells["st"] = timed(
-                        lambda: util.semantic_search(queries, corpus, top_k=k, score_function=util.dot_score), repeats)
+                        lambda: util.semantic_search(queries, corpus, top_k=k, score_function=util.dot_score), repeats,
+                        device)
                 if "torch" not in args.skip:
-                    cells["torch"] = timed(lambda: torch.topk(queries @ corpus.T, k, dim=1), repeats)
+                    cells["torch"] = timed(lambda: torch.topk(queries @ corpus.T, k, dim=1), repeats, device)
                 if index is not None:
                     q_np = queries.cpu().numpy()
-                    cells["faiss"] = timed(lambda: index.search(q_np, k), repeats)
+                    cells["faiss"] = timed(lambda: index.search(q_np, k), repeats, device)
                 # Every method must agree with sentfuse on the scores (indices may differ on ties).
                 if "torch" in cells:
                     torch.testing.assert_close(ours_s, cells["torch"][2].values.float(), atol=1e-4, rtol=0)
                 row = dict(corpus=n, queries=m, k=k, sentfuse_ms=ours_ms, sentfuse_extra_mb=ours_mb,
                            gemm_fraction=flops / (ours_ms * 1e6) / peak)
                 line = f"{n:>9} {m:>5} {k:>4} | {ours_ms:11.1f} {ours_mb:6.0f} {100 * row['gemm_fraction']:5.0f} |"
+                if "bf16" in cells:
+                    row.update(bf16_rescore_ms=cells["bf16"][0], bf16_rescore_extra_mb=cells["bf16"][1])
+                    line += f" bf16 {cells['bf16'][0]:9.1f} {cells['bf16'][1]:6.0f} |"
                 for name in ("st", "torch", "faiss"):
                     if name in cells:
                         ms, mb, _ = cells[name]

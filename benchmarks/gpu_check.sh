@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check on a fresh GPU machine with no network: build sentfuse with its CUDA kernels into the
 # current Python environment (torch, nvcc, cmake, ninja, pybind11, scikit-build-core already there), run
-# the pooling tests and the pooling benchmark. Every log goes to $OUT (default ./gpu-out); each step's
+# the CUDA tests and the kernel benchmarks. Every log goes to $OUT (default ./gpu-out); each step's
 # exit status goes to $OUT/summary.txt. A failing step does not stop the later ones. About 8 minutes at most.
 #
 #   OUT=/tmp/out benchmarks/gpu_check.sh
@@ -59,13 +59,15 @@ step device 60 bash -c "nvidia-smi; nvcc --version; $PYTHON -c 'import torch; pr
 # --no-index: nothing may come from the network; the environment already has every dependency.
 step build 270 "$PYTHON" -m pip install -v --no-index --no-build-isolation --no-deps "${build_args[@]}" .
 step import 60 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "built without CUDA kernels"; print("WITH_CUDA", _ops.WITH_CUDA)'
-step tests 150 "$PYTHON" -m pytest -q -rs tests/test_pooling_cuda.py tests/test_pooling.py
+step tests 240 "$PYTHON" -m pytest -q -rs tests/test_pooling_cuda.py tests/test_topk_cuda.py tests/test_pooling.py
 if command -v compute-sanitizer >/dev/null 2>&1; then
   # Out-of-bounds reads would hide in passing tests; memcheck catches them on the odd layouts.
   step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$PYTHON" -m pytest -q -x \
     tests/test_pooling_cuda.py -k "varlen or non_contiguous or empty or length_one or large_hidden"
 fi
 step bench 120 "$PYTHON" benchmarks/bench_pooling.py --device cuda --json "$OUT/bench_pooling_cuda.json"
+step bench_topk 150 "$PYTHON" benchmarks/bench_topk.py --device cuda --corpus 1000000 --bf16-rescore \
+  --json "$OUT/bench_topk_cuda.json"
 
 echo "overall rc=$overall" | tee -a "$SUMMARY"
 exit "$overall"
