@@ -153,6 +153,13 @@ def test_token_embeddings(pair, sentences):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
     single = ours.encode(sentences[1], output_value="token_embeddings")
     torch.testing.assert_close(single, theirs.encode(sentences[1], output_value="token_embeddings"), atol=1e-5, rtol=1e-4)
+    for inputs in (sentences, sentences[1]):
+        a = ours.encode(inputs, output_value="token_embeddings", precision="uint8")
+        b = theirs.encode(inputs, output_value="token_embeddings", precision="uint8")
+        assert type(a) is type(b)
+        for x, y in zip(a, b) if isinstance(a, list) else [(a, b)]:
+            assert x.dtype == y.dtype == np.uint8 and x.shape == y.shape
+            assert np.abs(x.astype(np.int16) - y.astype(np.int16)).max() <= 1
 
 
 def test_result_types(pair, sentences):

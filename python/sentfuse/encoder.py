@@ -148,7 +148,7 @@ class Encoder:
         (mean pooling), a hub name already in the local Hugging Face cache, or None for the bundled
         all-MiniLM-L6-v2.
     device: where the model runs; default CUDA when available, else CPU.
-    dtype: float32, float16 or bfloat16 for the backbone; default the checkpoint's float32.
+    dtype: float32, float16 or bfloat16 for the backbone; default as transformers loads the checkpoint.
     max_seq_length: token limit (longer inputs are truncated); default from the folder.
     truncate_dim: keep only the first truncate_dim features of each sentence embedding.
     prompts, default_prompt_name: as in sentence-transformers; they take precedence over the folder's.
@@ -241,7 +241,7 @@ class Encoder:
                         f"{folder.path}: a Dense module expects {stage.in_features} features but gets {self._dim}"
                     )
                 self._dim = stage.out_features
-        # Pooling + Normalize in one kernel when the pooled vector is the final one.
+        # A Normalize right after single-mode Pooling runs inside the pooling kernel.
         self._fuse_normalize = len(self._pooling.modes) == 1 and bool(self._post) and isinstance(self._post[0], NormalizeModule)
         if self._fuse_normalize:
             self._post = self._post[1:]
@@ -417,7 +417,7 @@ class Encoder:
             truncate_dim = self.truncate_dim
         target = _parse_device(device)
         prompt = self._resolve_prompt(prompt, prompt_name)
-        if precision in ("int8", "uint8") and len(texts) == 1:
+        if precision in ("int8", "uint8") and len(texts) == 1 and output_value == "sentence_embedding":
             raise ValueError(
                 f"precision {precision!r} calibrates its ranges on the embeddings being encoded and needs at "
                 "least 2 sentences; encode more at once or quantize later with calibration embeddings"
