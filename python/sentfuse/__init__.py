@@ -2,12 +2,25 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._ops import l2_normalize, masked_pool, masked_pool_varlen
+from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen
 from .encoder import Encoder
+from .search import search_topk, semantic_search
+from .similarity import cos_sim, dot_score
 
 try:
     __version__ = version("sentfuse")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Encoder", "__version__", "l2_normalize", "masked_pool", "masked_pool_varlen"]
+__all__ = [
+    "Encoder",
+    "__version__",
+    "cos_sim",
+    "cosine_topk",
+    "dot_score",
+    "l2_normalize",
+    "masked_pool",
+    "masked_pool_varlen",
+    "search_topk",
+    "semantic_search",
+]

@@ -1,4 +1,4 @@
-"""The sentfuse command: `sentfuse encode` (texts -> .npy embeddings) and `sentfuse info`."""
+"""The sentfuse command: `sentfuse encode` (texts -> .npy embeddings), `sentfuse search`, `sentfuse info`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     encode.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    search = commands.add_parser(
+        "search", help="rank the lines of a corpus file against queries",
+        description="Embed a corpus (one text per line, or .jsonl with --field) and print each query's best "
+        "matches. With --embeddings, corpus embeddings are read from that .npy file, or written there the "
+        "first time so that later searches skip encoding.",
+    )
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="query texts")
+    search.add_argument("--corpus", required=True, help="text or .jsonl file, one corpus item per line/record")
+    search.add_argument("--field", default=None, help='JSON field holding the text (jsonl only; default "text")')
+    search.add_argument("--embeddings", default=None, metavar="FILE.npy", help="cached corpus embeddings")
+    search.add_argument("-k", "--top-k", type=_positive, default=5, help="hits per query (default 5)")
+    search.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
+    search.add_argument("--batch-size", type=_positive, default=32, help="texts per forward pass (default 32)")
+    search.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     commands.add_parser("info", help="show the build, torch version and devices")
     return parser
 
@@ -143,6 +160,47 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .encoder import Encoder
+
+    corpus = read_items(args.corpus, "auto", args.field)
+    if not corpus:
+        raise InputError(f"corpus {args.corpus} has no items")
+    cache = Path(args.embeddings) if args.embeddings else None
+    if cache is not None and cache.suffix != ".npy":
+        raise InputError(f"--embeddings {args.embeddings} must end in .npy")
+    encoder = Encoder(args.model, device=args.device)
+    if cache is not None and cache.exists():
+        corpus_embeddings = np.load(cache, mmap_mode="r")
+        if corpus_embeddings.shape != (len(corpus), encoder.get_sentence_embedding_dimension()):
+            raise InputError(
+                f"--embeddings {cache} holds {corpus_embeddings.shape} but the corpus has {len(corpus)} items of "
+                f"dimension {encoder.get_sentence_embedding_dimension()}: delete it to re-encode"
+            )
+    else:
+        corpus_embeddings = encoder.encode_document(
+            corpus, batch_size=args.batch_size, show_progress_bar=not args.no_progress
+        )
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, corpus_embeddings)
+    hits = encoder.search(args.queries, corpus_embeddings, top_k=args.top_k, batch_size=args.batch_size)
+    if args.json:
+        results = [
+            {"query": query, "hits": [dict(hit, text=corpus[hit["corpus_id"]]) for hit in query_hits]}
+            for query, query_hits in zip(args.queries, hits)
+        ]
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+        return 0
+    for query, query_hits in zip(args.queries, hits):
+        print(f"query: {query}")
+        for rank, hit in enumerate(query_hits, start=1):
+            print(f"  {rank:>2}. {hit['score']:.4f}  [{hit['corpus_id']}] {corpus[hit['corpus_id']]}")
+    return 0
+
+
 def run_info() -> int:
     import torch
 
@@ -164,13 +222,17 @@ def run_info() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_encode(args) if args.command == "encode" else run_info()
+        if args.command == "info":
+            return run_info()
+        return COMMANDS[args.command](args)
     except (InputError, ValueError, TypeError, OSError) as e:
         print(f"sentfuse {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
+
+COMMANDS = {"encode": run_encode, "search": run_search}
 
 if __name__ == "__main__":
     sys.exit(main())

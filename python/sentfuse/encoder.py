@@ -25,6 +25,8 @@ from .modules import (
     load_model_folder,
 )
 from .quantize import check_precision, quantize_embeddings, quantized_dim, quantized_dtype
+from .search import semantic_search
+from .similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
 
 logger = logging.getLogger(__name__)
 
@@ -111,31 +113,6 @@ def resolve_model_path(
             logger.debug("no snapshot of %s: %s", repo_id, e)
     where = "in the local Hugging Face cache" if local_files_only else "locally or on the Hugging Face Hub"
     raise ModelFolderError(f"{name!r} is not a model folder, and no model of that name was found {where}")
-
-
-def _as_float_batch(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    elif isinstance(x, list) and x and all(isinstance(r, torch.Tensor) for r in x):
-        x = torch.stack(x)
-    elif not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(np.asarray(x))
-    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if x.dim() == 1:
-        x = x.unsqueeze(0)
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be [N, D] or [D], got shape {tuple(x.shape)}")
-    return x
-
-
-def pairwise_similarity_matrix(a: torch.Tensor, b: torch.Tensor, fn_name: str) -> torch.Tensor:
-    """[N, D] x [M, D] -> [N, M] scores under cosine, dot, euclidean or manhattan (negative distances)."""
-    if fn_name == "cosine":
-        return _ops.l2_normalize(a.contiguous()) @ _ops.l2_normalize(b.contiguous()).T
-    if fn_name == "dot":
-        return a @ b.T
-    return -torch.cdist(a, b, p=2.0 if fn_name == "euclidean" else 1.0)
 
 
 class Encoder:
@@ -503,8 +480,36 @@ class Encoder:
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """[N, M] scores between every row of embeddings1 and of embeddings2 under similarity_fn_name."""
-        a = _as_float_batch(embeddings1, "embeddings1")
-        b = _as_float_batch(embeddings2, "embeddings2")
+        a = as_embeddings(embeddings1, "embeddings1")
+        b = as_embeddings(embeddings2, "embeddings2")
         if a.shape[1] != b.shape[1]:
             raise ValueError(f"embeddings1 has {a.shape[1]} features but embeddings2 has {b.shape[1]}")
-        return pairwise_similarity_matrix(a, b.to(a.device), self.similarity_fn_name)
+        return SIMILARITY_FUNCTIONS[self.similarity_fn_name](a.float(), b.float())
+
+    def search(
+        self,
+        queries: str | Sequence[str],
+        corpus_embeddings: Any,
+        top_k: int = 10,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        **search_kwargs: Any,
+    ) -> list[dict[str, int | float]] | list[list[dict[str, int | float]]]:
+        """Encode queries (as encode_query does) and return their semantic_search hits in corpus_embeddings.
+
+        Scores follow similarity_fn_name (cosine or dot). A single query string gives its list of
+        hits; a list of queries gives one list per query. search_kwargs go to semantic_search
+        (exclude_self, min_score, corpus_chunk_size, ...).
+        """
+        if self.similarity_fn_name not in ("cosine", "dot"):
+            raise ValueError(f"search ranks by cosine or dot; this model's similarity_fn_name is "
+                             f"{self.similarity_fn_name!r}")
+        query_embeddings = self.encode_query(
+            queries, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, convert_to_tensor=True
+        )
+        score_function = dot_score if self.similarity_fn_name == "dot" else cos_sim
+        hits = semantic_search(query_embeddings, corpus_embeddings, top_k=top_k, score_function=score_function,
+                               **search_kwargs)
+        return hits[0] if isinstance(queries, str) else hits
