@@ -17,6 +17,10 @@ TORCH_LIBRARY(sentfuse, m) {
   m.def("cosine_topk(Tensor queries, Tensor corpus, int k, *, bool normalized=False, bool exclude_self=False, "
         "float? min_score=None, int query_offset=0, int corpus_offset=0, bool bf16_rescore=False) "
         "-> (Tensor, Tensor)");
+  // a [N, D], b [M, D] or None (a against itself, pairs i < j) -> (rows, cols int64, scores fp32) [P], every
+  // pair scoring >= threshold, sorted by (row, col); max_pairs keeps the best ones (ties: smaller (row, col)).
+  m.def("threshold_pairs(Tensor a, Tensor? b, float threshold, *, bool normalized=False, int? max_pairs=None) "
+        "-> (Tensor rows, Tensor cols, Tensor scores)");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

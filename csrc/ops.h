@@ -23,6 +23,11 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
                                                    bool normalized, bool exclude_self,
                                                    std::optional<double> min_score, int64_t query_offset,
                                                    int64_t corpus_offset, bool bf16_rescore);
+// a [N, D], b [M, D] or none (a against itself, i < j) -> (rows, cols, scores) [P]: pairs scoring >= threshold.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Tensor& a,
+                                                                   const std::optional<at::Tensor>& b,
+                                                                   double threshold, bool normalized,
+                                                                   std::optional<int64_t> max_pairs);
 
 at::Tensor masked_pool_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
                             bool normalize, int64_t skip_tokens);
@@ -33,5 +38,9 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cuda(const at::Tensor& queries, c
                                                     bool normalized, bool exclude_self,
                                                     std::optional<double> min_score, int64_t query_offset,
                                                     int64_t corpus_offset, bool bf16_rescore);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Tensor& a,
+                                                                    const std::optional<at::Tensor>& b,
+                                                                    double threshold, bool normalized,
+                                                                    std::optional<int64_t> max_pairs);
 
 }  // namespace sentfuse

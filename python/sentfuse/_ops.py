@@ -95,3 +95,32 @@ def _cosine_topk_fake(queries, corpus, k, *, normalized=False, exclude_self=Fals
     k_out = min(k, corpus.shape[0])
     return (queries.new_empty((queries.shape[0], k_out), dtype=torch.float32),
             queries.new_empty((queries.shape[0], k_out), dtype=torch.int64))
+
+
+def threshold_pairs(
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    threshold: float,
+    *,
+    normalized: bool = False,
+    max_pairs: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pair (i, j) of a [N, D] and b [M, D] with cosine >= threshold -> (rows, cols int64, scores fp32) [P].
+
+    b=None compares a with itself and reports each pair once, i < j. Pairs come sorted by (row, col)
+    ascending, so the result is deterministic. Scores are computed in fp32 from the stored values:
+    dot / (|a_i| |b_j|) with zero vectors scoring 0, or the plain dot product when normalized=True
+    (then threshold may be any finite value; otherwise it must lie in [-1, 1]). Work is done tile by
+    tile, so memory grows with the number of pairs found, never N x M. When more than max_pairs pairs
+    qualify, the max_pairs highest-scoring ones are kept (ties: smaller (row, col) first), still
+    returned in (row, col) order. NaN or inf in the inputs raises an error.
+    """
+    return torch.ops.sentfuse.threshold_pairs.default(a, b, threshold, normalized=normalized, max_pairs=max_pairs)
+
+
+@torch.library.register_fake("sentfuse::threshold_pairs")
+def _threshold_pairs_fake(a, b, threshold, *, normalized=False, max_pairs=None):
+    torch._check(a.dim() == 2 and (b is None or b.dim() == 2), lambda: "threshold_pairs: a and b must be 2-D")
+    pairs = torch.library.get_ctx().new_dynamic_size()
+    return (a.new_empty((pairs,), dtype=torch.int64), a.new_empty((pairs,), dtype=torch.int64),
+            a.new_empty((pairs,), dtype=torch.float32))

@@ -123,3 +123,39 @@ def cosine_topk(
     values, order = values[:, :k_out], order[:, :k_out]
     indices = torch.where(values == float("-inf"), -1, order + corpus_offset)
     return values, indices
+
+
+def threshold_pairs(
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    threshold: float,
+    *,
+    normalized: bool = False,
+    max_pairs: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Brute force: the full [N, M] fp32 score matrix, masked by score >= threshold (and i < j when b is None).
+
+    Returns (rows int64, cols int64, scores fp32), sorted by (row, col). With max_pairs, the max_pairs
+    highest scores are kept (ties: smaller (row, col) first), still in (row, col) order.
+    """
+    if not (abs(threshold) <= 1.0 or (normalized and abs(threshold) < float("inf"))):
+        raise ValueError(f"threshold must be finite, and in [-1, 1] unless normalized=True; got {threshold}")
+    x = a.float()
+    y = x if b is None else b.float()
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("threshold_pairs: inputs contain NaN or inf")
+    if normalized:
+        scores = x @ y.T
+    else:
+        scores = (x @ y.T) / (x.norm(dim=1, keepdim=True) * y.norm(dim=1).unsqueeze(0))
+        scores = torch.nan_to_num(scores, nan=0.0)  # zero vectors score 0
+    mask = scores >= threshold
+    if b is None:
+        mask = mask.triu(diagonal=1)
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: sorted by (row, col)
+    values = scores[rows, cols]
+    if max_pairs is not None and values.numel() > max_pairs:
+        best = torch.sort(values, descending=True, stable=True).indices[:max_pairs]
+        keep = best.sort().values
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+    return rows, cols, values

@@ -1,0 +1,218 @@
+// CPU threshold_pairs: tiled GEMM + compaction, so memory grows with the pairs found, never N x M.
+//
+// As in cpu/topk.cpp, each tile of scores comes from one at::mm call on the calling thread (BLAS threads
+// it), and the tile is then scanned in parallel over blocks of rows: one vectorized compare rejects most
+// chunks of scores, and the hits are appended to their row block's buffer. Every row block has its own
+// buffer for the whole call, so the hits of a row arrive in increasing column order (column tiles outer);
+// a stable counting sort by row inside each block then yields (row, col) order, and the blocks are
+// concatenated into the outputs. max_pairs prunes the buffers to the best max_pairs whenever they hold
+// twice that, and raises the threshold to the worst kept score, so its memory is bounded too.
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "ops.h"
+#include "pairs_args.h"
+
+namespace sentfuse {
+namespace {
+
+// Tile shape as in cpu/topk.cpp (measured there for BLAS).
+constexpr int64_t kRowTile = 1024;       // rows of a per tile at most
+constexpr int64_t kTileFloats = 1 << 22;  // scores per tile at most: 16 MB
+constexpr int64_t kMinColTile = 2048;    // rows of b per tile at least
+constexpr int64_t kRowBlock = 16;        // rows per hit buffer; divides kRowTile
+constexpr int64_t kChunk = 16;           // scores tested per vectorized reject step
+constexpr int64_t kMinPrune = 1 << 16;   // max_pairs prunes only buffers holding more hits than this
+
+struct Hit {
+  int64_t col;
+  float score;
+  int32_t row;  // offset of the row inside its row block
+};
+
+struct Ranked {
+  float score;
+  int64_t row;
+  int64_t col;
+};
+
+// max_pairs keeps the pairs ranking first: higher score, then smaller (row, col).
+inline bool ranks_before(const Ranked& x, const Ranked& y) {
+  if (x.score != y.score) return x.score > y.score;
+  return x.row != y.row ? x.row < y.row : x.col < y.col;
+}
+
+// Appends the hits of one tile row (n scores for columns first_col...), skipping columns before `start`.
+// Returns false on a non-finite score.
+inline bool scan_row(const float* scores, int64_t start, int64_t n, int64_t first_col, float threshold,
+                     int32_t row_in_block, std::vector<Hit>& hits) {
+  for (int64_t j = start; j < n; j += kChunk) {
+    const int64_t end = std::min(j + kChunk, n);
+    // One branch-free pass per chunk: any score reaching the threshold, or any NaN/inf (|s| <= FLT_MAX fails).
+    int hit = 0;
+    for (int64_t t = j; t < end; ++t) hit |= (scores[t] >= threshold) | !(std::fabs(scores[t]) <= FLT_MAX);
+    if (!hit) continue;
+    for (int64_t t = j; t < end; ++t) {
+      const float s = scores[t];
+      if (!std::isfinite(s)) return false;
+      if (s >= threshold) hits.push_back({first_col + t, s, row_in_block});
+    }
+  }
+  return true;
+}
+
+// Keeps the best max_pairs hits of all buffers, in place and in order; returns the worst kept one.
+Ranked prune(std::vector<std::vector<Hit>>& buffers, int64_t total, int64_t max_pairs) {
+  std::vector<Ranked> all;
+  all.reserve(total);
+  for (size_t b = 0; b < buffers.size(); ++b)
+    for (const Hit& h : buffers[b]) all.push_back({h.score, static_cast<int64_t>(b) * kRowBlock + h.row, h.col});
+  std::nth_element(all.begin(), all.begin() + (max_pairs - 1), all.end(), ranks_before);
+  const Ranked cutoff = all[max_pairs - 1];
+  all = {};
+  at::parallel_for(0, static_cast<int64_t>(buffers.size()), 256, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      auto& hits = buffers[b];
+      hits.erase(std::remove_if(hits.begin(), hits.end(),
+                                [&](const Hit& h) {
+                                  return ranks_before(cutoff, {h.score, b * kRowBlock + h.row, h.col});
+                                }),
+                 hits.end());
+    }
+  });
+  return cutoff;
+}
+
+// 1 / ||row|| per row of x [R, D] as fp32; 0 for a zero row, so that it scores 0 rather than NaN.
+at::Tensor inverse_norms(const at::Tensor& x) {
+  const at::Tensor norms = at::linalg_vector_norm(x, 2, {1}, false, at::kFloat);
+  return at::where(norms > 0, norms.reciprocal(), at::zeros_like(norms));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Tensor& a,
+                                                                   const std::optional<at::Tensor>& b,
+                                                                   double threshold, bool normalized,
+                                                                   std::optional<int64_t> max_pairs) {
+  float min_score = check_threshold_pairs_args(a, b, threshold, normalized, max_pairs);
+  const bool self = !b.has_value();
+  const int64_t N = a.size(0), M = self ? N : b->size(0);
+  const auto index_options = a.options().dtype(at::kLong);
+  if (N == 0 || M == 0 || (self && N < 2) || max_pairs == 0) {
+    return {at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, a.options().dtype(at::kFloat))};
+  }
+
+  // Rows of a become fp32 unit vectors once; b's norms are applied per tile, to its columns. Against
+  // itself, a's normalized copy serves as both sides.
+  at::Tensor q = a.to(at::kFloat);
+  if (!normalized) q = q * inverse_norms(q).unsqueeze(1);
+  q = q.contiguous();
+
+  const int64_t row_tile = std::min(N, kRowTile);
+  const int64_t col_tile = std::min(M, std::max(kMinColTile, kTileFloats / row_tile));
+  at::Tensor tile_buffer = at::empty({row_tile, col_tile}, q.options());
+
+  std::vector<std::vector<Hit>> buffers((N + kRowBlock - 1) / kRowBlock);
+  std::atomic<int64_t> total{0};
+  std::atomic<bool> non_finite{false};
+
+  // Column tiles outer, row tiles inner: each tile of b is read (and converted) once.
+  for (int64_t j0 = 0; j0 < M && !non_finite; j0 += col_tile) {
+    const int64_t n = std::min(col_tile, M - j0);
+    at::Tensor block, column_scale;
+    if (self) {
+      block = q.narrow(0, j0, n);
+    } else {
+      block = b->narrow(0, j0, n).to(at::kFloat);  // no copy for fp32 input
+      if (!normalized) column_scale = inverse_norms(block);
+    }
+    // Against itself only rows i < j0 + n - 1 have a partner j > i in this column tile.
+    const int64_t row_end = self ? std::min(N, j0 + n - 1) : N;
+    for (int64_t i0 = 0; i0 < row_end && !non_finite; i0 += row_tile) {
+      const int64_t m = std::min(row_tile, row_end - i0);
+      // Columns j <= i0 pair with no row of this tile; skipping them trims the GEMM on the diagonal.
+      const int64_t skip = self ? std::clamp<int64_t>(i0 + 1 - j0, 0, n) : 0;
+      const int64_t cols = n - skip, first_col = j0 + skip;
+      at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, cols);
+      at::mm_out(scores, q.narrow(0, i0, m), block.narrow(0, skip, cols).t());
+      if (column_scale.defined()) scores.mul_(column_scale.narrow(0, skip, cols));
+      const float* rows = scores.const_data_ptr<float>();
+      const int64_t row_stride = scores.stride(0);
+      const int64_t first_block = i0 / kRowBlock, last_block = (i0 + m + kRowBlock - 1) / kRowBlock;
+      const int64_t grain = std::max<int64_t>(1, 32768 / (cols * kRowBlock));
+      at::parallel_for(first_block, last_block, grain, [&](int64_t begin, int64_t end) {
+        int64_t added = 0;
+        for (int64_t blk = begin; blk < end; ++blk) {
+          auto& hits = buffers[blk];
+          const size_t before = hits.size();
+          const int64_t r_end = std::min((blk + 1) * kRowBlock, i0 + m);
+          for (int64_t i = std::max(blk * kRowBlock, i0); i < r_end; ++i) {
+            // Against itself keep j > i only.
+            const int64_t start = self ? std::max<int64_t>(0, i + 1 - first_col) : 0;
+            if (!scan_row(rows + (i - i0) * row_stride, start, cols, first_col, min_score,
+                          static_cast<int32_t>(i - blk * kRowBlock), hits)) {
+              non_finite = true;
+              return;
+            }
+          }
+          added += static_cast<int64_t>(hits.size() - before);
+        }
+        total += added;
+      });
+      if (max_pairs.has_value() && total > std::max(2 * *max_pairs, kMinPrune)) {
+        // Later pairs must beat the worst kept one; an equal score may still win on (row, col).
+        min_score = std::max(min_score, prune(buffers, total, *max_pairs).score);
+        total = *max_pairs;
+      }
+    }
+  }
+  TORCH_CHECK_VALUE(!non_finite, "threshold_pairs: a ", a.sizes(), self ? "" : c10::str(" or b ", b->sizes()),
+                    " contain NaN or inf (a score came out non-finite)");
+  if (max_pairs.has_value() && total > *max_pairs) {
+    prune(buffers, total, *max_pairs);
+    total = *max_pairs;
+  }
+
+  // Compaction: each block's hits, counting-sorted by row, land at the block's offset in the outputs.
+  const int64_t num_blocks = static_cast<int64_t>(buffers.size());
+  std::vector<int64_t> offsets(num_blocks + 1, 0);
+  for (int64_t blk = 0; blk < num_blocks; ++blk) offsets[blk + 1] = offsets[blk] + buffers[blk].size();
+  const int64_t P = offsets[num_blocks];
+  at::Tensor out_rows = at::empty({P}, index_options);
+  at::Tensor out_cols = at::empty({P}, index_options);
+  at::Tensor out_scores = at::empty({P}, a.options().dtype(at::kFloat));
+  int64_t* row_out = out_rows.mutable_data_ptr<int64_t>();
+  int64_t* col_out = out_cols.mutable_data_ptr<int64_t>();
+  float* score_out = out_scores.mutable_data_ptr<float>();
+  at::parallel_for(0, num_blocks, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      std::vector<Hit>& hits = buffers[blk];
+      int64_t next[kRowBlock + 1] = {};
+      for (const Hit& h : hits) ++next[h.row + 1];
+      for (int64_t r = 0; r < kRowBlock; ++r) next[r + 1] += next[r];
+      for (const Hit& h : hits) {
+        const int64_t at = offsets[blk] + next[h.row]++;
+        row_out[at] = blk * kRowBlock + h.row;
+        col_out[at] = h.col;
+        score_out[at] = h.score;
+      }
+      hits = {};
+    }
+  });
+  return {out_rows, out_cols, out_scores};
+}
+
+TORCH_LIBRARY_IMPL(sentfuse, CPU, m) { m.impl("threshold_pairs", &threshold_pairs_cpu); }
+
+}  // namespace sentfuse
