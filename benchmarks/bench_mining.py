@@ -1,0 +1,169 @@
+"""Paraphrase mining, community detection and threshold pairs: sentfuse vs sentence-transformers, side by side.
+
+Normalized 384-d embeddings: random rows with planted clusters (members at several spreads around
+random centers, so pair scores cross the thresholds at many levels), and optionally real SQuAD
+question embeddings (encoded once with the bundled model and cached under --cache). Reported per
+operation: seconds, peak extra resident memory during the call (sampled every millisecond after
+returning freed memory to the OS), and sentence-transformers' time over sentfuse's. threshold_pairs
+(when built) is compared with a chunked torch.mm + mask baseline. sentence-transformers is skipped
+where its estimated time exceeds --st-limit seconds.
+
+    python benchmarks/bench_mining.py [--sizes 20000 100000] [--data planted squad] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_topk import PeakRss, gemm_gflops
+from sentfuse import _ops, mining
+
+DIM = 384
+QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"
+
+
+def planted(rows: int, seed: int = 0) -> torch.Tensor:
+    """Unit rows: half in clusters of 2..200 members around random centers, half noise."""
+    g = torch.Generator().manual_seed(seed)
+    clustered = rows // 2
+    sizes = []
+    while sum(sizes) < clustered:
+        sizes.append(int(torch.randint(2, 201, (1,), generator=g)))
+    sizes[-1] -= sum(sizes) - clustered
+    centers = torch.nn.functional.normalize(torch.randn(len(sizes), DIM, generator=g), dim=1)
+    spreads = torch.tensor([0.3, 0.45, 0.6, 0.8])[torch.randint(0, 4, (len(sizes),), generator=g)]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    members = centers[owner] + spreads[owner, None] * torch.randn(clustered, DIM, generator=g) / DIM**0.5
+    x = torch.cat([members, torch.randn(rows - clustered, DIM, generator=g)])
+    return torch.nn.functional.normalize(x[torch.randperm(rows, generator=g)], dim=1).contiguous()
+
+
+def squad(rows: int, cache: Path) -> torch.Tensor:
+    """Unit embeddings of the first `rows` SQuAD questions (all of them if fewer), cached as .npy."""
+    texts = QUESTIONS.read_text(encoding="utf-8").splitlines()[:rows]
+    path = cache / f"squad-{len(texts)}.npy"
+    if not path.exists():
+        from sentfuse import Encoder
+
+        start = time.perf_counter()
+        embeddings = Encoder().encode(texts, batch_size=64, normalize_embeddings=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(path, embeddings.astype(np.float32))
+        print(f"encoded {len(texts)} SQuAD questions in {time.perf_counter() - start:.0f} s -> {path}")
+    return torch.from_numpy(np.load(path))
+
+
+def measured(fn) -> tuple[float, float, object]:
+    """(seconds, peak extra MB, result) of one call."""
+    with PeakRss() as mem:
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+    return seconds, mem.extra_mb, result
+
+
+def mm_mask_pairs(x: torch.Tensor, threshold: float, chunk: int = 2048):
+    """Baseline for threshold_pairs(x, None, ...): chunked x @ x.T, mask >= threshold, keep i < j."""
+    rows, cols, scores = [], [], []
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk] @ x[start:].T
+        block.triu_(1)  # only j > i: column c of this block is row start + c
+        r, c = torch.nonzero(block >= threshold, as_tuple=True)
+        scores.append(block[r, c])
+        rows.append(r + start)
+        cols.append(c + start)
+    return torch.cat(rows), torch.cat(cols), torch.cat(scores)
+
+
+def agree_pairs(ours, theirs) -> str:
+    if len(ours) != len(theirs):
+        return f"DIFFER: {len(ours)} vs {len(theirs)} pairs"
+    gap = max((abs(a[0] - b[0]) for a, b in zip(ours, theirs)), default=0.0)
+    return f"same {len(ours)} pair scores (max diff {gap:.1e})"
+
+
+def agree_communities(ours, theirs) -> str:
+    same = [len(c) for c in ours] == [len(c) for c in theirs] and all(
+        a[0] == b[0] and sorted(a) == sorted(b) for a, b in zip(ours, theirs))
+    return f"{'same' if same else 'DIFFERENT'} {len(ours)} communities"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--data", nargs="+", choices=("planted", "squad"), default=["planted", "squad"])
+    parser.add_argument("--threshold", type=float, default=0.75, help="community detection / pairs threshold")
+    parser.add_argument("--min-size", type=int, default=10, help="min_community_size")
+    parser.add_argument("--st-limit", type=float, default=180.0, help="skip ST calls estimated to take longer (s)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/sentfuse-bench"), help="folder for SQuAD embeddings")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    from sentence_transformers import util
+
+    gflops = gemm_gflops("cpu")
+    has_pairs = hasattr(_ops, "threshold_pairs")
+    print(f"device: {platform.processor() or 'cpu'}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"measured fp32 GEMM throughput: {gflops:.1f} GFLOP/s")
+    if not has_pairs:
+        print("sentfuse._ops.threshold_pairs is not built: its rows are left out")
+    print(f"community detection: threshold {args.threshold}, min_community_size {args.min_size}; "
+          "paraphrase mining: ST defaults (top_k 100, max_pairs 500000)\n")
+    header = (f"{'data':>7} {'N':>7} {'operation':<22} | {'sentfuse s':>10} {'MB':>6} | {'other':<10} {'s':>8} "
+              f"{'MB':>6} | {'x':>5} | check")
+    print(header)
+    print("-" * len(header))
+
+    mining.community_detection(planted(2000), args.threshold, args.min_size)  # warm-up: thread pools, allocator
+    results = []
+    for data in args.data:
+        for size in args.sizes:
+            x = planted(size) if data == "planted" else squad(size, args.cache)
+            n = len(x)
+            # ST computes the full n x n scores with torch.mm, then topk / Python work on top of them.
+            st_estimate = 3 * 2 * n * n * DIM / (gflops * 1e9)
+            cases = [
+                ("paraphrase_mining", lambda: mining.paraphrase_mining_embeddings(x),
+                 "ST", lambda: util.paraphrase_mining_embeddings(x), agree_pairs),
+                ("community_detection", lambda: mining.community_detection(x, args.threshold, args.min_size),
+                 "ST", lambda: util.community_detection(x, args.threshold, args.min_size), agree_communities),
+            ]
+            if has_pairs:
+                cases.append(
+                    (f"threshold_pairs {args.threshold}", lambda: _ops.threshold_pairs(x, None, args.threshold, normalized=True),
+                     "mm+mask", lambda: mm_mask_pairs(x, args.threshold),
+                     lambda a, b: f"{'same' if len(a[0]) == len(b[0]) else 'DIFFERENT'} {len(a[0])} pairs"))
+            for name, ours_fn, other_name, other_fn, check in cases:
+                ours_s, ours_mb, ours = measured(ours_fn)
+                row = dict(data=data, n=n, operation=name, sentfuse_s=ours_s, sentfuse_extra_mb=ours_mb,
+                           other=other_name)
+                line = f"{data:>7} {n:>7} {name:<22} | {ours_s:10.2f} {ours_mb:6.0f} | {other_name:<10} "
+                if other_name == "ST" and st_estimate > args.st_limit:
+                    row["other_skipped"] = f"estimated {st_estimate:.0f} s > --st-limit {args.st_limit:.0f} s"
+                    line += f"{'skipped':>8} {'-':>6} | {'-':>5} | ST estimated {st_estimate:.0f} s, over --st-limit"
+                else:
+                    other_s, other_mb, other = measured(other_fn)
+                    verdict = check(ours, other)
+                    row.update(other_s=other_s, other_extra_mb=other_mb, speedup=other_s / ours_s, check=verdict)
+                    line += f"{other_s:8.2f} {other_mb:6.0f} | {other_s / ours_s:5.2f} | {verdict}"
+                print(line, flush=True)
+                results.append(row)
+            del x
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=platform.processor() or "cpu", torch=torch.__version__, threads=torch.get_num_threads(),
+                           gemm_gflops=gflops, threshold=args.threshold, min_size=args.min_size, results=results), f,
+                      indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
