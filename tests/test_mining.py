@@ -191,6 +191,8 @@ def test_paraphrase_mining_duplicates_and_edges():
     assert len(pairs) == 15 and pairs[0][1:] == [1, 4] and pairs[0][0] == pytest.approx(1.0)
     assert len({(i, j) for _, i, j in pairs}) == 15
     assert mining.paraphrase_mining_embeddings(x, top_k=10, max_pairs=2) == pairs[:2]
+    for other in (x.double(), x.half(), x.numpy(), x.tolist()):
+        assert [p[1:] for p in mining.paraphrase_mining_embeddings(other, top_k=10)][:1] == [[1, 4]]
     assert mining.paraphrase_mining_embeddings(torch.empty(0, 8)) == []
     assert mining.paraphrase_mining_embeddings(x[:1]) == []
     assert mining.paraphrase_mining_embeddings(x, top_k=0) == []

@@ -176,7 +176,7 @@ def paraphrase_mining_embeddings(
     n = len(x)
     if n < 2 or top_k == 0 or max_pairs == 0:
         return []
-    x = x.contiguous()
+    x = (x.float() if x.dtype == torch.float64 else x).contiguous()  # the kernel scores fp32 / fp16 / bf16
 
     empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
     kept = (empty_i, empty_i, empty_f)
