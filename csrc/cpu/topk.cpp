@@ -5,6 +5,8 @@
 // Tiles are at most 16 MB: large enough for BLAS to run near its peak, far from M x N. Selection then
 // runs in parallel over the tile's query rows: each query keeps a bounded heap, and most
 // candidates are rejected by one vectorized compare against its current k-th best score.
+// bf16_rescore scores bf16 tiles (matrix units where the CPU has them) and rescores a provable
+// superset of the answer in fp32, so the result is the same as the fp32 path's.
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
@@ -69,9 +71,22 @@ class TopK {
   float threshold_;
 };
 
-// Feeds one query's tile row (n scores for corpus rows first_index...) to its TopK.
+// Every score above a fixed floor, in index order: the candidates of the bf16 pass.
+class Collector {
+ public:
+  explicit Collector(float floor) : floor_(floor) {}
+  float threshold() const { return floor_; }
+  void push(float, int64_t index) { indices.push_back(index); }
+  std::vector<int64_t> indices;
+
+ private:
+  float floor_;
+};
+
+// Feeds one query's tile row (n scores for corpus rows first_index...) to its sink (TopK or Collector).
 // `skip` is a tile column to ignore (exclude_self) or -1. Returns false on a non-finite score.
-inline bool select_row(const float* scores, int64_t n, int64_t first_index, int64_t skip, TopK& top) {
+template <typename Sink>
+inline bool select_row(const float* scores, int64_t n, int64_t first_index, int64_t skip, Sink& top) {
   int64_t j = 0;
   for (; j < n; j += kChunk) {
     const int64_t end = std::min(j + kChunk, n);
@@ -110,6 +125,60 @@ at::Tensor inverse_norms(const at::Tensor& x) {
   return at::where(norms > 0, norms.reciprocal(), at::zeros_like(norms));
 }
 
+// Largest float below x: a strict `s > floor` then keeps every s >= x.
+inline float strict_floor(double x) {
+  return std::nextafter(static_cast<float>(x), -std::numeric_limits<float>::infinity());
+}
+
+// Scores every (query, corpus row) pair tile by tile and feeds query i's scores to sinks[i].
+// q [M, D] is fp32, or bf16 for the approximate pass (bf16 tiles, corpus rounded to bf16 too);
+// unless normalized, q rows are unit vectors and tile columns are scaled by 1 / ||corpus row||.
+// Returns false on a non-finite score.
+template <typename Sink>
+bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized, bool exclude_self,
+                 int64_t query_offset, int64_t corpus_offset, std::vector<Sink>& sinks) {
+  const int64_t M = q.size(0), N = corpus.size(0);
+  const int64_t query_tile = std::min(M, kQueryTile);
+  const int64_t corpus_tile = std::min(N, std::max(kMinCorpusTile, kTileFloats / query_tile));
+  at::Tensor tile_buffer = at::empty({query_tile, corpus_tile}, q.options().dtype(at::kFloat));
+  std::atomic<bool> non_finite{false};
+
+  // Corpus tiles outer, query tiles inner: each corpus tile is read from memory once.
+  for (int64_t j0 = 0; j0 < N && !non_finite; j0 += corpus_tile) {
+    const int64_t n = std::min(corpus_tile, N - j0);
+    const at::Tensor rows = corpus.narrow(0, j0, n);
+    const at::Tensor block = rows.to(q.scalar_type());  // no copy when the dtypes agree
+    const at::Tensor column_scale = normalized ? at::Tensor() : inverse_norms(rows);
+    for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
+      const int64_t m = std::min(query_tile, M - i0);
+      at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, n);
+      if (q.scalar_type() == at::kFloat) {
+        at::mm_out(scores, q.narrow(0, i0, m), block.t());
+      } else {
+        scores.copy_(at::mm(q.narrow(0, i0, m), block.t()));
+      }
+      if (!normalized) scores.mul_(column_scale);
+      const float* tile = scores.data_ptr<float>();
+      const int64_t row_stride = scores.stride(0);
+      at::parallel_for(0, m, std::max<int64_t>(1, 32768 / n), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t self = exclude_self ? i0 + r + query_offset - corpus_offset - j0 : -1;
+          const int64_t skip = (self >= 0 && self < n) ? self : -1;
+          if (!select_row(tile + r * row_stride, n, j0, skip, sinks[i0 + r])) non_finite = true;
+        }
+      });
+    }
+  }
+  return !non_finite;
+}
+
+// Bound on |bf16-tile score - fp32 score| per unit of |q| * |c|: both inputs rounded to bf16
+// (2u + u^2), the bf16 result rounded once more (u), fp32 accumulation over D terms, 1% slack.
+inline double bf16_error_bound(int64_t D) {
+  const double u = std::ldexp(1.0, -8);  // bf16 unit roundoff
+  return 1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23));
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
@@ -117,9 +186,6 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
                                                    std::optional<double> min_score, int64_t query_offset,
                                                    int64_t corpus_offset, bool bf16_rescore) {
   const int64_t k_out = check_cosine_topk_args(queries, corpus, k, min_score);
-  // Without bf16 matrix units a bf16 tile is no cheaper than an fp32 one here, so there is no CPU path.
-  TORCH_CHECK_NOT_IMPLEMENTED(!bf16_rescore, "cosine_topk: bf16_rescore is implemented for CUDA only; "
-                                             "on CPU call it with bf16_rescore=False (the fp32 path is exact)");
   const int64_t M = queries.size(0), N = corpus.size(0);
   at::Tensor out_scores = at::empty({M, k_out}, queries.options().dtype(at::kFloat));
   at::Tensor out_indices = at::empty({M, k_out}, queries.options().dtype(at::kLong));
@@ -130,41 +196,59 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
   if (!normalized) q = q * inverse_norms(q).unsqueeze(1);
   q = q.contiguous();
 
-  const int64_t query_tile = std::min(M, kQueryTile);
-  const int64_t corpus_tile = std::min(N, std::max(kMinCorpusTile, kTileFloats / query_tile));
-  at::Tensor tile_buffer = at::empty({query_tile, corpus_tile}, q.options());
-
-  const float floor = min_score.has_value()
-                          ? std::nextafter(static_cast<float>(*min_score), -std::numeric_limits<float>::infinity())
-                          : -std::numeric_limits<float>::infinity();
+  const float floor = min_score.has_value() ? strict_floor(*min_score) : -std::numeric_limits<float>::infinity();
   std::vector<Candidate> slots(M * k_out);  // each query's heap; the result's own size
   std::vector<TopK> tops;
   tops.reserve(M);
   for (int64_t i = 0; i < M; ++i) tops.emplace_back(slots.data() + i * k_out, k_out, floor);
-  std::atomic<bool> non_finite{false};
+  bool finite = true;
 
-  // Corpus tiles outer, query tiles inner: each corpus tile is read from memory once.
-  for (int64_t j0 = 0; j0 < N && !non_finite; j0 += corpus_tile) {
-    const int64_t n = std::min(corpus_tile, N - j0);
-    const at::Tensor block = corpus.narrow(0, j0, n).to(at::kFloat);  // no copy for fp32 input
-    const at::Tensor column_scale = normalized ? at::Tensor() : inverse_norms(block);
-    for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
-      const int64_t m = std::min(query_tile, M - i0);
-      at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, n);
-      at::mm_out(scores, q.narrow(0, i0, m), block.t());
-      if (!normalized) scores.mul_(column_scale);
-      const float* rows = scores.data_ptr<float>();
-      const int64_t row_stride = scores.stride(0);
-      at::parallel_for(0, m, std::max<int64_t>(1, 32768 / n), [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t self = exclude_self ? i0 + r + query_offset - corpus_offset - j0 : -1;
-          const int64_t skip = (self >= 0 && self < n) ? self : -1;
-          if (!select_row(rows + r * row_stride, n, j0, skip, tops[i0 + r])) non_finite = true;
-        }
-      });
+  if (!bf16_rescore) {
+    finite = scan_scores(q, corpus, normalized, exclude_self, query_offset, corpus_offset, tops);
+  } else {
+    // bf16 tiles find a superset of the answer, which is then rescored in fp32, so the result stays exact.
+    // With |approx - exact| <= delta_i for query i: pass 1 finds a_k, the k-th best approximate score;
+    // any row with approx < a_k - 2 delta scores below all k of those rows in fp32, and any row with
+    // approx < min_score - delta scores below min_score, so pass 2 keeps every other row as a candidate.
+    const double corpus_norm_max =
+        normalized && N > 0 ? at::linalg_vector_norm(corpus, 2, {1}, false, at::kFloat).max().item<double>() : 1.0;
+    const at::Tensor query_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kDouble).contiguous();
+    std::vector<double> delta(M);
+    for (int64_t i = 0; i < M; ++i)
+      delta[i] = bf16_error_bound(queries.size(1)) * query_norms.data_ptr<double>()[i] * corpus_norm_max + 1e-30;
+    const double lowest = -std::numeric_limits<double>::infinity();
+    const at::Tensor q_bf16 = q.to(at::kBFloat16);
+
+    std::vector<Candidate> approx_slots(M * k_out);
+    std::vector<TopK> approx;
+    approx.reserve(M);
+    for (int64_t i = 0; i < M; ++i)
+      approx.emplace_back(approx_slots.data() + i * k_out, k_out,
+                          min_score.has_value() ? strict_floor(*min_score - delta[i]) : floor);
+    finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, approx);
+    std::vector<Collector> candidates;
+    candidates.reserve(M);
+    for (int64_t i = 0; i < M; ++i) {
+      const double kth = approx[i].size() == k_out ? approx[i].threshold() - 2 * delta[i] : lowest;
+      candidates.emplace_back(strict_floor(std::max(kth, min_score.has_value() ? *min_score - delta[i] : lowest)));
     }
+    if (finite) finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, candidates);
+
+    at::parallel_for(0, finite ? M : 0, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto& ids = candidates[i].indices;
+        if (ids.empty()) continue;
+        const at::Tensor rows = corpus.index_select(0, at::from_blob(const_cast<int64_t*>(ids.data()),
+                                                                     {(int64_t)ids.size()}, at::kLong));
+        at::Tensor exact = at::mv(rows.to(at::kFloat), q[i]);
+        if (!normalized) exact.mul_(inverse_norms(rows));
+        const float* s = exact.data_ptr<float>();
+        for (size_t t = 0; t < ids.size(); ++t)  // ids ascend, as TopK::push expects
+          if (s[t] > tops[i].threshold()) tops[i].push(s[t], ids[t]);
+      }
+    });
   }
-  TORCH_CHECK_VALUE(!non_finite, "cosine_topk: queries ", queries.sizes(), " or corpus ", corpus.sizes(),
+  TORCH_CHECK_VALUE(finite, "cosine_topk: queries ", queries.sizes(), " or corpus ", corpus.sizes(),
                     " contain NaN or inf");
 
   float* score_out = out_scores.data_ptr<float>();
