@@ -277,3 +277,13 @@ def test_community_detection_small_inputs(path):
 def test_community_detection_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mining.community_detection(torch.empty(0, 4), **kwargs)
+
+
+def test_paraphrase_mining_with_a_sentfuse_encoder(tiny_model_root, sentences):
+    from sentfuse import Encoder
+
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+    texts = sentences + [sentences[0], sentences[6]]  # two exact repeats score 1
+    ours = mining.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20)
+    assert {tuple(p[1:]) for p in ours[:2]} == {(0, len(sentences)), (6, len(sentences) + 1)}
+    assert_same_pairs(ours, util.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20), encoder.encode(texts, convert_to_tensor=True), 3)
