@@ -1,0 +1,229 @@
+// CUDA threshold_pairs (semantics: python/sentfuse/reference.py threshold_pairs).
+//
+// Tile by tile, cuBLAS writes the fp32 dot products of a row tile of a and a column tile of b to a bounded
+// workspace (as cuda/topk.cu does). A count pass gives each compaction block its number of qualifying
+// pairs, their prefix sum sizes the tile's output exactly and gives each block its offset, and a write
+// pass over the same partition (ballot scan inside each block) stores (key = row * M + col, score) in
+// row-major order. Against itself, a row tile's column tiles start right after its first row, so tiles
+// below the diagonal are never computed. max_pairs prunes the pairs found so far to the best max_pairs
+// whenever they reach twice that (memory stays bounded) and raises the threshold to the worst kept score.
+// One sort of the keys at the end gives (row, col) order.
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda/tile_gemm.cuh"
+#include "ops.h"
+#include "pairs_args.h"
+
+namespace sentfuse {
+namespace {
+
+constexpr int kCompactThreads = 256;
+constexpr int64_t kSliceCols = 4096;  // tile columns per compaction block
+// Tiles of 2048 x 16384 keep cuBLAS near its peak and the per-tile host sync negligible.
+constexpr int64_t kMaxTileRows = 2048;
+constexpr int64_t kMaxTileCols = 16384;
+constexpr int64_t kMinPrune = int64_t{1} << 22;  // max_pairs prunes only lists holding more pairs than this
+
+// What makes a tile element a pair, shared by the count and write passes so that both decide alike.
+struct PairEpilogue {
+  const float* row_norms;  // [tile rows], nullptr when normalized
+  const float* col_norms;  // [tile cols], nullptr when normalized
+  int64_t row_begin;       // row of a at tile row 0
+  int64_t col_begin;       // row of b at tile column 0
+  int64_t num_cols;        // M: a pair's key is row * M + col
+  float threshold;
+  bool upper_only;  // a against itself: keep col > row only
+  int* nonfinite;   // set to 1 when a dot product is NaN or inf
+};
+
+__device__ __forceinline__ bool pair_score(const PairEpilogue& epi, float dot, int64_t r, int64_t c, float& score) {
+  if (!isfinite(dot)) {
+    *epi.nonfinite = 1;
+    return false;
+  }
+  if (epi.upper_only && epi.col_begin + c <= epi.row_begin + r) return false;
+  score = epi.row_norms == nullptr ? dot : gemm::cosine_from_dot(dot, epi.row_norms[r], epi.col_norms[c]);
+  return score >= epi.threshold;
+}
+
+// grid (tile rows, slices): block (r, s) covers columns [s * kSliceCols, (s + 1) * kSliceCols) of tile row r.
+__global__ void __launch_bounds__(kCompactThreads)
+    count_pairs_kernel(const float* __restrict__ dots,  // [rows, cols]
+                       int64_t cols, PairEpilogue epi, int32_t* __restrict__ counts) {  // [rows * slices]
+  const int64_t r = blockIdx.x;
+  const int64_t end = std::min(static_cast<int64_t>(blockIdx.y + 1) * kSliceCols, cols);
+  const float* row_dots = dots + r * cols;
+  int n = 0;
+  for (int64_t c = blockIdx.y * kSliceCols + threadIdx.x; c < end; c += kCompactThreads) {
+    float score;
+    n += pair_score(epi, row_dots[c], r, c, score) ? 1 : 0;
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) n += __shfl_xor_sync(0xffffffffu, n, offset);
+  __shared__ int warp_counts[kCompactThreads / 32];
+  if (threadIdx.x % 32 == 0) warp_counts[threadIdx.x / 32] = n;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int total = 0;
+    for (int w = 0; w < kCompactThreads / 32; ++w) total += warp_counts[w];
+    counts[r * gridDim.y + blockIdx.y] = total;
+  }
+}
+
+// Same grid as count_pairs_kernel. Block b writes its pairs in column order to [ends[b] - counts[b], ends[b]).
+__global__ void __launch_bounds__(kCompactThreads)
+    write_pairs_kernel(const float* __restrict__ dots,  // [rows, cols]
+                       int64_t cols, PairEpilogue epi, const int32_t* __restrict__ counts,  // [rows * slices]
+                       const int64_t* __restrict__ ends,  // [rows * slices] inclusive prefix sums of counts
+                       int64_t* __restrict__ out_keys, float* __restrict__ out_scores) {  // [pairs in tile]
+  const int64_t block = static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y;
+  const int count = counts[block];
+  if (count == 0) return;  // most blocks, at a selective threshold
+  const int64_t block_end = ends[block];
+  int64_t out = block_end - count;
+  const int64_t r = blockIdx.x;
+  const int64_t begin = blockIdx.y * kSliceCols, end = std::min(begin + kSliceCols, cols);
+  const float* row_dots = dots + r * cols;
+  const int64_t key_base = (epi.row_begin + r) * epi.num_cols + epi.col_begin;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __shared__ int warp_counts[kCompactThreads / 32];
+  for (int64_t base = begin; base < end; base += kCompactThreads) {
+    const int64_t c = base + threadIdx.x;
+    float score = 0.f;
+    const bool keep = c < end && pair_score(epi, row_dots[c], r, c, score);
+    const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < kCompactThreads / 32; ++w) {
+      before += w < warp ? warp_counts[w] : 0;
+      total += warp_counts[w];
+    }
+    const int64_t at = out + before + __popc(ballot & ((1u << lane) - 1u));
+    if (keep && at < block_end) {
+      out_keys[at] = key_base + c;
+      out_scores[at] = score;
+    }
+    out += total;
+    __syncthreads();  // warp_counts is rewritten by the next round
+  }
+}
+
+// The best k of (keys, scores) [P]: higher score first, then smaller key, i.e. smaller (row, col).
+std::pair<at::Tensor, at::Tensor> keep_best(const at::Tensor& keys, const at::Tensor& scores, int64_t k) {
+  auto [sorted_keys, by_key] = at::sort(keys);
+  const auto sorted_scores = scores.index_select(0, by_key);
+  // A stable sort keeps equal scores in key order.
+  const auto order = std::get<1>(at::sort(sorted_scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const auto best = order.narrow(0, 0, k);
+  return {sorted_keys.index_select(0, best), sorted_scores.index_select(0, best)};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Tensor& a_in,
+                                                                    const std::optional<at::Tensor>& b_in,
+                                                                    double threshold, bool normalized,
+                                                                    std::optional<int64_t> max_pairs) {
+  float min_score = check_threshold_pairs_args(a_in, b_in, threshold, normalized, max_pairs);
+  TORCH_CHECK_VALUE(a_in.is_cuda(), "threshold_pairs: a must be on a CUDA device, got ", a_in.device());
+  const bool self = !b_in.has_value();
+  const int64_t N = a_in.size(0), M = self ? N : b_in->size(0);
+  check_pair_keys_fit(N, M);
+  const c10::cuda::CUDAGuard device_guard(a_in.device());
+  const auto index_options = a_in.options().dtype(at::kLong);
+  const auto float_options = a_in.options().dtype(at::kFloat);
+  if (N == 0 || M == 0 || (self && N < 2) || max_pairs == 0) {
+    return {at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options)};
+  }
+
+  const auto a = a_in.contiguous();
+  const auto b = self ? a : b_in->contiguous();
+  at::Tensor a_norms, b_norms;
+  if (!normalized) {
+    a_norms = gemm::row_norms(a);
+    b_norms = self ? a_norms : gemm::row_norms(b);
+  }
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t budget_floats = gemm::workspace_bytes() / static_cast<int64_t>(sizeof(float));
+  const int64_t tile_cols = std::min(M, kMaxTileCols);
+  const int64_t tile_rows = std::min({N, kMaxTileRows, std::max<int64_t>(1, budget_floats / tile_cols)});
+  auto dots_buffer = at::empty({tile_rows * tile_cols}, float_options);
+  auto nonfinite = at::zeros({1}, a.options().dtype(at::kInt));
+
+  PairEpilogue epi{};
+  epi.num_cols = M;
+  epi.upper_only = self;
+  epi.nonfinite = nonfinite.mutable_data_ptr<int>();
+  std::vector<at::Tensor> found_keys, found_scores;
+  int64_t found = 0;
+
+  // Against itself the last row has no partner j > i.
+  const int64_t row_end = self ? N - 1 : N;
+  for (int64_t i0 = 0; i0 < row_end; i0 += tile_rows) {
+    const int64_t row_tile = std::min(tile_rows, row_end - i0);
+    // Against itself a row tile pairs only with columns after its first row...
+    for (int64_t j0 = self ? i0 + 1 : 0; j0 < M; j0 += tile_cols) {
+      const int64_t cols = std::min(tile_cols, M - j0);
+      // ... and only its rows before the column tile's last column pair with this column tile.
+      const int64_t rows = self ? std::min(row_tile, j0 + cols - 1 - i0) : row_tile;
+      auto dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
+      gemm::tile_dots(a.narrow(0, i0, rows), b.narrow(0, j0, cols), dots);
+
+      epi.row_norms = normalized ? nullptr : a_norms.const_data_ptr<float>() + i0;
+      epi.col_norms = normalized ? nullptr : b_norms.const_data_ptr<float>() + j0;
+      epi.row_begin = i0;
+      epi.col_begin = j0;
+      epi.threshold = min_score;
+      const int64_t slices = (cols + kSliceCols - 1) / kSliceCols;
+      const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(slices));
+      auto counts = at::empty({rows * slices}, a.options().dtype(at::kInt));
+      count_pairs_kernel<<<grid, kCompactThreads, 0, stream>>>(dots.const_data_ptr<float>(), cols, epi,
+                                                               counts.mutable_data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto ends = at::cumsum(counts, 0, at::kLong);
+      const int64_t pairs = ends[ends.size(0) - 1].item<int64_t>();
+      if (pairs == 0) continue;
+      auto keys = at::empty({pairs}, index_options);
+      auto scores = at::empty({pairs}, float_options);
+      write_pairs_kernel<<<grid, kCompactThreads, 0, stream>>>(
+          dots.const_data_ptr<float>(), cols, epi, counts.const_data_ptr<int32_t>(), ends.const_data_ptr<int64_t>(),
+          keys.mutable_data_ptr<int64_t>(), scores.mutable_data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      found_keys.push_back(std::move(keys));
+      found_scores.push_back(std::move(scores));
+      found += pairs;
+
+      if (max_pairs.has_value() && found > std::max(2 * *max_pairs, kMinPrune)) {
+        auto [best_keys, best_scores] = keep_best(at::cat(found_keys), at::cat(found_scores), *max_pairs);
+        // Later pairs must beat the worst kept one; an equal score may still win on (row, col).
+        min_score = std::max(min_score, best_scores.min().item<float>());
+        found_keys = {best_keys};
+        found_scores = {best_scores};
+        found = *max_pairs;
+      }
+    }
+  }
+  TORCH_CHECK_VALUE(nonfinite.item<int>() == 0, "threshold_pairs: a ", a_in.sizes(),
+                    self ? "" : c10::str(" or b ", b_in->sizes()), " contain NaN or inf (a score came out non-finite)");
+  if (found == 0) {
+    return {at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options)};
+  }
+  at::Tensor keys = at::cat(found_keys), scores = at::cat(found_scores);
+  if (max_pairs.has_value() && found > *max_pairs) std::tie(keys, scores) = keep_best(keys, scores, *max_pairs);
+  auto [sorted_keys, order] = at::sort(keys);
+  return {at::div(sorted_keys, M, "floor"), at::remainder(sorted_keys, M), scores.index_select(0, order)};
+}
+
+TORCH_LIBRARY_IMPL(sentfuse, CUDA, m) { m.impl("threshold_pairs", &threshold_pairs_cuda); }
+
+}  // namespace sentfuse
