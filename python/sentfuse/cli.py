@@ -1,4 +1,5 @@
-"""The sentfuse command: `sentfuse encode` (texts -> .npy embeddings), `sentfuse search`, `sentfuse info`."""
+"""The sentfuse command: `sentfuse encode` (texts -> .npy embeddings), `sentfuse search`, `sentfuse mine`
+(near-duplicate pairs), `sentfuse cluster` (communities), `sentfuse info`."""
 
 from __future__ import annotations
 
@@ -83,6 +84,27 @@ def _positive(value: str) -> int:
     return number
 
 
+def _cosine(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {value!r}") from None
+    if not -1.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1], got {value!r}")
+    return number
+
+
+def _add_mining_arguments(command: argparse.ArgumentParser) -> None:
+    """The options `mine` and `cluster` share: input format, model and output form."""
+    command.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto", help="input format")
+    command.add_argument("--field", default=None, help='JSON field holding the text (jsonl only; default "text")')
+    command.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
+    command.add_argument("--batch-size", type=_positive, default=32, help="texts per forward pass (default 32)")
+    command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    command.add_argument("--json", action="store_true", help="print JSON instead of text")
+    command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentfuse", description="Fast sentence embeddings.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -120,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    mine = commands.add_parser(
+        "mine", help="find near-duplicate pairs among the lines of a file",
+        description="Embed every item of a text or .jsonl file and print the pairs scoring at least --threshold "
+        "(cosine), best first, with both texts side by side. Each item's --top-k most similar items are the "
+        "candidates, as in sentence-transformers' paraphrase_mining.",
+    )
+    mine.add_argument("input", metavar="FILE", help="text or .jsonl file, or - for stdin")
+    mine.add_argument("--threshold", type=_cosine, default=0.9, help="lowest cosine similarity reported (default 0.9)")
+    mine.add_argument("-k", "--top-k", type=_positive, default=100, help="candidates per item (default 100)")
+    _add_mining_arguments(mine)
+
+    cluster = commands.add_parser(
+        "cluster", help="group the lines of a file into communities of similar texts",
+        description="Embed every item of a text or .jsonl file and print its communities, largest first: groups "
+        "of at least --min-size items whose cosine similarity to the group's first item is at least "
+        "--threshold (sentence-transformers' community_detection).",
+    )
+    cluster.add_argument("input", metavar="FILE", help="text or .jsonl file, or - for stdin")
+    cluster.add_argument("--threshold", type=_cosine, default=0.75, help="cosine similarity to the center (default 0.75)")
+    cluster.add_argument("--min-size", type=_positive, default=10, help="smallest community reported (default 10)")
+    _add_mining_arguments(cluster)
 
     commands.add_parser("info", help="show the build, torch version and devices")
     return parser
@@ -201,6 +245,58 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_items(args: argparse.Namespace) -> tuple[list[str], object]:
+    """The input's texts and their unit-length embeddings (None when the input has no items)."""
+    from .encoder import Encoder
+
+    texts = read_items(args.input, args.format, args.field)
+    if not texts:
+        return texts, None
+    encoder = Encoder(args.model, device=args.device)
+    return texts, encoder.encode(
+        texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress, normalize_embeddings=True,
+        convert_to_tensor=True,
+    )
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    from .mining import paraphrase_mining_embeddings
+
+    texts, embeddings = _embed_items(args)
+    pairs = [] if embeddings is None else paraphrase_mining_embeddings(embeddings, top_k=args.top_k, max_pairs=2**62)
+    pairs = [(score, i, j) for score, i, j in pairs if score >= args.threshold]
+    if args.json:
+        results = [{"score": s, "i": i, "j": j, "text_i": texts[i], "text_j": texts[j]} for s, i, j in pairs]
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        for score, i, j in pairs:
+            print(f"{score:.4f}  [{i}] {texts[i]}  |  [{j}] {texts[j]}")
+    print(f"{len(pairs)} pairs with cosine >= {args.threshold} among {len(texts)} texts", file=sys.stderr)
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from .mining import community_detection
+
+    texts, embeddings = _embed_items(args)
+    communities = [] if embeddings is None else community_detection(embeddings, args.threshold, args.min_size)
+    if args.json:
+        results = [{"size": len(c), "ids": c, "texts": [texts[i] for i in c]} for c in communities]
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        for number, community in enumerate(communities, start=1):
+            print(f"community {number}: {len(community)} texts")
+            for i in community:
+                print(f"  [{i}] {texts[i]}")
+    clustered = sum(len(c) for c in communities)
+    print(
+        f"{len(communities)} communities of >= {args.min_size} texts at cosine >= {args.threshold}, "
+        f"{clustered} of {len(texts)} texts clustered",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def run_info() -> int:
     import torch
 
@@ -232,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = {"encode": run_encode, "search": run_search}
+COMMANDS = {"encode": run_encode, "search": run_search, "mine": run_mine, "cluster": run_cluster}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,117 @@
+"""`sentfuse mine` and `sentfuse cluster`: results equal the mining functions on the encoder's embeddings."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from sentfuse import Encoder
+from sentfuse.cli import main
+from sentfuse.mining import community_detection, paraphrase_mining_embeddings
+
+# Three groups of identical lines (score 1 with any model) among distinct ones.
+TEXTS = (
+    ["The cat sat on the mat."] * 4
+    + ["Stock markets fell sharply on Monday."] * 3
+    + ["What is the capital of France?", "A woman slices an onion.", "cats", "ok"]
+    + ["Two children play in the park."] * 2
+    + ["The quick brown fox jumps over the lazy dog."]
+)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_root):
+    return tiny_model_root / "bert-mean-normalize"
+
+
+@pytest.fixture(scope="module")
+def embeddings(model):
+    return Encoder(model, device="cpu").encode(TEXTS, normalize_embeddings=True)
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    return path
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.mark.parametrize("threshold, top_k", [(0.9, 100), (0.5, 2), (-1.0, 100)])
+def test_mine_json_equals_paraphrase_mining(capsys, source, model, embeddings, threshold, top_k):
+    code, out, err = run(capsys, "mine", source, "--model", model, "--threshold", threshold, "--top-k", top_k,
+                         "--json", "--no-progress")
+    assert code == 0
+    expected = [p for p in paraphrase_mining_embeddings(embeddings, top_k=top_k) if p[0] >= threshold]
+    pairs = json.loads(out)
+    assert [(p["i"], p["j"]) for p in pairs] == [(i, j) for _, i, j in expected]
+    assert [p["score"] for p in pairs] == pytest.approx([s for s, _, _ in expected], abs=1e-5)
+    assert all(p["text_i"] == TEXTS[p["i"]] and p["text_j"] == TEXTS[p["j"]] for p in pairs)
+    assert f"{len(pairs)} pairs with cosine >= {threshold} among {len(TEXTS)} texts" in err
+
+
+def test_mine_text_output_shows_both_texts(capsys, source, model):
+    code, out, _ = run(capsys, "mine", source, "--model", model, "--threshold", "0.999", "--no-progress")
+    assert code == 0
+    found = set()
+    for line in out.splitlines():
+        score, i, text_i, j, text_j = re.fullmatch(r"(\d\.\d{4})  \[(\d+)\] (.*)  \|  \[(\d+)\] (.*)", line).groups()
+        assert float(score) == pytest.approx(1.0, abs=1e-4) and (text_i, text_j) == (TEXTS[int(i)], TEXTS[int(j)])
+        found.add((int(i), int(j)))
+    groups = [range(0, 4), range(4, 7), range(11, 13)]  # the identical lines
+    assert found == {(i, j) for group in groups for i in group for j in group if i < j}
+
+
+@pytest.mark.parametrize("threshold, min_size", [(0.999, 2), (0.999, 3), (0.3, 2), (0.3, 5)])
+def test_cluster_json_equals_community_detection(capsys, source, model, embeddings, threshold, min_size):
+    code, out, err = run(capsys, "cluster", source, "--model", model, "--threshold", threshold,
+                         "--min-size", min_size, "--json", "--no-progress")
+    assert code == 0
+    expected = community_detection(embeddings, threshold, min_size)
+    communities = json.loads(out)
+    assert [c["ids"] for c in communities] == expected
+    assert all(c["texts"] == [TEXTS[i] for i in c["ids"]] and c["size"] == len(c["ids"]) for c in communities)
+    assert f"{len(expected)} communities of >= {min_size} texts" in err
+
+
+def test_cluster_text_output(capsys, source, model):
+    code, out, err = run(capsys, "cluster", source, "--model", model, "--threshold", "0.999", "--min-size", "3",
+                         "--no-progress")
+    assert code == 0
+    assert out.splitlines() == (
+        ["community 1: 4 texts"] + [f"  [{i}] The cat sat on the mat." for i in range(4)]
+        + ["community 2: 3 texts"] + [f"  [{i}] Stock markets fell sharply on Monday." for i in range(4, 7)]
+    )
+    assert "7 of 14 texts clustered" in err
+
+
+def test_jsonl_input_and_empty_input(tmp_path, capsys, model):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"body": t}) for t in TEXTS[:5]) + "\n", encoding="utf-8")
+    code, out, _ = run(capsys, "cluster", src, "--field", "body", "--model", model, "--threshold", "0.999",
+                       "--min-size", "4", "--json", "--no-progress")
+    assert code == 0 and [c["ids"] for c in json.loads(out)] == [[0, 1, 2, 3]]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    for command in ("mine", "cluster"):
+        code, out, err = run(capsys, command, empty, "--model", model, "--json")
+        assert code == 0 and json.loads(out) == []
+        assert ("0 pairs with cosine >= 0.9 among 0 texts" if command == "mine" else "0 of 0 texts clustered") in err
+
+
+@pytest.mark.parametrize("command", ["mine", "cluster"])
+def test_errors(tmp_path, capsys, model, command):
+    code, _, err = run(capsys, command, tmp_path / "missing.txt", "--model", model)
+    assert code == 1 and f"sentfuse {command}: error: input file" in err and "does not exist" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, str(tmp_path / "missing.txt"), "--threshold", "1.5"])
+    assert exit_info.value.code == 2
+    assert "expected a cosine similarity in [-1, 1], got '1.5'" in capsys.readouterr().err
