@@ -232,11 +232,11 @@ def _neighbours_from_pairs(
     n = len(x)
     rows, cols, scores = _ops.threshold_pairs(x, None, threshold, normalized=True)
     rows, cols, scores = rows.cpu().numpy(), cols.cpu().numpy(), scores.cpu().numpy()
-    self_scores = (x.double() * x.double()).sum(1).cpu().numpy()
+    self_scores = torch.linalg.vector_norm(x, dim=1).square().cpu().numpy()  # 1, or 0 for a zero row
     self_rows = np.flatnonzero(self_scores >= threshold)
     src = np.concatenate([rows, cols, self_rows])
     dst = np.concatenate([cols, rows, self_rows])
-    edge_scores = np.concatenate([scores, scores, self_scores[self_rows].astype(np.float32)])
+    edge_scores = np.concatenate([scores, scores, self_scores[self_rows]])
     order = np.lexsort((dst, -edge_scores, src))
     src, dst = src[order], dst[order]
     counts = np.bincount(src, minlength=n)
