@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold (sentence-transformers' community_detection).",
     )
     cluster.add_argument("input", metavar="FILE", help="text or .jsonl file, or - for stdin")
-    cluster.add_argument("--threshold", type=_cosine, default=0.75, help="cosine similarity to the center (default 0.75)")
+    cluster.add_argument(
+        "--threshold", type=_cosine, default=0.75, help="cosine similarity to the center (default 0.75)"
+    )
     cluster.add_argument("--min-size", type=_positive, default=10, help="smallest community reported (default 10)")
     _add_mining_arguments(cluster)
 

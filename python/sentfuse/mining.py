@@ -228,7 +228,8 @@ def paraphrase_mining(
 def _neighbours_from_pairs(
     x: torch.Tensor, threshold: float, min_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(centers, member lists, list starts, list sizes) from threshold_pairs: every row's neighbours, itself included."""
+    """(centers, member lists, list starts, list sizes) from threshold_pairs: every row's neighbours,
+    itself included, best first."""
     n = len(x)
     rows, cols, scores = _ops.threshold_pairs(x, None, threshold, normalized=True)
     rows, cols, scores = rows.cpu().numpy(), cols.cpu().numpy(), scores.cpu().numpy()
@@ -308,7 +309,9 @@ def community_detection(
     if hasattr(_ops, "threshold_pairs"):
         centers, members, starts, sizes = _neighbours_from_pairs(x, threshold, min_community_size)
     else:
-        centers, members, starts, sizes = _neighbours_from_topk(x, threshold, min_community_size, batch_size, show_progress_bar)
+        centers, members, starts, sizes = _neighbours_from_topk(
+            x, threshold, min_community_size, batch_size, show_progress_bar
+        )
     # Largest proposal first, ties by center (sentence-transformers' stable sort of center-ordered proposals).
     order = np.lexsort((centers, -sizes))
     used = np.zeros(n, dtype=bool)
