@@ -1,5 +1,5 @@
 // Building blocks for ops that score tiles of a GEMM: fp32 row norms, the fp32-output tile GEMM, the
-// cosine epilogue and the scratch budget. They follow cuda/topk.cu, which still has its own copies.
+// cosine epilogue and the scratch budget, shared by cuda/topk.cu and cuda/pairs.cu.
 #pragma once
 
 #include <algorithm>

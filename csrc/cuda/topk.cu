@@ -24,12 +24,18 @@
 #include <torch/library.h>
 
 #include "cuda/select/block_select.cuh"
+#include "cuda/tile_gemm.cuh"
 #include "dispatch.h"
 #include "ops.h"
 #include "topk_args.h"
 
 namespace sentfuse {
 namespace {
+
+using gemm::cosine_from_dot;
+using gemm::row_norms;
+using gemm::tile_dots;
+using gemm::workspace_bytes;
 
 using select::kNoIndex;
 
@@ -38,7 +44,6 @@ constexpr int kSelectPerThread = 8;
 // Candidate buffer: four rounds of the stream, so a flush runs at most every three rounds.
 constexpr int kCandCapacity = 4 * kSelectThreads * kSelectPerThread;
 constexpr int kMaxSelectK = 1024;
-constexpr int kNormWarps = 8;
 constexpr int kRescoreWarps = 8;
 // A column slice of a tile is worth its own block only if it is this long.
 constexpr int64_t kMinSliceCols = 8192;
@@ -55,14 +60,6 @@ struct ScoreEpilogue {
   bool exclude_self;
   int* nonfinite;  // set to 1 when a dot product is NaN or inf
 };
-
-// torch.nan_to_num(dot / (|q| |c|), nan=0): zero vectors score 0, overflow saturates.
-__device__ __forceinline__ float cosine_from_dot(float dot, float query_norm, float corpus_norm) {
-  const float s = __fdiv_rn(dot, __fmul_rn(query_norm, corpus_norm));
-  if (isnan(s)) return 0.f;
-  if (isinf(s)) return s > 0.f ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
-  return s;
-}
 
 // Applies the epilogue to tile element (row, corpus row j); false drops the candidate.
 __device__ __forceinline__ bool epilogue_score(const ScoreEpilogue& epi, float dot, int64_t row, int64_t j,
@@ -145,24 +142,6 @@ __global__ void tile_scores_kernel(const float* __restrict__ dots,  // [rows, co
   }
 }
 
-// One warp per row: fp32 L2 norm of the stored values.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kNormWarps * 32)
-    row_norms_kernel(const scalar_t* __restrict__ x,  // [rows, dim]
-                     int64_t rows, int64_t dim, float* __restrict__ out) {  // [rows]
-  const int64_t row = blockIdx.x * static_cast<int64_t>(kNormWarps) + threadIdx.x / 32;
-  if (row >= rows) return;
-  const int lane = threadIdx.x % 32;
-  const scalar_t* p = x + row * dim;
-  float sum = 0.f;
-  for (int64_t d = lane; d < dim; d += 32) {
-    const float v = static_cast<float>(p[d]);
-    sum = fmaf(v, v, sum);
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  if (lane == 0) out[row] = __fsqrt_rn(sum);
-}
-
 // One warp per (query, candidate): exact fp32 score of a bf16-stage candidate; dropped ones become sentinels.
 __global__ void __launch_bounds__(kRescoreWarps * 32)
     rescore_kernel(const float* __restrict__ queries,  // [M, dim]
@@ -234,13 +213,6 @@ int select_top_size(int64_t k) {
 
 size_t select_shared_bytes(int top_size) { return select::BlockQueue::shared_bytes(top_size, kCandCapacity); }
 
-// Scratch budget for one call: a quarter of free device memory, between 32 MiB and 512 MiB.
-int64_t workspace_bytes() {
-  size_t free_bytes = 0, total_bytes = 0;
-  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  return std::clamp<int64_t>(static_cast<int64_t>(free_bytes / 4), int64_t{32} << 20, int64_t{512} << 20);
-}
-
 struct TilePlan {
   int64_t rows;
   int64_t cols;
@@ -252,30 +224,6 @@ TilePlan plan_tiles(int64_t m, int64_t n, int64_t row_extra, int64_t bytes_per_e
   const int64_t cols = std::min(n, std::max<int64_t>(4096, elements / std::min<int64_t>(m, 2048)));
   const int64_t rows = std::min(m, std::max<int64_t>(1, elements / (cols + row_extra)));
   return {rows, cols};
-}
-
-// dots [rows, cols] fp32 = queries [rows, D] . corpus [cols, D]^T with fp32 accumulation; fp32 inputs never
-// take TF32, 16-bit inputs run on tensor cores and write fp32.
-void tile_dots(const at::Tensor& queries, const at::Tensor& corpus, at::Tensor& dots) {
-  if (queries.scalar_type() == at::kFloat) {
-    at::NoTF32Guard exact_fp32;
-    at::mm_out(dots, queries, corpus.t());
-  } else {
-    at::mm_out(dots, queries, corpus.t(), at::kFloat);
-  }
-}
-
-at::Tensor row_norms(const at::Tensor& x) {
-  auto out = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  if (x.size(0) == 0) return out;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const auto blocks = static_cast<unsigned>((x.size(0) + kNormWarps - 1) / kNormWarps);
-  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "cosine_topk_norms", [&] {
-    row_norms_kernel<scalar_t><<<blocks, kNormWarps * 32, 0, stream>>>(x.const_data_ptr<scalar_t>(), x.size(0),
-                                                                       x.size(1), out.mutable_data_ptr<float>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
 }
 
 struct TopkOptions {

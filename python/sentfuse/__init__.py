@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen
+from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
 from .encoder import Encoder
 from .search import search_topk, semantic_search
 from .similarity import cos_sim, dot_score
@@ -23,4 +23,5 @@ __all__ = [
     "masked_pool_varlen",
     "search_topk",
     "semantic_search",
+    "threshold_pairs",
 ]
