@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
 from .encoder import Encoder
+from .mining import community_detection, paraphrase_mining, paraphrase_mining_embeddings, similarity_matrix
 from .search import search_topk, semantic_search
 from .similarity import cos_sim, dot_score
 
@@ -15,13 +16,17 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Encoder",
     "__version__",
+    "community_detection",
     "cos_sim",
     "cosine_topk",
     "dot_score",
     "l2_normalize",
     "masked_pool",
     "masked_pool_varlen",
+    "paraphrase_mining",
+    "paraphrase_mining_embeddings",
     "search_topk",
     "semantic_search",
+    "similarity_matrix",
     "threshold_pairs",
 ]
