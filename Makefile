@@ -50,6 +50,7 @@ bench: $(BUILD_STAMP)
 	$(PIP) install -q faiss-cpu threadpoolctl
 	$(PY) benchmarks/bench_pooling.py
 	$(PY) benchmarks/bench_topk.py
+	$(PY) benchmarks/bench_mining.py --sizes 20000
 
 $(CUDA_PY):
 	$(PYTHON) -m venv $(CUDA_VENV)
