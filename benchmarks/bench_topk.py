@@ -167,7 +167,8 @@ def main() -> None:
                 if args.bf16_rescore:
                     cells["bf16"] = timed(lambda: search_topk(queries, corpus, k, score_function=dot_score,
                                                               bf16_rescore=True), repeats, device)
-                    assert torch.equal(cells["bf16"][2][1], ours_i), "bf16_rescore changed the answer"
+                    # Same answer: equal scores (indices may swap only among near-ties).
+                    torch.testing.assert_close(cells["bf16"][2][0], ours_s, atol=1e-5, rtol=0)
                 if "st" not in args.skip:
                     cells["st"] = timed(
                         lambda: util.semantic_search(queries, corpus, top_k=k, score_function=util.dot_score), repeats,
