@@ -9,7 +9,7 @@ import pytest
 import torch
 from sentence_transformers import util
 
-from sentfuse import _ops, mining
+from sentfuse import mining
 from sentfuse.similarity import dot_score
 
 QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"
@@ -17,8 +17,7 @@ N_QUESTIONS = 1500
 # Scores from the kernel and from sentence-transformers' torch.mm differ by float rounding only.
 ATOL = 1e-5
 
-PATHS = ["cosine_topk", pytest.param("threshold_pairs", marks=pytest.mark.skipif(
-    not hasattr(_ops, "threshold_pairs"), reason="sentfuse._ops.threshold_pairs is not built yet"))]
+METHODS = ["pairs", "topk"]
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +42,6 @@ def planted(n_clusters=30, per_cluster=40, noise_rows=500, dim=48, spread=0.5, s
     members = torch.cat([c + spread * torch.randn(s, dim, generator=g) for c, s in zip(centers, sizes)])
     rows = torch.cat([members, torch.randn(noise_rows, dim, generator=g)])
     return rows[torch.randperm(len(rows), generator=g)]
-
-
-@pytest.fixture
-def path(request, monkeypatch):
-    if request.param == "cosine_topk":
-        monkeypatch.delattr(_ops, "threshold_pairs", raising=False)
-    return request.param
 
 
 def reference_cos(a, b):
@@ -229,39 +221,42 @@ def assert_same_communities(ours, theirs, x):
         torch.testing.assert_close(scores[mine[0], mine[1:]], scores[st[0], st[1:]], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("threshold, min_size", [(0.75, 10), (0.75, 3), (0.6, 5), (0.9, 2)])
-def test_community_detection_matches_sentence_transformers_squad(squad, path, threshold, min_size):
+def test_community_detection_matches_sentence_transformers_squad(squad, method, threshold, min_size):
     threshold = away_from_scores(squad, threshold)
-    ours = mining.community_detection(squad, threshold=threshold, min_community_size=min_size, batch_size=500)
+    ours = mining.community_detection(squad, threshold=threshold, min_community_size=min_size, batch_size=500,
+                                      method=method)
     theirs = util.community_detection(squad, threshold=threshold, min_community_size=min_size)
     assert len(ours) > 3
     assert_same_communities(ours, theirs, squad)
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("threshold, min_size, batch_size", [(0.5, 10, 1024), (0.35, 20, 333), (0.6, 1, 100)])
-def test_community_detection_matches_sentence_transformers_planted(path, threshold, min_size, batch_size):
+def test_community_detection_matches_sentence_transformers_planted(method, threshold, min_size, batch_size):
     x = planted()
     threshold = away_from_scores(x, threshold)
-    ours = mining.community_detection(x.numpy(), threshold=threshold, min_community_size=min_size, batch_size=batch_size)
+    ours = mining.community_detection(x.numpy(), threshold=threshold, min_community_size=min_size,
+                                      batch_size=batch_size, method=method)
     theirs = util.community_detection(x, threshold=threshold, min_community_size=min_size)
     assert len(ours[0]) > 64  # the large cluster made k grow
     assert_same_communities(ours, theirs, x)
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
-def test_community_detection_small_inputs(path):
+@pytest.mark.parametrize("method", METHODS)
+def test_community_detection_small_inputs(method):
     x = random_set(12, dim=6, seed=8)
     threshold = away_from_scores(x, -0.2)
     for min_size in (1, 2, 5, 12):
         assert_same_communities(
-            mining.community_detection(x, threshold, min_size), util.community_detection(x, threshold, min_size), x
+            mining.community_detection(x, threshold, min_size, method=method),
+            util.community_detection(x, threshold, min_size), x,
         )
-    assert mining.community_detection(x, threshold=-1.0, min_community_size=12)[0][0] == 0
-    assert mining.community_detection(x, 0.5, min_community_size=13) == []
-    assert mining.community_detection(torch.empty(0, 6)) == []
-    assert mining.community_detection(x[0], threshold=0.9, min_community_size=1) == [[0]]
+    assert mining.community_detection(x, threshold=-1.0, min_community_size=12, method=method)[0][0] == 0
+    assert mining.community_detection(x, 0.5, min_community_size=13, method=method) == []
+    assert mining.community_detection(torch.empty(0, 6), method=method) == []
+    assert mining.community_detection(x[0], threshold=0.9, min_community_size=1, method=method) == [[0]]
 
 
 @pytest.mark.parametrize(

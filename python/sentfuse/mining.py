@@ -288,6 +288,7 @@ def community_detection(
     min_community_size: int = 10,
     batch_size: int = 1024,
     show_progress_bar: bool = False,
+    method: str = "pairs",
 ) -> list[list[int]]:
     """Groups of rows whose cosine similarity to a central row is >= threshold, as sentence-transformers finds them.
 
@@ -295,9 +296,15 @@ def community_detection(
     included) proposes a community: itself first, then those rows by descending score. Largest
     proposals first (ties: lower center first), a proposal is skipped when its center is taken and
     otherwise loses the rows already taken; it is kept if min_community_size rows remain. Returns
-    the kept communities, largest first. batch_size rows are searched per kernel call.
+    the kept communities, largest first.
+
+    method "pairs" (the default, fastest) finds every pair above threshold at once with
+    threshold_pairs, so its memory follows the number of such pairs; "topk" searches batch_size rows
+    per cosine_topk call and grows k only for rows that fill it, which bounds memory at low thresholds.
     """
     threshold = _check_threshold(threshold)
+    if method not in ("pairs", "topk"):
+        raise ValueError(f"method must be 'pairs' or 'topk', got {method!r}")
     _check_int(min_community_size, "min_community_size", 1)
     _check_int(batch_size, "batch_size", 1)
     x = as_embeddings(embeddings, "embeddings")
@@ -306,7 +313,7 @@ def community_detection(
         return []
     x = _normalized(x)
 
-    if hasattr(_ops, "threshold_pairs"):
+    if method == "pairs":
         centers, members, starts, sizes = _neighbours_from_pairs(x, threshold, min_community_size)
     else:
         centers, members, starts, sizes = _neighbours_from_topk(
