@@ -82,6 +82,15 @@ def mm_mask_pairs(x: torch.Tensor, threshold: float, chunk: int = 2048):
     return torch.cat(rows), torch.cat(cols), torch.cat(scores)
 
 
+def agree_threshold_pairs(ours, theirs) -> str:
+    """Both lists are in (row, col) order; pairs within float rounding of the threshold may differ."""
+    if torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]):
+        return f"same {len(ours[0])} pairs"
+    n = int(max(ours[1].max(), theirs[1].max())) + 1 if len(ours[0]) and len(theirs[0]) else 1
+    a, b = set((ours[0] * n + ours[1]).tolist()), set((theirs[0] * n + theirs[1]).tolist())
+    return f"{len(a)} vs {len(b)} pairs, {len(a ^ b)} differ"
+
+
 def agree_pairs(ours, theirs) -> str:
     if len(ours) != len(theirs):
         return f"DIFFER: {len(ours)} vs {len(theirs)} pairs"
@@ -109,11 +118,8 @@ def main() -> None:
     from sentence_transformers import util
 
     gflops = gemm_gflops("cpu")
-    has_pairs = hasattr(_ops, "threshold_pairs")
     print(f"device: {platform.processor() or 'cpu'}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"measured fp32 GEMM throughput: {gflops:.1f} GFLOP/s")
-    if not has_pairs:
-        print("sentfuse._ops.threshold_pairs is not built: its rows are left out")
     print(f"community detection: threshold {args.threshold}, min_community_size {args.min_size}; "
           "paraphrase mining: ST defaults (top_k 100, max_pairs 500000)\n")
     header = (f"{'data':>7} {'N':>7} {'operation':<22} | {'sentfuse s':>10} {'MB':>6} | {'other':<10} {'s':>8} "
@@ -134,12 +140,10 @@ def main() -> None:
                  "ST", lambda: util.paraphrase_mining_embeddings(x), agree_pairs),
                 ("community_detection", lambda: mining.community_detection(x, args.threshold, args.min_size),
                  "ST", lambda: util.community_detection(x, args.threshold, args.min_size), agree_communities),
+                ("threshold_pairs " + str(args.threshold),
+                 lambda: _ops.threshold_pairs(x, None, args.threshold, normalized=True),
+                 "mm+mask", lambda: mm_mask_pairs(x, args.threshold), agree_threshold_pairs),
             ]
-            if has_pairs:
-                cases.append(
-                    (f"threshold_pairs {args.threshold}", lambda: _ops.threshold_pairs(x, None, args.threshold, normalized=True),
-                     "mm+mask", lambda: mm_mask_pairs(x, args.threshold),
-                     lambda a, b: f"{'same' if len(a[0]) == len(b[0]) else 'DIFFERENT'} {len(a[0])} pairs"))
             for name, ours_fn, other_name, other_fn, check in cases:
                 ours_s, ours_mb, ours = measured(ours_fn)
                 row = dict(data=data, n=n, operation=name, sentfuse_s=ours_s, sentfuse_extra_mb=ours_mb,
