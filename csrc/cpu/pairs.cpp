@@ -20,18 +20,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/score_tiles.h"
 #include "ops.h"
 #include "pairs_args.h"
 
 namespace sentfuse {
 namespace {
 
-// Tile shape as in cpu/topk.cpp (measured there for BLAS).
-constexpr int64_t kRowTile = 1024;       // rows of a per tile at most
-constexpr int64_t kTileFloats = 1 << 22;  // scores per tile at most: 16 MB
-constexpr int64_t kMinColTile = 2048;    // rows of b per tile at least
-constexpr int64_t kRowBlock = 16;        // rows per hit buffer; divides kRowTile
-constexpr int64_t kChunk = 16;           // scores tested per vectorized reject step
+constexpr int64_t kRowBlock = 16;        // rows per hit buffer; divides tiles::kRows
 constexpr int64_t kMinPrune = 1 << 16;   // max_pairs prunes only buffers holding more hits than this
 
 struct Hit {
@@ -56,12 +52,9 @@ inline bool ranks_before(const Ranked& x, const Ranked& y) {
 // Returns false on a non-finite score.
 inline bool scan_row(const float* scores, int64_t start, int64_t n, int64_t first_col, float threshold,
                      int32_t row_in_block, std::vector<Hit>& hits) {
-  for (int64_t j = start; j < n; j += kChunk) {
-    const int64_t end = std::min(j + kChunk, n);
-    // One branch-free pass per chunk: any score reaching the threshold, or any NaN/inf (|s| <= FLT_MAX fails).
-    int hit = 0;
-    for (int64_t t = j; t < end; ++t) hit |= (scores[t] >= threshold) | !(std::fabs(scores[t]) <= FLT_MAX);
-    if (!hit) continue;
+  for (int64_t j = start; j < n; j += tiles::kRejectChunk) {
+    const int64_t end = std::min(j + tiles::kRejectChunk, n);
+    if (!tiles::chunk_needs_look<true>(scores + j, end - j, threshold)) continue;
     for (int64_t t = j; t < end; ++t) {
       const float s = scores[t];
       if (!std::isfinite(s)) return false;
@@ -93,12 +86,6 @@ Ranked prune(std::vector<std::vector<Hit>>& buffers, int64_t total, int64_t max_
   return cutoff;
 }
 
-// 1 / ||row|| per row of x [R, D] as fp32; 0 for a zero row, so that it scores 0 rather than NaN.
-at::Tensor inverse_norms(const at::Tensor& x) {
-  const at::Tensor norms = at::linalg_vector_norm(x, 2, {1}, false, at::kFloat);
-  return at::where(norms > 0, norms.reciprocal(), at::zeros_like(norms));
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Tensor& a,
@@ -116,11 +103,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
   // Rows of a become fp32 unit vectors once; b's norms are applied per tile, to its columns. Against
   // itself, a's normalized copy serves as both sides.
   at::Tensor q = a.to(at::kFloat);
-  if (!normalized) q = q * inverse_norms(q).unsqueeze(1);
+  if (!normalized) q = q * tiles::inverse_norms(q).unsqueeze(1);
   q = q.contiguous();
 
-  const int64_t row_tile = std::min(N, kRowTile);
-  const int64_t col_tile = std::min(M, std::max(kMinColTile, kTileFloats / row_tile));
+  const int64_t row_tile = std::min(N, tiles::kRows);
+  const int64_t col_tile = tiles::columns(row_tile, M);
   at::Tensor tile_buffer = at::empty({row_tile, col_tile}, q.options());
 
   std::vector<std::vector<Hit>> buffers((N + kRowBlock - 1) / kRowBlock);
@@ -135,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
       block = q.narrow(0, j0, n);
     } else {
       block = b->narrow(0, j0, n).to(at::kFloat);  // no copy for fp32 input
-      if (!normalized) column_scale = inverse_norms(block);
+      if (!normalized) column_scale = tiles::inverse_norms(block);
     }
     // Against itself only rows i < j0 + n - 1 have a partner j > i in this column tile.
     const int64_t row_end = self ? std::min(N, j0 + n - 1) : N;

@@ -18,17 +18,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/score_tiles.h"
 #include "ops.h"
 #include "topk_args.h"
 
 namespace sentfuse {
 namespace {
 
-// Tile shape, measured: BLAS reaches its peak near 1024 x 4096; smaller tiles lose up to 30%.
-constexpr int64_t kQueryTile = 1024;     // queries per tile at most
-constexpr int64_t kTileFloats = 1 << 22;  // scores per tile at most: 16 MB
-constexpr int64_t kMinCorpusTile = 2048;  // corpus rows per tile at least
-constexpr int64_t kChunk = 16;        // scores tested per vectorized reject step
 
 struct Candidate {
   float score;
@@ -88,13 +84,9 @@ class Collector {
 template <typename Sink>
 inline bool select_row(const float* scores, int64_t n, int64_t first_index, int64_t skip, Sink& top) {
   int64_t j = 0;
-  for (; j < n; j += kChunk) {
-    const int64_t end = std::min(j + kChunk, n);
-    const float threshold = top.threshold();
-    // One branch-free pass per chunk: any score above threshold, or any NaN/inf (|s| <= FLT_MAX fails).
-    int hit = 0;
-    for (int64_t t = j; t < end; ++t) hit |= (scores[t] > threshold) | !(std::fabs(scores[t]) <= FLT_MAX);
-    if (!hit) continue;
+  for (; j < n; j += tiles::kRejectChunk) {
+    const int64_t end = std::min(j + tiles::kRejectChunk, n);
+    if (!tiles::chunk_needs_look<false>(scores + j, end - j, top.threshold())) continue;
     for (int64_t t = j; t < end; ++t) {
       const float s = scores[t];
       if (!std::isfinite(s)) return false;
@@ -119,12 +111,6 @@ void write_sorted(std::vector<Candidate>& kept, int64_t k_out, int64_t corpus_of
   }
 }
 
-// 1 / ||row|| per row of x [R, D] as fp32; 0 for a zero row, so that it scores 0 rather than NaN.
-at::Tensor inverse_norms(const at::Tensor& x) {
-  const at::Tensor norms = at::linalg_vector_norm(x, 2, {1}, false, at::kFloat);
-  return at::where(norms > 0, norms.reciprocal(), at::zeros_like(norms));
-}
-
 // Largest float below x: a strict `s > floor` then keeps every s >= x.
 inline float strict_floor(double x) {
   return std::nextafter(static_cast<float>(x), -std::numeric_limits<float>::infinity());
@@ -138,8 +124,8 @@ template <typename Sink>
 bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized, bool exclude_self,
                  int64_t query_offset, int64_t corpus_offset, std::vector<Sink>& sinks) {
   const int64_t M = q.size(0), N = corpus.size(0);
-  const int64_t query_tile = std::min(M, kQueryTile);
-  const int64_t corpus_tile = std::min(N, std::max(kMinCorpusTile, kTileFloats / query_tile));
+  const int64_t query_tile = std::min(M, tiles::kRows);
+  const int64_t corpus_tile = tiles::columns(query_tile, N);
   at::Tensor tile_buffer = at::empty({query_tile, corpus_tile}, q.options().dtype(at::kFloat));
   std::atomic<bool> non_finite{false};
 
@@ -148,7 +134,7 @@ bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized,
     const int64_t n = std::min(corpus_tile, N - j0);
     const at::Tensor rows = corpus.narrow(0, j0, n);
     const at::Tensor block = rows.to(q.scalar_type());  // no copy when the dtypes agree
-    const at::Tensor column_scale = normalized ? at::Tensor() : inverse_norms(rows);
+    const at::Tensor column_scale = normalized ? at::Tensor() : tiles::inverse_norms(rows);
     for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
       const int64_t m = std::min(query_tile, M - i0);
       at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, n);
@@ -193,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
 
   // Queries become fp32 unit vectors once; corpus norms are applied per tile, to its columns.
   at::Tensor q = queries.to(at::kFloat);
-  if (!normalized) q = q * inverse_norms(q).unsqueeze(1);
+  if (!normalized) q = q * tiles::inverse_norms(q).unsqueeze(1);
   q = q.contiguous();
 
   const float floor = min_score.has_value() ? strict_floor(*min_score) : -std::numeric_limits<float>::infinity();
@@ -241,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
         const at::Tensor rows = corpus.index_select(0, at::from_blob(const_cast<int64_t*>(ids.data()),
                                                                      {(int64_t)ids.size()}, at::kLong));
         at::Tensor exact = at::mv(rows.to(at::kFloat), q[i]);
-        if (!normalized) exact.mul_(inverse_norms(rows));
+        if (!normalized) exact.mul_(tiles::inverse_norms(rows));
         const float* s = exact.data_ptr<float>();
         for (size_t t = 0; t < ids.size(); ++t)  // ids ascend, as TopK::push expects
           if (s[t] > tops[i].threshold()) tops[i].push(s[t], ids[t]);
