@@ -158,6 +158,7 @@ class Encoder:
 
         folder = load_model_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
         self.model_path = folder.path
+        self._dtype_arg = torch_dtype
 
         # sentence-transformers' prompt precedence: the caller's prompts, then the folder's, and
         # "query"/"document" always present (empty unless set) so encode_query never falls back
@@ -279,6 +280,18 @@ class Encoder:
     def get_sentence_embedding_dimension(self) -> int:
         """The same as get_embedding_dimension, under sentence-transformers' older name."""
         return self.get_embedding_dimension()
+
+    def worker_kwargs(self) -> dict[str, Any]:
+        """Encoder(**worker_kwargs(), device=...) rebuilds this encoder in another process (the pool's workers)."""
+        return {
+            "model_name_or_path": str(self.model_path),
+            "dtype": self._dtype_arg,
+            "max_seq_length": self.max_seq_length,
+            "truncate_dim": self.truncate_dim,
+            "prompts": dict(self.prompts),
+            "default_prompt_name": self.default_prompt_name,
+            "similarity_fn_name": self._similarity_fn_name,
+        }
 
     def to(self, device: str | torch.device) -> Encoder:
         target = _parse_device(device)
