@@ -51,6 +51,7 @@ bench: $(BUILD_STAMP)
 	$(PY) benchmarks/bench_pooling.py
 	$(PY) benchmarks/bench_topk.py
 	$(PY) benchmarks/bench_mining.py --sizes 20000
+	$(PY) benchmarks/bench_encode.py
 
 $(CUDA_PY):
 	$(PYTHON) -m venv $(CUDA_VENV)

@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
 from .encoder import Encoder
+from .pool import EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 from .mining import community_detection, paraphrase_mining, paraphrase_mining_embeddings, similarity_matrix
 from .search import search_topk, semantic_search
 from .similarity import cos_sim, dot_score
@@ -15,11 +16,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "Encoder",
+    "EncoderPool",
     "__version__",
     "community_detection",
     "cos_sim",
     "cosine_topk",
     "dot_score",
+    "encode_multi_process",
     "l2_normalize",
     "masked_pool",
     "masked_pool_varlen",
@@ -28,5 +31,7 @@ __all__ = [
     "search_topk",
     "semantic_search",
     "similarity_matrix",
+    "start_multi_process_pool",
+    "stop_multi_process_pool",
     "threshold_pairs",
 ]

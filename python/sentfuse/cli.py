@@ -99,7 +99,7 @@ def _add_mining_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto", help="input format")
     command.add_argument("--field", default=None, help='JSON field holding the text (jsonl only; default "text")')
     command.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
-    command.add_argument("--batch-size", type=_positive, default=32, help="texts per forward pass (default 32)")
+    command.add_argument("--batch-size", type=_positive, default=None, help="most texts per forward pass (default: by device)")
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     command.add_argument("--json", action="store_true", help="print JSON instead of text")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -118,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
     encode.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto", help="input format")
     encode.add_argument("--field", default=None, help='JSON field holding the text (jsonl only; default "text")')
-    encode.add_argument("--batch-size", type=_positive, default=32, help="texts per forward pass (default 32)")
+    encode.add_argument("--batch-size", type=_positive, default=None, help="most texts per forward pass (default: by device)")
     encode.add_argument("--normalize", action="store_true", help="scale embeddings to unit length")
     encode.add_argument("--precision", choices=PRECISIONS, default="float32", help="output precision")
     encode.add_argument("--prompt-name", default=None, help="prompt from the model's config to prepend")
     encode.add_argument("--max-seq-length", type=_positive, default=None, help="truncate texts to this many tokens")
+    encode.add_argument(
+        "--max-batch-tokens", type=_positive, default=None, help="most padded tokens per forward pass (default: by device)"
+    )
+    encode.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
     encode.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     encode.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -138,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--embeddings", default=None, metavar="FILE.npy", help="cached corpus embeddings")
     search.add_argument("-k", "--top-k", type=_positive, default=5, help="hits per query (default 5)")
     search.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
-    search.add_argument("--batch-size", type=_positive, default=32, help="texts per forward pass (default 32)")
+    search.add_argument("--batch-size", type=_positive, default=None, help="most texts per forward pass (default: by device)")
     search.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -184,12 +189,13 @@ def run_encode(args: argparse.Namespace) -> int:
         raise InputError(f"--precision {args.precision} calibrates on the input and needs at least 2 items")
 
     start = time.perf_counter()
-    encoder = Encoder(args.model, device=args.device, max_seq_length=args.max_seq_length)
+    encoder = Encoder(args.model, device=args.device, dtype=args.dtype, max_seq_length=args.max_seq_length)
     loaded = time.perf_counter()
     embeddings = encoder.encode(
         texts,
         prompt_name=args.prompt_name,
         batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
         show_progress_bar=not args.no_progress,
         precision=args.precision,
         normalize_embeddings=args.normalize,

@@ -8,13 +8,15 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import _ops
+from .backbone import prepare_backbone
+from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchStream
 from .modules import (
     SIMILARITY_FN_NAMES,
     DenseModule,
@@ -27,6 +29,9 @@ from .modules import (
 from .quantize import check_precision, quantize_embeddings, quantized_dim, quantized_dtype
 from .search import semantic_search
 from .similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
+
+if TYPE_CHECKING:
+    from .pool import EncoderPool
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +61,12 @@ def _parse_device(device: Any, name: str = "device") -> torch.device | None:
     return parsed
 
 
-def _parse_dtype(dtype: Any) -> torch.dtype | None:
+def _parse_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (str or torch.dtype), got {dtype!r}")
+    raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (str or torch.dtype), got {dtype!r}")
 
 
 def _check_sentences(sentences: Any) -> tuple[bool, list[str]]:
@@ -200,7 +205,8 @@ class Encoder:
             self._add_lowercasing(tokenizer)
 
         self._tokenizer = tokenizer
-        self._model = model.eval().to(device)
+        self._model = prepare_backbone(model.eval().to(device))
+        self._warn_if_emulated(device, self._model.dtype)
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._prompt_lengths: dict[str, int] = {}
 
@@ -225,6 +231,19 @@ class Encoder:
             self._post = self._post[1:]
         last = self._post[-1] if self._post else None
         self._ends_normalized = isinstance(last, NormalizeModule) or (last is None and self._fuse_normalize)
+
+    @staticmethod
+    def _warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
+        """Say so when a half-precision CPU model will run on emulated arithmetic (slower than float32)."""
+        if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+            return
+        probe = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+        check = getattr(torch.ops.mkldnn, probe, None)
+        if check is not None and not check():
+            logger.warning(
+                "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): %s matmuls are emulated and "
+                "run slower than float32", str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
+            )
 
     @staticmethod
     def _hidden_size(config: Any) -> int:
@@ -339,10 +358,24 @@ class Encoder:
             self._prompt_lengths[prompt] = n
         return self._prompt_lengths[prompt]
 
-    def _forward(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [B, L, H] and attention_mask [B, L] for a batch of texts."""
-        features = self._tokenize(texts)
-        inputs = {k: v.to(device) for k, v in features.items() if k in self._forward_args}
+    def _tokenize_unpadded(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        return self._tokenizer(texts, padding=False, truncation="longest_first", max_length=self.max_seq_length)
+
+    def _batch_stream(self, texts: list[str], batch_size: int, max_batch_tokens: int) -> BatchStream:
+        tok = self._tokenizer
+        pad_values = {
+            "input_ids": tok.pad_token_id if tok.pad_token_id is not None else 0,
+            "attention_mask": 0,
+            "token_type_ids": getattr(tok, "pad_token_type_id", 0),
+        }
+        return BatchStream(
+            texts, self._tokenize_unpadded, pad_values, tok.padding_side, batch_size, max_batch_tokens,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _forward(self, features: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, L, H] and attention_mask [B, L] for a batch of padded token ids."""
+        inputs = {k: v.to(device, non_blocking=True) for k, v in features.items() if k in self._forward_args}
         out = self._model(**inputs, return_dict=True)
         return out.last_hidden_state, inputs["attention_mask"]
 
@@ -357,9 +390,8 @@ class Encoder:
         return x
 
     def _check_encode_args(
-        self, batch_size, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
+        self, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
     ) -> None:
-        _positive_int(batch_size, "batch_size", allow_none=False)
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
         check_precision(precision)
@@ -379,15 +411,19 @@ class Encoder:
         sentences: str | Sequence[str],
         prompt_name: str | None = None,
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         output_value: str = "sentence_embedding",
         precision: str = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
-        device: str | torch.device | None = None,
+        device: str | torch.device | Sequence[str] | None = None,
         normalize_embeddings: bool = False,
         truncate_dim: int | None = None,
+        max_batch_tokens: int | None = None,
+        output_dtype: str | torch.dtype | None = "float32",
+        pool: EncoderPool | None = None,
+        chunk_size: int | None = None,
     ) -> np.ndarray | torch.Tensor | list:
         """Embed sentences, with sentence-transformers' arguments and result types.
 
@@ -395,18 +431,35 @@ class Encoder:
         convert_to_tensor, a list of [D] tensors with convert_to_numpy=False). output_value
         "token_embeddings" gives a list of [n_tokens, H] tensors, padding removed. precision int8,
         uint8, binary or ubinary quantizes as sentence-transformers' quantize_embeddings does,
-        calibrating int8/uint8 ranges on the embeddings of this call. Inputs are encoded in
-        length-sorted batches; results come back in input order.
+        calibrating int8/uint8 ranges on the embeddings of this call.
+
+        Texts are tokenized once (in a background thread, ahead of the model), sorted by token count
+        and batched so that each batch holds at most batch_size texts and at most max_batch_tokens
+        padded tokens; defaults depend on the device (see sentfuse.batching). Results come back in
+        input order. Sentence embeddings are returned as output_dtype (float32 by default; None keeps
+        the backbone's dtype). device may be a list of devices, or pool a pool from
+        start_multi_process_pool: the texts are then split into chunks of chunk_size across worker
+        processes.
         """
         single, texts = _check_sentences(sentences)
         self._check_encode_args(
-            batch_size, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
+            output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
         )
+        batch_size = _positive_int(batch_size, "batch_size")
+        max_batch_tokens = _positive_int(max_batch_tokens, "max_batch_tokens")
         truncate_dim = _positive_int(truncate_dim, "truncate_dim")
         if truncate_dim is None:
             truncate_dim = self.truncate_dim
-        target = _parse_device(device)
-        prompt = self._resolve_prompt(prompt, prompt_name)
+        out_dtype = _parse_dtype(output_dtype, "output_dtype")
+        devices = None
+        if pool is not None or (isinstance(device, Sequence) and not isinstance(device, str)):
+            devices = self._check_pool_args(pool, device, output_value)
+        else:
+            _positive_int(chunk_size, "chunk_size")
+            target = _parse_device(device)
+            if target is not None and target != self.device:
+                self.to(target)
+        resolved_prompt = self._resolve_prompt(prompt, prompt_name)
         if precision in ("int8", "uint8") and len(texts) == 1 and output_value == "sentence_embedding":
             raise ValueError(
                 f"precision {precision!r} calibrates its ranges on the embeddings being encoded and needs at "
@@ -416,54 +469,65 @@ class Encoder:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         if convert_to_tensor:
             convert_to_numpy = False
-
-        if target is not None and target != self.device:
-            self.to(target)
-        device = self.device
-        skip_tokens = self._prompt_length(prompt) if prompt and not self._pooling.include_prompt else 0
-        if prompt:
-            texts_in = [prompt + t for t in texts]
-        else:
-            texts_in = texts
-
-        # Longest first, as sentence-transformers does: batches of similar length waste little padding,
-        # and an out-of-memory error shows up on the first batch.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         dim = self._dim if truncate_dim is None else min(truncate_dim, self._dim)
-        chunks: list[Any] = []
-        batches = range(0, len(texts), batch_size)
-        for start in tqdm(batches, desc="Batches", disable=not show_progress_bar):
-            idx = order[start : start + batch_size]
-            hidden, mask = self._forward([texts_in[i] for i in idx], device)
-            if output_value == "token_embeddings":
-                lengths = mask.flip(1).argmax(dim=1)  # trailing padding per row
-                chunks.extend(row[: hidden.shape[1] - int(pad)] for row, pad in zip(hidden, lengths.tolist()))
-                continue
-            x = self._sentence_embeddings(hidden, mask, skip_tokens)
-            if normalize_embeddings and not (self._ends_normalized and dim == self._dim):
-                x = _ops.l2_normalize(x, None if dim == self._dim else dim)
-            elif dim != self._dim:
-                x = x[:, :dim]
-            chunks.append(x.cpu() if convert_to_numpy else x)
+
+        if devices is not None or pool is not None:
+            embeddings = self._encode_in_pool(
+                texts, pool, devices, chunk_size, bool(show_progress_bar),
+                prompt=resolved_prompt, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+            )
+            if out_dtype is not None and out_dtype != torch.float32:
+                embeddings = embeddings.to(out_dtype)
+            if not convert_to_numpy and not convert_to_tensor:
+                embeddings = embeddings.to(self.device)
+            return self._finish(embeddings, single, precision, convert_to_numpy, convert_to_tensor)
+
+        device = self.device
+        skip_tokens = self._prompt_length(resolved_prompt) if resolved_prompt and not self._pooling.include_prompt else 0
+        texts_in = [resolved_prompt + t for t in texts] if resolved_prompt else texts
+        batch_size = batch_size or DEFAULT_MAX_BATCH_SIZE.get(device.type, DEFAULT_MAX_BATCH_SIZE["cuda"])
+        max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
+
+        tokens: list[Any] = [None] * len(texts)
+        embeddings = None
+        if output_value == "sentence_embedding":
+            # Filled in place on the device; one copy to the host at the end.
+            embeddings = torch.empty((len(texts), dim), device=device, dtype=out_dtype or self._model.dtype)
+        bar = tqdm(total=len(texts), desc="Encoding", unit="sentence", disable=not show_progress_bar)
+        with bar:
+            for batch in self._batch_stream(texts_in, batch_size, max_batch_tokens):
+                hidden, mask = self._forward(batch.features, device)
+                if output_value == "token_embeddings":
+                    lengths = mask.sum(dim=1).tolist()
+                    left = self._tokenizer.padding_side == "left"
+                    for pos, row, n in zip(batch.positions.tolist(), hidden, lengths):
+                        tokens[pos] = row[row.shape[0] - n :] if left else row[:n]
+                else:
+                    x = self._sentence_embeddings(hidden, mask, skip_tokens)
+                    if normalize_embeddings and not (self._ends_normalized and dim == self._dim):
+                        x = _ops.l2_normalize(x, None if dim == self._dim else dim)
+                    elif dim != self._dim:
+                        x = x[:, :dim]
+                    embeddings[torch.from_numpy(batch.positions).to(device, non_blocking=True)] = x.to(embeddings.dtype)
+                bar.update(len(batch.positions))
 
         if output_value == "token_embeddings":
-            result: list = [None] * len(texts)
-            for pos, emb in zip(order, chunks):
-                result[pos] = emb
-            if precision != "float32" and result:
-                result = quantize_embeddings(result, precision)
-            return result[0] if single else result
+            if precision != "float32" and tokens:
+                tokens = quantize_embeddings(tokens, precision)
+            return tokens[0] if single else tokens
+        if convert_to_numpy or precision != "float32":
+            embeddings = embeddings.cpu()
+        return self._finish(embeddings, single, precision, convert_to_numpy, convert_to_tensor)
 
-        if chunks:
-            stacked = torch.cat(chunks)
-            embeddings = stacked.index_select(0, torch.from_numpy(np.argsort(order)).to(stacked.device))
-        else:
-            embeddings = torch.empty((0, dim), device="cpu" if convert_to_numpy else device)
-
+    @staticmethod
+    def _finish(embeddings: torch.Tensor, single: bool, precision: str, convert_to_numpy: bool, convert_to_tensor: bool):
+        """[N, D] embeddings in the result type encode's flags ask for."""
         if precision != "float32":
+            dim = embeddings.shape[1]
             quantized = (
                 quantize_embeddings(embeddings, precision)
-                if len(texts)
+                if len(embeddings)
                 else np.zeros((0, quantized_dim(dim, precision)), dtype=quantized_dtype(precision))
             )
             out: Any = torch.from_numpy(quantized) if convert_to_tensor else quantized
@@ -476,6 +540,58 @@ class Encoder:
         else:
             out = list(embeddings.unbind(0))
         return out[0] if single else out
+
+    # --- several processes ------------------------------------------------------------------------
+
+    def _check_pool_args(self, pool: Any, device: Any, output_value: str) -> list[str] | None:
+        if output_value != "sentence_embedding":
+            raise ValueError("output_value 'token_embeddings' is not available with a pool or a list of devices")
+        if pool is not None:
+            if device is not None:
+                raise ValueError("give either pool or device, not both: the pool's workers already have their devices")
+            from .pool import EncoderPool
+
+            if not isinstance(pool, EncoderPool):
+                raise TypeError(f"pool must be an EncoderPool from start_multi_process_pool, got {type(pool).__name__}")
+            return None
+        devices = list(device)
+        if not devices or not all(isinstance(d, (str, torch.device)) for d in devices):
+            raise ValueError(f"device must be a device or a non-empty list of devices, got {device!r}")
+        return [str(d) for d in devices]
+
+    def _encode_in_pool(self, texts, pool, devices, chunk_size, show_progress_bar, **encode_kwargs) -> torch.Tensor:
+        """float32 [N, D] embeddings from the pool's workers (or a pool started for devices and stopped after)."""
+        from .pool import encode_multi_process, start_multi_process_pool
+
+        kwargs = {k: v for k, v in encode_kwargs.items() if v is not None}
+        if pool is not None:
+            result = encode_multi_process(pool, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar, **kwargs)
+        else:
+            with start_multi_process_pool(self, devices) as own_pool:
+                result = encode_multi_process(
+                    own_pool, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar, **kwargs
+                )
+        return torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32))
+
+    def start_multi_process_pool(self, target_devices: Sequence[str] | None = None) -> EncoderPool:
+        """Worker processes, each with a copy of this encoder on one device (sentence-transformers' name).
+
+        Pass the pool to encode(..., pool=pool); stop it with stop_multi_process_pool (or use it in a with block).
+        """
+        from .pool import start_multi_process_pool
+
+        return start_multi_process_pool(self, None if target_devices is None else list(target_devices))
+
+    @staticmethod
+    def stop_multi_process_pool(pool: EncoderPool) -> None:
+        """Stop a pool's worker processes."""
+        from .pool import stop_multi_process_pool
+
+        stop_multi_process_pool(pool)
+
+    def encode_multi_process(self, sentences: Sequence[str], pool: EncoderPool, **kwargs: Any):
+        """encode(sentences, pool=pool, ...), under sentence-transformers' older name."""
+        return self.encode(sentences, pool=pool, **kwargs)
 
     def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
         """encode with the model's "query" prompt unless a prompt or prompt_name is given."""

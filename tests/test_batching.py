@@ -1,0 +1,249 @@
+"""The batch planner, background tokenization and backbone preparation leave every embedding unchanged."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from sentfuse import Encoder, batching
+from sentfuse.backbone import PackedLinear, prepare_backbone
+from sentfuse.batching import BatchStream, collate, plan_batches
+
+LONG = "a very long text that runs on " * 400  # far past every tiny model's max_seq_length
+
+
+def mixed_texts(n: int = 37) -> list[str]:
+    """Short, empty, duplicate and one very long text; n is not a multiple of any batch size below."""
+    base = ["", "cats", "A man is playing a guitar.", "cats", "What is the capital of France?", "ok ok ok"]
+    texts = [base[i % len(base)] + (" word" * (i % 9)) for i in range(n)]
+    texts[n // 2] = LONG
+    return texts
+
+
+def rows_alone(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """Each text in its own batch: no padding, no sorting."""
+    return np.stack([encoder.encode([t])[0] for t in texts])
+
+
+def assert_same_rows(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    cos = (got * want).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-12)
+    assert cos.min() >= 0.99999, f"row {int(cos.argmin())} has cosine {cos.min()}"
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+# --- plan_batches / collate ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size, budget", [(1, 100), (4, 10), (32, 64), (1000, 17), (5, 1)])
+def test_plan_batches_covers_every_index_within_limits(batch_size, budget):
+    lengths = np.random.default_rng(0).integers(0, 30, size=103)
+    batches = plan_batches(lengths, batch_size, budget)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(103))  # every text exactly once
+    assert (np.diff(lengths[flat]) <= 0).all()  # longest first
+    for rows in batches:
+        assert 1 <= len(rows) <= batch_size
+        padded = len(rows) * max(int(lengths[rows].max()), 1)
+        assert padded <= budget or len(rows) == 1  # only a text longer than the budget may exceed it
+
+
+def test_plan_batches_gives_short_texts_larger_batches():
+    lengths = [100] * 20 + [10] * 200
+    batches = plan_batches(lengths, 1000, 1000)
+    assert [len(b) for b in batches] == [10, 10] + [100, 100]
+
+
+def test_plan_batches_empty():
+    assert plan_batches([], 8, 64) == []
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_collate_pads_each_side(side):
+    encoded = {"input_ids": [[5, 6, 7], [8], []], "attention_mask": [[1, 1, 1], [1], []], "extra": [[1], [1], []]}
+    out = collate(encoded, np.array([1, 0, 2]), {"input_ids": 0, "attention_mask": 0}, side)
+    assert set(out) == {"input_ids", "attention_mask"}
+    if side == "right":
+        assert out["input_ids"].tolist() == [[8, 0, 0], [5, 6, 7], [0, 0, 0]]
+        assert out["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    else:
+        assert out["input_ids"].tolist() == [[0, 0, 8], [5, 6, 7], [0, 0, 0]]
+        assert out["attention_mask"].tolist() == [[0, 0, 1], [1, 1, 1], [0, 0, 0]]
+    assert out["input_ids"].dtype == torch.int64
+
+
+def _char_tokens(texts: list[str]) -> dict[str, list[list[int]]]:
+    ids = [[ord(c) for c in t] for t in texts]
+    return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]}
+
+
+def test_batch_stream_windows_keep_positions():
+    texts = [chr(97 + i % 26) * (i % 7) for i in range(50)]
+    stream = BatchStream(texts, _char_tokens, {"input_ids": 0, "attention_mask": 0}, "right", 4, 12, window=9)
+    seen = {}
+    for batch in stream:
+        for pos, ids, mask in zip(batch.positions, batch.features["input_ids"], batch.features["attention_mask"]):
+            seen[int(pos)] = "".join(chr(int(c)) for c, m in zip(ids, mask) if m)
+    assert seen == dict(enumerate(texts))
+
+
+def test_batch_stream_raises_the_tokenizer_error():
+    def broken(texts):
+        raise RuntimeError("tokenizer exploded")
+
+    with pytest.raises(RuntimeError, match="tokenizer exploded"):
+        list(BatchStream(["a", "b"], broken, {"input_ids": 0}, "right", 2, 8))
+
+
+def test_batch_stream_stops_its_thread_when_abandoned():
+    texts = ["abc"] * 1000
+    stream = BatchStream(texts, _char_tokens, {"input_ids": 0, "attention_mask": 0}, "right", 1, 8)
+    iterator = iter(stream)
+    next(iterator)
+    iterator.close()  # the caller stops early (an exception in the model, a break)
+    assert not stream._thread.is_alive()
+
+
+# --- encode end to end ---------------------------------------------------------------------------
+
+
+def test_encode_matches_one_text_at_a_time(tiny_model):
+    encoder = Encoder(tiny_model, device="cpu")
+    texts = mixed_texts()
+    want = rows_alone(encoder, texts)
+    for batch_size, max_batch_tokens in [(None, None), (1, None), (3, None), (None, 7), (5, 40), (64, 100000)]:
+        got = encoder.encode(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        assert_same_rows(got, want)
+
+
+def test_encode_across_tokenization_windows(tiny_model_root, monkeypatch):
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+    texts = mixed_texts(53)
+    want = encoder.encode(texts)
+    monkeypatch.setattr(batching, "WINDOW", 8)
+    assert_same_rows(encoder.encode(texts, max_batch_tokens=30), want)
+
+
+def test_token_embeddings_match_one_text_at_a_time(tiny_model_root):
+    encoder = Encoder(tiny_model_root / "distilbert-lasttoken-sqrt-lower", device="cpu")
+    texts = mixed_texts(19)
+    together = encoder.encode(texts, output_value="token_embeddings", max_batch_tokens=20)
+    for text, got in zip(texts, together):
+        alone = encoder.encode([text], output_value="token_embeddings")[0]
+        assert got.shape == alone.shape
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_left_padding_token_embeddings(tiny_model_root):
+    """Left-padded batches give back each text's own tokens (an absolute-position model's values shift with
+    the padding, so compare lengths, and values for texts that needed no padding)."""
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+    texts = mixed_texts(11)
+    right = encoder.encode(texts, output_value="token_embeddings")
+    encoder.tokenizer.padding_side = "left"
+    try:
+        left = encoder.encode(texts, output_value="token_embeddings")
+        alone = [encoder.encode([t], output_value="token_embeddings")[0] for t in texts]
+    finally:
+        encoder.tokenizer.padding_side = "right"
+    assert [a.shape for a in left] == [b.shape for b in right]
+    longest = max(a.shape[0] for a in left)
+    for got, want in zip(left, alone):
+        if got.shape[0] == longest:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_tokenizer_error_reaches_the_caller(tiny_model_root, monkeypatch):
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+
+    def broken(texts):
+        raise ValueError("cannot tokenize")
+
+    monkeypatch.setattr(encoder, "_tokenize_unpadded", broken)
+    with pytest.raises(ValueError, match="cannot tokenize"):
+        encoder.encode(["a", "b"])
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_bad_max_batch_tokens(tiny_model_root, value):
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+    with pytest.raises(ValueError, match=re.escape(f"max_batch_tokens must be a positive integer, got {value!r}")):
+        encoder.encode(["a"], max_batch_tokens=value)
+
+
+def test_progress_bar_counts_sentences(tiny_model_root, capsys):
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+    encoder.encode(mixed_texts(23), show_progress_bar=True, max_batch_tokens=16)
+    err = capsys.readouterr().err
+    assert "23/23" in err and "sentence/s" in err
+
+
+# --- dtype ---------------------------------------------------------------------------------------
+
+
+def test_output_dtype(tiny_model_root):
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu", dtype="bfloat16")
+    texts = mixed_texts(9)
+    assert encoder.encode(texts, convert_to_tensor=True).dtype == torch.float32
+    assert encoder.encode(texts, convert_to_tensor=True, output_dtype=None).dtype == torch.bfloat16
+    assert encoder.encode(texts, convert_to_tensor=True, output_dtype="float16").dtype == torch.float16
+    assert encoder.encode(texts).dtype == np.float32
+    with pytest.raises(ValueError, match="output_dtype must be one of"):
+        encoder.encode(texts, output_dtype="int8")
+
+
+def test_bfloat16_close_to_float32():
+    """The bundled all-MiniLM-L6-v2 on real questions: bf16 embeddings within cos 0.999 of float32."""
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "shared/data/corpus/squad-v1.1/questions.txt"
+    texts = data.read_text().splitlines()[:24]
+    fp32 = Encoder(device="cpu").encode(texts)
+    bf16 = Encoder(device="cpu", dtype="bfloat16").encode(texts)
+    cos = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
+    assert cos.min() >= 0.999, cos.min()
+
+
+# --- backbone preparation ------------------------------------------------------------------------
+
+
+def test_packed_linear_matches_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(40, 24)
+    packed = PackedLinear(linear)
+    x = torch.randn(3, 5, 40)
+    y = packed(x.clone().requires_grad_())  # autograd takes the plain weight, so gradients flow
+    y.sum().backward()
+    assert linear.weight.grad is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+    linear.double()  # another dtype after packing: the plain path takes over
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x.double()), linear(x.double()))
+
+
+def test_packed_linear_sees_a_replaced_weight():
+    linear = torch.nn.Linear(8, 4)
+    packed = PackedLinear(linear)
+    linear.weight = torch.nn.Parameter(torch.zeros(4, 8))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(torch.ones(2, 8)), linear.bias.expand(2, 4))
+
+
+def test_prepare_backbone_keeps_token_embeddings(tiny_model_root):
+    folder = tiny_model_root / "hf-bert"
+    plain = AutoModel.from_pretrained(folder).eval()
+    prepared = prepare_backbone(AutoModel.from_pretrained(folder).eval())
+    assert prepared.pooler is None
+    assert any(isinstance(m, PackedLinear) for m in prepared.modules())
+    ids = torch.randint(5, 100, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = prepared(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
