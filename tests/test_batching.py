@@ -247,3 +247,26 @@ def test_prepare_backbone_keeps_token_embeddings(tiny_model_root):
         want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
         got = prepared(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_packed_linear_half_precision_in_float32_arithmetic(dtype):
+    """Half-precision values widened exactly, multiplied and summed in float32, rounded back once."""
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(64, 32).to(dtype)
+    packed = PackedLinear(linear)
+    x = torch.randn(4, 7, 64).to(dtype)
+    with torch.inference_mode():
+        got = packed(x)
+        want = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float()).to(dtype)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, atol=0, rtol=2 ** -7 if dtype == torch.bfloat16 else 2 ** -10)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_prepare_backbone_packs_bfloat16_only_without_native_support(tiny_model_root, monkeypatch, native):
+    import sentfuse.backbone as backbone
+
+    monkeypatch.setattr(backbone, "cpu_has_native", lambda dtype: native)
+    model = prepare_backbone(AutoModel.from_pretrained(tiny_model_root / "hf-bert", dtype=torch.bfloat16).eval())
+    assert any(isinstance(m, PackedLinear) for m in model.modules()) == (not native)

@@ -2,10 +2,16 @@
 
 - The pooler head (dense + tanh on the first token) is dropped where the model class supports running
   without one: sentence embeddings never use it.
-- On CPU in float32, every nn.Linear runs through oneDNN with its weight reordered once into oneDNN's
-  blocked layout (what torch.compile's freezing does). On AVX2 CPUs this measured 5-10% faster than the
-  default GEMM for the encoder's shapes. Any other device, dtype or autograd use falls back to F.linear
-  with the unchanged weight, so .to() and training still work.
+- On CPU every nn.Linear runs through oneDNN with its weight reordered once into oneDNN's blocked
+  layout (what torch.compile's freezing does); on AVX2 CPUs this measured 5-10% faster than the default
+  GEMM for the encoder's shapes.
+- A bfloat16 / float16 model on a CPU without instructions for that type (no AVX512-BF16/AMX,
+  AVX512-FP16) would run its GEMMs emulated, ~15x slower than float32. Those layers instead multiply
+  in float32 arithmetic: the half-precision inputs and weights widen exactly, each product is exact in
+  float32 and sums accumulate in float32, which is what a native half-precision GEMM computes too (up
+  to summation order); the result is rounded back to the model's dtype.
+Any other device, dtype or autograd use falls back to F.linear with the unchanged weight, so .to()
+and training still work.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
+HALF_TYPES = (torch.bfloat16, torch.float16)
+
 
 def _onednn_linear_available() -> bool:
     ops = getattr(torch.ops, "mkldnn", None)
@@ -29,13 +37,24 @@ def _onednn_linear_available() -> bool:
     )
 
 
+def cpu_has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU has instructions for dtype's matmuls (float32 always does)."""
+    if dtype not in HALF_TYPES:
+        return True
+    probe = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
+    check = getattr(torch.ops.mkldnn, probe, None)
+    return check is None or bool(check())
+
+
 class PackedLinear(nn.Module):
-    """nn.Linear whose CPU float32 inference path uses a weight prepacked for oneDNN."""
+    """nn.Linear whose CPU inference path uses a float32 weight prepacked for oneDNN."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self._dtype = linear.weight.dtype  # inputs of this dtype take the packed path
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), None)
+        self._bias = None if linear.bias is None else linear.bias.detach().float()
         self._packed_from = linear.weight.data_ptr()
 
     @property
@@ -50,14 +69,14 @@ class PackedLinear(nn.Module):
         w = self.linear.weight
         if (
             x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and w.dtype == torch.float32
+            and x.dtype == self._dtype
+            and w.dtype == self._dtype
             and w.device.type == "cpu"
-            and w.data_ptr() == self._packed_from  # the weight was not replaced or moved since packing
+            and w.data_ptr() == self._packed_from  # the weight was not replaced, moved or cast since packing
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         ):
-            b = self.linear.bias
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, None if b is None else b.detach(), "none", [], "")
+            y = torch.ops.mkldnn._linear_pointwise(x.float(), self._packed, self._bias, "none", [], "")
+            return y if y.dtype == x.dtype else y.to(x.dtype)
         return F.linear(x, w, self.linear.bias)
 
 
@@ -86,7 +105,11 @@ def _probe_packed_linear() -> bool:
 
 
 def prepare_backbone(model: nn.Module) -> nn.Module:
-    """Drop an unused pooler head and, on CPU float32, prepack the linear layers (in place)."""
+    """Drop an unused pooler head and, on CPU, prepack the linear layers (in place).
+
+    Layers are packed for float32 models, and for bfloat16 / float16 models where the CPU lacks
+    native support for them; with native support (AMX, AVX512-BF16/FP16) oneDNN's own kernels run.
+    """
     pooler_optional = "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
     if pooler_optional and isinstance(getattr(model, "pooler", None), nn.Module):
         model.pooler = None
@@ -94,7 +117,7 @@ def prepare_backbone(model: nn.Module) -> nn.Module:
     if (
         param is not None
         and param.device.type == "cpu"
-        and param.dtype == torch.float32
+        and (param.dtype == torch.float32 or (param.dtype in HALF_TYPES and not cpu_has_native(param.dtype)))
         and _onednn_linear_available()
         and _probe_packed_linear()
     ):

@@ -30,6 +30,7 @@ QUEUE_DEPTH = 4  # collated batches kept ready ahead of the model
 class Batch:
     positions: np.ndarray  # [B] the batch's places in the caller's input order
     features: dict[str, torch.Tensor]  # padded tokenizer outputs, [B, L] each
+    index: torch.Tensor  # positions as an int64 tensor (page-locked when bound for a GPU)
 
 
 def plan_batches(lengths: Sequence[int] | np.ndarray, batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
@@ -113,9 +114,11 @@ class BatchStream:
                 lengths = [len(ids) for ids in encoded["input_ids"]]
                 for rows in plan_batches(lengths, self._batch_size, self._max_batch_tokens):
                     features = collate(encoded, rows, self._pad_values, self._padding_side)
+                    index = torch.from_numpy(rows + start)
                     if self._pin_memory:
                         features = {k: v.pin_memory() for k, v in features.items()}
-                    batch = Batch(rows + start, features)
+                        index = index.pin_memory()
+                    batch = Batch(rows + start, features, index)
                     if not self._put(batch):
                         return
             self._put(None)

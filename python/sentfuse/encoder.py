@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _ops
-from .backbone import prepare_backbone
+from .backbone import cpu_has_native, prepare_backbone
 from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchStream
 from .modules import (
     SIMILARITY_FN_NAMES,
@@ -234,15 +234,12 @@ class Encoder:
 
     @staticmethod
     def _warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
-        """Say so when a half-precision CPU model will run on emulated arithmetic (slower than float32)."""
-        if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
-            return
-        probe = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else "_is_mkldnn_fp16_supported"
-        check = getattr(torch.ops.mkldnn, probe, None)
-        if check is not None and not check():
+        """Say so when a half-precision CPU model cannot be faster than float32 on this CPU."""
+        if device.type == "cpu" and not cpu_has_native(dtype):
+            name = str(dtype).removeprefix("torch.")
             logger.warning(
-                "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): %s matmuls are emulated and "
-                "run slower than float32", str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
+                "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): the linear layers multiply %s "
+                "values with float32 arithmetic, so %s runs no faster than float32 here", name, name, name
             )
 
     @staticmethod
@@ -509,7 +506,8 @@ class Encoder:
                         x = _ops.l2_normalize(x, None if dim == self._dim else dim)
                     elif dim != self._dim:
                         x = x[:, :dim]
-                    embeddings[torch.from_numpy(batch.positions).to(device, non_blocking=True)] = x.to(embeddings.dtype)
+                    # A page-locked index: copying from pageable memory would synchronize the stream.
+                    embeddings[batch.index.to(device, non_blocking=True)] = x.to(embeddings.dtype)
                 bar.update(len(batch.positions))
 
         if output_value == "token_embeddings":
