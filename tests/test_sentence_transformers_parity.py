@@ -197,3 +197,15 @@ def test_quantize_embeddings_equals_sentence_transformers():
     matrices = [x[:10], x[10:13], x[13:]]
     for q_ours, q_theirs in zip(quantize_embeddings(matrices, "uint8"), st_quantize_embeddings(matrices, "uint8")):
         np.testing.assert_array_equal(q_ours, q_theirs)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_stsb_spearman_in_half_precision(stsb, dtype):
+    """The accuracy cost of a half-precision backbone, on STS-B (the figure the README quotes)."""
+    half = Encoder(dtype=dtype).encode(stsb["unique"], batch_size=128)
+    cos = rowwise_cosine(half, stsb["ours"])
+    fp32 = stsb_spearman(stsb, stsb["ours"])
+    score = stsb_spearman(stsb, half)
+    print(f"STS-B test Spearman x100: {dtype} {score:.4f} vs float32 {fp32:.4f}; min cosine to float32 {cos.min():.6f}")
+    assert cos.min() >= 0.999
+    assert abs(score - fp32) <= 0.5
