@@ -70,9 +70,11 @@ step bench 120 "$PYTHON" benchmarks/bench_pooling.py --device cuda --json "$OUT/
 step bench_topk 150 "$PYTHON" benchmarks/bench_topk.py --device cuda --corpus 1000000 --bf16-rescore \
   --json "$OUT/bench_topk_cuda.json"
 # Encoder end to end vs sentence-transformers (random weights of MiniLM's shapes stand in if the bundled
-# model is not installed here).
+# model is not installed here). The SQuAD texts are not in the repo: point SQUAD_DIR at a copy carried
+# to this machine (e.g. an ignored gpu-data/ folder holding questions.txt and paragraphs.jsonl).
+SQUAD_DIR=${SQUAD_DIR:-../shared/data/corpus/squad-v1.1}
 step bench_encode 240 "$PYTHON" benchmarks/bench_encode.py --device cuda --dtypes fp32,bf16,fp16 \
-  --json "$OUT/bench_encode_cuda.json"
+  --data "$SQUAD_DIR" --json "$OUT/bench_encode_cuda.json"
 
 echo "overall rc=$overall" | tee -a "$SUMMARY"
 exit "$overall"
