@@ -1,6 +1,6 @@
 // CPU threshold_pairs: tiled GEMM + compaction, so memory grows with the pairs found, never N x M.
 //
-// As in cpu/topk.cpp, each tile of scores comes from one at::mm call on the calling thread (BLAS threads
+// As in cpu/topk.cpp, each tile of scores comes from one GEMM call on the calling thread (which threads
 // it), and the tile is then scanned in parallel over blocks of rows: one vectorized compare rejects most
 // chunks of scores, and the hits are appended to their row block's buffer. Every row block has its own
 // buffer for the whole call, so the hits of a row arrive in increasing column order (column tiles outer);
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
 
   const int64_t row_tile = std::min(N, tiles::kRows);
   const int64_t col_tile = tiles::columns(row_tile, M);
-  at::Tensor tile_buffer = at::empty({row_tile, col_tile}, q.options());
+  const tiles::TileScorer score_tile(row_tile, col_tile, q.options());
 
   std::vector<std::vector<Hit>> buffers((N + kRowBlock - 1) / kRowBlock);
   std::atomic<int64_t> total{0};
@@ -131,8 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
       // Columns j <= i0 pair with no row of this tile; skipping them trims the GEMM on the diagonal.
       const int64_t skip = self ? std::clamp<int64_t>(i0 + 1 - j0, 0, n) : 0;
       const int64_t cols = n - skip, first_col = j0 + skip;
-      at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, cols);
-      at::mm_out(scores, q.narrow(0, i0, m), block.narrow(0, skip, cols).t());
+      at::Tensor scores = score_tile(q.narrow(0, i0, m), block.narrow(0, skip, cols));
       if (column_scale.defined()) scores.mul_(column_scale.narrow(0, skip, cols));
       const float* rows = scores.const_data_ptr<float>();
       const int64_t row_stride = scores.stride(0);

@@ -1,6 +1,6 @@
 // CPU cosine_topk: tiled GEMM + running top-k per query, never the full [M, N] score matrix.
 //
-// Each tile of scores comes from one at::mm call on the calling thread, so BLAS threads it well
+// Each tile of scores comes from one GEMM call (tiles::score_tile) on the calling thread, so it threads well
 // (BLAS calls made from inside at::parallel_for either oversubscribe or run single-threaded).
 // Tiles are at most 16 MB: large enough for BLAS to run near its peak, far from M x N. Selection then
 // runs in parallel over the tile's query rows: each query keeps a bounded heap, and most
@@ -126,7 +126,7 @@ bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized,
   const int64_t M = q.size(0), N = corpus.size(0);
   const int64_t query_tile = std::min(M, tiles::kRows);
   const int64_t corpus_tile = tiles::columns(query_tile, N);
-  at::Tensor tile_buffer = at::empty({query_tile, corpus_tile}, q.options().dtype(at::kFloat));
+  const tiles::TileScorer score_tile(query_tile, corpus_tile, q.options());
   std::atomic<bool> non_finite{false};
 
   // Corpus tiles outer, query tiles inner: each corpus tile is read from memory once.
@@ -137,12 +137,9 @@ bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized,
     const at::Tensor column_scale = normalized ? at::Tensor() : tiles::inverse_norms(rows);
     for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
       const int64_t m = std::min(query_tile, M - i0);
-      at::Tensor scores = tile_buffer.narrow(0, 0, m).narrow(1, 0, n);
-      if (q.scalar_type() == at::kFloat) {
-        at::mm_out(scores, q.narrow(0, i0, m), block.t());
-      } else {
-        scores.copy_(at::mm(q.narrow(0, i0, m), block.t()));
-      }
+      // The approximate pass multiplies bf16 tiles; its fp32 scores are a new tensor per tile.
+      at::Tensor scores = q.scalar_type() == at::kFloat ? score_tile(q.narrow(0, i0, m), block)
+                                                        : at::mm(q.narrow(0, i0, m), block.t()).to(at::kFloat);
       if (!normalized) scores.mul_(column_scale);
       const float* tile = scores.data_ptr<float>();
       const int64_t row_stride = scores.stride(0);
