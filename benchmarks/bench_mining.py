@@ -92,10 +92,14 @@ def agree_threshold_pairs(ours, theirs) -> str:
 
 
 def agree_pairs(ours, theirs) -> str:
-    if len(ours) != len(theirs):
-        return f"DIFFER: {len(ours)} vs {len(theirs)} pairs"
-    gap = max((abs(a[0] - b[0]) for a, b in zip(ours, theirs)), default=0.0)
-    return f"same {len(ours)} pair scores (max diff {gap:.1e})"
+    """[score, i, j] lists compared as sets of pairs: near-ties at a row's top_k cut may swap a few pairs."""
+    a = {(min(i, j), max(i, j)): s for s, i, j in ours}
+    b = {(min(i, j), max(i, j)): s for s, i, j in theirs}
+    common = a.keys() & b.keys()
+    gap = max((abs(a[p] - b[p]) for p in common), default=0.0)
+    only = len(a.keys() - common) + len(b.keys() - common)
+    pairs = f"same {len(common)} pairs" if not only else f"{len(common)} common pairs, {only} in one list only"
+    return f"{pairs} ({len(a)} vs {len(b)}; common scores within {gap:.1e})"
 
 
 def agree_communities(ours, theirs) -> str:
