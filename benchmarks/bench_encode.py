@@ -24,7 +24,6 @@ max_seq_length 256) is built in a temporary folder; the cosine agreement still c
 from __future__ import annotations
 
 import argparse
-import ctypes
 import inspect
 import json
 import logging
@@ -32,12 +31,12 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from peak_memory import peak_memory
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,52 +46,6 @@ GOALS = {
     "cpu": [("fp32", "fp32", 1.3), ("bf16", "fp32", 2.5), ("bf16", "bf16", 1.3)],
     "cuda": [("bf16", "fastest", 2.0), ("fp16", "fastest", 2.0)],
 }
-
-
-class PeakMemory:
-    """Peak memory above the level at entry: the CUDA allocator's peak, else resident memory sampled
-    every millisecond from /proc/self/statm (after malloc_trim, so freed memory does not hide growth)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        if not self.cuda:
-            self.page = os.sysconf("SC_PAGE_SIZE")
-            try:
-                self.trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except OSError:
-                self.trim = lambda _: None
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.trim(0)
-            self.base = self.peak = self._rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.extra_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.peak, self._rss())
-            self.extra_mb = (self.peak - self.base) / 2**20
 
 
 # --- data and model folder -----------------------------------------------------------------------
@@ -191,7 +144,7 @@ def machine(device: torch.device) -> dict:
 
 def timed(fn, device: torch.device) -> tuple[float, float, np.ndarray]:
     """(seconds, peak extra MB, embeddings as float32) of one call."""
-    with PeakMemory(device) as mem:
+    with peak_memory(device) as mem:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()

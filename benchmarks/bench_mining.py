@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_topk import PeakRss, gemm_gflops
+from bench_topk import gemm_gflops
+from peak_memory import PeakRss
 from sentfuse import _ops, mining
 
 DIM = 384

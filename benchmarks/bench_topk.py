@@ -13,11 +13,9 @@ fraction of this machine's measured fp32 matrix-multiply throughput that sentfus
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
-import threading
 import time
 
 
@@ -42,55 +40,11 @@ if "OPENBLAS_CORETYPE" not in os.environ and _openblas_coretype():
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from peak_memory import peak_memory  # noqa: E402
 from sentfuse.search import search_topk  # noqa: E402
 from sentfuse.similarity import dot_score  # noqa: E402
 
 DIM = 384
-
-
-class PeakRss:
-    """Peak resident memory above the level at entry, sampled from /proc/self/statm."""
-
-    def __init__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.libc = ctypes.CDLL("libc.so.6")
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def __enter__(self):
-        self.libc.malloc_trim(0)
-        self.base = self.peak = self.rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.rss())
-        self.extra_mb = (self.peak - self.base) / 2**20
-
-
-class PeakCuda:
-    """Peak CUDA memory allocated above the level at entry."""
-
-    def __enter__(self):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        self.base = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.extra_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
 
 
 def timed(fn, repeats: int, device: str) -> tuple[float, float, object]:
@@ -99,7 +53,7 @@ def timed(fn, repeats: int, device: str) -> tuple[float, float, object]:
     result = fn()
     times, extra = [], 0.0
     for _ in range(repeats):
-        with PeakCuda() if on_cuda else PeakRss() as mem:
+        with peak_memory(device) as mem:
             start = time.perf_counter()
             result = fn()
             if on_cuda:

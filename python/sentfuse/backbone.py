@@ -16,6 +16,7 @@ and training still work.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 
@@ -91,8 +92,9 @@ def _pack_linears(module: nn.Module) -> int:
     return packed
 
 
+@functools.cache
 def _probe_packed_linear() -> bool:
-    """oneDNN's linear is a private op: use it only if it agrees with F.linear here."""
+    """oneDNN's linear is a private op: use it only if it agrees with F.linear here (checked once per process)."""
     try:
         gen = torch.Generator().manual_seed(0)
         lin = nn.Linear(48, 40)
