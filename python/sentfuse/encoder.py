@@ -340,17 +340,12 @@ class Encoder:
             return self.prompts.get(self.default_prompt_name)
         return None
 
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self._tokenizer(
-            texts, padding=True, truncation="longest_first", max_length=self.max_seq_length, return_tensors="pt"
-        )
-
     def _prompt_length(self, prompt: str) -> int:
         """Tokens the prompt contributes at the start of a text: its tokenization minus a trailing special token."""
         if prompt not in self._prompt_lengths:
-            ids = self._tokenize([prompt])["input_ids"][0]
-            n = ids.shape[0]
-            if n and int(ids[-1]) in set(self._tokenizer.all_special_ids):
+            ids = self._tokenize_unpadded([prompt])["input_ids"][0]
+            n = len(ids)
+            if n and ids[-1] in set(self._tokenizer.all_special_ids):
                 n -= 1
             self._prompt_lengths[prompt] = n
         return self._prompt_lengths[prompt]
@@ -468,7 +463,7 @@ class Encoder:
             convert_to_numpy = False
         dim = self._dim if truncate_dim is None else min(truncate_dim, self._dim)
 
-        if devices is not None or pool is not None:
+        if pool is not None or devices is not None:  # devices: a pool for this call only
             embeddings = self._encode_in_pool(
                 texts, pool, devices, chunk_size, bool(show_progress_bar),
                 prompt=resolved_prompt, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
