@@ -21,6 +21,9 @@ TORCH_LIBRARY(sentfuse, m) {
   // pair scoring >= threshold, sorted by (row, col); max_pairs keeps the best ones (ties: smaller (row, col)).
   m.def("threshold_pairs(Tensor a, Tensor? b, float threshold, *, bool normalized=False, int? max_pairs=None) "
         "-> (Tensor rows, Tensor cols, Tensor scores)");
+  // a [N, D], b [M, D] or None (a against itself), rows / cols [P] int64 -> scores [P] fp32: the score of
+  // each listed pair (a[rows[p]], b[cols[p]]), as threshold_pairs defines it. Rescores candidate pairs.
+  m.def("pair_scores(Tensor a, Tensor? b, Tensor rows, Tensor cols, *, bool normalized=False) -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

@@ -28,6 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
                                                                    const std::optional<at::Tensor>& b,
                                                                    double threshold, bool normalized,
                                                                    std::optional<int64_t> max_pairs);
+// a [N, D], b [M, D] or none, rows / cols [P] -> scores [P] fp32 of the listed pairs.
+at::Tensor pair_scores_cpu(const at::Tensor& a, const std::optional<at::Tensor>& b, const at::Tensor& rows,
+                           const at::Tensor& cols, bool normalized);
 
 at::Tensor masked_pool_cuda(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
                             bool normalize, int64_t skip_tokens);
@@ -42,5 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Te
                                                                     const std::optional<at::Tensor>& b,
                                                                     double threshold, bool normalized,
                                                                     std::optional<int64_t> max_pairs);
+at::Tensor pair_scores_cuda(const at::Tensor& a, const std::optional<at::Tensor>& b, const at::Tensor& rows,
+                            const at::Tensor& cols, bool normalized);
 
 }  // namespace sentfuse

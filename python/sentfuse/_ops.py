@@ -124,3 +124,26 @@ def _threshold_pairs_fake(a, b, threshold, *, normalized=False, max_pairs=None):
     pairs = torch.library.get_ctx().new_dynamic_size()
     return (a.new_empty((pairs,), dtype=torch.int64), a.new_empty((pairs,), dtype=torch.int64),
             a.new_empty((pairs,), dtype=torch.float32))
+
+
+def pair_scores(
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    normalized: bool = False,
+) -> torch.Tensor:
+    """Scores of listed pairs: a [N, D], b [M, D] (None: a itself), rows / cols [P] int64 -> scores [P] fp32.
+
+    scores[p] is the cosine of a[rows[p]] and b[cols[p]] (zero vectors score 0), or their plain dot
+    product when normalized=True, accumulated in fp32: what threshold_pairs would report for that pair.
+    Out-of-range indices, NaN or inf in a listed row raise an error.
+    """
+    return torch.ops.sentfuse.pair_scores.default(a, b, rows, cols, normalized=normalized)
+
+
+@torch.library.register_fake("sentfuse::pair_scores")
+def _pair_scores_fake(a, b, rows, cols, *, normalized=False):
+    torch._check(rows.dim() == 1 and rows.shape == cols.shape, lambda: "pair_scores: rows and cols must be [P]")
+    return a.new_empty(rows.shape, dtype=torch.float32)

@@ -159,3 +159,23 @@ def threshold_pairs(
         keep = best.sort().values
         rows, cols, values = rows[keep], cols[keep], values[keep]
     return rows, cols, values
+
+
+def pair_scores(
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    normalized: bool = False,
+) -> torch.Tensor:
+    """Brute force: gather the listed rows and score each pair in fp32 (cosine, zero vectors scoring 0,
+    or the dot product when normalized=True)."""
+    x = a.float()[rows]
+    y = (a if b is None else b).float()[cols]
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("pair_scores: a or b contain NaN or inf in a listed row")
+    dots = (x * y).sum(dim=1)
+    if normalized:
+        return dots
+    return torch.nan_to_num(dots / (x.norm(dim=1) * y.norm(dim=1)), nan=0.0)
