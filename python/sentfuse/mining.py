@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _ops
+from . import _ops, prune
 from .search import _is_dot_product
 from .similarity import as_embeddings, cos_sim
 
@@ -27,6 +27,9 @@ _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np
 _CHUNK_BYTES = 64 << 20
 # Most (score, index) entries one cosine_topk call returns while growing k for community detection.
 _TOPK_ENTRIES = 1 << 22
+# paraphrase mining looks for its answer among the pairs above a sampled cutoff while those are at most
+# this share of all pairs; beyond it (few rows, or max_pairs near the number of pairs) it takes top-k.
+_MAX_ABOVE_SHARE = 0.25
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -178,6 +181,9 @@ def paraphrase_mining_embeddings(
         return []
     x = (x.float() if x.dtype == torch.float64 else x).contiguous()  # the kernel scores fp32 / fp16 / bf16
 
+    above = _mine_above_cutoff(x.float() if dot else _normalized(x), top_k, max_pairs)
+    if above is not None:
+        return _as_lists(*above)
     empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
     kept = (empty_i, empty_i, empty_f)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -197,6 +203,56 @@ def paraphrase_mining_embeddings(
             pending, pending_size = [], 0
     lo, hi, scores = _top_pairs(*(np.concatenate(p) for p in zip(kept, *pending)), n, max_pairs)
     return _as_lists(scores, lo, hi)
+
+
+def _within_top_k(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, top_k: int) -> np.ndarray:
+    """For pairs (i, j) listing every pair scoring >= some cutoff: whether j is among i's top_k others or
+    i among j's (ties: lower index first, as cosine_topk ranks). Every row that outranks j in i's list
+    scores at least as high, so it is listed too, and ranks can be counted within the list."""
+    src = np.concatenate([rows, cols])
+    within = np.bincount(src, minlength=n)[src] <= top_k  # a row listed at most top_k times keeps them all
+    crowded = np.flatnonzero(~within)
+    if len(crowded):
+        # Rank the crowded rows' entries: by row, then score descending, then other index (stable sorts).
+        order = torch.arange(len(crowded))
+        for key in (np.concatenate([cols, rows])[crowded], -np.concatenate([scores, scores])[crowded], src[crowded]):
+            order = order[torch.sort(torch.from_numpy(key)[order], stable=True).indices]
+        order = order.numpy()
+        grouped = src[crowded][order]
+        position = np.arange(len(order))
+        group_start = np.maximum.accumulate(np.where(np.r_[True, grouped[1:] != grouped[:-1]], position, 0))
+        within[crowded[order]] = position - group_start < top_k
+    return within[: len(rows)] | within[len(rows) :]
+
+
+def _mine_above_cutoff(
+    x: torch.Tensor, top_k: int, max_pairs: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """paraphrase mining's answer (scores, i, j) from the pairs scoring >= a cutoff, or None when no
+    affordable cutoff leaves max_pairs of them.
+
+    Pairs below the cutoff rank below every pair above it, and whether a pair above it is in a row's
+    top_k is decided by pairs above it alone (_within_top_k), so when at least max_pairs listed pairs pass
+    that test, the max_pairs best of them are exactly the answer. The cutoff is a sampled score quantile
+    aiming at twice max_pairs pairs, lowered if too few pass. This costs half the GEMM work of searching
+    every row's top_k (each pair is scored once) and memory that follows max_pairs, not N x top_k.
+    """
+    n = len(x)
+    total = n * (n - 1) // 2
+    if 2 * max_pairs > n * top_k:  # the answer is most of the n x top_k candidates: top-k finds them directly
+        return None
+    wanted = 2 * max_pairs
+    for attempt in range(3):
+        if wanted > _MAX_ABOVE_SHARE * total:
+            return None
+        cutoff = prune.pair_score_quantile(x, wanted / total, seed=attempt)
+        rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(x, cutoff, seed=attempt))
+        keep = _within_top_k(rows, cols, scores, n, top_k)
+        if keep.sum() >= max_pairs:
+            lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs)
+            return best, lo, hi
+        wanted *= 4
+    return None
 
 
 def paraphrase_mining(
@@ -231,8 +287,7 @@ def _neighbours_from_pairs(
     """(centers, member lists, list starts, list sizes) from threshold_pairs: every row's neighbours,
     itself included, best first."""
     n = len(x)
-    rows, cols, scores = _ops.threshold_pairs(x, None, threshold, normalized=True)
-    rows, cols, scores = rows.cpu().numpy(), cols.cpu().numpy(), scores.cpu().numpy()
+    rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(x, threshold))
     self_scores = torch.linalg.vector_norm(x, dim=1).square().cpu().numpy()  # 1, or 0 for a zero row
     self_rows = np.flatnonzero(self_scores >= threshold)
     src = np.concatenate([rows, cols, self_rows])

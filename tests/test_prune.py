@@ -1,0 +1,155 @@
+"""prune.self_pairs (prefix bound + rescoring) against threshold_pairs' reference, and paraphrase mining's
+cutoff path against its top-k path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_mining import assert_same_pairs as assert_same_mined
+from test_mining import planted, squad  # noqa: F401  (squad is a fixture)
+from test_pairs import assert_same_pairs
+
+from sentfuse import _ops, mining, prune, reference
+
+
+def unit(x):
+    return torch.nn.functional.normalize(x.float(), dim=1)
+
+
+def structured(rows, dim=64, rank=6, seed=0):
+    """Unit rows near a rank-`rank` subspace, with near-duplicates: the case the prefix bound is for."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, rank, generator=g) @ torch.randn(rank, dim, generator=g)
+    x += 0.3 * torch.randn(rows, dim, generator=g)
+    x[rows // 2 :: 7] = x[: len(x[rows // 2 :: 7])] + 0.01 * torch.randn(len(x[rows // 2 :: 7]), dim, generator=g)
+    return unit(x)
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 4, 16, 63])
+@pytest.mark.parametrize("threshold", [0.95, 0.8, 0.5, -0.2])
+def test_structured_rows_every_prefix(prefix, threshold):
+    x = structured(700)
+    assert_same_pairs(prune.self_pairs(x, threshold, prefix=prefix), x, None, threshold, normalized=True)
+
+
+@pytest.mark.parametrize("prefix", [8, 48, 200])
+@pytest.mark.parametrize("threshold", [0.9, 0.75, 0.6])
+def test_real_embeddings(squad, prefix, threshold):  # noqa: F811
+    x = unit(squad)
+    got = prune.self_pairs(x, threshold, prefix=prefix)
+    assert len(got[0]) > 10
+    assert_same_pairs(got, x, None, threshold, normalized=True)
+
+
+def test_random_rows_and_dtypes():
+    """Rows without dominant directions: the bound lets most pairs through, and the answer is still exact."""
+    x = unit(torch.randn(500, 32, generator=torch.Generator().manual_seed(1)))
+    assert_same_pairs(prune.self_pairs(x, 0.3, prefix=8), x, None, 0.3, normalized=True)
+    for dtype in (torch.float16, torch.bfloat16):
+        xd = structured(400, seed=2).to(dtype)
+        assert_same_pairs(prune.self_pairs(xd, 0.7, prefix=12), xd, None, 0.7, normalized=True)
+
+
+def test_dot_products_of_unnormalized_rows():
+    x = structured(600, seed=3) * torch.rand(600, 1, generator=torch.Generator().manual_seed(4)) * 5
+    assert_same_pairs(prune.self_pairs(x, 4.0, prefix=10), x, None, 4.0, normalized=True)
+
+
+def test_blocks_zero_rows_and_tiny_inputs(monkeypatch):
+    x = structured(3000, seed=5)
+    x[17] = 0  # scores 0 with everything
+    expected = prune.self_pairs(x, 0.8, prefix=0)
+    monkeypatch.setattr(prune, "_BLOCK_CANDIDATES", 1000)  # many row blocks, each against the rows after it
+    got = prune.self_pairs(x, 0.8, prefix=12)
+    assert_same_pairs(got, x, None, 0.8, normalized=True)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    for rows in (0, 1, 2):
+        small = x[:rows]
+        assert [t.tolist() for t in prune.self_pairs(small, -1.0, prefix=3)] == [
+            t.tolist() for t in reference.threshold_pairs(small, None, -1.0, normalized=True)
+        ]
+    with pytest.raises(ValueError, match=r"prefix must be None, 0, or in \(0, 64\)"):
+        prune.self_pairs(x, 0.5, prefix=64)
+
+
+def test_cost_model_choice(squad, monkeypatch):  # noqa: F811
+    """Real embeddings at a high threshold get a prefix; random rows keep the plain kernel."""
+    monkeypatch.setattr(prune, "_MIN_ROWS", 0)
+    plan = prune._plan(unit(squad), 0.85, seed=0)
+    assert plan is not None and plan[1] < squad.shape[1] // 2
+    rotation = plan[0]
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(len(rotation)), atol=1e-5, rtol=0)
+    assert prune._plan(unit(torch.randn(3000, 384)), 0.3, seed=0) is None
+    got = prune.self_pairs(unit(squad), 0.85)
+    assert_same_pairs(got, unit(squad), None, 0.85, normalized=True)
+
+
+def test_pair_score_quantile():
+    x = structured(2000, seed=6)
+    cutoff = prune.pair_score_quantile(x, 0.01)
+    share = (reference.threshold_pairs(x, None, cutoff, normalized=True)[0].numel()) / (2000 * 1999 / 2)
+    assert 0.005 < share < 0.02
+
+
+# paraphrase mining: pairs above a sampled cutoff, ranked within the list
+
+
+def brute_within_top_k(rows, cols, x, top_k):
+    scores = x.double() @ x.double().T
+    scores.fill_diagonal_(-float("inf"))
+    # rank of j in i's list: higher scores first, then lower index (as cosine_topk breaks ties)
+    order = np.lexsort((np.arange(len(x))[None, :].repeat(len(x), 0), -scores.numpy()), axis=1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(len(x))[None, :].repeat(len(x), 0), axis=1)
+    return (rank[rows, cols] < top_k) | (rank[cols, rows] < top_k)
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 40])
+def test_within_top_k_matches_brute_force(top_k):
+    x = planted(n_clusters=5, per_cluster=12, noise_rows=40, seed=2).double()
+    x[3] = x[9]  # exact duplicates tie
+    rows, cols, scores = reference.threshold_pairs(x, None, 0.3)
+    # scores as the reference computes them, in float64, so that ties stay ties
+    s = (unit(x).double() @ unit(x).double().T)[rows, cols].numpy()
+    got = mining._within_top_k(rows.numpy(), cols.numpy(), s, len(x), top_k)
+    ux = unit(x).double()
+    assert (got == brute_within_top_k(rows.numpy(), cols.numpy(), ux, top_k)).all()
+    assert 0 < got.sum() < len(got)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(top_k=5, max_pairs=1000), dict(top_k=2, max_pairs=300), dict(top_k=30, max_pairs=5000)]
+)
+def test_cutoff_path_matches_top_k_path(squad, monkeypatch, kwargs):  # noqa: F811
+    above = mining.paraphrase_mining_embeddings(squad, **kwargs)
+    monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)  # the top-k path
+    assert_same_mined(above, mining.paraphrase_mining_embeddings(squad, **kwargs), squad, kwargs["top_k"])
+
+
+def test_cutoff_path_lowers_a_cutoff_that_leaves_too_few(squad, monkeypatch):  # noqa: F811
+    calls = []
+    real = prune.pair_score_quantile
+
+    def too_high_first(x, fraction, seed=0):
+        calls.append(fraction)
+        return 0.99 if len(calls) == 1 else real(x, fraction, seed)
+
+    monkeypatch.setattr(prune, "pair_score_quantile", too_high_first)
+    got = mining.paraphrase_mining_embeddings(squad, top_k=5, max_pairs=1000)
+    assert len(calls) == 2 and calls[1] == 4 * calls[0]
+    monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)
+    assert_same_mined(got, mining.paraphrase_mining_embeddings(squad, top_k=5, max_pairs=1000), squad, 5)
+
+
+def test_cutoff_path_dot_score_and_crowded_rows(monkeypatch):
+    """A cluster much larger than top_k (crowded rows) and unnormalized rows scored by dot product."""
+    from sentfuse.similarity import dot_score
+
+    x = planted(n_clusters=4, per_cluster=60, noise_rows=100, seed=3)
+    for kwargs in (dict(top_k=5, max_pairs=400), dict(top_k=3, max_pairs=200, score_function=dot_score)):
+        monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.25)
+        above = mining.paraphrase_mining_embeddings(x, **kwargs)
+        monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)
+        expected = mining.paraphrase_mining_embeddings(x, **kwargs)
+        assert_same_mined(above, expected, x, kwargs["top_k"], dot="score_function" in kwargs)
