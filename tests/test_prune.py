@@ -153,3 +153,27 @@ def test_cutoff_path_dot_score_and_crowded_rows(monkeypatch):
         monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)
         expected = mining.paraphrase_mining_embeddings(x, **kwargs)
         assert_same_mined(above, expected, x, kwargs["top_k"], dot="score_function" in kwargs)
+
+
+@pytest.mark.parametrize("min_score", [0.95, 0.8, 0.6])
+@pytest.mark.parametrize("top_k", [2, 100])
+def test_min_score_equals_filtering_the_full_answer(squad, min_score, top_k):  # noqa: F811
+    """min_score keeps exactly the pairs of the unlimited answer that score >= min_score."""
+    got = mining.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=2**62, min_score=min_score)
+    full = mining.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=2**62)
+    expected = [p for p in full if p[0] >= min_score]
+    assert len(got) > 5
+    assert_same_mined(got, expected, squad, top_k)
+    capped = mining.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=3, min_score=min_score)
+    assert [p[1:] for p in capped] == [p[1:] for p in got[:3]]
+
+
+def test_min_score_errors():
+    from sentfuse.similarity import dot_score
+
+    x = structured(50)
+    with pytest.raises(ValueError, match=r"min_score must be in \[-1, 1\]"):
+        mining.paraphrase_mining_embeddings(x, min_score=1.5)
+    with pytest.raises(ValueError, match="min_score must be a finite number"):
+        mining.paraphrase_mining_embeddings(x, min_score=float("nan"), score_function=dot_score)
+    assert len(mining.paraphrase_mining_embeddings(x * 3, min_score=2.0, score_function=dot_score)) > 0

@@ -271,8 +271,9 @@ def run_mine(args: argparse.Namespace) -> int:
     from .mining import paraphrase_mining_embeddings
 
     texts, embeddings = _embed_items(args)
-    pairs = [] if embeddings is None else paraphrase_mining_embeddings(embeddings, top_k=args.top_k, max_pairs=2**62)
-    pairs = [(score, i, j) for score, i, j in pairs if score >= args.threshold]
+    pairs = [] if embeddings is None else paraphrase_mining_embeddings(
+        embeddings, top_k=args.top_k, max_pairs=2**62, min_score=args.threshold
+    )
     if args.json:
         results = [{"score": s, "i": i, "j": j, "text_i": texts[i], "text_j": texts[j]} for s, i, j in pairs]
         print(json.dumps(results, ensure_ascii=False, indent=2))

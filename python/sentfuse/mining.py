@@ -38,13 +38,26 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return value
 
 
-def _check_threshold(threshold: Any) -> float:
+def _check_threshold(threshold: Any, name: str = "threshold") -> float:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in [-1, 1], got {threshold!r}") from None
+        raise ValueError(f"{name} must be a number in [-1, 1], got {threshold!r}") from None
     if not -1.0 <= value <= 1.0:
-        raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {threshold!r}")
+        raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {threshold!r}")
+    return value
+
+
+def _check_min_score(min_score: Any, dot: bool) -> float:
+    """A cosine min_score must lie in [-1, 1]; a dot-product one must be finite."""
+    if not dot:
+        return _check_threshold(min_score, "min_score")
+    try:
+        value = float(min_score)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_score must be a finite number, got {min_score!r}") from None
+    if not np.isfinite(value):
+        raise ValueError(f"min_score must be a finite number, got {min_score!r}")
     return value
 
 
@@ -162,26 +175,39 @@ def paraphrase_mining_embeddings(
     max_pairs: int = 500000,
     top_k: int = 100,
     score_function: Callable = cos_sim,
+    *,
+    min_score: float | None = None,
 ) -> list[list[float | int]]:
     """The most similar pairs among the rows of embeddings: [[score, i, j], ...] with i < j, best first.
 
     As sentence-transformers does: each row's top_k best other rows are candidates, each pair is
     kept once, and the max_pairs best are returned. score_function is cos_sim or dot_score.
-    query_chunk_size rows are searched per kernel call (it bounds the candidate memory);
-    corpus_chunk_size is accepted for compatibility, the kernel tiles the corpus itself.
+    min_score (sentfuse only) also drops pairs scoring below it; the work then follows the number of
+    pairs above it (near-duplicate mining). When max_pairs is small next to all pairs, the answer
+    comes from the pairs above a sampled cutoff (each pair scored once, see _mine_above_cutoff);
+    otherwise query_chunk_size rows are searched per top-k kernel call (it bounds the candidate
+    memory). corpus_chunk_size is accepted for compatibility; the kernels tile the corpus themselves.
     """
     _check_int(query_chunk_size, "query_chunk_size", 1)
     _check_int(corpus_chunk_size, "corpus_chunk_size", 1)
     _check_int(max_pairs, "max_pairs", 0)
     _check_int(top_k, "top_k", 0)
     dot = _is_dot_product(score_function)
+    if min_score is not None:
+        min_score = _check_min_score(min_score, dot)
     x = as_embeddings(embeddings, "embeddings")
     n = len(x)
     if n < 2 or top_k == 0 or max_pairs == 0:
         return []
     x = (x.float() if x.dtype == torch.float64 else x).contiguous()  # the kernel scores fp32 / fp16 / bf16
 
-    above = _mine_above_cutoff(x.float() if dot else _normalized(x), top_k, max_pairs)
+    scored = x.float() if dot else _normalized(x)
+    if min_score is not None:
+        rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(scored, min_score))
+        keep = _within_top_k(rows, cols, scores, n, top_k)
+        lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs)
+        return _as_lists(best, lo, hi)
+    above = _mine_above_cutoff(scored, top_k, max_pairs)
     if above is not None:
         return _as_lists(*above)
     empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
