@@ -24,7 +24,7 @@ import torch
 
 from bench_topk import gemm_gflops
 from peak_memory import PeakRss
-from sentfuse import _ops, mining
+from sentfuse import _ops, mining, prune
 
 DIM = 384
 QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"
@@ -103,6 +103,12 @@ def agree_pairs(ours, theirs) -> str:
     return f"{pairs} ({len(a)} vs {len(b)}; common scores within {gap:.1e})"
 
 
+def prune_choice(x: torch.Tensor, threshold: float) -> str:
+    """Which first pass prune.self_pairs' cost model picks for x (not timed)."""
+    plan = prune._plan(x, threshold - prune._SLACK, seed=0) if len(x) >= prune._MIN_ROWS else None
+    return "plain kernel" if plan is None else f"prefix {plan[1]}, predicted {plan[2]:.2%} candidates"
+
+
 def agree_communities(ours, theirs) -> str:
     same = [len(c) for c in ours] == [len(c) for c in theirs] and all(
         a[0] == b[0] and sorted(a) == sorted(b) for a, b in zip(ours, theirs))
@@ -148,6 +154,9 @@ def main() -> None:
                 ("threshold_pairs " + str(args.threshold),
                  lambda: _ops.threshold_pairs(x, None, args.threshold, normalized=True),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold), agree_threshold_pairs),
+                ("self_pairs " + str(args.threshold), lambda: prune.self_pairs(x, args.threshold),
+                 "mm+mask", lambda: mm_mask_pairs(x, args.threshold),
+                 lambda ours, theirs: f"{agree_threshold_pairs(ours, theirs)}; {prune_choice(x, args.threshold)}"),
             ]
             for name, ours_fn, other_name, other_fn, check in cases:
                 ours_s, ours_mb, ours = measured(ours_fn)

@@ -25,14 +25,15 @@ __all__ = ["self_pairs", "pair_score_quantile"]
 
 # Prefix lengths tried; the cost model picks one (or none).
 _PREFIXES = (16, 24, 32, 48, 64, 96, 128, 192)
-# Cost per pair of the N^2 / 2, in units of one feature of GEMM work per pair (fitted on a 2-core AVX2
-# CPU, 20,000 x 384 SQuAD embeddings, prefixes 64-192): writing and scanning a score costs about as much
-# as 25 features of GEMM, and a candidate (kept by the kernel, then rescored from memory) 7,000-10,000.
+# Cost per pair of the N^2 / 2, in units of one feature of GEMM work per pair, fitted on a 2-core AVX2
+# CPU (20,000 x 384 SQuAD embeddings, prefixes 64-192, thresholds 0.49-0.75; within ~15% there):
+# writing and scanning a score costs about 25 features of GEMM, a candidate (kept by the kernel, then
+# rescored from memory) about 10,000, and the plan plus the rotation about 0.3 s, one unit being ~3e-11 s.
 _SCAN_COST = 25.0
 _CANDIDATE_COST = 10000.0
-# Prune only when predicted to cost at most this fraction of the plain kernel: the plan, the rotation
-# and timing noise (10-20% here) eat smaller savings.
-_MIN_SAVING = 0.6
+_FIXED_SECONDS = 0.3
+_UNIT_SECONDS = 3e-11
+_MIN_SAVING = 0.85  # prune only when predicted to cost at most this fraction of the plain kernel
 # Margin for fp32 rounding in the rotation and the prefix GEMM: far above their typical error (~1e-6)
 # and above the worst-case bound for 384-d unit rows (~1e-3).
 _SLACK = 2e-3
@@ -58,7 +59,10 @@ def pair_score_quantile(x: torch.Tensor, fraction: float, seed: int = 0) -> floa
     _SAMPLE_ROWS random rows."""
     rows = _sample_rows(x, _SAMPLE_ROWS, torch.Generator().manual_seed(seed)).float()
     scores = _upper(rows @ rows.T).cpu()
-    return float(torch.quantile(scores, min(max(1.0 - fraction, 0.0), 1.0)))
+    if len(scores) == 0:
+        return -float("inf")
+    rank = min(max(int(round((1.0 - fraction) * (len(scores) - 1))), 0), len(scores) - 1)
+    return float(scores.kthvalue(rank + 1).values)
 
 
 def _plan(
@@ -76,11 +80,12 @@ def _plan(
     y = rows[:_SAMPLE_ROWS] @ rotation
     tails = y.square().flip(1).cumsum(1).flip(1).sqrt()  # column d: norm of coordinates d...
     plain_cost = dim + _SCAN_COST
+    fixed_cost = _FIXED_SECONDS / (_UNIT_SECONDS * max(len(x) * (len(x) - 1) / 2, 1))
     best = None
     for d in [prefix] if prefix else (d for d in _PREFIXES if d < dim):
         upper = _upper(y[:, :d] @ y[:, :d].T + torch.outer(tails[:, d], tails[:, d]))
         fraction = float((upper >= bound).float().mean())
-        cost = d + 1 + _SCAN_COST + _CANDIDATE_COST * fraction
+        cost = d + 1 + _SCAN_COST + _CANDIDATE_COST * fraction + fixed_cost
         if (prefix or cost <= _MIN_SAVING * plain_cost) and (best is None or cost < best[0]):
             best = (cost, d, fraction)
     if best is None:
