@@ -41,6 +41,8 @@ _MIN_ROWS = 4096  # below this the plain kernel takes milliseconds
 _MOMENT_ROWS = 4096  # rows the rotation is fitted on (any rotation is exact; the sample only shapes it)
 _SAMPLE_ROWS = 1536  # rows whose ~1.2 million pairs estimate candidate fractions and score quantiles
 _BLOCK_CANDIDATES = 1 << 22  # expected candidates per kernel call: bounds the first pass's memory
+_MIN_BLOCK = 256  # rows per kernel call at least
+_ONE_CALL_ROWS = 32768  # above this, row blocks, so that a misjudged candidate share cannot blow up memory
 
 
 def _sample_rows(x: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -122,21 +124,28 @@ def self_pairs(
     y = x32 @ rotation
     bound_rows = torch.cat([y[:, :d], torch.linalg.vector_norm(y[:, d:], dim=1, keepdim=True)], dim=1).contiguous()
     del y
-    # Row blocks against the rows from the block's start on, sized so each call keeps ~_BLOCK_CANDIDATES.
-    block = max(1024, min(n, int(_BLOCK_CANDIDATES / max(fraction * n, 1.0)))) if fraction == fraction else n
     bound = threshold - slack
+    # One symmetric call for up to _ONE_CALL_ROWS rows whose candidates fit the budget; otherwise row blocks, each against the rows
+    # from its start on, sized from the candidates per scored pair seen so far (the sample can miss
+    # clusters by a wide margin), and at most n / 8 rows so that the duplicated lower half of each
+    # block's diagonal square stays a small share of the work.
+    per_pair = fraction if fraction == fraction else 1.0
     found = []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        if start == 0 and stop == n:  # one call: the kernel skips tiles below the diagonal itself
+    start = 0
+    while start < n:
+        width = n - start
+        if start == 0 and n <= _ONE_CALL_ROWS and per_pair * n * n / 2 <= _BLOCK_CANDIDATES:
             rows, cols, _ = _ops.threshold_pairs(bound_rows, None, bound, normalized=True)
+            stop = n
         else:
-            rows, cols, _ = _ops.threshold_pairs(
-                bound_rows[start:stop], bound_rows[start:], bound, normalized=True
-            )
+            fit = int(_BLOCK_CANDIDATES / max(per_pair * width, 1e-9))
+            stop = start + min(width, max(_MIN_BLOCK, min(fit, n // 8)))
+            rows, cols, _ = _ops.threshold_pairs(bound_rows[start:stop], bound_rows[start:], bound, normalized=True)
+            per_pair = max(len(rows) / ((stop - start) * width), 1e-9)
             keep = cols > rows  # this block's rows against each other: each pair once, i < j
             rows, cols = rows[keep] + start, cols[keep] + start
         scores = _ops.pair_scores(x, None, rows, cols, normalized=True)
         hit = scores >= threshold
         found.append((rows[hit], cols[hit], scores[hit]))
+        start = stop
     return tuple(torch.cat(parts) for parts in zip(*found))
