@@ -59,7 +59,7 @@ step device 60 bash -c "nvidia-smi; nvcc --version; $PYTHON -c 'import torch; pr
 # --no-index: nothing may come from the network; the environment already has every dependency.
 step build 270 "$PYTHON" -m pip install -v --no-index --no-build-isolation --no-deps "${build_args[@]}" .
 step import 60 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "built without CUDA kernels"; print("WITH_CUDA", _ops.WITH_CUDA)'
-step tests 300 "$PYTHON" -m pytest -q -rs tests/test_pooling_cuda.py tests/test_topk_cuda.py tests/test_pairs_cuda.py \
+step tests 300 "$PYTHON" -m pytest -q -rs tests/test_pooling_cuda.py tests/test_topk_cuda.py tests/test_pairs_cuda.py tests/test_pair_scores.py \
   tests/test_pooling.py
 if command -v compute-sanitizer >/dev/null 2>&1; then
   # Out-of-bounds reads would hide in passing tests; memcheck catches them on the odd layouts.

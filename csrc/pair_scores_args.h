@@ -5,24 +5,14 @@
 
 #include <ATen/ATen.h>
 
-#include "pooling_args.h"
+#include "pairs_args.h"
 
 namespace sentfuse {
 
 // a [N, D], b [M, D] or none (a against itself), rows / cols [P] int64 indices into a / b.
 inline void check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tensor>& b, const at::Tensor& rows,
                                    const at::Tensor& cols) {
-  TORCH_CHECK_VALUE(a.dim() == 2, "pair_scores: a must be [rows, dim], got shape ", a.sizes());
-  check_float_input("pair_scores", "a", a);
-  if (b.has_value()) {
-    TORCH_CHECK_VALUE(b->dim() == 2, "pair_scores: b must be [rows, dim], got shape ", b->sizes());
-    TORCH_CHECK_VALUE(a.size(1) == b->size(1), "pair_scores: a ", a.sizes(), " and b ", b->sizes(),
-                      " must have the same embedding dimension");
-    check_float_input("pair_scores", "b", *b);
-    TORCH_CHECK_TYPE(a.scalar_type() == b->scalar_type(), "pair_scores: a is ", a.scalar_type(), " but b is ",
-                     b->scalar_type());
-    TORCH_CHECK_VALUE(a.device() == b->device(), "pair_scores: a is on ", a.device(), " but b is on ", b->device());
-  }
+  check_pair_matrices("pair_scores", a, b);
   for (const auto* t : {&rows, &cols}) {
     const char* name = t == &rows ? "rows" : "cols";
     TORCH_CHECK_VALUE(t->dim() == 1, "pair_scores: ", name, " must be 1-D, got shape ", t->sizes());

@@ -1,4 +1,4 @@
-// Argument checks shared by the CPU and CUDA threshold_pairs entry points.
+// Argument checks shared by the CPU and CUDA threshold_pairs and pair_scores entry points.
 #pragma once
 
 #include <cmath>
@@ -11,22 +11,25 @@
 
 namespace sentfuse {
 
-// Checks a [N, D] and b [M, D] (or none: a against itself) and returns the threshold as the fp32 value
+// a [N, D] and b [M, D] (or none: a against itself): 2-D float matrices of one dtype, dimension and device.
+inline void check_pair_matrices(const char* op, const at::Tensor& a, const std::optional<at::Tensor>& b) {
+  TORCH_CHECK_VALUE(a.dim() == 2, op, ": a must be [rows, dim], got shape ", a.sizes());
+  check_float_input(op, "a", a);
+  if (!b.has_value()) return;
+  TORCH_CHECK_VALUE(b->dim() == 2, op, ": b must be [rows, dim], got shape ", b->sizes());
+  TORCH_CHECK_VALUE(a.size(1) == b->size(1), op, ": a ", a.sizes(), " and b ", b->sizes(),
+                    " must have the same embedding dimension");
+  check_float_input(op, "b", *b);
+  TORCH_CHECK_TYPE(a.scalar_type() == b->scalar_type(), op, ": a is ", a.scalar_type(), " but b is ",
+                   b->scalar_type());
+  TORCH_CHECK_VALUE(a.device() == b->device(), op, ": a is on ", a.device(), " but b is on ", b->device());
+}
+
+// Checks threshold_pairs' arguments and returns the threshold as the fp32 value
 // scores are compared with (>=), as the reference's fp32 tensor >= python float does.
 inline float check_threshold_pairs_args(const at::Tensor& a, const std::optional<at::Tensor>& b, double threshold,
                                         bool normalized, std::optional<int64_t> max_pairs) {
-  TORCH_CHECK_VALUE(a.dim() == 2, "threshold_pairs: a must be [rows, dim], got shape ", a.sizes());
-  check_float_input("threshold_pairs", "a", a);
-  if (b.has_value()) {
-    TORCH_CHECK_VALUE(b->dim() == 2, "threshold_pairs: b must be [rows, dim], got shape ", b->sizes());
-    TORCH_CHECK_VALUE(a.size(1) == b->size(1), "threshold_pairs: a ", a.sizes(), " and b ", b->sizes(),
-                      " must have the same embedding dimension");
-    check_float_input("threshold_pairs", "b", *b);
-    TORCH_CHECK_TYPE(a.scalar_type() == b->scalar_type(), "threshold_pairs: a is ", a.scalar_type(), " but b is ",
-                     b->scalar_type());
-    TORCH_CHECK_VALUE(a.device() == b->device(), "threshold_pairs: a is on ", a.device(), " but b is on ",
-                      b->device());
-  }
+  check_pair_matrices("threshold_pairs", a, b);
   TORCH_CHECK_VALUE(std::isfinite(threshold), "threshold_pairs: threshold must be finite, got ", threshold);
   TORCH_CHECK_VALUE(normalized || (threshold >= -1.0 && threshold <= 1.0),
                     "threshold_pairs: threshold must be in [-1, 1] for cosine scores (normalized=False), got ",

@@ -40,7 +40,8 @@ _SLACK = 2e-3
 _MIN_ROWS = 4096  # below this the plain kernel takes milliseconds
 _MOMENT_ROWS = 4096  # rows the rotation is fitted on (any rotation is exact; the sample only shapes it)
 _SAMPLE_ROWS = 1536  # rows whose ~1.2 million pairs estimate candidate fractions and score quantiles
-_BLOCK_CANDIDATES = 1 << 22  # expected candidates per kernel call: bounds the first pass's memory
+_BLOCK_CANDIDATES = 1 << 20  # expected candidates per kernel call: bounds the first pass's memory (~100 MB)
+_ROTATE_ROWS = 8192  # rows rotated at a time
 _MIN_BLOCK = 256  # rows per kernel call at least
 _ONE_CALL_ROWS = 32768  # above this, row blocks, so that a misjudged candidate share cannot blow up memory
 
@@ -121,9 +122,12 @@ def self_pairs(
     if plan is None:
         return _ops.threshold_pairs(x, None, threshold, normalized=True)
     rotation, d, fraction = plan
-    y = x32 @ rotation
-    bound_rows = torch.cat([y[:, :d], torch.linalg.vector_norm(y[:, d:], dim=1, keepdim=True)], dim=1).contiguous()
-    del y
+    # [y[:d], |y[d:]|] per row, rotated a chunk of rows at a time so that no N x D copy is made.
+    bound_rows = x32.new_empty((n, d + 1))
+    for start in range(0, n, _ROTATE_ROWS):
+        y = x32[start : start + _ROTATE_ROWS] @ rotation
+        bound_rows[start : start + len(y), :d] = y[:, :d]
+        bound_rows[start : start + len(y), d] = torch.linalg.vector_norm(y[:, d:], dim=1)
     bound = threshold - slack
     # One symmetric call for up to _ONE_CALL_ROWS rows whose candidates fit the budget; otherwise row blocks, each against the rows
     # from its start on, sized from the candidates per scored pair seen so far (the sample can miss
