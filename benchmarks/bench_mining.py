@@ -5,8 +5,10 @@ random centers, so pair scores cross the thresholds at many levels), and optiona
 question embeddings (encoded once with the bundled model and cached under --cache). Reported per
 operation: seconds, peak extra resident memory during the call (sampled every millisecond after
 returning freed memory to the OS), and sentence-transformers' time over sentfuse's. threshold_pairs
-(when built) is compared with a chunked torch.mm + mask baseline. sentence-transformers is skipped
-where its estimated time exceeds --st-limit seconds.
+(the plain kernel) and prune.self_pairs (the same pairs, with the prefix-bound first pass where its
+cost model expects a saving; the check column says which pass it chose) are compared with a chunked
+torch.mm + mask baseline. sentence-transformers is skipped where its estimated time exceeds
+--st-limit seconds.
 
     python benchmarks/bench_mining.py [--sizes 20000 100000] [--data planted squad] [--json out.json]
 """
