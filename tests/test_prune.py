@@ -178,3 +178,17 @@ def test_min_score_errors():
     with pytest.raises(ValueError, match="min_score must be a finite number"):
         mining.paraphrase_mining_embeddings(x, min_score=float("nan"), score_function=dot_score)
     assert len(mining.paraphrase_mining_embeddings(x * 3, min_score=2.0, score_function=dot_score)) > 0
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 6])
+@pytest.mark.parametrize("cutoff", [-1000.0, 4.0])
+def test_within_top_k_exact_ties_on_both_sides(top_k, cutoff):
+    """Small integer rows, so dot products and their ties are exact: a row whose tied neighbours sit on both
+    sides of it must keep the lower indices first."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(-3, 4, (40, 8), generator=g).double()
+    x[[2, 5, 8, 9]] = x[1].clone()  # five identical rows: row 5 ties with 1, 2 (below) and 8, 9 (above)
+    x[[20, 30]] = x[25].clone()
+    rows, cols, scores = reference.threshold_pairs(x, None, cutoff, normalized=True)
+    got = mining._within_top_k(rows.numpy(), cols.numpy(), scores.numpy(), len(x), top_k)
+    assert (got == brute_within_top_k(rows.numpy(), cols.numpy(), x, top_k)).all()

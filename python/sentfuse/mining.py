@@ -143,12 +143,14 @@ def similarity_matrix(
 
 
 def _top_pairs(
-    lo: np.ndarray, hi: np.ndarray, scores: np.ndarray, n: int, max_pairs: int
+    lo: np.ndarray, hi: np.ndarray, scores: np.ndarray, n: int, max_pairs: int, distinct: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each unordered pair once (its first occurrence, as sentence-transformers keeps the first score it
-    sees), then the max_pairs best, sorted by score descending and (i, j) ascending on ties."""
-    _, first = np.unique(lo * n + hi, return_index=True)
-    lo, hi, scores = lo[first], hi[first], scores[first]
+    sees; distinct=True says the pairs already are), then the max_pairs best, sorted by score descending
+    and (i, j) ascending on ties."""
+    if not distinct:
+        _, first = np.unique(lo * n + hi, return_index=True)
+        lo, hi, scores = lo[first], hi[first], scores[first]
     if len(scores) > max_pairs:
         keep = np.argpartition(-scores, max_pairs - 1)[:max_pairs]
         lo, hi, scores = lo[keep], hi[keep], scores[keep]
@@ -205,7 +207,7 @@ def paraphrase_mining_embeddings(
     if min_score is not None:
         rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(scored, min_score))
         keep = _within_top_k(rows, cols, scores, n, top_k)
-        lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs)
+        lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs, distinct=True)
         return _as_lists(best, lo, hi)
     above = _mine_above_cutoff(scored, top_k, max_pairs)
     if above is not None:
@@ -231,24 +233,31 @@ def paraphrase_mining_embeddings(
     return _as_lists(scores, lo, hi)
 
 
+def _descending_keys(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort fp32 scores in descending order (-0.0 and 0.0 apart, which no score here tells)."""
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    ascending = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))  # the usual float-to-int order
+    return ~ascending
+
+
 def _within_top_k(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, top_k: int) -> np.ndarray:
-    """For pairs (i, j) listing every pair scoring >= some cutoff: whether j is among i's top_k others or
-    i among j's (ties: lower index first, as cosine_topk ranks). Every row that outranks j in i's list
-    scores at least as high, so it is listed too, and ranks can be counted within the list."""
-    src = np.concatenate([rows, cols])
+    """For pairs (i, j), i < j, in (i, j) order, listing every pair scoring >= some cutoff: whether j is among
+    i's top_k others or i among j's (ties: lower index first, as cosine_topk ranks). Every row that
+    outranks j in i's list scores at least as high, so it is listed too, and ranks can be counted within
+    the list."""
+    # Each pair from both ends: (j, i) first, so that a row's entries already come in increasing other index.
+    src = np.concatenate([cols, rows])
     within = np.bincount(src, minlength=n)[src] <= top_k  # a row listed at most top_k times keeps them all
     crowded = np.flatnonzero(~within)
     if len(crowded):
-        # Rank the crowded rows' entries: by row, then score descending, then other index (stable sorts).
-        order = torch.arange(len(crowded))
-        for key in (np.concatenate([cols, rows])[crowded], -np.concatenate([scores, scores])[crowded], src[crowded]):
-            order = order[torch.sort(torch.from_numpy(key)[order], stable=True).indices]
-        order = order.numpy()
+        # One stable sort by (row, score descending) ranks the crowded rows' entries; ties keep index order.
+        keys = (src[crowded].astype(np.int64) << 32) | _descending_keys(np.concatenate([scores, scores])[crowded])
+        order = torch.sort(torch.from_numpy(keys), stable=True).indices.numpy()
         grouped = src[crowded][order]
         position = np.arange(len(order))
         group_start = np.maximum.accumulate(np.where(np.r_[True, grouped[1:] != grouped[:-1]], position, 0))
         within[crowded[order]] = position - group_start < top_k
-    return within[: len(rows)] | within[len(rows) :]
+    return within[len(rows) :] | within[: len(rows)]
 
 
 def _mine_above_cutoff(
@@ -275,7 +284,7 @@ def _mine_above_cutoff(
         rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(x, cutoff, seed=attempt))
         keep = _within_top_k(rows, cols, scores, n, top_k)
         if keep.sum() >= max_pairs:
-            lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs)
+            lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs, distinct=True)
             return best, lo, hi
         wanted *= 4
     return None

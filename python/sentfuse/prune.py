@@ -79,15 +79,22 @@ def _plan(
     eigenvalues, vectors = torch.linalg.eigh((rows.T @ rows).double())
     rotation = vectors[:, eigenvalues.argsort(descending=True)].to(x.dtype)
 
-    # Every pair of _SAMPLE_ROWS rows: their prefix dot products and tail norms, per prefix length.
+    # Every pair of _SAMPLE_ROWS rows: their prefix dot products (grown one slice of coordinates at a
+    # time) plus the product of their tail norms, counted off the diagonal (each pair twice).
     y = rows[:_SAMPLE_ROWS] @ rotation
     tails = y.square().flip(1).cumsum(1).flip(1).sqrt()  # column d: norm of coordinates d...
+    ordered_pairs = max(len(y) * (len(y) - 1), 1)
     plain_cost = dim + _SCAN_COST
     fixed_cost = _FIXED_SECONDS / (_UNIT_SECONDS * max(len(x) * (len(x) - 1) / 2, 1))
+    prefix_dots = y.new_zeros((len(y), len(y)))
+    done = 0
     best = None
-    for d in [prefix] if prefix else (d for d in _PREFIXES if d < dim):
-        upper = _upper(y[:, :d] @ y[:, :d].T + torch.outer(tails[:, d], tails[:, d]))
-        fraction = float((upper >= bound).float().mean())
+    for d in [prefix] if prefix else [d for d in _PREFIXES if d < dim]:
+        prefix_dots += y[:, done:d] @ y[:, done:d].T
+        done = d
+        upper = prefix_dots + torch.outer(tails[:, d], tails[:, d])
+        hits = int((upper >= bound).sum()) - int((upper.diagonal() >= bound).sum())
+        fraction = hits / ordered_pairs
         cost = d + 1 + _SCAN_COST + _CANDIDATE_COST * fraction + fixed_cost
         if (prefix or cost <= _MIN_SAVING * plain_cost) and (best is None or cost < best[0]):
             best = (cost, d, fraction)
