@@ -136,16 +136,18 @@ def self_pairs(
         bound_rows[start : start + len(y), :d] = y[:, :d]
         bound_rows[start : start + len(y), d] = torch.linalg.vector_norm(y[:, d:], dim=1)
     bound = threshold - slack
-    # One symmetric call for up to _ONE_CALL_ROWS rows whose candidates fit the budget; otherwise row blocks, each against the rows
-    # from its start on, sized from the candidates per scored pair seen so far (the sample can miss
-    # clusters by a wide margin), and at most n / 8 rows so that the duplicated lower half of each
-    # block's diagonal square stays a small share of the work.
-    per_pair = fraction if fraction == fraction else 1.0
+    # One symmetric call for up to _ONE_CALL_ROWS rows whose candidates fit the budget; otherwise row
+    # blocks, each against the rows from its start on, sized from the candidates per scored pair seen so
+    # far, and at most n / 8 rows so that the duplicated lower half of each block's diagonal square stays
+    # a small share of the work.
+    predicted = fraction if fraction == fraction else 1.0
+    # The sample can miss clusters: until a block has been seen, blocks assume 4x the predicted candidates.
+    per_pair = 4 * predicted
     found = []
     start = 0
     while start < n:
         width = n - start
-        if start == 0 and n <= _ONE_CALL_ROWS and per_pair * n * n / 2 <= _BLOCK_CANDIDATES:
+        if start == 0 and n <= _ONE_CALL_ROWS and predicted * n * n / 2 <= _BLOCK_CANDIDATES:
             rows, cols, _ = _ops.threshold_pairs(bound_rows, None, bound, normalized=True)
             stop = n
         else:
