@@ -11,8 +11,8 @@ which is the dot product of the (d + 1)-dim rows [y_i[:d], r_i]. threshold_pairs
 finds a superset of the answer for (d + 1) / D of the GEMM work, and pair_scores rescores the
 candidates on the original rows, so the result is the pairs the plain kernel finds (up to fp32
 rounding of scores equal to the threshold). A sample of random pairs predicts how many candidates
-each d lets through; the first pass runs only where that predicts a clear saving, so vectors
-without such structure (random ones) take the plain kernel.
+each d lets through; the first pass runs only where that predicts a clear saving, so rows without
+such structure take the plain kernel unless the threshold is far above their typical scores.
 """
 
 from __future__ import annotations
