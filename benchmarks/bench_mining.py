@@ -107,7 +107,7 @@ def agree_pairs(ours, theirs) -> str:
 
 def prune_choice(x: torch.Tensor, threshold: float) -> str:
     """Which first pass prune.self_pairs' cost model picks for x (not timed)."""
-    plan = prune._plan(x, threshold - prune._SLACK, seed=0) if len(x) >= prune._MIN_ROWS else None
+    plan = prune.first_pass(x, threshold)
     return "plain kernel" if plan is None else f"prefix {plan[1]}, predicted {plan[2]:.2%} candidates"
 
 

@@ -38,26 +38,17 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return value
 
 
-def _check_threshold(threshold: Any, name: str = "threshold") -> float:
+def _check_threshold(threshold: Any, name: str = "threshold", cosine: bool = True) -> float:
+    """A cosine threshold must lie in [-1, 1]; a dot-product one (cosine=False) must be finite."""
+    expected = "a number in [-1, 1]" if cosine else "a finite number"
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [-1, 1], got {threshold!r}") from None
-    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be {expected}, got {threshold!r}") from None
+    if cosine and not -1.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {threshold!r}")
-    return value
-
-
-def _check_min_score(min_score: Any, dot: bool) -> float:
-    """A cosine min_score must lie in [-1, 1]; a dot-product one must be finite."""
-    if not dot:
-        return _check_threshold(min_score, "min_score")
-    try:
-        value = float(min_score)
-    except (TypeError, ValueError):
-        raise ValueError(f"min_score must be a finite number, got {min_score!r}") from None
     if not np.isfinite(value):
-        raise ValueError(f"min_score must be a finite number, got {min_score!r}")
+        raise ValueError(f"{name} must be {expected}, got {threshold!r}")
     return value
 
 
@@ -196,20 +187,17 @@ def paraphrase_mining_embeddings(
     _check_int(top_k, "top_k", 0)
     dot = _is_dot_product(score_function)
     if min_score is not None:
-        min_score = _check_min_score(min_score, dot)
+        min_score = _check_threshold(min_score, "min_score", cosine=not dot)
     x = as_embeddings(embeddings, "embeddings")
     n = len(x)
     if n < 2 or top_k == 0 or max_pairs == 0:
         return []
-    x = (x.float() if x.dtype == torch.float64 else x).contiguous()  # the kernel scores fp32 / fp16 / bf16
+    # Every path below scores plain dot products of these fp32 rows: unit rows for cos_sim.
+    x = x.float().contiguous() if dot else _normalized(x)
 
-    scored = x.float() if dot else _normalized(x)
     if min_score is not None:
-        rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(scored, min_score))
-        keep = _within_top_k(rows, cols, scores, n, top_k)
-        lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs, distinct=True)
-        return _as_lists(best, lo, hi)
-    above = _mine_above_cutoff(scored, top_k, max_pairs)
+        return _as_lists(*_best_listed(x, min_score, top_k, max_pairs)[:3])
+    above = _mine_above_cutoff(x, top_k, max_pairs)
     if above is not None:
         return _as_lists(*above)
     empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
@@ -218,7 +206,7 @@ def paraphrase_mining_embeddings(
     pending_size = 0
     for start in range(0, n, query_chunk_size):
         queries = x[start : start + query_chunk_size]
-        scores, indices = _ops.cosine_topk(queries, x, top_k, normalized=dot, exclude_self=True, query_offset=start)
+        scores, indices = _ops.cosine_topk(queries, x, top_k, normalized=True, exclude_self=True, query_offset=start)
         scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
         rows = np.broadcast_to(np.arange(start, start + len(queries))[:, None], indices.shape)
         found = indices >= 0
@@ -260,6 +248,17 @@ def _within_top_k(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int
     return within[len(rows) :] | within[: len(rows)]
 
 
+def _best_listed(
+    x: torch.Tensor, cutoff: float, top_k: int, max_pairs: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(scores, i, j) of the max_pairs best pairs scoring >= cutoff that are in a row's top_k, and how many
+    pairs qualified."""
+    rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(x, cutoff, seed=seed))
+    keep = _within_top_k(rows, cols, scores, len(x), top_k)
+    lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], len(x), max_pairs, distinct=True)
+    return best, lo, hi, int(keep.sum())
+
+
 def _mine_above_cutoff(
     x: torch.Tensor, top_k: int, max_pairs: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -281,10 +280,8 @@ def _mine_above_cutoff(
         if wanted > _MAX_ABOVE_SHARE * total:
             return None
         cutoff = prune.pair_score_quantile(x, wanted / total, seed=attempt)
-        rows, cols, scores = (t.cpu().numpy() for t in prune.self_pairs(x, cutoff, seed=attempt))
-        keep = _within_top_k(rows, cols, scores, n, top_k)
-        if keep.sum() >= max_pairs:
-            lo, hi, best = _top_pairs(rows[keep], cols[keep], scores[keep], n, max_pairs, distinct=True)
+        best, lo, hi, qualified = _best_listed(x, cutoff, top_k, max_pairs, seed=attempt)
+        if qualified >= max_pairs:
             return best, lo, hi
         wanted *= 4
     return None

@@ -21,7 +21,7 @@ import torch
 
 from . import _ops
 
-__all__ = ["self_pairs", "pair_score_quantile"]
+__all__ = ["first_pass", "pair_score_quantile", "self_pairs"]
 
 # Prefix lengths tried; the cost model picks one (or none).
 _PREFIXES = (16, 24, 32, 48, 64, 96, 128, 192)
@@ -103,6 +103,23 @@ def _plan(
     return rotation, best[1], best[2]
 
 
+def first_pass(
+    x: torch.Tensor, threshold: float, *, prefix: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, int, float, float] | None:
+    """The prefix-bound pass self_pairs runs for x and threshold, as (rotation, d, predicted candidate
+    share, bound threshold), or None for the plain kernel. prefix as in self_pairs."""
+    n, dim = x.shape
+    if prefix is not None and prefix != 0 and not 0 < prefix < dim:
+        raise ValueError(f"prefix must be None, 0, or in (0, {dim}) for {dim}-dim rows, got {prefix}")
+    if n < 2 or prefix == 0 or (prefix is None and (x.device.type != "cpu" or n < _MIN_ROWS)):
+        return None
+    x32 = x.float()
+    # The margin covers rounding relative to the largest product of norms (1 for unit rows).
+    bound = threshold - _SLACK * max(1.0, float(torch.linalg.vector_norm(x32, dim=1).max()) ** 2)
+    plan = _plan(x32, bound, seed, prefix)
+    return None if plan is None else (*plan, bound)
+
+
 def self_pairs(
     x: torch.Tensor, threshold: float, *, prefix: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,28 +131,18 @@ def self_pairs(
     runs. prefix=d forces the bound on the first d rotated coordinates (0 < d < D; tests use it);
     prefix=0 forces the plain kernel.
     """
-    n, dim = x.shape
-    if prefix is not None and prefix != 0 and not 0 < prefix < dim:
-        raise ValueError(f"prefix must be None, 0, or in (0, {dim}) for {dim}-dim rows, got {prefix}")
+    n = len(x)
     x32 = x.float()
-    # The margin covers rounding relative to the largest product of norms (1 for unit rows).
-    slack = _SLACK * max(1.0, float(torch.linalg.vector_norm(x32, dim=1).max()) ** 2) if n else _SLACK
-    if n < 2 or prefix == 0:
-        plan = None
-    elif prefix is None:
-        plan = _plan(x32, threshold - slack, seed) if x.device.type == "cpu" and n >= _MIN_ROWS else None
-    else:
-        plan = _plan(x32, threshold - slack, seed, prefix)
+    plan = first_pass(x32, threshold, prefix=prefix, seed=seed)
     if plan is None:
         return _ops.threshold_pairs(x, None, threshold, normalized=True)
-    rotation, d, fraction = plan
+    rotation, d, fraction, bound = plan
     # [y[:d], |y[d:]|] per row, rotated a chunk of rows at a time so that no N x D copy is made.
     bound_rows = x32.new_empty((n, d + 1))
     for start in range(0, n, _ROTATE_ROWS):
         y = x32[start : start + _ROTATE_ROWS] @ rotation
         bound_rows[start : start + len(y), :d] = y[:, :d]
         bound_rows[start : start + len(y), d] = torch.linalg.vector_norm(y[:, d:], dim=1)
-    bound = threshold - slack
     # One symmetric call for up to _ONE_CALL_ROWS rows whose candidates fit the budget; otherwise row
     # blocks, each against the rows from its start on, sized from the candidates per scored pair seen so
     # far, and at most n / 8 rows so that the duplicated lower half of each block's diagonal square stays
