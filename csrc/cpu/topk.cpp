@@ -1,6 +1,6 @@
 // CPU cosine_topk: tiled GEMM + running top-k per query, never the full [M, N] score matrix.
 //
-// Each tile of scores comes from one GEMM call (tiles::score_tile) on the calling thread, so it threads well
+// Each tile of scores comes from one GEMM call (tiles::TileScorer) on the calling thread, so it threads well
 // (BLAS calls made from inside at::parallel_for either oversubscribe or run single-threaded).
 // Tiles are at most 16 MB: large enough for BLAS to run near its peak, far from M x N. Selection then
 // runs in parallel over the tile's query rows: each query keeps a bounded heap, and most
