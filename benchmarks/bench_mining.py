@@ -26,7 +26,8 @@ import torch
 
 from bench_topk import gemm_gflops
 from peak_memory import PeakRss
-from sentfuse import _ops, mining, prune
+from sentfuse import _ops
+from sentfuse.search import mining, prune
 
 DIM = 384
 QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"

@@ -41,8 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from peak_memory import peak_memory  # noqa: E402
-from sentfuse.search import search_topk  # noqa: E402
-from sentfuse.similarity import dot_score  # noqa: E402
+from sentfuse.search.topk import search_topk  # noqa: E402
+from sentfuse.search.similarity import dot_score  # noqa: E402
 
 DIM = 384
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from sentfuse import Encoder, batching
-from sentfuse.backbone import PackedLinear, prepare_backbone
-from sentfuse.batching import BatchStream, collate, plan_batches
+from sentfuse import Encoder
+from sentfuse.encode import batching
+from sentfuse.model.backbone import PackedLinear, prepare_backbone
+from sentfuse.encode.batching import BatchStream, collate, plan_batches
 
 LONG = "a very long text that runs on " * 400  # far past every tiny model's max_seq_length
 
@@ -265,7 +266,7 @@ def test_packed_linear_half_precision_in_float32_arithmetic(dtype):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_prepare_backbone_packs_bfloat16_only_without_native_support(tiny_model_root, monkeypatch, native):
-    import sentfuse.backbone as backbone
+    import sentfuse.model.backbone as backbone
 
     monkeypatch.setattr(backbone, "cpu_has_native", lambda dtype: native)
     model = prepare_backbone(AutoModel.from_pretrained(tiny_model_root / "hf-bert", dtype=torch.bfloat16).eval())

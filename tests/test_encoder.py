@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sentfuse import Encoder
-from sentfuse.modules import ModelFolderError
+from sentfuse.model.modules import ModelFolderError
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sentence_transformers import util
 
-from sentfuse import mining
-from sentfuse.similarity import dot_score
+from sentfuse.search import mining
+from sentfuse.search.similarity import dot_score
 
 QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"
 N_QUESTIONS = 1500

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from sentfuse import Encoder, pool as pool_module
-from sentfuse.pool import EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
+from sentfuse import Encoder
+from sentfuse.encode import pool as pool_module
+from sentfuse.encode.pool import EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 
 # Prompts skipped by pooling, a Dense head and no Normalize: prompt, normalize_embeddings and
 # truncate_dim all change the result.

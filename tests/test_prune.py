@@ -10,7 +10,8 @@ from test_mining import assert_same_pairs as assert_same_mined
 from test_mining import planted, squad  # noqa: F401  (squad is a fixture)
 from test_pairs import assert_same_pairs
 
-from sentfuse import _ops, mining, prune, reference
+from sentfuse import _ops, reference
+from sentfuse.search import mining, prune
 
 
 def unit(x):
@@ -145,7 +146,7 @@ def test_cutoff_path_lowers_a_cutoff_that_leaves_too_few(squad, monkeypatch):  #
 
 def test_cutoff_path_dot_score_and_crowded_rows(monkeypatch):
     """A cluster much larger than top_k (crowded rows) and unnormalized rows scored by dot product."""
-    from sentfuse.similarity import dot_score
+    from sentfuse.search.similarity import dot_score
 
     x = planted(n_clusters=4, per_cluster=60, noise_rows=100, seed=3)
     for kwargs in (dict(top_k=5, max_pairs=400), dict(top_k=3, max_pairs=200, score_function=dot_score)):
@@ -170,7 +171,7 @@ def test_min_score_equals_filtering_the_full_answer(squad, min_score, top_k):  #
 
 
 def test_min_score_errors():
-    from sentfuse.similarity import dot_score
+    from sentfuse.search.similarity import dot_score
 
     x = structured(50)
     with pytest.raises(ValueError, match=r"min_score must be in \[-1, 1\]"):

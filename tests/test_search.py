@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sentfuse import reference
-from sentfuse.search import search_topk, semantic_search
-from sentfuse.similarity import cos_sim, dot_score
+from sentfuse.search.topk import search_topk, semantic_search
+from sentfuse.search.similarity import cos_sim, dot_score
 
 SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corpus" / "squad-v1.1"
 

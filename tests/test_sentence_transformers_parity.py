@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import quantize_embeddings as st_quantize_embeddings
 
 from sentfuse import Encoder
-from sentfuse.quantize import quantize_embeddings
+from sentfuse.encode.quantize import quantize_embeddings
 
 STSB_TEST = Path(__file__).resolve().parents[1].parent / "shared/data/stsb/sts-test.tsv"
 ST_STSB_SPEARMAN = 82.03  # all-MiniLM-L6-v2 on the STS-B test split, cosine, x100

@@ -3,11 +3,17 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
-from .encoder import Encoder
-from .pool import EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
-from .mining import community_detection, paraphrase_mining, paraphrase_mining_embeddings, similarity_matrix
-from .search import search_topk, semantic_search
-from .similarity import cos_sim, dot_score
+from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
+from .search import (
+    community_detection,
+    cos_sim,
+    dot_score,
+    paraphrase_mining,
+    paraphrase_mining_embeddings,
+    search_topk,
+    semantic_search,
+    similarity_matrix,
+)
 
 try:
     __version__ = version("sentfuse")

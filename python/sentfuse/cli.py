@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .quantize import PRECISIONS
+from .encode.quantize import PRECISIONS
 
 ENCODE_HELP = """\
 Embed one text per input item and save the embeddings as a .npy array, row i for item i.
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .encoder import Encoder
+    from .encode.encoder import Encoder
 
     output = Path(args.output)
     if output.suffix != ".npy":
@@ -215,7 +215,7 @@ def run_encode(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .encoder import Encoder
+    from .encode.encoder import Encoder
 
     corpus = read_items(args.corpus, "auto", args.field)
     if not corpus:
@@ -255,7 +255,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def _embed_items(args: argparse.Namespace) -> tuple[list[str], object]:
     """The input's texts and their unit-length embeddings (None when the input has no items)."""
-    from .encoder import Encoder
+    from .encode.encoder import Encoder
 
     texts = read_items(args.input, args.format, args.field)
     if not texts:
@@ -268,7 +268,7 @@ def _embed_items(args: argparse.Namespace) -> tuple[list[str], object]:
 
 
 def run_mine(args: argparse.Namespace) -> int:
-    from .mining import paraphrase_mining_embeddings
+    from .search.mining import paraphrase_mining_embeddings
 
     texts, embeddings = _embed_items(args)
     pairs = [] if embeddings is None else paraphrase_mining_embeddings(
@@ -285,7 +285,7 @@ def run_mine(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from .mining import community_detection
+    from .search.mining import community_detection
 
     texts, embeddings = _embed_items(args)
     communities = [] if embeddings is None else community_detection(embeddings, args.threshold, args.min_size)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _ops
+from .. import _ops
 
 
 def as_embeddings(x: Any, name: str) -> torch.Tensor:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _ops, prune
-from .search import _is_dot_product
+from .. import _ops
+from . import prune
+from .topk import _is_dot_product
 from .similarity import as_embeddings, cos_sim
 
 __all__ = ["community_detection", "paraphrase_mining", "paraphrase_mining_embeddings", "similarity_matrix"]

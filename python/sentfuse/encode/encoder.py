@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _ops
-from .backbone import cpu_has_native, prepare_backbone
+from .. import _ops
+from ..model.backbone import cpu_has_native, prepare_backbone
 from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchStream
-from .modules import (
+from ..model.modules import (
     SIMILARITY_FN_NAMES,
     DenseModule,
     ModelFolder,
@@ -27,8 +27,8 @@ from .modules import (
     load_model_folder,
 )
 from .quantize import check_precision, quantize_embeddings, quantized_dim, quantized_dtype
-from .search import semantic_search
-from .similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
+from ..search.topk import semantic_search
+from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
 
 if TYPE_CHECKING:
     from .pool import EncoderPool
@@ -427,7 +427,7 @@ class Encoder:
 
         Texts are tokenized once (in a background thread, ahead of the model), sorted by token count
         and batched so that each batch holds at most batch_size texts and at most max_batch_tokens
-        padded tokens; defaults depend on the device (see sentfuse.batching). Results come back in
+        padded tokens; defaults depend on the device (see sentfuse.encode.batching). Results come back in
         input order. Sentence embeddings are returned as output_dtype (float32 by default; None keeps
         the backbone's dtype). device may be a list of devices, or pool a pool from
         start_multi_process_pool: the texts are then split into chunks of chunk_size across worker

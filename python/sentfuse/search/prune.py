@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
+from .. import _ops
 
 __all__ = ["first_pass", "pair_score_quantile", "self_pairs"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _ops
+from .. import _ops
 from .similarity import as_embeddings, cos_sim, dot_score
 
 # Rows per chunk when streaming a memmap: 64k x 384 fp32 is 96 MB.

@@ -1,0 +1,1 @@
+"""Loading a model folder: its modules.json pipeline and the transformers backbone."""
