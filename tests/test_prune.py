@@ -10,7 +10,7 @@ from test_mining import assert_same_pairs as assert_same_mined
 from test_mining import planted, squad  # noqa: F401  (squad is a fixture)
 from test_pairs import assert_same_pairs
 
-from sentfuse import _ops, reference
+from sentfuse import reference
 from sentfuse.search import mining, prune
 
 

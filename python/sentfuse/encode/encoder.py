@@ -6,7 +6,7 @@ import inspect
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import _ops
+from .._checks import check_sentences, parse_device, parse_dtype, positive_int
 from ..model.backbone import cpu_has_native, prepare_backbone
 from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchStream
 from ..model.modules import (
@@ -38,50 +39,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _positive_int(value: Any, name: str, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _parse_device(device: Any, name: str = "device") -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"{name} {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name} {device!r} asks for CUDA, but torch sees no CUDA device")
-    return parsed
-
-
-def _parse_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (str or torch.dtype), got {dtype!r}")
-
-
-def _check_sentences(sentences: Any) -> tuple[bool, list[str]]:
-    """(single, texts): a lone str becomes a one-item list; every item must be a str."""
-    if isinstance(sentences, str):
-        return True, [sentences]
-    if isinstance(sentences, (bytes, dict)) or not isinstance(sentences, Iterable):
-        raise TypeError(f"sentences must be a str or a list of str, got {type(sentences).__name__}")
-    texts = list(sentences)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"sentences[{i}] is {type(text).__name__}, expected str")
-    return False, texts
-
-
 def resolve_model_path(
     model_name_or_path: str | os.PathLike | None,
     local_files_only: bool = True,
@@ -150,10 +107,10 @@ class Encoder:
         cache_folder: str | None = None,
         revision: str | None = None,
     ) -> None:
-        target = _parse_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = _parse_dtype(dtype)
-        max_seq_length = _positive_int(max_seq_length, "max_seq_length")
-        self.truncate_dim = _positive_int(truncate_dim, "truncate_dim")
+        target = parse_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = parse_dtype(dtype)
+        max_seq_length = positive_int(max_seq_length, "max_seq_length")
+        self.truncate_dim = positive_int(truncate_dim, "truncate_dim")
         if prompts is not None and (
             not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())
         ):
@@ -276,7 +233,7 @@ class Encoder:
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        self._tokenizer.model_max_length = _positive_int(value, "max_seq_length", allow_none=False)
+        self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
         self._prompt_lengths.clear()
 
     @property
@@ -310,7 +267,7 @@ class Encoder:
         }
 
     def to(self, device: str | torch.device) -> Encoder:
-        target = _parse_device(device)
+        target = parse_device(device)
         self._model.to(target)
         for stage in self._post:
             if isinstance(stage, DenseModule):
@@ -433,22 +390,22 @@ class Encoder:
         start_multi_process_pool: the texts are then split into chunks of chunk_size across worker
         processes.
         """
-        single, texts = _check_sentences(sentences)
+        single, texts = check_sentences(sentences)
         self._check_encode_args(
             output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
         )
-        batch_size = _positive_int(batch_size, "batch_size")
-        max_batch_tokens = _positive_int(max_batch_tokens, "max_batch_tokens")
-        truncate_dim = _positive_int(truncate_dim, "truncate_dim")
+        batch_size = positive_int(batch_size, "batch_size")
+        max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
+        truncate_dim = positive_int(truncate_dim, "truncate_dim")
         if truncate_dim is None:
             truncate_dim = self.truncate_dim
-        out_dtype = _parse_dtype(output_dtype, "output_dtype")
+        out_dtype = parse_dtype(output_dtype, "output_dtype")
         devices = None
         if pool is not None or (isinstance(device, Sequence) and not isinstance(device, str)):
             devices = self._check_pool_args(pool, device, output_value)
         else:
-            _positive_int(chunk_size, "chunk_size")
-            target = _parse_device(device)
+            positive_int(chunk_size, "chunk_size")
+            target = parse_device(device)
             if target is not None and target != self.device:
                 self.to(target)
         resolved_prompt = self._resolve_prompt(prompt, prompt_name)

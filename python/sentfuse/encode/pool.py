@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoder import Encoder, _check_sentences, _parse_device, _positive_int
+from .._checks import check_sentences, parse_device, positive_int
+from .encoder import Encoder
 
 MAX_CPU_WORKERS = 4
 CHUNKS_PER_WORKER = 4  # default chunking: a few chunks per worker, so a slow worker holds up little at the end
@@ -91,7 +92,7 @@ def _check_devices(target_devices: Any) -> list[str]:
     for i, device in enumerate(target_devices):
         if not isinstance(device, (str, torch.device)):
             raise ValueError(f"target_devices[{i}] must be a device such as 'cpu' or 'cuda:1', got {device!r}")
-        parsed = _parse_device(device, f"target_devices[{i}]")
+        parsed = parse_device(device, f"target_devices[{i}]")
         if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(
                 f"target_devices[{i}] {device!r} asks for a CUDA device torch does not see "
@@ -377,16 +378,16 @@ def encode_multi_process(
     """
     if not isinstance(pool, EncoderPool):
         raise TypeError(f"pool must be an EncoderPool from start_multi_process_pool, got {type(pool).__name__}")
-    single, texts = _check_sentences(sentences)
+    single, texts = check_sentences(sentences)
     if single:
         raise TypeError("sentences must be a list of str; wrap a single text in a list")
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     if not isinstance(show_progress_bar, (bool, np.bool_)):
         raise TypeError(f"show_progress_bar must be a bool, got {type(show_progress_bar).__name__}")
     _check_encode_kwargs(encode_kwargs)
     pool._check_usable()
     if not texts:
-        truncate_dim = _positive_int(encode_kwargs.get("truncate_dim"), "truncate_dim")
+        truncate_dim = positive_int(encode_kwargs.get("truncate_dim"), "truncate_dim")
         dim = pool.dim if truncate_dim is None else min(truncate_dim, pool._model_dim)
         return np.zeros((0, dim), dtype=np.float32)
 
