@@ -1,5 +1,8 @@
 # make demo / make test set everything up from a fresh clone: a .venv with the CPU build of torch,
 # sentfuse built against it without build isolation, and the test dependencies.
+SHELL := /bin/bash
+# A recipe line fails when any stage of a pipe fails, not only the last.
+.SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -40,7 +43,9 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 
 demo: $(BUILD_STAMP)
 	$(VENV)/bin/sentfuse info
-	head -n 5000 ../shared/data/corpus/squad-v1.1/questions.txt | $(VENV)/bin/sentfuse encode - -o demo-out/squad-questions.npy
+	$(VENV)/bin/sentfuse encode data/squad/questions.txt -o demo-out/squad-questions.npy
+	$(VENV)/bin/sentfuse search --corpus data/squad/questions.txt --embeddings demo-out/squad-questions.npy \
+		"Who did the Virgin Mary appear to in Lourdes?" -k 3
 
 test: $(BUILD_STAMP)
 	$(PY) -m pytest -q tests

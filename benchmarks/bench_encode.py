@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from peak_memory import peak_memory
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1"
+DATA = Path(__file__).resolve().parents[1] / "data/squad"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Goals from the issue: (setting, baseline setting, minimum ratio of sentences/s) per device.

@@ -30,7 +30,7 @@ from sentfuse import _ops
 from sentfuse.search import mining, prune
 
 DIM = 384
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"
+QUESTIONS = Path(__file__).resolve().parents[1] / "data/squad/questions.txt"
 
 
 def planted(rows: int, seed: int = 0) -> torch.Tensor:

@@ -201,7 +201,7 @@ def test_bfloat16_close_to_float32():
     """The bundled all-MiniLM-L6-v2 on real questions: bf16 embeddings within cos 0.999 of float32."""
     from pathlib import Path
 
-    data = Path(__file__).resolve().parents[2] / "shared/data/corpus/squad-v1.1/questions.txt"
+    data = Path(__file__).resolve().parents[1] / "data/squad/questions.txt"
     texts = data.read_text().splitlines()[:24]
     fp32 = Encoder(device="cpu").encode(texts)
     bf16 = Encoder(device="cpu", dtype="bfloat16").encode(texts)

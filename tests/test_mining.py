@@ -12,7 +12,7 @@ from sentence_transformers import util
 from sentfuse.search import mining
 from sentfuse.search.similarity import dot_score
 
-QUESTIONS = Path(__file__).resolve().parents[1].parent / "shared/data/corpus/squad-v1.1/questions.txt"
+QUESTIONS = Path(__file__).resolve().parents[1] / "data/squad/questions.txt"
 N_QUESTIONS = 1500
 # Scores from the kernel and from sentence-transformers' torch.mm differ by float rounding only.
 ATOL = 1e-5

@@ -11,7 +11,7 @@ from sentfuse import reference
 from sentfuse.search.topk import search_topk, semantic_search
 from sentfuse.search.similarity import cos_sim, dot_score
 
-SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corpus" / "squad-v1.1"
+SQUAD = Path(__file__).resolve().parents[1] / "data" / "squad"
 
 
 def random_set(rows, dim=32, seed=0):

@@ -14,7 +14,7 @@ from sentence_transformers.util import quantize_embeddings as st_quantize_embedd
 from sentfuse import Encoder
 from sentfuse.encode.quantize import quantize_embeddings
 
-STSB_TEST = Path(__file__).resolve().parents[1].parent / "shared/data/stsb/sts-test.tsv"
+STSB_TEST = Path(__file__).resolve().parents[1] / "data/stsb/sts-test.tsv"
 ST_STSB_SPEARMAN = 82.03  # all-MiniLM-L6-v2 on the STS-B test split, cosine, x100
 PRECISIONS = ("int8", "uint8", "binary", "ubinary")
 
