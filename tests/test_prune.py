@@ -67,9 +67,11 @@ def test_blocks_zero_rows_and_tiny_inputs(monkeypatch):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     for rows in (0, 1, 2):
         small = x[:rows]
-        assert [t.tolist() for t in prune.self_pairs(small, -1.0, prefix=3)] == [
-            t.tolist() for t in reference.threshold_pairs(small, None, -1.0, normalized=True)
-        ]
+        got_rows, got_cols, got_scores = prune.self_pairs(small, -1.0, prefix=3)
+        ref_rows, ref_cols, ref_scores = reference.threshold_pairs(small, None, -1.0, normalized=True)
+        assert got_rows.tolist() == ref_rows.tolist() and got_cols.tolist() == ref_cols.tolist()
+        # the kernel's fp32 dot may round differently from the reference's (AVX-512 vs AVX2 lanes)
+        torch.testing.assert_close(got_scores, ref_scores, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"prefix must be None, 0, or in \(0, 64\)"):
         prune.self_pairs(x, 0.5, prefix=64)
 
