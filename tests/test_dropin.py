@@ -205,18 +205,3 @@ def test_each_library_loads_the_others_saved_folder(both):
     assert_same_values(from_sentfuse.encode(sentences), theirs["reloaded"])
     assert_same_values(from_st.encode(sentences), ours["reloaded"])
     assert from_sentfuse.similarity_fn_name == "cosine"
-
-
-@pytest.mark.parametrize("name", ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "ALL-MINILM-L6-V2"])
-def test_model_names_resolve_to_the_bundled_model_offline(name, model_path):
-    from sentfuse.model.resolve import resolve_model_path
-
-    assert resolve_model_path(name) == Path(model_path)
-
-
-def test_unknown_model_name_says_where_it_looked():
-    from sentfuse.model.modules import ModelFolderError
-    from sentfuse.model.resolve import resolve_model_path
-
-    with pytest.raises(ModelFolderError, match="'no-such-model-xyz' is not a model folder.*local Hugging Face cache"):
-        resolve_model_path("no-such-model-xyz")

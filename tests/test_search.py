@@ -184,25 +184,3 @@ def test_encoder_search_encodes_queries_like_encode_query(tiny_encoder):
     assert [[h["corpus_id"] for h in q] for q in hits] == [[h["corpus_id"] for h in q] for q in expected]
     single = tiny_encoder.search("a cat on a mat", corpus_embeddings, top_k=2)
     assert [h["corpus_id"] for h in single] == [h["corpus_id"] for h in hits[0][:2]]
-
-
-def test_cli_search_table_json_and_cached_embeddings(tiny_model_root, tmp_path, capsys):
-    from sentfuse.cli import main
-
-    corpus_file = tmp_path / "corpus.txt"
-    corpus_file.write_text("\n".join(CORPUS) + "\n")
-    cache = tmp_path / "emb" / "corpus.npy"
-    model = str(tiny_model_root / "bert-mean-normalize")
-    argv = ["search", "--corpus", str(corpus_file), "--model", model, "--embeddings", str(cache), "--no-progress"]
-    assert main(argv + ["a cat on a mat", "-k", "2"]) == 0
-    table = capsys.readouterr().out
-    assert table.startswith("query: a cat on a mat") and table.count("\n") == 3
-    assert cache.exists() and np.load(cache).shape[0] == len(CORPUS)
-    assert main(argv + ["--json", "a cat on a mat", "markets", "-k", "3"]) == 0
-    results = json.loads(capsys.readouterr().out)
-    assert [r["query"] for r in results] == ["a cat on a mat", "markets"]
-    assert all(len(r["hits"]) == 3 and r["hits"][0]["text"] == CORPUS[r["hits"][0]["corpus_id"]] for r in results)
-    # A cache that does not match the corpus is an error, not silently wrong hits.
-    corpus_file.write_text("\n".join(CORPUS[:3]) + "\n")
-    assert main(argv + ["cats"]) == 1
-    assert "delete it to re-encode" in capsys.readouterr().err
