@@ -54,7 +54,7 @@ def _neighbours_from_topk(
     first_k = min(max(2 * min_size, 64), n)
     centers, lists = [], []
     for start in tqdm(range(0, n, batch_size), desc="Finding clusters", disable=not show_progress_bar):
-        _, indices = _ops.cosine_topk(x[start : start + batch_size], x, first_k, normalized=True, min_score=threshold)
+        _, indices = _ops.cosine_topk(x[start : start + batch_size], x, first_k, metric="dot", min_score=threshold)
         indices = indices.cpu()
         found = (indices >= 0).sum(1)
         rows = torch.arange(start, start + len(indices))
@@ -67,7 +67,7 @@ def _neighbours_from_topk(
             k = min(4 * k, n)
             still_full = []
             for sub in pending.split(max(1, _TOPK_ENTRIES // k)):
-                _, grown = _ops.cosine_topk(x[sub.to(x.device)], x, k, normalized=True, min_score=threshold)
+                _, grown = _ops.cosine_topk(x[sub.to(x.device)], x, k, metric="dot", min_score=threshold)
                 grown = grown.cpu()
                 saturated = grown[:, -1] >= 0 if k < n else torch.zeros(len(sub), dtype=torch.bool)
                 centers.append(sub[~saturated])

@@ -186,7 +186,7 @@ def paraphrase_mining_embeddings(
     if above is not None:
         return _as_lists(above)
     return _as_lists(_mine_top_k(n, max_pairs, query_chunk_size, lambda start, stop: _ops.cosine_topk(
-        x[start:stop], x, top_k, normalized=True, exclude_self=True, query_offset=start,
+        x[start:stop], x, top_k, metric="dot", exclude_self=True, query_offset=start,
     )))
 
 

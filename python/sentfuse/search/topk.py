@@ -115,7 +115,7 @@ def _search_chunk(q, c, top_k, score_function, metric, offset, exclude_self, min
     q, c = q.to(device=device, dtype=dtype), c.to(device=device, dtype=dtype)
     try:
         return _ops.cosine_topk(
-            q, c, top_k, normalized=metric == "dot", exclude_self=exclude_self, min_score=min_score,
+            q, c, top_k, metric=metric, exclude_self=exclude_self, min_score=min_score,
             corpus_offset=offset, bf16_rescore=bf16_rescore,
         )
     except (RuntimeError, ValueError):
