@@ -15,7 +15,7 @@
 
 #include "common/splade_checks.h"
 #include "cpu/load_float.h"
-#include "dispatch.h"
+#include "common/dispatch.h"
 
 namespace sentfuse {
 namespace {

@@ -214,7 +214,7 @@ def splade_pool(
     finite = torch.isfinite(hidden[valid]).all() and torch.isfinite(weight).all()
     if not finite or (bias is not None and not torch.isfinite(bias).all()):
         raise ValueError("splade_pool: hidden (at a valid token), weight or bias holds NaN or inf")
-    logits = hidden.float() @ weight.float().T
+    logits = hidden.float().masked_fill(~valid.unsqueeze(-1), 0) @ weight.float().T  # padding may hold anything
     if bias is not None:
         logits = logits + bias.float()
     x = torch.log1p(torch.relu(logits))
