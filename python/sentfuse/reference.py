@@ -192,3 +192,54 @@ def pair_scores(
     if metric == "dot":
         return dots
     return torch.nan_to_num(dots / (x.norm(dim=1) * y.norm(dim=1)), nan=0.0)
+
+
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+SPLADE_POOLINGS = ("max", "sum")
+
+
+def splade_pool(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "relu",
+    pooling: str = "max",
+) -> torch.Tensor:
+    """The full [B, L, V] fp32 logits hidden @ weight.T + bias, log1p(relu(.)) (twice log1p for log1p_relu),
+    zeroed at padding, then max or sum over tokens -> [B, V] fp32 (rows without valid tokens: zeros)."""
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {SPLADE_ACTIVATIONS}, got {activation!r}")
+    if pooling not in SPLADE_POOLINGS:
+        raise ValueError(f"pooling must be one of {SPLADE_POOLINGS}, got {pooling!r}")
+    valid = attention_mask != 0
+    finite = torch.isfinite(hidden[valid]).all() and torch.isfinite(weight).all()
+    if not finite or (bias is not None and not torch.isfinite(bias).all()):
+        raise ValueError("splade_pool: hidden (at a valid token), weight or bias holds NaN or inf")
+    logits = hidden.float().masked_fill(~valid.unsqueeze(-1), 0) @ weight.float().T  # padding may hold anything
+    if bias is not None:
+        logits = logits + bias.float()
+    x = torch.log1p(torch.relu(logits))
+    if activation == "log1p_relu":
+        x = torch.log1p(x)
+    x = x * valid.unsqueeze(-1)  # activations are >= 0, so zeros never win a max
+    return x.amax(dim=1) if pooling == "max" and x.shape[1] else x.sum(dim=1)
+
+
+def splade_pool_varlen(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "relu",
+    pooling: str = "max",
+) -> torch.Tensor:
+    """Packed tokens hidden [T, H] with sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] -> [B, V]."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    max_len = max(lengths, default=0)
+    padded = hidden.new_zeros(len(lengths), max_len, hidden.shape[-1])
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.long, device=hidden.device)
+    for i, (start, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
+        padded[i, :n] = hidden[start : start + n]
+        mask[i, :n] = 1
+    return splade_pool(padded, mask, weight, bias, activation, pooling)
