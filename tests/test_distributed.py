@@ -96,7 +96,7 @@ def test_text_file_int8_calibrated_once_for_all_shards(tmp_path, model, question
     distributed.encode_dataset(text_file, out, model, precision="int8", normalize_embeddings=True)
     manifest = _manifest(out)
     want = sentfuse.Encoder(model).encode(questions[700:], normalize_embeddings=True)
-    # The calibration sample is the first shard's first 4,096 texts: here all 200.
+    # The calibration sample is the first 4,096 texts: here all 200.
     np.testing.assert_allclose(np.array(manifest["ranges"]), np.stack([want.min(0), want.max(0)]), atol=1e-5)
     stored = _concat(out, manifest)
     expected = sentfuse.encode.quantize_embeddings(want, "int8", ranges=np.array(manifest["ranges"]))
@@ -120,18 +120,18 @@ class CrashOnce(sentfuse.Encoder):
 def test_worker_death_is_retried_exactly_once(tmp_path, model, questions):
     folder = tmp_path / "in"
     folder.mkdir()
-    for i in range(4):
-        pq.write_table(pa.table({"text": questions[i * 100 : (i + 1) * 100]}), folder / f"s{i}.parquet")
+    for i in range(3):
+        pq.write_table(pa.table({"text": questions[i * 60 : (i + 1) * 60]}), folder / f"s{i}.parquet")
     CrashOnce.marker = str(tmp_path / "crashed")
     result = distributed.encode_dataset(str(folder / "*.parquet"), tmp_path / "out", CrashOnce(model))
     assert os.path.exists(CrashOnce.marker), "the worker never died: the test did not test a retry"
-    assert result.rows == 400 and len(result.encoded) == 4
+    assert result.rows == 180 and len(result.encoded) == 3
     manifest = _manifest(tmp_path / "out")
     got = _concat(tmp_path / "out", manifest)
     rows = np.concatenate([pq.read_table(tmp_path / "out" / s["output"]).column("row").to_numpy()
                            for s in manifest["shards"]])
-    assert np.array_equal(rows, np.tile(np.arange(100), 4))
-    want = sentfuse.Encoder(model).encode(questions[:400])
+    assert np.array_equal(rows, np.tile(np.arange(60), 3))
+    want = sentfuse.Encoder(model).encode(questions[:180])
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert not list((tmp_path / "out").glob("*.tmp-*"))
 
@@ -171,20 +171,17 @@ def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, 
     driver.wait()
     done = [s["output"] for s in _manifest(out)["shards"] if s["complete"]]
     assert 1 <= len(done) < 6, f"the driver was not stopped mid-run (complete: {done})"
-    before = {name: (out / name).stat().st_mtime_ns for name in done}
+    # A complete shard whose file no longer matches its checksum is redone too; the others are kept.
+    corrupted = done[0]
+    (out / corrupted).write_bytes(b"not parquet")
+    before = {name: (out / name).stat().st_mtime_ns for name in done[1:]}
 
     result = distributed.encode_dataset(str(folder / "*.parquet"), out, model)
-    assert sorted(result.skipped) == sorted(done)
-    assert sorted(result.encoded) == sorted(set(f"s{i}.parquet" for i in range(6)) - set(done))
-    assert {name: (out / name).stat().st_mtime_ns for name in done} == before
+    assert sorted(result.skipped) == sorted(done[1:])
+    assert sorted(result.encoded) == sorted(set(f"s{i}.parquet" for i in range(6)) - set(done[1:]))
+    assert {name: (out / name).stat().st_mtime_ns for name in done[1:]} == before
     got = _concat(out, _manifest(out))
     np.testing.assert_allclose(got, sentfuse.Encoder(model).encode(questions[:300]), atol=1e-4)
-
-    # A shard whose file no longer matches its checksum is redone, and only it.
-    (out / "s0.parquet").write_bytes(b"not parquet")
-    (out / "s3.parquet").unlink()
-    result = distributed.encode_dataset(str(folder / "*.parquet"), out, model)
-    assert result.encoded == ["s0.parquet", "s3.parquet"] and len(result.skipped) == 4
 
 
 def test_search_equals_single_machine(encoded):
@@ -198,7 +195,7 @@ def test_search_equals_single_machine(encoded):
         # Per-shard GEMMs may round a score differently in the last bit; hits match up to such ties.
         torch.testing.assert_close(scores, want_scores, atol=1e-6, rtol=0)
         moved = indices != want_indices
-        assert (want_scores[moved] - scores[moved]).abs().max(initial=0) <= 1e-6
+        assert not moved.any() or (want_scores[moved] - scores[moved]).abs().max() <= 1e-6
     located = distributed.locate(out, [0, 399, 400, 699])
     assert [(x["shard"], x["row"], x["id"]) for x in located] == [
         ("a.parquet", 0, "q0"), ("a.parquet", 399, "q399"), ("b.jsonl.parquet", 0, "q400"),

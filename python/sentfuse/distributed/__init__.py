@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "EncodeError": "encode", "EncodeResult": "encode", "encode_dataset": "encode",
-    "locate": "search", "read_pairs": "search", "search": "search", "threshold_pairs": "search",
+    "locate": "sharded", "read_pairs": "sharded", "search": "sharded", "threshold_pairs": "sharded",
     "InputError": "shards",
 }
 __all__ = sorted(_EXPORTS)

@@ -223,11 +223,20 @@ def _identity(spec: tuple, options: dict) -> dict:
 
 
 @ray.remote(max_retries=3)
-def _calibrate(spec: tuple, threads: int | None, shard: Shard, options: dict, rows: int) -> list:
-    """int8 / uint8 ranges [2, D] from the first `rows` embeddings of a shard."""
-    actor = ShardEncoder(*spec, threads, [shard], "", options, None)
-    embeddings, _ = actor.embed(shard, options, limit=rows)
-    return calibration_ranges(embeddings).tolist()
+def _calibrate(spec: tuple, threads: int | None, shards: list[Shard], options: dict, rows: int) -> list:
+    """int8 / uint8 ranges [2, D] from the first `rows` texts of the shards that can be read, in order."""
+    actor = ShardEncoder(*spec, threads, shards, "", options, None)
+    parts: list[np.ndarray] = []
+    for shard in shards:
+        try:
+            parts.append(actor.embed(shard, options, limit=rows - sum(map(len, parts)))[0])
+        except InputError:  # reported when the shard itself is encoded
+            continue
+        if sum(map(len, parts)) >= rows:
+            break
+    if sum(map(len, parts)) < 2:
+        raise ValueError(f"cannot calibrate {options['precision']} ranges: fewer than 2 readable texts; pass int8_ranges")
+    return calibration_ranges(np.concatenate(parts)).tolist()
 
 
 def _run_shards(spec: tuple, actor_args: tuple, pending: list[Shard], output_dir: Path, manifest: dict,
@@ -313,7 +322,7 @@ def encode_dataset(
     actor is restarted and its shard re-run up to max_retries times. A shard whose input cannot be
     read, or holding a text that cannot be encoded, is not written; after the other shards finish,
     EncodeError names each such shard and its bad rows or ids. int8 / uint8 share one range per
-    dimension: int8_ranges [2, D], or else calibrated on the first shard's first 4,096 texts.
+    dimension: int8_ranges [2, D], or else calibrated on the first 4,096 texts that can be read.
     """
     if precision not in STORED_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(STORED_PRECISIONS)}, got {precision!r}")
@@ -348,7 +357,7 @@ def encode_dataset(
     if precision in ("int8", "uint8") and pending and manifest["ranges"] is None:
         manifest["ranges"] = (np.asarray(int8_ranges, dtype=np.float32).tolist() if int8_ranges is not None else
                               ray.get(_calibrate.options(**actor_args[1]).remote(
-                                  spec, actor_args[2], shards[0], options, CALIBRATION_ROWS)))
+                                  spec, actor_args[2], shards, options, CALIBRATION_ROWS)))
     failures = _run_shards(spec, actor_args, pending, output, manifest, options, max_retries) if pending else {}
     if failures:
         raise EncodeError(failures)
