@@ -171,7 +171,7 @@ def main() -> None:
                 ("community_detection", lambda: mining.community_detection(x, args.threshold, args.min_size),
                  "ST", lambda: util.community_detection(x, args.threshold, args.min_size), agree_communities),
                 ("threshold_pairs " + str(args.threshold),
-                 lambda: _ops.threshold_pairs(x, None, args.threshold, normalized=True),
+                 lambda: _ops.threshold_pairs(x, None, args.threshold, metric="dot"),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold), agree_threshold_pairs),
                 ("self_pairs " + str(args.threshold), lambda: prune.self_pairs(x, args.threshold),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold),

@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include "cuda/reduce.cuh"
 #include "cuda/tile_gemm.cuh"
 
 namespace sentfuse::pair_gemm {
@@ -68,7 +69,7 @@ __device__ __forceinline__ bool is_candidate(const PairFilter& f, float dot, int
   if (f.kind == PairScore::kDot && !f.dot_metric) return dot + f.relative_bound >= f.threshold;
   const float na = f.a_norms[i], nb = f.b_norms[j];
   float score = dot;
-  if (f.kind == PairScore::kCosine) score = gemm::cosine_from_dot(dot, na, nb);
+  if (f.kind == PairScore::kCosine) score = cosine_from_dot(dot, na, nb);
   if (f.kind == PairScore::kUnitDot) score = dot * na * nb;
   const float bound = f.dot_metric ? f.relative_bound * na * nb : f.relative_bound;
   return score + bound >= f.threshold;
@@ -159,11 +160,11 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t i = i0 + warp_row + x * kFrag + e / kFrag;
         const int64_t j = j0 + warp_col + y * kFrag + e % kFrag;
         const bool keep = i < row_end && j < f.num_cols && (!f.upper_only || j > i) && is_candidate(f, mine[e], i, j);
-        const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        const unsigned ballot = __ballot_sync(kFullWarp, keep);
         if (ballot == 0) continue;
         unsigned long long base = 0;
         if (lane == 0) base = atomicAdd(count, static_cast<unsigned long long>(__popc(ballot)));
-        base = __shfl_sync(0xffffffffu, base, 0);
+        base = __shfl_sync(kFullWarp, base, 0);
         const unsigned long long at = base + __popc(ballot & ((1u << lane) - 1u));
         if (keep && at < static_cast<unsigned long long>(capacity)) keys[at] = i * f.num_cols + j;
       }
@@ -189,10 +190,10 @@ __global__ void __launch_bounds__(256)
   const scalar_t* v = b + j * dim;
   float dot = 0.f;
   for (int64_t d = lane; d < dim; d += 32) dot = fmaf(static_cast<float>(u[d]), static_cast<float>(v[d]), dot);
-  for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+  dot = warp_sum(dot);
   if (lane != 0) return;
   if (!isfinite(dot)) *nonfinite = 1;
-  scores[p] = dot_metric ? dot : gemm::cosine_from_dot(dot, a_norms[i], b_norms[j]);
+  scores[p] = dot_metric ? dot : cosine_from_dot(dot, a_norms[i], b_norms[j]);
 }
 
 }  // namespace sentfuse::pair_gemm

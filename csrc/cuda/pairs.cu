@@ -21,15 +21,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
+#include "common/dispatch.h"
 #include "cuda/pair_gemm.cuh"
+#include "cuda/pairs.h"
+#include "cuda/reduce.cuh"
 #include "cuda/select/rescore_bound.h"
 #include "cuda/tile_gemm.cuh"
-#include "dispatch.h"
-#include "ops.h"
-#include "pairs_args.h"
 
 namespace sentfuse {
 namespace {
@@ -64,7 +62,7 @@ __device__ __forceinline__ bool pair_score(const PairEpilogue& epi, float dot, i
     return false;
   }
   if (epi.upper_only && epi.col_begin + c <= epi.row_begin + r) return false;
-  score = epi.row_norms == nullptr ? dot : gemm::cosine_from_dot(dot, epi.row_norms[r], epi.col_norms[c]);
+  score = epi.row_norms == nullptr ? dot : cosine_from_dot(dot, epi.row_norms[r], epi.col_norms[c]);
   return score >= epi.threshold;
 }
 
@@ -80,7 +78,7 @@ __global__ void __launch_bounds__(kCompactThreads)
     float score;
     n += pair_score(epi, row_dots[c], r, c, score) ? 1 : 0;
   }
-  for (int offset = 16; offset > 0; offset >>= 1) n += __shfl_xor_sync(0xffffffffu, n, offset);
+  n = warp_sum(n);
   __shared__ int warp_counts[kCompactThreads / 32];
   if (threadIdx.x % 32 == 0) warp_counts[threadIdx.x / 32] = n;
   __syncthreads();
@@ -334,16 +332,11 @@ bool fused_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Tensor& a_in,
-                                                                    const std::optional<at::Tensor>& b_in,
-                                                                    double threshold, bool normalized,
-                                                                    std::optional<int64_t> max_pairs) {
-  const float min_score = check_threshold_pairs_args(a_in, b_in, threshold, normalized, max_pairs);
-  TORCH_CHECK_VALUE(a_in.is_cuda(), "threshold_pairs: a must be on a CUDA device, got ", a_in.device());
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pairs(
+    const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, float min_score, bool normalized,
+    std::optional<int64_t> max_pairs) {
   const bool self = !b_in.has_value();
   const int64_t N = a_in.size(0), M = self ? N : b_in->size(0);
-  check_pair_keys_fit(N, M);
-  const c10::cuda::CUDAGuard device_guard(a_in.device());
   const auto float_options = a_in.options().dtype(at::kFloat);
   PairCollector out{max_pairs, min_score};
   if (N == 0 || M == 0 || (self && N < 2) || max_pairs == 0) return out.result(M, float_options);
@@ -362,11 +355,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Te
   if (!fused || !fused_pairs(a, b, self, a_norms, b_norms, normalized, out, nonfinite)) {
     tiled_pairs(a, b, self, a_norms, b_norms, normalized, out, nonfinite);
   }
-  TORCH_CHECK_VALUE(nonfinite.item<int>() == 0, "threshold_pairs: a ", a_in.sizes(),
-                    self ? "" : c10::str(" or b ", b_in->sizes()), " contain NaN or inf (a score came out non-finite)");
+  if (nonfinite.item<int>() != 0) return std::nullopt;
   return out.result(M, float_options);
 }
-
-TORCH_LIBRARY_IMPL(sentfuse, CUDA, m) { m.impl("threshold_pairs", &threshold_pairs_cuda); }
 
 }  // namespace sentfuse

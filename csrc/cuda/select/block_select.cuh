@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "cuda/reduce.cuh"
+
 namespace sentfuse::select {
 
 constexpr int32_t kNoIndex = 0x7fffffff;
@@ -168,13 +170,13 @@ __device__ void block_select(const Source& source, int64_t length, int k, int to
     const int mine = __popc(keep);
     int before = mine;
     for (int offset = 1; offset < 32; offset <<= 1) {
-      const int up = __shfl_up_sync(0xffffffffu, before, offset);
+      const int up = __shfl_up_sync(kFullWarp, before, offset);
       if (lane >= offset) before += up;
     }
-    const int warp_total = __shfl_sync(0xffffffffu, before, 31);
+    const int warp_total = __shfl_sync(kFullWarp, before, 31);
     int warp_base = 0;
     if (lane == 31 && warp_total > 0) warp_base = atomicAdd(&count, warp_total);
-    warp_base = __shfl_sync(0xffffffffu, warp_base, 31);
+    warp_base = __shfl_sync(kFullWarp, warp_base, 31);
     int slot = warp_base + before - mine;
     while (keep != 0) {
       const int e = __ffs(keep) - 1;

@@ -207,7 +207,7 @@ def paraphrase_mining_embeddings(
     pending_size = 0
     for start in range(0, n, query_chunk_size):
         queries = x[start : start + query_chunk_size]
-        scores, indices = _ops.cosine_topk(queries, x, top_k, normalized=True, exclude_self=True, query_offset=start)
+        scores, indices = _ops.cosine_topk(queries, x, top_k, metric="dot", exclude_self=True, query_offset=start)
         scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
         rows = np.broadcast_to(np.arange(start, start + len(queries))[:, None], indices.shape)
         found = indices >= 0
@@ -343,7 +343,7 @@ def _neighbours_from_topk(
     first_k = min(max(2 * min_size, 64), n)
     centers, lists = [], []
     for start in tqdm(range(0, n, batch_size), desc="Finding clusters", disable=not show_progress_bar):
-        _, indices = _ops.cosine_topk(x[start : start + batch_size], x, first_k, normalized=True, min_score=threshold)
+        _, indices = _ops.cosine_topk(x[start : start + batch_size], x, first_k, metric="dot", min_score=threshold)
         indices = indices.cpu()
         found = (indices >= 0).sum(1)
         rows = torch.arange(start, start + len(indices))
@@ -356,7 +356,7 @@ def _neighbours_from_topk(
             k = min(4 * k, n)
             still_full = []
             for sub in pending.split(max(1, _TOPK_ENTRIES // k)):
-                _, grown = _ops.cosine_topk(x[sub.to(x.device)], x, k, normalized=True, min_score=threshold)
+                _, grown = _ops.cosine_topk(x[sub.to(x.device)], x, k, metric="dot", min_score=threshold)
                 grown = grown.cpu()
                 saturated = grown[:, -1] >= 0 if k < n else torch.zeros(len(sub), dtype=torch.bool)
                 centers.append(sub[~saturated])

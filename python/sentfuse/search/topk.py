@@ -85,7 +85,7 @@ def search_topk(
         raise ValueError(f"corpus_chunk_size must be a positive int or None, got {corpus_chunk_size!r}")
     if min_score is not None and not -1e30 < float(min_score) < 1e30:
         raise ValueError(f"min_score must be a finite number, got {min_score!r}")
-    normalized = _is_dot_product(score_function)
+    metric = "dot" if _is_dot_product(score_function) else "cosine"
     queries = as_embeddings(query_embeddings, "query_embeddings")
     chunks, total = _corpus_chunks(corpus_embeddings, corpus_chunk_size)
 
@@ -102,7 +102,7 @@ def search_topk(
         dtype = torch.promote_types(queries.dtype, chunk.dtype)
         q, c = queries.to(device=device, dtype=dtype), chunk.to(device=device, dtype=dtype)
         result = _ops.cosine_topk(
-            q, c, top_k, normalized=normalized, exclude_self=exclude_self, min_score=min_score,
+            q, c, top_k, metric=metric, exclude_self=exclude_self, min_score=min_score,
             corpus_offset=offset, bf16_rescore=bf16_rescore,
         )
         best = _merge(best, result, top_k)
