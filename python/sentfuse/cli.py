@@ -268,7 +268,7 @@ def _embed_items(args: argparse.Namespace) -> tuple[list[str], object]:
 
 
 def run_mine(args: argparse.Namespace) -> int:
-    from .search.mining import paraphrase_mining_embeddings
+    from .search import paraphrase_mining_embeddings
 
     texts, embeddings = _embed_items(args)
     pairs = [] if embeddings is None else paraphrase_mining_embeddings(
@@ -285,7 +285,7 @@ def run_mine(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from .search.mining import community_detection
+    from .search import community_detection
 
     texts, embeddings = _embed_items(args)
     communities = [] if embeddings is None else community_detection(embeddings, args.threshold, args.min_size)

@@ -30,10 +30,10 @@ class SentenceHead:
         last = self.post[-1] if self.post else None
         self.ends_normalized = isinstance(last, NormalizeModule) or (last is None and self.fuse_normalize)
 
-    def to(self, device: torch.device) -> None:
+    def to(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         for stage in self.post:
             if isinstance(stage, DenseModule):
-                stage.to(device)
+                stage.to(device=device, dtype=dtype)
 
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
         """[B, dim] sentence embeddings from hidden [B, L, H] and attention_mask [B, L]."""
