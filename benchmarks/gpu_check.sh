@@ -61,8 +61,9 @@ if ! ls "$CUDA_HOME"/lib64/libnvrtc.so* >/dev/null 2>&1; then
   if [ -n "$nvrtc" ]; then build_args+=(-C "cmake.define.CUDA_nvrtc_LIBRARY=$nvrtc"); fi
 fi
 
-OP_TESTS=(tests/test_pooling.py tests/test_topk.py tests/test_pairs.py tests/test_pair_scores.py
-  tests/test_op_errors.py tests/test_op_properties.py tests/test_rescore_bound.py tests/test_splade.py)
+OP_TESTS=(tests/test_pooling.py tests/test_topk.py tests/test_topk_cuda.py tests/test_pairs.py tests/test_pairs_cuda.py
+  tests/test_pair_scores.py tests/test_op_errors.py tests/test_op_properties.py tests/test_rescore_bound.py
+  tests/test_splade.py)
 OP_TESTS=($(ls "${OP_TESTS[@]}" 2>/dev/null))
 
 step device 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv; nvcc --version | tail -1; \
@@ -71,7 +72,7 @@ step device 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,d
 step build 200 "$PYTHON" -m pip install -q --no-index --no-build-isolation --no-deps "${build_args[@]}" .
 step import 30 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "built without CUDA kernels"; print("WITH_CUDA", _ops.WITH_CUDA)'
 # The CUDA half of the op tests (the `device` fixture's cuda parameter), on 8 workers.
-step tests 120 "$PYTHON" -m pytest -q -n 8 -rs -k cuda "${OP_TESTS[@]}" tests/test_encoder.py
+step tests 120 "$PYTHON" -m pytest -q -n 8 -rs -k cuda "${OP_TESTS[@]}" tests/test_encode_pipeline.py
 if command -v compute-sanitizer >/dev/null 2>&1; then
   # Out-of-bounds reads would hide in passing tests; memcheck catches them on the odd layouts.
   step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$PYTHON" -m pytest -q -x -k \
