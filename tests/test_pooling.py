@@ -188,7 +188,7 @@ def test_l2_normalize(device, dtype, dim):  # noqa: F811
 
 
 @cuda_only
-def test_result_on_the_current_stream():
+def test_result_on_the_current_stream_cuda():
     hidden = torch.randn(4, 9, 64, device="cuda")
     mask = torch.ones(4, 9, dtype=torch.long, device="cuda")
     stream = torch.cuda.Stream()
