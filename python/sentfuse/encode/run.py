@@ -93,7 +93,8 @@ def capture_cuda_graph(forward: Callable[[], torch.Tensor], device: torch.device
             forward()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # thread_local: the tokenizer thread's CUDA calls (event waits, copies on their own stream) stay legal.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         output = forward()
     return graph.replay, output
 
