@@ -243,3 +243,29 @@ def test_errors_name_only_options_the_command_has(tmp_path, capsys, model, comma
     options = {o for action in subparser._actions for o in action.option_strings}
     named = set(re.findall(r"--[a-z][a-z-]*", err))
     assert named and named <= options, named - options
+
+
+# search: moved from test_search.py (the CLI's tests live here)
+
+SEARCH_CORPUS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A kitten is sleeping on a rug.",
+                 "The weather in the mountains is cold.", "Interest rates rose again."]
+
+
+def test_cli_search_table_json_and_cached_embeddings(tiny_model_root, tmp_path, capsys):
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text("\n".join(SEARCH_CORPUS) + "\n")
+    cache = tmp_path / "emb" / "corpus.npy"
+    model = str(tiny_model_root / "bert-mean-normalize")
+    argv = ["search", "--corpus", str(corpus_file), "--model", model, "--embeddings", str(cache), "--no-progress"]
+    assert main(argv + ["a cat on a mat", "-k", "2"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("query: a cat on a mat") and table.count("\n") == 3
+    assert cache.exists() and np.load(cache).shape[0] == len(SEARCH_CORPUS)
+    assert main(argv + ["--json", "a cat on a mat", "markets", "-k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["query"] for r in results] == ["a cat on a mat", "markets"]
+    assert all(len(r["hits"]) == 3 and r["hits"][0]["text"] == SEARCH_CORPUS[r["hits"][0]["corpus_id"]] for r in results)
+    # A cache that does not match the corpus is an error, not silently wrong hits.
+    corpus_file.write_text("\n".join(SEARCH_CORPUS[:3]) + "\n")
+    assert main(argv + ["cats"]) == 1
+    assert "was built from other texts" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 
 from sentfuse import Encoder
 from sentfuse.cli import main
-from sentfuse.search.mining import community_detection, paraphrase_mining_embeddings
+from sentfuse.search import community_detection, paraphrase_mining_embeddings
 
 # Three groups of identical lines (score 1 with any model) among distinct ones.
 TEXTS = (

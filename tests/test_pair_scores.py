@@ -27,18 +27,18 @@ def inputs(n, m, dim, pairs, seed, dtype, device, same=False):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
 @pytest.mark.parametrize("same", [False, True])
 @pytest.mark.parametrize("dim", [1, 7, 8, 33, 384])
-def test_matches_reference(device, dtype, normalized, same, dim):
+def test_matches_reference(device, dtype, metric, same, dim):
     a, b, rows, cols = inputs(50, 40, dim, 3000, dim, dtype, device, same)
-    got = _ops.pair_scores(a, b, rows, cols, normalized=normalized)
+    got = _ops.pair_scores(a, b, rows, cols, metric=metric)
     assert got.dtype == torch.float32 and got.shape == rows.shape and got.device == a.device
     expected = reference.pair_scores(a.cpu(), None if b is None else b.cpu(), rows.cpu(), cols.cpu(),
-                                     normalized=normalized)
-    scale = 1.0 if not normalized else float(dim)  # dot products grow with the dimension
+                                     metric=metric)
+    scale = 1.0 if metric == "cosine" else float(dim)  # dot products grow with the dimension
     torch.testing.assert_close(got.cpu(), expected, atol=TOL * scale, rtol=1e-5)
-    if not normalized:
+    if metric == "cosine":
         assert (got[rows == 0] == 0).all(), "the zero row must score 0, not NaN"
 
 
@@ -85,4 +85,4 @@ def test_bad_input(device):
 def test_opcheck(device, same):
     a, b, rows, cols = inputs(30, 25, 16, 64, 7, torch.float32, device, same)
     torch.library.opcheck(torch.ops.sentfuse.pair_scores.default, (a, b, rows, cols))
-    torch.library.opcheck(torch.ops.sentfuse.pair_scores.default, (a, b, rows, cols), dict(normalized=True))
+    torch.library.opcheck(torch.ops.sentfuse.pair_scores.default, (a, b, rows, cols), dict(metric="dot"))

@@ -27,7 +27,7 @@ def keys(rows, cols, num_cols):
     return rows * num_cols + cols
 
 
-def assert_same_pairs(got, a, b, threshold, normalized=False, max_pairs=None, tol=TOL):
+def assert_same_pairs(got, a, b, threshold, metric="cosine", max_pairs=None, tol=TOL):
     """Sorted, unique, every pair scoring >= threshold + tol found, none scoring < threshold - tol; scores close."""
     rows, cols, scores = got
     assert rows.dtype == cols.dtype == torch.int64 and scores.dtype == torch.float32
@@ -40,16 +40,16 @@ def assert_same_pairs(got, a, b, threshold, normalized=False, max_pairs=None, to
     if b is None:
         assert (rows < cols).all()
     lo, hi = threshold - tol, threshold + tol
-    if not normalized:
+    if metric == "cosine":
         lo, hi = max(lo, -1.0), min(hi, 1.0)
-    lo_rows, lo_cols, lo_scores = reference.threshold_pairs(a, b, lo, normalized=normalized)
+    lo_rows, lo_cols, lo_scores = reference.threshold_pairs(a, b, lo, metric=metric)
     lo_keys = keys(lo_rows, lo_cols, num_cols)
     at = torch.searchsorted(lo_keys, got_keys).clamp(max=max(len(lo_keys) - 1, 0))
     assert len(got_keys) == 0 or torch.equal(lo_keys[at], got_keys), "a pair scoring below the threshold"
     torch.testing.assert_close(scores, lo_scores[at] if len(got_keys) else scores, atol=tol, rtol=0)
-    e_rows, e_cols, e_scores = reference.threshold_pairs(a, b, threshold, normalized=normalized, max_pairs=max_pairs)
+    e_rows, e_cols, e_scores = reference.threshold_pairs(a, b, threshold, metric=metric, max_pairs=max_pairs)
     if max_pairs is None or len(e_rows) < max_pairs:
-        hi_rows, hi_cols, _ = reference.threshold_pairs(a, b, hi, normalized=normalized)
+        hi_rows, hi_cols, _ = reference.threshold_pairs(a, b, hi, metric=metric)
         assert torch.isin(keys(hi_rows, hi_cols, num_cols), got_keys).all(), "a qualifying pair is missing"
         return
     assert len(got_keys) == max_pairs
@@ -82,11 +82,11 @@ def test_planted_near_duplicates(dtype, shape):
 def test_normalized_dot_product(dtype, self_pairs):
     a = torch.nn.functional.normalize(planted(1500, 32, 2, copies=200), dim=1).to(dtype)
     b = None if self_pairs else torch.nn.functional.normalize(planted(4200, 32, 3, source=a, copies=300), dim=1).to(dtype)
-    assert_same_pairs(_ops.threshold_pairs(a, b, 0.85, normalized=True), a, b, 0.85, normalized=True)
-    # Unnormalized inputs with normalized=True: raw dot products, any finite threshold.
+    assert_same_pairs(_ops.threshold_pairs(a, b, 0.85, metric="dot"), a, b, 0.85, metric="dot")
+    # Unnormalized inputs with metric="dot": raw dot products, any finite threshold.
     a = planted(300, 8, 4, dtype, copies=30)
     b = None if self_pairs else planted(500, 8, 5, dtype, source=a, copies=50) * 3
-    assert_same_pairs(_ops.threshold_pairs(a, b, 5.0, normalized=True), a, b, 5.0, normalized=True, tol=1e-4)
+    assert_same_pairs(_ops.threshold_pairs(a, b, 5.0, metric="dot"), a, b, 5.0, metric="dot", tol=1e-4)
 
 
 def test_matches_reference_exactly_in_fp32():
@@ -153,11 +153,11 @@ def test_threshold_validation(threshold):
     with pytest.raises(ValueError, match="threshold"):
         _ops.threshold_pairs(a, None, threshold)
     if abs(threshold) < float("inf"):  # any finite value is a valid dot-product threshold
-        assert_same_pairs(_ops.threshold_pairs(a, None, threshold, normalized=True), a, None, threshold,
-                          normalized=True)
+        assert_same_pairs(_ops.threshold_pairs(a, None, threshold, metric="dot"), a, None, threshold,
+                          metric="dot")
     else:
         with pytest.raises(ValueError, match="threshold must be finite"):
-            _ops.threshold_pairs(a, None, threshold, normalized=True)
+            _ops.threshold_pairs(a, None, threshold, metric="dot")
 
 
 def test_threshold_bounds_are_inclusive():

@@ -22,10 +22,10 @@ def cuda_planted(*args, **kwargs):
     return planted(*args, **kwargs).cuda()
 
 
-def check(a, b, threshold, normalized=False, max_pairs=None, tol=TOL):
-    got = _ops.threshold_pairs(a, b, threshold, normalized=normalized, max_pairs=max_pairs)
+def check(a, b, threshold, metric="cosine", max_pairs=None, tol=TOL):
+    got = _ops.threshold_pairs(a, b, threshold, metric=metric, max_pairs=max_pairs)
     assert all(t.is_cuda and t.device == a.device for t in got)
-    assert_same_pairs(got, a, b, threshold, normalized=normalized, max_pairs=max_pairs, tol=tol)
+    assert_same_pairs(got, a, b, threshold, metric=metric, max_pairs=max_pairs, tol=tol)
     return got
 
 
@@ -56,10 +56,10 @@ def test_normalized_dot_product(dtype, self_pairs):
     a = torch.nn.functional.normalize(planted(1500, 32, 3, copies=200), dim=1).to(dtype)
     b = None if self_pairs else torch.nn.functional.normalize(planted(4200, 32, 4, source=a, copies=300), dim=1)
     a, b = a.cuda(), None if b is None else b.to(dtype).cuda()
-    check(a, b, 0.85, normalized=True)
+    check(a, b, 0.85, metric="dot")
     a = cuda_planted(300, 8, 5, dtype, copies=30)
     b = None if self_pairs else cuda_planted(500, 8, 6, dtype, source=a.cpu(), copies=50) * 3
-    check(a, b, 5.0, normalized=True, tol=2e-4)
+    check(a, b, 5.0, metric="dot", tol=2e-4)
 
 
 @pytest.mark.parametrize("max_pairs", [0, 1, 7, 1000, 10**9])

@@ -38,15 +38,15 @@ def test_every_k_small_cases(k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 5000), (16, 3001), (131, 1537), (300, 513)])
-@pytest.mark.parametrize("normalized", [False, True])
-def test_shapes_and_dtypes(dtype, shape, normalized):
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_shapes_and_dtypes(dtype, shape, metric):
     m, n = shape
     queries, corpus = normal(m, 67, 2, dtype), normal(n, 67, 3, dtype)
-    if normalized:
+    if metric == "dot":
         queries = torch.nn.functional.normalize(queries.float(), dim=1).to(dtype)
         corpus = torch.nn.functional.normalize(corpus.float(), dim=1).to(dtype)
-    got = _ops.cosine_topk(queries, corpus, 10, normalized=normalized)
-    assert_same_topk(got, reference.cosine_topk(queries, corpus, 10, normalized=normalized))
+    got = _ops.cosine_topk(queries, corpus, 10, metric=metric)
+    assert_same_topk(got, reference.cosine_topk(queries, corpus, 10, metric=metric))
 
 
 def test_duplicates_and_ties_keep_the_lower_index_first():
@@ -133,13 +133,13 @@ def test_bad_arguments_are_named():
         _ops.cosine_topk(torch.randn(2, 8), torch.randn(8), 1)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"normalized": True}, {"exclude_self": True}, {"min_score": 0.3}])
+@pytest.mark.parametrize("kwargs", [{}, {"metric": "dot"}, {"exclude_self": True}, {"min_score": 0.3}])
 @pytest.mark.parametrize("k", [1, 10, 100])
 def test_bf16_rescore_returns_the_fp32_answer(kwargs, k):
     queries, corpus = normal(60, 64, 18), normal(5000, 64, 19)
     corpus[100:200] = corpus[100] + 0.01 * normal(100, 64, 20)  # a dense cluster: many near-ties
     queries[:5] = corpus[100:105]
-    if kwargs.get("normalized"):
+    if kwargs.get("metric") == "dot":
         queries = torch.nn.functional.normalize(queries, dim=1)
         corpus = torch.nn.functional.normalize(corpus, dim=1)
     got = _ops.cosine_topk(queries, corpus, k, bf16_rescore=True, **kwargs)

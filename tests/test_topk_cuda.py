@@ -53,19 +53,19 @@ def run_reference(queries, corpus, k, chunk: int = 512, **kw):
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def cosine(queries, corpus, rows, normalized):
+def cosine(queries, corpus, rows, metric):
     """fp64 scores of the given query rows against every corpus row."""
     q, c = queries.double().cpu()[rows], corpus.double().cpu()
     s = q @ c.T
-    if not normalized:
+    if metric == "cosine":
         s = torch.nan_to_num(s / (q.norm(dim=1, keepdim=True) * c.norm(dim=1)), nan=0.0)
     return s
 
 
-def check_topk(queries, corpus, k, out, *, normalized=False, exclude_self=False, min_score=None, query_offset=0,
+def check_topk(queries, corpus, k, out, *, metric="cosine", exclude_self=False, min_score=None, query_offset=0,
                corpus_offset=0):
     scores, indices = out
-    kw = dict(normalized=normalized, exclude_self=exclude_self, min_score=min_score, query_offset=query_offset,
+    kw = dict(metric=metric, exclude_self=exclude_self, min_score=min_score, query_offset=query_offset,
               corpus_offset=corpus_offset)
     ref_scores, ref_indices = run_reference(queries, corpus, k, **kw)
     m, n = queries.shape[0], corpus.shape[0]
@@ -90,7 +90,7 @@ def check_topk(queries, corpus, k, out, *, normalized=False, exclude_self=False,
     else:
         full = torch.tensor(0.0)
         if m and n:
-            full = cosine(queries, corpus, torch.arange(m), normalized)
+            full = cosine(queries, corpus, torch.arange(m), metric)
             if exclude_self:
                 r = torch.arange(m).unsqueeze(1) + query_offset
                 full = full.masked_fill(r == torch.arange(n) + corpus_offset, float("-inf"))
@@ -106,31 +106,31 @@ def check_topk(queries, corpus, k, out, *, normalized=False, exclude_self=False,
         local = indices[rows] - corpus_offset
         mask = valid[rows]
         assert ((local >= 0) & (local < n))[mask].all()
-        got = cosine(queries, corpus, rows, normalized).gather(1, local.clamp(min=0, max=max(n - 1, 0)))
+        got = cosine(queries, corpus, rows, metric).gather(1, local.clamp(min=0, max=max(n - 1, 0)))
         torch.testing.assert_close(got[mask].float(), scores[rows][mask], atol=TOL, rtol=0)
         if exclude_self:
             assert (local + corpus_offset != rows.unsqueeze(1) + query_offset)[mask].all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
 @pytest.mark.parametrize("k", KS)
-def test_matches_reference(dtype, normalized, k):
+def test_matches_reference(dtype, metric, k):
     queries = embeddings(37, 48, dtype, seed=k, zeros=2)
     corpus = embeddings(5003, 48, dtype, seed=k + 1, duplicates=300, zeros=3)
     corpus[:5] = queries[:5]  # exact self-matches and cross duplicates
-    out = _ops.cosine_topk(queries, corpus, k, normalized=normalized)
-    check_topk(queries, corpus, k, out, normalized=normalized)
+    out = _ops.cosine_topk(queries, corpus, k, metric=metric)
+    check_topk(queries, corpus, k, out, metric=metric)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
 @pytest.mark.parametrize("exclude_self", [False, True])
 @pytest.mark.parametrize("k", [1, 3, 64, 1000, 1024, 1100, 3001, 5000])
-def test_exact_ties(dtype, normalized, exclude_self, k):
+def test_exact_ties(dtype, metric, exclude_self, k):
     queries = integer_embeddings(45, 24, dtype, seed=k)
     corpus = integer_embeddings(3001, 24, dtype, seed=k + 7)
-    kw = dict(normalized=normalized, exclude_self=exclude_self, query_offset=3, corpus_offset=1)
+    kw = dict(metric=metric, exclude_self=exclude_self, query_offset=3, corpus_offset=1)
     scores, indices = _ops.cosine_topk(queries, corpus, k, **kw)
     ref_scores, ref_indices = run_reference(queries, corpus, k, **kw)
     assert torch.equal(scores.cpu(), ref_scores)
@@ -164,11 +164,11 @@ def test_exclude_self_and_min_score(dtype, k, min_score, offsets):
     check_topk(queries, corpus, k, out, **kw)
 
 
-@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
 @pytest.mark.parametrize("k", [1, 10, 100, 500, 1000, 1024, 2000])
 @pytest.mark.parametrize("data", ["clustered", "random"])
 @pytest.mark.parametrize("kw", [{}, dict(exclude_self=True, min_score=0.3, query_offset=5)], ids=str)
-def test_bf16_rescore_is_exact(normalized, k, data, kw):
+def test_bf16_rescore_is_exact(metric, k, data, kw):
     if data == "random":
         # Dense score distribution: most queries cannot prove their margin and go back to the exact path.
         corpus = embeddings(20_011, 64, torch.float32, seed=k, duplicates=500, zeros=3)
@@ -180,9 +180,9 @@ def test_bf16_rescore_is_exact(normalized, k, data, kw):
         corpus = centers.repeat_interleave(60, 0) + 0.05 * torch.randn(18_000, 64, generator=g)
         corpus = torch.nn.functional.normalize(corpus, dim=1).cuda()
         queries = corpus[::97].clone() + 0.01
-    exact = _ops.cosine_topk(queries, corpus, k, normalized=normalized, **kw)
-    fast = _ops.cosine_topk(queries, corpus, k, normalized=normalized, bf16_rescore=True, **kw)
-    check_topk(queries, corpus, k, fast, normalized=normalized, **kw)
+    exact = _ops.cosine_topk(queries, corpus, k, metric=metric, **kw)
+    fast = _ops.cosine_topk(queries, corpus, k, metric=metric, bf16_rescore=True, **kw)
+    check_topk(queries, corpus, k, fast, metric=metric, **kw)
     # Same answer as the exact path: scores to fp32 rounding, indices wherever scores are not near-tied.
     fast_scores, exact_scores = fast[0].cpu(), exact[0].cpu()
     both = torch.isfinite(fast_scores) & torch.isfinite(exact_scores)
@@ -255,4 +255,4 @@ def test_opcheck(dtype):
     op = torch.ops.sentfuse.cosine_topk.default
     torch.library.opcheck(op, (queries, corpus, 7))
     torch.library.opcheck(op, (queries, corpus, 400), dict(exclude_self=True, min_score=0.1, corpus_offset=2))
-    torch.library.opcheck(op, (queries, corpus, 1100), dict(normalized=True, bf16_rescore=True))
+    torch.library.opcheck(op, (queries, corpus, 1100), dict(metric="dot", bf16_rescore=True))

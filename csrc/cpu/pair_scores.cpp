@@ -10,10 +10,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
+#include "common/dispatch.h"
 #include "cpu/load_float.h"
-#include "dispatch.h"
-#include "ops.h"
-#include "pair_scores_args.h"
 
 namespace sentfuse {
 namespace {
@@ -44,11 +43,9 @@ inline float pair_score(const scalar_t* x, const scalar_t* y, int64_t D) {
   return std::isfinite(nx + ny) ? 0.f : NAN;  // a zero vector scores 0; NaN input stays visible
 }
 
-}  // namespace
-
 at::Tensor pair_scores_cpu(const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, const at::Tensor& rows_in,
-                           const at::Tensor& cols_in, bool normalized) {
-  check_pair_scores_args(a_in, b_in, rows_in, cols_in);
+                           const at::Tensor& cols_in, c10::string_view metric) {
+  const bool normalized = check_pair_scores_args(a_in, b_in, rows_in, cols_in, metric) == Metric::Dot;
   const at::Tensor a = a_in.contiguous();
   const at::Tensor b = b_in.has_value() ? b_in->contiguous() : a;
   const at::Tensor rows = rows_in.contiguous(), cols = cols_in.contiguous();
@@ -67,9 +64,11 @@ at::Tensor pair_scores_cpu(const at::Tensor& a_in, const std::optional<at::Tenso
                           : pair_score<true>(x + r[p] * D, y + c[p] * D, D);
     });
   });
-  TORCH_CHECK_VALUE(at::isfinite(out).all().item<bool>(), "pair_scores: a or b contain NaN or inf in a listed row");
+  if (!at::isfinite(out).all().item<bool>()) fail_non_finite("pair_scores", "a or b (in a listed row)");
   return out;
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(sentfuse, CPU, m) { m.impl("pair_scores", &pair_scores_cpu); }
 

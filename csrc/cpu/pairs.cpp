@@ -20,9 +20,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "cpu/score_tiles.h"
-#include "ops.h"
-#include "pairs_args.h"
 
 namespace sentfuse {
 namespace {
@@ -86,13 +85,13 @@ Ranked prune(std::vector<std::vector<Hit>>& buffers, int64_t total, int64_t max_
   return cutoff;
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Tensor& a,
                                                                    const std::optional<at::Tensor>& b,
-                                                                   double threshold, bool normalized,
+                                                                   double threshold, c10::string_view metric,
                                                                    std::optional<int64_t> max_pairs) {
-  float min_score = check_threshold_pairs_args(a, b, threshold, normalized, max_pairs);
+  const PairsArgs args = check_threshold_pairs_args(a, b, threshold, metric, max_pairs);
+  float min_score = args.threshold;
+  const bool normalized = args.metric == Metric::Dot;
   const bool self = !b.has_value();
   const int64_t N = a.size(0), M = self ? N : b->size(0);
   const auto index_options = a.options().dtype(at::kLong);
@@ -163,8 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
       }
     }
   }
-  TORCH_CHECK_VALUE(!non_finite, "threshold_pairs: a ", a.sizes(), self ? "" : c10::str(" or b ", b->sizes()),
-                    " contain NaN or inf (a score came out non-finite)");
+  if (non_finite) fail_non_finite("threshold_pairs", self ? "a" : "a or b");
   if (max_pairs.has_value() && total > *max_pairs) {
     prune(buffers, total, *max_pairs);
     total = *max_pairs;
@@ -198,6 +196,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
   });
   return {out_rows, out_cols, out_scores};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(sentfuse, CPU, m) { m.impl("threshold_pairs", &threshold_pairs_cpu); }
 

@@ -7,14 +7,13 @@
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/bounds.h"
+#include "common/checks.h"
+#include "common/dispatch.h"
 #include "cpu/load_float.h"
-#include "dispatch.h"
-#include "ops.h"
-#include "pooling_args.h"
 
 namespace sentfuse {
 namespace {
@@ -47,7 +46,7 @@ inline void store_row(scalar_t* __restrict out, const float* __restrict acc, flo
     float sumsq = 0.f;
     for (int64_t h = 0; h < n; ++h) sumsq += acc[h] * acc[h];
     float norm = std::sqrt(sumsq) * std::abs(scale);
-    scale = norm > 1e-12f ? scale / norm : scale * 1e12f;
+    scale = norm > kNormEps ? scale / norm : scale / kNormEps;
   }
   for (int64_t h = 0; h < n; ++h) out[h] = static_cast<scalar_t>(acc[h] * scale);
 }
@@ -148,12 +147,9 @@ void pool_rows(const at::Tensor& hidden, at::Tensor& out, int64_t batch, RowAt r
   });
 }
 
-}  // namespace
-
 at::Tensor masked_pool_cpu(const at::Tensor& hidden_in, const at::Tensor& attention_mask, c10::string_view mode,
                            bool normalize, int64_t skip_tokens) {
-  check_masked_pool_args(hidden_in, attention_mask, skip_tokens);
-  const PoolMode pool_mode = parse_pool_mode(mode);
+  const PoolMode pool_mode = check_masked_pool_args(hidden_in, attention_mask, mode, skip_tokens);
   const at::Tensor hidden = with_unit_feature_stride(hidden_in);
   const int64_t B = hidden.size(0), L = hidden.size(1), H = hidden.size(2);
   at::Tensor out = at::empty({B, H}, hidden.options());
@@ -174,19 +170,13 @@ at::Tensor masked_pool_cpu(const at::Tensor& hidden_in, const at::Tensor& attent
 
 at::Tensor masked_pool_varlen_cpu(const at::Tensor& hidden_in, const at::Tensor& cu_seqlens_in,
                                   c10::string_view mode, bool normalize, int64_t skip_tokens) {
-  check_varlen_args(hidden_in, cu_seqlens_in, skip_tokens);
-  const PoolMode pool_mode = parse_pool_mode(mode);
+  const PoolMode pool_mode = check_varlen_args(hidden_in, cu_seqlens_in, mode, skip_tokens);
   const at::Tensor hidden = with_unit_feature_stride(hidden_in);
   const int64_t T = hidden.size(0), H = hidden.size(1);
   const at::Tensor cu = cu_seqlens_in.to(at::kLong).contiguous();
   const int64_t B = cu.size(0) - 1;
   const int64_t* offsets = cu.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(offsets[b] >= 0 && offsets[b] <= offsets[b + 1] && offsets[b + 1] <= T,
-                      "masked_pool_varlen: cu_seqlens must be non-decreasing offsets within [0, ", T,
-                      "] (hidden has ", T, " tokens), got cu_seqlens[", b, "]=", offsets[b], ", cu_seqlens[",
-                      b + 1, "]=", offsets[b + 1]);
-  }
+  check_varlen_offsets(offsets, B, T);
   at::Tensor out = at::empty({B, H}, hidden.options());
   if (B == 0 || H == 0) return out;
 
@@ -221,6 +211,8 @@ at::Tensor l2_normalize_cpu(const at::Tensor& x_in, std::optional<int64_t> dim) 
   });
   return out;
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(sentfuse, CPU, m) {
   m.impl("masked_pool", &masked_pool_cpu);

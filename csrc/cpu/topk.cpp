@@ -18,13 +18,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/bounds.h"
+#include "common/checks.h"
 #include "cpu/score_tiles.h"
-#include "ops.h"
-#include "topk_args.h"
 
 namespace sentfuse {
 namespace {
-
 
 struct Candidate {
   float score;
@@ -113,7 +112,7 @@ void write_sorted(std::vector<Candidate>& kept, int64_t k_out, int64_t corpus_of
 
 // Largest float below x: a strict `s > floor` then keeps every s >= x.
 inline float strict_floor(double x) {
-  return std::nextafter(static_cast<float>(x), -std::numeric_limits<float>::infinity());
+  return std::nextafter(fp32_bound(x), -std::numeric_limits<float>::infinity());
 }
 
 // Scores every (query, corpus row) pair tile by tile and feeds query i's scores to sinks[i].
@@ -162,13 +161,12 @@ inline double bf16_error_bound(int64_t D) {
   return 1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23));
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
-                                                   bool normalized, bool exclude_self,
+                                                   c10::string_view metric, bool exclude_self,
                                                    std::optional<double> min_score, int64_t query_offset,
                                                    int64_t corpus_offset, bool bf16_rescore) {
-  const int64_t k_out = check_cosine_topk_args(queries, corpus, k, min_score);
+  const auto [k_out, score_metric] = check_cosine_topk_args(queries, corpus, k, metric, min_score);
+  const bool normalized = score_metric == Metric::Dot;  // dot products of the stored rows, no norms
   const int64_t M = queries.size(0), N = corpus.size(0);
   at::Tensor out_scores = at::empty({M, k_out}, queries.options().dtype(at::kFloat));
   at::Tensor out_indices = at::empty({M, k_out}, queries.options().dtype(at::kLong));
@@ -231,8 +229,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
       }
     });
   }
-  TORCH_CHECK_VALUE(finite, "cosine_topk: queries ", queries.sizes(), " or corpus ", corpus.sizes(),
-                    " contain NaN or inf");
+  if (!finite) fail_non_finite("cosine_topk", "queries or corpus");
 
   float* score_out = out_scores.data_ptr<float>();
   int64_t* index_out = out_indices.data_ptr<int64_t>();
@@ -245,6 +242,8 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
   });
   return {out_scores, out_indices};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(sentfuse, CPU, m) { m.impl("cosine_topk", &cosine_topk_cpu); }
 

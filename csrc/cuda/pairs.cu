@@ -17,12 +17,10 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
+#include "cuda/pairs.h"
+#include "cuda/reduce.cuh"
 #include "cuda/tile_gemm.cuh"
-#include "ops.h"
-#include "pairs_args.h"
 
 namespace sentfuse {
 namespace {
@@ -68,7 +66,7 @@ __global__ void __launch_bounds__(kCompactThreads)
     float score;
     n += pair_score(epi, row_dots[c], r, c, score) ? 1 : 0;
   }
-  for (int offset = 16; offset > 0; offset >>= 1) n += __shfl_xor_sync(0xffffffffu, n, offset);
+  n = warp_sum(n);
   __shared__ int warp_counts[kCompactThreads / 32];
   if (threadIdx.x % 32 == 0) warp_counts[threadIdx.x / 32] = n;
   __syncthreads();
@@ -130,20 +128,15 @@ std::pair<at::Tensor, at::Tensor> keep_best(const at::Tensor& keys, const at::Te
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Tensor& a_in,
-                                                                    const std::optional<at::Tensor>& b_in,
-                                                                    double threshold, bool normalized,
-                                                                    std::optional<int64_t> max_pairs) {
-  float min_score = check_threshold_pairs_args(a_in, b_in, threshold, normalized, max_pairs);
-  TORCH_CHECK_VALUE(a_in.is_cuda(), "threshold_pairs: a must be on a CUDA device, got ", a_in.device());
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pairs(
+    const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, float min_score, bool normalized,
+    std::optional<int64_t> max_pairs) {
   const bool self = !b_in.has_value();
   const int64_t N = a_in.size(0), M = self ? N : b_in->size(0);
-  check_pair_keys_fit(N, M);
-  const c10::cuda::CUDAGuard device_guard(a_in.device());
   const auto index_options = a_in.options().dtype(at::kLong);
   const auto float_options = a_in.options().dtype(at::kFloat);
   if (N == 0 || M == 0 || (self && N < 2) || max_pairs == 0) {
-    return {at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options)};
+    return std::make_tuple(at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options));
   }
 
   const auto a = a_in.contiguous();
@@ -213,17 +206,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Te
       }
     }
   }
-  TORCH_CHECK_VALUE(nonfinite.item<int>() == 0, "threshold_pairs: a ", a_in.sizes(),
-                    self ? "" : c10::str(" or b ", b_in->sizes()), " contain NaN or inf (a score came out non-finite)");
+  if (nonfinite.item<int>() != 0) return std::nullopt;
   if (found == 0) {
-    return {at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options)};
+    return std::make_tuple(at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options));
   }
   at::Tensor keys = at::cat(found_keys), scores = at::cat(found_scores);
   if (max_pairs.has_value() && found > *max_pairs) std::tie(keys, scores) = keep_best(keys, scores, *max_pairs);
   auto [sorted_keys, order] = at::sort(keys);
-  return {at::div(sorted_keys, M, "floor"), at::remainder(sorted_keys, M), scores.index_select(0, order)};
+  return std::make_tuple(at::div(sorted_keys, M, "floor"), at::remainder(sorted_keys, M),
+                         scores.index_select(0, order));
 }
-
-TORCH_LIBRARY_IMPL(sentfuse, CUDA, m) { m.impl("threshold_pairs", &threshold_pairs_cuda); }
 
 }  // namespace sentfuse

@@ -10,14 +10,15 @@
 #include <type_traits>
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/bounds.h"
+#include "common/checks.h"
+#include "common/dispatch.h"
+#include "cuda/reduce.cuh"
 #include "cuda/vec.cuh"
-#include "ops.h"
-#include "pooling_args.h"
 
 namespace sentfuse {
 namespace {
@@ -27,7 +28,6 @@ constexpr int kPoolThreads = 512;
 // which matters when the batch has fewer rows than the GPU has SMs.
 constexpr int kTokenUnroll = 4;
 constexpr int kL2WarpsPerBlock = 8;
-constexpr float kNormEps = 1e-12f;  // F.normalize's eps
 
 // What a row pools over, agreed by the whole block. Tokens [begin, end) are candidates (those with
 // mask == 0 are skipped); `first` anchors weightedmean's weights.
@@ -54,26 +54,6 @@ __device__ __forceinline__ MaskStats combine(MaskStats a, MaskStats b) {
 __device__ __forceinline__ MaskStats shfl_xor(MaskStats s, int lane_mask) {
   return {__shfl_xor_sync(0xffffffffu, s.count, lane_mask), __shfl_xor_sync(0xffffffffu, s.lo, lane_mask),
           __shfl_xor_sync(0xffffffffu, s.hi, lane_mask), __shfl_xor_sync(0xffffffffu, s.pos_sum, lane_mask)};
-}
-
-// Block-wide reduction; every thread gets the result. blockDim.x must be a multiple of 32. `slots` holds
-// one entry per warp and is free again when this returns.
-template <typename T, typename Combine, typename Shuffle>
-__device__ T block_all_reduce(T value, T* slots, Combine combine_fn, Shuffle shuffle_fn) {
-  for (int offset = 16; offset > 0; offset >>= 1) value = combine_fn(value, shuffle_fn(value, offset));
-  const int warp = threadIdx.x / 32;
-  if (threadIdx.x % 32 == 0) slots[warp] = value;
-  __syncthreads();
-  T total = slots[0];
-  for (int w = 1; w < blockDim.x / 32; ++w) total = combine_fn(total, slots[w]);
-  __syncthreads();
-  return total;
-}
-
-__device__ __forceinline__ float block_sum(float value, float* slots) {
-  return block_all_reduce(
-      value, slots, [](float a, float b) { return a + b; },
-      [](float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
 }
 
 __device__ __forceinline__ float pool_denominator(PoolMode mode, int count, long long weight_sum) {
@@ -275,8 +255,7 @@ __global__ void l2_normalize_kernel(const scalar_t* x,  // [rows, >= dim], row s
 #pragma unroll
     for (int k = 0; k < VEC; ++k) sum_sq = fmaf(v[k], v[k], sum_sq);
   }
-  for (int offset = 16; offset > 0; offset >>= 1) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
-  const float norm = fmaxf(sqrtf(sum_sq), kNormEps);
+  const float norm = fmaxf(sqrtf(warp_sum(sum_sq)), kNormEps);
   for (int f = lane * VEC; f < dim; f += 32 * VEC) {
     float v[VEC];
     load_vec<scalar_t, VEC>(in_row + f, v);
@@ -344,8 +323,7 @@ constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();  // grid.x lim
 
 at::Tensor masked_pool_cuda(const at::Tensor& hidden_in, const at::Tensor& attention_mask, c10::string_view mode_name,
                             bool normalize, int64_t skip_tokens) {
-  check_masked_pool_args(hidden_in, attention_mask, skip_tokens);
-  const PoolMode mode = parse_pool_mode(mode_name);
+  const PoolMode mode = check_masked_pool_args(hidden_in, attention_mask, mode_name, skip_tokens);
   const int64_t batch = hidden_in.size(0), seq_len = hidden_in.size(1), hidden_size = hidden_in.size(2);
   TORCH_CHECK_VALUE(batch <= kMaxRows && seq_len < kMaxTokens && hidden_size < kMaxTokens, "masked_pool: hidden ",
                     hidden_in.sizes(), " is too large for the CUDA kernel");
@@ -357,7 +335,7 @@ at::Tensor masked_pool_cuda(const at::Tensor& hidden_in, const at::Tensor& atten
   const at::Tensor mask = attention_mask.ne(0).contiguous();
   const int skip = static_cast<int>(std::min<int64_t>(skip_tokens, kMaxTokens));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "masked_pool_cuda", [&] {
+  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "masked_pool_cuda", [&] {
     const int vec = pick_vec_width<scalar_t>(hidden.const_data_ptr(), {hidden_size, hidden.stride(0), hidden.stride(1)});
     const PoolLaunch p = plan_pool_launch(hidden_size, vec, pool_token_bound(mode, seq_len), normalize);
     dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
@@ -378,8 +356,7 @@ at::Tensor masked_pool_cuda(const at::Tensor& hidden_in, const at::Tensor& atten
 
 at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden_in, const at::Tensor& cu_seqlens_in,
                                    c10::string_view mode_name, bool normalize, int64_t skip_tokens) {
-  check_varlen_args(hidden_in, cu_seqlens_in, skip_tokens);
-  const PoolMode mode = parse_pool_mode(mode_name);
+  const PoolMode mode = check_varlen_args(hidden_in, cu_seqlens_in, mode_name, skip_tokens);
   const int64_t batch = cu_seqlens_in.size(0) - 1, total_tokens = hidden_in.size(0), hidden_size = hidden_in.size(1);
   TORCH_CHECK_VALUE(batch <= kMaxRows && total_tokens < kMaxTokens && hidden_size < kMaxTokens,
                     "masked_pool_varlen: hidden ", hidden_in.sizes(), " with ", batch,
@@ -392,7 +369,7 @@ at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden_in, const at::Tensor
   const at::Tensor cu_seqlens = cu_seqlens_in.to(at::kLong).contiguous();
   const int skip = static_cast<int>(std::min<int64_t>(skip_tokens, kMaxTokens));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "masked_pool_varlen_cuda", [&] {
+  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "masked_pool_varlen_cuda", [&] {
     const int vec = pick_vec_width<scalar_t>(hidden.const_data_ptr(), {hidden_size, hidden.stride(0)});
     const PoolLaunch p = plan_pool_launch(hidden_size, vec, pool_token_bound(mode, total_tokens), normalize);
     dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
@@ -418,7 +395,7 @@ at::Tensor l2_normalize_cuda(const at::Tensor& x_in, std::optional<int64_t> dim)
   at::Tensor out = at::empty({x_in.size(0), keep}, x_in.options());
   if (out.numel() == 0) return out;
   const at::Tensor x = with_unit_feature_stride(x_in);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "l2_normalize_cuda",
+  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "l2_normalize_cuda",
                                   [&] { launch_l2_normalize<scalar_t>(x, keep, out); });
   return out;
 }

@@ -1,5 +1,5 @@
-// Building blocks for ops that score tiles of a GEMM: fp32 row norms, the fp32-output tile GEMM, the
-// cosine epilogue and the scratch budget, shared by cuda/topk.cu and cuda/pairs.cu.
+// Building blocks for ops that score tiles of a GEMM: fp32 row norms, the fp32-output tile GEMM and the
+// scratch budget, shared by cuda/topk.cu and cuda/pairs.cu (the cosine epilogue lives in cuda/reduce.cuh).
 #pragma once
 
 #include <algorithm>
@@ -11,20 +11,15 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "dispatch.h"
+#include "common/dispatch.h"
+#include "cuda/reduce.cuh"
 
 namespace sentfuse {
 namespace gemm {
 
 constexpr int kNormWarps = 8;
 
-// torch.nan_to_num(dot / (|a| |b|), nan=0): zero vectors score 0, overflow saturates.
-__device__ __forceinline__ float cosine_from_dot(float dot, float a_norm, float b_norm) {
-  const float s = __fdiv_rn(dot, __fmul_rn(a_norm, b_norm));
-  if (isnan(s)) return 0.f;
-  if (isinf(s)) return s > 0.f ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
-  return s;
-}
+using sentfuse::cosine_from_dot;
 
 // One warp per row: fp32 L2 norm of the stored values.
 template <typename scalar_t>
@@ -40,8 +35,8 @@ __global__ void __launch_bounds__(kNormWarps * 32)
     const float v = static_cast<float>(p[d]);
     sum = fmaf(v, v, sum);
   }
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  if (lane == 0) out[row] = __fsqrt_rn(sum);
+  sum = warp_sum(sum);
+  if (lane == 0) out[row] = norm_from_sum_sq(sum);
 }
 
 // x [rows, dim] contiguous -> [rows] fp32 norms.

@@ -20,14 +20,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
+#include "common/dispatch.h"
+#include "cuda/reduce.cuh"
 #include "cuda/select/block_select.cuh"
 #include "cuda/tile_gemm.cuh"
-#include "dispatch.h"
-#include "ops.h"
-#include "topk_args.h"
+#include "cuda/topk.h"
 
 namespace sentfuse {
 namespace {
@@ -163,7 +161,7 @@ __global__ void __launch_bounds__(kRescoreWarps * 32)
     const float* c = corpus + static_cast<int64_t>(j) * dim;
     float dot = 0.f;
     for (int64_t d = lane; d < dim; d += 32) dot = fmaf(q[d], c[d], dot);
-    for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    dot = warp_sum(dot);
     if (!isfinite(dot)) {
       if (lane == 0) *nonfinite = 1;
     } else {
@@ -397,34 +395,24 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> cosine_topk_cuda(const at::Tensor& queries_in, const at::Tensor& corpus_in,
-                                                    int64_t k, bool normalized, bool exclude_self,
-                                                    std::optional<double> min_score, int64_t query_offset,
-                                                    int64_t corpus_offset, bool bf16_rescore) {
-  const int64_t k_out = check_cosine_topk_args(queries_in, corpus_in, k, min_score);
-  TORCH_CHECK_VALUE(queries_in.is_cuda(), "cosine_topk: queries must be on a CUDA device, got ", queries_in.device());
-  TORCH_CHECK_VALUE(corpus_in.size(0) < kNoIndex, "cosine_topk: corpus has ", corpus_in.size(0),
-                    " rows; at most ", kNoIndex - 1, " are supported on CUDA");
-  const c10::cuda::CUDAGuard device_guard(queries_in.device());
-  const int64_t m = queries_in.size(0), n = corpus_in.size(0);
+static_assert(kNoIndex == kMaxCudaTopkCorpus, "cuda/topk.h's corpus bound is the selection's index sentinel");
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tensor& queries_in,
+                                                                  const at::Tensor& corpus_in, int64_t k_out,
+                                                                  bool normalized, bool exclude_self, float min_score,
+                                                                  int64_t query_offset, int64_t corpus_offset,
+                                                                  bool bf16_rescore) {
+  const int64_t m = queries_in.size(0);
   auto float_options = queries_in.options().dtype(at::kFloat);
   auto scores = at::empty({m, k_out}, float_options);
-  if (m == 0 || k_out == 0) return {scores, at::empty({m, k_out}, queries_in.options().dtype(at::kLong))};
+  if (m == 0 || k_out == 0) return std::make_tuple(scores, at::empty({m, k_out}, queries_in.options().dtype(at::kLong)));
 
   const auto queries = queries_in.contiguous();
   const auto corpus = corpus_in.contiguous();
   TopkOptions opt{};
   opt.normalized = normalized;
   opt.exclude_self = exclude_self;
-  // Compared in fp32, as the reference's float tensor < python float does.
-  opt.min_score = -std::numeric_limits<float>::infinity();
-  if (min_score.has_value()) {
-    const double v = *min_score;
-    const double big = std::numeric_limits<float>::max();
-    opt.min_score = v > big ? std::numeric_limits<float>::infinity()
-                  : v < -big ? -std::numeric_limits<float>::infinity()
-                             : static_cast<float>(v);
-  }
+  opt.min_score = min_score;
   opt.self_shift = static_cast<uint64_t>(query_offset) - static_cast<uint64_t>(corpus_offset);
 
   const bool rescore = bf16_rescore && queries.scalar_type() == at::kFloat;
@@ -451,14 +439,11 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cuda(const at::Tensor& queries_in
     scores.index_copy_(0, ids, sub_scores);
     indices.index_copy_(0, ids, sub_indices);
   }
-  TORCH_CHECK_VALUE(nonfinite.item<int>() == 0,
-                    "cosine_topk: queries or corpus contain NaN or inf (a score came out non-finite)");
+  if (nonfinite.item<int>() != 0) return std::nullopt;
   const auto empty = scores == -std::numeric_limits<float>::infinity();
   auto out_indices = at::where(empty, at::scalar_tensor(-1, indices.options().dtype(at::kLong)),
                                indices.to(at::kLong) + corpus_offset);
-  return {scores, out_indices};
+  return std::make_tuple(scores, out_indices);
 }
-
-TORCH_LIBRARY_IMPL(sentfuse, CUDA, m) { m.impl("cosine_topk", &cosine_topk_cuda); }
 
 }  // namespace sentfuse

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 
 WITH_CUDA: bool = bool(_C.WITH_CUDA)
+
+METRICS = ("cosine", "dot")
+
+
+def _metric(op: str, metric: str, normalized: bool | None) -> str:
+    """The metric to pass on; `normalized=` is the pre-0.2 spelling (True meant score by raw dot product)."""
+    if normalized is None:
+        return metric
+    warnings.warn(
+        f"{op}(normalized=...) is deprecated and will be removed in the next release; pass "
+        f"metric='dot' (was normalized=True) or metric='cosine' (was normalized=False)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    old = "dot" if normalized else "cosine"
+    if metric != "cosine" and metric != old:
+        raise TypeError(f"{op}: normalized={normalized} contradicts metric={metric!r}; pass metric only")
+    return old
 
 
 def masked_pool(
@@ -66,30 +86,34 @@ def cosine_topk(
     corpus: torch.Tensor,
     k: int,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
     exclude_self: bool = False,
     min_score: float | None = None,
     query_offset: int = 0,
     corpus_offset: int = 0,
     bf16_rescore: bool = False,
+    normalized: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact cosine top-k of queries [M, D] against corpus [N, D] -> (scores fp32, indices int64) [M, min(k, N)].
 
     Best first; ties go to the lower index. Working memory is bounded by the tile size, never M x N.
-    normalized=True skips computing norms (inputs already unit length). exclude_self drops pairs with
+    metric="dot" scores by the raw dot product (no norms: for unit-length inputs it is the cosine, or for
+    dot-product models); "cosine" divides by both norms, zero vectors scoring 0. exclude_self drops pairs with
     i + query_offset == j + corpus_offset; min_score drops candidates scoring below it; a query left
     with fewer than min(k, N) candidates is padded with (-inf, -1). Returned indices are
     j + corpus_offset. bf16_rescore scores tiles in bfloat16 and rescores the candidates in fp32, so
-    the answer stays exact. NaN or inf in the inputs raises an error.
+    the answer stays exact. NaN or inf in the inputs raises an error. normalized= is deprecated
+    (normalized=True is metric="dot").
     """
     return torch.ops.sentfuse.cosine_topk.default(
-        queries, corpus, k, normalized=normalized, exclude_self=exclude_self, min_score=min_score,
+        queries, corpus, k, metric=_metric("cosine_topk", metric, normalized), exclude_self=exclude_self,
+        min_score=min_score,
         query_offset=query_offset, corpus_offset=corpus_offset, bf16_rescore=bf16_rescore,
     )
 
 
 @torch.library.register_fake("sentfuse::cosine_topk")
-def _cosine_topk_fake(queries, corpus, k, *, normalized=False, exclude_self=False, min_score=None,
+def _cosine_topk_fake(queries, corpus, k, *, metric="cosine", exclude_self=False, min_score=None,
                       query_offset=0, corpus_offset=0, bf16_rescore=False):
     torch._check(queries.dim() == 2 and corpus.dim() == 2, lambda: "cosine_topk: queries and corpus must be 2-D")
     k_out = min(k, corpus.shape[0])
@@ -102,24 +126,28 @@ def threshold_pairs(
     b: torch.Tensor | None,
     threshold: float,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
     max_pairs: int | None = None,
+    normalized: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pair (i, j) of a [N, D] and b [M, D] with cosine >= threshold -> (rows, cols int64, scores fp32) [P].
 
     b=None compares a with itself and reports each pair once, i < j. Pairs come sorted by (row, col)
     ascending, so the result is deterministic. Scores are computed in fp32 from the stored values:
-    dot / (|a_i| |b_j|) with zero vectors scoring 0, or the plain dot product when normalized=True
+    dot / (|a_i| |b_j|) with zero vectors scoring 0, or the plain dot product with metric="dot"
     (then threshold may be any finite value; otherwise it must lie in [-1, 1]). Work is done tile by
     tile, so memory grows with the number of pairs found, never N x M. When more than max_pairs pairs
     qualify, the max_pairs highest-scoring ones are kept (ties: smaller (row, col) first), still
-    returned in (row, col) order. NaN or inf in the inputs raises an error.
+    returned in (row, col) order. NaN or inf in the inputs raises an error. normalized= is deprecated
+    (normalized=True is metric="dot").
     """
-    return torch.ops.sentfuse.threshold_pairs.default(a, b, threshold, normalized=normalized, max_pairs=max_pairs)
+    return torch.ops.sentfuse.threshold_pairs.default(
+        a, b, threshold, metric=_metric("threshold_pairs", metric, normalized), max_pairs=max_pairs
+    )
 
 
 @torch.library.register_fake("sentfuse::threshold_pairs")
-def _threshold_pairs_fake(a, b, threshold, *, normalized=False, max_pairs=None):
+def _threshold_pairs_fake(a, b, threshold, *, metric="cosine", max_pairs=None):
     torch._check(a.dim() == 2 and (b is None or b.dim() == 2), lambda: "threshold_pairs: a and b must be 2-D")
     pairs = torch.library.get_ctx().new_dynamic_size()
     return (a.new_empty((pairs,), dtype=torch.int64), a.new_empty((pairs,), dtype=torch.int64),
@@ -132,18 +160,22 @@ def pair_scores(
     rows: torch.Tensor,
     cols: torch.Tensor,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
+    normalized: bool | None = None,
 ) -> torch.Tensor:
     """Scores of listed pairs: a [N, D], b [M, D] (None: a itself), rows / cols [P] int64 -> scores [P] fp32.
 
     scores[p] is the cosine of a[rows[p]] and b[cols[p]] (zero vectors score 0), or their plain dot
-    product when normalized=True, accumulated in fp32: what threshold_pairs would report for that pair.
-    Out-of-range indices, NaN or inf in a listed row raise an error.
+    product with metric="dot", accumulated in fp32: what threshold_pairs would report for that pair.
+    Out-of-range indices, NaN or inf in a listed row raise an error. normalized= is deprecated
+    (normalized=True is metric="dot").
     """
-    return torch.ops.sentfuse.pair_scores.default(a, b, rows, cols, normalized=normalized)
+    return torch.ops.sentfuse.pair_scores.default(
+        a, b, rows, cols, metric=_metric("pair_scores", metric, normalized)
+    )
 
 
 @torch.library.register_fake("sentfuse::pair_scores")
-def _pair_scores_fake(a, b, rows, cols, *, normalized=False):
+def _pair_scores_fake(a, b, rows, cols, *, metric="cosine"):
     torch._check(rows.dim() == 1 and rows.shape == cols.shape, lambda: "pair_scores: rows and cols must be [P]")
     return a.new_empty(rows.shape, dtype=torch.float32)

@@ -88,12 +88,29 @@ def l2_normalize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), p=2.0, dim=-1).to(x.dtype)
 
 
+METRICS = ("cosine", "dot")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def pair_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+    """fp32 x [N, D], y [M, D] -> [N, M] scores: dot products, or cosines with zero vectors scoring 0."""
+    _check_metric(metric)
+    dots = x @ y.T
+    if metric == "dot":
+        return dots
+    return torch.nan_to_num(dots / (x.norm(dim=1, keepdim=True) * y.norm(dim=1).unsqueeze(0)), nan=0.0)
+
+
 def cosine_topk(
     queries: torch.Tensor,
     corpus: torch.Tensor,
     k: int,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
     exclude_self: bool = False,
     min_score: float | None = None,
     query_offset: int = 0,
@@ -107,11 +124,7 @@ def cosine_topk(
     bf16_rescore is accepted for signature parity: the exact answer is the same either way.
     """
     q, c = queries.float(), corpus.float()
-    if normalized:
-        scores = q @ c.T
-    else:
-        scores = (q @ c.T) / (q.norm(dim=1, keepdim=True) * c.norm(dim=1).unsqueeze(0))
-        scores = torch.nan_to_num(scores, nan=0.0)  # zero vectors score 0
+    scores = pair_matrix(q, c, metric)
     rows = torch.arange(q.shape[0], device=q.device).unsqueeze(1) + query_offset
     cols = torch.arange(c.shape[0], device=q.device).unsqueeze(0) + corpus_offset
     if exclude_self:
@@ -130,7 +143,7 @@ def threshold_pairs(
     b: torch.Tensor | None,
     threshold: float,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
     max_pairs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Brute force: the full [N, M] fp32 score matrix, masked by score >= threshold (and i < j when b is None).
@@ -138,17 +151,14 @@ def threshold_pairs(
     Returns (rows int64, cols int64, scores fp32), sorted by (row, col). With max_pairs, the max_pairs
     highest scores are kept (ties: smaller (row, col) first), still in (row, col) order.
     """
-    if not (abs(threshold) <= 1.0 or (normalized and abs(threshold) < float("inf"))):
-        raise ValueError(f"threshold must be finite, and in [-1, 1] unless normalized=True; got {threshold}")
+    _check_metric(metric)
+    if not (abs(threshold) <= 1.0 or (metric == "dot" and abs(threshold) < float("inf"))):
+        raise ValueError(f"threshold must be finite, and in [-1, 1] unless metric='dot'; got {threshold}")
     x = a.float()
     y = x if b is None else b.float()
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("threshold_pairs: inputs contain NaN or inf")
-    if normalized:
-        scores = x @ y.T
-    else:
-        scores = (x @ y.T) / (x.norm(dim=1, keepdim=True) * y.norm(dim=1).unsqueeze(0))
-        scores = torch.nan_to_num(scores, nan=0.0)  # zero vectors score 0
+    scores = pair_matrix(x, y, metric)
     mask = scores >= threshold
     if b is None:
         mask = mask.triu(diagonal=1)
@@ -167,15 +177,16 @@ def pair_scores(
     rows: torch.Tensor,
     cols: torch.Tensor,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
 ) -> torch.Tensor:
     """Brute force: gather the listed rows and score each pair in fp32 (cosine, zero vectors scoring 0,
-    or the dot product when normalized=True)."""
+    or the dot product with metric="dot")."""
+    _check_metric(metric)
     x = a.float()[rows]
     y = (a if b is None else b).float()[cols]
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("pair_scores: a or b contain NaN or inf in a listed row")
     dots = (x * y).sum(dim=1)
-    if normalized:
+    if metric == "dot":
         return dots
     return torch.nan_to_num(dots / (x.norm(dim=1) * y.norm(dim=1)), nan=0.0)

@@ -67,7 +67,7 @@ def _counted(items: Items, ids: list[int]) -> str:
 
 
 def run_mine(args: argparse.Namespace) -> int:
-    from ..search.mining import paraphrase_mining_embeddings
+    from ..search import paraphrase_mining_embeddings
 
     items, ids, embeddings = _embed_items(args)
     found = paraphrase_mining_embeddings(embeddings, top_k=args.top_k, max_pairs=2**62, min_score=args.threshold)
@@ -84,7 +84,7 @@ def run_mine(args: argparse.Namespace) -> int:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from ..search.mining import community_detection
+    from ..search import community_detection
 
     items, ids, embeddings = _embed_items(args)
     communities = [[ids[i] for i in c] for c in community_detection(embeddings, args.threshold, args.min_size)]

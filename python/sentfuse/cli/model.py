@@ -37,12 +37,9 @@ def _check_max_seq_length(encoder: Any, requested: int) -> None:
 
 
 def load_encoder(args: argparse.Namespace, max_seq_length: int | None = None, dtype: str | None = None) -> Any:
-    """The Encoder for args.model and args.device; transformers' own weight-loading bar stays hidden."""
-    from transformers.utils import logging as transformers_logging
-
+    """The Encoder for args.model and args.device, its --max-seq-length checked against the model's positions."""
     from ..encode.encoder import Encoder
 
-    transformers_logging.disable_progress_bar()
     encoder = Encoder(args.model, device=args.device, dtype=dtype, max_seq_length=max_seq_length)
     if max_seq_length is not None:
         _check_max_seq_length(encoder, max_seq_length)

@@ -55,7 +55,7 @@ def _corpus_embeddings(args: argparse.Namespace, encoder: Any, corpus: Items) ->
         problems = mismatches(read_record(cache), record, embeddings, cache)
         if problems:
             raise CommandError(f"--embeddings {cache} {'; it '.join(problems)}. Pass --reencode to rebuild it "
-                               "from this corpus, name another file, or delete it to re-encode")
+                               "from this corpus, or name another file")
         return embeddings
     embeddings = encoder.encode(corpus.texts, prompt=prompt, batch_size=args.batch_size,
                                 show_progress_bar=not args.no_progress)

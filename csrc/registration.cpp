@@ -1,5 +1,5 @@
-// Every sentfuse schema in one place. Implementations register per backend in cpu/ and cuda/;
-// fake (meta) kernels are registered in python/sentfuse/_ops.py.
+// Every sentfuse schema in one place. Implementations register per backend (TORCH_LIBRARY_IMPL) in the
+// host files of cpu/ and cuda/; fake (meta) kernels are registered in python/sentfuse/_ops.py.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -12,18 +12,19 @@ TORCH_LIBRARY(sentfuse, m) {
         "int skip_tokens=0) -> Tensor");
   // x [N, D] -> [N, dim or D]
   m.def("l2_normalize(Tensor x, int? dim=None) -> Tensor");
+  // metric: "cosine" (dot / (|a| |b|), zero vectors score 0) or "dot" (the raw dot product).
   // queries [M, D], corpus [N, D] -> (scores [M, min(k, N)] fp32, indices [M, min(k, N)] int64), best first.
   // Corpus row j is reported as j + corpus_offset; exclude_self drops i + query_offset == j + corpus_offset.
-  m.def("cosine_topk(Tensor queries, Tensor corpus, int k, *, bool normalized=False, bool exclude_self=False, "
+  m.def("cosine_topk(Tensor queries, Tensor corpus, int k, *, str metric=\"cosine\", bool exclude_self=False, "
         "float? min_score=None, int query_offset=0, int corpus_offset=0, bool bf16_rescore=False) "
         "-> (Tensor, Tensor)");
   // a [N, D], b [M, D] or None (a against itself, pairs i < j) -> (rows, cols int64, scores fp32) [P], every
   // pair scoring >= threshold, sorted by (row, col); max_pairs keeps the best ones (ties: smaller (row, col)).
-  m.def("threshold_pairs(Tensor a, Tensor? b, float threshold, *, bool normalized=False, int? max_pairs=None) "
+  m.def("threshold_pairs(Tensor a, Tensor? b, float threshold, *, str metric=\"cosine\", int? max_pairs=None) "
         "-> (Tensor rows, Tensor cols, Tensor scores)");
   // a [N, D], b [M, D] or None (a against itself), rows / cols [P] int64 -> scores [P] fp32: the score of
   // each listed pair (a[rows[p]], b[cols[p]]), as threshold_pairs defines it. Rescores candidate pairs.
-  m.def("pair_scores(Tensor a, Tensor? b, Tensor rows, Tensor cols, *, bool normalized=False) -> Tensor");
+  m.def("pair_scores(Tensor a, Tensor? b, Tensor rows, Tensor cols, *, str metric=\"cosine\") -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

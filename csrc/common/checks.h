@@ -1,0 +1,60 @@
+// Argument checks shared by the CPU and CUDA host entry points, so both backends accept and reject exactly
+// the same inputs with the same messages (ValueError / TypeError / IndexError in Python, naming the argument).
+//
+// Declared here, defined once in common/checks.cpp, which only the C++ compiler builds: no check is ever
+// compiled by nvcc, and none is an inline function with one copy per translation unit.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+namespace sentfuse {
+
+// Pooling modes, in reference.py's POOLING_MODES order.
+enum class PoolMode : int { Mean = 0, Max, Cls, LastToken, MeanSqrtLen, WeightedMean };
+
+// How a pair of rows is scored.
+enum class Metric : int { Cosine = 0, Dot };
+
+// hidden [B, L, H] float, attention_mask [B, L]: returns the parsed mode.
+PoolMode check_masked_pool_args(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
+                                int64_t skip_tokens);
+// hidden [T, H] float, cu_seqlens [B + 1] int32/int64: returns the parsed mode. Offsets are checked by the
+// kernels' callers where reading them costs no device sync.
+PoolMode check_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlens, c10::string_view mode,
+                           int64_t skip_tokens);
+// cu_seqlens values [B + 1] (host copy): non-decreasing offsets within [0, total_tokens].
+void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_tokens);
+// x [N, D] float: returns the feature count kept, all D or the first `dim` (Matryoshka truncation).
+int64_t check_l2_normalize_args(const at::Tensor& x, std::optional<int64_t> dim);
+
+struct TopkArgs {
+  int64_t k_out;  // result columns, min(k, N)
+  Metric metric;
+};
+TopkArgs check_cosine_topk_args(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
+                                c10::string_view metric, std::optional<double> min_score);
+
+struct PairsArgs {
+  float threshold;  // as scores are compared with it (>=), see fp32_bound
+  Metric metric;
+};
+PairsArgs check_threshold_pairs_args(const at::Tensor& a, const std::optional<at::Tensor>& b, double threshold,
+                                     c10::string_view metric, std::optional<int64_t> max_pairs);
+// Pairs are ordered and ranked by the key row * num_cols + col, which must fit in int64.
+void check_pair_keys_fit(int64_t num_rows, int64_t num_cols);
+
+// a [N, D], b [M, D] or none, rows / cols [P] int64 within range: returns the metric.
+Metric check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tensor>& b, const at::Tensor& rows,
+                              const at::Tensor& cols, c10::string_view metric);
+
+// An op's kernels found a non-finite score: the inputs hold NaN or inf.
+[[noreturn]] void fail_non_finite(const char* op, const char* inputs);
+
+// Kernels read rows with arbitrary outer strides but need unit stride along features.
+at::Tensor with_unit_feature_stride(const at::Tensor& t);
+
+}  // namespace sentfuse
