@@ -148,3 +148,19 @@ def test_search_errors(tmp_path, capsys, model, argv, message):
     code, _, err = run(capsys, "search", "--model", model, *[a.format(tmp=tmp_path) for a in argv])
     assert code == 1 and message.format(tmp=tmp_path) in err
     assert "Encoding" not in err
+
+
+def test_encode_output_with_the_document_prompt_is_reused_unchanged(tmp_path, capsys, model):
+    """bert-mean-normalize has a document prompt: search uses it, so encode must have used it too."""
+    corpus = write_lines(tmp_path / "corpus.txt", CORPUS_A)
+    cache = tmp_path / "enc.npy"
+    assert run(capsys, "encode", corpus, "-o", cache, "--model", model, "--no-progress")[0] == 0
+    code, _, err = search(capsys, corpus, cache, model)
+    assert code == 1 and "was built with prompt '', this run uses 'passage: '" in err
+    assert "sentfuse encode --prompt-name document" in err
+    args = ("encode", corpus, "-o", cache, "--model", model, "--prompt-name", "document", "--no-progress")
+    assert run(capsys, *args)[0] == 0
+    written = cache.stat().st_mtime_ns, (tmp_path / "enc.npy.json").stat().st_mtime_ns
+    code, hits, _ = search(capsys, corpus, cache, model)
+    assert code == 0 and len(hits[0]["hits"]) == 4
+    assert (cache.stat().st_mtime_ns, (tmp_path / "enc.npy.json").stat().st_mtime_ns) == written  # read, not rewritten

@@ -12,7 +12,7 @@ from .errors import CommandError
 from .inputs import read_items
 from .model import load_encoder
 from .outputs import check_output, write_embeddings
-from .records import build_record, record_path
+from .records import CHECKPOINT_DTYPE, build_record, record_path
 
 DESCRIPTION = """\
 Embed one text per input item and save the embeddings as a .npy array, row i for item i.
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         show_progress_bar=not args.no_progress, precision=args.precision, normalize_embeddings=args.normalize,
     )
     seconds = time.perf_counter() - loaded
-    record = build_record(encoder, items.name, items.texts, prompt=prompt, dtype=args.dtype,
+    record = build_record(encoder, items.name, items.texts, prompt=prompt, dtype=args.dtype or CHECKPOINT_DTYPE,
                           normalize=args.normalize, precision=args.precision)
     replaced = write_embeddings(output, embeddings, record, "-o")
     rate = len(items.texts) / seconds if seconds > 0 else float("inf")

@@ -19,13 +19,15 @@ from .errors import CommandError
 from .records import record_path
 
 
-def check_output(value: str, option: str) -> Path:
-    """The .npy file that option names, checked to be writable before the work that fills it."""
+def check_output(value: str, option: str, writable: bool = True) -> Path:
+    """The .npy file that option names, checked (writable: to be writable) before the work that fills it."""
     path = Path(value)
     if path.is_dir():
         raise CommandError(f"{option} {value} is a folder; name a file in it, e.g. {path / 'embeddings.npy'}")
     if path.suffix != ".npy":
         raise CommandError(f"{option} {value} must end in .npy")
+    if not writable:
+        return path
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -23,6 +23,12 @@ WHOLE_FILE_BYTES = 4 << 20
 SAMPLES, SAMPLE_BYTES = 32, 64 << 10
 # The record keys that must match for a file to be reused, in the order mismatches are reported.
 COMPARED = ("texts_sha256", "model_sha256", "prompt", "max_seq_length", "dtype", "normalize", "precision")
+CHECKPOINT_DTYPE = "as in the checkpoint"  # the record's dtype when no --dtype was given
+# What to do about a mismatch that a search option cannot fix.
+HINTS = {
+    "prompt": " (search embeds the corpus with the model's document prompt: sentfuse encode --prompt-name document)",
+    "dtype": " (search runs the backbone as stored in the checkpoint)",
+}
 
 
 def record_path(npy: Path) -> Path:
@@ -88,7 +94,7 @@ def _describe(key: str, stored: dict[str, Any], wanted: dict[str, Any]) -> str:
         return f"was built from other texts ({stored.get('source')}, {stored.get('items')} items)"
     if key == "model_sha256":
         return f"was built with another model ({stored.get('model')})"
-    return f"was built with {key} {stored.get(key)!r}, this run uses {wanted[key]!r}"
+    return f"was built with {key} {stored.get(key)!r}, this run uses {wanted[key]!r}{HINTS.get(key, '')}"
 
 
 def mismatches(stored: dict[str, Any] | None, wanted: dict[str, Any], array: np.ndarray, npy: Path) -> list[str]:

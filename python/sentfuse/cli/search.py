@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from .errors import CommandError
 from .inputs import Items, read_items, shown
 from .model import load_encoder
 from .outputs import check_output, load_embeddings, write_embeddings
-from .records import build_record, mismatches, read_record
+from .records import CHECKPOINT_DTYPE, build_record, mismatches, read_record
 
 DESCRIPTION = """\
 Embed a corpus (one text per line, or .jsonl with --field) and print each query's best matches.
@@ -44,12 +44,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     search.set_defaults(run=run)
 
 
-def _corpus_embeddings(args: argparse.Namespace, encoder: Any, corpus: Items) -> np.ndarray:
-    """The corpus embeddings: from --embeddings when its record matches, else encoded (and saved there)."""
+def _cache_path(args: argparse.Namespace) -> Path | None:
+    """--embeddings, checked before any work: an existing file to reuse, or a file search may (re)write."""
+    if args.embeddings is None:
+        return None
+    reuse = Path(args.embeddings).is_file() and not args.reencode
+    return check_output(args.embeddings, "--embeddings", writable=not reuse)
+
+
+def _corpus_embeddings(args: argparse.Namespace, encoder: Any, corpus: Items, cache: Path | None) -> np.ndarray:
+    """The corpus embeddings: from cache when its record matches, else encoded (and saved there)."""
     prompt = next((encoder.prompts[n] for n in DOCUMENT_PROMPT_NAMES if n in encoder.prompts), "")
-    record = build_record(encoder, corpus.name, corpus.texts, prompt=prompt, dtype=None, normalize=False,
-                          precision="float32")
-    cache = check_output(args.embeddings, "--embeddings") if args.embeddings else None
+    record = build_record(encoder, corpus.name, corpus.texts, prompt=prompt, dtype=CHECKPOINT_DTYPE,
+                          normalize=False, precision="float32")
     if cache is not None and cache.exists() and not args.reencode:
         embeddings = load_embeddings(args.embeddings, "--embeddings")
         problems = mismatches(read_record(cache), record, embeddings, cache)
@@ -77,12 +84,11 @@ def run(args: argparse.Namespace) -> int:
     for number, query in enumerate(args.queries, start=1):
         if not query.strip():
             raise CommandError(f"query {number} is blank")
-    if args.embeddings:
-        check_output(args.embeddings, "--embeddings")
+    cache = _cache_path(args)
     corpus = read_items(args.corpus, args.format, args.field, option="--corpus")
     corpus.non_blank()
     encoder = load_encoder(args)
-    embeddings = _corpus_embeddings(args, encoder, corpus)
+    embeddings = _corpus_embeddings(args, encoder, corpus, cache)
     hits = _hits(args, encoder, corpus, embeddings)
     if args.json:
         results = [{"query": query, "hits": [dict(hit, text=corpus.texts[hit["corpus_id"]]) for hit in query_hits]}
