@@ -19,34 +19,34 @@ NUMBERING = " Items are numbered from 0 (item i is line i + 1 of a text file); b
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
-    mine = commands.add_parser(
-        "mine", help="find near-duplicate pairs among the lines of a file",
+    mine = _add_command(
+        commands, "mine", run_mine, help="find near-duplicate pairs among the lines of a file",
         description="Embed every item of a text or .jsonl file and print the pairs scoring at least --threshold "
         "(cosine), best first, with both texts side by side. Each item's --top-k most similar items are the "
-        "candidates, as in sentence-transformers' paraphrase_mining." + NUMBERING,
+        "candidates, as in sentence-transformers' paraphrase_mining.",
     )
-    mine.add_argument("input", metavar="FILE", help="text or .jsonl file, or - for stdin")
     mine.add_argument("--threshold", type=cosine, default=0.9, help="lowest cosine similarity reported (default 0.9)")
     mine.add_argument("-k", "--top-k", type=positive, default=100, help="candidates per item (default 100)")
-    _add_shared(mine, run_mine)
 
-    cluster = commands.add_parser(
-        "cluster", help="group the lines of a file into communities of similar texts",
+    cluster = _add_command(
+        commands, "cluster", run_cluster, help="group the lines of a file into communities of similar texts",
         description="Embed every item of a text or .jsonl file and print its communities, largest first: groups "
         "of at least --min-size items whose cosine similarity to the group's first item is at least "
-        "--threshold (sentence-transformers' community_detection)." + NUMBERING,
+        "--threshold (sentence-transformers' community_detection).",
     )
-    cluster.add_argument("input", metavar="FILE", help="text or .jsonl file, or - for stdin")
     cluster.add_argument("--threshold", type=cosine, default=0.75, help="cosine similarity to the center (default 0.75)")
     cluster.add_argument("--min-size", type=positive, default=10, help="smallest community reported (default 10)")
-    _add_shared(cluster, run_cluster)
 
 
-def _add_shared(command: argparse.ArgumentParser, run: Any) -> None:
+def _add_command(commands: argparse._SubParsersAction, name: str, run: Any, help: str, description: str):
+    """A command over the items of one input file, with the options mine and cluster share."""
+    command = commands.add_parser(name, help=help, description=description + NUMBERING)
+    command.add_argument("input", metavar="FILE", help="text or .jsonl file, or - for stdin")
     add_input_options(command)
     add_model_options(command)
     command.add_argument("--json", action="store_true", help="print JSON instead of text")
     command.set_defaults(run=run)
+    return command
 
 
 def _embed_items(args: argparse.Namespace) -> tuple[Items, list[int], Any]:
