@@ -138,7 +138,7 @@ def _block_pairs(a: dict, b: dict, same: bool, dim: int, threshold: float, norma
     device = _device(num_gpus)
     x = _load(a["paths"], dim, device)
     y = None if same else _load(b["paths"], dim, device)
-    rows, cols, scores = sentfuse.threshold_pairs(x, y, threshold, normalized=normalized)
+    rows, cols, scores = sentfuse.threshold_pairs(x, y, threshold, metric="dot" if normalized else "cosine")
     table = pa.table({"row": (rows.cpu() + a["offset"]).numpy(), "col": (cols.cpu() + b["offset"]).numpy(),
                       "score": scores.cpu().numpy()})
     write_table_atomic(table, Path(out))
