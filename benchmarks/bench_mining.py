@@ -5,7 +5,7 @@ random centers, so pair scores cross the thresholds at many levels), and optiona
 question embeddings (encoded once with the bundled model and cached under --cache). Reported per
 operation: seconds, peak extra resident memory during the call (sampled every millisecond after
 returning freed memory to the OS), and sentence-transformers' time over sentfuse's. threshold_pairs
-(the plain kernel) and prune.self_pairs (the same pairs, with the prefix-bound first pass where its
+(the plain kernel) and prefix_bound.self_pairs (the same pairs, with the prefix-bound first pass where its
 cost model expects a saving; the check column says which pass it chose) are compared with a chunked
 torch.mm + mask baseline. sentence-transformers is skipped where its estimated time exceeds
 --st-limit seconds, and both it and the baseline above --other-max rows. On a GPU (--device cuda) the rows
@@ -29,7 +29,7 @@ import torch
 from bench_topk import gemm_gflops
 from peak_memory import peak_memory
 from sentfuse import _ops
-from sentfuse.search import mining, prune
+from sentfuse.search import community_detection, paraphrase_mining_embeddings, prefix_bound
 
 DIM = 384
 QUESTIONS = Path(__file__).resolve().parents[1] / "data/squad/questions.txt"
@@ -111,8 +111,8 @@ def agree_pairs(ours, theirs) -> str:
 
 
 def prune_choice(x: torch.Tensor, threshold: float) -> str:
-    """Which first pass prune.self_pairs' cost model picks for x (not timed)."""
-    plan = prune.first_pass(x, threshold)
+    """Which first pass prefix_bound.self_pairs' cost model picks for x (not timed)."""
+    plan = prefix_bound.first_pass(x, threshold)
     return "plain kernel" if plan is None else f"prefix {plan[1]}, predicted {plan[2]:.2%} candidates"
 
 
@@ -154,8 +154,8 @@ def main() -> None:
 
     # Warm-up: thread pools, allocator, and on a GPU the fused pair scan and the top-k kernels.
     warm = planted(20_000 if device.startswith("cuda") else 2000).to(device)
-    mining.community_detection(warm, args.threshold, args.min_size)
-    mining.paraphrase_mining_embeddings(warm)
+    community_detection(warm, args.threshold, args.min_size)
+    paraphrase_mining_embeddings(warm)
     results = []
     for data in args.data:
         for size in args.sizes:
@@ -166,14 +166,14 @@ def main() -> None:
             # ST computes the full n x n scores with torch.mm, then topk / Python work on top of them.
             st_estimate = 3 * 2 * n * n * DIM / (gflops * 1e9)
             cases = [
-                ("paraphrase_mining", lambda: mining.paraphrase_mining_embeddings(x),
+                ("paraphrase_mining", lambda: paraphrase_mining_embeddings(x),
                  "ST", lambda: util.paraphrase_mining_embeddings(x), agree_pairs),
-                ("community_detection", lambda: mining.community_detection(x, args.threshold, args.min_size),
+                ("community_detection", lambda: community_detection(x, args.threshold, args.min_size),
                  "ST", lambda: util.community_detection(x, args.threshold, args.min_size), agree_communities),
                 ("threshold_pairs " + str(args.threshold),
                  lambda: _ops.threshold_pairs(x, None, args.threshold, metric="dot"),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold), agree_threshold_pairs),
-                ("self_pairs " + str(args.threshold), lambda: prune.self_pairs(x, args.threshold),
+                ("self_pairs " + str(args.threshold), lambda: prefix_bound.self_pairs(x, args.threshold),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold),
                  lambda ours, theirs: f"{agree_threshold_pairs(ours, theirs)}; {prune_choice(x, args.threshold)}"),
             ]
