@@ -9,7 +9,7 @@ import pytest
 import torch
 from sentence_transformers import util
 
-from sentfuse.search import mining
+from sentfuse.search import communities, matrix, paraphrase
 from sentfuse.search.similarity import dot_score
 
 QUESTIONS = Path(__file__).resolve().parents[1] / "data/squad/questions.txt"
@@ -80,7 +80,7 @@ def test_similarity_matrix_equals_dense(form, dtype, with_b, tmp_path):
         out = np.full(shape, np.nan, dtype=np_dtype)
     else:
         out = np.lib.format.open_memmap(tmp_path / "sim.npy", mode="w+", dtype=np_dtype, shape=shape)
-    result = mining.similarity_matrix(a.numpy(), other, out=out, dtype=np_dtype if form != "none" else dtype, chunk_size=10)
+    result = matrix.similarity_matrix(a.numpy(), other, out=out, dtype=np_dtype if form != "none" else dtype, chunk_size=10)
     if out is not None:
         assert result is out
     if form == "memmap":
@@ -93,14 +93,14 @@ def test_similarity_matrix_equals_dense(form, dtype, with_b, tmp_path):
 @pytest.mark.parametrize("chunk_size", [1, 7, 52, 53, 54, 1000, None])
 def test_similarity_matrix_chunk_boundaries(chunk_size):
     a, b = random_set(53, seed=3), random_set(29, seed=4)
-    result = mining.similarity_matrix(a, b, chunk_size=chunk_size)
+    result = matrix.similarity_matrix(a, b, chunk_size=chunk_size)
     torch.testing.assert_close(result.double(), reference_cos(a, b), atol=ATOL, rtol=0)
 
 
 def test_similarity_matrix_empty_and_single():
-    assert mining.similarity_matrix(torch.empty(0, 8), random_set(4, 8)).shape == (0, 4)
-    assert mining.similarity_matrix(random_set(3, 8), torch.empty(0, 8)).shape == (3, 0)
-    one = mining.similarity_matrix(random_set(1, 8)[0])
+    assert matrix.similarity_matrix(torch.empty(0, 8), random_set(4, 8)).shape == (0, 4)
+    assert matrix.similarity_matrix(random_set(3, 8), torch.empty(0, 8)).shape == (3, 0)
+    one = matrix.similarity_matrix(random_set(1, 8)[0])
     torch.testing.assert_close(one, torch.ones(1, 1))
 
 
@@ -108,22 +108,22 @@ def test_similarity_matrix_errors_before_any_work(tmp_path):
     a, b = random_set(6, seed=5), random_set(4, seed=6)
     out = torch.full((6, 4), 7.0)
     with pytest.raises(ValueError, match=r"out has shape \(4, 6\) and dtype float32; expected shape \(6, 4\) and dtype float32"):
-        mining.similarity_matrix(a, b, out=torch.zeros(4, 6))
+        matrix.similarity_matrix(a, b, out=torch.zeros(4, 6))
     with pytest.raises(ValueError, match=r"out has shape \(6, 4\) and dtype float16; expected shape \(6, 4\) and dtype float32"):
-        mining.similarity_matrix(a, b, out=np.zeros((6, 4), np.float16))
+        matrix.similarity_matrix(a, b, out=np.zeros((6, 4), np.float16))
     with pytest.raises(ValueError, match=r"out has shape \(6, 4\) and dtype float32; expected shape \(6, 4\) and dtype float16"):
-        mining.similarity_matrix(a, b, out=out, dtype=torch.float16)
-    with pytest.raises(ValueError, match="dtype must be float32 or float16"):
-        mining.similarity_matrix(a, b, out=out, dtype=torch.float64)
+        matrix.similarity_matrix(a, b, out=out, dtype=torch.float16)
+    with pytest.raises(ValueError, match="dtype must be one of float32, float16"):
+        matrix.similarity_matrix(a, b, out=out, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"a \(6, 24\) and b \(4, 23\) must have the same embedding dimension"):
-        mining.similarity_matrix(a, b[:, :23], out=out)
+        matrix.similarity_matrix(a, b[:, :23], out=out)
     with pytest.raises(TypeError, match="out must be a torch tensor or numpy array"):
-        mining.similarity_matrix(a, b, out=[[0.0] * 4] * 6)
-    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
-        mining.similarity_matrix(a, b, out=out, chunk_size=0)
+        matrix.similarity_matrix(a, b, out=[[0.0] * 4] * 6)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        matrix.similarity_matrix(a, b, out=out, chunk_size=0)
     np.save(tmp_path / "ro.npy", np.zeros((6, 4), np.float32))
     with pytest.raises(ValueError, match="out is a read-only numpy array"):
-        mining.similarity_matrix(a, b, out=np.load(tmp_path / "ro.npy", mmap_mode="r"))
+        matrix.similarity_matrix(a, b, out=np.load(tmp_path / "ro.npy", mmap_mode="r"))
     assert (out == 7.0).all()
 
 
@@ -161,7 +161,7 @@ def assert_same_pairs(ours, theirs, x, top_k, dot=False):
 )
 def test_paraphrase_mining_embeddings_matches_sentence_transformers(squad, kwargs):
     x = squad if kwargs.get("query_chunk_size") != 7 else squad[:300]
-    ours = mining.paraphrase_mining_embeddings(x, **kwargs)
+    ours = paraphrase.paraphrase_mining_embeddings(x, **kwargs)
     theirs = util.paraphrase_mining_embeddings(x, **kwargs)
     assert_same_pairs(ours, theirs, x, kwargs.get("top_k", 100))
 
@@ -169,8 +169,8 @@ def test_paraphrase_mining_embeddings_matches_sentence_transformers(squad, kwarg
 def test_paraphrase_mining_planted_and_dot_score():
     x = planted(n_clusters=10, per_cluster=20, noise_rows=100, seed=1)
     for kwargs in [dict(top_k=3, max_pairs=400), dict(top_k=50, max_pairs=10**5, query_chunk_size=97)]:
-        assert_same_pairs(mining.paraphrase_mining_embeddings(x, **kwargs), util.paraphrase_mining_embeddings(x, **kwargs), x, kwargs["top_k"])
-    ours = mining.paraphrase_mining_embeddings(x, top_k=4, max_pairs=500, score_function=dot_score)
+        assert_same_pairs(paraphrase.paraphrase_mining_embeddings(x, **kwargs), util.paraphrase_mining_embeddings(x, **kwargs), x, kwargs["top_k"])
+    ours = paraphrase.paraphrase_mining_embeddings(x, top_k=4, max_pairs=500, score_function=dot_score)
     theirs = util.paraphrase_mining_embeddings(x, top_k=4, max_pairs=500, score_function=util.dot_score)
     np.testing.assert_allclose([p[0] for p in ours], [p[0] for p in theirs], rtol=1e-5)
     assert_same_pairs(ours, theirs, x, 4, dot=True)
@@ -179,22 +179,47 @@ def test_paraphrase_mining_planted_and_dot_score():
 def test_paraphrase_mining_duplicates_and_edges():
     x = random_set(6, seed=7)
     x[4] = x[1]  # exact duplicates: a pair scoring 1, listed once, never a row with itself
-    pairs = mining.paraphrase_mining_embeddings(x, top_k=10)
+    pairs = paraphrase.paraphrase_mining_embeddings(x, top_k=10)
     assert len(pairs) == 15 and pairs[0][1:] == [1, 4] and pairs[0][0] == pytest.approx(1.0)
     assert len({(i, j) for _, i, j in pairs}) == 15
-    assert mining.paraphrase_mining_embeddings(x, top_k=10, max_pairs=2) == pairs[:2]
+    assert paraphrase.paraphrase_mining_embeddings(x, top_k=10, max_pairs=2) == pairs[:2]
     for other in (x.double(), x.half(), x.numpy(), x.tolist()):
-        assert [p[1:] for p in mining.paraphrase_mining_embeddings(other, top_k=10)][:1] == [[1, 4]]
-    assert mining.paraphrase_mining_embeddings(torch.empty(0, 8)) == []
-    assert mining.paraphrase_mining_embeddings(x[:1]) == []
-    assert mining.paraphrase_mining_embeddings(x, top_k=0) == []
-    assert mining.paraphrase_mining_embeddings(x, max_pairs=0) == []
-    with pytest.raises(ValueError, match="top_k must be an int >= 0"):
-        mining.paraphrase_mining_embeddings(x, top_k=-1)
-    with pytest.raises(ValueError, match="query_chunk_size must be an int >= 1"):
-        mining.paraphrase_mining_embeddings(x, query_chunk_size=0)
-    with pytest.raises(ValueError, match="score_function must be cos_sim or dot_score"):
-        mining.paraphrase_mining_embeddings(x, score_function=util.manhattan_sim)
+        assert [p[1:] for p in paraphrase.paraphrase_mining_embeddings(other, top_k=10)][:1] == [[1, 4]]
+    assert paraphrase.paraphrase_mining_embeddings(torch.empty(0, 8)) == []
+    assert paraphrase.paraphrase_mining_embeddings(x[:1]) == []
+    assert paraphrase.paraphrase_mining_embeddings(x, top_k=0) == []
+    assert paraphrase.paraphrase_mining_embeddings(x, max_pairs=0) == []
+    with pytest.raises(ValueError, match="top_k must be an integer >= 0"):
+        paraphrase.paraphrase_mining_embeddings(x, top_k=-1)
+    with pytest.raises(ValueError, match="query_chunk_size must be a positive integer"):
+        paraphrase.paraphrase_mining_embeddings(x, query_chunk_size=0)
+    with pytest.raises(TypeError, match="score_function must be a callable"):
+        paraphrase.paraphrase_mining_embeddings(x, score_function="cosine")
+
+
+@pytest.mark.parametrize("score_function", [util.manhattan_sim, util.euclidean_sim, lambda a, b: -(a @ b.T)])
+def test_paraphrase_mining_any_score_function(score_function):
+    """A score function the kernels do not compute is called on query chunks, as sentence-transformers does."""
+    x = planted(n_clusters=6, per_cluster=10, noise_rows=40, seed=4)
+    kwargs = dict(top_k=5, max_pairs=150, query_chunk_size=33, score_function=score_function)
+    ours = paraphrase.paraphrase_mining_embeddings(x, **kwargs)
+    theirs = util.paraphrase_mining_embeddings(x, **kwargs)
+    assert len(ours) == len(theirs) == 150
+    np.testing.assert_allclose([p[0] for p in ours], [p[0] for p in theirs], rtol=1e-5, atol=1e-5)
+    assert {tuple(p[1:]) for p in ours} == {tuple(p[1:]) for p in theirs}
+    capped = paraphrase.paraphrase_mining_embeddings(x, **kwargs, min_score=ours[20][0])
+    assert [p[1:] for p in capped] == [p[1:] for p in ours if p[0] >= ours[20][0]]
+
+
+@pytest.mark.parametrize("call", ["paraphrase", "communities"])
+def test_non_finite_embeddings_are_named(call):
+    x = random_set(50, 16, seed=8)
+    x[17, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"^embeddings holds NaN or inf \(row 17 is the first\)$"):
+        if call == "paraphrase":
+            paraphrase.paraphrase_mining_embeddings(x)
+        else:
+            communities.community_detection(x, min_community_size=2)
 
 
 def test_paraphrase_mining_encodes_with_the_model(squad):
@@ -204,7 +229,7 @@ def test_paraphrase_mining_encodes_with_the_model(squad):
             return squad[: len(sentences)]
 
     model = Model()
-    ours = mining.paraphrase_mining(model, ["q"] * 400, batch_size=8, top_k=7, max_pairs=900)
+    ours = paraphrase.paraphrase_mining(model, ["q"] * 400, batch_size=8, top_k=7, max_pairs=900)
     assert model.kwargs["convert_to_tensor"] and model.kwargs["batch_size"] == 8
     assert_same_pairs(ours, util.paraphrase_mining(model, ["q"] * 400, batch_size=8, top_k=7, max_pairs=900), squad[:400], 7)
 
@@ -225,7 +250,7 @@ def assert_same_communities(ours, theirs, x):
 @pytest.mark.parametrize("threshold, min_size", [(0.75, 10), (0.75, 3), (0.6, 5), (0.9, 2)])
 def test_community_detection_matches_sentence_transformers_squad(squad, method, threshold, min_size):
     threshold = away_from_scores(squad, threshold)
-    ours = mining.community_detection(squad, threshold=threshold, min_community_size=min_size, batch_size=500,
+    ours = communities.community_detection(squad, threshold=threshold, min_community_size=min_size, batch_size=500,
                                       method=method)
     theirs = util.community_detection(squad, threshold=threshold, min_community_size=min_size)
     assert len(ours) > 3
@@ -237,7 +262,7 @@ def test_community_detection_matches_sentence_transformers_squad(squad, method, 
 def test_community_detection_matches_sentence_transformers_planted(method, threshold, min_size, batch_size):
     x = planted()
     threshold = away_from_scores(x, threshold)
-    ours = mining.community_detection(x.numpy(), threshold=threshold, min_community_size=min_size,
+    ours = communities.community_detection(x.numpy(), threshold=threshold, min_community_size=min_size,
                                       batch_size=batch_size, method=method)
     theirs = util.community_detection(x, threshold=threshold, min_community_size=min_size)
     assert len(ours[0]) > 64  # the large cluster made k grow
@@ -250,28 +275,28 @@ def test_community_detection_small_inputs(method):
     threshold = away_from_scores(x, -0.2)
     for min_size in (1, 2, 5, 12):
         assert_same_communities(
-            mining.community_detection(x, threshold, min_size, method=method),
+            communities.community_detection(x, threshold, min_size, method=method),
             util.community_detection(x, threshold, min_size), x,
         )
-    assert mining.community_detection(x, threshold=-1.0, min_community_size=12, method=method)[0][0] == 0
-    assert mining.community_detection(x, 0.5, min_community_size=13, method=method) == []
-    assert mining.community_detection(torch.empty(0, 6), method=method) == []
-    assert mining.community_detection(x[0], threshold=0.9, min_community_size=1, method=method) == [[0]]
+    assert communities.community_detection(x, threshold=-1.0, min_community_size=12, method=method)[0][0] == 0
+    assert communities.community_detection(x, 0.5, min_community_size=13, method=method) == []
+    assert communities.community_detection(torch.empty(0, 6), method=method) == []
+    assert communities.community_detection(x[0], threshold=0.9, min_community_size=1, method=method) == [[0]]
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(threshold=1.5), r"threshold must be in \[-1, 1\]"),
-        (dict(threshold=-1.01), r"threshold must be in \[-1, 1\]"),
+        (dict(threshold=1.5), r"threshold must be a number in \[-1, 1\]"),
+        (dict(threshold=-1.01), r"threshold must be a number in \[-1, 1\]"),
         (dict(threshold="high"), "threshold must be a number"),
-        (dict(min_community_size=0), "min_community_size must be an int >= 1"),
-        (dict(batch_size=0), "batch_size must be an int >= 1"),
+        (dict(min_community_size=0), "min_community_size must be a positive integer"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
     ],
 )
 def test_community_detection_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        mining.community_detection(torch.empty(0, 4), **kwargs)
+        communities.community_detection(torch.empty(0, 4), **kwargs)
 
 
 def test_paraphrase_mining_with_a_sentfuse_encoder(tiny_model_root, sentences):
@@ -279,6 +304,6 @@ def test_paraphrase_mining_with_a_sentfuse_encoder(tiny_model_root, sentences):
 
     encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
     texts = sentences + [sentences[0], sentences[6]]  # two exact repeats score 1
-    ours = mining.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20)
+    ours = paraphrase.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20)
     assert {tuple(p[1:]) for p in ours[:2]} == {(0, len(sentences)), (6, len(sentences) + 1)}
     assert_same_pairs(ours, util.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20), encoder.encode(texts, convert_to_tensor=True), 3)

@@ -63,12 +63,70 @@ def test_dot_score_and_validation():
     scores, indices = search_topk(queries, corpus, 3, score_function=dot_score)
     expected = torch.topk(queries @ corpus.T, 3)
     torch.testing.assert_close(scores, expected.values, atol=1e-4, rtol=1e-5)
-    with pytest.raises(ValueError, match="score_function must be cos_sim or dot_score"):
+    with pytest.raises(ValueError, match=r"score_function\(\(5, 32\), \(400, 32\)\) returned shape \(5, 32\); expected \(5, 400\)"):
         search_topk(queries, corpus, 3, score_function=lambda a, b: a)
-    with pytest.raises(ValueError, match="top_k must be an int >= 0"):
+    with pytest.raises(TypeError, match="score_function must be a callable"):
+        search_topk(queries, corpus, 3, score_function="cos_sim")
+    with pytest.raises(ValueError, match="top_k must be an integer >= 0"):
         search_topk(queries, corpus, -2)
     with pytest.raises(ValueError, match=r"query_embeddings \(5, 32\) and corpus chunk \(400, 31\)"):
         search_topk(queries, corpus[:, :31], 3)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("min_score", [None, 0.45])
+def test_score_function_fallback_equals_the_kernel(exclude_self, min_score):
+    """A score function the kernel does not know is called chunk by chunk; given cos_sim's own scores it must
+    give the kernel's answer, padding and streaming included."""
+    queries, corpus = random_set(23, seed=11), random_set(300, seed=12)
+    corpus[250] = corpus[40]  # an exact tie across chunks: the lower id first
+    kwargs = dict(exclude_self=exclude_self, min_score=min_score, corpus_chunk_size=97)
+    kernel = search_topk(corpus[:23], corpus, 12, **kwargs)
+    called = search_topk(corpus[:23], corpus, 12, score_function=lambda a, b: cos_sim(a, b), query_chunk_size=5,
+                         **kwargs)
+    torch.testing.assert_close(called[0], kernel[0], atol=1e-5, rtol=0)
+    assert torch.equal(called[1], kernel[1])
+    if min_score is not None:
+        assert (called[1] == -1).any()
+
+
+@pytest.mark.parametrize("name", ["manhattan_sim", "euclidean_sim"])
+def test_any_score_function_matches_sentence_transformers(name):
+    from sentence_transformers import util
+
+    from sentfuse import util as ours
+
+    queries, corpus = random_set(9, seed=13), random_set(500, seed=14)
+    mine = semantic_search(queries, corpus, top_k=7, score_function=getattr(ours, name), corpus_chunk_size=120)
+    theirs = util.semantic_search(queries, corpus, top_k=7, score_function=getattr(util, name), corpus_chunk_size=120)
+    assert [[h["corpus_id"] for h in q] for q in mine] == [[h["corpus_id"] for h in q] for q in theirs]
+    np.testing.assert_allclose([h["score"] for q in mine for h in q], [h["score"] for q in theirs for h in q], rtol=1e-5)
+
+
+def test_every_input_form():
+    """float64 numpy (numpy's default), lists of tensors or of arrays, and single 1-D embeddings."""
+    queries, corpus = random_set(4, seed=15), random_set(60, seed=16)
+    expected = semantic_search(queries, corpus, top_k=3)
+    for q, c in [
+        (queries.double().numpy(), corpus.double().numpy()),
+        (queries.double(), corpus.double()),
+        (list(queries), list(corpus)),
+        ([r.numpy() for r in queries], [r.numpy() for r in corpus]),
+        (queries.tolist(), corpus.tolist()),
+    ]:
+        got = semantic_search(q, c, top_k=3)
+        assert [[h["corpus_id"] for h in r] for r in got] == [[h["corpus_id"] for h in r] for r in expected]
+    assert semantic_search(queries[0], corpus, top_k=3) == semantic_search(queries[:1], corpus, top_k=3)
+
+
+def test_non_finite_input_names_the_argument():
+    queries, corpus = random_set(3, seed=17), random_set(50, seed=18)
+    corpus[31, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"^corpus_embeddings \(rows 20\.\.39\) holds NaN or inf \(row 11 is the first\)$"):
+        search_topk(queries, corpus, 3, corpus_chunk_size=20)
+    queries[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^query_embeddings holds NaN or inf \(row 1 is the first\)$"):
+        search_topk(queries, corpus[:20], 3)
 
 
 def test_cos_sim_matches_sentence_transformers():
@@ -126,25 +184,3 @@ def test_encoder_search_encodes_queries_like_encode_query(tiny_encoder):
     assert [[h["corpus_id"] for h in q] for q in hits] == [[h["corpus_id"] for h in q] for q in expected]
     single = tiny_encoder.search("a cat on a mat", corpus_embeddings, top_k=2)
     assert [h["corpus_id"] for h in single] == [h["corpus_id"] for h in hits[0][:2]]
-
-
-def test_cli_search_table_json_and_cached_embeddings(tiny_model_root, tmp_path, capsys):
-    from sentfuse.cli import main
-
-    corpus_file = tmp_path / "corpus.txt"
-    corpus_file.write_text("\n".join(CORPUS) + "\n")
-    cache = tmp_path / "emb" / "corpus.npy"
-    model = str(tiny_model_root / "bert-mean-normalize")
-    argv = ["search", "--corpus", str(corpus_file), "--model", model, "--embeddings", str(cache), "--no-progress"]
-    assert main(argv + ["a cat on a mat", "-k", "2"]) == 0
-    table = capsys.readouterr().out
-    assert table.startswith("query: a cat on a mat") and table.count("\n") == 3
-    assert cache.exists() and np.load(cache).shape[0] == len(CORPUS)
-    assert main(argv + ["--json", "a cat on a mat", "markets", "-k", "3"]) == 0
-    results = json.loads(capsys.readouterr().out)
-    assert [r["query"] for r in results] == ["a cat on a mat", "markets"]
-    assert all(len(r["hits"]) == 3 and r["hits"][0]["text"] == CORPUS[r["hits"][0]["corpus_id"]] for r in results)
-    # A cache that does not match the corpus is an error, not silently wrong hits.
-    corpus_file.write_text("\n".join(CORPUS[:3]) + "\n")
-    assert main(argv + ["cats"]) == 1
-    assert "delete it to re-encode" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import util
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
 from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 from .sparse import SparseEncoder
@@ -16,6 +17,9 @@ from .search import (
     similarity_matrix,
 )
 
+# sentence-transformers' name for the Encoder, so that scripts switch by their import line alone.
+SentenceTransformer = Encoder
+
 try:
     __version__ = version("sentfuse")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -24,6 +28,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Encoder",
     "EncoderPool",
+    "SentenceTransformer",
     "__version__",
     "community_detection",
     "cos_sim",
@@ -41,4 +46,5 @@ __all__ = [
     "start_multi_process_pool",
     "stop_multi_process_pool",
     "threshold_pairs",
+    "util",
 ]

@@ -38,6 +38,8 @@ def masked_pool(
         raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
     x = hidden.float()
     batch, seq_len, _ = x.shape
+    if seq_len == 0:  # no token anywhere: every row is empty
+        return hidden.new_zeros(batch, hidden.shape[2])
     valid, first = valid_token_mask(attention_mask, skip_tokens)
     count = valid.sum(dim=1, keepdim=True).float()
     positions = torch.arange(seq_len, device=x.device).unsqueeze(0)
@@ -56,7 +58,7 @@ def masked_pool(
             index = torch.where(valid, positions, seq_len).amin(dim=1)
         else:
             index = torch.where(valid, positions, -1).amax(dim=1)
-        picked = x[torch.arange(batch, device=x.device), index.clamp(0, max(seq_len - 1, 0))] if seq_len else x.sum(1)
+        picked = x[torch.arange(batch, device=x.device), index.clamp(0, seq_len - 1)]
         out = torch.where(count > 0, picked, torch.zeros_like(picked))
     if normalize:
         out = torch.nn.functional.normalize(out, p=2.0, dim=-1)

@@ -11,12 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+from .._checks import CALIBRATED_PRECISIONS, PRECISIONS, check_calibration_rows, check_precision
 
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+__all__ = ["PRECISIONS", "check_precision", "quantize_embeddings", "quantized_dim", "quantized_dtype"]
 
 
 def quantized_dim(dim: int, precision: str) -> int:
@@ -36,13 +33,9 @@ def _to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(x)
 
 
-def calibration_ranges(embeddings: np.ndarray) -> np.ndarray:
+def calibration_ranges(embeddings: np.ndarray, precision: str) -> np.ndarray:
     """[2, D]: per-dimension minimum and maximum of embeddings [N, D]."""
-    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
-        raise ValueError(
-            "int8/uint8 ranges cannot be calibrated from a single embedding; "
-            "pass ranges or calibration_embeddings computed on a representative set"
-        )
+    check_calibration_rows(len(embeddings) if embeddings.ndim == 2 else 1, precision)
     return np.stack((embeddings.min(axis=0), embeddings.max(axis=0)))
 
 
@@ -59,9 +52,10 @@ def quantize_embeddings(
             return []
         arrays = [_to_numpy(e) for e in embeddings]
         if arrays[0].ndim == 2:
-            if precision.endswith("int8") and ranges is None:
+            if precision in CALIBRATED_PRECISIONS and ranges is None:
                 ranges = calibration_ranges(
-                    np.concatenate(arrays) if calibration_embeddings is None else _to_numpy(calibration_embeddings)
+                    np.concatenate(arrays) if calibration_embeddings is None else _to_numpy(calibration_embeddings),
+                    precision,
                 )
             return [quantize_embeddings(a, precision, ranges=ranges) for a in arrays]
         embeddings = np.stack(arrays)
@@ -77,7 +71,7 @@ def quantize_embeddings(
     if x.ndim == 2 and x.shape[0] == 0:
         return np.zeros(x.shape, dtype=quantized_dtype(precision))
     if ranges is None:
-        ranges = calibration_ranges(x if calibration_embeddings is None else _to_numpy(calibration_embeddings))
+        ranges = calibration_ranges(x if calibration_embeddings is None else _to_numpy(calibration_embeddings), precision)
     ranges = np.asarray(ranges).astype(np.float32, copy=False)
     lows = ranges[0]
     steps = (ranges[1] - lows) / 255

@@ -65,7 +65,6 @@ class PoolingModule:
 
     modes: tuple[str, ...]
     include_prompt: bool = True
-    embedding_dimension: int | None = None
 
 
 @dataclass
@@ -151,8 +150,7 @@ def parse_pooling_config(config: dict[str, Any], where: str) -> PoolingModule:
     for mode in modes:
         if mode not in POOLING_MODES:
             raise ModelFolderError(f"{where}: unknown pooling mode {mode!r}; known modes: {', '.join(POOLING_MODES)}")
-    dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
-    return PoolingModule(modes=modes, include_prompt=bool(config.get("include_prompt", True)), embedding_dimension=dim)
+    return PoolingModule(modes=modes, include_prompt=bool(config.get("include_prompt", True)))
 
 
 def _resolve_activation(name: str | None, where: str) -> nn.Module:

@@ -33,7 +33,7 @@ _SCAN_COST = 25.0
 _CANDIDATE_COST = 10000.0
 _FIXED_SECONDS = 0.3
 _UNIT_SECONDS = 3e-11
-_MIN_SAVING = 0.85  # prune only when predicted to cost at most this fraction of the plain kernel
+_MIN_SAVING = 0.85  # take the prefix bound only when predicted to cost at most this fraction of the plain kernel
 # Margin for fp32 rounding in the rotation and the prefix GEMM: far above their typical error (~1e-6)
 # and above the worst-case bound for 384-d unit rows (~1e-3).
 _SLACK = 2e-3

@@ -1,4 +1,4 @@
-"""prune.self_pairs (prefix bound + rescoring) against threshold_pairs' reference, and paraphrase mining's
+"""prefix_bound.self_pairs (prefix bound + rescoring) against threshold_pairs' reference, and paraphrase mining's
 cutoff path against its top-k path."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from test_mining import planted, squad  # noqa: F401  (squad is a fixture)
 from test_pairs import assert_same_pairs
 
 from sentfuse import reference
-from sentfuse.search import mining, prune
+from sentfuse.search import paraphrase, prefix_bound
 
 
 def unit(x):
@@ -31,14 +31,14 @@ def structured(rows, dim=64, rank=6, seed=0):
 @pytest.mark.parametrize("threshold", [0.95, 0.8, 0.5, -0.2])
 def test_structured_rows_every_prefix(prefix, threshold):
     x = structured(700)
-    assert_same_pairs(prune.self_pairs(x, threshold, prefix=prefix), x, None, threshold, metric="dot")
+    assert_same_pairs(prefix_bound.self_pairs(x, threshold, prefix=prefix), x, None, threshold, metric="dot")
 
 
 @pytest.mark.parametrize("prefix", [8, 48, 200])
 @pytest.mark.parametrize("threshold", [0.9, 0.75, 0.6])
 def test_real_embeddings(squad, prefix, threshold):  # noqa: F811
     x = unit(squad)
-    got = prune.self_pairs(x, threshold, prefix=prefix)
+    got = prefix_bound.self_pairs(x, threshold, prefix=prefix)
     assert len(got[0]) > 10
     assert_same_pairs(got, x, None, threshold, metric="dot")
 
@@ -46,52 +46,52 @@ def test_real_embeddings(squad, prefix, threshold):  # noqa: F811
 def test_random_rows_and_dtypes():
     """Rows without dominant directions: the bound lets most pairs through, and the answer is still exact."""
     x = unit(torch.randn(500, 32, generator=torch.Generator().manual_seed(1)))
-    assert_same_pairs(prune.self_pairs(x, 0.3, prefix=8), x, None, 0.3, metric="dot")
+    assert_same_pairs(prefix_bound.self_pairs(x, 0.3, prefix=8), x, None, 0.3, metric="dot")
     for dtype in (torch.float16, torch.bfloat16):
         xd = structured(400, seed=2).to(dtype)
-        assert_same_pairs(prune.self_pairs(xd, 0.7, prefix=12), xd, None, 0.7, metric="dot")
+        assert_same_pairs(prefix_bound.self_pairs(xd, 0.7, prefix=12), xd, None, 0.7, metric="dot")
 
 
 def test_dot_products_of_unnormalized_rows():
     x = structured(600, seed=3) * torch.rand(600, 1, generator=torch.Generator().manual_seed(4)) * 5
-    assert_same_pairs(prune.self_pairs(x, 4.0, prefix=10), x, None, 4.0, metric="dot")
+    assert_same_pairs(prefix_bound.self_pairs(x, 4.0, prefix=10), x, None, 4.0, metric="dot")
 
 
 def test_blocks_zero_rows_and_tiny_inputs(monkeypatch):
     x = structured(3000, seed=5)
     x[17] = 0  # scores 0 with everything
-    expected = prune.self_pairs(x, 0.8, prefix=0)
-    monkeypatch.setattr(prune, "_BLOCK_CANDIDATES", 1000)  # many row blocks, each against the rows after it
-    got = prune.self_pairs(x, 0.8, prefix=12)
+    expected = prefix_bound.self_pairs(x, 0.8, prefix=0)
+    monkeypatch.setattr(prefix_bound, "_BLOCK_CANDIDATES", 1000)  # many row blocks, each against the rows after it
+    got = prefix_bound.self_pairs(x, 0.8, prefix=12)
     assert_same_pairs(got, x, None, 0.8, metric="dot")
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     for rows in (0, 1, 2):
         small = x[:rows]
-        got_rows, got_cols, got_scores = prune.self_pairs(small, -1.0, prefix=3)
+        got_rows, got_cols, got_scores = prefix_bound.self_pairs(small, -1.0, prefix=3)
         ref_rows, ref_cols, ref_scores = reference.threshold_pairs(small, None, -1.0, metric="dot")
         assert got_rows.tolist() == ref_rows.tolist() and got_cols.tolist() == ref_cols.tolist()
         # the kernel's fp32 dot may round differently from the reference's (AVX-512 vs AVX2 lanes)
         torch.testing.assert_close(got_scores, ref_scores, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"prefix must be None, 0, or in \(0, 64\)"):
-        prune.self_pairs(x, 0.5, prefix=64)
+        prefix_bound.self_pairs(x, 0.5, prefix=64)
 
 
 def test_cost_model_choice(squad, monkeypatch):  # noqa: F811
     """Real embeddings at a high threshold get a prefix; random rows keep the plain kernel."""
-    monkeypatch.setattr(prune, "_MIN_ROWS", 0)
-    monkeypatch.setattr(prune, "_FIXED_SECONDS", 0.0)  # 1,500 rows are too few to repay the plan otherwise
-    plan = prune._plan(unit(squad), 0.85, seed=0)
+    monkeypatch.setattr(prefix_bound, "_MIN_ROWS", 0)
+    monkeypatch.setattr(prefix_bound, "_FIXED_SECONDS", 0.0)  # 1,500 rows are too few to repay the plan otherwise
+    plan = prefix_bound._plan(unit(squad), 0.85, seed=0)
     assert plan is not None and plan[1] < squad.shape[1] // 2
     rotation = plan[0]
     torch.testing.assert_close(rotation.T @ rotation, torch.eye(len(rotation)), atol=1e-5, rtol=0)
-    assert prune._plan(unit(torch.randn(3000, 384)), 0.3, seed=0) is None
-    got = prune.self_pairs(unit(squad), 0.85)
+    assert prefix_bound._plan(unit(torch.randn(3000, 384)), 0.3, seed=0) is None
+    got = prefix_bound.self_pairs(unit(squad), 0.85)
     assert_same_pairs(got, unit(squad), None, 0.85, metric="dot")
 
 
 def test_pair_score_quantile():
     x = structured(2000, seed=6)
-    cutoff = prune.pair_score_quantile(x, 0.01)
+    cutoff = prefix_bound.pair_score_quantile(x, 0.01)
     share = (reference.threshold_pairs(x, None, cutoff, metric="dot")[0].numel()) / (2000 * 1999 / 2)
     assert 0.005 < share < 0.02
 
@@ -116,7 +116,7 @@ def test_within_top_k_matches_brute_force(top_k):
     rows, cols, scores = reference.threshold_pairs(x, None, 0.3)
     # scores as the reference computes them, in float64, so that ties stay ties
     s = (unit(x).double() @ unit(x).double().T)[rows, cols].numpy()
-    got = mining._within_top_k(rows.numpy(), cols.numpy(), s, len(x), top_k)
+    got = paraphrase._within_top_k(rows.numpy(), cols.numpy(), s, len(x), top_k)
     ux = unit(x).double()
     assert (got == brute_within_top_k(rows.numpy(), cols.numpy(), ux, top_k)).all()
     assert 0 < got.sum() < len(got)
@@ -126,24 +126,24 @@ def test_within_top_k_matches_brute_force(top_k):
     "kwargs", [dict(top_k=5, max_pairs=1000), dict(top_k=2, max_pairs=300), dict(top_k=30, max_pairs=5000)]
 )
 def test_cutoff_path_matches_top_k_path(squad, monkeypatch, kwargs):  # noqa: F811
-    above = mining.paraphrase_mining_embeddings(squad, **kwargs)
-    monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)  # the top-k path
-    assert_same_mined(above, mining.paraphrase_mining_embeddings(squad, **kwargs), squad, kwargs["top_k"])
+    above = paraphrase.paraphrase_mining_embeddings(squad, **kwargs)
+    monkeypatch.setattr(paraphrase, "_MAX_ABOVE_SHARE", 0.0)  # the top-k path
+    assert_same_mined(above, paraphrase.paraphrase_mining_embeddings(squad, **kwargs), squad, kwargs["top_k"])
 
 
 def test_cutoff_path_lowers_a_cutoff_that_leaves_too_few(squad, monkeypatch):  # noqa: F811
     calls = []
-    real = prune.pair_score_quantile
+    real = prefix_bound.pair_score_quantile
 
     def too_high_first(x, fraction, seed=0):
         calls.append(fraction)
         return 0.99 if len(calls) == 1 else real(x, fraction, seed)
 
-    monkeypatch.setattr(prune, "pair_score_quantile", too_high_first)
-    got = mining.paraphrase_mining_embeddings(squad, top_k=5, max_pairs=1000)
+    monkeypatch.setattr(prefix_bound, "pair_score_quantile", too_high_first)
+    got = paraphrase.paraphrase_mining_embeddings(squad, top_k=5, max_pairs=1000)
     assert len(calls) == 2 and calls[1] == 4 * calls[0]
-    monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)
-    assert_same_mined(got, mining.paraphrase_mining_embeddings(squad, top_k=5, max_pairs=1000), squad, 5)
+    monkeypatch.setattr(paraphrase, "_MAX_ABOVE_SHARE", 0.0)
+    assert_same_mined(got, paraphrase.paraphrase_mining_embeddings(squad, top_k=5, max_pairs=1000), squad, 5)
 
 
 def test_cutoff_path_dot_score_and_crowded_rows(monkeypatch):
@@ -152,10 +152,10 @@ def test_cutoff_path_dot_score_and_crowded_rows(monkeypatch):
 
     x = planted(n_clusters=4, per_cluster=60, noise_rows=100, seed=3)
     for kwargs in (dict(top_k=5, max_pairs=400), dict(top_k=3, max_pairs=200, score_function=dot_score)):
-        monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.25)
-        above = mining.paraphrase_mining_embeddings(x, **kwargs)
-        monkeypatch.setattr(mining, "_MAX_ABOVE_SHARE", 0.0)
-        expected = mining.paraphrase_mining_embeddings(x, **kwargs)
+        monkeypatch.setattr(paraphrase, "_MAX_ABOVE_SHARE", 0.25)
+        above = paraphrase.paraphrase_mining_embeddings(x, **kwargs)
+        monkeypatch.setattr(paraphrase, "_MAX_ABOVE_SHARE", 0.0)
+        expected = paraphrase.paraphrase_mining_embeddings(x, **kwargs)
         assert_same_mined(above, expected, x, kwargs["top_k"], dot="score_function" in kwargs)
 
 
@@ -163,24 +163,35 @@ def test_cutoff_path_dot_score_and_crowded_rows(monkeypatch):
 @pytest.mark.parametrize("top_k", [2, 100])
 def test_min_score_equals_filtering_the_full_answer(squad, min_score, top_k):  # noqa: F811
     """min_score keeps exactly the pairs of the unlimited answer that score >= min_score."""
-    got = mining.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=2**62, min_score=min_score)
-    full = mining.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=2**62)
+    got = paraphrase.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=2**62, min_score=min_score)
+    full = paraphrase.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=2**62)
     expected = [p for p in full if p[0] >= min_score]
     assert len(got) > 5
     assert_same_mined(got, expected, squad, top_k)
-    capped = mining.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=3, min_score=min_score)
+    capped = paraphrase.paraphrase_mining_embeddings(squad, top_k=top_k, max_pairs=3, min_score=min_score)
     assert [p[1:] for p in capped] == [p[1:] for p in got[:3]]
 
 
-def test_min_score_errors():
+def test_min_score_range_follows_the_score_function():
+    """A cosine min_score lies in [-1, 1]; a dot-product one may be any finite number, above 1 included."""
     from sentfuse.search.similarity import dot_score
 
     x = structured(50)
-    with pytest.raises(ValueError, match=r"min_score must be in \[-1, 1\]"):
-        mining.paraphrase_mining_embeddings(x, min_score=1.5)
+    with pytest.raises(ValueError, match=r"min_score must be a number in \[-1, 1\]"):
+        paraphrase.paraphrase_mining_embeddings(x, min_score=1.5)
     with pytest.raises(ValueError, match="min_score must be a finite number"):
-        mining.paraphrase_mining_embeddings(x, min_score=float("nan"), score_function=dot_score)
-    assert len(mining.paraphrase_mining_embeddings(x * 3, min_score=2.0, score_function=dot_score)) > 0
+        paraphrase.paraphrase_mining_embeddings(x, min_score=float("nan"), score_function=dot_score)
+    # 50 rows, top_k 100: every pair is a candidate, so the answer is every pair whose dot product is >= 2.
+    scaled = x * 3
+    got = paraphrase.paraphrase_mining_embeddings(scaled, min_score=2.0, score_function=dot_score)
+    dots = (scaled.double() @ scaled.double().T).numpy()
+    i, j = np.triu_indices(50, k=1)
+    assert not (np.abs(dots[i, j] - 2.0) < 1e-4).any()  # no pair so close to the cutoff that rounding decides
+    above = dots[i, j] >= 2.0
+    expected = sorted(zip(-dots[i, j][above], i[above], j[above]))
+    assert 10 < len(got) < len(i) // 2
+    assert [p[1:] for p in got] == [[a, b] for _, a, b in expected]
+    np.testing.assert_allclose([p[0] for p in got], [-s for s, _, _ in expected], rtol=1e-5)
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 3, 6])
@@ -193,5 +204,5 @@ def test_within_top_k_exact_ties_on_both_sides(top_k, cutoff):
     x[[2, 5, 8, 9]] = x[1].clone()  # five identical rows: row 5 ties with 1, 2 (below) and 8, 9 (above)
     x[[20, 30]] = x[25].clone()
     rows, cols, scores = reference.threshold_pairs(x, None, cutoff, metric="dot")
-    got = mining._within_top_k(rows.numpy(), cols.numpy(), scores.numpy(), len(x), top_k)
+    got = paraphrase._within_top_k(rows.numpy(), cols.numpy(), scores.numpy(), len(x), top_k)
     assert (got == brute_within_top_k(rows.numpy(), cols.numpy(), x, top_k)).all()

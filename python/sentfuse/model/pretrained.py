@@ -1,0 +1,48 @@
+"""Loading a model folder's Hugging Face backbone and tokenizer, without transformers' progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .modules import ModelFolderError
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """transformers' and huggingface_hub's progress bars off inside the block, each restored after.
+
+    transformers draws a "Loading weights" bar on every model load, once per pool worker too; a
+    library's load is not the long work a bar is for. (Both switches are process-wide.)
+    """
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    transformers_on = hf_logging.is_progress_bar_enabled()
+    hub_off = hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            hf_logging.enable_progress_bar()
+        if hub_off:
+            hub_utils.disable_progress_bars()
+
+
+def load_pretrained(folder: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model_kwargs = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
+    try:
+        with quiet_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModel.from_pretrained(str(folder), **model_kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelFolderError(f"cannot load the Hugging Face model in {folder}: {e}") from e
+    return tokenizer, model

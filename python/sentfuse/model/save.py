@@ -1,0 +1,112 @@
+"""Writing a model folder in sentence-transformers' layout, which sentfuse and sentence-transformers both load.
+
+The backbone's weights are read again from the folder the model came from (at the dtype it runs in):
+sentfuse never changes weights, only their dtype, and the running backbone is prepared for inference
+(pooler dropped, linear layers repacked), so its own state dict is not a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .modules import DenseModule, ModelFolder, NormalizeModule, PoolingModule, TransformerModule
+from .pretrained import load_pretrained
+
+# Module type names as sentence-transformers writes them (and reads them back, in every release).
+_ST_TYPES = {
+    TransformerModule: "sentence_transformers.models.Transformer",
+    PoolingModule: "sentence_transformers.models.Pooling",
+    DenseModule: "sentence_transformers.models.Dense",
+    NormalizeModule: "sentence_transformers.models.Normalize",
+}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype: torch.dtype) -> int:
+    """The Hugging Face model and tokenizer into out; returns the hidden size."""
+    _, model = load_pretrained(module.path, dtype)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    _write_json(
+        out / "sentence_bert_config.json",
+        {"max_seq_length": tokenizer.model_max_length, "do_lower_case": module.do_lower_case},
+    )
+    config = model.config
+    return getattr(config, "hidden_size", None) or getattr(config, "dim")
+
+
+def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> None:
+    out.mkdir()
+    if isinstance(module, PoolingModule):
+        _write_json(out / "config.json", {
+            "embedding_dimension": hidden,
+            "pooling_mode": list(module.modes) if len(module.modes) > 1 else module.modes[0],
+            "include_prompt": module.include_prompt,
+        })
+    elif isinstance(module, DenseModule):
+        from safetensors.torch import save_model
+
+        activation = type(module.activation)
+        config = {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.linear.bias is not None,
+            "activation_function": f"{activation.__module__}.{activation.__qualname__}",
+        }
+        if module.use_residual:
+            config["use_residual"] = True
+        _write_json(out / "config.json", config)
+        save_model(module.to(dtype), str(out / "model.safetensors"))
+
+
+def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]) -> None:
+    hidden = _write_backbone(out, folder.transformer, tokenizer, dtype)
+    entries = [{"idx": 0, "name": "0", "path": "", "type": _ST_TYPES[TransformerModule]}]
+    for idx, module in enumerate(folder.modules[1:], start=1):
+        name = f"{idx}_{type(module).__name__.removesuffix('Module')}"
+        _write_module(out / name, module, hidden, dtype)
+        entries.append({"idx": idx, "name": str(idx), "path": name, "type": _ST_TYPES[type(module)]})
+    _write_json(out / "modules.json", entries)
+    from importlib.metadata import version
+
+    _write_json(out / "config_sentence_transformers.json", {
+        "model_type": "SentenceTransformer",
+        "__version__": {"sentfuse": version("sentfuse"), "pytorch": torch.__version__},
+        **settings,
+    })
+
+
+def save_model_folder(
+    path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]
+) -> Path:
+    """Write folder's pipeline to path with this tokenizer (its current max length) and backbone dtype;
+    settings (prompts, default_prompt_name, similarity_fn_name) go to config_sentence_transformers.json.
+
+    Everything is written to a temporary folder beside path first, then each file or module folder
+    replaces its namesake in path: a failure leaves path as it was, and other files there stay.
+    """
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"path {target} is a file; expected a folder to save the model in")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _fill_folder(staging, folder, tokenizer, dtype, settings)
+        target.mkdir(exist_ok=True)
+        for entry in staging.iterdir():
+            if (target / entry.name).is_dir():
+                shutil.rmtree(target / entry.name)
+            os.replace(entry, target / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
