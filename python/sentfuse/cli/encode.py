@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..encode.quantize import PRECISIONS
+from ..sparse.output import add_sparse_arguments, run_sparse_encode
 from .args import add_input_options, add_model_options, positive
 from .errors import CommandError
 from .inputs import read_items
@@ -48,6 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="most padded tokens per forward pass (default: by device)")
     encode.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
+    add_sparse_arguments(encode)
     encode.set_defaults(run=run)
 
 
@@ -62,6 +64,8 @@ def prompt_text(encoder, prompt_name: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sparse:
+        return run_sparse_encode(args, read_items(args.input, args.format, args.field).texts)
     output = check_output(args.output, "-o")
     items = read_items(args.input, args.format, args.field)
     if args.precision in ("int8", "uint8") and len(items.texts) == 1:
