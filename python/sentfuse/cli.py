@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .distributed.cli import LOCAL as RAY_LOCAL, split_ray_argv
 from .encode.quantize import PRECISIONS
 
 ENCODE_HELP = """\
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
     encode.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     encode.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    encode.add_argument("--ray", nargs="?", const=RAY_LOCAL, default=None, metavar="ADDRESS",
+                        help="encode on a Ray cluster (no ADDRESS: a local Ray for this run): INPUT is a file or a "
+                        "quoted glob of Parquet/JSON lines/text shards, -o an output folder (sentfuse[ray])")
 
     search = commands.add_parser(
         "search", help="rank the lines of a corpus file against queries",
@@ -177,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from .distributed.cli import run_encode as run_encode_on_ray
+
+        return run_encode_on_ray(args)
     import numpy as np
 
     from .encode.encoder import Encoder
@@ -325,7 +333,7 @@ def run_info() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(split_ray_argv(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "info":
             return run_info()
