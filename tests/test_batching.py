@@ -1,4 +1,4 @@
-"""The batch planner, background tokenization and backbone preparation leave every embedding unchanged."""
+"""Batching, chunked tokenization and backbone preparation leave every embedding unchanged."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 from transformers import AutoModel
 
 from sentfuse import Encoder
-from sentfuse.encode import batching
+from sentfuse.encode import tokenize
 from sentfuse.model.backbone import PackedLinear, prepare_backbone
-from sentfuse.encode.batching import BatchStream, collate, plan_batches
 
 LONG = "a very long text that runs on " * 400  # far past every tiny model's max_seq_length
 
@@ -37,78 +36,6 @@ def assert_same_rows(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
-# --- plan_batches / collate ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("batch_size, budget", [(1, 100), (4, 10), (32, 64), (1000, 17), (5, 1)])
-def test_plan_batches_covers_every_index_within_limits(batch_size, budget):
-    lengths = np.random.default_rng(0).integers(0, 30, size=103)
-    batches = plan_batches(lengths, batch_size, budget)
-    flat = np.concatenate(batches)
-    assert sorted(flat.tolist()) == list(range(103))  # every text exactly once
-    assert (np.diff(lengths[flat]) <= 0).all()  # longest first
-    for rows in batches:
-        assert 1 <= len(rows) <= batch_size
-        padded = len(rows) * max(int(lengths[rows].max()), 1)
-        assert padded <= budget or len(rows) == 1  # only a text longer than the budget may exceed it
-
-
-def test_plan_batches_gives_short_texts_larger_batches():
-    lengths = [100] * 20 + [10] * 200
-    batches = plan_batches(lengths, 1000, 1000)
-    assert [len(b) for b in batches] == [10, 10] + [100, 100]
-
-
-def test_plan_batches_empty():
-    assert plan_batches([], 8, 64) == []
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_collate_pads_each_side(side):
-    encoded = {"input_ids": [[5, 6, 7], [8], []], "attention_mask": [[1, 1, 1], [1], []], "extra": [[1], [1], []]}
-    out = collate(encoded, np.array([1, 0, 2]), {"input_ids": 0, "attention_mask": 0}, side)
-    assert set(out) == {"input_ids", "attention_mask"}
-    if side == "right":
-        assert out["input_ids"].tolist() == [[8, 0, 0], [5, 6, 7], [0, 0, 0]]
-        assert out["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
-    else:
-        assert out["input_ids"].tolist() == [[0, 0, 8], [5, 6, 7], [0, 0, 0]]
-        assert out["attention_mask"].tolist() == [[0, 0, 1], [1, 1, 1], [0, 0, 0]]
-    assert out["input_ids"].dtype == torch.int64
-
-
-def _char_tokens(texts: list[str]) -> dict[str, list[list[int]]]:
-    ids = [[ord(c) for c in t] for t in texts]
-    return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]}
-
-
-def test_batch_stream_windows_keep_positions():
-    texts = [chr(97 + i % 26) * (i % 7) for i in range(50)]
-    stream = BatchStream(texts, _char_tokens, {"input_ids": 0, "attention_mask": 0}, "right", 4, 12, window=9)
-    seen = {}
-    for batch in stream:
-        for pos, ids, mask in zip(batch.positions, batch.features["input_ids"], batch.features["attention_mask"]):
-            seen[int(pos)] = "".join(chr(int(c)) for c, m in zip(ids, mask) if m)
-    assert seen == dict(enumerate(texts))
-
-
-def test_batch_stream_raises_the_tokenizer_error():
-    def broken(texts):
-        raise RuntimeError("tokenizer exploded")
-
-    with pytest.raises(RuntimeError, match="tokenizer exploded"):
-        list(BatchStream(["a", "b"], broken, {"input_ids": 0}, "right", 2, 8))
-
-
-def test_batch_stream_stops_its_thread_when_abandoned():
-    texts = ["abc"] * 1000
-    stream = BatchStream(texts, _char_tokens, {"input_ids": 0, "attention_mask": 0}, "right", 1, 8)
-    iterator = iter(stream)
-    next(iterator)
-    iterator.close()  # the caller stops early (an exception in the model, a break)
-    assert not stream._thread.is_alive()
-
-
 # --- encode end to end ---------------------------------------------------------------------------
 
 
@@ -125,7 +52,7 @@ def test_encode_across_tokenization_windows(tiny_model_root, monkeypatch):
     encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
     texts = mixed_texts(53)
     want = encoder.encode(texts)
-    monkeypatch.setattr(batching, "WINDOW", 8)
+    monkeypatch.setattr(tokenize, "CHUNK_TEXTS", 8)
     assert_same_rows(encoder.encode(texts, max_batch_tokens=30), want)
 
 
@@ -161,10 +88,10 @@ def test_left_padding_token_embeddings(tiny_model_root):
 def test_tokenizer_error_reaches_the_caller(tiny_model_root, monkeypatch):
     encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
 
-    def broken(texts):
+    def broken(texts, start):
         raise ValueError("cannot tokenize")
 
-    monkeypatch.setattr(encoder, "_tokenize_unpadded", broken)
+    monkeypatch.setattr(encoder._encode_pipeline(), "chunk_tokenizer", broken)
     with pytest.raises(ValueError, match="cannot tokenize"):
         encoder.encode(["a", "b"])
 

@@ -10,25 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .. import _ops
 from .._checks import check_sentences, parse_device, parse_dtype, positive_int
 from ..model.backbone import cpu_has_native, prepare_backbone
-from .batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchStream
-from ..model.modules import (
-    SIMILARITY_FN_NAMES,
-    DenseModule,
-    ModelFolder,
-    ModelFolderError,
-    NormalizeModule,
-    PoolingModule,
-    load_model_folder,
-)
-from .quantize import check_precision, quantize_embeddings, quantized_dim, quantized_dtype
-from .st_compat import SentenceTransformerMethods
+from ..model.modules import SIMILARITY_FN_NAMES, ModelFolder, ModelFolderError, load_model_folder
 from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
+from .finish import finish_sentence_embeddings, finish_token_embeddings
+from .pipeline import EncodeRequest, Pipeline
+from .pooling import SentenceHead
+from .quantize import check_precision
+from .run import RunOptions
+from .st_compat import SentenceTransformerMethods
 from ..search.topk import semantic_search
 from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
 
@@ -123,28 +116,10 @@ class Encoder(SentenceTransformerMethods):
         self._warn_if_emulated(device, self._model.dtype)
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._prompt_lengths: dict[str, int] = {}
-
-        stages = folder.modules[1:]
-        self._pooling: PoolingModule = stages[0]
-        self._post = stages[1:]
-        for stage in self._post:
-            if isinstance(stage, DenseModule):
-                stage.to(device=device, dtype=model.dtype)
-        hidden = self._hidden_size(model.config)
-        self._dim = len(self._pooling.modes) * hidden
-        for stage in self._post:
-            if isinstance(stage, DenseModule):
-                if stage.in_features != self._dim:
-                    raise ModelFolderError(
-                        f"{folder.path}: a Dense module expects {stage.in_features} features but gets {self._dim}"
-                    )
-                self._dim = stage.out_features
-        # A Normalize right after single-mode Pooling runs inside the pooling kernel.
-        self._fuse_normalize = len(self._pooling.modes) == 1 and bool(self._post) and isinstance(self._post[0], NormalizeModule)
-        if self._fuse_normalize:
-            self._post = self._post[1:]
-        last = self._post[-1] if self._post else None
-        self._ends_normalized = isinstance(last, NormalizeModule) or (last is None and self._fuse_normalize)
+        self._head = SentenceHead(folder.modules[1:], self._hidden_size(model.config), device, model.dtype, str(folder.path))
+        self._dim = self._head.dim
+        self._run_options = RunOptions.from_env()
+        self._pipeline: Pipeline | None = None
 
     @staticmethod
     def _warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
@@ -192,6 +167,19 @@ class Encoder(SentenceTransformerMethods):
     def max_seq_length(self, value: int) -> None:
         self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
         self._prompt_lengths.clear()
+        self._pipeline = None
+
+    @property
+    def run_options(self) -> RunOptions:
+        """How encode runs the model on CUDA: CUDA graphs or eager, and the attention kernel (see encode.run)."""
+        return self._run_options
+
+    @run_options.setter
+    def run_options(self, value: RunOptions) -> None:
+        if not isinstance(value, RunOptions):
+            raise TypeError(f"run_options must be a sentfuse.encode.run.RunOptions, got {type(value).__name__}")
+        self._run_options = value
+        self._pipeline = None
 
     @property
     def similarity_fn_name(self) -> str:
@@ -223,17 +211,27 @@ class Encoder(SentenceTransformerMethods):
             "similarity_fn_name": self._similarity_fn_name,
         }
 
+    def worker_description(self) -> dict[str, Any]:
+        """What a worker pool needs: factory(**kwargs, device=...) rebuilds this encoder in another process;
+        encode's parameter names; the embedding width with and without truncate_dim."""
+        return {
+            "factory": type(self),
+            "kwargs": self.worker_kwargs(),
+            "encode_parameters": tuple(inspect.signature(type(self).encode).parameters),
+            "dim": self.get_embedding_dimension(),
+            "model_dim": self._dim,
+        }
+
     def to(self, device: str | torch.device) -> Encoder:
         target = parse_device(device)
         self._model.to(target)
-        for stage in self._post:
-            if isinstance(stage, DenseModule):
-                stage.to(target)
+        self._head.to(target)
+        self._pipeline = None
         return self
 
     def __repr__(self) -> str:
         return (
-            f"Encoder({str(self.model_path)!r}, pooling={'+'.join(self._pooling.modes)}, dim={self._dim}, "
+            f"Encoder({str(self.model_path)!r}, pooling={'+'.join(self._head.pooling.modes)}, dim={self._dim}, "
             f"max_seq_length={self.max_seq_length}, device={self.device})"
         )
 
@@ -267,37 +265,22 @@ class Encoder(SentenceTransformerMethods):
     def _tokenize_unpadded(self, texts: list[str]) -> dict[str, list[list[int]]]:
         return self._tokenizer(texts, padding=False, truncation="longest_first", max_length=self.max_seq_length)
 
-    def _batch_stream(self, texts: list[str], batch_size: int, max_batch_tokens: int) -> BatchStream:
-        tok = self._tokenizer
-        pad_values = {
-            "input_ids": tok.pad_token_id if tok.pad_token_id is not None else 0,
-            "attention_mask": 0,
-            "token_type_ids": getattr(tok, "pad_token_type_id", 0),
-        }
-        return BatchStream(
-            texts, self._tokenize_unpadded, pad_values, tok.padding_side, batch_size, max_batch_tokens,
-            pin_memory=self.device.type == "cuda",
-        )
+    def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The backbone's last hidden state [B, L, H] for a batch of padded token ids on its device."""
+        inputs = {k: v for k, v in features.items() if k in self._forward_args}
+        return self._model(**inputs, return_dict=True).last_hidden_state
 
-    def _forward(self, features: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [B, L, H] and attention_mask [B, L] for a batch of padded token ids."""
-        inputs = {k: v.to(device, non_blocking=True) for k, v in features.items() if k in self._forward_args}
-        out = self._model(**inputs, return_dict=True)
-        return out.last_hidden_state, inputs["attention_mask"]
-
-    def _sentence_embeddings(self, hidden: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
-        pooled = [
-            _ops.masked_pool(hidden, mask, mode, normalize=self._fuse_normalize, skip_tokens=skip_tokens)
-            for mode in self._pooling.modes
-        ]
-        x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
-        for stage in self._post:
-            x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
-        return x
+    def _encode_pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
+                                      self.device, self._model.dtype, self._run_options)
+        return self._pipeline
 
     def _check_encode_args(
-        self, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
-    ) -> None:
+        self, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,
+        n_texts: int,
+    ) -> bool:
+        """Raise on a bad flag; return whether to show a progress bar."""
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
         check_precision(precision)
@@ -310,6 +293,14 @@ class Encoder(SentenceTransformerMethods):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         if show_progress_bar is not None and not isinstance(show_progress_bar, (bool, np.bool_)):
             raise TypeError(f"show_progress_bar must be a bool or None, got {type(show_progress_bar).__name__}")
+        if precision in ("int8", "uint8") and n_texts == 1 and output_value == "sentence_embedding":
+            raise ValueError(
+                f"precision {precision!r} calibrates its ranges on the embeddings being encoded and needs at "
+                "least 2 sentences; encode more at once or quantize later with calibration embeddings"
+            )
+        if show_progress_bar is None:
+            return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+        return bool(show_progress_bar)
 
     @torch.inference_mode()
     def encode(
@@ -341,22 +332,22 @@ class Encoder(SentenceTransformerMethods):
 
         Texts are tokenized once (in a background thread, ahead of the model), sorted by token count
         and batched so that each batch holds at most batch_size texts and at most max_batch_tokens
-        padded tokens; defaults depend on the device (see sentfuse.encode.batching). Results come back in
+        padded tokens; defaults depend on the device (see sentfuse.encode.plan). Results come back in
         input order. Sentence embeddings are returned as output_dtype (float32 by default; None keeps
         the backbone's dtype). device may be a list of devices, or pool a pool from
         start_multi_process_pool: the texts are then split into chunks of chunk_size across worker
         processes.
         """
         single, texts = check_sentences(sentences)
-        self._check_encode_args(
-            output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar
+        progress = self._check_encode_args(
+            output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,
+            len(texts),
         )
         batch_size = positive_int(batch_size, "batch_size")
         max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
-        truncate_dim = positive_int(truncate_dim, "truncate_dim")
-        if truncate_dim is None:
-            truncate_dim = self.truncate_dim
+        truncate_dim = positive_int(truncate_dim, "truncate_dim") or self.truncate_dim
         out_dtype = parse_dtype(output_dtype, "output_dtype")
+        convert_to_numpy = convert_to_numpy and not convert_to_tensor
         devices = None
         if pool is not None or (isinstance(device, Sequence) and not isinstance(device, str)):
             devices = self._check_pool_args(pool, device, output_value)
@@ -366,20 +357,10 @@ class Encoder(SentenceTransformerMethods):
             if target is not None and target != self.device:
                 self.to(target)
         resolved_prompt = self._resolve_prompt(prompt, prompt_name)
-        if precision in ("int8", "uint8") and len(texts) == 1 and output_value == "sentence_embedding":
-            raise ValueError(
-                f"precision {precision!r} calibrates its ranges on the embeddings being encoded and needs at "
-                "least 2 sentences; encode more at once or quantize later with calibration embeddings"
-            )
-        if show_progress_bar is None:
-            show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-        if convert_to_tensor:
-            convert_to_numpy = False
-        dim = self._dim if truncate_dim is None else min(truncate_dim, self._dim)
 
         if pool is not None or devices is not None:  # devices: a pool for this call only
             embeddings = self._encode_in_pool(
-                texts, pool, devices, chunk_size, bool(show_progress_bar),
+                texts, pool, devices, chunk_size, progress,
                 prompt=resolved_prompt, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                 normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
             )
@@ -387,66 +368,20 @@ class Encoder(SentenceTransformerMethods):
                 embeddings = embeddings.to(out_dtype)
             if not convert_to_numpy and not convert_to_tensor:
                 embeddings = embeddings.to(self.device)
-            return self._finish(embeddings, single, precision, convert_to_numpy, convert_to_tensor)
+            return finish_sentence_embeddings(embeddings, single, precision, convert_to_numpy, convert_to_tensor)
 
-        device = self.device
-        skip_tokens = self._prompt_length(resolved_prompt) if resolved_prompt and not self._pooling.include_prompt else 0
-        texts_in = [resolved_prompt + t for t in texts] if resolved_prompt else texts
-        batch_size = batch_size or DEFAULT_MAX_BATCH_SIZE.get(device.type, DEFAULT_MAX_BATCH_SIZE["cuda"])
-        max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
-
-        tokens: list[Any] = [None] * len(texts)
-        embeddings = None
-        if output_value == "sentence_embedding":
-            # Filled in place on the device; one copy to the host at the end.
-            embeddings = torch.empty((len(texts), dim), device=device, dtype=out_dtype or self._model.dtype)
-        bar = tqdm(total=len(texts), desc="Encoding", unit="sentence", disable=not show_progress_bar)
-        with bar:
-            for batch in self._batch_stream(texts_in, batch_size, max_batch_tokens):
-                hidden, mask = self._forward(batch.features, device)
-                if output_value == "token_embeddings":
-                    lengths = mask.sum(dim=1).tolist()
-                    left = self._tokenizer.padding_side == "left"
-                    for pos, row, n in zip(batch.positions.tolist(), hidden, lengths):
-                        tokens[pos] = row[row.shape[0] - n :] if left else row[:n]
-                else:
-                    x = self._sentence_embeddings(hidden, mask, skip_tokens)
-                    if normalize_embeddings and not (self._ends_normalized and dim == self._dim):
-                        x = _ops.l2_normalize(x, None if dim == self._dim else dim)
-                    elif dim != self._dim:
-                        x = x[:, :dim]
-                    # A page-locked index: copying from pageable memory would synchronize the stream.
-                    embeddings[batch.index.to(device, non_blocking=True)] = x.to(embeddings.dtype)
-                bar.update(len(batch.positions))
-
+        include_prompt = not resolved_prompt or self._head.pooling.include_prompt
+        result = self._encode_pipeline().encode(EncodeRequest(
+            texts=[resolved_prompt + t for t in texts] if resolved_prompt else texts,
+            skip_tokens=0 if include_prompt else self._prompt_length(resolved_prompt),
+            batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            token_embeddings=output_value == "token_embeddings",
+            dim=self._dim if truncate_dim is None else min(truncate_dim, self._dim),
+            normalize=normalize_embeddings, out_dtype=out_dtype, progress=progress,
+        ))
         if output_value == "token_embeddings":
-            if precision != "float32" and tokens:
-                tokens = quantize_embeddings(tokens, precision)
-            return tokens[0] if single else tokens
-        if convert_to_numpy or precision != "float32":
-            embeddings = embeddings.cpu()
-        return self._finish(embeddings, single, precision, convert_to_numpy, convert_to_tensor)
-
-    @staticmethod
-    def _finish(embeddings: torch.Tensor, single: bool, precision: str, convert_to_numpy: bool, convert_to_tensor: bool):
-        """[N, D] embeddings in the result type encode's flags ask for."""
-        if precision != "float32":
-            dim = embeddings.shape[1]
-            quantized = (
-                quantize_embeddings(embeddings, precision)
-                if len(embeddings)
-                else np.zeros((0, quantized_dim(dim, precision)), dtype=quantized_dtype(precision))
-            )
-            out: Any = torch.from_numpy(quantized) if convert_to_tensor else quantized
-            if not convert_to_tensor and not convert_to_numpy:
-                out = list(torch.from_numpy(quantized))
-        elif convert_to_tensor:
-            out = embeddings
-        elif convert_to_numpy:
-            out = (embeddings.float() if embeddings.dtype == torch.bfloat16 else embeddings).numpy()
-        else:
-            out = list(embeddings.unbind(0))
-        return out[0] if single else out
+            return finish_token_embeddings(result, single, precision)
+        return finish_sentence_embeddings(result, single, precision, convert_to_numpy, convert_to_tensor)
 
     # --- several processes ------------------------------------------------------------------------
 

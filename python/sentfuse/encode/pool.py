@@ -18,9 +18,7 @@ worker's encode is sent back and raised in the parent, and the pool stays usable
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
 import signal
 import time
 import traceback
@@ -35,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_sentences, parse_device, positive_int
-from .encoder import Encoder
+from .tokenize import cpu_cores as _cpu_cores
 
 MAX_CPU_WORKERS = 4
 CHUNKS_PER_WORKER = 4  # default chunking: a few chunks per worker, so a slow worker holds up little at the end
@@ -58,13 +56,6 @@ class _RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.text
-
-
-def _cpu_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow), else all."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _default_devices() -> list[str]:
@@ -117,8 +108,9 @@ def _exit_status(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _worker(conn: Connection, encoder_kwargs: dict[str, Any], device: str, num_threads: int | None) -> None:
-    """A worker process: build the Encoder once, say "ready" (or why not), then encode chunks until told to stop."""
+def _worker(conn: Connection, factory: Any, encoder_kwargs: dict[str, Any], device: str, num_threads: int | None) -> None:
+    """A worker process: build the encoder once (factory(**encoder_kwargs, device=device)), say "ready" (or why
+    not), then encode chunks until told to stop."""
     # Ctrl-C reaches the whole process group; the parent decides what happens and stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -128,7 +120,7 @@ def _worker(conn: Connection, encoder_kwargs: dict[str, Any], device: str, num_t
         if target.type == "cuda" and target.index is not None:
             # Otherwise this process also creates a CUDA context (and pinned buffers) on cuda:0.
             torch.cuda.set_device(target)
-        encoder = Encoder(**encoder_kwargs, device=device)
+        encoder = factory(**encoder_kwargs, device=device)
     except Exception as e:
         conn.send(("error", _describe(e), traceback.format_exc()))
         return
@@ -157,13 +149,16 @@ class EncoderPool:
     died, or whose encode_multi_process call was interrupted, is stopped and refuses further use.
     """
 
-    def __init__(self, encoder: Encoder, target_devices: Sequence[str] | None = None) -> None:
-        if not isinstance(encoder, Encoder):
+    def __init__(self, encoder: Any, target_devices: Sequence[str] | None = None) -> None:
+        describe = getattr(encoder, "worker_description", None)
+        if not callable(describe):
             raise TypeError(f"encoder must be a sentfuse Encoder, got {type(encoder).__name__}")
+        description = describe()
         self.devices: list[str] = _check_devices(target_devices)
-        self.dim = encoder.get_embedding_dimension()
+        self.dim: int = description["dim"]
         # Width before the encoder's own truncate_dim: encode(truncate_dim=...) may ask for up to this.
-        self._model_dim: int = encoder._dim
+        self.model_dim: int = description["model_dim"]
+        self.encode_parameters: tuple[str, ...] = description["encode_parameters"]
         self.processes: list[BaseProcess] = []
         self._conns: list[Connection] = []
         self._closed = False
@@ -173,13 +168,13 @@ class EncoderPool:
         # CPU workers share the cores instead of each starting one thread per core.
         cpu_threads = max(1, _cpu_cores() // n_cpu) if n_cpu else None
         context = get_context("spawn")
-        kwargs = encoder.worker_kwargs()
+        factory, kwargs = description["factory"], description["kwargs"]
         try:
             for i, device in enumerate(self.devices):
                 parent_end, child_end = context.Pipe()
                 threads = cpu_threads if torch.device(device).type == "cpu" else None
                 process = context.Process(
-                    target=_worker, args=(child_end, kwargs, device, threads), name=f"sentfuse-pool-{i}", daemon=True
+                    target=_worker, args=(child_end, factory, kwargs, device, threads), name=f"sentfuse-pool-{i}", daemon=True
                 )
                 process.start()
                 # Only the worker may hold its end: when it dies the parent then reads EOF instead of waiting.
@@ -320,7 +315,7 @@ class EncoderPool:
         return f"EncoderPool(devices={self.devices}, dim={self.dim}, {state})"
 
 
-def start_multi_process_pool(encoder: Encoder, target_devices: Sequence[str] | None = None) -> EncoderPool:
+def start_multi_process_pool(encoder: Any, target_devices: Sequence[str] | None = None) -> EncoderPool:
     """Start one worker process per target device, each with a copy of encoder, and wait until all have loaded it.
 
     target_devices: e.g. ["cuda:0", "cuda:1"] or ["cpu"] * 4; a device may repeat. Default: every
@@ -336,8 +331,8 @@ def stop_multi_process_pool(pool: EncoderPool) -> None:
     pool.close()
 
 
-def _check_encode_kwargs(encode_kwargs: dict[str, Any]) -> None:
-    accepted = set(inspect.signature(Encoder.encode).parameters) - set(_POOL_PARAMETERS)
+def _check_encode_kwargs(encode_kwargs: dict[str, Any], encode_parameters: Sequence[str]) -> None:
+    accepted = set(encode_parameters) - set(_POOL_PARAMETERS)
     unknown = sorted(set(encode_kwargs) - accepted)
     if unknown:
         raise TypeError(
@@ -384,11 +379,11 @@ def encode_multi_process(
     chunk_size = positive_int(chunk_size, "chunk_size")
     if not isinstance(show_progress_bar, (bool, np.bool_)):
         raise TypeError(f"show_progress_bar must be a bool, got {type(show_progress_bar).__name__}")
-    _check_encode_kwargs(encode_kwargs)
+    _check_encode_kwargs(encode_kwargs, pool.encode_parameters)
     pool._check_usable()
     if not texts:
         truncate_dim = positive_int(encode_kwargs.get("truncate_dim"), "truncate_dim")
-        dim = pool.dim if truncate_dim is None else min(truncate_dim, pool._model_dim)
+        dim = pool.dim if truncate_dim is None else min(truncate_dim, pool.model_dim)
         return np.zeros((0, dim), dtype=np.float32)
 
     if chunk_size is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..model.modules import DenseModule, load_model_folder
+from ..model.modules import load_model_folder
 from ..model.save import save_model_folder
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
 
@@ -33,9 +33,8 @@ class SentenceTransformerMethods:
 
     def _cast(self, dtype: torch.dtype) -> Any:
         self._model.to(dtype)
-        for stage in self._post:
-            if isinstance(stage, DenseModule):
-                stage.to(dtype)
+        self._head.to(dtype=dtype)
+        self._pipeline = None  # built for the old dtype
         self._dtype_arg = dtype  # pool workers rebuild the encoder in this dtype
         return self
 

@@ -1,0 +1,188 @@
+"""The encode pipeline: tokenize -> plan -> stage -> run -> pool, one module per stage.
+
+A background thread tokenizes (on every core, tokenize.py), plans batches (plan.py) and stages them into
+reused buffers on their way to the device (stage.py); the calling thread runs the model and the sentence
+head on each batch (run.py, pooling.py) and scatters the results into one [N, D] tensor on the device,
+copied to the host once at the end (finish.py). The Pipeline object keeps what later calls reuse: the
+tokenizer copy, the staging buffers and the captured CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .plan import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchPlanner, ShapePolicy
+from .pooling import SentenceHead
+from .run import EagerRunner, GraphRunner, RunOptions
+from .stage import Staging, StagedBatch
+from .tokenize import ChunkTokenizer, TokenStore, cpu_cores, tokenize_chunks
+
+SLOTS = 4  # staged batches in flight: enough to keep the tokenizer thread ahead of the model
+
+
+class BatchStream:
+    """StagedBatches for texts, made by a daemon thread; an error in the thread re-raises here."""
+
+    def __init__(self, texts: Sequence[str], tokenize: Callable, threads: int, planner: BatchPlanner,
+                 store: TokenStore, staging: Staging) -> None:
+        self._texts, self._tokenize, self._threads = texts, tokenize, threads
+        self._planner, self._store, self._staging = planner, store, staging
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="sentfuse-batches", daemon=True)
+        self._thread.start()
+
+    def _send(self, plan) -> bool:
+        slot = self._staging.acquire(self._stop)
+        if slot is None:
+            return False
+        self._queue.put(self._staging.fill(slot, plan, self._store))
+        return True
+
+    def _produce(self) -> None:
+        try:
+            for chunk in tokenize_chunks(self._texts, self._tokenize, self._threads):
+                self._store.add(chunk)
+                for plan in self._planner.add(chunk.start, chunk.lengths):
+                    if not self._send(plan):
+                        return
+            for plan in self._planner.finish():
+                if not self._send(plan):
+                    return
+            self._queue.put(None)
+        except BaseException as e:  # handed to the consumer, which raises it in the caller's thread
+            self._queue.put(e)
+
+    def __iter__(self) -> Iterator[StagedBatch]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the thread and hand back the slots of batches nobody will run."""
+        self._stop.set()
+        self._thread.join()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, StagedBatch):
+                self._staging.release(item)
+
+
+@dataclass
+class EncodeRequest:
+    texts: list[str]  # prompts already prepended
+    skip_tokens: int  # prompt tokens the pooling leaves out
+    batch_size: int | None
+    max_batch_tokens: int | None
+    token_embeddings: bool  # output_value "token_embeddings" instead of sentence embeddings
+    dim: int  # features kept per sentence embedding
+    normalize: bool
+    out_dtype: torch.dtype | None  # None: the backbone's dtype
+    progress: bool
+
+
+class Pipeline:
+    """encode's machinery for one tokenizer, backbone and head on one device, reused across calls.
+
+    backbone(features) -> last hidden state [rows, width, H]; it is looked up at each call so that a
+    caller may replace it.
+    """
+
+    def __init__(self, tokenizer: Any, backbone: Callable, head: SentenceHead, device: torch.device,
+                 dtype: torch.dtype, options: RunOptions) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = tokenizer.model_max_length
+        self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length)
+        self.backbone = backbone
+        self.head = head
+        self.device = device
+        self.dtype = dtype
+        self.options = options
+        self.typed = self.chunk_tokenizer.typed  # token types travel to the model only where they vary
+        self.threads = cpu_cores()
+        self.staging: Staging | None = None
+        self.runner = self._runner()
+        self._lock = threading.Lock()  # one call at a time: the staging slots and graph inputs are shared
+
+    def _forward(self, features: dict[str, torch.Tensor], skip_tokens: int) -> torch.Tensor:
+        return self.head(self.backbone(features), features["attention_mask"], skip_tokens)
+
+    def _runner(self):
+        if self.device.type == "cuda" and self.options.cuda_graphs:
+            return GraphRunner(self._forward, self.options, self.device)
+        return EagerRunner(self._forward, self.options)
+
+    def policy(self, batch_size: int | None, max_batch_tokens: int | None) -> ShapePolicy:
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
+        return ShapePolicy(
+            batch_size=batch_size or DEFAULT_MAX_BATCH_SIZE[kind],
+            max_batch_tokens=max_batch_tokens or DEFAULT_BATCH_TOKENS[kind],
+            max_length=self.max_length,
+            fixed_shapes=self.options.fixed_shapes if self.options.fixed_shapes is not None else kind == "cuda",
+        )
+
+    def stream(self, texts: Sequence[str], policy: ShapePolicy) -> BatchStream:
+        tok = self.tokenizer
+        store = TokenStore(
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+            pad_type_id=getattr(tok, "pad_token_type_id", 0),
+            left_padding=tok.padding_side == "left",
+        )
+        if self.staging is None:
+            capacity = min(policy.max_batch_tokens, policy.batch_size * policy.max_length)
+            self.staging = Staging(self.device, SLOTS, capacity, policy.batch_size, self.typed)
+        return BatchStream(texts, self.chunk_tokenizer, self.threads, BatchPlanner(policy), store, self.staging)
+
+    def encode(self, request: EncodeRequest) -> torch.Tensor | list[torch.Tensor]:
+        """[N, dim] sentence embeddings on the device, or N [n_tokens, H] token embeddings."""
+        with self._lock, tqdm(total=len(request.texts), desc="Encoding", unit="sentence",
+                              disable=not request.progress) as bar:
+            stream = self.stream(request.texts, self.policy(request.batch_size, request.max_batch_tokens))
+            if request.token_embeddings:
+                return self._token_embeddings(stream, len(request.texts), bar)
+            out = torch.empty((len(request.texts), request.dim), device=self.device,
+                              dtype=request.out_dtype or self.dtype)
+            for staged in stream:
+                try:
+                    self.staging.ready(staged)
+                    n = len(staged.plan.positions)
+                    x = self.runner(staged.features, request.skip_tokens)[:n]
+                    x = self.head.finish(x, request.dim, request.normalize)
+                    out.index_copy_(0, staged.positions, x.to(out.dtype))
+                finally:
+                    self.staging.release(staged)
+                bar.update(n)
+            return out
+
+    def _token_embeddings(self, stream: BatchStream, n_texts: int, bar: Any) -> list[torch.Tensor]:
+        tokens: list[Any] = [None] * n_texts
+        left = self.tokenizer.padding_side == "left"
+        for staged in stream:
+            try:
+                self.staging.ready(staged)
+                with self.options.attention():
+                    hidden = self.backbone(staged.features)
+            finally:
+                self.staging.release(staged)
+            width = staged.plan.width
+            for pos, row, n in zip(staged.plan.positions.tolist(), hidden, staged.plan.lengths.tolist()):
+                tokens[pos] = row[width - n :] if left else row[:n]
+            bar.update(len(staged.plan.positions))
+        return tokens
