@@ -20,7 +20,9 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 import sentfuse  # noqa: E402
+from sentfuse import cli  # noqa: E402
 from sentfuse import distributed  # noqa: E402
+from sentfuse.distributed.cli import split_ray_argv  # noqa: E402
 from sentfuse.distributed.shards import read_embeddings  # noqa: E402
 
 MODEL = "bert-mean-noprompt-dense"  # not normalized: exercises the cosine norms in search and pairs
@@ -150,7 +152,7 @@ distributed.encode_dataset(sys.argv[2], sys.argv[3], Slow(sys.argv[4]), num_work
 """
 
 
-def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, questions):
+def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, questions, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(6):
@@ -183,14 +185,27 @@ def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, 
     got = _concat(out, _manifest(out))
     np.testing.assert_allclose(got, sentfuse.Encoder(model).encode(questions[:300]), atol=1e-4)
 
+    # The CLI's hook reaches the same run: everything is complete now, so nothing is recomputed.
+    assert cli.main(["encode", "--ray", str(folder / "*.parquet"), "-o", str(out), "--model", model]) == 0
+    assert "encoded 0 shards, 6 already complete; 300 rows" in capsys.readouterr().err
+
+
+def test_cli_ray_address_or_input():
+    assert split_ray_argv(["encode", "--ray", "data/*.parquet", "-o", "out"]) == [
+        "encode", "--ray=local", "data/*.parquet", "-o", "out"]
+    for address in ("auto", "10.0.0.1:6379", "ray://head:10001", "[::1]:6379"):
+        assert split_ray_argv(["encode", "--ray", address, "x.jsonl"]) == ["encode", f"--ray={address}", "x.jsonl"]
+    assert split_ray_argv(["encode", "x.txt", "-o", "o", "--ray"]) == ["encode", "x.txt", "-o", "o", "--ray=local"]
+
 
 def test_search_equals_single_machine(encoded):
     out, _, _ = encoded
     corpus = torch.from_numpy(_concat(out, _manifest(out)))
     queries = corpus[::37] + 0.01 * torch.randn(len(corpus[::37]), corpus.shape[1], generator=torch.Generator().manual_seed(0))
-    for k, kwargs in ((5, {}), (450, {}), (3, {"exclude_self": True})):
+    # Each call starts its own actors: two calls cover k above a shard's size and exclude_self.
+    for k, kwargs, workers in ((450, {}, 2), (3, {"exclude_self": True}, 1)):
         q = corpus[:20] if kwargs else queries
-        scores, indices = distributed.search(q, out, k, num_workers=2, **kwargs)
+        scores, indices = distributed.search(q, out, k, num_workers=workers, **kwargs)
         want_scores, want_indices = sentfuse.search_topk(q, corpus, k, **kwargs)
         # Per-shard GEMMs may round a score differently in the last bit; hits match up to such ties.
         torch.testing.assert_close(scores, want_scores, atol=1e-6, rtol=0)
