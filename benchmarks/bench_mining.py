@@ -8,9 +8,11 @@ returning freed memory to the OS), and sentence-transformers' time over sentfuse
 (the plain kernel) and prefix_bound.self_pairs (the same pairs, with the prefix-bound first pass where its
 cost model expects a saving; the check column says which pass it chose) are compared with a chunked
 torch.mm + mask baseline. sentence-transformers is skipped where its estimated time exceeds
---st-limit seconds.
+--st-limit seconds, and both it and the baseline above --other-max rows. On a GPU (--device cuda) the rows
+live on the device, times include a synchronize and memory is the allocator's peak.
 
     python benchmarks/bench_mining.py [--sizes 20000 100000] [--data planted squad] [--json out.json]
+    python benchmarks/bench_mining.py --device cuda --sizes 100000 1000000 --data planted --other-max 100000
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from bench_topk import gemm_gflops
-from peak_memory import PeakRss
+from peak_memory import peak_memory
 from sentfuse import _ops
 from sentfuse.search import community_detection, paraphrase_mining_embeddings, prefix_bound
 
@@ -49,10 +51,10 @@ def planted(rows: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(x[torch.randperm(rows, generator=g)], dim=1).contiguous()
 
 
-def squad(rows: int, cache: Path) -> torch.Tensor:
-    """Unit embeddings of the first `rows` SQuAD questions (all of them if fewer), cached as .npy."""
-    texts = QUESTIONS.read_text(encoding="utf-8").splitlines()[:rows]
-    path = cache / f"squad-{len(texts)}.npy"
+def squad(rows: int, cache: Path, questions: Path = QUESTIONS) -> torch.Tensor:
+    """Unit embeddings of the first `rows` questions of the file (all of them if fewer), cached as .npy."""
+    texts = questions.read_text(encoding="utf-8").splitlines()[:rows]
+    path = cache / f"{questions.stem}-{len(texts)}.npy"
     if not path.exists():
         from sentfuse import Encoder
 
@@ -64,11 +66,13 @@ def squad(rows: int, cache: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(path))
 
 
-def measured(fn) -> tuple[float, float, object]:
-    """(seconds, peak extra MB, result) of one call."""
-    with PeakRss() as mem:
+def measured(fn, device: str = "cpu") -> tuple[float, float, object]:
+    """(seconds, peak extra MB, result) of one call, its device work included."""
+    with peak_memory(device) as mem:
         start = time.perf_counter()
         result = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     return seconds, mem.extra_mb, result
 
@@ -125,14 +129,21 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.75, help="community detection / pairs threshold")
     parser.add_argument("--min-size", type=int, default=10, help="min_community_size")
     parser.add_argument("--st-limit", type=float, default=180.0, help="skip ST calls estimated to take longer (s)")
+    parser.add_argument("--other-max", type=int, default=None,
+                        help="run sentence-transformers and the mm+mask baseline only up to this many rows")
+    parser.add_argument("--device", default="cpu", help="where the embeddings live: cpu or cuda")
+    parser.add_argument("--questions", type=Path, default=QUESTIONS,
+                        help="questions file for --data squad, one per line (e.g. the full SQuAD set)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sentfuse-bench"), help="folder for SQuAD embeddings")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
     from sentence_transformers import util
 
-    gflops = gemm_gflops("cpu")
-    print(f"device: {platform.processor() or 'cpu'}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    device = args.device
+    device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+    gflops = gemm_gflops(device)
+    print(f"device: {device_name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"measured fp32 GEMM throughput: {gflops:.1f} GFLOP/s")
     print(f"community detection: threshold {args.threshold}, min_community_size {args.min_size}; "
           "paraphrase mining: ST defaults (top_k 100, max_pairs 500000)\n")
@@ -141,12 +152,17 @@ def main() -> None:
     print(header)
     print("-" * len(header))
 
-    community_detection(planted(2000), args.threshold, args.min_size)  # warm-up: thread pools, allocator
+    # Warm-up: thread pools, allocator, and on a GPU the fused pair scan and the top-k kernels.
+    warm = planted(20_000 if device.startswith("cuda") else 2000).to(device)
+    community_detection(warm, args.threshold, args.min_size)
+    paraphrase_mining_embeddings(warm)
     results = []
     for data in args.data:
         for size in args.sizes:
-            x = planted(size) if data == "planted" else squad(size, args.cache)
+            x = planted(size) if data == "planted" else squad(size, args.cache, args.questions)
+            x = x.to(device)
             n = len(x)
+            run_other = args.other_max is None or n <= args.other_max
             # ST computes the full n x n scores with torch.mm, then topk / Python work on top of them.
             st_estimate = 3 * 2 * n * n * DIM / (gflops * 1e9)
             cases = [
@@ -162,15 +178,18 @@ def main() -> None:
                  lambda ours, theirs: f"{agree_threshold_pairs(ours, theirs)}; {prune_choice(x, args.threshold)}"),
             ]
             for name, ours_fn, other_name, other_fn, check in cases:
-                ours_s, ours_mb, ours = measured(ours_fn)
+                ours_s, ours_mb, ours = measured(ours_fn, device)
                 row = dict(data=data, n=n, operation=name, sentfuse_s=ours_s, sentfuse_extra_mb=ours_mb,
                            other=other_name)
                 line = f"{data:>7} {n:>7} {name:<22} | {ours_s:10.2f} {ours_mb:6.0f} | {other_name:<10} "
-                if other_name == "ST" and st_estimate > args.st_limit:
+                if not run_other:
+                    row["other_skipped"] = f"{n} rows > --other-max {args.other_max}"
+                    line += f"{'skipped':>8} {'-':>6} | {'-':>5} | over --other-max"
+                elif other_name == "ST" and st_estimate > args.st_limit:
                     row["other_skipped"] = f"estimated {st_estimate:.0f} s > --st-limit {args.st_limit:.0f} s"
                     line += f"{'skipped':>8} {'-':>6} | {'-':>5} | ST estimated {st_estimate:.0f} s, over --st-limit"
                 else:
-                    other_s, other_mb, other = measured(other_fn)
+                    other_s, other_mb, other = measured(other_fn, device)
                     verdict = check(ours, other)
                     row.update(other_s=other_s, other_extra_mb=other_mb, speedup=other_s / ours_s, check=verdict)
                     line += f"{other_s:8.2f} {other_mb:6.0f} | {other_s / ours_s:5.2f} | {verdict}"
@@ -180,7 +199,7 @@ def main() -> None:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=platform.processor() or "cpu", torch=torch.__version__, threads=torch.get_num_threads(),
+            json.dump(dict(device=device_name, torch=torch.__version__, threads=torch.get_num_threads(),
                            gemm_gflops=gflops, threshold=args.threshold, min_size=args.min_size, results=results), f,
                       indent=2)
         print(f"\nwrote {args.json}")

@@ -4,7 +4,11 @@ Baselines: sentence-transformers' own Pooling + Normalize modules (what users ru
 sentfuse.reference (the plain-PyTorch oracle). Effective GB/s counts only the bytes of valid tokens,
 the least any implementation must read; the ceiling is this machine's measured read bandwidth.
 
-    python benchmarks/bench_pooling.py [--device cuda] [--json out.json]
+    python benchmarks/bench_pooling.py [--device cuda] [--json out.json] [--shapes small]
+
+The issue-12 goal rows ([256, 512, 1024] bf16 and [128, 512, 768] fp32) are marked and judged against
+80% of the measured ceiling in a summary line. On CUDA the timer synchronizes once per block of calls, so
+launch latency is amortized as it is in a real encode loop.
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ from torch.utils import benchmark
 
 from sentfuse import _ops, reference
 
-SHAPES = [(128, 128, 384), (128, 512, 768), (32, 256, 1024)]
+SHAPES = {
+    "small": [(128, 128, 384), (32, 256, 1024)],
+    "all": [(128, 128, 384), (32, 256, 1024), (128, 512, 768), (256, 512, 1024)],
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# (shape, dtype) -> the fraction of the measured ceiling issue 12 asks for.
+GOALS = {((256, 512, 1024), "bf16"): 0.8, ((128, 512, 768), "fp32"): 0.8}
 
 
 def median_ms(fn, min_run_time: float) -> float:
+    """Median ms per call; torch's Timer synchronizes CUDA around each block of calls, not each call."""
     fn()
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
 
@@ -63,13 +73,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="all")
     args = parser.parse_args()
     device = args.device
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
     ceiling = read_bandwidth_gbs(device)
     st_pool = sentence_transformers_pool()
-    print(f"device: {device_name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    cpu_flags = torch.backends.cpu.get_cpu_capability()
+    print(f"device: {device_name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"cpu capability {cpu_flags}")
     print(f"measured read bandwidth (ceiling): {ceiling:.1f} GB/s\n")
 
     header = (f"{'shape':>16} {'dtype':>5} {'fused ms':>9} {'GB/s':>7} {'%ceil':>6} {'ST ms':>8} {'x ST':>6} "
@@ -78,37 +90,37 @@ def main() -> None:
     print("-" * len(header))
     rows = []
     g = torch.Generator().manual_seed(0)
-    for shape in SHAPES:
+    for shape in SHAPES[args.shapes]:
         for dtype_name, dtype in DTYPES.items():
             hidden, mask, valid_tokens = random_batch(*shape, dtype, device, g)
-
-            def fused():
-                _ops.masked_pool(hidden, mask, "mean", True)
-                sync()
-
-            def ref():
-                reference.masked_pool(hidden, mask, "mean", True)
-                sync()
-
-            fused_ms = median_ms(fused, args.min_run_time)
-            ref_ms = median_ms(ref, args.min_run_time)
+            fused_ms = median_ms(lambda: _ops.masked_pool(hidden, mask, "mean", True), args.min_run_time)
+            ref_ms = median_ms(lambda: reference.masked_pool(hidden, mask, "mean", True), args.min_run_time)
             st_ms = None
             if st_pool is not None:
-                st_ms = median_ms(lambda: (st_pool(hidden, mask), sync()), args.min_run_time)
+                st_ms = median_ms(lambda: st_pool(hidden, mask), args.min_run_time)
             valid_bytes = valid_tokens * shape[2] * hidden.element_size()
             gbs = valid_bytes / fused_ms / 1e6
             row = dict(shape=list(shape), dtype=dtype_name, valid_tokens=valid_tokens, fused_ms=fused_ms,
                        fused_gbs=gbs, fraction_of_ceiling=gbs / ceiling, reference_ms=ref_ms,
                        speedup_vs_reference=ref_ms / fused_ms, sentence_transformers_ms=st_ms,
-                       speedup_vs_sentence_transformers=None if st_ms is None else st_ms / fused_ms)
+                       speedup_vs_sentence_transformers=None if st_ms is None else st_ms / fused_ms,
+                       goal_fraction=GOALS.get((shape, dtype_name)))
             rows.append(row)
             st_cols = f"{st_ms:8.2f} {st_ms / fused_ms:5.1f}x" if st_ms is not None else f"{'n/a':>8} {'':>6}"
             print(f"{'x'.join(map(str, shape)):>16} {dtype_name:>5} {fused_ms:9.3f} {gbs:7.1f} "
-                  f"{100 * gbs / ceiling:5.0f}% {st_cols} {ref_ms:8.2f} {ref_ms / fused_ms:5.1f}x")
+                  f"{100 * gbs / ceiling:5.0f}% {st_cols} {ref_ms:8.2f} {ref_ms / fused_ms:5.1f}x"
+                  f"{'  (goal row)' if row['goal_fraction'] else ''}")
+            del hidden, mask
+
+    for row in rows:
+        if row["goal_fraction"]:
+            met = row["fraction_of_ceiling"] >= row["goal_fraction"]
+            print(f"goal {'x'.join(map(str, row['shape']))} {row['dtype']}: {100 * row['fraction_of_ceiling']:.0f}% "
+                  f"of the measured ceiling (goal {100 * row['goal_fraction']:.0f}%): {'MET' if met else 'NOT MET'}")
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=device, device_name=device_name, torch=torch.__version__,
+            json.dump(dict(device=device, device_name=device_name, torch=torch.__version__, cpu_capability=cpu_flags,
                            threads=torch.get_num_threads(), ceiling_gbs=ceiling, results=rows), f, indent=2)
         print(f"\nwrote {args.json}")
 

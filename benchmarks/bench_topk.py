@@ -2,12 +2,15 @@
 
 Normalized random 384-d embeddings, so every method scores with a plain dot product (for unit
 vectors it is the cosine; sentence-transformers gets util.dot_score) and returns the exact top-k. Reported per method:
-median milliseconds, peak extra memory during the call (on CPU resident memory sampled every
-millisecond after returning freed memory to the OS; on CUDA the allocator's peak), and sentfuse's
-speedup over it. The GEMM column is the
-fraction of this machine's measured fp32 matrix-multiply throughput that sentfuse reached.
+median milliseconds (CUDA-event medians on a GPU), peak extra memory during the call (on CPU resident memory
+sampled every millisecond after returning freed memory to the OS; on CUDA the allocator's peak), and sentfuse's
+speedup over it. GEMM% is the fraction of this machine's measured dense matrix-multiply rate (fp32 on CPU; on a
+GPU the 16-bit tensor-core rate, which sentfuse's scan uses for every input dtype) that the M x N x D product
+reached inside sentfuse; the `gemm` column times `queries @ corpus.T` alone in the input dtype, with its own
+share of the dense rate of that dtype.
 
     python benchmarks/bench_topk.py [--corpus 100000 1000000] [--device cuda] [--json out.json]
+    python benchmarks/bench_topk.py --device cuda --gpu-table    # issue 13's table, about a minute on an H100
 """
 
 from __future__ import annotations
@@ -47,53 +50,91 @@ from sentfuse.search.similarity import dot_score  # noqa: E402
 DIM = 384
 
 
-def timed(fn, repeats: int, device: str) -> tuple[float, float, object]:
-    """(median ms, peak extra MB over all runs, last result); one warm-up run first."""
+def timed(fn, repeats: int, device: str) -> tuple[float, float, object] | None:
+    """(median ms, peak extra MB over all runs, last result); one warm-up run first. On CUDA the times are
+    CUDA-event intervals; None when the device runs out of memory."""
     on_cuda = device.startswith("cuda")
-    result = fn()
-    times, extra = [], 0.0
-    for _ in range(repeats):
-        with peak_memory(device) as mem:
-            start = time.perf_counter()
-            result = fn()
-            if on_cuda:
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-        extra = max(extra, mem.extra_mb)
+    try:
+        result = fn()
+        times, extra = [], 0.0
+        for _ in range(repeats):
+            with peak_memory(device) as mem:
+                if on_cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    result = fn()
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+                else:
+                    begin = time.perf_counter()
+                    result = fn()
+                    times.append((time.perf_counter() - begin) * 1e3)
+            extra = max(extra, mem.extra_mb)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
     return float(np.median(times)), extra, result
 
 
-def gemm_gflops(device: str) -> float:
-    """Measured fp32 matrix-multiply throughput of this machine (all threads)."""
-    a = torch.randn(2048, DIM, device=device)
-    b = torch.randn(16384, DIM, device=device)
-    a @ b.T
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
-    start, runs = time.perf_counter(), 5
-    for _ in range(runs):
-        a @ b.T
-    sync()
-    return 2 * 2048 * 16384 * DIM * runs / (time.perf_counter() - start) / 1e9
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def gemm_gflops(device: str, dtype: torch.dtype = torch.float32) -> float:
+    """Measured dense matrix-multiply rate of this machine in `dtype` (all threads; TF32 stays off)."""
+    on_cuda = device.startswith("cuda")
+    size = (8192, 8192, 8192) if on_cuda and dtype != torch.float32 else (2048, 16384, DIM)
+    if on_cuda and dtype == torch.float32:
+        size = (4096, 4096, 4096)
+    a = torch.randn(size[0], size[2], device=device).to(dtype)
+    b = torch.randn(size[1], size[2], device=device).to(dtype)
+    ms = timed(lambda: a @ b.T, 5, device)[0]
+    return 2 * size[0] * size[1] * size[2] / (ms * 1e-3) / 1e9
 
 
 def unit_rows(rows: int, seed: int, device: str) -> torch.Tensor:
-    x = torch.randn(rows, DIM, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.normalize(x, dim=1).to(device)
+    x = torch.randn(rows, DIM, generator=torch.Generator(device).manual_seed(seed), device=device)
+    return torch.nn.functional.normalize(x, dim=1)
 
 
-def main() -> None:
+# The scores every method must agree on, per input dtype (torch's 16-bit GEMM rounds its output).
+AGREE = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 16, 1000])
     parser.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp32"], help="input dtypes")
+    parser.add_argument("--big-k", type=int, nargs="*", default=[],
+                        help="extra k values timed once, at the largest corpus and query count under 10,000")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (1 for cells over 5 s)")
-    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: st, torch, faiss")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: st, torch, gemm, faiss")
     parser.add_argument("--bf16-rescore", action="store_true", help="also time sentfuse's bf16-rescored path")
+    parser.add_argument("--gpu-table", action="store_true",
+                        help="issue 13's table: 1M corpus; 1, 1,000, 10,000 queries; k 10, 100 (and 4,096 once, "
+                             "fp16); fp32, bf16, fp16; sentence-transformers only at 1,000 queries")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.gpu_table:
+        args.corpus, args.queries, args.k = [1_000_000], [1, 1000, 10_000], [10, 100]
+        args.dtypes, args.big_k = ["fp32", "bf16", "fp16"], [4096]
+    return args
 
+
+def cases(args) -> list[tuple[int, int, int, list[str]]]:
+    """(corpus, queries, k, dtypes) in table order; the --big-k rows last, once each, in the last dtype."""
+    out = [(n, m, k, args.dtypes) for n in args.corpus for m in args.queries for k in args.k]
+    if args.big_k:
+        m_big = max([m for m in args.queries if m < 10_000] or [min(args.queries)])
+        out += [(max(args.corpus), m_big, k, args.dtypes[-1:]) for k in args.big_k]
+    return out
+
+
+def main() -> None:
+    args = parse_args()
     from sentence_transformers import util
 
     faiss = None
@@ -111,71 +152,95 @@ def main() -> None:
         pass
 
     device = args.device
-    device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
-    peak = gemm_gflops(device)
+    on_cuda = device.startswith("cuda")
+    device_name = torch.cuda.get_device_name(device) if on_cuda else platform.processor() or "cpu"
+    peaks = {name: gemm_gflops(device, DTYPES[name]) for name in (["fp32", "fp16", "bf16"] if on_cuda else ["fp32"])}
+    # sentfuse's GPU scan multiplies 16-bit tiles whatever the input dtype.
+    ours_peak = peaks["fp16"] if on_cuda else peaks["fp32"]
     print(f"device: {device_name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"BLAS threadpools: {blas or 'unknown'} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
-    print(f"measured fp32 GEMM throughput: {peak:.1f} GFLOP/s\n")
-    header = (f"{'N':>9} {'M':>5} {'k':>4} | {'sentfuse ms':>11} {'MB':>6} {'GEMM%':>5} | {'ST ms':>9} {'MB':>6} "
-              f"{'x':>5} | {'topk ms':>9} {'MB':>6} {'x':>5} | {'faiss ms':>9} {'MB':>6} {'x':>5}")
+    print("measured dense GEMM rate: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + "\n")
+    header = (f"{'N':>9} {'M':>5} {'k':>4} {'dtype':>5} | {'sentfuse ms':>11} {'MB':>6} {'GEMM%':>5} | {'ST ms':>9} "
+              f"{'MB':>6} {'x':>5} | {'topk ms':>9} {'MB':>6} {'x':>5} | {'gemm ms':>9} {'%rate':>5} {'x':>5} | "
+              f"{'faiss ms':>9} {'MB':>6} {'x':>5}")
     print(header)
     print("-" * len(header))
 
     rows = []
-    for n in args.corpus:
-        corpus = unit_rows(n, 0, device)
-        corpus_np = corpus.cpu().numpy()
-        index = None
-        if faiss is not None:
-            index = faiss.IndexFlatIP(DIM)
-            index.add(corpus_np)
-        for m in args.queries:
-            queries = unit_rows(m, 1, device)
-            for k in args.k:
-                flops = 2.0 * m * n * DIM
-                repeats = args.repeats if flops < 2e11 else 1
-                ours_ms, ours_mb, (ours_s, ours_i) = timed(
-                    lambda: search_topk(queries, corpus, k, score_function=dot_score), repeats, device)
-                cells = {}
-                if args.bf16_rescore:
-                    cells["bf16"] = timed(lambda: search_topk(queries, corpus, k, score_function=dot_score,
-                                                              bf16_rescore=True), repeats, device)
-                    # Same answer: equal scores (indices may swap only among near-ties).
-                    torch.testing.assert_close(cells["bf16"][2][0], ours_s, atol=1e-5, rtol=0)
-                if "st" not in args.skip:
-                    cells["st"] = timed(
-                        lambda: util.semantic_search(queries, corpus, top_k=k, score_function=util.dot_score), repeats,
-                        device)
-                if "torch" not in args.skip:
-                    cells["torch"] = timed(lambda: torch.topk(queries @ corpus.T, k, dim=1), repeats, device)
-                if index is not None:
-                    q_np = queries.cpu().numpy()
-                    cells["faiss"] = timed(lambda: index.search(q_np, k), repeats, device)
-                # Every method must agree with sentfuse on the scores (indices may differ on ties).
-                if "torch" in cells:
-                    torch.testing.assert_close(ours_s, cells["torch"][2].values.float(), atol=1e-4, rtol=0)
-                row = dict(corpus=n, queries=m, k=k, sentfuse_ms=ours_ms, sentfuse_extra_mb=ours_mb,
-                           gemm_fraction=flops / (ours_ms * 1e6) / peak)
-                line = f"{n:>9} {m:>5} {k:>4} | {ours_ms:11.1f} {ours_mb:6.0f} {100 * row['gemm_fraction']:5.0f} |"
-                if "bf16" in cells:
-                    row.update(bf16_rescore_ms=cells["bf16"][0], bf16_rescore_extra_mb=cells["bf16"][1])
-                    line += f" bf16 {cells['bf16'][0]:9.1f} {cells['bf16'][1]:6.0f} |"
-                for name in ("st", "torch", "faiss"):
-                    if name in cells:
-                        ms, mb, _ = cells[name]
-                        row.update({f"{name}_ms": ms, f"{name}_extra_mb": mb, f"speedup_vs_{name}": ms / ours_ms})
-                        line += f" {ms:9.1f} {mb:6.0f} {ms / ours_ms:5.2f} |"
-                    else:
-                        line += f" {'-':>9} {'-':>6} {'-':>5} |"
-                print(line.rstrip("|"), flush=True)
-                rows.append(row)
-        del corpus, corpus_np, index
+    base_corpus, index = None, None
+    for n, m, k, dtypes in cases(args):
+        if base_corpus is None or base_corpus.shape[0] != n:
+            base_corpus, index = None, None  # one corpus in memory at a time
+            base_corpus = unit_rows(n, 0, device)
+            if faiss is not None:
+                index = faiss.IndexFlatIP(DIM)
+                index.add(base_corpus.cpu().numpy())
+        for dtype_name in dtypes:
+            dtype = DTYPES[dtype_name]
+            corpus = base_corpus.to(dtype)
+            queries = unit_rows(m, 1, device).to(dtype)
+            row = run_case(args, util, index, queries, corpus, k, device, dtype_name, ours_peak, peaks)
+            rows.append(row)
+            del corpus, queries
+            if on_cuda:
+                torch.cuda.empty_cache()
 
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device, device_name=device_name, torch=torch.__version__, blas=blas,
-                           threads=torch.get_num_threads(), gemm_gflops=peak, results=rows), f, indent=2)
+                           threads=torch.get_num_threads(), gemm_gflops=peaks, results=rows), f, indent=2)
         print(f"\nwrote {args.json}")
+
+
+def run_case(args, util, index, queries, corpus, k, device, dtype_name, ours_peak, peaks) -> dict:
+    """Times every method on one (queries, corpus, k), prints the table line and returns its JSON row."""
+    m, n = queries.shape[0], corpus.shape[0]
+    flops = 2.0 * m * n * DIM
+    # Long cells (CPU, or the k > 1024 sort path) are timed once after the warm-up.
+    repeats = args.repeats if (flops < 2e11 or device.startswith("cuda")) and k <= 1024 else 1
+    ours_ms, ours_mb, (ours_s, ours_i) = timed(
+        lambda: search_topk(queries, corpus, k, score_function=dot_score), repeats, device)
+    cells = {}
+    if args.bf16_rescore:
+        cells["bf16"] = timed(lambda: search_topk(queries, corpus, k, score_function=dot_score, bf16_rescore=True),
+                              repeats, device)
+        # Same answer: equal scores (indices may swap only among near-ties).
+        torch.testing.assert_close(cells["bf16"][2][0], ours_s, atol=1e-5, rtol=0)
+    # sentence-transformers' semantic_search walks 100,000-row corpus chunks in Python: only at moderate sizes.
+    if "st" not in args.skip and (not args.gpu_table or m == 1000) and k <= 1000:
+        cells["st"] = timed(lambda: util.semantic_search(queries, corpus, top_k=k, score_function=util.dot_score),
+                            repeats, device)
+    if "torch" not in args.skip:
+        cells["torch"] = timed(lambda: torch.topk(queries @ corpus.T, k, dim=1), repeats, device)
+    if "gemm" not in args.skip and device.startswith("cuda"):
+        cells["gemm"] = timed(lambda: queries @ corpus.T, repeats, device)
+    if index is not None and dtype_name == "fp32":
+        q_np = queries.cpu().numpy()
+        cells["faiss"] = timed(lambda: index.search(q_np, k), repeats, device)
+    # Every method must agree with sentfuse on the scores (indices may differ on ties).
+    if cells.get("torch") is not None:
+        tol = AGREE[queries.dtype]
+        torch.testing.assert_close(ours_s, cells["torch"][2].values.float(), atol=tol, rtol=0)
+    row = dict(corpus=n, queries=m, k=k, dtype=dtype_name, sentfuse_ms=ours_ms, sentfuse_extra_mb=ours_mb,
+               gemm_fraction=flops / (ours_ms * 1e6) / ours_peak)
+    line = f"{n:>9} {m:>5} {k:>4} {dtype_name:>5} | {ours_ms:11.2f} {ours_mb:6.0f} {100 * row['gemm_fraction']:5.0f} |"
+    if "bf16" in cells:
+        row.update(bf16_rescore_ms=cells["bf16"][0], bf16_rescore_extra_mb=cells["bf16"][1])
+        line += f" bf16 {cells['bf16'][0]:9.2f} {cells['bf16'][1]:6.0f} |"
+    for name in ("st", "torch", "gemm", "faiss"):
+        cell = cells.get(name)
+        if cell is None:
+            line += f" {('OOM' if name in cells else '-'):>9} {'-':>6} {'-':>5} |"
+            continue
+        ms, mb, _ = cell
+        row.update({f"{name}_ms": ms, f"{name}_extra_mb": mb, f"speedup_vs_{name}": ms / ours_ms})
+        if name == "gemm":
+            row["gemm_alone_fraction"] = flops / (ms * 1e6) / peaks[dtype_name]
+            line += f" {ms:9.2f} {100 * row['gemm_alone_fraction']:5.0f} {ms / ours_ms:5.2f} |"
+        else:
+            line += f" {ms:9.2f} {mb:6.0f} {ms / ours_ms:5.2f} |"
+    print(line.rstrip("|"), flush=True)
+    return row
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ TORCH_LIBRARY(sentfuse, m) {
   // a [N, D], b [M, D] or None (a against itself), rows / cols [P] int64 -> scores [P] fp32: the score of
   // each listed pair (a[rows[p]], b[cols[p]]), as threshold_pairs defines it. Rescores candidate pairs.
   m.def("pair_scores(Tensor a, Tensor? b, Tensor rows, Tensor cols, *, str metric=\"cosine\") -> Tensor");
+  // hidden [B, L, H] (or packed [T, H] with cu_seqlens [B + 1]), weight [V, H], bias [V] -> [B, V] fp32: the
+  // vocabulary logits of each valid token, activated (relu / log1p_relu) and pooled (max / sum) tile by tile.
+  m.def("splade_pool(Tensor hidden, Tensor attention_mask, Tensor weight, Tensor? bias, str activation=\"relu\", "
+        "str pooling=\"max\") -> Tensor");
+  m.def("splade_pool_varlen(Tensor hidden, Tensor cu_seqlens, Tensor weight, Tensor? bias, str activation=\"relu\", "
+        "str pooling=\"max\") -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

@@ -156,6 +156,95 @@ def test_usage_errors(capsys, argv):
     assert "usage: sentfuse" in capsys.readouterr().err
 
 
+def test_encode_keeps_bare_carriage_returns_in_their_line(tmp_path, capsys, model):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"one\rstill line one\r\nline two\n\nline four")
+    out = tmp_path / "emb.npy"
+    assert run(capsys, "encode", src, "-o", out, "--model", model, "--no-progress")[0] == 0
+    expected = Encoder(model, device="cpu").encode(["one\rstill line one", "line two", "", "line four"])
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("output, message", [
+    ("{tmp}/in.txt/x.npy", "-o {tmp}/in.txt/x.npy: {tmp}/in.txt is a file, so no folder can be made there"),
+    ("{tmp}/in.txt/deeper/x.npy", "{tmp}/in.txt is a file"),
+    ("{tmp}", "-o {tmp} is a folder; name a file in it"),
+    ("{tmp}/folder.npy", "-o {tmp}/folder.npy is a folder"),
+    ("{tmp}/out.txt", "-o {tmp}/out.txt must end in .npy"),
+])
+def test_output_is_checked_before_the_model_loads(tmp_path, capsys, output, message):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    (tmp_path / "folder.npy").mkdir()
+    # A model that does not exist: the output error must come first, before any work.
+    code, _, err = run(capsys, "encode", src, "-o", output.format(tmp=tmp_path), "--model", tmp_path / "no-model")
+    assert code == 1 and message.format(tmp=tmp_path) in err
+    assert "Errno" not in err
+
+
+def test_existing_output_is_replaced_and_said_so(tmp_path, capsys, model):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    out = tmp_path / "emb.npy"
+    _, _, err = run(capsys, "encode", src, "-o", out, "--model", model, "--no-progress")
+    assert "replaced" not in err and "record in emb.npy.json" in err
+    record = json.loads((tmp_path / "emb.npy.json").read_text())
+    assert record["items"] == 2 and record["source"] == str(src) and record["precision"] == "float32"
+    src.write_text("a\nb\nc\n")
+    code, _, err = run(capsys, "encode", src, "-o", out, "--model", model, "--no-progress")
+    assert code == 0 and "(replaced the previous file)" in err and np.load(out).shape[0] == 3
+    assert json.loads((tmp_path / "emb.npy.json").read_text())["items"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "emb.npy.json", "in.txt"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf"])
+def test_encode_empty_input_is_an_error_naming_the_file(tmp_path, capsys, model, content):
+    src = tmp_path / "empty.txt"
+    src.write_bytes(content)
+    out = tmp_path / "emb.npy"
+    code, _, err = run(capsys, "encode", src, "-o", out, "--model", model)
+    assert code == 1 and f"sentfuse encode: error: {src} " in err and not out.exists()
+    assert "Encoding" not in err  # no empty progress bar
+
+
+@pytest.mark.parametrize("name, limit", [("bert-mean-normalize", 128), ("roberta-cls-dense", 128)])
+def test_max_seq_length_above_the_position_table(tmp_path, capsys, tiny_model_root, name, limit):
+    """BERT: 128 positions; RoBERTa: 130 positions numbered after padding index 1, so 128 tokens too."""
+    model = tiny_model_root / name
+    src = tmp_path / "in.txt"
+    src.write_text(" ".join(["the cat sat on the mat"] * 60) + "\nshort\n")  # far more than 128 tokens
+    out = tmp_path / "emb.npy"
+    code, _, err = run(capsys, "encode", src, "-o", out, "--model", model, "--max-seq-length", limit, "--no-progress")
+    assert code == 0, err
+    code, _, err = run(capsys, "encode", src, "-o", out, "--model", model, "--max-seq-length", limit + 1)
+    assert code == 1 and f"--max-seq-length {limit + 1} is more than this model takes: {limit} tokens" in err
+
+
+def test_unknown_prompt_name(tmp_path, capsys, model):
+    src = tmp_path / "in.txt"
+    src.write_text("a\n")
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "e.npy", "--model", model, "--prompt-name", "nope")
+    assert code == 1 and "--prompt-name 'nope' is not one of this model's prompts: query, document" in err
+
+
+@pytest.mark.parametrize("command", ["encode", "search", "mine", "cluster"])
+def test_errors_name_only_options_the_command_has(tmp_path, capsys, model, command):
+    import re
+
+    from sentfuse.cli import build_parser
+
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    argv = {"encode": [src, "-o", tmp_path / "e.npy"], "search": ["--corpus", src, "q"]}.get(command, [src])
+    code, _, err = run(capsys, command, *argv, "--field", "body", "--model", model)
+    assert code == 1 and "--field applies to JSON lines input only" in err
+    parser = build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    options = {o for action in subparser._actions for o in action.option_strings}
+    named = set(re.findall(r"--[a-z][a-z-]*", err))
+    assert named and named <= options, named - options
+
+
 # search: moved from test_search.py (the CLI's tests live here)
 
 SEARCH_CORPUS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A kitten is sleeping on a rug.",
@@ -179,4 +268,4 @@ def test_cli_search_table_json_and_cached_embeddings(tiny_model_root, tmp_path, 
     # A cache that does not match the corpus is an error, not silently wrong hits.
     corpus_file.write_text("\n".join(SEARCH_CORPUS[:3]) + "\n")
     assert main(argv + ["cats"]) == 1
-    assert "delete it to re-encode" in capsys.readouterr().err
+    assert "was built from other texts" in capsys.readouterr().err

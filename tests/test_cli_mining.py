@@ -105,10 +105,47 @@ def test_jsonl_input_and_empty_input(tmp_path, capsys, model):
     assert code == 0 and [c["ids"] for c in json.loads(out)] == [[0, 1, 2, 3]]
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n", encoding="utf-8")
     for command in ("mine", "cluster"):
         code, out, err = run(capsys, command, empty, "--model", model, "--json")
-        assert code == 0 and json.loads(out) == []
-        assert ("0 pairs with cosine >= 0.9 among 0 texts" if command == "mine" else "0 of 0 texts clustered") in err
+        assert code == 1 and out == "" and f"sentfuse {command}: error: {empty} is empty" in err
+        code, out, err = run(capsys, command, blank, "--model", model, "--json")
+        assert code == 1 and out == "" and f"{blank} has only blank lines" in err
+        assert "Encoding" not in err
+
+
+@pytest.fixture
+def with_blanks(tmp_path):
+    """TEXTS with blank lines before, among and after them; maps each text's index in TEXTS to its line index."""
+    lines, where = ["", "  "], {}
+    for i, text in enumerate(TEXTS):
+        where[i] = len(lines)
+        lines += [text] + ([""] if i % 3 == 0 else [])
+    path = tmp_path / "blanks.txt"
+    lines += ["", ""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, lines, where
+
+
+def test_mine_skips_blank_lines_and_keeps_line_numbers(capsys, with_blanks, model, embeddings):
+    path, lines, where = with_blanks
+    code, out, err = run(capsys, "mine", path, "--model", model, "--threshold", "0.5", "--json", "--no-progress")
+    assert code == 0
+    expected = [p for p in paraphrase_mining_embeddings(embeddings, top_k=100) if p[0] >= 0.5]
+    pairs = json.loads(out)
+    assert sorted((p["i"], p["j"]) for p in pairs) == sorted((where[i], where[j]) for _, i, j in expected)
+    assert all(p["text_i"] == lines[p["i"]] and p["text_j"] == lines[p["j"]] and p["text_i"].strip() for p in pairs)
+    assert f"among {len(TEXTS)} texts ({len(lines) - len(TEXTS)} blank lines skipped)" in err
+
+
+def test_cluster_skips_blank_lines_and_keeps_line_numbers(capsys, with_blanks, model, embeddings):
+    path, lines, where = with_blanks
+    code, out, _ = run(capsys, "cluster", path, "--model", model, "--threshold", "0.999", "--min-size", 2,
+                       "--json", "--no-progress")
+    assert code == 0
+    expected = community_detection(embeddings, 0.999, 2)
+    assert [c["ids"] for c in json.loads(out)] == [[where[i] for i in c] for c in expected]
 
 
 @pytest.mark.parametrize("command", ["mine", "cluster"])

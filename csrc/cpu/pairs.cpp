@@ -85,6 +85,71 @@ Ranked prune(std::vector<std::vector<Hit>>& buffers, int64_t total, int64_t max_
   return cutoff;
 }
 
+// Appends the hits of one score tile (rows i0..i0+m of a, columns first_col..) to the row blocks' buffers,
+// in parallel over row blocks; against itself only j > i is kept. Returns false on a non-finite score.
+bool scan_tile(const at::Tensor& scores, int64_t i0, int64_t m, int64_t first_col, bool self, float min_score,
+               std::vector<std::vector<Hit>>& buffers, std::atomic<int64_t>& total) {
+  const int64_t cols = scores.size(1);
+  std::atomic<bool> non_finite{false};
+  const float* rows = scores.const_data_ptr<float>();
+  const int64_t row_stride = scores.stride(0);
+  const int64_t first_block = i0 / kRowBlock, last_block = (i0 + m + kRowBlock - 1) / kRowBlock;
+  const int64_t grain = std::max<int64_t>(1, 32768 / (cols * kRowBlock));
+  at::parallel_for(first_block, last_block, grain, [&](int64_t begin, int64_t end) {
+    int64_t added = 0;
+    for (int64_t blk = begin; blk < end; ++blk) {
+      auto& hits = buffers[blk];
+      const size_t before = hits.size();
+      const int64_t r_end = std::min((blk + 1) * kRowBlock, i0 + m);
+      for (int64_t i = std::max(blk * kRowBlock, i0); i < r_end; ++i) {
+        // Against itself keep j > i only.
+        const int64_t start = self ? std::max<int64_t>(0, i + 1 - first_col) : 0;
+        if (!scan_row(rows + (i - i0) * row_stride, start, cols, first_col, min_score,
+                      static_cast<int32_t>(i - blk * kRowBlock), hits)) {
+          non_finite = true;
+          return;
+        }
+      }
+      added += static_cast<int64_t>(hits.size() - before);
+    }
+    total += added;
+  });
+  return !non_finite;
+}
+
+// Compaction: each block's hits, counting-sorted by row, land at the block's offset in the outputs
+// (rows, cols int64, scores fp32) [P]. Frees the buffers as it goes.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(std::vector<std::vector<Hit>>& buffers,
+                                                       const at::TensorOptions& options) {
+  const auto index_options = options.dtype(at::kLong);
+  const int64_t num_blocks = static_cast<int64_t>(buffers.size());
+  std::vector<int64_t> offsets(num_blocks + 1, 0);
+  for (int64_t blk = 0; blk < num_blocks; ++blk) offsets[blk + 1] = offsets[blk] + buffers[blk].size();
+  const int64_t P = offsets[num_blocks];
+  at::Tensor out_rows = at::empty({P}, index_options);
+  at::Tensor out_cols = at::empty({P}, index_options);
+  at::Tensor out_scores = at::empty({P}, options.dtype(at::kFloat));
+  int64_t* row_out = out_rows.mutable_data_ptr<int64_t>();
+  int64_t* col_out = out_cols.mutable_data_ptr<int64_t>();
+  float* score_out = out_scores.mutable_data_ptr<float>();
+  at::parallel_for(0, num_blocks, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      std::vector<Hit>& hits = buffers[blk];
+      int64_t next[kRowBlock + 1] = {};
+      for (const Hit& h : hits) ++next[h.row + 1];
+      for (int64_t r = 0; r < kRowBlock; ++r) next[r + 1] += next[r];
+      for (const Hit& h : hits) {
+        const int64_t at = offsets[blk] + next[h.row]++;
+        row_out[at] = blk * kRowBlock + h.row;
+        col_out[at] = h.col;
+        score_out[at] = h.score;
+      }
+      hits = {};
+    }
+  });
+  return {out_rows, out_cols, out_scores};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Tensor& a,
                                                                    const std::optional<at::Tensor>& b,
                                                                    double threshold, c10::string_view metric,
@@ -111,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
 
   std::vector<std::vector<Hit>> buffers((N + kRowBlock - 1) / kRowBlock);
   std::atomic<int64_t> total{0};
-  std::atomic<bool> non_finite{false};
+  bool non_finite = false;
 
   // Column tiles outer, row tiles inner: each tile of b is read (and converted) once.
   for (int64_t j0 = 0; j0 < M && !non_finite; j0 += col_tile) {
@@ -132,29 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
       const int64_t cols = n - skip, first_col = j0 + skip;
       at::Tensor scores = score_tile(q.narrow(0, i0, m), block.narrow(0, skip, cols));
       if (column_scale.defined()) scores.mul_(column_scale.narrow(0, skip, cols));
-      const float* rows = scores.const_data_ptr<float>();
-      const int64_t row_stride = scores.stride(0);
-      const int64_t first_block = i0 / kRowBlock, last_block = (i0 + m + kRowBlock - 1) / kRowBlock;
-      const int64_t grain = std::max<int64_t>(1, 32768 / (cols * kRowBlock));
-      at::parallel_for(first_block, last_block, grain, [&](int64_t begin, int64_t end) {
-        int64_t added = 0;
-        for (int64_t blk = begin; blk < end; ++blk) {
-          auto& hits = buffers[blk];
-          const size_t before = hits.size();
-          const int64_t r_end = std::min((blk + 1) * kRowBlock, i0 + m);
-          for (int64_t i = std::max(blk * kRowBlock, i0); i < r_end; ++i) {
-            // Against itself keep j > i only.
-            const int64_t start = self ? std::max<int64_t>(0, i + 1 - first_col) : 0;
-            if (!scan_row(rows + (i - i0) * row_stride, start, cols, first_col, min_score,
-                          static_cast<int32_t>(i - blk * kRowBlock), hits)) {
-              non_finite = true;
-              return;
-            }
-          }
-          added += static_cast<int64_t>(hits.size() - before);
-        }
-        total += added;
-      });
+      if (!scan_tile(scores, i0, m, first_col, self, min_score, buffers, total)) non_finite = true;
       if (max_pairs.has_value() && total > std::max(2 * *max_pairs, kMinPrune)) {
         // Later pairs must beat the worst kept one; an equal score may still win on (row, col).
         min_score = std::max(min_score, prune(buffers, total, *max_pairs).score);
@@ -168,33 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
     total = *max_pairs;
   }
 
-  // Compaction: each block's hits, counting-sorted by row, land at the block's offset in the outputs.
-  const int64_t num_blocks = static_cast<int64_t>(buffers.size());
-  std::vector<int64_t> offsets(num_blocks + 1, 0);
-  for (int64_t blk = 0; blk < num_blocks; ++blk) offsets[blk + 1] = offsets[blk] + buffers[blk].size();
-  const int64_t P = offsets[num_blocks];
-  at::Tensor out_rows = at::empty({P}, index_options);
-  at::Tensor out_cols = at::empty({P}, index_options);
-  at::Tensor out_scores = at::empty({P}, a.options().dtype(at::kFloat));
-  int64_t* row_out = out_rows.mutable_data_ptr<int64_t>();
-  int64_t* col_out = out_cols.mutable_data_ptr<int64_t>();
-  float* score_out = out_scores.mutable_data_ptr<float>();
-  at::parallel_for(0, num_blocks, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      std::vector<Hit>& hits = buffers[blk];
-      int64_t next[kRowBlock + 1] = {};
-      for (const Hit& h : hits) ++next[h.row + 1];
-      for (int64_t r = 0; r < kRowBlock; ++r) next[r + 1] += next[r];
-      for (const Hit& h : hits) {
-        const int64_t at = offsets[blk] + next[h.row]++;
-        row_out[at] = blk * kRowBlock + h.row;
-        col_out[at] = h.col;
-        score_out[at] = h.score;
-      }
-      hits = {};
-    }
-  });
-  return {out_rows, out_cols, out_scores};
+  return compact(buffers, a.options());
 }
 
 }  // namespace

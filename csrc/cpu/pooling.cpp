@@ -61,75 +61,87 @@ struct RowView {
   bool present(int64_t t) const { return mask == nullptr || mask[t]; }
 };
 
+// What a row's pass leaves in acc: how many tokens it pooled and the scale that finishes the mode.
+struct Pooled {
+  int64_t count;
+  float scale;
+};
+
+// mean, mean_sqrt_len_tokens and weightedmean: acc = sum of w_t * token t over the valid tokens from `start`.
+template <typename scalar_t>
+Pooled pool_sum(const RowView& row, PoolMode mode, int64_t first, int64_t start, int64_t H, float* acc) {
+  const auto* x = static_cast<const scalar_t*>(row.tokens);
+  std::fill(acc, acc + H, 0.f);
+  int64_t count = 0;
+  float weight_sum = 0.f;
+  for (int64_t t = start; t < row.length; ++t) {
+    if (!row.present(t)) continue;
+    if (mode == PoolMode::WeightedMean) {
+      const float w = float(t + 1 - first);  // sentence-transformers: 1-based position after left padding
+      add_scaled(acc, x + t * row.token_stride, w, H);
+      weight_sum += w;
+    } else {
+      add(acc, x + t * row.token_stride, H);
+    }
+    ++count;
+  }
+  if (count == 0) return {0, 0.f};
+  if (mode == PoolMode::WeightedMean) return {count, 1.f / weight_sum};
+  return {count, mode == PoolMode::Mean ? 1.f / count : 1.f / std::sqrt(float(count))};
+}
+
+template <typename scalar_t>
+Pooled pool_max(const RowView& row, int64_t start, int64_t H, float* acc) {
+  const auto* x = static_cast<const scalar_t*>(row.tokens);
+  int64_t count = 0;
+  for (int64_t t = start; t < row.length; ++t) {
+    if (!row.present(t)) continue;
+    if (count++ == 0) {
+      copy_in(acc, x + t * row.token_stride, H);
+    } else {
+      take_max(acc, x + t * row.token_stride, H);
+    }
+  }
+  return {count, 1.f};
+}
+
+// cls and lasttoken: the first or last valid token from `start`.
+template <typename scalar_t>
+Pooled pool_pick(const RowView& row, PoolMode mode, int64_t start, int64_t H, float* acc) {
+  int64_t pick = -1;
+  if (mode == PoolMode::Cls) {
+    for (int64_t t = start; t < row.length && pick < 0; ++t)
+      if (row.present(t)) pick = t;
+  } else {
+    for (int64_t t = row.length - 1; t >= start && pick < 0; --t)
+      if (row.present(t)) pick = t;
+  }
+  if (pick < 0) return {0, 0.f};
+  copy_in(acc, static_cast<const scalar_t*>(row.tokens) + pick * row.token_stride, H);
+  return {1, 1.f};
+}
+
 // Pools one row into out[0:H]; acc is H floats of scratch.
 template <typename scalar_t>
 void pool_row(const RowView& row, PoolMode mode, int64_t skip_tokens, bool normalize, int64_t H, float* acc,
               scalar_t* out) {
-  const auto* x = static_cast<const scalar_t*>(row.tokens);
-  auto token = [&](int64_t t) { return x + t * row.token_stride; };
-
   int64_t first = 0;
   while (first < row.length && !row.present(first)) ++first;
-  const int64_t start = first + skip_tokens;
-
-  float scale = 1.f;
-  int64_t count = 0;
-  switch (mode) {
-    case PoolMode::Mean:
-    case PoolMode::MeanSqrtLen: {
-      std::fill(acc, acc + H, 0.f);
-      for (int64_t t = start; t < row.length; ++t) {
-        if (!row.present(t)) continue;
-        add(acc, token(t), H);
-        ++count;
-      }
-      scale = count == 0 ? 0.f : (mode == PoolMode::Mean ? 1.f / count : 1.f / std::sqrt(float(count)));
-      break;
-    }
-    case PoolMode::WeightedMean: {
-      std::fill(acc, acc + H, 0.f);
-      float weight_sum = 0.f;
-      for (int64_t t = start; t < row.length; ++t) {
-        if (!row.present(t)) continue;
-        const float w = float(t + 1 - first);  // sentence-transformers: 1-based position after left padding
-        add_scaled(acc, token(t), w, H);
-        weight_sum += w;
-        ++count;
-      }
-      scale = count == 0 ? 0.f : 1.f / weight_sum;
-      break;
-    }
-    case PoolMode::Max: {
-      for (int64_t t = start; t < row.length; ++t) {
-        if (!row.present(t)) continue;
-        if (count++ == 0) {
-          copy_in(acc, token(t), H);
-        } else {
-          take_max(acc, token(t), H);
-        }
-      }
-      break;
-    }
-    case PoolMode::Cls:
-    case PoolMode::LastToken: {
-      int64_t pick = -1;
-      if (mode == PoolMode::Cls) {
-        for (int64_t t = start; t < row.length && pick < 0; ++t)
-          if (row.present(t)) pick = t;
-      } else {
-        for (int64_t t = row.length - 1; t >= start && pick < 0; --t)
-          if (row.present(t)) pick = t;
-      }
-      count = pick >= 0;
-      if (count) copy_in(acc, token(pick), H);
-      break;
-    }
+  // Saturates instead of overflowing for huge skip_tokens.
+  const int64_t start = skip_tokens >= row.length - first ? row.length : first + skip_tokens;
+  Pooled pooled;
+  if (mode == PoolMode::Max) {
+    pooled = pool_max<scalar_t>(row, start, H, acc);
+  } else if (mode == PoolMode::Cls || mode == PoolMode::LastToken) {
+    pooled = pool_pick<scalar_t>(row, mode, start, H, acc);
+  } else {
+    pooled = pool_sum<scalar_t>(row, mode, first, start, H, acc);
   }
-  if (count == 0) {
+  if (pooled.count == 0) {
     std::fill(out, out + H, scalar_t(0.f));
     return;
   }
-  store_row(out, acc, scale, normalize, H);
+  store_row(out, acc, pooled.scale, normalize, H);
 }
 
 // Runs pool_row over `batch` rows in parallel; row_at(b) describes row b.

@@ -161,13 +161,64 @@ inline double bf16_error_bound(int64_t D) {
   return 1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23));
 }
 
+// bf16_rescore: bf16 tiles find a superset of the answer, which is then rescored in fp32 into tops, so the
+// result stays exact. Returns false on a non-finite score.
+bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, bool normalized, bool exclude_self,
+                   int64_t query_offset, int64_t corpus_offset, std::optional<double> min_score, int64_t k_out,
+                   float floor, std::vector<TopK>& tops) {
+  const int64_t M = q.size(0), N = corpus.size(0);
+  // bf16 tiles find a superset of the answer, which is then rescored in fp32, so the result stays exact.
+  // With |approx - exact| <= delta_i for query i: pass 1 finds a_k, the k-th best approximate score;
+  // any row with approx < a_k - 2 delta scores below all k of those rows in fp32, and any row with
+  // approx < min_score - delta scores below min_score, so pass 2 keeps every other row as a candidate.
+  const double corpus_norm_max =
+      normalized && N > 0 ? at::linalg_vector_norm(corpus, 2, {1}, false, at::kFloat).max().item<double>() : 1.0;
+  const at::Tensor query_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kDouble).contiguous();
+  std::vector<double> delta(M);
+  for (int64_t i = 0; i < M; ++i)
+    delta[i] = bf16_error_bound(q.size(1)) * query_norms.data_ptr<double>()[i] * corpus_norm_max + 1e-30;
+  const double lowest = -std::numeric_limits<double>::infinity();
+  const at::Tensor q_bf16 = q.to(at::kBFloat16);
+
+  std::vector<Candidate> approx_slots(M * k_out);
+  std::vector<TopK> approx;
+  approx.reserve(M);
+  for (int64_t i = 0; i < M; ++i)
+    approx.emplace_back(approx_slots.data() + i * k_out, k_out,
+                        min_score.has_value() ? strict_floor(*min_score - delta[i]) : floor);
+  bool finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, approx);
+  std::vector<Collector> candidates;
+  candidates.reserve(M);
+  for (int64_t i = 0; i < M; ++i) {
+    const double kth = approx[i].size() == k_out ? approx[i].threshold() - 2 * delta[i] : lowest;
+    candidates.emplace_back(strict_floor(std::max(kth, min_score.has_value() ? *min_score - delta[i] : lowest)));
+  }
+  if (finite)
+    finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, candidates);
+
+  at::parallel_for(0, finite ? M : 0, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const auto& ids = candidates[i].indices;
+      if (ids.empty()) continue;
+      const at::Tensor rows = corpus.index_select(0, at::from_blob(const_cast<int64_t*>(ids.data()),
+                                                                   {(int64_t)ids.size()}, at::kLong));
+      at::Tensor exact = at::mv(rows.to(at::kFloat), q[i]);
+      if (!normalized) exact.mul_(tiles::inverse_norms(rows));
+      const float* s = exact.data_ptr<float>();
+      for (size_t t = 0; t < ids.size(); ++t)  // ids ascend, as TopK::push expects
+        if (s[t] > tops[i].threshold()) tops[i].push(s[t], ids[t]);
+    }
+  });
+  return finite;
+}
+
 std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
                                                    c10::string_view metric, bool exclude_self,
                                                    std::optional<double> min_score, int64_t query_offset,
                                                    int64_t corpus_offset, bool bf16_rescore) {
   const auto [k_out, score_metric] = check_cosine_topk_args(queries, corpus, k, metric, min_score);
   const bool normalized = score_metric == Metric::Dot;  // dot products of the stored rows, no norms
-  const int64_t M = queries.size(0), N = corpus.size(0);
+  const int64_t M = queries.size(0);
   at::Tensor out_scores = at::empty({M, k_out}, queries.options().dtype(at::kFloat));
   at::Tensor out_indices = at::empty({M, k_out}, queries.options().dtype(at::kLong));
   if (M == 0 || k_out == 0) return {out_scores, out_indices};
@@ -182,53 +233,10 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
   std::vector<TopK> tops;
   tops.reserve(M);
   for (int64_t i = 0; i < M; ++i) tops.emplace_back(slots.data() + i * k_out, k_out, floor);
-  bool finite = true;
-
-  if (!bf16_rescore) {
-    finite = scan_scores(q, corpus, normalized, exclude_self, query_offset, corpus_offset, tops);
-  } else {
-    // bf16 tiles find a superset of the answer, which is then rescored in fp32, so the result stays exact.
-    // With |approx - exact| <= delta_i for query i: pass 1 finds a_k, the k-th best approximate score;
-    // any row with approx < a_k - 2 delta scores below all k of those rows in fp32, and any row with
-    // approx < min_score - delta scores below min_score, so pass 2 keeps every other row as a candidate.
-    const double corpus_norm_max =
-        normalized && N > 0 ? at::linalg_vector_norm(corpus, 2, {1}, false, at::kFloat).max().item<double>() : 1.0;
-    const at::Tensor query_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kDouble).contiguous();
-    std::vector<double> delta(M);
-    for (int64_t i = 0; i < M; ++i)
-      delta[i] = bf16_error_bound(queries.size(1)) * query_norms.data_ptr<double>()[i] * corpus_norm_max + 1e-30;
-    const double lowest = -std::numeric_limits<double>::infinity();
-    const at::Tensor q_bf16 = q.to(at::kBFloat16);
-
-    std::vector<Candidate> approx_slots(M * k_out);
-    std::vector<TopK> approx;
-    approx.reserve(M);
-    for (int64_t i = 0; i < M; ++i)
-      approx.emplace_back(approx_slots.data() + i * k_out, k_out,
-                          min_score.has_value() ? strict_floor(*min_score - delta[i]) : floor);
-    finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, approx);
-    std::vector<Collector> candidates;
-    candidates.reserve(M);
-    for (int64_t i = 0; i < M; ++i) {
-      const double kth = approx[i].size() == k_out ? approx[i].threshold() - 2 * delta[i] : lowest;
-      candidates.emplace_back(strict_floor(std::max(kth, min_score.has_value() ? *min_score - delta[i] : lowest)));
-    }
-    if (finite) finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, candidates);
-
-    at::parallel_for(0, finite ? M : 0, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const auto& ids = candidates[i].indices;
-        if (ids.empty()) continue;
-        const at::Tensor rows = corpus.index_select(0, at::from_blob(const_cast<int64_t*>(ids.data()),
-                                                                     {(int64_t)ids.size()}, at::kLong));
-        at::Tensor exact = at::mv(rows.to(at::kFloat), q[i]);
-        if (!normalized) exact.mul_(tiles::inverse_norms(rows));
-        const float* s = exact.data_ptr<float>();
-        for (size_t t = 0; t < ids.size(); ++t)  // ids ascend, as TopK::push expects
-          if (s[t] > tops[i].threshold()) tops[i].push(s[t], ids[t]);
-      }
-    });
-  }
+  const bool finite = bf16_rescore ? rescored_scan(q, corpus, normalized, exclude_self, query_offset, corpus_offset,
+                                                   min_score, k_out, floor, tops)
+                                    : scan_scores(q, corpus, normalized, exclude_self, query_offset, corpus_offset,
+                                                  tops);
   if (!finite) fail_non_finite("cosine_topk", "queries or corpus");
 
   float* score_out = out_scores.data_ptr<float>();

@@ -8,6 +8,10 @@
 // below the diagonal are never computed. max_pairs prunes the pairs found so far to the best max_pairs
 // whenever they reach twice that (memory stays bounded) and raises the threshold to the worst kept score.
 // One sort of the keys at the end gives (row, col) order.
+//
+// From 2^22 pairs up, the scan is fused instead (cuda/pair_gemm.cuh): 16-bit tensor-core products
+// filtered in registers against the threshold less a rounding bound, the few candidates rescored in fp32.
+// The answer is the same; the dense fp32 tiles, which cost more than the GEMM itself, are never written.
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -18,8 +22,11 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 
+#include "common/dispatch.h"
+#include "cuda/pair_gemm.cuh"
 #include "cuda/pairs.h"
 #include "cuda/reduce.cuh"
+#include "cuda/select/rescore_bound.h"
 #include "cuda/tile_gemm.cuh"
 
 namespace sentfuse {
@@ -31,6 +38,11 @@ constexpr int64_t kSliceCols = 4096;  // tile columns per compaction block
 constexpr int64_t kMaxTileRows = 2048;
 constexpr int64_t kMaxTileCols = 16384;
 constexpr int64_t kMinPrune = int64_t{1} << 22;  // max_pairs prunes only lists holding more pairs than this
+// The fused scan from this many pairs; below, the tiled scan's few launches cost less than its setup.
+constexpr int64_t kFusedMinPairs = int64_t{1} << 22;
+// Rows of a per fused launch (one host sync each), and the first candidate buffer.
+constexpr int64_t kFusedRows = 64 * pair_gemm::kBlockRows;
+constexpr int64_t kFirstCapacity = int64_t{1} << 20;
 
 // What makes a tile element a pair, shared by the count and write passes so that both decide alike.
 struct PairEpilogue {
@@ -50,7 +62,7 @@ __device__ __forceinline__ bool pair_score(const PairEpilogue& epi, float dot, i
     return false;
   }
   if (epi.upper_only && epi.col_begin + c <= epi.row_begin + r) return false;
-  score = epi.row_norms == nullptr ? dot : gemm::cosine_from_dot(dot, epi.row_norms[r], epi.col_norms[c]);
+  score = epi.row_norms == nullptr ? dot : cosine_from_dot(dot, epi.row_norms[r], epi.col_norms[c]);
   return score >= epi.threshold;
 }
 
@@ -126,40 +138,56 @@ std::pair<at::Tensor, at::Tensor> keep_best(const at::Tensor& keys, const at::Te
   return {sorted_keys.index_select(0, best), sorted_scores.index_select(0, best)};
 }
 
-}  // namespace
+// The pairs found so far, scan after scan; with max_pairs, pruned to the best max_pairs whenever they reach
+// twice that (memory stays bounded), raising the threshold to the worst kept score.
+struct PairCollector {
+  std::optional<int64_t> max_pairs;
+  float min_score;
+  std::vector<at::Tensor> keys, scores;
+  int64_t found = 0;
 
-std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pairs(
-    const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, float min_score, bool normalized,
-    std::optional<int64_t> max_pairs) {
-  const bool self = !b_in.has_value();
-  const int64_t N = a_in.size(0), M = self ? N : b_in->size(0);
-  const auto index_options = a_in.options().dtype(at::kLong);
-  const auto float_options = a_in.options().dtype(at::kFloat);
-  if (N == 0 || M == 0 || (self && N < 2) || max_pairs == 0) {
-    return std::make_tuple(at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options));
+  void add(at::Tensor new_keys, at::Tensor new_scores) {
+    found += new_keys.size(0);
+    keys.push_back(std::move(new_keys));
+    scores.push_back(std::move(new_scores));
+    if (max_pairs.has_value() && found > std::max(2 * *max_pairs, kMinPrune)) {
+      auto [best_keys, best_scores] = keep_best(at::cat(keys), at::cat(scores), *max_pairs);
+      // Later pairs must beat the worst kept one; an equal score may still win on (row, col).
+      min_score = std::max(min_score, best_scores.min().item<float>());
+      keys = {best_keys};
+      scores = {best_scores};
+      found = *max_pairs;
+    }
   }
 
-  const auto a = a_in.contiguous();
-  const auto b = self ? a : b_in->contiguous();
-  at::Tensor a_norms, b_norms;
-  if (!normalized) {
-    a_norms = gemm::row_norms(a);
-    b_norms = self ? a_norms : gemm::row_norms(b);
+  // (rows, cols, scores) in (row, col) order.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result(int64_t num_cols, const at::TensorOptions& float_options) {
+    const auto index_options = float_options.dtype(at::kLong);
+    if (found == 0) {
+      return {at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options)};
+    }
+    at::Tensor all_keys = at::cat(keys), all_scores = at::cat(scores);
+    if (max_pairs.has_value() && found > *max_pairs) std::tie(all_keys, all_scores) = keep_best(all_keys, all_scores, *max_pairs);
+    auto [sorted_keys, order] = at::sort(all_keys);
+    return {at::div(sorted_keys, num_cols, "floor"), at::remainder(sorted_keys, num_cols),
+            all_scores.index_select(0, order)};
   }
+};
+
+// The tiled scan: fp32 dot-product tiles in a bounded workspace, compacted by a count and a write pass.
+void tiled_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::Tensor& a_norms,
+                 const at::Tensor& b_norms, bool normalized, PairCollector& out, at::Tensor& nonfinite) {
+  const int64_t N = a.size(0), M = b.size(0);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t budget_floats = gemm::workspace_bytes() / static_cast<int64_t>(sizeof(float));
   const int64_t tile_cols = std::min(M, kMaxTileCols);
   const int64_t tile_rows = std::min({N, kMaxTileRows, std::max<int64_t>(1, budget_floats / tile_cols)});
-  auto dots_buffer = at::empty({tile_rows * tile_cols}, float_options);
-  auto nonfinite = at::zeros({1}, a.options().dtype(at::kInt));
+  auto dots_buffer = at::empty({tile_rows * tile_cols}, a.options().dtype(at::kFloat));
 
   PairEpilogue epi{};
   epi.num_cols = M;
   epi.upper_only = self;
   epi.nonfinite = nonfinite.mutable_data_ptr<int>();
-  std::vector<at::Tensor> found_keys, found_scores;
-  int64_t found = 0;
-
   // Against itself the last row has no partner j > i.
   const int64_t row_end = self ? N - 1 : N;
   for (int64_t i0 = 0; i0 < row_end; i0 += tile_rows) {
@@ -176,7 +204,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pair
       epi.col_norms = normalized ? nullptr : b_norms.const_data_ptr<float>() + j0;
       epi.row_begin = i0;
       epi.col_begin = j0;
-      epi.threshold = min_score;
+      epi.threshold = out.min_score;
       const int64_t slices = (cols + kSliceCols - 1) / kSliceCols;
       const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(slices));
       auto counts = at::empty({rows * slices}, a.options().dtype(at::kInt));
@@ -186,35 +214,149 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pair
       const auto ends = at::cumsum(counts, 0, at::kLong);
       const int64_t pairs = ends[ends.size(0) - 1].item<int64_t>();
       if (pairs == 0) continue;
-      auto keys = at::empty({pairs}, index_options);
-      auto scores = at::empty({pairs}, float_options);
+      auto keys = at::empty({pairs}, a.options().dtype(at::kLong));
+      auto scores = at::empty({pairs}, a.options().dtype(at::kFloat));
       write_pairs_kernel<<<grid, kCompactThreads, 0, stream>>>(
           dots.const_data_ptr<float>(), cols, epi, counts.const_data_ptr<int32_t>(), ends.const_data_ptr<int64_t>(),
           keys.mutable_data_ptr<int64_t>(), scores.mutable_data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      found_keys.push_back(std::move(keys));
-      found_scores.push_back(std::move(scores));
-      found += pairs;
-
-      if (max_pairs.has_value() && found > std::max(2 * *max_pairs, kMinPrune)) {
-        auto [best_keys, best_scores] = keep_best(at::cat(found_keys), at::cat(found_scores), *max_pairs);
-        // Later pairs must beat the worst kept one; an equal score may still win on (row, col).
-        min_score = std::max(min_score, best_scores.min().item<float>());
-        found_keys = {best_keys};
-        found_scores = {best_scores};
-        found = *max_pairs;
-      }
+      out.add(std::move(keys), std::move(scores));
     }
   }
-  if (nonfinite.item<int>() != 0) return std::nullopt;
-  if (found == 0) {
-    return std::make_tuple(at::empty({0}, index_options), at::empty({0}, index_options), at::empty({0}, float_options));
+}
+
+// The fused scan's operands and filter, or nullopt where its bound does not hold (norms out of range).
+std::optional<pair_gemm::PairFilter> plan_fused(const at::Tensor& a, const at::Tensor& a_norms,
+                                                const at::Tensor& b_norms, bool self, bool normalized) {
+  const auto norms = self ? a_norms : at::cat({a_norms, b_norms});
+  const auto nonzero = norms.masked_fill(norms == 0, 1.f);
+  const auto range = at::stack({nonzero.max(), nonzero.min()}).cpu();
+  if (!(range[0].item<float>() <= select::kMaxNorm) || !(range[1].item<float>() >= select::kMinNorm)) {
+    return std::nullopt;
   }
-  at::Tensor keys = at::cat(found_keys), scores = at::cat(found_scores);
-  if (max_pairs.has_value() && found > *max_pairs) std::tie(keys, scores) = keep_best(keys, scores, *max_pairs);
-  auto [sorted_keys, order] = at::sort(keys);
-  return std::make_tuple(at::div(sorted_keys, M, "floor"), at::remainder(sorted_keys, M),
-                         scores.index_select(0, order));
+  pair_gemm::PairFilter f{};
+  const int64_t dim = a.size(1);
+  double copies_roundoff = 0.0;
+  if (a.scalar_type() == at::kFloat) {
+    copies_roundoff = std::ldexp(1.0, -11);
+    f.kind = normalized ? pair_gemm::PairScore::kUnitDot : pair_gemm::PairScore::kDot;
+  } else {
+    f.kind = normalized ? pair_gemm::PairScore::kDot : pair_gemm::PairScore::kCosine;
+  }
+  // The fused scan never rounds its fp32 accumulators to a 16-bit tile.
+  f.relative_bound = static_cast<float>(select::rescore_bound(dim, copies_roundoff, 0.0, 0.0).relative);
+  f.dot_metric = normalized;
+  f.upper_only = self;
+  return f;
+}
+
+// Launches the fused scan of a's rows [r0, r1) until its candidates fit the buffer; returns their count.
+template <typename T>
+int64_t fused_launch(const at::Tensor& a16, const at::Tensor& b16, bool self, int64_t r0, int64_t r1,
+                     const pair_gemm::PairFilter& f, at::Tensor& keys, at::Tensor& count) {
+  using Op = typename pair_gemm::Operand<T>::type;
+  const int64_t dim = a16.size(1), M = b16.size(0);
+  const int64_t col_begin = self ? r0 : 0;  // r0 is a multiple of the block rows
+  const dim3 grid(static_cast<unsigned>((M - col_begin + pair_gemm::kBlockCols - 1) / pair_gemm::kBlockCols),
+                  static_cast<unsigned>((r1 - r0 + pair_gemm::kBlockRows - 1) / pair_gemm::kBlockRows));
+  const auto* a_ptr = reinterpret_cast<const Op*>(a16.const_data_ptr<T>());
+  const auto* b_ptr = reinterpret_cast<const Op*>(b16.const_data_ptr<T>());
+  const bool vector = dim % 8 == 0 && reinterpret_cast<uintptr_t>(a_ptr) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(b_ptr) % 16 == 0;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  while (true) {
+    count.zero_();
+    auto* counter = reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>());
+    if (vector) {
+      pair_gemm::pair_filter_kernel<true, Op><<<grid, pair_gemm::kThreads, 0, stream>>>(
+          a_ptr, b_ptr, a16.size(0), dim, r0, r1, col_begin, f, keys.mutable_data_ptr<int64_t>(), keys.size(0),
+          counter);
+    } else {
+      pair_gemm::pair_filter_kernel<false, Op><<<grid, pair_gemm::kThreads, 0, stream>>>(
+          a_ptr, b_ptr, a16.size(0), dim, r0, r1, col_begin, f, keys.mutable_data_ptr<int64_t>(), keys.size(0),
+          counter);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t found = count.item<int64_t>();
+    if (found <= keys.size(0)) return found;
+    keys = at::empty({found + found / 4}, keys.options());
+  }
+}
+
+// The fused scan (see pair_gemm.cuh); false when its bound does not hold and the tiled scan must run.
+bool fused_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::Tensor& a_norms,
+                 const at::Tensor& b_norms, bool normalized, PairCollector& out, at::Tensor& nonfinite) {
+  auto filter = plan_fused(a, a_norms, b_norms, self, normalized);
+  if (!filter.has_value()) return false;
+  at::Tensor a16, b16;
+  if (a.scalar_type() == at::kFloat) {
+    a16 = gemm::unit_rows(a, a_norms);
+    b16 = self ? a16 : gemm::unit_rows(b, b_norms);
+  } else {
+    a16 = a;
+    b16 = b;
+  }
+  pair_gemm::PairFilter f = *filter;
+  f.a_norms = a_norms.const_data_ptr<float>();
+  f.b_norms = b_norms.const_data_ptr<float>();
+  f.num_cols = b.size(0);
+  f.nonfinite = nonfinite.mutable_data_ptr<int>();
+  auto keys = at::empty({kFirstCapacity}, a.options().dtype(at::kLong));
+  auto count = at::zeros({1}, a.options().dtype(at::kLong));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t row_end = self ? a.size(0) - 1 : a.size(0);
+  for (int64_t r0 = 0; r0 < row_end; r0 += kFusedRows) {
+    const int64_t r1 = std::min(r0 + kFusedRows, row_end);
+    f.threshold = out.min_score;
+    int64_t found = 0;
+    if (a16.scalar_type() == at::kHalf) {
+      found = fused_launch<at::Half>(a16, b16, self, r0, r1, f, keys, count);
+    } else {
+      found = fused_launch<at::BFloat16>(a16, b16, self, r0, r1, f, keys, count);
+    }
+    if (found == 0) continue;
+    const auto candidates = keys.narrow(0, 0, found);
+    auto scores = at::empty({found}, a.options().dtype(at::kFloat));
+    SENTFUSE_DISPATCH_FLOAT_TYPES(a.scalar_type(), "threshold_pairs", [&] {
+      pair_gemm::rescore_pairs_kernel<scalar_t><<<static_cast<unsigned>((found + 7) / 8), 256, 0, stream>>>(
+          a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), a.size(1), candidates.const_data_ptr<int64_t>(),
+          found, b.size(0), a_norms.const_data_ptr<float>(), b_norms.const_data_ptr<float>(), normalized,
+          nonfinite.mutable_data_ptr<int>(), scores.mutable_data_ptr<float>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto keep = scores >= out.min_score;
+    out.add(candidates.masked_select(keep), scores.masked_select(keep));
+  }
+  return true;
+}
+
+}  // namespace
+
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pairs(
+    const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, float min_score, bool normalized,
+    std::optional<int64_t> max_pairs) {
+  const bool self = !b_in.has_value();
+  const int64_t N = a_in.size(0), M = self ? N : b_in->size(0);
+  const auto float_options = a_in.options().dtype(at::kFloat);
+  PairCollector out{max_pairs, min_score};
+  if (N == 0 || M == 0 || (self && N < 2) || max_pairs == 0) return out.result(M, float_options);
+
+  const auto a = a_in.contiguous();
+  const auto b = self ? a : b_in->contiguous();
+  const int64_t pairs = self ? N * (N - 1) / 2 : N * M;
+  const bool fused = pairs >= kFusedMinPairs;
+  // The fused scan's bound needs the norms under either metric.
+  at::Tensor a_norms, b_norms;
+  if (!normalized || fused) {
+    a_norms = gemm::row_norms(a);
+    b_norms = self ? a_norms : gemm::row_norms(b);
+  }
+  auto nonfinite = at::zeros({1}, a.options().dtype(at::kInt));
+  if (!fused || !fused_pairs(a, b, self, a_norms, b_norms, normalized, out, nonfinite)) {
+    tiled_pairs(a, b, self, a_norms, b_norms, normalized, out, nonfinite);
+  }
+  if (nonfinite.item<int>() != 0) return std::nullopt;
+  return out.result(M, float_options);
 }
 
 }  // namespace sentfuse

@@ -1,22 +1,18 @@
-// CUDA kernels for masked_pool, masked_pool_varlen and l2_normalize (semantics: python/sentfuse/reference.py).
+// CUDA kernels and launchers for masked_pool, masked_pool_varlen and l2_normalize (semantics:
+// python/sentfuse/reference.py; host entry points: cuda/pooling.cpp).
 //
-// Pooling is bandwidth-bound: one block per row reads each valid token once with 16-byte loads. The block is
-// a grid of `cols` x `groups` logical threads: `cols` split the feature dim into VEC-wide vectors, `groups`
-// split the tokens, and shared memory folds the groups together. Padding tokens are never loaded. With
-// normalize, the pooled row stays in shared memory until the block has its L2 norm.
+// Pooling is bandwidth-bound: each valid token is read once with 16-byte loads, padding never. A block is a
+// grid of `cols` x `groups` logical threads: `cols` split the feature dim into VEC-wide vectors, `groups`
+// split the tokens, and shared memory folds the groups together. When the batch has too few rows to fill
+// the GPU, each row is also cut into `splits` token ranges, one block each, writing fp32 partials that
+// finish_kernel folds, scales and normalizes; otherwise one block per row does everything, keeping the
+// pooled row in shared memory until it has the L2 norm.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <type_traits>
-
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include "common/bounds.h"
-#include "common/checks.h"
-#include "common/dispatch.h"
+#include "cuda/pooling.h"
 #include "cuda/reduce.cuh"
 #include "cuda/vec.cuh"
 
@@ -24,10 +20,14 @@ namespace sentfuse {
 namespace {
 
 constexpr int kPoolThreads = 512;
+constexpr int kFinishThreads = 256;
+// A split covers at least this many tokens: shorter ones cost more in partials than they win in parallelism.
+constexpr int kMinSplitTokens = 64;
+// Resident blocks' worth the split plan aims for: two waves hide the tail of uneven rows.
+constexpr int kTargetBlocksPerSm = 2;
 // Tokens each thread loads before it accumulates: keeps several 16-byte loads in flight per thread,
 // which matters when the batch has fewer rows than the GPU has SMs.
 constexpr int kTokenUnroll = 4;
-constexpr int kL2WarpsPerBlock = 8;
 
 // What a row pools over, agreed by the whole block. Tokens [begin, end) are candidates (those with
 // mask == 0 are skipped); `first` anchors weightedmean's weights.
@@ -115,33 +115,20 @@ __device__ __forceinline__ float max_nan(float a, float b) {
   return (a > b || a != a) ? a : b;
 }
 
-// Pools one row into out_row. `row` points at token 0; token t lives at row + t * token_stride.
-// Block layout: logical thread (col, group) = (tid % cols, tid / cols) for tid < cols * groups; the rest
-// only join the reductions. Dynamic shared memory: cols * groups * VEC floats for folding the groups,
-// then hidden floats for the pooled row when normalizing.
-template <typename scalar_t, int VEC, bool kMax>
-__device__ void pool_row(const scalar_t* __restrict__ row,  // [seq, hidden], token stride token_stride
+
+// Folds the tokens [plan.begin, plan.end) of one row (masked ones skipped) over the groups and calls
+// emit(f, v) once per feature f with the raw sum (weighted for weightedmean) or max; threads beyond
+// cols * groups only join the shared-memory fold. `row` points at token 0, token t at row + t * token_stride.
+// Dynamic shared memory: cols * groups * VEC floats.
+template <typename scalar_t, int VEC, bool kMax, typename Emit>
+__device__ void fold_row(const scalar_t* __restrict__ row,  // [seq, hidden]
                          int64_t token_stride,
                          const bool* __restrict__ mask,  // [seq], or nullptr when every token is valid
-                         const RowPlan& plan, int hidden, int cols, int groups, bool normalize,
-                         scalar_t* __restrict__ out_row) {  // [hidden]
-  extern __shared__ float smem[];
-  __shared__ float sum_slots[32];
-  float* fold = smem;                            // [groups, VEC, cols]
-  float* pooled = smem + cols * groups * VEC;    // [hidden], only with normalize
+                         const RowPlan& plan, int hidden, int cols, int groups, float* fold, Emit emit) {
   const int tid = threadIdx.x;
-  const int nthreads = blockDim.x;
-
-  if (plan.count <= 0) {
-    for (int f = tid; f < hidden; f += nthreads) out_row[f] = scalar_t(0.f);
-    return;
-  }
-
   const int col_in_chunk = tid % cols;
   const int group = tid / cols;
   const int vec_cols = hidden / VEC;
-  float sum_sq = 0.f;
-
   for (int chunk = 0; chunk < vec_cols; chunk += cols) {
     const int col = chunk + col_in_chunk;
     float acc[VEC];
@@ -181,7 +168,7 @@ __device__ void pool_row(const scalar_t* __restrict__ row,  // [seq, hidden], to
     }
     __syncthreads();
     // Entry e = k * cols + c of each group's slice is feature (chunk + c) * VEC + k.
-    for (int e = tid; e < cols * VEC; e += nthreads) {
+    for (int e = tid; e < cols * VEC; e += blockDim.x) {
       const int c = e % cols;
       if (chunk + c >= vec_cols) continue;
       float v = fold[e];
@@ -189,52 +176,113 @@ __device__ void pool_row(const scalar_t* __restrict__ row,  // [seq, hidden], to
         const float other = fold[g * cols * VEC + e];
         v = kMax ? max_nan(v, other) : v + other;
       }
-      if constexpr (!kMax) v = v / plan.denom;
-      const int f = (chunk + c) * VEC + e / cols;
-      if (normalize) {
-        pooled[f] = v;
-        sum_sq += v * v;
-      } else {
-        out_row[f] = static_cast<scalar_t>(v);
-      }
+      emit((chunk + c) * VEC + e / cols, v);
     }
   }
+}
 
-  if (normalize) {
+// Token range [begin, end) of split `s` of `splits` equal parts of [plan.begin, plan.end).
+__device__ __forceinline__ RowPlan split_plan(RowPlan plan, int s, int splits) {
+  const int len = plan.end - plan.begin;
+  const int per = (len + splits - 1) / splits;
+  plan.begin = min(plan.end, plan.begin + s * per);
+  plan.end = min(plan.end, plan.begin + per);
+  return plan;
+}
+
+// Where row b's tokens start and what it pools, for either layout.
+template <typename scalar_t>
+__device__ __forceinline__ RowPlan plan_row(const PoolArgs& p, int64_t b, const scalar_t*& row,
+                                            const bool*& row_mask) {
+  const auto* hidden = static_cast<const scalar_t*>(p.hidden);
+  if (p.cu_seqlens == nullptr) {
+    row = hidden + b * p.batch_stride;
+    row_mask = p.mask + b * p.seq_len;
+    return plan_masked_row(row_mask, p.seq_len, p.skip_tokens, p.mode);
+  }
+  // Offsets are not validated on the device: clamp so that bad ones read nothing out of range.
+  const int64_t start = min(max(p.cu_seqlens[b], int64_t{0}), p.total_tokens);
+  const int64_t stop = min(max(p.cu_seqlens[b + 1], int64_t{0}), p.total_tokens);
+  row = hidden + start * p.token_stride;
+  row_mask = nullptr;
+  return plan_dense_row(static_cast<int>(max(stop - start, int64_t{0})), p.skip_tokens, p.mode);
+}
+
+// grid (batch, splits). With one split, block b pools row b into out (scaled, normalized when
+// launch.fused_norm). With several, block (b, s) writes the raw fold of its token range to
+// workspace [batch, splits, hidden] and finish_kernel completes the row.
+template <typename scalar_t, int VEC, bool kMax>
+__global__ void pool_kernel(PoolArgs p, PoolLaunch launch, float* __restrict__ workspace) {
+  extern __shared__ float smem[];
+  __shared__ float sum_slots[32];
+  const int64_t b = blockIdx.x;
+  const int H = p.hidden_size;
+  const scalar_t* row;
+  const bool* row_mask;
+  const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
+  float* fold = smem;  // [groups, VEC, cols]
+
+  if (launch.splits > 1) {
+    float* partial = workspace + (b * launch.splits + blockIdx.y) * H;  // [hidden]
+    const RowPlan part = split_plan(plan, blockIdx.y, launch.splits);
+    fold_row<scalar_t, VEC, kMax>(row, p.token_stride, row_mask, part, H, launch.cols, launch.groups, fold,
+                                  [&](int f, float v) { partial[f] = v; });
+    return;
+  }
+  auto* out_row = static_cast<scalar_t*>(p.out) + b * H;
+  if (plan.count <= 0) {
+    for (int f = threadIdx.x; f < H; f += blockDim.x) out_row[f] = scalar_t(0.f);
+    return;
+  }
+  float* pooled = smem + launch.cols * launch.groups * VEC;  // [hidden], only with fused_norm
+  float sum_sq = 0.f;
+  fold_row<scalar_t, VEC, kMax>(row, p.token_stride, row_mask, plan, H, launch.cols, launch.groups, fold,
+                                [&](int f, float v) {
+                                  if constexpr (!kMax) v = v / plan.denom;
+                                  if (launch.fused_norm) {
+                                    pooled[f] = v;
+                                    sum_sq += v * v;
+                                  } else {
+                                    out_row[f] = static_cast<scalar_t>(v);
+                                  }
+                                });
+  if (launch.fused_norm) {
     const float norm = fmaxf(sqrtf(block_sum(sum_sq, sum_slots)), kNormEps);
-    for (int f = tid; f < hidden; f += nthreads) out_row[f] = static_cast<scalar_t>(pooled[f] / norm);
+    for (int f = threadIdx.x; f < H; f += blockDim.x) out_row[f] = static_cast<scalar_t>(pooled[f] / norm);
   }
 }
 
-template <typename scalar_t, int VEC, bool kMax>
-__global__ void masked_pool_kernel(const scalar_t* __restrict__ hidden,  // [batch, seq, hidden]
-                                   int64_t batch_stride, int64_t token_stride,
-                                   const bool* __restrict__ mask,  // [batch, seq], contiguous
-                                   int seq_len, int hidden_size, PoolMode mode, int skip_tokens, int cols,
-                                   int groups, bool normalize,
-                                   scalar_t* __restrict__ out) {  // [batch, hidden]
+// One block per row: folds the splits' partials [splits, hidden], scales, normalizes, writes the row.
+template <typename scalar_t, bool kMax>
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_kernel(PoolArgs p, int splits, const float* __restrict__ workspace) {  // [batch, splits, hidden]
+  __shared__ float sum_slots[32];
   const int64_t b = blockIdx.x;
-  const bool* row_mask = mask + b * seq_len;
-  const RowPlan plan = plan_masked_row(row_mask, seq_len, skip_tokens, mode);
-  pool_row<scalar_t, VEC, kMax>(hidden + b * batch_stride, token_stride, row_mask, plan, hidden_size, cols, groups,
-                                normalize, out + b * hidden_size);
-}
-
-template <typename scalar_t, int VEC, bool kMax>
-__global__ void varlen_pool_kernel(const scalar_t* __restrict__ hidden,  // [total_tokens, hidden]
-                                   int64_t token_stride, int64_t total_tokens,
-                                   const int64_t* __restrict__ cu_seqlens,  // [batch + 1]
-                                   int hidden_size, PoolMode mode, int skip_tokens, int cols, int groups,
-                                   bool normalize,
-                                   scalar_t* __restrict__ out) {  // [batch, hidden]
-  const int64_t b = blockIdx.x;
-  // Offsets are not validated on the host (that would sync): clamp so bad ones read nothing out of range.
-  const int64_t start = min(max(cu_seqlens[b], int64_t{0}), total_tokens);
-  const int64_t stop = min(max(cu_seqlens[b + 1], int64_t{0}), total_tokens);
-  const int len = static_cast<int>(max(stop - start, int64_t{0}));
-  const RowPlan plan = plan_dense_row(len, skip_tokens, mode);
-  pool_row<scalar_t, VEC, kMax>(hidden + start * token_stride, token_stride, nullptr, plan, hidden_size, cols, groups,
-                                normalize, out + b * hidden_size);
+  const int H = p.hidden_size;
+  const scalar_t* row;
+  const bool* row_mask;
+  const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
+  auto* out_row = static_cast<scalar_t*>(p.out) + b * H;
+  const float* partials = workspace + b * splits * H;
+  auto pooled = [&](int f) {
+    float v = partials[f];
+    for (int s = 1; s < splits; ++s) v = kMax ? max_nan(v, partials[s * H + f]) : v + partials[s * H + f];
+    return kMax ? v : v / plan.denom;
+  };
+  float scale = 1.f;
+  if (plan.count <= 0) {
+    scale = 0.f;
+  } else if (p.normalize) {
+    float sum_sq = 0.f;
+    for (int f = threadIdx.x; f < H; f += blockDim.x) {
+      const float v = pooled(f);
+      sum_sq += v * v;
+    }
+    scale = 1.f / fmaxf(sqrtf(block_sum(sum_sq, sum_slots)), kNormEps);
+  }
+  for (int f = threadIdx.x; f < H; f += blockDim.x) {
+    out_row[f] = static_cast<scalar_t>(plan.count <= 0 ? 0.f : (p.normalize ? pooled(f) * scale : pooled(f)));
+  }
 }
 
 // One warp per row: embedding rows are a few KB, so a warp keeps enough loads in flight and needs no
@@ -243,7 +291,7 @@ template <typename scalar_t, int VEC>
 __global__ void l2_normalize_kernel(const scalar_t* x,  // [rows, >= dim], row stride row_stride
                                     int64_t row_stride, int64_t rows, int dim,
                                     scalar_t* out) {  // [rows, dim]
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kL2WarpsPerBlock + threadIdx.x / 32;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kL2RowsPerBlock + threadIdx.x / 32;
   if (r >= rows) return;
   const int lane = threadIdx.x % 32;
   const scalar_t* in_row = x + r * row_stride;
@@ -265,145 +313,92 @@ __global__ void l2_normalize_kernel(const scalar_t* x,  // [rows, >= dim], row s
   }
 }
 
-template <typename scalar_t>
-void launch_l2_normalize(const at::Tensor& x, int64_t dim, at::Tensor& out) {
-  const int64_t rows = x.size(0);
-  const int vec = pick_vec_width<scalar_t>(x.const_data_ptr(), {dim, x.stride(0)});
-  const int64_t blocks = (rows + kL2WarpsPerBlock - 1) / kL2WarpsPerBlock;
-  dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
-    constexpr int VEC = decltype(vec_c)::value;
-    l2_normalize_kernel<scalar_t, VEC><<<blocks, kL2WarpsPerBlock * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), x.stride(0), rows, static_cast<int>(dim), out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+template <typename Kernel>
+cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
-// Block shape and shared memory for pooling rows of `vec_cols` vectors over up to `max_tokens` tokens:
-// as many columns as fit, the remaining threads on token groups, padded to whole warps. When the pooled
-// row does not fit in shared memory beside the fold buffer, the kernel skips normalization and
-// l2_normalize runs on its output afterwards (one extra rounding to the output dtype first).
-struct PoolLaunch {
-  int cols;
-  int groups;
-  int threads;
-  size_t smem;
-  bool fused_norm;
-};
+template <typename scalar_t, int VEC, bool kMax>
+cudaError_t launch_pool_kernels(const PoolArgs& args, const PoolLaunch& plan, float* workspace,
+                                cudaStream_t stream) {
+  auto kernel = pool_kernel<scalar_t, VEC, kMax>;
+  if (const cudaError_t err = allow_dynamic_smem(kernel, plan.smem); err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(args.batch), static_cast<unsigned>(plan.splits));
+  kernel<<<grid, plan.threads, plan.smem, stream>>>(args, plan, workspace);
+  if (plan.splits > 1) {
+    finish_kernel<scalar_t, kMax><<<args.batch, kFinishThreads, 0, stream>>>(args, plan.splits, workspace);
+  }
+  return cudaGetLastError();
+}
 
-PoolLaunch plan_pool_launch(int64_t hidden_size, int vec, int64_t max_tokens, bool normalize) {
-  PoolLaunch p;
-  p.cols = static_cast<int>(std::min<int64_t>(hidden_size / vec, kPoolThreads));
-  p.groups = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kPoolThreads / p.cols, max_tokens)));
+}  // namespace
+
+PoolLaunch plan_pool(const PoolArgs& args, int vec, const PoolDevice& device) {
+  // cls and lasttoken read one token per row, so token groups and splits would idle.
+  const bool one_token = args.mode == PoolMode::Cls || args.mode == PoolMode::LastToken;
+  const int64_t tokens = one_token ? 1 : std::max<int64_t>(1, args.cu_seqlens ? args.total_tokens : args.seq_len);
+  PoolLaunch p{};
+  p.vec = vec;
+  p.cols = static_cast<int>(std::min<int64_t>(args.hidden_size / vec, kPoolThreads));
+  p.groups = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kPoolThreads / p.cols, tokens)));
   p.threads = (p.cols * p.groups + 31) / 32 * 32;
+  // Varlen rows have unknown lengths on the host, so only padded batches are split.
+  p.splits = 1;
+  if (!one_token && args.cu_seqlens == nullptr && args.batch > 0) {
+    const int64_t resident = static_cast<int64_t>(device.sm_count) * std::max(1, device.max_threads_per_sm / p.threads);
+    const int64_t wanted = (kTargetBlocksPerSm * resident + args.batch - 1) / args.batch;
+    const int64_t most = std::max<int64_t>(1, args.seq_len / std::max(kMinSplitTokens, p.groups * kTokenUnroll));
+    p.splits = static_cast<int>(std::clamp<int64_t>(wanted, 1, std::min<int64_t>(most, 1024)));
+  }
   const size_t fold_bytes = static_cast<size_t>(p.cols) * p.groups * vec * sizeof(float);
-  const size_t row_bytes = static_cast<size_t>(hidden_size) * sizeof(float);
+  const size_t row_bytes = static_cast<size_t>(args.hidden_size) * sizeof(float);
   // Leaves room for the static shared memory (reduction slots, about 1 KB).
-  const size_t smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin - 2048;
-  p.fused_norm = normalize && fold_bytes + row_bytes <= smem_limit;
+  const size_t smem_limit = device.smem_per_block - 2048;
+  // With splits, finish_kernel normalizes; a single pass needs the whole pooled row in shared memory.
+  p.fused_norm = args.normalize && p.splits == 1 && fold_bytes + row_bytes <= smem_limit;
   p.smem = fold_bytes + (p.fused_norm ? row_bytes : 0);
   return p;
 }
 
-template <typename Kernel>
-void allow_dynamic_smem(Kernel kernel, size_t smem) {
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
+template <typename scalar_t>
+int pick_pool_vec(const void* base, int64_t a, int64_t b, int64_t c) {
+  return pick_vec_width<scalar_t>(base, {a, b, c});
 }
 
-// cls and lasttoken read one token per row, so token groups would idle.
-int64_t pool_token_bound(PoolMode mode, int64_t tokens) {
-  return (mode == PoolMode::Cls || mode == PoolMode::LastToken) ? 1 : tokens;
-}
-
-constexpr int64_t kMaxTokens = int64_t{1} << 30;  // keeps token indices (plus unrolled offsets) in int
-constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();  // grid.x limit: one block per row
-
-}  // namespace
-
-at::Tensor masked_pool_cuda(const at::Tensor& hidden_in, const at::Tensor& attention_mask, c10::string_view mode_name,
-                            bool normalize, int64_t skip_tokens) {
-  const PoolMode mode = check_masked_pool_args(hidden_in, attention_mask, mode_name, skip_tokens);
-  const int64_t batch = hidden_in.size(0), seq_len = hidden_in.size(1), hidden_size = hidden_in.size(2);
-  TORCH_CHECK_VALUE(batch <= kMaxRows && seq_len < kMaxTokens && hidden_size < kMaxTokens, "masked_pool: hidden ",
-                    hidden_in.sizes(), " is too large for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(hidden_in.device());
-  at::Tensor out = at::empty({batch, hidden_size}, hidden_in.options());
-  if (batch == 0 || hidden_size == 0) return out;
-  if (seq_len == 0) return out.zero_();
-  const at::Tensor hidden = with_unit_feature_stride(hidden_in);
-  const at::Tensor mask = attention_mask.ne(0).contiguous();
-  const int skip = static_cast<int>(std::min<int64_t>(skip_tokens, kMaxTokens));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "masked_pool_cuda", [&] {
-    const int vec = pick_vec_width<scalar_t>(hidden.const_data_ptr(), {hidden_size, hidden.stride(0), hidden.stride(1)});
-    const PoolLaunch p = plan_pool_launch(hidden_size, vec, pool_token_bound(mode, seq_len), normalize);
-    dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
-      constexpr int VEC = decltype(vec_c)::value;
-      auto kernel = mode == PoolMode::Max ? masked_pool_kernel<scalar_t, VEC, true>
-                                          : masked_pool_kernel<scalar_t, VEC, false>;
-      allow_dynamic_smem(kernel, p.smem);
-      kernel<<<batch, p.threads, p.smem, stream>>>(
-          hidden.const_data_ptr<scalar_t>(), hidden.stride(0), hidden.stride(1), mask.const_data_ptr<bool>(),
-          static_cast<int>(seq_len), static_cast<int>(hidden_size), mode, skip, p.cols, p.groups, p.fused_norm,
-          out.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    if (normalize && !p.fused_norm) launch_l2_normalize<scalar_t>(out, hidden_size, out);
+template <typename scalar_t>
+cudaError_t launch_l2_normalize(const scalar_t* x, int64_t row_stride, int64_t rows, int dim, int vec, scalar_t* out,
+                                cudaStream_t stream) {
+  const int64_t blocks = (rows + kL2RowsPerBlock - 1) / kL2RowsPerBlock;
+  dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
+    constexpr int VEC = decltype(vec_c)::value;
+    l2_normalize_kernel<scalar_t, VEC><<<blocks, kL2RowsPerBlock * 32, 0, stream>>>(x, row_stride, rows, dim, out);
   });
-  return out;
+  return cudaGetLastError();
 }
 
-at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden_in, const at::Tensor& cu_seqlens_in,
-                                   c10::string_view mode_name, bool normalize, int64_t skip_tokens) {
-  const PoolMode mode = check_varlen_args(hidden_in, cu_seqlens_in, mode_name, skip_tokens);
-  const int64_t batch = cu_seqlens_in.size(0) - 1, total_tokens = hidden_in.size(0), hidden_size = hidden_in.size(1);
-  TORCH_CHECK_VALUE(batch <= kMaxRows && total_tokens < kMaxTokens && hidden_size < kMaxTokens,
-                    "masked_pool_varlen: hidden ", hidden_in.sizes(), " with ", batch,
-                    " sequences is too large for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(hidden_in.device());
-  at::Tensor out = at::empty({batch, hidden_size}, hidden_in.options());
-  if (batch == 0 || hidden_size == 0) return out;
-  if (total_tokens == 0) return out.zero_();
-  const at::Tensor hidden = with_unit_feature_stride(hidden_in);
-  const at::Tensor cu_seqlens = cu_seqlens_in.to(at::kLong).contiguous();
-  const int skip = static_cast<int>(std::min<int64_t>(skip_tokens, kMaxTokens));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "masked_pool_varlen_cuda", [&] {
-    const int vec = pick_vec_width<scalar_t>(hidden.const_data_ptr(), {hidden_size, hidden.stride(0)});
-    const PoolLaunch p = plan_pool_launch(hidden_size, vec, pool_token_bound(mode, total_tokens), normalize);
-    dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
-      constexpr int VEC = decltype(vec_c)::value;
-      auto kernel = mode == PoolMode::Max ? varlen_pool_kernel<scalar_t, VEC, true>
-                                          : varlen_pool_kernel<scalar_t, VEC, false>;
-      allow_dynamic_smem(kernel, p.smem);
-      kernel<<<batch, p.threads, p.smem, stream>>>(
-          hidden.const_data_ptr<scalar_t>(), hidden.stride(0), total_tokens, cu_seqlens.const_data_ptr<int64_t>(),
-          static_cast<int>(hidden_size), mode, skip, p.cols, p.groups, p.fused_norm, out.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    if (normalize && !p.fused_norm) launch_l2_normalize<scalar_t>(out, hidden_size, out);
+template <typename scalar_t>
+cudaError_t launch_pool(const PoolArgs& args, const PoolLaunch& plan, float* workspace, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  dispatch_vec_width<scalar_t>(plan.vec, [&](auto vec_c) {
+    constexpr int VEC = decltype(vec_c)::value;
+    err = args.mode == PoolMode::Max ? launch_pool_kernels<scalar_t, VEC, true>(args, plan, workspace, stream)
+                                     : launch_pool_kernels<scalar_t, VEC, false>(args, plan, workspace, stream);
   });
-  return out;
+  if (err != cudaSuccess || !args.normalize || plan.fused_norm || plan.splits > 1) return err;
+  // The pooled row did not fit in shared memory: normalize the written output (one extra rounding first).
+  auto* out = static_cast<scalar_t*>(args.out);
+  const int vec = pick_vec_width<scalar_t>(out, {args.hidden_size});
+  return launch_l2_normalize<scalar_t>(out, args.hidden_size, args.batch, args.hidden_size, vec, out, stream);
 }
 
-at::Tensor l2_normalize_cuda(const at::Tensor& x_in, std::optional<int64_t> dim) {
-  const int64_t keep = check_l2_normalize_args(x_in, dim);
-  TORCH_CHECK_VALUE(keep < kMaxTokens && x_in.size(0) / kL2WarpsPerBlock < kMaxRows, "l2_normalize: x ", x_in.sizes(),
-                    " is too large for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor out = at::empty({x_in.size(0), keep}, x_in.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor x = with_unit_feature_stride(x_in);
-  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "l2_normalize_cuda",
-                                  [&] { launch_l2_normalize<scalar_t>(x, keep, out); });
-  return out;
-}
-
-TORCH_LIBRARY_IMPL(sentfuse, CUDA, m) {
-  m.impl("masked_pool", &masked_pool_cuda);
-  m.impl("masked_pool_varlen", &masked_pool_varlen_cuda);
-  m.impl("l2_normalize", &l2_normalize_cuda);
-}
+#define SENTFUSE_INSTANTIATE_POOL(T)                                                                          \
+  template int pick_pool_vec<T>(const void*, int64_t, int64_t, int64_t);                                      \
+  template cudaError_t launch_pool<T>(const PoolArgs&, const PoolLaunch&, float*, cudaStream_t);              \
+  template cudaError_t launch_l2_normalize<T>(const T*, int64_t, int64_t, int, int, T*, cudaStream_t);
+SENTFUSE_INSTANTIATE_POOL(float)
+SENTFUSE_INSTANTIATE_POOL(c10::Half)
+SENTFUSE_INSTANTIATE_POOL(c10::BFloat16)
+#undef SENTFUSE_INSTANTIATE_POOL
 
 }  // namespace sentfuse

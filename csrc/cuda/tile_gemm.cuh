@@ -53,14 +53,78 @@ inline at::Tensor row_norms(const at::Tensor& x) {
   return out;
 }
 
-// dots [rows, cols] fp32 = a [rows, D] . b [cols, D]^T with fp32 accumulation; fp32 inputs never take
-// TF32, 16-bit inputs run on tensor cores and write fp32.
+// fp16 copies of the unit rows x / |x| (zero rows stay zero), the 16-bit scans' operands for fp32 data:
+// no overflow whatever the norms, and 8x finer than bf16. (A template, so that every .cu may include it.)
+template <typename out_t>
+__global__ void unit_rows_kernel(const float* __restrict__ x,  // [rows, dim]
+                                 const float* __restrict__ norms, int64_t rows, int64_t dim,  // [rows]
+                                 out_t* __restrict__ out) {  // [rows, dim]
+  const int64_t total = rows * dim;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float norm = norms[e / dim];
+    // A NaN norm stays NaN, so the scan sees the non-finite row.
+    out[e] = static_cast<out_t>(norm == 0.f ? 0.f : x[e] / norm);
+  }
+}
+
+// x [rows, dim] fp32 contiguous, norms [rows] -> fp16 [rows, dim].
+inline at::Tensor unit_rows(const at::Tensor& x, const at::Tensor& norms) {
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kHalf));
+  const int64_t total = x.numel();
+  if (total == 0) return out;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
+  unit_rows_kernel<at::Half><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      x.const_data_ptr<float>(), norms.const_data_ptr<float>(), x.size(0), x.size(1),
+      out.mutable_data_ptr<at::Half>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// 16-bit GEMMs accumulate in fp32 with no reduced-precision split-K reduction: the rescoring bounds
+// (cuda/topk.cu) assume both. The process-wide cuBLAS settings are restored on exit.
+class ExactAccumulationGuard {
+ public:
+  ExactAccumulationGuard()
+      : fp16_(ctx().allowFP16ReductionCuBLAS()),
+        bf16_(ctx().allowBF16ReductionCuBLAS()),
+        fp16_accumulation_(ctx().allowFP16AccumulationCuBLAS()) {
+    ctx().setAllowFP16ReductionCuBLAS(false);
+    ctx().setAllowBF16ReductionCuBLAS(false);
+    ctx().setAllowFP16AccumulationCuBLAS(false);
+  }
+  ~ExactAccumulationGuard() {
+    ctx().setAllowFP16ReductionCuBLAS(reduced(fp16_), split_k(fp16_));
+    ctx().setAllowBF16ReductionCuBLAS(reduced(bf16_), split_k(bf16_));
+    ctx().setAllowFP16AccumulationCuBLAS(fp16_accumulation_);
+  }
+  ExactAccumulationGuard(const ExactAccumulationGuard&) = delete;
+  ExactAccumulationGuard& operator=(const ExactAccumulationGuard&) = delete;
+
+ private:
+  static at::Context& ctx() { return at::globalContext(); }
+  static bool reduced(at::CuBLASReductionOption o) {
+    return o == at::CuBLASReductionOption::AllowReducedPrecisionWithSplitK;
+  }
+  static bool split_k(at::CuBLASReductionOption o) {
+    return o != at::CuBLASReductionOption::DisallowReducedPrecisionDisallowSplitK;
+  }
+  at::CuBLASReductionOption fp16_, bf16_;
+  bool fp16_accumulation_;
+};
+
+// dots [rows, cols] = a [rows, D] . b [cols, D]^T with fp32 accumulation, stored in dots' dtype (fp32, or
+// a's 16-bit type); fp32 inputs never take TF32, 16-bit inputs run on tensor cores.
 inline void tile_dots(const at::Tensor& a, const at::Tensor& b, at::Tensor& dots) {
   if (a.scalar_type() == at::kFloat) {
     at::NoTF32Guard exact_fp32;
     at::mm_out(dots, a, b.t());
-  } else {
+  } else if (dots.scalar_type() == at::kFloat) {
+    ExactAccumulationGuard exact_sums;
     at::mm_out(dots, a, b.t(), at::kFloat);
+  } else {
+    ExactAccumulationGuard exact_sums;
+    at::mm_out(dots, a, b.t());
   }
 }
 

@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import util
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
 from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
+from .sparse import SparseEncoder
 from .search import (
     community_detection,
     cos_sim,

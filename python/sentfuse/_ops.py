@@ -179,3 +179,50 @@ def pair_scores(
 def _pair_scores_fake(a, b, rows, cols, *, metric="cosine"):
     torch._check(rows.dim() == 1 and rows.shape == cols.shape, lambda: "pair_scores: rows and cols must be [P]")
     return a.new_empty(rows.shape, dtype=torch.float32)
+
+
+def splade_pool(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "relu",
+    pooling: str = "max",
+) -> torch.Tensor:
+    """SPLADE vectors [B, V] fp32 from hidden [B, L, H] (after the MLM head's transform), the decoder
+    weight [V, H] and bias [V].
+
+    Each valid token's logits hidden @ weight.T + bias go through log1p(relu(x)) (activation "relu") or
+    log1p(log1p(relu(x))) ("log1p_relu") and are pooled over the tokens attention_mask marks valid by
+    "max" or "sum", as sentence-transformers' SpladePooling does. The vocabulary is projected tile by tile,
+    so the [B, L, V] logits never exist; padding never contributes, and a row without valid tokens gives
+    zeros. weight must have hidden's dtype; accumulation is fp32. NaN or inf in a valid token, the weight or
+    the bias raises an error.
+    """
+    return torch.ops.sentfuse.splade_pool.default(hidden, attention_mask, weight, bias, activation, pooling)
+
+
+def splade_pool_varlen(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "relu",
+    pooling: str = "max",
+) -> torch.Tensor:
+    """splade_pool for packed tokens hidden [T, H]; sequence i is rows cu_seqlens[i]:cu_seqlens[i+1]."""
+    return torch.ops.sentfuse.splade_pool_varlen.default(hidden, cu_seqlens, weight, bias, activation, pooling)
+
+
+@torch.library.register_fake("sentfuse::splade_pool")
+def _splade_pool_fake(hidden, attention_mask, weight, bias=None, activation="relu", pooling="max"):
+    torch._check(hidden.dim() == 3, lambda: f"splade_pool: hidden must be 3-D, got {hidden.dim()}-D")
+    torch._check(weight.dim() == 2, lambda: f"splade_pool: weight must be 2-D, got {weight.dim()}-D")
+    return hidden.new_empty((hidden.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("sentfuse::splade_pool_varlen")
+def _splade_pool_varlen_fake(hidden, cu_seqlens, weight, bias=None, activation="relu", pooling="max"):
+    torch._check(hidden.dim() == 2, lambda: f"splade_pool_varlen: hidden must be 2-D, got {hidden.dim()}-D")
+    torch._check(weight.dim() == 2, lambda: f"splade_pool_varlen: weight must be 2-D, got {weight.dim()}-D")
+    return hidden.new_empty((cu_seqlens.shape[0] - 1, weight.shape[0]), dtype=torch.float32)

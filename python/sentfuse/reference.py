@@ -38,6 +38,8 @@ def masked_pool(
         raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
     x = hidden.float()
     batch, seq_len, _ = x.shape
+    if seq_len == 0:  # no token anywhere: every row is empty
+        return hidden.new_zeros(batch, hidden.shape[2])
     valid, first = valid_token_mask(attention_mask, skip_tokens)
     count = valid.sum(dim=1, keepdim=True).float()
     positions = torch.arange(seq_len, device=x.device).unsqueeze(0)
@@ -56,7 +58,7 @@ def masked_pool(
             index = torch.where(valid, positions, seq_len).amin(dim=1)
         else:
             index = torch.where(valid, positions, -1).amax(dim=1)
-        picked = x[torch.arange(batch, device=x.device), index.clamp(0, max(seq_len - 1, 0))] if seq_len else x.sum(1)
+        picked = x[torch.arange(batch, device=x.device), index.clamp(0, seq_len - 1)]
         out = torch.where(count > 0, picked, torch.zeros_like(picked))
     if normalize:
         out = torch.nn.functional.normalize(out, p=2.0, dim=-1)
@@ -190,3 +192,54 @@ def pair_scores(
     if metric == "dot":
         return dots
     return torch.nan_to_num(dots / (x.norm(dim=1) * y.norm(dim=1)), nan=0.0)
+
+
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+SPLADE_POOLINGS = ("max", "sum")
+
+
+def splade_pool(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "relu",
+    pooling: str = "max",
+) -> torch.Tensor:
+    """The full [B, L, V] fp32 logits hidden @ weight.T + bias, log1p(relu(.)) (twice log1p for log1p_relu),
+    zeroed at padding, then max or sum over tokens -> [B, V] fp32 (rows without valid tokens: zeros)."""
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {SPLADE_ACTIVATIONS}, got {activation!r}")
+    if pooling not in SPLADE_POOLINGS:
+        raise ValueError(f"pooling must be one of {SPLADE_POOLINGS}, got {pooling!r}")
+    valid = attention_mask != 0
+    finite = torch.isfinite(hidden[valid]).all() and torch.isfinite(weight).all()
+    if not finite or (bias is not None and not torch.isfinite(bias).all()):
+        raise ValueError("splade_pool: hidden (at a valid token), weight or bias holds NaN or inf")
+    logits = hidden.float().masked_fill(~valid.unsqueeze(-1), 0) @ weight.float().T  # padding may hold anything
+    if bias is not None:
+        logits = logits + bias.float()
+    x = torch.log1p(torch.relu(logits))
+    if activation == "log1p_relu":
+        x = torch.log1p(x)
+    x = x * valid.unsqueeze(-1)  # activations are >= 0, so zeros never win a max
+    return x.amax(dim=1) if pooling == "max" and x.shape[1] else x.sum(dim=1)
+
+
+def splade_pool_varlen(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "relu",
+    pooling: str = "max",
+) -> torch.Tensor:
+    """Packed tokens hidden [T, H] with sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] -> [B, V]."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    max_len = max(lengths, default=0)
+    padded = hidden.new_zeros(len(lengths), max_len, hidden.shape[-1])
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.long, device=hidden.device)
+    for i, (start, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
+        padded[i, :n] = hidden[start : start + n]
+        mask[i, :n] = 1
+    return splade_pool(padded, mask, weight, bias, activation, pooling)

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "cuda/reduce.cuh"
+
 namespace sentfuse::select {
 
 constexpr int32_t kNoIndex = 0x7fffffff;
@@ -80,7 +82,12 @@ struct BlockQueue {
     const int filled = *count;
     if (filled == 0) return;  // uniform: every thread read the same value after the barrier
     int sorted = 1;
-    while (sorted < filled) sorted <<= 1;  // slots [filled, sorted) already hold sentinels
+    while (sorted < filled) sorted <<= 1;
+    for (int i = filled + threadIdx.x; i < sorted; i += blockDim.x) {
+      cand_scores[i] = -INFINITY;
+      cand_indices[i] = kNoIndex;
+    }
+    __syncthreads();
     bitonic_sort(cand_scores, cand_indices, sorted);
     // top is sorted best first and so is the buffer. Pairing top[T-1-i] with cand[i] and keeping the
     // better of each pair leaves exactly the best T of the union in top, as a descending-then-ascending
@@ -95,10 +102,6 @@ struct BlockQueue {
     }
     __syncthreads();
     bitonic_merge(top_scores, top_indices, top_size);
-    for (int i = threadIdx.x; i < sorted; i += blockDim.x) {
-      cand_scores[i] = -INFINITY;
-      cand_indices[i] = kNoIndex;
-    }
     if (threadIdx.x == 0) *count = 0;
     __syncthreads();
   }
@@ -106,12 +109,22 @@ struct BlockQueue {
 
 // Selects the best k of `length` stream entries together with `init` (k entries sorted best first, or
 // nullptr), writing k entries best first to out (which may alias init: init is read before any write).
-// source(e, score, index) yields stream entry e and returns false to skip it. The k <= top_size <=
-// cand_capacity - kThreads * kPerThread requirement is the caller's; top_size and cand_capacity are powers of 2.
-template <int kThreads, int kPerThread, typename Source>
+//
+// The stream is read in chunks of Source::kVec consecutive entries (one vector load for tiles), each
+// thread taking Source::kChunks chunks per round. source(chunk, length, score, index) fills the chunk's
+// entries and returns a bit mask of the ones that are candidates at all. A thread compares its entries
+// with the running k-th best in registers; only survivors are written out, compacted per warp (a prefix
+// sum of the survivor counts and one shared atomic per warp), so once the threshold is good a round costs
+// the loads and one barrier. The k <= top_size requirement is the caller's; top_size and cand_capacity are
+// powers of 2 and cand_capacity >= 2 * kThreads * kChunks * kVec.
+template <int kThreads, typename Source>
 __device__ void block_select(const Source& source, int64_t length, int k, int top_size, int cand_capacity,
                             const float* init_scores, const int32_t* init_indices,  // [k] or nullptr
                             float* out_scores, int32_t* out_indices) {              // [k]
+  constexpr int kVec = Source::kVec;
+  constexpr int kPerThread = Source::kChunks * kVec;
+  constexpr int kRound = kThreads * kPerThread;
+  static_assert(kPerThread <= 32, "survivor masks are 32 bits");
   extern __shared__ __align__(16) unsigned char select_smem[];
   __shared__ int count;
   BlockQueue q;
@@ -128,32 +141,53 @@ __device__ void block_select(const Source& source, int64_t length, int k, int to
     q.top_scores[i] = given ? init_scores[i] : -INFINITY;
     q.top_indices[i] = given ? init_indices[i] : kNoIndex;
   }
-  for (int i = threadIdx.x; i < cand_capacity; i += kThreads) {
-    q.cand_scores[i] = -INFINITY;
-    q.cand_indices[i] = kNoIndex;
-  }
   if (threadIdx.x == 0) count = 0;
   __syncthreads();
 
-  constexpr int kRound = kThreads * kPerThread;
+  const int lane = threadIdx.x % 32;
+  const int64_t chunks = (length + kVec - 1) / kVec;
   float threshold_score = q.top_scores[k - 1];
   int32_t threshold_index = q.top_indices[k - 1];
-  for (int64_t base = 0; base < length; base += kRound) {
-    int last_slot = -1;
+  for (int64_t first = 0; first < chunks; first += kThreads * Source::kChunks) {
+    float score[kPerThread];
+    int32_t index[kPerThread];
 #pragma unroll
-    for (int p = 0; p < kPerThread; ++p) {
-      const int64_t e = base + p * kThreads + threadIdx.x;
-      float score;
-      int32_t index;
-      if (e < length && source(e, score, index) && ranks_before(score, index, threshold_score, threshold_index)) {
-        last_slot = atomicAdd(&count, 1);
-        q.cand_scores[last_slot] = score;
-        q.cand_indices[last_slot] = index;
-      }
+    for (int e = 0; e < kPerThread; ++e) {
+      score[e] = -INFINITY;
+      index[e] = kNoIndex;
     }
-    // Slots are handed out consecutively, so some thread holds slot count - 1 exactly when count grew
-    // this round; flush once another full round could overflow the buffer.
-    if (__syncthreads_or(last_slot >= cand_capacity - kRound)) {
+    uint32_t keep = 0;
+#pragma unroll
+    for (int c = 0; c < Source::kChunks; ++c) {
+      const int64_t chunk = first + c * kThreads + threadIdx.x;
+      if (chunk < chunks) keep |= source(chunk, length, score + c * kVec, index + c * kVec) << (c * kVec);
+    }
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      if (!ranks_before(score[e], index[e], threshold_score, threshold_index)) keep &= ~(1u << e);
+    }
+    // Warp compaction: an inclusive prefix sum of the survivor counts, one atomic per warp.
+    const int mine = __popc(keep);
+    int before = mine;
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int up = __shfl_up_sync(kFullWarp, before, offset);
+      if (lane >= offset) before += up;
+    }
+    const int warp_total = __shfl_sync(kFullWarp, before, 31);
+    int warp_base = 0;
+    if (lane == 31 && warp_total > 0) warp_base = atomicAdd(&count, warp_total);
+    warp_base = __shfl_sync(kFullWarp, warp_base, 31);
+    int slot = warp_base + before - mine;
+    while (keep != 0) {
+      const int e = __ffs(keep) - 1;
+      keep &= keep - 1;
+      q.cand_scores[slot] = score[e];
+      q.cand_indices[slot] = index[e];
+      ++slot;
+    }
+    // The warp ending last ends at count; flush once another round could overflow the buffer.
+    const bool nearly_full = lane == 31 && warp_total > 0 && warp_base + warp_total > cand_capacity - kRound;
+    if (__syncthreads_or(nearly_full)) {
       q.flush();
       threshold_score = q.top_scores[k - 1];
       threshold_index = q.top_indices[k - 1];

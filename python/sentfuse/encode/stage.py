@@ -93,7 +93,9 @@ class Staging:
         slot.host["positions"][:n].numpy()[:] = plan.positions
         if self._copy_stream is None:
             return StagedBatch(plan, host, slot.host["positions"][:n], slot)
-        with torch.cuda.stream(self._copy_stream):
+        # This runs on the tokenizer thread, outside encode's inference mode (thread-local), while the slot's
+        # buffers may be inference tensors allocated under it: only inference mode may update those in place.
+        with torch.inference_mode(), torch.cuda.stream(self._copy_stream):
             if slot.consumed is not None:
                 self._copy_stream.wait_event(slot.consumed)  # on the GPU: the model has read this slot
             for key in (*self.keys, "positions"):

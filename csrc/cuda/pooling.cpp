@@ -1,0 +1,128 @@
+// CUDA host entry points of masked_pool, masked_pool_varlen and l2_normalize: argument checks, device
+// guard, stream, workspace, registration. Kernels and launchers: cuda/pooling.cu.
+#include <algorithm>
+#include <limits>
+#include <optional>
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/dispatch.h"
+#include "cuda/pooling.h"
+
+namespace sentfuse {
+namespace {
+
+constexpr int64_t kMaxTokens = int64_t{1} << 30;  // keeps token indices (plus unrolled offsets) in int
+constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();  // grid.x limit: one block per row
+
+PoolDevice current_device() {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  return {prop->multiProcessorCount, prop->maxThreadsPerMultiProcessor, prop->sharedMemPerBlockOptin};
+}
+
+// Plans, allocates the workspace and launches; args.hidden / args.out are set by the caller.
+template <typename scalar_t>
+void run_pool(const PoolArgs& args, int vec, const at::Tensor& like) {
+  const PoolLaunch plan = plan_pool(args, vec, current_device());
+  const int64_t floats = pool_workspace_floats(args, plan);
+  const at::Tensor workspace = at::empty({floats}, like.options().dtype(at::kFloat));
+  C10_CUDA_CHECK(launch_pool<scalar_t>(args, plan, floats > 0 ? workspace.mutable_data_ptr<float>() : nullptr,
+                                       at::cuda::getCurrentCUDAStream()));
+}
+
+void check_cuda_size(const char* op, const at::Tensor& hidden, int64_t rows, int64_t tokens, int64_t features) {
+  TORCH_CHECK_VALUE(rows <= kMaxRows && tokens < kMaxTokens && features < kMaxTokens, op, ": hidden ",
+                    hidden.sizes(), " with ", rows, " rows is too large for the CUDA kernel");
+}
+
+at::Tensor masked_pool_cuda(const at::Tensor& hidden_in, const at::Tensor& attention_mask, c10::string_view mode_name,
+                            bool normalize, int64_t skip_tokens) {
+  const PoolMode mode = check_masked_pool_args(hidden_in, attention_mask, mode_name, skip_tokens);
+  const int64_t batch = hidden_in.size(0), seq_len = hidden_in.size(1), hidden_size = hidden_in.size(2);
+  check_cuda_size("masked_pool", hidden_in, batch, seq_len, hidden_size);
+  const c10::cuda::CUDAGuard guard(hidden_in.device());
+  at::Tensor out = at::empty({batch, hidden_size}, hidden_in.options());
+  if (batch == 0 || hidden_size == 0) return out;
+  if (seq_len == 0) return out.zero_();
+  const at::Tensor hidden = with_unit_feature_stride(hidden_in);
+  const at::Tensor mask = attention_mask.ne(0).contiguous();
+  PoolArgs args{};
+  args.hidden = hidden.const_data_ptr();
+  args.batch_stride = hidden.stride(0);
+  args.token_stride = hidden.stride(1);
+  args.mask = mask.const_data_ptr<bool>();
+  args.batch = static_cast<int>(batch);
+  args.seq_len = static_cast<int>(seq_len);
+  args.hidden_size = static_cast<int>(hidden_size);
+  args.skip_tokens = static_cast<int>(std::min<int64_t>(skip_tokens, kMaxTokens));
+  args.mode = mode;
+  args.normalize = normalize;
+  args.out = out.mutable_data_ptr();
+  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "sentfuse_masked_pool_cuda", [&] {
+    run_pool<scalar_t>(args, pick_pool_vec<scalar_t>(args.hidden, hidden_size, hidden.stride(0), hidden.stride(1)),
+                       hidden);
+  });
+  return out;
+}
+
+// cu_seqlens are not validated here (that would sync with the device): the kernel clamps them to
+// [0, total_tokens], so bad offsets pool fewer tokens but never read out of range.
+at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden_in, const at::Tensor& cu_seqlens_in,
+                                   c10::string_view mode_name, bool normalize, int64_t skip_tokens) {
+  const PoolMode mode = check_varlen_args(hidden_in, cu_seqlens_in, mode_name, skip_tokens);
+  const int64_t batch = cu_seqlens_in.size(0) - 1, total_tokens = hidden_in.size(0), hidden_size = hidden_in.size(1);
+  check_cuda_size("masked_pool_varlen", hidden_in, batch, total_tokens, hidden_size);
+  const c10::cuda::CUDAGuard guard(hidden_in.device());
+  at::Tensor out = at::empty({batch, hidden_size}, hidden_in.options());
+  if (batch == 0 || hidden_size == 0) return out;
+  if (total_tokens == 0) return out.zero_();
+  const at::Tensor hidden = with_unit_feature_stride(hidden_in);
+  const at::Tensor cu_seqlens = cu_seqlens_in.to(at::kLong).contiguous();
+  PoolArgs args{};
+  args.hidden = hidden.const_data_ptr();
+  args.token_stride = hidden.stride(0);
+  args.cu_seqlens = cu_seqlens.const_data_ptr<int64_t>();
+  args.total_tokens = total_tokens;
+  args.batch = static_cast<int>(batch);
+  args.hidden_size = static_cast<int>(hidden_size);
+  args.skip_tokens = static_cast<int>(std::min<int64_t>(skip_tokens, kMaxTokens));
+  args.mode = mode;
+  args.normalize = normalize;
+  args.out = out.mutable_data_ptr();
+  SENTFUSE_DISPATCH_FLOAT_TYPES(hidden.scalar_type(), "sentfuse_masked_pool_varlen_cuda", [&] {
+    run_pool<scalar_t>(args, pick_pool_vec<scalar_t>(args.hidden, hidden_size, hidden.stride(0), hidden_size), hidden);
+  });
+  return out;
+}
+
+at::Tensor l2_normalize_cuda(const at::Tensor& x_in, std::optional<int64_t> dim) {
+  const int64_t keep = check_l2_normalize_args(x_in, dim);
+  TORCH_CHECK_VALUE(keep < kMaxTokens && x_in.size(0) / kL2RowsPerBlock < kMaxRows, "l2_normalize: x ",
+                    x_in.sizes(), " is too large for the CUDA kernel");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor out = at::empty({x_in.size(0), keep}, x_in.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x = with_unit_feature_stride(x_in);
+  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "sentfuse_l2_normalize_cuda", [&] {
+    const int vec = pick_pool_vec<scalar_t>(x.const_data_ptr(), keep, x.stride(0), keep);
+    C10_CUDA_CHECK(launch_l2_normalize<scalar_t>(x.const_data_ptr<scalar_t>(), x.stride(0), x.size(0),
+                                                 static_cast<int>(keep), vec, out.mutable_data_ptr<scalar_t>(),
+                                                 at::cuda::getCurrentCUDAStream()));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sentfuse, CUDA, m) {
+  m.impl("masked_pool", &masked_pool_cuda);
+  m.impl("masked_pool_varlen", &masked_pool_varlen_cuda);
+  m.impl("l2_normalize", &l2_normalize_cuda);
+}
+
+}  // namespace sentfuse

@@ -1,0 +1,102 @@
+"""`sentfuse search`: rank the items of a corpus file against query texts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..encode.encoder import DOCUMENT_PROMPT_NAMES
+from .args import add_input_options, add_model_options, positive
+from .errors import CommandError
+from .inputs import Items, read_items, shown
+from .model import load_encoder
+from .outputs import check_output, load_embeddings, write_embeddings
+from .records import CHECKPOINT_DTYPE, build_record, mismatches, read_record
+
+DESCRIPTION = """\
+Embed a corpus (one text per line, or .jsonl with --field) and print each query's best matches.
+Hits are numbered by item, from 0: item i is line i + 1 of a text file (row i of `sentfuse encode`'s
+output). Blank lines are never hits.
+
+With --embeddings FILE.npy, the corpus embeddings are read from FILE.npy when FILE.npy.json beside
+it shows they were built from this corpus, model and options (as `sentfuse encode` and earlier
+searches write them); otherwise search stops and says what differs. The first time, or with
+--reencode, search encodes the corpus and writes both files (atomically).
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="rank the lines of a corpus file against queries",
+                                 description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="query texts")
+    search.add_argument("--corpus", required=True, help="text or .jsonl file, one corpus item per line/record")
+    add_input_options(search)
+    search.add_argument("--embeddings", default=None, metavar="FILE.npy", help="cached corpus embeddings")
+    search.add_argument("--reencode", action="store_true",
+                        help="encode the corpus and rewrite --embeddings even if it exists")
+    search.add_argument("-k", "--top-k", type=positive, default=5, help="hits per query (default 5)")
+    add_model_options(search)
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.set_defaults(run=run)
+
+
+def _cache_path(args: argparse.Namespace) -> Path | None:
+    """--embeddings, checked before any work: an existing file to reuse, or a file search may (re)write."""
+    if args.embeddings is None:
+        return None
+    reuse = Path(args.embeddings).is_file() and not args.reencode
+    return check_output(args.embeddings, "--embeddings", writable=not reuse)
+
+
+def _corpus_embeddings(args: argparse.Namespace, encoder: Any, corpus: Items, cache: Path | None) -> np.ndarray:
+    """The corpus embeddings: from cache when its record matches, else encoded (and saved there)."""
+    prompt = next((encoder.prompts[n] for n in DOCUMENT_PROMPT_NAMES if n in encoder.prompts), "")
+    record = build_record(encoder, corpus.name, corpus.texts, prompt=prompt, dtype=CHECKPOINT_DTYPE,
+                          normalize=False, precision="float32")
+    if cache is not None and cache.exists() and not args.reencode:
+        embeddings = load_embeddings(args.embeddings, "--embeddings")
+        problems = mismatches(read_record(cache), record, embeddings, cache)
+        if problems:
+            raise CommandError(f"--embeddings {cache} {'; it '.join(problems)}. Pass --reencode to rebuild it "
+                               "from this corpus, or name another file")
+        return embeddings
+    embeddings = encoder.encode(corpus.texts, prompt=prompt, batch_size=args.batch_size,
+                                show_progress_bar=not args.no_progress)
+    if cache is not None:
+        write_embeddings(cache, embeddings, record, "--embeddings")
+    return embeddings
+
+
+def _hits(args: argparse.Namespace, encoder: Any, corpus: Items, embeddings: np.ndarray) -> list[list[dict]]:
+    """Each query's top-k hits among the non-blank items; blank items are asked for too and then dropped."""
+    keep = set(corpus.non_blank())
+    blank = len(corpus.texts) - len(keep)
+    top_k = min(args.top_k + blank, len(corpus.texts))
+    hits = encoder.search(args.queries, embeddings, top_k=top_k, batch_size=args.batch_size)
+    return [[hit for hit in query_hits if hit["corpus_id"] in keep][: args.top_k] for query_hits in hits]
+
+
+def run(args: argparse.Namespace) -> int:
+    for number, query in enumerate(args.queries, start=1):
+        if not query.strip():
+            raise CommandError(f"query {number} is blank")
+    cache = _cache_path(args)
+    corpus = read_items(args.corpus, args.format, args.field, option="--corpus")
+    corpus.non_blank()
+    encoder = load_encoder(args)
+    embeddings = _corpus_embeddings(args, encoder, corpus, cache)
+    hits = _hits(args, encoder, corpus, embeddings)
+    if args.json:
+        results = [{"query": query, "hits": [dict(hit, text=corpus.texts[hit["corpus_id"]]) for hit in query_hits]}
+                   for query, query_hits in zip(args.queries, hits)]
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+        return 0
+    for query, query_hits in zip(args.queries, hits):
+        print(f"query: {shown(query)}")
+        for rank, hit in enumerate(query_hits, start=1):
+            print(f"  {rank:>2}. {hit['score']:.4f}  [{hit['corpus_id']}] {shown(corpus.texts[hit['corpus_id']])}")
+    return 0
