@@ -20,7 +20,7 @@ SUMMARY=$OUT/summary.txt
 : >"$LOG"
 : >"$SUMMARY"
 export PYTHONUNBUFFERED=1
-STEPS=" ${*:-device build import tests memcheck pooling topk encode mining splade} "
+STEPS=" ${*:-device build import crash tests memcheck pooling topk encode mining splade} "
 
 # step NAME TIMEOUT_S CMD...: runs CMD if NAME was asked for; output to the terminal and $LOG, status to $SUMMARY.
 step() {
@@ -71,6 +71,21 @@ step device 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,d
 # --no-index: nothing may come from the network; the environment already has every dependency.
 step build 200 "$PYTHON" -m pip install -q --no-index --no-build-isolation --no-deps "${build_args[@]}" .
 step import 30 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "built without CUDA kernels"; print("WITH_CUDA", _ops.WITH_CUDA)'
+# A bad argument on a CUDA tensor must raise, never crash; if it crashes, a native backtrace says where.
+crash_probe='import torch, sentfuse
+try:
+    sentfuse.l2_normalize(torch.randn(3, 8, device="cuda"), 9)
+except ValueError as e:
+    print("raised ValueError:", e)'
+probe_crash() {
+  "$PYTHON" -c "$crash_probe" && return 0
+  command -v cuda-gdb >/dev/null && cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary sentfuse" \
+    --args "$PYTHON" -c "$crash_probe" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -40
+  return 1
+}
+export -f probe_crash
+export crash_probe PYTHON
+step crash 60 bash -c probe_crash
 # The CUDA half of the op tests (the `device` fixture's cuda parameter), on 8 workers.
 step tests 120 "$PYTHON" -m pytest -q -n 8 -rs -k cuda "${OP_TESTS[@]}" tests/test_encode_pipeline.py
 if command -v compute-sanitizer >/dev/null 2>&1; then

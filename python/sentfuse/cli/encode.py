@@ -8,6 +8,7 @@ import time
 
 from ..distributed.cli import LOCAL as RAY_LOCAL
 from ..encode.quantize import PRECISIONS
+from ..sparse.output import add_sparse_arguments, run_sparse_encode
 from .args import add_input_options, add_model_options, positive
 from .errors import CommandError
 from .inputs import read_items
@@ -49,6 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="most padded tokens per forward pass (default: by device)")
     encode.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
+    add_sparse_arguments(encode)
     encode.add_argument("--ray", nargs="?", const=RAY_LOCAL, default=None, metavar="ADDRESS",
                         help="encode on a Ray cluster (no ADDRESS: a local Ray for this run): INPUT is a file or a "
                         "quoted glob of Parquet/JSON lines/text shards, -o an output folder (sentfuse[ray])")
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from ..distributed.cli import run_encode as run_encode_on_ray
 
         return run_encode_on_ray(args)
+    if args.sparse:
+        return run_sparse_encode(args, read_items(args.input, args.format, args.field).texts)
     output = check_output(args.output, "-o")
     items = read_items(args.input, args.format, args.field)
     if args.precision in ("int8", "uint8") and len(items.texts) == 1:

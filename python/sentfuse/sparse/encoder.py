@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_sentences, parse_device, parse_dtype, positive_int
-from ..encode.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchStream
-from ..encode.encoder import resolve_model_path
+from ..model.resolve import resolve_model_path
+from .batches import batch_policy, planned_batches
 from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
 from .heads import SpladeHead, StaticHead
 from .vectors import SparseRows, as_dense_rows, decode_rows, sparsity_stats
@@ -148,19 +148,18 @@ class SparseEncoder:
             return self.prompts[prompt_name]
         return self.prompts.get(self.default_prompt_name) if self.default_prompt_name is not None else None
 
-    def _encode_rows(self, head, texts: list[str], batch_size: int, max_batch_tokens: int, max_active_dims: int | None,
+    def _encode_rows(self, head, texts: list[str], batch_size: int | None, max_batch_tokens: int | None,
+                     max_active_dims: int | None,
                      show_progress_bar: bool) -> SparseRows:
-        tok = head.tokenizer
-        pad_values = {"input_ids": tok.pad_token_id if tok.pad_token_id is not None else 0, "attention_mask": 0,
-                      "token_type_ids": getattr(tok, "pad_token_type_id", 0)}
-        stream = BatchStream(texts, head.tokenize, pad_values, tok.padding_side, batch_size, max_batch_tokens,
-                             pin_memory=self.device.type == "cuda")
+        policy = batch_policy(self.device, batch_size, max_batch_tokens, head.tokenizer.model_max_length)
         rows = SparseRows(len(texts), head.vocab_size, self.device)
+        if not texts:
+            return rows
         with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress_bar) as bar:
-            for batch in stream:
-                features = {k: v.to(self.device, non_blocking=True) for k, v in batch.features.items()}
-                rows.add(batch.index.to(self.device, non_blocking=True), head(features), max_active_dims)
-                bar.update(len(batch.positions))
+            for positions, features in planned_batches(head.tokenize(texts), head.tokenizer, policy):
+                features = {k: v.to(self.device) for k, v in features.items()}
+                rows.add(torch.from_numpy(positions).to(self.device), head(features), max_active_dims)
+                bar.update(len(positions))
         return rows
 
     @torch.inference_mode()
@@ -191,9 +190,8 @@ class SparseEncoder:
                             convert_to_sparse_tensor), ("save_to_cpu", save_to_cpu)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-        batch_size = positive_int(batch_size, "batch_size") or DEFAULT_MAX_BATCH_SIZE.get(self.device.type, 1024)
-        max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens") or DEFAULT_BATCH_TOKENS.get(
-            self.device.type, 32768)
+        batch_size = positive_int(batch_size, "batch_size")
+        max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
         max_active_dims = positive_int(max_active_dims, "max_active_dims") or self.max_active_dims
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)

@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._checks import positive_int_arg
+from .._io import atomic_write
 from .encoder import SparseEncoder
 from .vectors import SparseRows
 
@@ -24,21 +25,8 @@ def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse", action="store_true",
                         help="the model is a SparseEncoder (SPLADE): write OUT.npz (scipy CSR, columns = token ids) "
                              "or OUT.jsonl (one {token: weight} object per text)")
-    parser.add_argument("--max-active-dims", type=int, default=None,
+    parser.add_argument("--max-active-dims", type=positive_int_arg, default=None,
                         help="sparse only: keep each vector's largest weights (default: the model's setting)")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(file) into a temporary file beside path, renamed over path only once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _write_npz(coo: torch.Tensor, path: Path) -> None:
@@ -46,17 +34,16 @@ def _write_npz(coo: torch.Tensor, path: Path) -> None:
 
     indices, values = coo.indices().numpy(), coo.values().numpy()
     csr = scipy.sparse.csr_matrix((values, (indices[0], indices[1])), shape=tuple(coo.shape))
-    _atomic_write(path, lambda f: scipy.sparse.save_npz(f, csr))
+    with atomic_write(path) as f:
+        scipy.sparse.save_npz(f, csr)
 
 
 def _write_jsonl(coo: torch.Tensor, tokenizer: Any, path: Path) -> None:
-    def write(f) -> None:
+    with atomic_write(path) as f:
         for row in SparseRows.split(coo):
             values, order = torch.sort(row.values(), descending=True, stable=True)
             tokens = tokenizer.convert_ids_to_tokens(row.indices()[0][order].tolist())
             f.write((json.dumps(dict(zip(tokens, values.tolist())), ensure_ascii=False) + "\n").encode("utf-8"))
-
-    _atomic_write(path, write)
 
 
 def encode_sparse_file(texts: list[str], output: str | os.PathLike, model: str | os.PathLike, *,
@@ -86,6 +73,8 @@ def run_sparse_encode(args: argparse.Namespace, texts: list[str]) -> int:
     """`sentfuse encode --sparse`: what the CLI runs once it has read the input texts."""
     if args.model is None:
         raise ValueError("--sparse needs --model: a sentence-transformers SparseEncoder folder")
+    if args.normalize or args.precision != "float32":
+        raise ValueError("--normalize and --precision apply to dense embeddings, not to --sparse vectors")
     start = time.perf_counter()
     stats = encode_sparse_file(texts, args.output, args.model, device=args.device, dtype=args.dtype,
                                batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,

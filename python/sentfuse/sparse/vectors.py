@@ -41,7 +41,7 @@ class SparseRows:
         else:
             indices = torch.zeros(2, 0, dtype=torch.long, device=self.device)
             values = torch.zeros(0, device=self.device)
-        coo = torch.sparse_coo_tensor(indices, values, self.shape).coalesce()
+        coo = torch.sparse_coo_tensor(indices, values, self.shape, check_invariants=False).coalesce()
         return coo if sparse else coo.to_dense()
 
     @staticmethod
@@ -49,7 +49,7 @@ class SparseRows:
         """A coalesced [N, V] COO tensor as N sparse [V] tensors."""
         rows, cols = coo.indices()
         counts = torch.bincount(rows, minlength=coo.shape[0]).tolist()
-        return [torch.sparse_coo_tensor(c.unsqueeze(0), v, (coo.shape[1],)).coalesce()
+        return [torch.sparse_coo_tensor(c.unsqueeze(0), v, (coo.shape[1],), check_invariants=False).coalesce()
                 for c, v in zip(cols.split(counts), coo.values().split(counts))]
 
 
