@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
-from tqdm.auto import tqdm
 
 from .._checks import positive_int
 from ..encode import Encoder

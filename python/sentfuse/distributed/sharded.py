@@ -203,7 +203,7 @@ def read_pairs(pairs_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
 
 def locate(embeddings_dir: str | os.PathLike, indices: Any) -> list:
     """For global row indices (e.g. search's), the shard name and row in it, and its id when ids were stored."""
-    manifest, shards = complete_shards(embeddings_dir)
+    _, shards = complete_shards(embeddings_dir)
     offsets = np.array([s["offset"] for s in shards])
     flat = np.asarray(indices).reshape(-1)
     found: list = []
