@@ -20,7 +20,9 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 import sentfuse  # noqa: E402
+from sentfuse import cli  # noqa: E402
 from sentfuse import distributed  # noqa: E402
+from sentfuse.distributed.cli import split_ray_argv  # noqa: E402
 from sentfuse.distributed.shards import read_embeddings  # noqa: E402
 
 MODEL = "bert-mean-noprompt-dense"  # not normalized: exercises the cosine norms in search and pairs
@@ -47,15 +49,14 @@ def questions() -> list[str]:
 
 
 def _write_inputs(folder: Path, texts: list[str]) -> list[str]:
-    """Three formats, one shard each: Parquet (with ids), JSON lines (with ids), plain text."""
+    """Two shards with ids: Parquet (texts[:400]) and JSON lines (texts[400:700])."""
     folder.mkdir(parents=True, exist_ok=True)
-    a, b, c = texts[:400], texts[400:700], texts[700:]
+    a, b = texts[:400], texts[400:700]
     pq.write_table(pa.table({"text": a, "qid": [f"q{i}" for i in range(len(a))]}), folder / "a.parquet")
     with open(folder / "b.jsonl", "w") as f:
         for i, t in enumerate(b, start=len(a)):
             f.write(json.dumps({"qid": f"q{i}", "text": t}) + "\n")
-    (folder / "c.txt").write_text("\n".join(c) + "\n")
-    return [str(folder / "a.parquet"), str(folder / "b.jsonl")], str(folder / "c.txt")
+    return [str(folder / "a.parquet"), str(folder / "b.jsonl")]
 
 
 def _concat(folder: Path, manifest: dict) -> np.ndarray:
@@ -70,7 +71,7 @@ def _manifest(folder: Path) -> dict:
 def encoded(tmp_path_factory, model, questions):
     """Parquet + JSON lines shards with ids, encoded once for the tests below."""
     root = tmp_path_factory.mktemp("dist")
-    inputs, _ = _write_inputs(root / "in", questions)
+    inputs = _write_inputs(root / "in", questions)
     result = distributed.encode_dataset(inputs, root / "out", model, id_field="qid")
     return root / "out", result, questions[:700]
 
@@ -90,13 +91,17 @@ def test_encode_dataset_equals_encoder(encoded, model):
     assert pq.read_table(out / "b.jsonl.parquet").column("row").to_pylist() == list(range(300))
 
 
-def test_text_file_int8_calibrated_once_for_all_shards(tmp_path, model, questions):
-    _, text_file = _write_inputs(tmp_path / "in", questions)
+def test_ray_dataset_int8_calibrated_once_for_all_shards(tmp_path, model, questions):
+    texts = questions[700:]
+    dataset = ray.data.from_items([{"text": t} for t in texts])
     out = tmp_path / "out"
-    distributed.encode_dataset(text_file, out, model, precision="int8", normalize_embeddings=True)
+    result = distributed.encode_dataset(dataset, out, model, precision="int8", normalize_embeddings=True,
+                                        rows_per_shard=80)
+    assert result.encoded == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     manifest = _manifest(out)
-    want = sentfuse.Encoder(model).encode(questions[700:], normalize_embeddings=True)
-    # The calibration sample is the first 4,096 texts: here all 200.
+    assert [s["rows"] for s in manifest["shards"]] == [80, 80, 40]
+    want = sentfuse.Encoder(model).encode(texts, normalize_embeddings=True)
+    # One range for every shard, calibrated on the first 4,096 texts: here all 200.
     np.testing.assert_allclose(np.array(manifest["ranges"]), np.stack([want.min(0), want.max(0)]), atol=1e-5)
     stored = _concat(out, manifest)
     expected = sentfuse.encode.quantize_embeddings(want, "int8", ranges=np.array(manifest["ranges"]))
@@ -118,14 +123,16 @@ class CrashOnce(sentfuse.Encoder):
 
 
 def test_worker_death_is_retried_exactly_once(tmp_path, model, questions):
+    # One shard per input format, no ids: rows are numbered within each shard.
     folder = tmp_path / "in"
     folder.mkdir()
-    for i in range(3):
-        pq.write_table(pa.table({"text": questions[i * 60 : (i + 1) * 60]}), folder / f"s{i}.parquet")
+    pq.write_table(pa.table({"text": questions[:60]}), folder / "a.parquet")
+    (folder / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in questions[60:120]))
+    (folder / "c.txt").write_text("\n".join(questions[120:180]) + "\n")
     CrashOnce.marker = str(tmp_path / "crashed")
-    result = distributed.encode_dataset(str(folder / "*.parquet"), tmp_path / "out", CrashOnce(model))
+    result = distributed.encode_dataset(str(folder / "*"), tmp_path / "out", CrashOnce(model))
     assert os.path.exists(CrashOnce.marker), "the worker never died: the test did not test a retry"
-    assert result.rows == 180 and len(result.encoded) == 3
+    assert result.rows == 180 and result.encoded == ["a.parquet", "b.jsonl.parquet", "c.txt.parquet"]
     manifest = _manifest(tmp_path / "out")
     got = _concat(tmp_path / "out", manifest)
     rows = np.concatenate([pq.read_table(tmp_path / "out" / s["output"]).column("row").to_numpy()
@@ -150,7 +157,7 @@ distributed.encode_dataset(sys.argv[2], sys.argv[3], Slow(sys.argv[4]), num_work
 """
 
 
-def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, questions):
+def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, questions, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(6):
@@ -178,19 +185,32 @@ def test_interrupted_driver_rerun_computes_only_missing_shards(tmp_path, model, 
 
     result = distributed.encode_dataset(str(folder / "*.parquet"), out, model)
     assert sorted(result.skipped) == sorted(done[1:])
-    assert sorted(result.encoded) == sorted(set(f"s{i}.parquet" for i in range(6)) - set(done[1:]))
+    assert sorted(result.encoded) == sorted({f"s{i}.parquet" for i in range(6)} - set(done[1:]))
     assert {name: (out / name).stat().st_mtime_ns for name in done[1:]} == before
     got = _concat(out, _manifest(out))
     np.testing.assert_allclose(got, sentfuse.Encoder(model).encode(questions[:300]), atol=1e-4)
+
+    # The CLI's hook reaches the same run: everything is complete now, so nothing is recomputed.
+    assert cli.main(["encode", "--ray", str(folder / "*.parquet"), "-o", str(out), "--model", model]) == 0
+    assert "encoded 0 shards, 6 already complete; 300 rows" in capsys.readouterr().err
+
+
+def test_cli_ray_address_or_input():
+    assert split_ray_argv(["encode", "--ray", "data/*.parquet", "-o", "out"]) == [
+        "encode", "--ray=local", "data/*.parquet", "-o", "out"]
+    for address in ("auto", "10.0.0.1:6379", "ray://head:10001", "[::1]:6379"):
+        assert split_ray_argv(["encode", "--ray", address, "x.jsonl"]) == ["encode", f"--ray={address}", "x.jsonl"]
+    assert split_ray_argv(["encode", "x.txt", "-o", "o", "--ray"]) == ["encode", "x.txt", "-o", "o", "--ray=local"]
 
 
 def test_search_equals_single_machine(encoded):
     out, _, _ = encoded
     corpus = torch.from_numpy(_concat(out, _manifest(out)))
     queries = corpus[::37] + 0.01 * torch.randn(len(corpus[::37]), corpus.shape[1], generator=torch.Generator().manual_seed(0))
-    for k, kwargs in ((5, {}), (450, {}), (3, {"exclude_self": True})):
+    # Each call starts its own actors: two calls cover k above a shard's size and exclude_self.
+    for k, kwargs, workers in ((450, {}, 2), (3, {"exclude_self": True}, 1)):
         q = corpus[:20] if kwargs else queries
-        scores, indices = distributed.search(q, out, k, num_workers=2, **kwargs)
+        scores, indices = distributed.search(q, out, k, num_workers=workers, **kwargs)
         want_scores, want_indices = sentfuse.search_topk(q, corpus, k, **kwargs)
         # Per-shard GEMMs may round a score differently in the last bit; hits match up to such ties.
         torch.testing.assert_close(scores, want_scores, atol=1e-6, rtol=0)

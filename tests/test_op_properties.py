@@ -8,6 +8,8 @@ minimal input.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +21,8 @@ from test_pairs import assert_same_pairs
 from test_pooling import TOL
 from test_topk import assert_same_topk
 
-MAX_EXAMPLES = 200
+# Fewer under the sanitizers (make sanitize), where every example runs several times slower.
+MAX_EXAMPLES = int(os.environ.get("SENTFUSE_PROPERTY_EXAMPLES", "200"))
 PROPERTY = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 DTYPES = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])

@@ -32,7 +32,7 @@ def planted(rows, dim, seed, dtype=torch.float32, source=None, copies=0, noise=0
 
 def pairs_on(device, a, b, threshold, **kwargs):  # noqa: F811
     """threshold_pairs run on `device`, its results brought back to the CPU."""
-    out = pairs_on(device, a.to(device), None if b is None else b.to(device), threshold, **kwargs)
+    out = _ops.threshold_pairs(a.to(device), None if b is None else b.to(device), threshold, **kwargs)
     assert all(t.device.type == device for t in out)
     return tuple(t.cpu() for t in out)
 

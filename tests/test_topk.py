@@ -36,7 +36,7 @@ def assert_same_topk(got, expected, atol=1e-5):
 
 def topk_on(device, queries, corpus, k, **kwargs):  # noqa: F811
     """cosine_topk run on `device`, its results brought back to the CPU."""
-    out = topk_on(device, queries.to(device), corpus.to(device), k, **kwargs)
+    out = _ops.cosine_topk(queries.to(device), corpus.to(device), k, **kwargs)
     assert all(t.device.type == device for t in out)
     return tuple(t.cpu() for t in out)
 

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from ..distributed.cli import split_ray_argv
 from . import encode, info, mine, search
 from .errors import CommandError
 
@@ -40,7 +41,7 @@ def _silence_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(split_ray_argv(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except BrokenPipeError:

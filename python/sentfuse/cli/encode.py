@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..distributed.cli import LOCAL as RAY_LOCAL
 from ..encode.quantize import PRECISIONS
 from ..sparse.output import add_sparse_arguments, run_sparse_encode
 from .args import add_input_options, add_model_options, positive
@@ -50,6 +51,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
     add_sparse_arguments(encode)
+    encode.add_argument("--ray", nargs="?", const=RAY_LOCAL, default=None, metavar="ADDRESS",
+                        help="encode on a Ray cluster (no ADDRESS: a local Ray for this run): INPUT is a file or a "
+                        "quoted glob of Parquet/JSON lines/text shards, -o an output folder (sentfuse[ray])")
     encode.set_defaults(run=run)
 
 
@@ -64,6 +68,10 @@ def prompt_text(encoder, prompt_name: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from ..distributed.cli import run_encode as run_encode_on_ray
+
+        return run_encode_on_ray(args)
     if args.sparse:
         return run_sparse_encode(args, read_items(args.input, args.format, args.field).texts)
     output = check_output(args.output, "-o")

@@ -15,7 +15,8 @@ _EXPORTS = {
     "locate": "sharded", "read_pairs": "sharded", "search": "sharded", "threshold_pairs": "sharded",
     "InputError": "shards",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["EncodeError", "EncodeResult", "InputError", "encode_dataset", "locate", "read_pairs", "search",
+           "threshold_pairs"]
 
 
 def __getattr__(name: str) -> Any:

@@ -40,7 +40,9 @@ def run_encode(args: argparse.Namespace) -> int:
 
     from . import EncodeError, encode_dataset
 
-    ray.init(address=None if args.ray == LOCAL else args.ray)
+    started = not ray.is_initialized()  # a caller's session (a test, a notebook) is used as it is
+    if started:
+        ray.init(address=None if args.ray == LOCAL else args.ray)
     try:
         result = encode_dataset(
             args.input, args.output, args.model, text_field=args.field or "text", format=args.format,
@@ -52,7 +54,8 @@ def run_encode(args: argparse.Namespace) -> int:
         print(f"sentfuse encode: error: {e}", file=sys.stderr)
         return 1
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     print(f"encoded {len(result.encoded)} shards, {len(result.skipped)} already complete; {result.rows} rows "
           f"-> {result.output_dir}/ (manifest.json)", file=sys.stderr)
     return 0

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
-from tqdm.auto import tqdm
 
 from .._checks import positive_int
 from ..encode import Encoder
@@ -236,7 +235,7 @@ def _calibrate(spec: tuple, threads: int | None, shards: list[Shard], options: d
             break
     if sum(map(len, parts)) < 2:
         raise ValueError(f"cannot calibrate {options['precision']} ranges: fewer than 2 readable texts; pass int8_ranges")
-    return calibration_ranges(np.concatenate(parts)).tolist()
+    return calibration_ranges(np.concatenate(parts), options["precision"]).tolist()
 
 
 def _run_shards(spec: tuple, actor_args: tuple, pending: list[Shard], output_dir: Path, manifest: dict,

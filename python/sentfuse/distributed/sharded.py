@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import sentfuse
 
-from .._checks import positive_int
+from .._checks import check_metric, check_threshold, positive_int
 from .shards import FLOAT_PRECISIONS, complete_shards, read_embeddings, write_table_atomic
 
 DEFAULT_BLOCK_ROWS = 200_000  # rows per block of threshold_pairs: a 200k x 384 fp32 block is 300 MB
@@ -132,13 +132,13 @@ def _blocks(shards: list[dict], block_rows: int) -> list[dict]:
 
 
 @ray.remote(max_retries=3)
-def _block_pairs(a: dict, b: dict, same: bool, dim: int, threshold: float, normalized: bool, out: str,
+def _block_pairs(a: dict, b: dict, same: bool, dim: int, threshold: float, metric: str, out: str,
                  num_gpus: float) -> int:
     """Pairs of one block pair, with global ids, written to `out`; returns how many."""
     device = _device(num_gpus)
     x = _load(a["paths"], dim, device)
     y = None if same else _load(b["paths"], dim, device)
-    rows, cols, scores = sentfuse.threshold_pairs(x, y, threshold, normalized=normalized)
+    rows, cols, scores = sentfuse.threshold_pairs(x, y, threshold, metric=metric)
     table = pa.table({"row": (rows.cpu() + a["offset"]).numpy(), "col": (cols.cpu() + b["offset"]).numpy(),
                       "score": scores.cpu().numpy()})
     write_table_atomic(table, Path(out))
@@ -150,7 +150,7 @@ def threshold_pairs(
     threshold: float,
     output_dir: str | os.PathLike,
     *,
-    normalized: bool = False,
+    metric: str = "cosine",
     block_rows: int = DEFAULT_BLOCK_ROWS,
     num_gpus_per_task: float = 0,
     show_progress_bar: bool = False,
@@ -159,11 +159,10 @@ def threshold_pairs(
 
     Shards are grouped into blocks of about block_rows rows; one Ray task per block pair (i <= j)
     writes output_dir/pairs-<i>-<j>.parquet with columns row, col (global row indices, row < col)
-    and score (fp32). Together (see read_pairs) they equal sentfuse.threshold_pairs on the
-    concatenated shards. Returns the number of pairs.
+    and score (fp32). Together (see read_pairs) they equal sentfuse.threshold_pairs (same metric) on
+    the concatenated shards. Returns the number of pairs.
     """
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    threshold = check_threshold(threshold, metric=check_metric(metric))
     positive_int(block_rows, "block_rows", allow_none=False)
     manifest, shards = _float_shards(embeddings_dir)
     out = Path(output_dir)
@@ -178,7 +177,7 @@ def threshold_pairs(
     width = len(str(max(len(blocks) - 1, 0)))
     refs = [
         _block_pairs.options(num_gpus=num_gpus_per_task).remote(
-            blocks[i], blocks[j], i == j, manifest["dim"], float(threshold), normalized,
+            blocks[i], blocks[j], i == j, manifest["dim"], threshold, metric,
             str(out / f"pairs-{i:0{width}d}-{j:0{width}d}.parquet"), num_gpus_per_task)
         for i in range(len(blocks)) for j in range(i, len(blocks))
     ]
@@ -204,7 +203,7 @@ def read_pairs(pairs_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
 
 def locate(embeddings_dir: str | os.PathLike, indices: Any) -> list:
     """For global row indices (e.g. search's), the shard name and row in it, and its id when ids were stored."""
-    manifest, shards = complete_shards(embeddings_dir)
+    _, shards = complete_shards(embeddings_dir)
     offsets = np.array([s["offset"] for s in shards])
     flat = np.asarray(indices).reshape(-1)
     found: list = []

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-CHUNK_TEXTS = 1024  # texts per tokenizer call: large enough to amortize the call, small enough to stream
+CHUNK_TEXTS = 1024  # most texts per tokenizer call: large enough to amortize the call, small enough to stream
+MIN_CHUNK_TEXTS = 64  # fewer texts than threads x 2 chunks still split down to this, so every core gets some
 CHUNKS_AHEAD = 2  # chunks in flight per thread
 
 
@@ -94,7 +95,7 @@ def tokenize_chunks(
     texts: Sequence[str], tokenize: Any, threads: int, chunk_texts: int | None = None
 ) -> Iterator[TokenChunk]:
     """TokenChunks of texts in input order, tokenize(texts, start) running on `threads` threads."""
-    chunk_texts = chunk_texts or CHUNK_TEXTS
+    chunk_texts = chunk_texts or min(CHUNK_TEXTS, max(MIN_CHUNK_TEXTS, -(-len(texts) // (CHUNKS_AHEAD * threads))))
     starts = range(0, len(texts), chunk_texts)
     if threads <= 1:
         for start in starts:
