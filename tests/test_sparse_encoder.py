@@ -181,3 +181,24 @@ def test_bad_arguments_and_folders(sparse_root, tmp_path):
     (bad / "1_SpladePooling" / "config.json").write_text(pooling.read_text().replace('"max"', '"mean"'))
     with pytest.raises(ModelFolderError, match="pooling_strategy must be one of"):
         sentfuse.SparseEncoder(bad, device="cpu")
+
+
+def test_cli_sparse_outputs(sparse_root, tmp_path):
+    import scipy.sparse
+
+    from sentfuse.cli import main
+
+    source = tmp_path / "texts.txt"
+    source.write_text("A man is playing a guitar.\n\ncats\n", encoding="utf-8")
+    folder = str(sparse_root / "bert-relu-max")
+    assert main(["encode", str(source), "--sparse", "--model", folder, "-o", str(tmp_path / "v.npz"),
+                 "--max-active-dims", "4", "--no-progress"]) == 0
+    expected = sentfuse.SparseEncoder(folder, device="cpu").encode_document(
+        ["A man is playing a guitar.", "", "cats"], max_active_dims=4).to_dense()
+    matrix = scipy.sparse.load_npz(tmp_path / "v.npz")
+    torch.testing.assert_close(torch.from_numpy(matrix.toarray()), expected)
+    assert main(["encode", str(source), "--sparse", "--model", folder, "-o", str(tmp_path / "v.jsonl"),
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and all(rows) and list(rows[2].values()) == sorted(rows[2].values(), reverse=True)
+    assert main(["encode", str(source), "--sparse", "--model", folder, "-o", str(tmp_path / "v.npy")]) == 1
