@@ -101,6 +101,8 @@ SAN_TESTS := tests/test_op_errors.py tests/test_pooling.py tests/test_pair_score
 # The large-shape cases add minutes under the sanitizers and no code path the small ones miss.
 SAN_SKIP := not cuda and not torch_compile and not single_thread and not shapes_and_dtypes and not planted \
 	and not bf16_rescore_returns and not max_pairs_keeps
+# python is not linked with libstdc++: preloaded after the ASan runtime, it lets ASan's __cxa_throw
+# interceptor find the real one (else the first C++ exception aborts the process silently).
 sanitize: $(BUILD_STAMP)
 	@start=$$(date +%s); \
 	export PATH="$(abspath $(VENV))/bin:$$PATH"; \
@@ -110,7 +112,8 @@ sanitize: $(BUILD_STAMP)
 	cmake --build $(SAN_BUILD) -j $$(nproc); \
 	rm -rf $(SAN_BUILD)/pkg && mkdir -p $(SAN_BUILD)/pkg && cp -r python/sentfuse $(SAN_BUILD)/pkg/ && \
 	cp $(SAN_BUILD)/_C*.so $(SAN_BUILD)/pkg/sentfuse/; \
-	PYTHONPATH=$(abspath $(SAN_BUILD))/pkg LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	PYTHONPATH=$(abspath $(SAN_BUILD))/pkg \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 SENTFUSE_PROPERTY_EXAMPLES=60 \
 		$(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS) -k "$(SAN_SKIP)"; \
 	echo "sanitize: OK in $$(( $$(date +%s) - start ))s"
