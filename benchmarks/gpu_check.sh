@@ -20,7 +20,7 @@ SUMMARY=$OUT/summary.txt
 : >"$LOG"
 : >"$SUMMARY"
 export PYTHONUNBUFFERED=1
-STEPS=" ${*:-device build import crash tests encode topk pooling mining splade memcheck} "
+STEPS=" ${*:-device build import symbols crash tests encode topk pooling mining splade memcheck} "
 
 # step NAME TIMEOUT_S CMD...: runs CMD if NAME was asked for; output to the terminal and $LOG, status to $SUMMARY.
 step() {
@@ -71,6 +71,8 @@ step device 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,d
 # --no-index: nothing may come from the network; the environment already has every dependency.
 step build 200 "$PYTHON" -m pip install -q --no-index --no-build-isolation --no-deps "${build_args[@]}" .
 step import 30 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "built without CUDA kernels"; print("WITH_CUDA", _ops.WITH_CUDA)'
+# Stream code of libstdc++ compiled into the module (the H200 crash's frames) would show up here.
+step symbols 10 bash -c "nm -DC --defined-only \$($PYTHON -c 'import sentfuse._C as c; print(c.__file__)') | grep -E 'std::(basic_)?ostream|std::codecvt|std::locale' | head -5; true"
 # A bad argument on a CUDA tensor must raise, never crash (the first H200 run segfaulted here). If one
 # crashes, a SIGSEGV handler preloaded into a second run prints the native frames.
 crash_probe='import torch, sentfuse

@@ -1,4 +1,5 @@
 // The one definition of every argument check (see checks.h for why this file is C++-compiler only).
+#include "common/message.h"
 #include "common/checks.h"
 
 #include <algorithm>
@@ -11,6 +12,17 @@
 #include "common/bounds.h"
 
 namespace sentfuse {
+
+void throw_value_error(const char* func, const char* file, uint32_t line, std::string msg) {
+  throw c10::ValueError({func, file, line}, std::move(msg));
+}
+void throw_type_error(const char* func, const char* file, uint32_t line, std::string msg) {
+  throw c10::TypeError({func, file, line}, std::move(msg));
+}
+void throw_index_error(const char* func, const char* file, uint32_t line, std::string msg) {
+  throw c10::IndexError({func, file, line}, std::move(msg));
+}
+
 namespace {
 
 PoolMode parse_pool_mode(const char* op, c10::string_view mode) {
@@ -20,42 +32,42 @@ PoolMode parse_pool_mode(const char* op, c10::string_view mode) {
   if (mode == "lasttoken") return PoolMode::LastToken;
   if (mode == "mean_sqrt_len_tokens") return PoolMode::MeanSqrtLen;
   if (mode == "weightedmean") return PoolMode::WeightedMean;
-  TORCH_CHECK_VALUE(false, op, ": mode must be one of mean, max, cls, lasttoken, mean_sqrt_len_tokens, "
+  SENTFUSE_CHECK_VALUE(false, op, ": mode must be one of mean, max, cls, lasttoken, mean_sqrt_len_tokens, "
                     "weightedmean; got '", std::string(mode), "'");
 }
 
 Metric parse_metric(const char* op, c10::string_view metric) {
   if (metric == "cosine") return Metric::Cosine;
   if (metric == "dot") return Metric::Dot;
-  TORCH_CHECK_VALUE(false, op, ": metric must be 'cosine' or 'dot', got '", std::string(metric), "'");
+  SENTFUSE_CHECK_VALUE(false, op, ": metric must be 'cosine' or 'dot', got '", std::string(metric), "'");
 }
 
 void check_float_input(const char* op, const char* name, const at::Tensor& t) {
   const auto dt = t.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
+  SENTFUSE_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
                    " must be float32, float16 or bfloat16, got ", dt);
 }
 
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
                        const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+  SENTFUSE_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
                     ref.device());
 }
 
 void check_skip_tokens(const char* op, int64_t skip_tokens) {
-  TORCH_CHECK_VALUE(skip_tokens >= 0, op, ": skip_tokens must be >= 0, got ", skip_tokens);
+  SENTFUSE_CHECK_VALUE(skip_tokens >= 0, op, ": skip_tokens must be >= 0, got ", skip_tokens);
 }
 
 // a [N, D] and b [M, D] (or none: a against itself): 2-D float matrices of one dtype, dimension and device.
 void check_pair_matrices(const char* op, const at::Tensor& a, const std::optional<at::Tensor>& b) {
-  TORCH_CHECK_VALUE(a.dim() == 2, op, ": a must be [rows, dim], got shape ", a.sizes());
+  SENTFUSE_CHECK_VALUE(a.dim() == 2, op, ": a must be [rows, dim], got shape ", a.sizes());
   check_float_input(op, "a", a);
   if (!b.has_value()) return;
-  TORCH_CHECK_VALUE(b->dim() == 2, op, ": b must be [rows, dim], got shape ", b->sizes());
-  TORCH_CHECK_VALUE(a.size(1) == b->size(1), op, ": a ", a.sizes(), " and b ", b->sizes(),
+  SENTFUSE_CHECK_VALUE(b->dim() == 2, op, ": b must be [rows, dim], got shape ", b->sizes());
+  SENTFUSE_CHECK_VALUE(a.size(1) == b->size(1), op, ": a ", a.sizes(), " and b ", b->sizes(),
                     " must have the same embedding dimension");
   check_float_input(op, "b", *b);
-  TORCH_CHECK_TYPE(a.scalar_type() == b->scalar_type(), op, ": a is ", a.scalar_type(), " but b is ",
+  SENTFUSE_CHECK_TYPE(a.scalar_type() == b->scalar_type(), op, ": a is ", a.scalar_type(), " but b is ",
                    b->scalar_type());
   check_same_device(op, "b", *b, "a", a);
 }
@@ -65,13 +77,13 @@ void check_pair_matrices(const char* op, const at::Tensor& a, const std::optiona
 PoolMode check_masked_pool_args(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
                                 int64_t skip_tokens) {
   constexpr const char* op = "masked_pool";
-  TORCH_CHECK_VALUE(hidden.dim() == 3, op, ": hidden must be [batch, seq, hidden], got shape ", hidden.sizes());
-  TORCH_CHECK_VALUE(attention_mask.dim() == 2 && attention_mask.size(0) == hidden.size(0) &&
+  SENTFUSE_CHECK_VALUE(hidden.dim() == 3, op, ": hidden must be [batch, seq, hidden], got shape ", hidden.sizes());
+  SENTFUSE_CHECK_VALUE(attention_mask.dim() == 2 && attention_mask.size(0) == hidden.size(0) &&
                         attention_mask.size(1) == hidden.size(1),
                     op, ": attention_mask must be [batch, seq] = [", hidden.size(0), ", ", hidden.size(1),
                     "] to match hidden ", hidden.sizes(), ", got ", attention_mask.sizes());
   check_float_input(op, "hidden", hidden);
-  TORCH_CHECK_TYPE(!attention_mask.is_complex(), op, ": attention_mask must be integer, bool or float, got ",
+  SENTFUSE_CHECK_TYPE(!attention_mask.is_complex(), op, ": attention_mask must be integer, bool or float, got ",
                    attention_mask.scalar_type());
   check_same_device(op, "attention_mask", attention_mask, "hidden", hidden);
   check_skip_tokens(op, skip_tokens);
@@ -81,11 +93,11 @@ PoolMode check_masked_pool_args(const at::Tensor& hidden, const at::Tensor& atte
 PoolMode check_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlens, c10::string_view mode,
                            int64_t skip_tokens) {
   constexpr const char* op = "masked_pool_varlen";
-  TORCH_CHECK_VALUE(hidden.dim() == 2, op, ": hidden must be [total_tokens, hidden], got shape ", hidden.sizes());
+  SENTFUSE_CHECK_VALUE(hidden.dim() == 2, op, ": hidden must be [total_tokens, hidden], got shape ", hidden.sizes());
   check_float_input(op, "hidden", hidden);
-  TORCH_CHECK_VALUE(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, op,
+  SENTFUSE_CHECK_VALUE(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, op,
                     ": cu_seqlens must be [batch + 1] offsets, got shape ", cu_seqlens.sizes());
-  TORCH_CHECK_TYPE(cu_seqlens.scalar_type() == at::kInt || cu_seqlens.scalar_type() == at::kLong, op,
+  SENTFUSE_CHECK_TYPE(cu_seqlens.scalar_type() == at::kInt || cu_seqlens.scalar_type() == at::kLong, op,
                    ": cu_seqlens must be int32 or int64, got ", cu_seqlens.scalar_type());
   check_same_device(op, "cu_seqlens", cu_seqlens, "hidden", hidden);
   check_skip_tokens(op, skip_tokens);
@@ -94,7 +106,7 @@ PoolMode check_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlen
 
 void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_tokens) {
   for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK_VALUE(offsets[b] >= 0 && offsets[b] <= offsets[b + 1] && offsets[b + 1] <= total_tokens,
+    SENTFUSE_CHECK_VALUE(offsets[b] >= 0 && offsets[b] <= offsets[b + 1] && offsets[b + 1] <= total_tokens,
                       "masked_pool_varlen: cu_seqlens must be non-decreasing offsets within [0, ", total_tokens,
                       "] (hidden has ", total_tokens, " tokens), got cu_seqlens[", b, "]=", offsets[b],
                       ", cu_seqlens[", b + 1, "]=", offsets[b + 1]);
@@ -102,10 +114,10 @@ void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_t
 }
 
 int64_t check_l2_normalize_args(const at::Tensor& x, std::optional<int64_t> dim) {
-  TORCH_CHECK_VALUE(x.dim() == 2, "l2_normalize: x must be [rows, features], got shape ", x.sizes());
+  SENTFUSE_CHECK_VALUE(x.dim() == 2, "l2_normalize: x must be [rows, features], got shape ", x.sizes());
   check_float_input("l2_normalize", "x", x);
   if (!dim.has_value()) return x.size(1);
-  TORCH_CHECK_VALUE(*dim >= 1 && *dim <= x.size(1), "l2_normalize: dim must be in [1, ", x.size(1),
+  SENTFUSE_CHECK_VALUE(*dim >= 1 && *dim <= x.size(1), "l2_normalize: dim must be in [1, ", x.size(1),
                     "] for x of shape ", x.sizes(), ", got ", *dim);
   return *dim;
 }
@@ -113,17 +125,17 @@ int64_t check_l2_normalize_args(const at::Tensor& x, std::optional<int64_t> dim)
 TopkArgs check_cosine_topk_args(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
                                 c10::string_view metric, std::optional<double> min_score) {
   constexpr const char* op = "cosine_topk";
-  TORCH_CHECK_VALUE(queries.dim() == 2, op, ": queries must be [num_queries, dim], got shape ", queries.sizes());
-  TORCH_CHECK_VALUE(corpus.dim() == 2, op, ": corpus must be [corpus_size, dim], got shape ", corpus.sizes());
-  TORCH_CHECK_VALUE(queries.size(1) == corpus.size(1), op, ": queries ", queries.sizes(), " and corpus ",
+  SENTFUSE_CHECK_VALUE(queries.dim() == 2, op, ": queries must be [num_queries, dim], got shape ", queries.sizes());
+  SENTFUSE_CHECK_VALUE(corpus.dim() == 2, op, ": corpus must be [corpus_size, dim], got shape ", corpus.sizes());
+  SENTFUSE_CHECK_VALUE(queries.size(1) == corpus.size(1), op, ": queries ", queries.sizes(), " and corpus ",
                     corpus.sizes(), " must have the same embedding dimension");
   check_float_input(op, "queries", queries);
   check_float_input(op, "corpus", corpus);
-  TORCH_CHECK_TYPE(queries.scalar_type() == corpus.scalar_type(), op, ": queries are ", queries.scalar_type(),
+  SENTFUSE_CHECK_TYPE(queries.scalar_type() == corpus.scalar_type(), op, ": queries are ", queries.scalar_type(),
                    " but corpus is ", corpus.scalar_type());
   check_same_device(op, "corpus", corpus, "queries", queries);
-  TORCH_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
-  TORCH_CHECK_VALUE(!min_score.has_value() || !std::isnan(*min_score), op, ": min_score is NaN");
+  SENTFUSE_CHECK_VALUE(k >= 0, op, ": k must be >= 0, got ", k);
+  SENTFUSE_CHECK_VALUE(!min_score.has_value() || !std::isnan(*min_score), op, ": min_score is NaN");
   return {std::min(k, corpus.size(0)), parse_metric(op, metric)};
 }
 
@@ -132,16 +144,16 @@ PairsArgs check_threshold_pairs_args(const at::Tensor& a, const std::optional<at
   constexpr const char* op = "threshold_pairs";
   check_pair_matrices(op, a, b);
   const Metric m = parse_metric(op, metric);
-  TORCH_CHECK_VALUE(std::isfinite(threshold), op, ": threshold must be finite, got ", threshold);
-  TORCH_CHECK_VALUE(m == Metric::Dot || (threshold >= -1.0 && threshold <= 1.0), op,
+  SENTFUSE_CHECK_VALUE(std::isfinite(threshold), op, ": threshold must be finite, got ", threshold);
+  SENTFUSE_CHECK_VALUE(m == Metric::Dot || (threshold >= -1.0 && threshold <= 1.0), op,
                     ": threshold must be in [-1, 1] for metric='cosine', got ", threshold);
-  TORCH_CHECK_VALUE(!max_pairs.has_value() || *max_pairs >= 0, op, ": max_pairs must be >= 0, got ",
+  SENTFUSE_CHECK_VALUE(!max_pairs.has_value() || *max_pairs >= 0, op, ": max_pairs must be >= 0, got ",
                     max_pairs.value_or(0));
   return {fp32_bound(threshold), m};
 }
 
 void check_pair_keys_fit(int64_t num_rows, int64_t num_cols) {
-  TORCH_CHECK_VALUE(num_cols == 0 || num_rows <= std::numeric_limits<int64_t>::max() / num_cols,
+  SENTFUSE_CHECK_VALUE(num_cols == 0 || num_rows <= std::numeric_limits<int64_t>::max() / num_cols,
                     "threshold_pairs: ", num_rows, " x ", num_cols, " pairs overflow int64 pair keys");
 }
 
@@ -152,11 +164,11 @@ Metric check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tenso
   const Metric m = parse_metric(op, metric);
   for (const auto* t : {&rows, &cols}) {
     const char* name = t == &rows ? "rows" : "cols";
-    TORCH_CHECK_VALUE(t->dim() == 1, op, ": ", name, " must be 1-D, got shape ", t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", t->scalar_type());
+    SENTFUSE_CHECK_VALUE(t->dim() == 1, op, ": ", name, " must be 1-D, got shape ", t->sizes());
+    SENTFUSE_CHECK_TYPE(t->scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", t->scalar_type());
     check_same_device(op, name, *t, "a", a);
   }
-  TORCH_CHECK_VALUE(rows.size(0) == cols.size(0), op, ": rows ", rows.sizes(), " and cols ", cols.sizes(),
+  SENTFUSE_CHECK_VALUE(rows.size(0) == cols.size(0), op, ": rows ", rows.sizes(), " and cols ", cols.sizes(),
                     " must have the same length");
   const int64_t n = a.size(0), num_cols = b.has_value() ? b->size(0) : n;
   if (rows.numel() > 0) {
@@ -165,15 +177,15 @@ Metric check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tenso
     const auto [cmin, cmax] = at::aminmax(cols);
     const int64_t r0 = rmin.item<int64_t>(), r1 = rmax.item<int64_t>();
     const int64_t c0 = cmin.item<int64_t>(), c1 = cmax.item<int64_t>();
-    TORCH_CHECK_INDEX(r0 >= 0 && r1 < n, op, ": rows must lie in [0, ", n, "), got values in [", r0, ", ", r1, "]");
-    TORCH_CHECK_INDEX(c0 >= 0 && c1 < num_cols, op, ": cols must lie in [0, ", num_cols, "), got values in [", c0,
+    SENTFUSE_CHECK_INDEX(r0 >= 0 && r1 < n, op, ": rows must lie in [0, ", n, "), got values in [", r0, ", ", r1, "]");
+    SENTFUSE_CHECK_INDEX(c0 >= 0 && c1 < num_cols, op, ": cols must lie in [0, ", num_cols, "), got values in [", c0,
                       ", ", c1, "]");
   }
   return m;
 }
 
 void fail_non_finite(const char* op, const char* inputs) {
-  TORCH_CHECK_VALUE(false, op, ": ", inputs, " contain NaN or inf (a score came out non-finite)");
+  SENTFUSE_CHECK_VALUE(false, op, ": ", inputs, " contain NaN or inf (a score came out non-finite)");
   std::abort();  // unreachable: keeps [[noreturn]] honest for compilers that do not see through the macro
 }
 

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/message.h"
 #include "common/checks.h"
 #include "cuda/pairs.h"
 
@@ -17,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Te
                                                                     double threshold, c10::string_view metric,
                                                                     std::optional<int64_t> max_pairs) {
   const PairsArgs args = check_threshold_pairs_args(a, b, threshold, metric, max_pairs);
-  TORCH_CHECK_VALUE(a.is_cuda(), "threshold_pairs: a must be on a CUDA device, got ", a.device());
+  SENTFUSE_CHECK_VALUE(a.is_cuda(), "threshold_pairs: a must be on a CUDA device, got ", a.device());
   check_pair_keys_fit(a.size(0), b.has_value() ? b->size(0) : a.size(0));
   const c10::cuda::CUDAGuard device_guard(a.device());
   auto result = run_threshold_pairs(a, b, args.threshold, args.metric == Metric::Dot, max_pairs);

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/message.h"
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "cuda/pooling.h"
@@ -36,7 +37,7 @@ void run_pool(const PoolArgs& args, int vec, const at::Tensor& like) {
 }
 
 void check_cuda_size(const char* op, const at::Tensor& hidden, int64_t rows, int64_t tokens, int64_t features) {
-  TORCH_CHECK_VALUE(rows <= kMaxRows && tokens < kMaxTokens && features < kMaxTokens, op, ": hidden ",
+  SENTFUSE_CHECK_VALUE(rows <= kMaxRows && tokens < kMaxTokens && features < kMaxTokens, op, ": hidden ",
                     hidden.sizes(), " with ", rows, " rows is too large for the CUDA kernel");
 }
 
@@ -102,7 +103,7 @@ at::Tensor masked_pool_varlen_cuda(const at::Tensor& hidden_in, const at::Tensor
 
 at::Tensor l2_normalize_cuda(const at::Tensor& x_in, std::optional<int64_t> dim) {
   const int64_t keep = check_l2_normalize_args(x_in, dim);
-  TORCH_CHECK_VALUE(keep < kMaxTokens && x_in.size(0) / kL2RowsPerBlock < kMaxRows, "l2_normalize: x ",
+  SENTFUSE_CHECK_VALUE(keep < kMaxTokens && x_in.size(0) / kL2RowsPerBlock < kMaxRows, "l2_normalize: x ",
                     x_in.sizes(), " is too large for the CUDA kernel");
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor out = at::empty({x_in.size(0), keep}, x_in.options());

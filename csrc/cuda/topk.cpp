@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/message.h"
 #include "common/bounds.h"
 #include "common/checks.h"
 #include "cuda/topk.h"
@@ -19,8 +20,8 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cuda(const at::Tensor& queries, c
                                                     std::optional<double> min_score, int64_t query_offset,
                                                     int64_t corpus_offset, bool bf16_rescore) {
   const auto [k_out, score_metric] = check_cosine_topk_args(queries, corpus, k, metric, min_score);
-  TORCH_CHECK_VALUE(queries.is_cuda(), "cosine_topk: queries must be on a CUDA device, got ", queries.device());
-  TORCH_CHECK_VALUE(corpus.size(0) < kMaxCudaTopkCorpus, "cosine_topk: corpus has ", corpus.size(0),
+  SENTFUSE_CHECK_VALUE(queries.is_cuda(), "cosine_topk: queries must be on a CUDA device, got ", queries.device());
+  SENTFUSE_CHECK_VALUE(corpus.size(0) < kMaxCudaTopkCorpus, "cosine_topk: corpus has ", corpus.size(0),
                     " rows; at most ", kMaxCudaTopkCorpus - 1, " are supported on CUDA");
   const c10::cuda::CUDAGuard device_guard(queries.device());
   const float floor = min_score.has_value() ? fp32_bound(*min_score) : -std::numeric_limits<float>::infinity();
