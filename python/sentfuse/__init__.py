@@ -29,6 +29,7 @@ __all__ = [
     "Encoder",
     "EncoderPool",
     "SentenceTransformer",
+    "SparseEncoder",
     "__version__",
     "community_detection",
     "cos_sim",

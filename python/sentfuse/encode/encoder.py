@@ -13,7 +13,7 @@ import torch
 
 from .._checks import check_sentences, parse_device, parse_dtype, positive_int
 from ..model.backbone import cpu_has_native, prepare_backbone
-from ..model.modules import SIMILARITY_FN_NAMES, ModelFolder, ModelFolderError, load_model_folder
+from ..model.modules import SIMILARITY_FN_NAMES, ModelFolder, ModelFolderError, load_model_folder, merge_prompts
 from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
 from .finish import finish_sentence_embeddings, finish_token_embeddings
@@ -68,10 +68,6 @@ class Encoder(SentenceTransformerMethods):
         torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.truncate_dim = positive_int(truncate_dim, "truncate_dim")
-        if prompts is not None and (
-            not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())
-        ):
-            raise TypeError("prompts must be a dict mapping prompt names to prompt strings")
         if similarity_fn_name is not None and similarity_fn_name not in SIMILARITY_FN_NAMES:
             raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {similarity_fn_name!r}")
 
@@ -79,14 +75,7 @@ class Encoder(SentenceTransformerMethods):
         self.model_path = folder.path
         self._dtype_arg = torch_dtype
 
-        # sentence-transformers' prompt precedence: the caller's prompts, then the folder's, and
-        # "query"/"document" always present (empty unless set) so encode_query never falls back
-        # to default_prompt_name.
-        merged: dict[str, str | None] = {"query": None, "document": None, **(prompts or {})}
-        for name, text in folder.prompts.items():
-            if merged.get(name) is None:
-                merged[name] = text
-        self.prompts: dict[str, str] = {k: v or "" for k, v in merged.items()}
+        self.prompts: dict[str, str] = merge_prompts(prompts, folder.prompts)
         self.default_prompt_name = default_prompt_name if default_prompt_name is not None else folder.default_prompt_name
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(

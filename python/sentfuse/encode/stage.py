@@ -14,7 +14,6 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .plan import PlannedBatch

@@ -46,6 +46,20 @@ TRANSFORMER_CONFIG_FILES = (
 SIMILARITY_FN_NAMES = ("cosine", "dot", "euclidean", "manhattan")
 
 
+def merge_prompts(prompts: Any, folder_prompts: dict[str, str]) -> dict[str, str]:
+    """sentence-transformers' prompt precedence: the caller's prompts, then the folder's, and "query" /
+    "document" always present (empty unless set) so that encode_query never falls back to default_prompt_name."""
+    if prompts is not None and (
+        not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())
+    ):
+        raise TypeError("prompts must be a dict mapping prompt names to prompt strings")
+    merged: dict[str, str | None] = {"query": None, "document": None, **(prompts or {})}
+    for name, text in folder_prompts.items():
+        if merged.get(name) is None:
+            merged[name] = text
+    return {k: v or "" for k, v in merged.items()}
+
+
 class ModelFolderError(ValueError):
     """A model folder is missing a file, or one of its files cannot be used."""
 

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_sentences, parse_device, parse_dtype, positive_int
+from ..model.modules import merge_prompts
 from ..model.resolve import resolve_model_path
 from .batches import batch_policy, planned_batches
 from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
@@ -55,19 +56,10 @@ class SparseEncoder:
         torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.max_active_dims = positive_int(max_active_dims, "max_active_dims")
-        if prompts is not None and (not isinstance(prompts, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())):
-            raise TypeError("prompts must be a dict mapping prompt names to prompt strings")
         folder = load_sparse_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
         self.model_path = folder.path
         self._folder = folder
-        # sentence-transformers' precedence: the caller's prompts, then the folder's; "query" and "document"
-        # always exist (empty unless set) so that encode_query never falls back to default_prompt_name.
-        merged: dict[str, str | None] = {"query": None, "document": None, **(prompts or {})}
-        for name, text in folder.prompts.items():
-            if merged.get(name) is None:
-                merged[name] = text
-        self.prompts = {k: v or "" for k, v in merged.items()}
+        self.prompts = merge_prompts(prompts, folder.prompts)
         self.default_prompt_name = default_prompt_name or folder.default_prompt_name
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
