@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -119,6 +120,25 @@ def parse_device_list(devices: Any, name: str = "target_devices") -> list[str]:
             raise ValueError(f"{name}[{i}] must be a device such as 'cpu' or 'cuda:1', got {device!r}")
         parsed.append(str(parse_device(device, f"{name}[{i}]")))
     return parsed
+
+
+def device_or_default(device: Any, name: str = "device") -> torch.device:
+    """parse_device, with sentence-transformers' default when None: CUDA where torch sees one, else CPU."""
+    return parse_device(device, name) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def json_record(line: str, where: str, fields: Any) -> dict:
+    """One JSON-lines record holding every name in fields; ValueError naming where (file and line) if not."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for field in fields:
+        if field not in record:
+            raise ValueError(f"{where}: no field {field!r} (fields: {', '.join(record) or 'none'})")
+    return record
 
 
 def parse_dtype(dtype: Any, name: str = "dtype", allowed: Sequence[str] = tuple(DTYPES)) -> torch.dtype | None:

@@ -7,10 +7,10 @@ reported with its byte offset in the file and its line number.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 
+from .._checks import json_record
 from .errors import CommandError
 
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"
@@ -81,13 +81,9 @@ def _jsonl_texts(lines: list[str], name: str, field: str) -> list[str]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CommandError(f"{name} line {lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise CommandError(f"{name} line {lineno}: expected a JSON object, got {type(record).__name__}")
-        if field not in record:
-            raise CommandError(f"{name} line {lineno}: no field {field!r} (fields: {', '.join(record) or 'none'})")
+            record = json_record(line, f"{name} line {lineno}", [field])
+        except ValueError as e:
+            raise CommandError(str(e)) from None
         if not isinstance(record[field], str):
             raise CommandError(f"{name} line {lineno}: field {field!r} is {type(record[field]).__name__}, expected str")
         texts.append(record[field])

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._checks import json_record
 from ..encode.quantize import PRECISIONS
 
 MANIFEST = "manifest.json"
@@ -110,14 +111,10 @@ def _read_jsonl(path: str, fields: list[str]) -> pa.Table:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path} line {lineno}: expected a JSON object, got {type(record).__name__}")
+                record = json_record(line, f"{path} line {lineno}", fields)
+            except ValueError as e:
+                raise InputError(str(e)) from None
             for field in fields:
-                if field not in record:
-                    raise InputError(f"{path} line {lineno}: no field {field!r} (fields: {', '.join(record) or 'none'})")
                 columns[field].append(record[field])
     return pa.table(columns) if fields else pa.table({})
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._checks import check_sentences, parse_device, parse_dtype, positive_int
+from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
 from ..model.backbone import cpu_has_native, prepare_backbone
 from ..model.modules import SIMILARITY_FN_NAMES, ModelFolder, ModelFolderError, load_model_folder, merge_prompts
 from ..model.pretrained import load_pretrained
@@ -64,7 +64,7 @@ class Encoder(SentenceTransformerMethods):
         cache_folder: str | None = None,
         revision: str | None = None,
     ) -> None:
-        target = parse_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        target = device_or_default(device)
         torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.truncate_dim = positive_int(truncate_dim, "truncate_dim")

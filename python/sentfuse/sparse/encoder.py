@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_sentences, parse_device, parse_dtype, positive_int
+from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
 from ..model.modules import merge_prompts
 from ..model.resolve import resolve_model_path
 from .batches import batch_policy, planned_batches
@@ -52,7 +52,7 @@ class SparseEncoder:
         cache_folder: str | None = None,
         revision: str | None = None,
     ) -> None:
-        target = parse_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        target = device_or_default(device)
         torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.max_active_dims = positive_int(max_active_dims, "max_active_dims")
