@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from .._checks import cosine_arg as cosine, positive_int_arg as positive
 from .inputs import FORMATS
 
-
-def positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def cosine(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got {value!r}") from None
-    if not -1.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1], got {value!r}")
-    return number
+__all__ = ["add_input_options", "add_model_options", "cosine", "positive"]
 
 
 def add_input_options(command: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_sentences, parse_device, positive_int
+from .._checks import check_sentences, parse_device_list, positive_int
 from .tokenize import cpu_cores as _cpu_cores
 
 MAX_CPU_WORKERS = 4
@@ -73,24 +73,7 @@ def _default_devices() -> list[str]:
 def _check_devices(target_devices: Any) -> list[str]:
     if target_devices is None:
         return _default_devices()
-    # A lone "cuda:0" is a str, hence a Sequence: reject it rather than read it as devices "c", "u", ...
-    is_list = isinstance(target_devices, Sequence) and not isinstance(target_devices, str)
-    if not is_list or not target_devices:
-        raise ValueError(
-            f"target_devices must be a non-empty list of devices such as ['cuda:0', 'cuda:1'], got {target_devices!r}"
-        )
-    devices = []
-    for i, device in enumerate(target_devices):
-        if not isinstance(device, (str, torch.device)):
-            raise ValueError(f"target_devices[{i}] must be a device such as 'cpu' or 'cuda:1', got {device!r}")
-        parsed = parse_device(device, f"target_devices[{i}]")
-        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"target_devices[{i}] {device!r} asks for a CUDA device torch does not see "
-                f"({torch.cuda.device_count()} visible)"
-            )
-        devices.append(str(parsed))
-    return devices
+    return parse_device_list(target_devices)
 
 
 def _describe(error: BaseException) -> str:
