@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -105,8 +106,13 @@ def agree_pairs(ours, theirs) -> str:
     b = {(min(i, j), max(i, j)): s for s, i, j in theirs}
     common = a.keys() & b.keys()
     gap = max((abs(a[p] - b[p]) for p in common), default=0.0)
-    only = len(a.keys() - common) + len(b.keys() - common)
-    pairs = f"same {len(common)} pairs" if not only else f"{len(common)} common pairs, {only} in one list only"
+    only = [s for p, s in a.items() if p not in common] + [s for p, s in b.items() if p not in common]
+    pairs = f"same {len(common)} pairs" if not only else f"{len(common)} common pairs, {len(only)} in one list only"
+    if only:
+        # A full list ends at a cut score; pairs tied with it may be kept by one side and not the other.
+        cut = max(min(a.values()), min(b.values()))
+        at_cut = sum(abs(s - cut) <= 2e-6 for s in only)
+        pairs += f" ({at_cut} of them within 2e-6 of the cut score {cut:.6f})"
     return f"{pairs} ({len(a)} vs {len(b)}; common scores within {gap:.1e})"
 
 
@@ -119,7 +125,15 @@ def prune_choice(x: torch.Tensor, threshold: float) -> str:
 def agree_communities(ours, theirs) -> str:
     same = [len(c) for c in ours] == [len(c) for c in theirs] and all(
         a[0] == b[0] and sorted(a) == sorted(b) for a, b in zip(ours, theirs))
-    return f"{'same' if same else 'DIFFERENT'} {len(ours)} communities"
+    if same:
+        return f"same {len(ours)} communities"
+    # How far apart: communities compared as sets, and the rows they hold.
+    a, b = {frozenset(c) for c in ours}, {frozenset(c) for c in theirs}
+    if a == b:
+        return f"DIFFERENT order or centres, same {len(a)} member sets"
+    rows = set().union(*(a - b), *(b - a))
+    return (f"DIFFERENT {len(ours)} vs {len(theirs)} communities: {len(a - b)} vs {len(b - a)} not in the other "
+            f"list, holding {len(rows)} rows")
 
 
 def main() -> None:
@@ -138,7 +152,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
+    import sentence_transformers
     from sentence_transformers import util
+
+    st_version = tuple(int(p) for p in re.findall(r"\d+", sentence_transformers.__version__)[:2])
 
     device = args.device
     device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
@@ -146,7 +163,12 @@ def main() -> None:
     print(f"device: {device_name} ({device}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"measured fp32 GEMM throughput: {gflops:.1f} GFLOP/s")
     print(f"community detection: threshold {args.threshold}, min_community_size {args.min_size}; "
-          "paraphrase mining: ST defaults (top_k 100, max_pairs 500000)\n")
+          "paraphrase mining: ST defaults (top_k 100, max_pairs 500000)")
+    # 6.0.1 (the H200 run) counted max_pairs before dropping the (j, i) twin of each (i, j) pair and returned
+    # about half as many pairs; 6.2.0 keeps max_pairs distinct pairs, as sentfuse does.
+    print(f"sentence-transformers {sentence_transformers.__version__}"
+          + ("" if st_version >= (6, 2) else ": an older paraphrase_mining that returns fewer than max_pairs "
+             "distinct pairs; sentfuse follows 6.2") + "\n")
     header = (f"{'data':>7} {'N':>7} {'operation':<22} | {'sentfuse s':>10} {'MB':>6} | {'other':<10} {'s':>8} "
               f"{'MB':>6} | {'x':>5} | check")
     print(header)

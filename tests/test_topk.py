@@ -300,6 +300,21 @@ def test_exact_ties_cuda(dtype, metric, exclude_self, k):
 
 
 @cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("m,k", [(1, 1), (1, 1100), (8, 64)], ids=str)
+def test_exact_ties_few_queries_cuda(dtype, metric, m, k):
+    # At most 8 queries take the fused scan (dot products and corpus norms from one read of the corpus).
+    queries = integer_embeddings(m, 24, dtype, seed=m + k)
+    corpus = integer_embeddings(3001, 24, dtype, seed=m + k + 7)
+    kw = dict(metric=metric, exclude_self=True, query_offset=3, corpus_offset=1)
+    scores, indices = _ops.cosine_topk(queries, corpus, k, **kw)
+    ref_scores, ref_indices = run_reference(queries, corpus, k, **kw)
+    assert torch.equal(scores.cpu(), ref_scores)
+    assert torch.equal(indices.cpu(), ref_indices)
+
+
+@cuda_only
 @pytest.mark.parametrize("dtype,m,k", [(torch.float32, 3, 1024), (torch.bfloat16, 19, 100), (torch.float32, 2100, 64),
                                        (torch.float16, 5, 1500)], ids=str)
 def test_large_corpus_spans_tiles_cuda(dtype, m, k):

@@ -53,30 +53,35 @@ inline at::Tensor row_norms(const at::Tensor& x) {
   return out;
 }
 
-// fp16 copies of the unit rows x / |x| (zero rows stay zero), the 16-bit scans' operands for fp32 data:
-// no overflow whatever the norms, and 8x finer than bf16. (A template, so that every .cu may include it.)
-template <typename out_t>
-__global__ void unit_rows_kernel(const float* __restrict__ x,  // [rows, dim]
+// fp16 copies of the unit rows x / |x| (zero rows stay zero), the 16-bit scans' operands under metric
+// "cosine" and for fp32 data: the dot product of two copies is the score itself (no per-element norms
+// in the select pass), nothing overflows whatever the norms, and fp16 is 8x finer than bf16. Each value
+// is converted to fp32 exactly and scaled in fp32, so the rounding is the same for every input dtype.
+// (A template, so that every .cu may include it.)
+template <typename in_t>
+__global__ void unit_rows_kernel(const in_t* __restrict__ x,  // [rows, dim]
                                  const float* __restrict__ norms, int64_t rows, int64_t dim,  // [rows]
-                                 out_t* __restrict__ out) {  // [rows, dim]
+                                 at::Half* __restrict__ out) {  // [rows, dim]
   const int64_t total = rows * dim;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float norm = norms[e / dim];
     // A NaN norm stays NaN, so the scan sees the non-finite row.
-    out[e] = static_cast<out_t>(norm == 0.f ? 0.f : x[e] / norm);
+    out[e] = static_cast<at::Half>(norm == 0.f ? 0.f : static_cast<float>(x[e]) / norm);
   }
 }
 
-// x [rows, dim] fp32 contiguous, norms [rows] -> fp16 [rows, dim].
+// x [rows, dim] contiguous (any float dtype), norms [rows] fp32 -> fp16 [rows, dim].
 inline at::Tensor unit_rows(const at::Tensor& x, const at::Tensor& norms) {
   auto out = at::empty(x.sizes(), x.options().dtype(at::kHalf));
   const int64_t total = x.numel();
   if (total == 0) return out;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
-  unit_rows_kernel<at::Half><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      x.const_data_ptr<float>(), norms.const_data_ptr<float>(), x.size(0), x.size(1),
-      out.mutable_data_ptr<at::Half>());
+  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "unit_rows", [&] {
+    unit_rows_kernel<scalar_t><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), norms.const_data_ptr<float>(), x.size(0), x.size(1),
+        out.mutable_data_ptr<at::Half>());
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

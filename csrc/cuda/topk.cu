@@ -10,8 +10,12 @@
 // From 64 queries up (or with bf16_rescore), the scan runs on 16-bit tiles and keeps `width` > k
 // candidates per query; they are rescored in fp32 and a query whose margin cannot prove the result exact
 // (see RescoreBound and rescore_check_kernel) is recomputed on the exact path, which scans fp32 tiles
-// (16-bit inputs: tensor cores with fp32 output; fp32: the fp32 GEMM, never TF32). k > 1024 takes a
-// stable sort of [running top-k | tile] on the exact path.
+// (16-bit inputs: tensor cores with fp32 output; fp32: the fp32 GEMM, never TF32). The 16-bit tiles
+// multiply fp16 unit-row copies wherever the score is a cosine, so that they hold the score itself. Up to
+// kFusedMaxQueries queries, the exact path computes its scores in one read of the corpus, norms included
+// (fused_scores_kernel), instead of cuBLAS plus a norm pass. Where a tile holds the score, the select pass
+// skips a vector of entries that are all below the running k-th best with a few compares. k > 1024 takes
+// a stable sort of [running top-k | tile] on the exact path.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -105,12 +109,22 @@ struct TileSource {
   int64_t row;
   int64_t first_col;  // corpus row of row_dots[0]
   bool aligned;       // row_dots is 16-byte aligned
-  __device__ __forceinline__ uint32_t operator()(int64_t chunk, int64_t length, float* score,
+  __device__ __forceinline__ uint32_t operator()(int64_t chunk, int64_t length, float threshold, float* score,
                                                  int32_t* index) const {
     const int64_t e0 = chunk * kVec;
     float dot[kVec];
     if (aligned && e0 + kVec <= length) {
       load_vec<tile_t, kVec>(row_dots + e0, dot);
+      // Where the dot product is the score, a chunk of finite entries all below the running k-th best
+      // (almost every chunk, once the list is good) needs no epilogue: a few compares per entry instead
+      // of the index and self-exclusion arithmetic. NaN and +-inf fail the test and take the full path,
+      // which reports them.
+      if (epi.kind == ScoreKind::kDot) {
+        bool below = true;
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) below &= (dot[v] < threshold) & (dot[v] > -INFINITY);
+        if (below) return 0;
+      }
     } else {
 #pragma unroll
       for (int v = 0; v < kVec; ++v) dot[v] = e0 + v < length ? static_cast<float>(row_dots[e0 + v]) : 0.f;
@@ -132,7 +146,7 @@ struct ListSource {
   static constexpr int kChunks = kSelectRound / kSelectThreads;
   const float* scores;     // [length]
   const int32_t* indices;  // [length]
-  __device__ __forceinline__ uint32_t operator()(int64_t e, int64_t, float* score, int32_t* index) const {
+  __device__ __forceinline__ uint32_t operator()(int64_t e, int64_t, float, float* score, int32_t* index) const {
     score[0] = scores[e];
     index[0] = indices[e];
     return index[0] != kNoIndex ? 1u : 0u;
@@ -185,6 +199,72 @@ __global__ void tile_scores_kernel(const float* __restrict__ dots,  // [rows, co
     const int64_t row = e / cols;
     float score;
     out[e] = epilogue_score(epi, dots[e], row, corpus_begin + e % cols, score) ? score : -INFINITY;
+  }
+}
+
+// Few queries (at most kFusedMaxQueries): one pass over the corpus gives both the dot products and the
+// corpus norms, where cuBLAS would read the corpus once for the norms and once for the product. One warp
+// per corpus row, the queries in shared memory as fp32; out holds the score (cosine_from_dot of the fp32
+// dot product under metric "cosine", the dot product under "dot"), or NaN for a non-finite dot product
+// so that the select epilogue reports it. Instantiated for kQueries 1 and kFusedMaxQueries only.
+constexpr int kFusedMaxQueries = 8;
+constexpr int kFusedWarps = 8;
+constexpr size_t kFusedMaxSmem = 32 * 1024;
+
+template <typename scalar_t, int VEC, int kQueries>
+__global__ void __launch_bounds__(kFusedWarps * 32)
+    fused_scores_kernel(const scalar_t* __restrict__ queries,  // [q_rows, dim], q_rows <= kQueries
+                        int q_rows, const float* __restrict__ query_norms,  // [q_rows], nullptr: metric "dot"
+                        const scalar_t* __restrict__ corpus, int64_t cols, int64_t dim,  // [cols, dim]
+                        float* __restrict__ out) {  // [q_rows, cols]
+  extern __shared__ float query_smem[];  // [q_rows, dim]
+  for (int64_t e = threadIdx.x; e < q_rows * dim; e += blockDim.x) query_smem[e] = static_cast<float>(queries[e]);
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kFusedWarps;
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(kFusedWarps) + threadIdx.x / 32; j < cols; j += stride) {
+    const scalar_t* c = corpus + j * dim;
+    float dots[kQueries];
+#pragma unroll
+    for (int i = 0; i < kQueries; ++i) dots[i] = 0.f;
+    float sum_sq = 0.f;
+    for (int64_t d = static_cast<int64_t>(lane) * VEC; d < dim; d += 32 * VEC) {
+      float x[VEC];
+      load_vec<scalar_t, VEC>(c + d, x);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) sum_sq = fmaf(x[v], x[v], sum_sq);
+#pragma unroll
+      for (int i = 0; i < kQueries; ++i) {
+        if (i >= q_rows) break;
+        const float* q = query_smem + i * dim + d;
+        if constexpr (VEC % 4 == 0) {
+          // dim and d are multiples of VEC, so q is 16-byte aligned: a quarter of the shared-memory reads.
+#pragma unroll
+          for (int v = 0; v < VEC; v += 4) {
+            const float4 q4 = *reinterpret_cast<const float4*>(q + v);
+            dots[i] = fmaf(q4.w, x[v + 3], fmaf(q4.z, x[v + 2], fmaf(q4.y, x[v + 1], fmaf(q4.x, x[v], dots[i]))));
+          }
+        } else {
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) dots[i] = fmaf(q[v], x[v], dots[i]);
+        }
+      }
+    }
+    const float corpus_norm = norm_from_sum_sq(warp_sum(sum_sq));
+#pragma unroll
+    for (int i = 0; i < kQueries; ++i) {
+      if (i >= q_rows) break;
+      const float dot = warp_sum(dots[i]);
+      if (lane == i % 32) {
+        float score = dot;
+        if (!isfinite(dot)) {
+          score = NAN;
+        } else if (query_norms != nullptr) {
+          score = cosine_from_dot(dot, query_norms[i], corpus_norm);
+        }
+        out[i * cols + j] = score;
+      }
+    }
   }
 }
 
@@ -300,6 +380,9 @@ struct ScanInputs {
   at::ScalarType tile_type;
   ScoreKind kind;
   bool unit_corpus;
+  // fused_scores_kernel instead of cuBLAS: the tile holds finished scores (kind is then kDot), cosines
+  // when query_norms is defined; corpus_norms is not needed.
+  bool fused = false;
 };
 
 // Few query rows leave SMs idle: the number of column slices a tile row is split into.
@@ -308,6 +391,36 @@ int64_t plan_slices(int64_t rows, int64_t cols, int64_t k) {
   if (rows >= target_blocks) return 1;
   const int64_t slices = std::min((target_blocks + rows - 1) / rows, cols / std::max<int64_t>(kMinSliceCols, 4 * k));
   return std::max<int64_t>(slices, 1);
+}
+
+// Whether fused_scores_kernel takes queries [M, D] (see there).
+bool fused_scan_fits(const at::Tensor& queries) {
+  return queries.size(0) <= kFusedMaxQueries &&
+         static_cast<size_t>(queries.numel()) * sizeof(float) <= kFusedMaxSmem;
+}
+
+// scores [rows, cols] fp32 of queries [rows, D] (rows <= kFusedMaxQueries) against corpus [cols, D];
+// query_norms [rows] for metric "cosine", undefined for "dot".
+void fused_scores(const at::Tensor& queries, const at::Tensor& query_norms, const at::Tensor& corpus,
+                  at::Tensor& scores) {
+  const int64_t rows = queries.size(0), cols = corpus.size(0), dim = queries.size(1);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const size_t smem = static_cast<size_t>(rows * dim) * sizeof(float);
+  const auto blocks = static_cast<unsigned>(
+      std::clamp<int64_t>((cols + kFusedWarps - 1) / kFusedWarps, 1, int64_t{8} * num_sms()));
+  const float* norms = query_norms.defined() ? query_norms.const_data_ptr<float>() : nullptr;
+  SENTFUSE_DISPATCH_FLOAT_TYPES(queries.scalar_type(), "cosine_topk", [&] {
+    const int vec = pick_vec_width<scalar_t>(corpus.const_data_ptr(), {dim});
+    dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
+      constexpr int VEC = decltype(vec_c)::value;
+      auto kernel = rows == 1 ? fused_scores_kernel<scalar_t, VEC, 1>
+                              : fused_scores_kernel<scalar_t, VEC, kFusedMaxQueries>;
+      kernel<<<blocks, kFusedWarps * 32, smem, stream>>>(queries.const_data_ptr<scalar_t>(), static_cast<int>(rows),
+                                                          norms, corpus.const_data_ptr<scalar_t>(), cols, dim,
+                                                          scores.mutable_data_ptr<float>());
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Folds tile `dots` [rows, cols] (corpus rows n0...) into the running lists run_* [rows, k].
@@ -394,7 +507,12 @@ void tiled_topk(const ScanInputs& in, int64_t k, const TopkOptions& opt, at::Ten
     for (int64_t m0 = 0; m0 < m; m0 += plan.rows) {
       const int64_t rows = std::min(plan.rows, m - m0);
       auto dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      tile_dots(in.queries.narrow(0, m0, rows), c_tile, dots);
+      if (in.fused) {
+        fused_scores(in.queries.narrow(0, m0, rows),
+                     in.query_norms.defined() ? in.query_norms.narrow(0, m0, rows) : at::Tensor(), c_tile, dots);
+      } else {
+        tile_dots(in.queries.narrow(0, m0, rows), c_tile, dots);
+      }
       epi.query_norms = in.kind == ScoreKind::kDot ? nullptr : in.query_norms.const_data_ptr<float>() + m0;
       epi.query_ids = in.query_ids.defined() ? in.query_ids.const_data_ptr<int64_t>() + m0 : nullptr;
       epi.query_begin = m0;
@@ -411,6 +529,13 @@ void tiled_topk(const ScanInputs& in, int64_t k, const TopkOptions& opt, at::Ten
   }
 }
 
+// The exact scan of at most kFusedMaxQueries queries: fp32 scores from fused_scores_kernel.
+ScanInputs fused_scan(const at::Tensor& queries, const at::Tensor& corpus, const at::Tensor& query_norms) {
+  ScanInputs scan{queries, corpus, query_norms, at::Tensor(), at::Tensor(), at::kFloat, ScoreKind::kDot, false};
+  scan.fused = true;
+  return scan;
+}
+
 // The exact scan: fp32 tiles of the inputs themselves.
 ScanInputs exact_scan(const at::Tensor& queries, const at::Tensor& corpus, const at::Tensor& query_norms,
                       const at::Tensor& corpus_norms, bool normalized) {
@@ -423,13 +548,15 @@ struct RescorePlan {
   select::RescoreBound bound;
 };
 
-// The 16-bit scan: 16-bit inputs are multiplied as they are into tiles of their own dtype; fp32 inputs
-// as fp16 unit-row copies (no overflow, and 8x finer than bf16), scaled back under metric "dot".
+// The 16-bit scan multiplies fp16 unit-row copies (gemm::unit_rows) under metric "cosine", whatever the
+// dtype: the tile then holds the score, which the select pass filters with a compare or two per entry.
+// fp32 inputs under metric "dot" use the copies too (no overflow), scaled back by both norms; 16-bit
+// inputs under metric "dot" are multiplied as they are into tiles of their own dtype.
 RescorePlan plan_rescore(const at::Tensor& queries, const at::Tensor& corpus, const at::Tensor& query_norms,
                          const at::Tensor& corpus_norms, bool normalized) {
   const int64_t dim = queries.size(1);
   const double fp16_u = std::ldexp(1.0, -11), fp16_subnormal = std::ldexp(1.0, -24);
-  if (queries.scalar_type() == at::kFloat) {
+  if (queries.scalar_type() == at::kFloat || !normalized) {
     ScanInputs scan{unit_rows(queries, query_norms), corpus, query_norms, corpus_norms, at::Tensor(), at::kHalf,
                     normalized ? ScoreKind::kUnitDot : ScoreKind::kDot, true};
     return {scan, select::rescore_bound(dim, fp16_u, fp16_u, fp16_subnormal)};
@@ -437,8 +564,8 @@ RescorePlan plan_rescore(const at::Tensor& queries, const at::Tensor& corpus, co
   const bool half = queries.scalar_type() == at::kHalf;
   const double u = half ? fp16_u : std::ldexp(1.0, -8);
   const double subnormal = half ? fp16_subnormal : std::ldexp(1.0, -133);
-  ScanInputs scan{queries, corpus, query_norms, corpus_norms, at::Tensor(), queries.scalar_type(),
-                  normalized ? ScoreKind::kDot : ScoreKind::kCosine, false};
+  ScanInputs scan{queries, corpus, query_norms, corpus_norms, at::Tensor(), queries.scalar_type(), ScoreKind::kDot,
+                  false};
   return {scan, select::rescore_bound(dim, 0.0, u, subnormal)};
 }
 
@@ -526,20 +653,21 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tens
 
   // The 16-bit scan with fp32 rescoring is exact whatever the dtype, so it is the default wherever it pays.
   const bool rescore = bf16_rescore || m >= kRescoreMinQueries;
+  // A few queries read the corpus once, norms included (fused_scores_kernel).
+  const bool fused = !rescore && fused_scan_fits(queries);
   // The rescore bound needs norms even for normalized inputs.
   at::Tensor query_norms, corpus_norms;
-  if (!normalized || rescore) {
-    query_norms = row_norms(queries);
-    corpus_norms = row_norms(corpus);
-  }
+  if (!normalized || rescore) query_norms = row_norms(queries);
+  if ((!normalized && !fused) || rescore) corpus_norms = row_norms(corpus);
   auto indices = at::empty({m, k_out}, queries.options().dtype(at::kInt));
   auto nonfinite = at::zeros({1}, queries.options().dtype(at::kInt));
 
   std::optional<at::Tensor> redo;
   if (rescore) redo = rescored_topk(queries, corpus, k_out, query_norms, corpus_norms, opt, scores, indices, nonfinite);
   if (!redo.has_value()) {
-    tiled_topk(exact_scan(queries, corpus, query_norms, corpus_norms, normalized), k_out, opt, scores, indices,
-               nonfinite);
+    tiled_topk(fused ? fused_scan(queries, corpus, query_norms)
+                     : exact_scan(queries, corpus, query_norms, corpus_norms, normalized),
+               k_out, opt, scores, indices, nonfinite);
   } else if (redo->numel() > 0) {
     const auto& ids = *redo;
     auto sub_scores = at::empty({ids.size(0), k_out}, float_options);

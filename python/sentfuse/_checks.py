@@ -166,12 +166,15 @@ def check_precision(precision: Any) -> str:
     return precision
 
 
-def check_calibration_rows(rows: int, precision: str, what: str = "embeddings") -> None:
-    """int8 / uint8 ranges are each dimension's [min, max] over the rows: one row gives no range."""
+def check_calibration_rows(rows: int, precision: str, what: str = "embeddings",
+                           fix: str = "quantize more at once or pass ranges / calibration_embeddings",
+                           name: str = "precision") -> None:
+    """int8 / uint8 ranges are each dimension's [min, max] over the rows: one row gives no range. The one
+    home of this rule for the Encoder, quantize_embeddings and the CLI (name: how the caller spells the option)."""
     if precision in CALIBRATED_PRECISIONS and rows < 2:
         raise ValueError(
-            f"precision {precision!r} calibrates its ranges on the {what} being quantized and needs at least 2 "
-            f"{what}, got {rows}; quantize more at once or pass ranges / calibration_embeddings"
+            f"{name} {precision!r} calibrates its ranges on the {what} being quantized and needs at least 2 "
+            f"{what}, got {rows}; {fix}"
         )
 
 

@@ -111,8 +111,10 @@ struct BlockQueue {
 // nullptr), writing k entries best first to out (which may alias init: init is read before any write).
 //
 // The stream is read in chunks of Source::kVec consecutive entries (one vector load for tiles), each
-// thread taking Source::kChunks chunks per round. source(chunk, length, score, index) fills the chunk's
-// entries and returns a bit mask of the ones that are candidates at all. A thread compares its entries
+// thread taking Source::kChunks chunks per round. source(chunk, length, threshold, score, index) fills the
+// chunk's entries and returns a bit mask of the ones that are candidates at all; it may return 0 without
+// filling them when every entry scores below `threshold` (the running k-th best score), as such entries
+// could not be kept anyway. A thread compares its entries
 // with the running k-th best in registers; only survivors are written out, compacted per warp (a prefix
 // sum of the survivor counts and one shared atomic per warp), so once the threshold is good a round costs
 // the loads and one barrier. The k <= top_size requirement is the caller's; top_size and cand_capacity are
@@ -160,7 +162,9 @@ __device__ void block_select(const Source& source, int64_t length, int k, int to
 #pragma unroll
     for (int c = 0; c < Source::kChunks; ++c) {
       const int64_t chunk = first + c * kThreads + threadIdx.x;
-      if (chunk < chunks) keep |= source(chunk, length, score + c * kVec, index + c * kVec) << (c * kVec);
+      if (chunk < chunks) {
+        keep |= source(chunk, length, threshold_score, score + c * kVec, index + c * kVec) << (c * kVec);
+      }
     }
 #pragma unroll
     for (int e = 0; e < kPerThread; ++e) {

@@ -2,8 +2,9 @@
 // proof of cuda/topk.cu (and cuda/pairs.cu's threshold band). Plain C++: no device code.
 //
 // The tile holds fl16(sum_d a_d b_d) from a GEMM with fp32 accumulation (tile_gemm.cuh forbids reduced-
-// precision reductions), where a, b are either the inputs themselves (16-bit inputs: exact) or fp16
-// copies of the unit rows a/|a|, b/|b| (fp32 inputs). With u the copies' unit roundoff (0 for the inputs),
+// precision reductions), where a, b are either the inputs themselves (16-bit inputs under metric "dot":
+// exact) or fp16 copies of the unit rows a/|a|, b/|b| (every other case; a 16-bit value converts to fp32
+// exactly, so the copies round as fp32 inputs' do). With u the copies' unit roundoff (0 for the inputs),
 // v the tile's, and all sums of |a_d b_d| at most |a||b| (Cauchy-Schwarz):
 //   copies: each product moves by (2u + u^2)|a_d b_d|, plus the fp16 subnormal spacing 2^-24 / 2 per
 //           component (at most 2^-24 sqrt(D) over a unit row), plus the unit rows' own scale error, two

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from .._checks import check_calibration_rows
 from ..distributed.cli import LOCAL as RAY_LOCAL
 from ..encode.quantize import PRECISIONS
 from ..sparse.output import add_sparse_arguments, run_sparse_encode
@@ -76,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
         return run_sparse_encode(args, read_items(args.input, args.format, args.field).texts)
     output = check_output(args.output, "-o")
     items = read_items(args.input, args.format, args.field)
-    if args.precision in ("int8", "uint8") and len(items.texts) == 1:
-        raise CommandError(f"--precision {args.precision} calibrates on the input and needs at least 2 items")
+    try:
+        check_calibration_rows(len(items.texts), args.precision, "items", "give more input lines", "--precision")
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
     start = time.perf_counter()
     encoder = load_encoder(args, max_seq_length=args.max_seq_length, dtype=args.dtype)

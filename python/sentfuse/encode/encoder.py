@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
+from .._checks import check_calibration_rows, check_sentences, device_or_default, parse_device, parse_dtype, positive_int
 from ..model.backbone import cpu_has_native, prepare_backbone
 from ..model.modules import SIMILARITY_FN_NAMES, ModelFolder, ModelFolderError, load_model_folder, merge_prompts
 from ..model.pretrained import load_pretrained
@@ -282,11 +282,9 @@ class Encoder(SentenceTransformerMethods):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         if show_progress_bar is not None and not isinstance(show_progress_bar, (bool, np.bool_)):
             raise TypeError(f"show_progress_bar must be a bool or None, got {type(show_progress_bar).__name__}")
-        if precision in ("int8", "uint8") and n_texts == 1 and output_value == "sentence_embedding":
-            raise ValueError(
-                f"precision {precision!r} calibrates its ranges on the embeddings being encoded and needs at "
-                "least 2 sentences; encode more at once or quantize later with calibration embeddings"
-            )
+        if output_value == "sentence_embedding":
+            check_calibration_rows(n_texts, precision, "sentences",
+                                   "encode more at once or quantize later with calibration embeddings")
         if show_progress_bar is None:
             return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         return bool(show_progress_bar)
