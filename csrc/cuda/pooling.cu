@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "common/bounds.h"
+#include "cuda/launch.cuh"
 #include "cuda/pooling.h"
 #include "cuda/reduce.cuh"
 #include "cuda/vec.cuh"
@@ -311,12 +312,6 @@ __global__ void l2_normalize_kernel(const scalar_t* x,  // [rows, >= dim], row s
     for (int k = 0; k < VEC; ++k) v[k] /= norm;
     store_vec<scalar_t, VEC>(out_row + f, v);
   }
-}
-
-template <typename Kernel>
-cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
-  if (smem <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
 template <typename scalar_t, int VEC, bool kMax>

@@ -14,8 +14,8 @@
 // multiply fp16 unit-row copies wherever the score is a cosine, so that they hold the score itself. Up to
 // kFusedMaxQueries queries, the exact path computes its scores in one read of the corpus, norms included
 // (fused_scores_kernel), instead of cuBLAS plus a norm pass. Where a tile holds the score, the select pass
-// skips a vector of entries that are all below the running k-th best with a few compares. k > 1024 takes
-// a stable sort of [running top-k | tile] on the exact path.
+// skips a vector of entries that are all below the running k-th best with a few compares. k > kMaxSelectK
+// (4096) takes a stable sort of [running top-k | tile] on the exact path.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +28,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include "common/dispatch.h"
+#include "cuda/launch.cuh"
 #include "cuda/reduce.cuh"
 #include "cuda/select/block_select.cuh"
 #include "cuda/select/rescore_bound.h"
@@ -51,7 +52,9 @@ constexpr int kSelectThreads = 128;
 constexpr int kSelectRound = 2048;
 // Candidate buffer: two rounds, so a flush runs at most every round (and, once the threshold is good, rarely).
 constexpr int kCandCapacity = 2 * kSelectRound;
-constexpr int kMaxSelectK = 1024;
+// The largest k (and 16-bit candidate list) selected in shared memory: 64 KB per block at 4096, which
+// needs the opt-in of allow_dynamic_smem. Larger k sorts each tile.
+constexpr int kMaxSelectK = 4096;
 constexpr int kRescoreWarps = 8;
 // A column slice of a tile is worth its own block only if it is this long.
 constexpr int64_t kMinSliceCols = 8192;
@@ -189,7 +192,7 @@ __global__ void __launch_bounds__(kSelectThreads)
                                        out_indices + row * k);
 }
 
-// The epilogue alone, for the k > 1024 path: dropped candidates become -inf.
+// The epilogue alone, for the k > kMaxSelectK path: dropped candidates become -inf.
 __global__ void tile_scores_kernel(const float* __restrict__ dots,  // [rows, cols]
                                    int64_t rows, int64_t cols, int64_t corpus_begin, ScoreEpilogue epi,
                                    float* __restrict__ out) {  // [rows, cols]
@@ -340,14 +343,20 @@ int select_top_size(int64_t k) {
   return size;
 }
 
-size_t select_shared_bytes(int top_size) { return select::BlockQueue::shared_bytes(top_size, kCandCapacity); }
+// Shared memory of a select kernel for lists of top_size entries; lifts the 48 KB default where needed.
+template <typename Kernel>
+size_t select_shared_bytes(Kernel kernel, int top_size) {
+  const size_t smem = select::BlockQueue::shared_bytes(top_size, kCandCapacity);
+  C10_CUDA_CHECK(allow_dynamic_smem(kernel, smem));
+  return smem;
+}
 
 struct TilePlan {
   int64_t rows;
   int64_t cols;
 };
 
-// Tile shape for `elements` workspace elements per (row, col), plus `row_extra` per row (the k > 1024 sort).
+// Tile shape for `elements` workspace elements per (row, col), plus `row_extra` per row (the k > kMaxSelectK sort).
 TilePlan plan_tiles(int64_t m, int64_t n, int64_t row_extra, int64_t bytes_per_element, int64_t budget) {
   const int64_t elements = std::max<int64_t>(budget / bytes_per_element, 1);
   int64_t cols = std::min(n, std::max<int64_t>(4096, elements / std::min<int64_t>(m, 2048)));
@@ -430,7 +439,8 @@ void select_tile(const at::Tensor& dots, int64_t n0, const ScoreEpilogue& epi, i
   const int64_t rows = dots.size(0), cols = dots.size(1);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int top_size = select_top_size(k);
-  const size_t smem = select_shared_bytes(top_size);
+  const size_t smem = select_shared_bytes(tile_select_kernel<tile_t>, top_size);
+  select_shared_bytes(list_select_kernel, top_size);
   const auto* tile = dots.const_data_ptr<tile_t>();
   const int64_t slices = plan_slices(rows, cols, k);
   if (slices == 1) {
@@ -458,7 +468,7 @@ void select_tile(const at::Tensor& dots, int64_t n0, const ScoreEpilogue& epi, i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// k > 1024: the epilogue into a score tile, then a stable sort of [running top-k | tile].
+// k > kMaxSelectK: the epilogue into a score tile, then a stable sort of [running top-k | tile].
 void sort_tile(const at::Tensor& dots, int64_t n0, const ScoreEpilogue& epi, int64_t k, at::Tensor& run_scores,
                at::Tensor& run_indices) {
   const int64_t rows = dots.size(0), cols = dots.size(1);
@@ -612,7 +622,8 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int top_size = select_top_size(k);
-  list_select_kernel<<<static_cast<unsigned>(m), kSelectThreads, select_shared_bytes(top_size), stream>>>(
+  list_select_kernel<<<static_cast<unsigned>(m), kSelectThreads, select_shared_bytes(list_select_kernel, top_size),
+                       stream>>>(
       exact_scores.const_data_ptr<float>(), exact_indices.const_data_ptr<int32_t>(), width, static_cast<int>(k),
       top_size, nullptr, nullptr, scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
