@@ -284,6 +284,17 @@ def test_matches_reference_cuda(dtype, metric, k):
     check_topk(queries, corpus, k, out, metric=metric)
 
 
+def assert_exact_ties(m: int, n: int, dtype: torch.dtype, k: int, seed: int, **kw):
+    """Integer rows on CUDA: scores and indices equal the reference's bit for bit, ties included."""
+    queries = integer_embeddings(m, 24, dtype, seed=seed)
+    corpus = integer_embeddings(n, 24, dtype, seed=seed + 7)
+    kw.update(query_offset=3, corpus_offset=1)
+    scores, indices = _ops.cosine_topk(queries, corpus, k, **kw)
+    ref_scores, ref_indices = run_reference(queries, corpus, k, **kw)
+    assert torch.equal(scores.cpu(), ref_scores)
+    assert torch.equal(indices.cpu(), ref_indices)
+
+
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("metric", ["cosine", "dot"])
@@ -291,13 +302,7 @@ def test_matches_reference_cuda(dtype, metric, k):
 @pytest.mark.parametrize("k", [1, 64, 1100, 4096, 4500])
 def test_exact_ties_cuda(dtype, metric, exclude_self, k):
     # Shared-memory selection up to k = 4096, a sorted tile beyond.
-    queries = integer_embeddings(45, 24, dtype, seed=k)
-    corpus = integer_embeddings(5001, 24, dtype, seed=k + 7)
-    kw = dict(metric=metric, exclude_self=exclude_self, query_offset=3, corpus_offset=1)
-    scores, indices = _ops.cosine_topk(queries, corpus, k, **kw)
-    ref_scores, ref_indices = run_reference(queries, corpus, k, **kw)
-    assert torch.equal(scores.cpu(), ref_scores)
-    assert torch.equal(indices.cpu(), ref_indices)
+    assert_exact_ties(45, 5001, dtype, k, seed=k, metric=metric, exclude_self=exclude_self)
 
 
 @cuda_only
@@ -306,13 +311,7 @@ def test_exact_ties_cuda(dtype, metric, exclude_self, k):
 @pytest.mark.parametrize("m,k", [(1, 1), (1, 1100), (8, 64)], ids=str)
 def test_exact_ties_few_queries_cuda(dtype, metric, m, k):
     # At most 8 queries take the fused scan (dot products and corpus norms from one read of the corpus).
-    queries = integer_embeddings(m, 24, dtype, seed=m + k)
-    corpus = integer_embeddings(3001, 24, dtype, seed=m + k + 7)
-    kw = dict(metric=metric, exclude_self=True, query_offset=3, corpus_offset=1)
-    scores, indices = _ops.cosine_topk(queries, corpus, k, **kw)
-    ref_scores, ref_indices = run_reference(queries, corpus, k, **kw)
-    assert torch.equal(scores.cpu(), ref_scores)
-    assert torch.equal(indices.cpu(), ref_indices)
+    assert_exact_ties(m, 3001, dtype, k, seed=m + k, metric=metric, exclude_self=True)
 
 
 @cuda_only
