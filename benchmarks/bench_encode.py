@@ -238,6 +238,8 @@ def gpu_busy(fn, device: torch.device) -> dict:
 
 def sweep_variants(device: torch.device) -> list[tuple[str, dict, dict]]:
     """(name, RunOptions fields, encode kwargs) for the settings compared on the device (CUDA only)."""
+    from sentfuse.encode.tokenize import cpu_cores
+
     if device.type != "cuda":
         return []
     return [
@@ -248,6 +250,8 @@ def sweep_variants(device: torch.device) -> list[tuple[str, dict, dict]]:
         ("graphs, SDPA math", {"sdpa_backend": "math"}, {}),
         ("batch 1024 / 32k tokens", {}, {"batch_size": 1024, "max_batch_tokens": 32768}),
         ("batch 4096 / 128k tokens", {}, {"batch_size": 4096, "max_batch_tokens": 131072}),
+        # The default leaves one core to the launching thread; this row tokenizes on every core.
+        ("tokenize on every core", {"tokenize_threads": cpu_cores()}, {}),
     ]
 
 

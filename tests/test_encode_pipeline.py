@@ -265,6 +265,22 @@ def test_run_options_from_env(monkeypatch):
     assert RunOptions.from_env() == RunOptions(cuda_graphs=False, sdpa_backend="efficient")
     with pytest.raises(ValueError, match="sdpa_backend must be one of"):
         RunOptions(sdpa_backend="fastest")
+    monkeypatch.setenv("SENTFUSE_TOKENIZE_THREADS", "3")
+    assert RunOptions.from_env().tokenize_threads == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv("SENTFUSE_TOKENIZE_THREADS", bad)
+        with pytest.raises(ValueError, match="SENTFUSE_TOKENIZE_THREADS must be a positive integer"):
+            RunOptions.from_env()
+
+
+def test_tokenize_threads_leave_a_core_to_the_cuda_launcher():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert RunOptions().tokenize_threads_for(cpu, 16) == 16
+    assert RunOptions().tokenize_threads_for(cuda, 16) == 15
+    assert RunOptions().tokenize_threads_for(cuda, 2) == 2
+    assert RunOptions(tokenize_threads=4).tokenize_threads_for(cuda, 16) == 4
+    with pytest.raises(ValueError, match="tokenize_threads"):
+        RunOptions(tokenize_threads=0)
 
 
 # --- the whole pipeline with GPU-style shapes and graphs, on CPU ----------------------------------

@@ -116,7 +116,7 @@ class Pipeline:
         self.dtype = dtype
         self.options = options
         self.typed = self.chunk_tokenizer.typed  # token types travel to the model only where they vary
-        self.threads = cpu_cores()
+        self.threads = options.tokenize_threads_for(device, cpu_cores())
         self.staging: Staging | None = None
         self.runner = self._runner()
         self._lock = threading.Lock()  # one call at a time: the staging slots and graph inputs are shared

@@ -6,7 +6,8 @@ attention plan built per batch. The planner keeps the shapes few (plan.py). A sh
 (a backbone that synchronizes with the host inside its forward, say) runs eagerly from then on.
 
 Switches: SENTFUSE_CUDA_GRAPHS=0 (or RunOptions(cuda_graphs=False)) forces the eager path;
-SENTFUSE_SDPA_BACKEND=flash|efficient|cudnn|math pins the attention kernel (default: torch's choice).
+SENTFUSE_SDPA_BACKEND=flash|efficient|cudnn|math pins the attention kernel (default: torch's choice);
+SENTFUSE_TOKENIZE_THREADS=N sets how many threads tokenize (default: see RunOptions.tokenize_threads_for).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .._checks import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +49,35 @@ class RunOptions:
     cuda_graphs: bool = True  # replay CUDA graphs per shape (CUDA only)
     sdpa_backend: str | None = None  # flash, efficient, cudnn or math; None lets torch choose
     fixed_shapes: bool | None = None  # bucketed batch shapes (plan.py); None: on CUDA only
+    tokenize_threads: int | None = None  # None: tokenize_threads_for's default
 
     def __post_init__(self) -> None:
         if self.sdpa_backend is not None and self.sdpa_backend not in SDPA_BACKEND_NAMES:
             raise ValueError(
                 f"sdpa_backend must be one of {', '.join(SDPA_BACKEND_NAMES)} or None, got {self.sdpa_backend!r}"
             )
+        positive_int(self.tokenize_threads, "tokenize_threads")
 
     @classmethod
     def from_env(cls) -> RunOptions:
         graphs = os.environ.get("SENTFUSE_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
-        return cls(cuda_graphs=graphs, sdpa_backend=os.environ.get("SENTFUSE_SDPA_BACKEND") or None)
+        threads = os.environ.get("SENTFUSE_TOKENIZE_THREADS", "").strip() or None
+        if threads is not None:
+            try:
+                threads = int(threads)
+            except ValueError:
+                raise ValueError(f"SENTFUSE_TOKENIZE_THREADS must be a positive integer, got {threads!r}") from None
+        return cls(cuda_graphs=graphs, sdpa_backend=os.environ.get("SENTFUSE_SDPA_BACKEND") or None,
+                   tokenize_threads=positive_int(threads, "SENTFUSE_TOKENIZE_THREADS"))
+
+    def tokenize_threads_for(self, device: torch.device, cores: int) -> int:
+        """Threads that tokenize. By default every core on CPU (the model waits for the tokens either way);
+        with the model on CUDA and 4 cores or more, every core but one, which stays free for the thread
+        that launches the model: with all cores tokenizing it waits for a time slice between batches and
+        the GPU idles."""
+        if self.tokenize_threads is not None:
+            return self.tokenize_threads
+        return cores - 1 if device.type == "cuda" and cores >= 4 else cores
 
     def attention(self):
         """The context the forward runs in: pins SDPA's kernel when sdpa_backend is set."""
