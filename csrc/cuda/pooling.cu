@@ -73,23 +73,27 @@ __device__ __forceinline__ RowPlan make_plan(PoolMode mode, int lo, int hi, int 
   return plan;
 }
 
-// Padded rows: scans the mask to find the first present token, then the valid tokens after skip.
+// Padded rows: scans the mask to find the first present token, then the valid tokens after skip (one
+// scan when nothing is skipped: the first valid token is then the lowest one counted).
 __device__ RowPlan plan_masked_row(const bool* __restrict__ mask,  // [seq]
                                    int seq_len, int skip_tokens, PoolMode mode) {
   __shared__ int first_slots[32];
   __shared__ MaskStats stat_slots[32];
   int first = seq_len;
-  for (int t = threadIdx.x; t < seq_len; t += blockDim.x) {
-    if (mask[t]) {
-      first = t;
-      break;
+  int begin = 0;
+  if (skip_tokens > 0) {  // uniform over the block
+    for (int t = threadIdx.x; t < seq_len; t += blockDim.x) {
+      if (mask[t]) {
+        first = t;
+        break;
+      }
     }
+    first = block_all_reduce(
+        first, first_slots, [](int a, int b) { return min(a, b); },
+        [](int v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
+    // first + skip may exceed seq_len (or overflow int for huge skip); either way nothing is valid.
+    begin = static_cast<int>(min(static_cast<long long>(first) + skip_tokens, static_cast<long long>(seq_len)));
   }
-  first = block_all_reduce(
-      first, first_slots, [](int a, int b) { return min(a, b); },
-      [](int v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); });
-  // first + skip may exceed seq_len (or overflow int for huge skip); either way nothing is valid.
-  const int begin = static_cast<int>(min(static_cast<long long>(first) + skip_tokens, static_cast<long long>(seq_len)));
   MaskStats local{0, seq_len, -1, 0};
   for (int t = begin + threadIdx.x; t < seq_len; t += blockDim.x) {
     if (mask[t]) local = combine(local, MaskStats{1, t, t, t});
@@ -97,6 +101,7 @@ __device__ RowPlan plan_masked_row(const bool* __restrict__ mask,  // [seq]
   const MaskStats s = block_all_reduce(
       local, stat_slots, [](MaskStats a, MaskStats b) { return combine(a, b); },
       [](MaskStats v, int m) { return shfl_xor(v, m); });
+  if (skip_tokens <= 0) first = s.count > 0 ? s.lo : seq_len;
   // weights are t + 1 - first
   const long long weight_sum = s.pos_sum + static_cast<long long>(s.count) * (1 - first);
   return make_plan(mode, s.lo, s.hi, first, s.count, weight_sum);
@@ -221,6 +226,9 @@ __global__ void pool_kernel(PoolArgs p, PoolLaunch launch, float* __restrict__ w
   const scalar_t* row;
   const bool* row_mask;
   const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
+  // Every token of [begin, end) is valid (a padded row without holes, the usual case): the fold reads no
+  // mask, so each token's load no longer waits for its mask byte.
+  if (plan.count == plan.end - plan.begin) row_mask = nullptr;
   float* fold = smem;  // [groups, VEC, cols]
 
   if (launch.splits > 1) {
