@@ -13,6 +13,7 @@
 
 #include "common/dispatch.h"
 #include "cuda/reduce.cuh"
+#include "cuda/vec.cuh"
 
 namespace sentfuse {
 namespace gemm {
@@ -21,22 +22,38 @@ constexpr int kNormWarps = 8;
 
 using sentfuse::cosine_from_dot;
 
+// The fp32 sum of squares of one row, over a warp (every lane gets it): VEC-wide loads.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ float warp_row_sum_sq(const scalar_t* __restrict__ row, int64_t dim, int lane) {
+  float sum = 0.f;
+  for (int64_t d = static_cast<int64_t>(lane) * VEC; d < dim; d += 32 * VEC) {
+    float v[VEC];
+    load_vec<scalar_t, VEC>(row + d, v);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sum = fmaf(v[k], v[k], sum);
+  }
+  return warp_sum(sum);
+}
+
 // One warp per row: fp32 L2 norm of the stored values.
-template <typename scalar_t>
+template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kNormWarps * 32)
     row_norms_kernel(const scalar_t* __restrict__ x,  // [rows, dim]
                      int64_t rows, int64_t dim, float* __restrict__ out) {  // [rows]
   const int64_t row = blockIdx.x * static_cast<int64_t>(kNormWarps) + threadIdx.x / 32;
   if (row >= rows) return;
   const int lane = threadIdx.x % 32;
-  const scalar_t* p = x + row * dim;
-  float sum = 0.f;
-  for (int64_t d = lane; d < dim; d += 32) {
-    const float v = static_cast<float>(p[d]);
-    sum = fmaf(v, v, sum);
-  }
-  sum = warp_sum(sum);
-  if (lane == 0) out[row] = norm_from_sum_sq(sum);
+  const float norm = norm_from_sum_sq(warp_row_sum_sq<scalar_t, VEC>(x + row * dim, dim, lane));
+  if (lane == 0) out[row] = norm;
+}
+
+// Calls fn(scalar_t, VEC) for x [rows, dim] contiguous: the widest loads its rows allow.
+template <typename Fn>
+void dispatch_rows(const at::Tensor& x, Fn&& fn) {
+  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "sentfuse rows", [&] {
+    const int vec = pick_vec_width<scalar_t>(x.const_data_ptr(), {x.size(1)});
+    dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) { fn(scalar_t{}, vec_c); });
+  });
 }
 
 // x [rows, dim] contiguous -> [rows] fp32 norms.
@@ -45,9 +62,10 @@ inline at::Tensor row_norms(const at::Tensor& x) {
   if (x.size(0) == 0) return out;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto blocks = static_cast<unsigned>((x.size(0) + kNormWarps - 1) / kNormWarps);
-  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "row_norms", [&] {
-    row_norms_kernel<scalar_t><<<blocks, kNormWarps * 32, 0, stream>>>(x.const_data_ptr<scalar_t>(), x.size(0),
-                                                                       x.size(1), out.mutable_data_ptr<float>());
+  dispatch_rows(x, [&](auto type_c, auto vec_c) {
+    using scalar_t = decltype(type_c);
+    row_norms_kernel<scalar_t, decltype(vec_c)::value><<<blocks, kNormWarps * 32, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), out.mutable_data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -56,30 +74,48 @@ inline at::Tensor row_norms(const at::Tensor& x) {
 // fp16 copies of the unit rows x / |x| (zero rows stay zero), the 16-bit scans' operands under metric
 // "cosine" and for fp32 data: the dot product of two copies is the score itself (no per-element norms
 // in the select pass), nothing overflows whatever the norms, and fp16 is 8x finer than bf16. Each value
-// is converted to fp32 exactly and scaled in fp32, so the rounding is the same for every input dtype.
-// (A template, so that every .cu may include it.)
-template <typename in_t>
-__global__ void unit_rows_kernel(const in_t* __restrict__ x,  // [rows, dim]
-                                 const float* __restrict__ norms, int64_t rows, int64_t dim,  // [rows]
-                                 at::Half* __restrict__ out) {  // [rows, dim]
-  const int64_t total = rows * dim;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float norm = norms[e / dim];
-    // A NaN norm stays NaN, so the scan sees the non-finite row.
-    out[e] = static_cast<at::Half>(norm == 0.f ? 0.f : static_cast<float>(x[e]) / norm);
+// is converted to fp32 exactly and divided in fp32, so the rounding is the same for every input dtype.
+// One warp per row; with compute_norms the warp first computes the row's norm (as row_norms_kernel
+// does) and stores it, so the row is read from memory once and then again from cache.
+template <typename in_t, int VEC>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    unit_rows_kernel(const in_t* __restrict__ x,  // [rows, dim]
+                     int64_t rows, int64_t dim, float* __restrict__ norms,  // [rows], read or written
+                     bool compute_norms, at::Half* __restrict__ out) {  // [rows, dim]
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kNormWarps) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const in_t* in_row = x + row * dim;
+  float norm;
+  if (compute_norms) {
+    norm = norm_from_sum_sq(warp_row_sum_sq<in_t, VEC>(in_row, dim, lane));
+    if (lane == 0) norms[row] = norm;
+  } else {
+    norm = norms[row];
+  }
+  at::Half* out_row = out + row * dim;
+  for (int64_t d = static_cast<int64_t>(lane) * VEC; d < dim; d += 32 * VEC) {
+    float v[VEC];
+    load_vec<in_t, VEC>(in_row + d, v);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] = norm == 0.f ? 0.f : v[k] / norm;  // a NaN norm stays NaN
+    store_vec<at::Half, VEC>(out_row + d, v);
   }
 }
 
-// x [rows, dim] contiguous (any float dtype), norms [rows] fp32 -> fp16 [rows, dim].
-inline at::Tensor unit_rows(const at::Tensor& x, const at::Tensor& norms) {
+// x [rows, dim] contiguous (any float dtype) -> fp16 unit rows [rows, dim]. norms [rows] fp32 holds the
+// rows' norms, or receives them when compute_norms.
+inline at::Tensor unit_rows(const at::Tensor& x, const at::Tensor& norms, bool compute_norms = false) {
   auto out = at::empty(x.sizes(), x.options().dtype(at::kHalf));
-  const int64_t total = x.numel();
-  if (total == 0) return out;
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
-  SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "unit_rows", [&] {
-    unit_rows_kernel<scalar_t><<<blocks, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), norms.const_data_ptr<float>(), x.size(0), x.size(1),
+  if (x.size(0) == 0) return out;
+  const auto blocks = static_cast<unsigned>((x.size(0) + kNormWarps - 1) / kNormWarps);
+  // Only written when compute_norms.
+  float* norms_ptr = compute_norms ? norms.mutable_data_ptr<float>() : const_cast<float*>(norms.const_data_ptr<float>());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  dispatch_rows(x, [&](auto type_c, auto vec_c) {
+    using scalar_t = decltype(type_c);
+    unit_rows_kernel<scalar_t, decltype(vec_c)::value><<<blocks, kNormWarps * 32, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), norms_ptr, compute_norms,
         out.mutable_data_ptr<at::Half>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -315,11 +315,13 @@ __global__ void rescore_check_kernel(const float* __restrict__ approx_scores,  /
                                      const int32_t* __restrict__ approx_indices, int width,
                                      const float* __restrict__ exact_scores,  // [M, k], best first
                                      int k, int64_t rows, const float* __restrict__ query_norms,  // [M]
-                                     float relative_bound, float absolute_bound, float corpus_norm_max,
-                                     float corpus_norm_min, bool normalized, float min_score,
-                                     bool candidates_cover_corpus, uint8_t* __restrict__ needs_exact) {  // [M]
+                                     float relative_bound, float absolute_bound,
+                                     const float* __restrict__ norm_range,  // [2] corpus norms: max, min nonzero
+                                     bool normalized, float min_score, bool candidates_cover_corpus,
+                                     uint8_t* __restrict__ needs_exact) {  // [M]
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (row >= rows) return;
+  const float corpus_norm_max = norm_range[0], corpus_norm_min = norm_range[1];
   const float worst_kept = approx_scores[row * width + width - 1];
   // A list that is not full holds every corpus row the 16-bit stage did not exclude.
   bool exact = candidates_cover_corpus || approx_indices[row * width + width - 1] == kNoIndex;
@@ -392,6 +394,8 @@ struct ScanInputs {
   // fused_scores_kernel instead of cuBLAS: the tile holds finished scores (kind is then kDot), cosines
   // when query_norms is defined; corpus_norms is not needed.
   bool fused = false;
+  // With unit_corpus: the conversion of each corpus tile also computes its rows' norms into corpus_norms.
+  bool norms_from_scan = false;
 };
 
 // Few query rows leave SMs idle: the number of column slices a tile row is split into.
@@ -513,7 +517,7 @@ void tiled_topk(const ScanInputs& in, int64_t k, const TopkOptions& opt, at::Ten
   for (int64_t n0 = 0; n0 < n; n0 += plan.cols) {
     const int64_t cols = std::min(plan.cols, n - n0);
     auto c_tile = in.corpus.narrow(0, n0, cols);
-    if (in.unit_corpus) c_tile = unit_rows(c_tile, in.corpus_norms.narrow(0, n0, cols));
+    if (in.unit_corpus) c_tile = unit_rows(c_tile, in.corpus_norms.narrow(0, n0, cols), in.norms_from_scan);
     for (int64_t m0 = 0; m0 < m; m0 += plan.rows) {
       const int64_t rows = std::min(plan.rows, m - m0);
       auto dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
@@ -562,13 +566,19 @@ struct RescorePlan {
 // dtype: the tile then holds the score, which the select pass filters with a compare or two per entry.
 // fp32 inputs under metric "dot" use the copies too (no overflow), scaled back by both norms; 16-bit
 // inputs under metric "dot" are multiplied as they are into tiles of their own dtype.
+bool unit_row_scan(const at::Tensor& queries, bool normalized) {
+  return queries.scalar_type() == at::kFloat || !normalized;
+}
+
+// corpus_norms: filled by the scan itself when unit_row_scan (norms_from_scan), else already computed.
 RescorePlan plan_rescore(const at::Tensor& queries, const at::Tensor& corpus, const at::Tensor& query_norms,
                          const at::Tensor& corpus_norms, bool normalized) {
   const int64_t dim = queries.size(1);
   const double fp16_u = std::ldexp(1.0, -11), fp16_subnormal = std::ldexp(1.0, -24);
-  if (queries.scalar_type() == at::kFloat || !normalized) {
+  if (unit_row_scan(queries, normalized)) {
     ScanInputs scan{unit_rows(queries, query_norms), corpus, query_norms, corpus_norms, at::Tensor(), at::kHalf,
                     normalized ? ScoreKind::kUnitDot : ScoreKind::kDot, true};
+    scan.norms_from_scan = true;
     return {scan, select::rescore_bound(dim, fp16_u, fp16_u, fp16_subnormal)};
   }
   const bool half = queries.scalar_type() == at::kHalf;
@@ -583,21 +593,20 @@ RescorePlan plan_rescore(const at::Tensor& queries, const at::Tensor& corpus, co
 // every dropped corpus row j scores below it: j's 16-bit score is at most the worst kept one t, so its
 // exact score is at most t + bound, and the check is t + bound < max(k-th exact score, min_score).
 // Returns the rows that failed the check (on the device), or nullopt when the whole call must go exact.
+// Leaves the corpus norms in corpus_norms unless it returns nullopt before scanning.
 std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
-                                        const at::Tensor& query_norms, const at::Tensor& corpus_norms,
+                                        const at::Tensor& query_norms, at::Tensor& corpus_norms,
                                         const TopkOptions& opt, at::Tensor& scores, at::Tensor& indices,
                                         at::Tensor& nonfinite) {
   const int64_t m = queries.size(0), n = corpus.size(0), dim = queries.size(1);
-  const RescorePlan plan = plan_rescore(queries, corpus, query_norms, corpus_norms, opt.normalized);
+  const bool unit = unit_row_scan(queries, opt.normalized);
   // bf16 tiles are 8x coarser than fp16 ones: a wider list keeps the proof's margin.
-  const int64_t spread = plan.scan.tile_type == at::kBFloat16 ? 4 : 2;
+  const int64_t spread = !unit && queries.scalar_type() == at::kBFloat16 ? 4 : 2;
   const int64_t width = std::min<int64_t>({n, kMaxSelectK, std::max<int64_t>(k + 64, spread * k)});
   if (width < n && width - k < 32) return std::nullopt;  // no room for a useful margin
-  // The bound is relative; tiny nonzero or huge corpus rows void it.
-  auto nonzero_norms = corpus_norms.masked_fill(corpus_norms == 0, std::numeric_limits<float>::infinity());
-  const auto range = at::stack({corpus_norms.max(), nonzero_norms.min()}).cpu();
-  const float corpus_norm_max = range[0].item<float>(), corpus_norm_min = range[1].item<float>();
-  if (!(corpus_norm_max <= select::kMaxNorm) || corpus_norm_min < select::kMinNorm) return std::nullopt;
+  // A unit-row scan computes the corpus norms while it converts each tile: the corpus is read once.
+  corpus_norms = unit ? at::empty({n}, query_norms.options()) : row_norms(corpus);
+  const RescorePlan plan = plan_rescore(queries, corpus, query_norms, corpus_norms, opt.normalized);
 
   auto approx_nonfinite = at::zeros({1}, queries.options().dtype(at::kInt));
   auto approx_scores = at::empty({m, width}, scores.options());
@@ -628,15 +637,22 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
       top_size, nullptr, nullptr, scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
+  // The bound is relative; tiny nonzero or huge corpus rows void it (checked below, with the scan's flag).
+  auto nonzero_norms = corpus_norms.masked_fill(corpus_norms == 0, std::numeric_limits<float>::infinity());
+  const auto range = at::stack({corpus_norms.max(), nonzero_norms.min()});
   auto needs_exact = at::empty({m}, queries.options().dtype(at::kByte));
   rescore_check_kernel<<<static_cast<unsigned>((m + 255) / 256), 256, 0, stream>>>(
       approx_scores.const_data_ptr<float>(), approx_indices.const_data_ptr<int32_t>(), static_cast<int>(width),
       scores.const_data_ptr<float>(), static_cast<int>(k), m, query_norms.const_data_ptr<float>(),
-      static_cast<float>(plan.bound.relative), static_cast<float>(plan.bound.absolute), corpus_norm_max,
-      corpus_norm_min, opt.normalized, opt.min_score, width >= n, needs_exact.mutable_data_ptr<uint8_t>());
+      static_cast<float>(plan.bound.relative), static_cast<float>(plan.bound.absolute), range.const_data_ptr<float>(),
+      opt.normalized, opt.min_score, width >= n, needs_exact.mutable_data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // A non-finite 16-bit score may only be an overflow of the tile: let the exact path decide.
-  if (approx_nonfinite.item<int>() != 0) return std::nullopt;
+  // One host read for both: a non-finite 16-bit score may only be an overflow of the tile, and norms out
+  // of range void the bound; either way the exact path decides.
+  const auto flags = at::cat({range, approx_nonfinite.to(at::kFloat)}).cpu();
+  const float corpus_norm_max = flags[0].item<float>(), corpus_norm_min = flags[1].item<float>();
+  if (flags[2].item<float>() != 0.f) return std::nullopt;
+  if (!(corpus_norm_max <= select::kMaxNorm) || corpus_norm_min < select::kMinNorm) return std::nullopt;
   return at::nonzero(needs_exact).squeeze(1);
 }
 
@@ -669,12 +685,13 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tens
   // The rescore bound needs norms even for normalized inputs.
   at::Tensor query_norms, corpus_norms;
   if (!normalized || rescore) query_norms = row_norms(queries);
-  if ((!normalized && !fused) || rescore) corpus_norms = row_norms(corpus);
   auto indices = at::empty({m, k_out}, queries.options().dtype(at::kInt));
   auto nonfinite = at::zeros({1}, queries.options().dtype(at::kInt));
 
   std::optional<at::Tensor> redo;
   if (rescore) redo = rescored_topk(queries, corpus, k_out, query_norms, corpus_norms, opt, scores, indices, nonfinite);
+  // The exact path scores cosines from both norms (unless fused, which computes its own).
+  if (!normalized && !fused && !corpus_norms.defined()) corpus_norms = row_norms(corpus);
   if (!redo.has_value()) {
     tiled_topk(fused ? fused_scan(queries, corpus, query_norms)
                      : exact_scan(queries, corpus, query_norms, corpus_norms, normalized),
