@@ -122,10 +122,25 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 }
 
 
+// VEC floats to 16-byte-aligned shared memory (8-byte for VEC 2) in as few stores as possible.
+template <int VEC>
+__device__ __forceinline__ void store_floats(float* dst, const float (&v)[VEC]) {
+  if constexpr (VEC % 4 == 0) {
+#pragma unroll
+    for (int k = 0; k < VEC; k += 4) {
+      *reinterpret_cast<float4*>(dst + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+    }
+  } else if constexpr (VEC == 2) {
+    *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
+  } else {
+    dst[0] = v[0];
+  }
+}
+
 // Folds the tokens [plan.begin, plan.end) of one row (masked ones skipped) over the groups and calls
 // emit(f, v) once per feature f with the raw sum (weighted for weightedmean) or max; threads beyond
 // cols * groups only join the shared-memory fold. `row` points at token 0, token t at row + t * token_stride.
-// Dynamic shared memory: cols * groups * VEC floats.
+// Dynamic shared memory: groups * cols * VEC floats, 16-byte aligned.
 template <typename scalar_t, int VEC, bool kMax, typename Emit>
 __device__ void fold_row(const scalar_t* __restrict__ row,  // [seq, hidden]
                          int64_t token_stride,
@@ -168,21 +183,18 @@ __device__ void fold_row(const scalar_t* __restrict__ row,  // [seq, hidden]
     }
 
     __syncthreads();  // the previous chunk's readers of `fold` are done
-    if (group < groups) {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) fold[(group * VEC + k) * cols + col_in_chunk] = acc[k];
-    }
+    if (group < groups) store_floats<VEC>(fold + (group * cols + col_in_chunk) * VEC, acc);
     __syncthreads();
-    // Entry e = k * cols + c of each group's slice is feature (chunk + c) * VEC + k.
-    for (int e = tid; e < cols * VEC; e += blockDim.x) {
-      const int c = e % cols;
-      if (chunk + c >= vec_cols) continue;
-      float v = fold[e];
+    // Entry f = c * VEC + k of each group's slice is feature (chunk + c) * VEC + k = chunk * VEC + f, so
+    // consecutive threads emit consecutive features: coalesced partial and output writes.
+    for (int f = tid; f < cols * VEC; f += blockDim.x) {
+      if (chunk + f / VEC >= vec_cols) continue;
+      float v = fold[f];
       for (int g = 1; g < groups; ++g) {
-        const float other = fold[g * cols * VEC + e];
+        const float other = fold[g * cols * VEC + f];
         v = kMax ? max_nan(v, other) : v + other;
       }
-      emit((chunk + c) * VEC + e / cols, v);
+      emit(chunk * VEC + f, v);
     }
   }
 }
@@ -219,7 +231,7 @@ __device__ __forceinline__ RowPlan plan_row(const PoolArgs& p, int64_t b, const 
 // workspace [batch, splits, hidden] and finish_kernel completes the row.
 template <typename scalar_t, int VEC, bool kMax>
 __global__ void pool_kernel(PoolArgs p, PoolLaunch launch, float* __restrict__ workspace) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   __shared__ float sum_slots[32];
   const int64_t b = blockIdx.x;
   const int H = p.hidden_size;
@@ -229,7 +241,7 @@ __global__ void pool_kernel(PoolArgs p, PoolLaunch launch, float* __restrict__ w
   // Every token of [begin, end) is valid (a padded row without holes, the usual case): the fold reads no
   // mask, so each token's load no longer waits for its mask byte.
   if (plan.count == plan.end - plan.begin) row_mask = nullptr;
-  float* fold = smem;  // [groups, VEC, cols]
+  float* fold = smem;  // [groups, cols, VEC]
 
   if (launch.splits > 1) {
     float* partial = workspace + (b * launch.splits + blockIdx.y) * H;  // [hidden]
