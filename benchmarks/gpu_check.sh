@@ -106,7 +106,7 @@ export -f probe_crash
 export crash_probe PYTHON
 step crash 60 bash -c probe_crash
 # The CUDA half of the op tests (the `device` fixture's cuda parameter), on 8 workers.
-step tests 100 "$PYTHON" -m pytest -q -n 8 -rs -k cuda "${OP_TESTS[@]}" tests/test_encode_pipeline.py
+step tests 100 "$PYTHON" -m pytest -q -n 8 -rs --durations=15 -k cuda "${OP_TESTS[@]}" tests/test_encode_pipeline.py
 # Benchmarks, the issue with the largest gap first.
 step encode 100 "$PYTHON" benchmarks/bench_encode.py --device cuda --quick --data "$SQUAD_DIR" --json "$OUT/bench_encode.json"
 step topk 75 "$PYTHON" benchmarks/bench_topk.py --device cuda --gpu-table --json "$OUT/bench_topk.json"
