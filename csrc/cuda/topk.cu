@@ -231,6 +231,8 @@ __global__ void __launch_bounds__(kFusedWarps * 32)
 #pragma unroll
     for (int i = 0; i < kQueries; ++i) dots[i] = 0.f;
     float sum_sq = 0.f;
+    // The loop of gemm::warp_row_sum_sq with the dot products added: the same order of sums, so the
+    // corpus norms equal gemm::row_norms' bit for bit.
     for (int64_t d = static_cast<int64_t>(lane) * VEC; d < dim; d += 32 * VEC) {
       float x[VEC];
       load_vec<scalar_t, VEC>(c + d, x);
