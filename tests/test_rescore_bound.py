@@ -86,8 +86,23 @@ def test_unit_copies_bound_fp32_inputs(rescore_bound, dim):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("dim", [24, 384])
+def test_unit_copies_bound_16bit_inputs(rescore_bound, dtype, dim):
+    # 16-bit inputs under metric "cosine" take the fp32 path's copies: each stored value converts to fp32
+    # exactly, so the same bound must cover the cosines of the stored values.
+    relative, _ = rescore_bound(dim, FP16_U, FP16_U, FP16_SUBNORMAL)
+    q = rows(64, dim, 5).to(dtype).float()
+    c = rows(1500, dim, 6).to(dtype).float()
+    keep = (q.norm(dim=1) > 0).unsqueeze(1) & (c.norm(dim=1) > 0)  # rows that underflowed to zero score 0
+    q_unit = (q / q.norm(dim=1, keepdim=True)).nan_to_num().half().double()
+    c_unit = (c / c.norm(dim=1, keepdim=True)).nan_to_num().half().double()
+    error = (tile(q_unit @ c_unit.T, torch.float16) - exact_cosines(q, c))[keep].abs().max().item()
+    assert error <= relative
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dim", [24, 384])
 def test_raw_tiles_bound_16bit_inputs(rescore_bound, dtype, dim):
-    # 16-bit inputs are multiplied as stored; the tile rounds the dot product (dot-product units).
+    # 16-bit inputs under metric "dot" are multiplied as stored; the tile rounds the dot product (dot-product units).
     u, sub = (FP16_U, FP16_SUBNORMAL) if dtype == torch.float16 else (BF16_U, BF16_SUBNORMAL)
     relative, absolute = rescore_bound(dim, 0.0, u, sub)
     q, c = rows(64, dim, 3), rows(1500, dim, 4)
