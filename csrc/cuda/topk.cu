@@ -595,7 +595,8 @@ RescorePlan plan_rescore(const at::Tensor& queries, const at::Tensor& corpus, co
 // every dropped corpus row j scores below it: j's 16-bit score is at most the worst kept one t, so its
 // exact score is at most t + bound, and the check is t + bound < max(k-th exact score, min_score).
 // Returns the rows that failed the check (on the device), or nullopt when the whole call must go exact.
-// Leaves the corpus norms in corpus_norms unless it returns nullopt before scanning.
+// Leaves the corpus norms in corpus_norms unless it returns nullopt before scanning. (One function of
+// ~60 lines: scan, rescore, select and check share the candidate lists and run in this order on one stream.)
 std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Tensor& corpus, int64_t k,
                                         const at::Tensor& query_norms, at::Tensor& corpus_norms,
                                         const TopkOptions& opt, at::Tensor& scores, at::Tensor& indices,

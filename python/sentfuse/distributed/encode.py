@@ -323,6 +323,7 @@ def encode_dataset(
     EncodeError names each such shard and its bad rows or ids. int8 / uint8 share one range per
     dimension: int8_ranges [2, D], or else calibrated on the first 4,096 texts that can be read.
     """
+    # Long for its keyword arguments and docstring; the body checks them, then plans, runs and records shards.
     if precision not in STORED_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(STORED_PRECISIONS)}, got {precision!r}")
     if not isinstance(text_field, str) or (id_field is not None and not isinstance(id_field, str)):

@@ -325,6 +325,8 @@ class Encoder(SentenceTransformerMethods):
         start_multi_process_pool: the texts are then split into chunks of chunk_size across worker
         processes.
         """
+        # Long for its signature and docstring (sentence-transformers' arguments); the body checks the
+        # arguments and hands over to a pool or to the pipeline.
         single, texts = check_sentences(sentences)
         progress = self._check_encode_args(
             output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,
