@@ -109,12 +109,19 @@ def test_empty_shapes(device):  # noqa: F811
     assert _ops.l2_normalize(randn(0, 8)).shape == (0, 8)
 
 
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.float32, torch.uint8])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int16, torch.int32, torch.int64, torch.float32, torch.uint8])
 def test_mask_dtypes(device, mask_dtype):  # noqa: F811
     hidden = torch.randn(5, 7, 12)
     mask = random_mask(5, 7)
     expected = reference.masked_pool(hidden, mask, "mean")
     assert_close(pool_on(device, hidden, mask.to(mask_dtype), "mean"), expected, torch.float32, device)
+    if not mask_dtype.is_floating_point and mask_dtype not in (torch.bool, torch.uint8):
+        # Any nonzero value is a valid token, also one whose low byte is zero (CUDA reads the mask as stored).
+        wide = mask.to(mask_dtype) * 256
+        assert_close(pool_on(device, hidden, wide, "mean"), expected, torch.float32, device)
+    if mask_dtype.is_floating_point:
+        signed_zero = torch.where(mask.bool(), 1.0, -0.0).to(mask_dtype)  # -0.0 is masked out
+        assert_close(pool_on(device, hidden, signed_zero, "mean"), expected, torch.float32, device)
 
 
 @pytest.mark.parametrize("mode", MODES)

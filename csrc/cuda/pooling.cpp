@@ -51,12 +51,17 @@ at::Tensor masked_pool_cuda(const at::Tensor& hidden_in, const at::Tensor& atten
   if (batch == 0 || hidden_size == 0) return out;
   if (seq_len == 0) return out.zero_();
   const at::Tensor hidden = with_unit_feature_stride(hidden_in);
-  const at::Tensor mask = attention_mask.ne(0).contiguous();
+  // Bool and integer masks are read as stored (nonzero = valid): no conversion kernel per call. Floating
+  // masks become bool first (-0.0 is zero but not all-zero bits).
+  const at::Tensor mask = at::isIntegralType(attention_mask.scalar_type(), /*includeBool=*/true)
+                              ? attention_mask.contiguous()
+                              : attention_mask.ne(0).contiguous();
   PoolArgs args{};
   args.hidden = hidden.const_data_ptr();
   args.batch_stride = hidden.stride(0);
   args.token_stride = hidden.stride(1);
-  args.mask = mask.const_data_ptr<bool>();
+  args.mask = mask.const_data_ptr();
+  args.mask_bytes = static_cast<int>(mask.element_size());
   args.batch = static_cast<int>(batch);
   args.seq_len = static_cast<int>(seq_len);
   args.hidden_size = static_cast<int>(hidden_size);

@@ -73,9 +73,26 @@ __device__ __forceinline__ RowPlan make_plan(PoolMode mode, int lo, int hi, int 
   return plan;
 }
 
+// One row of the attention mask as the caller stored it (bool or an integer type: no conversion pass),
+// or no mask at all (every token valid).
+struct RowMask {
+  const unsigned char* data;  // [seq] elements of `bytes` bytes, or nullptr
+  int bytes;
+
+  __device__ __forceinline__ bool operator[](int t) const {
+    switch (bytes) {
+      case 1: return data[t] != 0;
+      case 2: return reinterpret_cast<const uint16_t*>(data)[t] != 0;
+      case 4: return reinterpret_cast<const uint32_t*>(data)[t] != 0;
+      default: return reinterpret_cast<const unsigned long long*>(data)[t] != 0ull;
+    }
+  }
+  __device__ __forceinline__ bool valid(int t) const { return data == nullptr || (*this)[t]; }
+};
+
 // Padded rows: scans the mask to find the first present token, then the valid tokens after skip (one
 // scan when nothing is skipped: the first valid token is then the lowest one counted).
-__device__ RowPlan plan_masked_row(const bool* __restrict__ mask,  // [seq]
+__device__ RowPlan plan_masked_row(const RowMask& mask,  // [seq]
                                    int seq_len, int skip_tokens, PoolMode mode) {
   __shared__ int first_slots[32];
   __shared__ MaskStats stat_slots[32];
@@ -144,7 +161,7 @@ __device__ __forceinline__ void store_floats(float* dst, const float (&v)[VEC]) 
 template <typename scalar_t, int VEC, bool kMax, typename Emit>
 __device__ void fold_row(const scalar_t* __restrict__ row,  // [seq, hidden]
                          int64_t token_stride,
-                         const bool* __restrict__ mask,  // [seq], or nullptr when every token is valid
+                         const RowMask& mask,  // [seq], or no data when every token is valid
                          const RowPlan& plan, int hidden, int cols, int groups, float* fold, Emit emit) {
   const int tid = threadIdx.x;
   const int col_in_chunk = tid % cols;
@@ -164,7 +181,7 @@ __device__ void fold_row(const scalar_t* __restrict__ row,  // [seq, hidden]
 #pragma unroll
         for (int u = 0; u < kTokenUnroll; ++u) {
           const int t = t0 + u * groups;
-          take[u] = t < plan.end && (mask == nullptr || mask[t]);
+          take[u] = t < plan.end && mask.valid(t);
           if (take[u]) load_vec<scalar_t, VEC>(col_ptr + t * token_stride, x[u]);
         }
 #pragma unroll
@@ -211,18 +228,18 @@ __device__ __forceinline__ RowPlan split_plan(RowPlan plan, int s, int splits) {
 // Where row b's tokens start and what it pools, for either layout.
 template <typename scalar_t>
 __device__ __forceinline__ RowPlan plan_row(const PoolArgs& p, int64_t b, const scalar_t*& row,
-                                            const bool*& row_mask) {
+                                            RowMask& row_mask) {
   const auto* hidden = static_cast<const scalar_t*>(p.hidden);
   if (p.cu_seqlens == nullptr) {
     row = hidden + b * p.batch_stride;
-    row_mask = p.mask + b * p.seq_len;
+    row_mask = {static_cast<const unsigned char*>(p.mask) + b * p.seq_len * p.mask_bytes, p.mask_bytes};
     return plan_masked_row(row_mask, p.seq_len, p.skip_tokens, p.mode);
   }
   // Offsets are not validated on the device: clamp so that bad ones read nothing out of range.
   const int64_t start = min(max(p.cu_seqlens[b], int64_t{0}), p.total_tokens);
   const int64_t stop = min(max(p.cu_seqlens[b + 1], int64_t{0}), p.total_tokens);
   row = hidden + start * p.token_stride;
-  row_mask = nullptr;
+  row_mask = {nullptr, 1};
   return plan_dense_row(static_cast<int>(max(stop - start, int64_t{0})), p.skip_tokens, p.mode);
 }
 
@@ -236,11 +253,11 @@ __global__ void pool_kernel(PoolArgs p, PoolLaunch launch, float* __restrict__ w
   const int64_t b = blockIdx.x;
   const int H = p.hidden_size;
   const scalar_t* row;
-  const bool* row_mask;
+  RowMask row_mask;
   const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
   // Every token of [begin, end) is valid (a padded row without holes, the usual case): the fold reads no
   // mask, so each token's load no longer waits for its mask byte.
-  if (plan.count == plan.end - plan.begin) row_mask = nullptr;
+  if (plan.count == plan.end - plan.begin) row_mask.data = nullptr;
   float* fold = smem;  // [groups, cols, VEC]
 
   if (launch.splits > 1) {
@@ -281,7 +298,7 @@ __global__ void __launch_bounds__(kFinishThreads)
   const int64_t b = blockIdx.x;
   const int H = p.hidden_size;
   const scalar_t* row;
-  const bool* row_mask;
+  RowMask row_mask;
   const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
   auto* out_row = static_cast<scalar_t*>(p.out) + b * H;
   const float* partials = workspace + b * splits * H;

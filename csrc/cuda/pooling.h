@@ -23,7 +23,8 @@ struct PoolArgs {
   const void* hidden;          // [batch, seq, hidden] or [total_tokens, hidden], unit feature stride
   int64_t batch_stride;        // masked only
   int64_t token_stride;
-  const bool* mask;            // [batch, seq] contiguous (masked), or nullptr (varlen: every token valid)
+  const void* mask;            // [batch, seq] contiguous (masked), or nullptr (varlen: every token valid)
+  int mask_bytes;              // bytes per mask element: bool or an integer type (nonzero = valid)
   const int64_t* cu_seqlens;   // [batch + 1] (varlen), or nullptr
   int64_t total_tokens;        // varlen: offsets are clamped to [0, total_tokens]
   int batch;
