@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 
 import torch
@@ -68,12 +69,40 @@ def random_batch(batch, seq_len, hidden_dim, dtype, device, generator):
     return hidden, mask, int(lengths.sum())
 
 
+def sweep_splits(rows: list[dict], splits: list[int], device: str, ceiling: float, min_run_time: float) -> None:
+    """The goal rows again with each blocks-per-row count forced (the kernel reads SENTFUSE_POOL_SPLITS at
+    each call): which split count the plan should pick on this card. Adds row["splits_sweep"]."""
+    print("\nsplits sweep (goal rows; GB/s of valid tokens, share of the ceiling):")
+    g = torch.Generator().manual_seed(0)
+    for row in rows:
+        if not row["goal_fraction"]:
+            continue
+        shape = tuple(row["shape"])
+        hidden, mask, valid_tokens = random_batch(*shape, DTYPES[row["dtype"]], device, g)
+        valid_bytes = valid_tokens * shape[2] * hidden.element_size()
+        timings = {}
+        try:
+            for s in splits:
+                os.environ["SENTFUSE_POOL_SPLITS"] = str(s)
+                timings[s] = median_ms(lambda: _ops.masked_pool(hidden, mask, "mean", True), min_run_time)
+        finally:
+            os.environ.pop("SENTFUSE_POOL_SPLITS", None)
+        timings["plan"] = median_ms(lambda: _ops.masked_pool(hidden, mask, "mean", True), min_run_time)
+        row["splits_sweep"] = {str(k): v for k, v in timings.items()}
+        cells = "  ".join(f"{k}: {v:.3f} ms {valid_bytes / v / 1e6 / ceiling:.0%}" for k, v in timings.items())
+        print(f"  {'x'.join(map(str, shape))} {row['dtype']}: {cells}")
+        del hidden, mask
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="all")
+    parser.add_argument("--sweep-splits", type=int, nargs="*", default=None, metavar="S",
+                        help="CUDA: also time the goal rows with each of these blocks-per-row counts "
+                             "(SENTFUSE_POOL_SPLITS) next to the plan's own choice; no value: 1 2 4 8 16")
     args = parser.parse_args()
     device = args.device
     device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
@@ -111,6 +140,9 @@ def main() -> None:
                   f"{100 * gbs / ceiling:5.0f}% {st_cols} {ref_ms:8.2f} {ref_ms / fused_ms:5.1f}x"
                   f"{'  (goal row)' if row['goal_fraction'] else ''}")
             del hidden, mask
+
+    if args.sweep_splits is not None and device.startswith("cuda"):
+        sweep_splits(rows, args.sweep_splits or [1, 2, 4, 8, 16], device, ceiling, args.min_run_time)
 
     for row in rows:
         if row["goal_fraction"]:

@@ -110,7 +110,7 @@ step tests 100 "$PYTHON" -m pytest -q -n 8 -rs --durations=15 -k cuda "${OP_TEST
 # Benchmarks, the issue with the largest gap first.
 step encode 100 "$PYTHON" benchmarks/bench_encode.py --device cuda --quick --data "$SQUAD_DIR" --json "$OUT/bench_encode.json"
 step topk 75 "$PYTHON" benchmarks/bench_topk.py --device cuda --gpu-table --json "$OUT/bench_topk.json"
-step pooling 30 "$PYTHON" benchmarks/bench_pooling.py --device cuda --min-run-time 0.1 --json "$OUT/bench_pooling.json"
+step pooling 45 "$PYTHON" benchmarks/bench_pooling.py --device cuda --min-run-time 0.1 --sweep-splits --json "$OUT/bench_pooling.json"
 step mining 90 "$PYTHON" benchmarks/bench_mining.py --device cuda --sizes 100000 1000000 --data planted \
   --other-max 100000 --json "$OUT/bench_mining.json"
 step splade 45 "$PYTHON" benchmarks/bench_splade.py --device cuda --json "$OUT/bench_splade.json"

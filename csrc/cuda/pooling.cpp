@@ -1,6 +1,7 @@
 // CUDA host entry points of masked_pool, masked_pool_varlen and l2_normalize: argument checks, device
 // guard, stream, workspace, registration. Kernels and launchers: cuda/pooling.cu.
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 
@@ -23,7 +24,10 @@ constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();  // grid.x lim
 
 PoolDevice current_device() {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return {prop->multiProcessorCount, prop->maxThreadsPerMultiProcessor, prop->sharedMemPerBlockOptin};
+  PoolDevice device{prop->multiProcessorCount, prop->maxThreadsPerMultiProcessor, prop->sharedMemPerBlockOptin};
+  // bench_pooling.py --sweep-splits times a few split counts against the plan's own choice.
+  if (const char* splits = std::getenv("SENTFUSE_POOL_SPLITS")) device.splits = std::atoi(splits);
+  return device;
 }
 
 // Plans, allocates the workspace and launches; args.hidden / args.out are set by the caller.

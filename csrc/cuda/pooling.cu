@@ -381,7 +381,8 @@ PoolLaunch plan_pool(const PoolArgs& args, int vec, const PoolDevice& device) {
     const int64_t resident = static_cast<int64_t>(device.sm_count) * std::max(1, device.max_threads_per_sm / p.threads);
     const int64_t wanted = (kTargetBlocksPerSm * resident + args.batch - 1) / args.batch;
     const int64_t most = std::max<int64_t>(1, args.seq_len / std::max(kMinSplitTokens, p.groups * kTokenUnroll));
-    p.splits = static_cast<int>(std::clamp<int64_t>(wanted, 1, std::min<int64_t>(most, 1024)));
+    p.splits = static_cast<int>(std::clamp<int64_t>(device.splits > 0 ? device.splits : wanted, 1,
+                                                    std::min<int64_t>(most, 1024)));
   }
   const size_t fold_bytes = static_cast<size_t>(p.cols) * p.groups * vec * sizeof(float);
   const size_t row_bytes = static_cast<size_t>(args.hidden_size) * sizeof(float);

@@ -53,6 +53,7 @@ struct PoolDevice {
   int sm_count;
   int max_threads_per_sm;
   size_t smem_per_block;  // opt-in maximum
+  int splits = 0;         // > 0: blocks per padded row as given (SENTFUSE_POOL_SPLITS, for tuning runs)
 };
 
 // The launch plan for `args` on `device`: pure host arithmetic, never fails. vec comes from the caller,
