@@ -154,6 +154,18 @@ def test_bf16_rescore_returns_the_fp32_answer(device, kwargs, k):  # noqa: F811
         assert not torch.equal(approx[1], got[1])
 
 
+@pytest.mark.parametrize("bf16_rescore", [False, True])
+def test_rows_far_from_unit_norm(device, bf16_rescore):  # noqa: F811
+    # Norms beyond the rescoring bound's range (2^-30 .. 2^30) send CUDA's 16-bit scan to its exact path
+    # after the scan; 70 queries take the 16-bit scan in the first place.
+    queries, corpus = normal(70, 32, 30), normal(3000, 32, 31)
+    corpus[:100] *= 1e12
+    corpus[100:200] *= 1e-12
+    queries[:5] *= 1e-12
+    got = topk_on(device, queries, corpus, 10, bf16_rescore=bf16_rescore)
+    assert_same_topk(got, reference.cosine_topk(queries, corpus, 10))
+
+
 def test_non_contiguous_corpus(device):  # noqa: F811
     corpus = normal(24, 900, 12).t()  # [900, 24] with feature stride 900
     queries = normal(10, 48, 13)[:, ::2]
