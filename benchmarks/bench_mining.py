@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.75, help="community detection / pairs threshold")
     parser.add_argument("--min-size", type=int, default=10, help="min_community_size")
     parser.add_argument("--st-limit", type=float, default=180.0, help="skip ST calls estimated to take longer (s)")
+    parser.add_argument("--st-skip", nargs="*", default=[], choices=("paraphrase_mining", "community_detection"),
+                        help="operations whose sentence-transformers run is left out")
     parser.add_argument("--other-max", type=int, default=None,
                         help="run sentence-transformers and the mm+mask baseline only up to this many rows")
     parser.add_argument("--device", default="cpu", help="where the embeddings live: cpu or cuda")
@@ -207,6 +209,9 @@ def main() -> None:
                 if not run_other:
                     row["other_skipped"] = f"{n} rows > --other-max {args.other_max}"
                     line += f"{'skipped':>8} {'-':>6} | {'-':>5} | over --other-max"
+                elif other_name == "ST" and name in args.st_skip:
+                    row["other_skipped"] = "--st-skip"
+                    line += f"{'skipped':>8} {'-':>6} | {'-':>5} | --st-skip"
                 elif other_name == "ST" and st_estimate > args.st_limit:
                     row["other_skipped"] = f"estimated {st_estimate:.0f} s > --st-limit {args.st_limit:.0f} s"
                     line += f"{'skipped':>8} {'-':>6} | {'-':>5} | ST estimated {st_estimate:.0f} s, over --st-limit"

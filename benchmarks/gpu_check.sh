@@ -111,9 +111,11 @@ step tests 100 "$PYTHON" -m pytest -q -n 8 -rs --durations=15 -k cuda "${OP_TEST
 step encode 100 "$PYTHON" benchmarks/bench_encode.py --device cuda --quick --data "$SQUAD_DIR" --json "$OUT/bench_encode.json"
 step topk 75 "$PYTHON" benchmarks/bench_topk.py --device cuda --gpu-table --json "$OUT/bench_topk.json"
 step pooling 45 "$PYTHON" benchmarks/bench_pooling.py --device cuda --min-run-time 0.1 --sweep-splits --json "$OUT/bench_pooling.json"
-step mining 90 "$PYTHON" benchmarks/bench_mining.py --device cuda --sizes 100000 1000000 --data planted \
-  --other-max 100000 --json "$OUT/bench_mining.json"
-step splade 45 "$PYTHON" benchmarks/bench_splade.py --device cuda --json "$OUT/bench_splade.json"
+# sentence-transformers' paraphrase mining is left out: its Python loop took 18 s of the H200 run, and the
+# difference it showed was its version's semantics (README); its community detection stays (0.7 s).
+step mining 75 "$PYTHON" benchmarks/bench_mining.py --device cuda --sizes 100000 1000000 --data planted \
+  --other-max 100000 --st-skip paraphrase_mining --json "$OUT/bench_mining.json"
+step splade 30 "$PYTHON" benchmarks/bench_splade.py --device cuda --seq-lens 128 --json "$OUT/bench_splade.json"
 if command -v compute-sanitizer >/dev/null 2>&1; then
   # Out-of-bounds reads would hide in passing tests; memcheck catches them on the odd layouts and on the
   # newest paths (few-query fused scan, shared-memory selection up to k = 4096, masks read as stored),
