@@ -347,11 +347,13 @@ int select_top_size(int64_t k) {
   return size;
 }
 
-// Shared memory of a select kernel for lists of top_size entries; lifts the 48 KB default where needed.
-template <typename Kernel>
-size_t select_shared_bytes(Kernel kernel, int top_size) {
+// Shared memory of the select kernels (tile_select_kernel<tile_t>, list_select_kernel) for lists of
+// top_size entries, with the 48 KB default lifted where needed: called once per scan, not per tile.
+template <typename tile_t>
+size_t prepare_select(int top_size) {
   const size_t smem = select::BlockQueue::shared_bytes(top_size, kCandCapacity);
-  C10_CUDA_CHECK(allow_dynamic_smem(kernel, smem));
+  C10_CUDA_CHECK(allow_dynamic_smem(tile_select_kernel<tile_t>, smem));
+  C10_CUDA_CHECK(allow_dynamic_smem(list_select_kernel, smem));
   return smem;
 }
 
@@ -424,29 +426,25 @@ void fused_scores(const at::Tensor& queries, const at::Tensor& query_norms, cons
   const auto blocks = static_cast<unsigned>(
       std::clamp<int64_t>((cols + kFusedWarps - 1) / kFusedWarps, 1, int64_t{8} * num_sms()));
   const float* norms = query_norms.defined() ? query_norms.const_data_ptr<float>() : nullptr;
-  SENTFUSE_DISPATCH_FLOAT_TYPES(queries.scalar_type(), "cosine_topk", [&] {
-    const int vec = pick_vec_width<scalar_t>(corpus.const_data_ptr(), {dim});
-    dispatch_vec_width<scalar_t>(vec, [&](auto vec_c) {
-      constexpr int VEC = decltype(vec_c)::value;
-      auto kernel = rows == 1 ? fused_scores_kernel<scalar_t, VEC, 1>
-                              : fused_scores_kernel<scalar_t, VEC, kFusedMaxQueries>;
-      kernel<<<blocks, kFusedWarps * 32, smem, stream>>>(queries.const_data_ptr<scalar_t>(), static_cast<int>(rows),
-                                                          norms, corpus.const_data_ptr<scalar_t>(), cols, dim,
-                                                          scores.mutable_data_ptr<float>());
-    });
+  gemm::dispatch_rows(corpus, [&](auto type_c, auto vec_c) {
+    using scalar_t = decltype(type_c);
+    constexpr int VEC = decltype(vec_c)::value;
+    auto kernel = rows == 1 ? fused_scores_kernel<scalar_t, VEC, 1>
+                            : fused_scores_kernel<scalar_t, VEC, kFusedMaxQueries>;
+    kernel<<<blocks, kFusedWarps * 32, smem, stream>>>(queries.const_data_ptr<scalar_t>(), static_cast<int>(rows),
+                                                        norms, corpus.const_data_ptr<scalar_t>(), cols, dim,
+                                                        scores.mutable_data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Folds tile `dots` [rows, cols] (corpus rows n0...) into the running lists run_* [rows, k].
+// Folds tile `dots` [rows, cols] (corpus rows n0...) into the running lists run_* [rows, k]; smem from
+// prepare_select<tile_t>(top_size).
 template <typename tile_t>
-void select_tile(const at::Tensor& dots, int64_t n0, const ScoreEpilogue& epi, int64_t k, at::Tensor& run_scores,
-                 at::Tensor& run_indices) {
+void select_tile(const at::Tensor& dots, int64_t n0, const ScoreEpilogue& epi, int64_t k, int top_size, size_t smem,
+                 at::Tensor& run_scores, at::Tensor& run_indices) {
   const int64_t rows = dots.size(0), cols = dots.size(1);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int top_size = select_top_size(k);
-  const size_t smem = select_shared_bytes(tile_select_kernel<tile_t>, top_size);
-  select_shared_bytes(list_select_kernel, top_size);
   const auto* tile = dots.const_data_ptr<tile_t>();
   const int64_t slices = plan_slices(rows, cols, k);
   if (slices == 1) {
@@ -507,6 +505,11 @@ void tiled_topk(const ScanInputs& in, int64_t k, const TopkOptions& opt, at::Ten
   const TilePlan plan = sort_path ? plan_tiles(m, n, k, 48, workspace_bytes())
                                   : plan_tiles(m, n, 0, element_bytes, l2_tile_bytes());
   auto dots_buffer = at::empty({plan.rows * plan.cols}, in.queries.options().dtype(in.tile_type));
+  const int top_size = select_top_size(k);
+  size_t smem = 0;
+  if (!sort_path) {
+    SENTFUSE_DISPATCH_FLOAT_TYPES(in.tile_type, "cosine_topk", [&] { smem = prepare_select<scalar_t>(top_size); });
+  }
 
   ScoreEpilogue epi{};
   epi.corpus_norms = in.kind == ScoreKind::kDot ? nullptr : in.corpus_norms.const_data_ptr<float>();
@@ -539,7 +542,7 @@ void tiled_topk(const ScanInputs& in, int64_t k, const TopkOptions& opt, at::Ten
         continue;
       }
       SENTFUSE_DISPATCH_FLOAT_TYPES(in.tile_type, "cosine_topk", [&] {
-        select_tile<scalar_t>(dots, n0, epi, k, run_scores, run_indices);
+        select_tile<scalar_t>(dots, n0, epi, k, top_size, smem, run_scores, run_indices);
       });
     }
   }
@@ -634,8 +637,7 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int top_size = select_top_size(k);
-  list_select_kernel<<<static_cast<unsigned>(m), kSelectThreads, select_shared_bytes(list_select_kernel, top_size),
-                       stream>>>(
+  list_select_kernel<<<static_cast<unsigned>(m), kSelectThreads, prepare_select<float>(top_size), stream>>>(
       exact_scores.const_data_ptr<float>(), exact_indices.const_data_ptr<int32_t>(), width, static_cast<int>(k),
       top_size, nullptr, nullptr, scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
