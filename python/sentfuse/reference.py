@@ -65,6 +65,19 @@ def masked_pool(
     return out.to(hidden.dtype)
 
 
+def _pad_varlen(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed tokens hidden [T, H] (sequence i at rows cu_seqlens[i]:cu_seqlens[i+1]) as a zero-padded
+    batch [B, L, H] and its attention mask [B, L]."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    max_len = max(lengths, default=0)
+    padded = hidden.new_zeros(len(lengths), max_len, hidden.shape[-1])
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.long, device=hidden.device)
+    for i, (start, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
+        padded[i, :n] = hidden[start : start + n]
+        mask[i, :n] = 1
+    return padded, mask
+
+
 def masked_pool_varlen(
     hidden: torch.Tensor,
     cu_seqlens: torch.Tensor,
@@ -73,14 +86,7 @@ def masked_pool_varlen(
     skip_tokens: int = 0,
 ) -> torch.Tensor:
     """Packed tokens hidden [T, H] with sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] -> [B, H]."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    max_len = max(lengths, default=0)
-    padded = hidden.new_zeros(len(lengths), max_len, hidden.shape[-1])
-    mask = torch.zeros(len(lengths), max_len, dtype=torch.long, device=hidden.device)
-    for i, (start, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
-        padded[i, :n] = hidden[start : start + n]
-        mask[i, :n] = 1
-    return masked_pool(padded, mask, mode, normalize, skip_tokens)
+    return masked_pool(*_pad_varlen(hidden, cu_seqlens), mode, normalize, skip_tokens)
 
 
 def l2_normalize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -235,11 +241,4 @@ def splade_pool_varlen(
     pooling: str = "max",
 ) -> torch.Tensor:
     """Packed tokens hidden [T, H] with sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] -> [B, V]."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    max_len = max(lengths, default=0)
-    padded = hidden.new_zeros(len(lengths), max_len, hidden.shape[-1])
-    mask = torch.zeros(len(lengths), max_len, dtype=torch.long, device=hidden.device)
-    for i, (start, n) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
-        padded[i, :n] = hidden[start : start + n]
-        mask[i, :n] = 1
-    return splade_pool(padded, mask, weight, bias, activation, pooling)
+    return splade_pool(*_pad_varlen(hidden, cu_seqlens), weight, bias, activation, pooling)
