@@ -13,7 +13,16 @@ import torch
 
 from .._checks import check_calibration_rows, check_sentences, device_or_default, parse_device, parse_dtype, positive_int
 from ..model.backbone import cpu_has_native, prepare_backbone
-from ..model.modules import SIMILARITY_FN_NAMES, ModelFolder, ModelFolderError, load_model_folder, merge_prompts
+from ..model.modules import (
+    SIMILARITY_FN_NAMES,
+    ModelFolder,
+    ModelFolderError,
+    check_prompt_name,
+    check_similarity_fn_name,
+    choose_prompt,
+    load_model_folder,
+    merge_prompts,
+)
 from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
 from .finish import finish_sentence_embeddings, finish_token_embeddings
@@ -68,8 +77,8 @@ class Encoder(SentenceTransformerMethods):
         torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.truncate_dim = positive_int(truncate_dim, "truncate_dim")
-        if similarity_fn_name is not None and similarity_fn_name not in SIMILARITY_FN_NAMES:
-            raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {similarity_fn_name!r}")
+        if similarity_fn_name is not None:
+            check_similarity_fn_name(similarity_fn_name, SIMILARITY_FN_NAMES)
 
         folder = load_model_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
         self.model_path = folder.path
@@ -77,10 +86,8 @@ class Encoder(SentenceTransformerMethods):
 
         self.prompts: dict[str, str] = merge_prompts(prompts, folder.prompts)
         self.default_prompt_name = default_prompt_name if default_prompt_name is not None else folder.default_prompt_name
-        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-            raise ValueError(
-                f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts {list(self.prompts)}"
-            )
+        if self.default_prompt_name is not None:
+            check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
         self._similarity_fn_name = similarity_fn_name or folder.similarity_fn_name
 
         self._load(folder, target, torch_dtype, max_seq_length)
@@ -176,9 +183,7 @@ class Encoder(SentenceTransformerMethods):
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: str) -> None:
-        if value not in SIMILARITY_FN_NAMES:
-            raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {value!r}")
-        self._similarity_fn_name = value
+        self._similarity_fn_name = check_similarity_fn_name(value, SIMILARITY_FN_NAMES)
 
     def get_embedding_dimension(self) -> int:
         """Width of the sentence embeddings encode returns (after truncate_dim)."""
@@ -227,19 +232,9 @@ class Encoder(SentenceTransformerMethods):
     # --- encoding ---------------------------------------------------------------------------------
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-            if prompt_name is not None:
-                logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
-            return prompt
-        if prompt_name is not None:
-            if prompt_name not in self.prompts:
-                raise ValueError(f"prompt_name {prompt_name!r} is not one of the prompts {list(self.prompts)}")
-            return self.prompts[prompt_name]
-        if self.default_prompt_name is not None:
-            return self.prompts.get(self.default_prompt_name)
-        return None
+        if prompt is not None and prompt_name is not None and isinstance(prompt, str):
+            logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
+        return choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
     def _prompt_length(self, prompt: str) -> int:
         """Tokens the prompt contributes at the start of a text: its tokenization minus a trailing special token."""

@@ -60,6 +60,32 @@ def merge_prompts(prompts: Any, folder_prompts: dict[str, str]) -> dict[str, str
     return {k: v or "" for k, v in merged.items()}
 
 
+def check_prompt_name(name: str, prompts: dict[str, str], what: str = "prompt_name") -> None:
+    if name not in prompts:
+        raise ValueError(f"{what} {name!r} is not one of the prompts {list(prompts)}")
+
+
+def choose_prompt(prompts: dict[str, str], default_prompt_name: str | None, prompt: str | None,
+                  prompt_name: str | None) -> str | None:
+    """The prompt text of one encode call, as sentence-transformers picks it: prompt as given, else the
+    named prompt, else the default prompt (None: no prompt)."""
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        return prompt
+    if prompt_name is not None:
+        check_prompt_name(prompt_name, prompts)
+        return prompts[prompt_name]
+    return prompts.get(default_prompt_name) if default_prompt_name is not None else None
+
+
+def check_similarity_fn_name(value: Any, names: tuple[str, ...]) -> str:
+    """value when it is one of the encoder's similarity function names."""
+    if value not in names:
+        raise ValueError(f"similarity_fn_name must be one of {', '.join(names)}, got {value!r}")
+    return value
+
+
 class ModelFolderError(ValueError):
     """A model folder is missing a file, or one of its files cannot be used."""
 

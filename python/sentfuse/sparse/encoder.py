@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
-from ..model.modules import merge_prompts
+from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
 from ..model.resolve import resolve_model_path
 from .batches import batch_policy, planned_batches
 from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
@@ -61,9 +61,8 @@ class SparseEncoder:
         self._folder = folder
         self.prompts = merge_prompts(prompts, folder.prompts)
         self.default_prompt_name = default_prompt_name or folder.default_prompt_name
-        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
-                             f"{list(self.prompts)}")
+        if self.default_prompt_name is not None:
+            check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
         self.similarity_fn_name = similarity_fn_name or folder.similarity_fn_name or "dot"
         if self.max_active_dims is None:
             self.max_active_dims = folder.max_active_dims
@@ -88,9 +87,7 @@ class SparseEncoder:
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: str) -> None:
-        if value not in SIMILARITY_FN_NAMES:
-            raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FN_NAMES)}, got {value!r}")
-        self._similarity_fn_name = value
+        self._similarity_fn_name = check_similarity_fn_name(value, SIMILARITY_FN_NAMES)
 
     @property
     def tokenizer(self) -> Any:
@@ -130,15 +127,7 @@ class SparseEncoder:
         return self._heads[folder.default_route]
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-            return prompt
-        if prompt_name is not None:
-            if prompt_name not in self.prompts:
-                raise ValueError(f"prompt_name {prompt_name!r} is not one of the prompts {list(self.prompts)}")
-            return self.prompts[prompt_name]
-        return self.prompts.get(self.default_prompt_name) if self.default_prompt_name is not None else None
+        return choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
     def _encode_rows(self, head, texts: list[str], batch_size: int | None, max_batch_tokens: int | None,
                      max_active_dims: int | None,
