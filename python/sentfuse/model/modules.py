@@ -289,13 +289,19 @@ def _load_st_config(folder: Path) -> tuple[dict[str, str], str | None, str | Non
     path = folder / "config_sentence_transformers.json"
     if not path.is_file():
         return {}, None, None
-    config = _expect_object(read_json(path), path)
+    return st_config_fields(_expect_object(read_json(path), path), path, SIMILARITY_FN_NAMES)
+
+
+def st_config_fields(config: dict[str, Any], path: Path,
+                     similarity_names: tuple[str, ...]) -> tuple[dict[str, str], str | None, str | None]:
+    """prompts, default_prompt_name and similarity_fn_name of a config_sentence_transformers.json (dense or
+    sparse: similarity_names are the encoder's), checked."""
     prompts = config.get("prompts") or {}
     if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
         raise ModelFolderError(f"{path}: prompts must map names to prompt strings")
     similarity = config.get("similarity_fn_name")
-    if similarity is not None and similarity not in SIMILARITY_FN_NAMES:
-        raise ModelFolderError(f"{path}: similarity_fn_name {similarity!r} is not one of {SIMILARITY_FN_NAMES}")
+    if similarity is not None and similarity not in similarity_names:
+        raise ModelFolderError(f"{path}: similarity_fn_name {similarity!r} is not one of {similarity_names}")
     return dict(prompts), config.get("default_prompt_name"), similarity
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..model.modules import TRANSFORMER_CONFIG_FILES, ModelFolderError, read_json
+from ..model.modules import TRANSFORMER_CONFIG_FILES, ModelFolderError, read_json, st_config_fields
 
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 SPLADE_POOLINGS = ("max", "sum")
@@ -185,15 +185,8 @@ def load_sparse_folder(folder: Path) -> SparseFolder:
 
 
 def _read_st_config(result: SparseFolder, config: dict[str, Any], path: Path) -> None:
-    prompts = config.get("prompts") or {}
-    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
-        raise ModelFolderError(f"{path}: prompts must map names to prompt strings")
-    result.prompts = dict(prompts)
-    result.default_prompt_name = config.get("default_prompt_name")
-    similarity = config.get("similarity_fn_name")
-    if similarity is not None and similarity not in SIMILARITY_FN_NAMES:
-        raise ModelFolderError(f"{path}: similarity_fn_name {similarity!r} is not one of {SIMILARITY_FN_NAMES}")
-    result.similarity_fn_name = similarity
+    result.prompts, result.default_prompt_name, result.similarity_fn_name = st_config_fields(
+        config, path, SIMILARITY_FN_NAMES)
     max_active = config.get("max_active_dims")
     if max_active is not None and (isinstance(max_active, bool) or not isinstance(max_active, int) or max_active <= 0):
         raise ModelFolderError(f"{path}: max_active_dims must be a positive integer, got {max_active!r}")
