@@ -11,13 +11,12 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include "common/metric.h"
+
 namespace sentfuse {
 
 // Pooling modes, in reference.py's POOLING_MODES order.
 enum class PoolMode : int { Mean = 0, Max, Cls, LastToken, MeanSqrtLen, WeightedMean };
-
-// How a pair of rows is scored.
-enum class Metric : int { Cosine = 0, Dot };
 
 // hidden [B, L, H] float, attention_mask [B, L]: returns the parsed mode.
 PoolMode check_masked_pool_args(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,

@@ -45,7 +45,7 @@ inline float pair_score(const scalar_t* x, const scalar_t* y, int64_t D) {
 
 at::Tensor pair_scores_cpu(const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, const at::Tensor& rows_in,
                            const at::Tensor& cols_in, c10::string_view metric) {
-  const bool normalized = check_pair_scores_args(a_in, b_in, rows_in, cols_in, metric) == Metric::Dot;
+  const Metric score_metric = check_pair_scores_args(a_in, b_in, rows_in, cols_in, metric);
   const at::Tensor a = a_in.contiguous();
   const at::Tensor b = b_in.has_value() ? b_in->contiguous() : a;
   const at::Tensor rows = rows_in.contiguous(), cols = cols_in.contiguous();
@@ -60,7 +60,7 @@ at::Tensor pair_scores_cpu(const at::Tensor& a_in, const std::optional<at::Tenso
     const scalar_t* y = b.data_ptr<scalar_t>();
     at::parallel_for(0, P, 2048, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p)
-        o[p] = normalized ? pair_score<false>(x + r[p] * D, y + c[p] * D, D)
+        o[p] = score_metric == Metric::Dot ? pair_score<false>(x + r[p] * D, y + c[p] * D, D)
                           : pair_score<true>(x + r[p] * D, y + c[p] * D, D);
     });
   });

@@ -156,7 +156,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
                                                                    std::optional<int64_t> max_pairs) {
   const PairsArgs args = check_threshold_pairs_args(a, b, threshold, metric, max_pairs);
   float min_score = args.threshold;
-  const bool normalized = args.metric == Metric::Dot;
   const bool self = !b.has_value();
   const int64_t N = a.size(0), M = self ? N : b->size(0);
   const auto index_options = a.options().dtype(at::kLong);
@@ -167,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
   // Rows of a become fp32 unit vectors once; b's norms are applied per tile, to its columns. Against
   // itself, a's normalized copy serves as both sides.
   at::Tensor q = a.to(at::kFloat);
-  if (!normalized) q = q * tiles::inverse_norms(q).unsqueeze(1);
+  if (args.metric == Metric::Cosine) q = q * tiles::inverse_norms(q).unsqueeze(1);
   q = q.contiguous();
 
   const int64_t row_tile = std::min(N, tiles::kRows);
@@ -186,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
       block = q.narrow(0, j0, n);
     } else {
       block = b->narrow(0, j0, n).to(at::kFloat);  // no copy for fp32 input
-      if (!normalized) column_scale = tiles::inverse_norms(block);
+      if (args.metric == Metric::Cosine) column_scale = tiles::inverse_norms(block);
     }
     // Against itself only rows i < j0 + n - 1 have a partner j > i in this column tile.
     const int64_t row_end = self ? std::min(N, j0 + n - 1) : N;

@@ -117,10 +117,10 @@ inline float strict_floor(double x) {
 
 // Scores every (query, corpus row) pair tile by tile and feeds query i's scores to sinks[i].
 // q [M, D] is fp32, or bf16 for the approximate pass (bf16 tiles, corpus rounded to bf16 too);
-// unless normalized, q rows are unit vectors and tile columns are scaled by 1 / ||corpus row||.
+// for Metric::Cosine, q rows are unit vectors and tile columns are scaled by 1 / ||corpus row||.
 // Returns false on a non-finite score.
 template <typename Sink>
-bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized, bool exclude_self,
+bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, Metric metric, bool exclude_self,
                  int64_t query_offset, int64_t corpus_offset, std::vector<Sink>& sinks) {
   const int64_t M = q.size(0), N = corpus.size(0);
   const int64_t query_tile = std::min(M, tiles::kRows);
@@ -133,13 +133,13 @@ bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, bool normalized,
     const int64_t n = std::min(corpus_tile, N - j0);
     const at::Tensor rows = corpus.narrow(0, j0, n);
     const at::Tensor block = rows.to(q.scalar_type());  // no copy when the dtypes agree
-    const at::Tensor column_scale = normalized ? at::Tensor() : tiles::inverse_norms(rows);
+    const at::Tensor column_scale = metric == Metric::Dot ? at::Tensor() : tiles::inverse_norms(rows);
     for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
       const int64_t m = std::min(query_tile, M - i0);
       // The approximate pass multiplies bf16 tiles; its fp32 scores are a new tensor per tile.
       at::Tensor scores = q.scalar_type() == at::kFloat ? score_tile(q.narrow(0, i0, m), block)
                                                         : at::mm(q.narrow(0, i0, m), block.t()).to(at::kFloat);
-      if (!normalized) scores.mul_(column_scale);
+      if (column_scale.defined()) scores.mul_(column_scale);
       const float* tile = scores.data_ptr<float>();
       const int64_t row_stride = scores.stride(0);
       at::parallel_for(0, m, std::max<int64_t>(1, 32768 / n), [&](int64_t begin, int64_t end) {
@@ -163,7 +163,7 @@ inline double bf16_error_bound(int64_t D) {
 
 // bf16_rescore: bf16 tiles find a superset of the answer, which is then rescored in fp32 into tops, so the
 // result stays exact. Returns false on a non-finite score.
-bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, bool normalized, bool exclude_self,
+bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, Metric metric, bool exclude_self,
                    int64_t query_offset, int64_t corpus_offset, std::optional<double> min_score, int64_t k_out,
                    float floor, std::vector<TopK>& tops) {
   const int64_t M = q.size(0), N = corpus.size(0);
@@ -171,8 +171,9 @@ bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, bool normalize
   // With |approx - exact| <= delta_i for query i: pass 1 finds a_k, the k-th best approximate score;
   // any row with approx < a_k - 2 delta scores below all k of those rows in fp32, and any row with
   // approx < min_score - delta scores below min_score, so pass 2 keeps every other row as a candidate.
-  const double corpus_norm_max =
-      normalized && N > 0 ? at::linalg_vector_norm(corpus, 2, {1}, false, at::kFloat).max().item<double>() : 1.0;
+  const double corpus_norm_max = metric == Metric::Dot && N > 0
+                                     ? at::linalg_vector_norm(corpus, 2, {1}, false, at::kFloat).max().item<double>()
+                                     : 1.0;
   const at::Tensor query_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kDouble).contiguous();
   std::vector<double> delta(M);
   for (int64_t i = 0; i < M; ++i)
@@ -186,7 +187,7 @@ bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, bool normalize
   for (int64_t i = 0; i < M; ++i)
     approx.emplace_back(approx_slots.data() + i * k_out, k_out,
                         min_score.has_value() ? strict_floor(*min_score - delta[i]) : floor);
-  bool finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, approx);
+  bool finite = scan_scores(q_bf16, corpus, metric, exclude_self, query_offset, corpus_offset, approx);
   std::vector<Collector> candidates;
   candidates.reserve(M);
   for (int64_t i = 0; i < M; ++i) {
@@ -194,7 +195,7 @@ bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, bool normalize
     candidates.emplace_back(strict_floor(std::max(kth, min_score.has_value() ? *min_score - delta[i] : lowest)));
   }
   if (finite)
-    finite = scan_scores(q_bf16, corpus, normalized, exclude_self, query_offset, corpus_offset, candidates);
+    finite = scan_scores(q_bf16, corpus, metric, exclude_self, query_offset, corpus_offset, candidates);
 
   at::parallel_for(0, finite ? M : 0, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -203,7 +204,7 @@ bool rescored_scan(const at::Tensor& q, const at::Tensor& corpus, bool normalize
       const at::Tensor rows = corpus.index_select(0, at::from_blob(const_cast<int64_t*>(ids.data()),
                                                                    {(int64_t)ids.size()}, at::kLong));
       at::Tensor exact = at::mv(rows.to(at::kFloat), q[i]);
-      if (!normalized) exact.mul_(tiles::inverse_norms(rows));
+      if (metric == Metric::Cosine) exact.mul_(tiles::inverse_norms(rows));
       const float* s = exact.data_ptr<float>();
       for (size_t t = 0; t < ids.size(); ++t)  // ids ascend, as TopK::push expects
         if (s[t] > tops[i].threshold()) tops[i].push(s[t], ids[t]);
@@ -217,7 +218,6 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
                                                    std::optional<double> min_score, int64_t query_offset,
                                                    int64_t corpus_offset, bool bf16_rescore) {
   const auto [k_out, score_metric] = check_cosine_topk_args(queries, corpus, k, metric, min_score);
-  const bool normalized = score_metric == Metric::Dot;  // dot products of the stored rows, no norms
   const int64_t M = queries.size(0);
   at::Tensor out_scores = at::empty({M, k_out}, queries.options().dtype(at::kFloat));
   at::Tensor out_indices = at::empty({M, k_out}, queries.options().dtype(at::kLong));
@@ -225,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
 
   // Queries become fp32 unit vectors once; corpus norms are applied per tile, to its columns.
   at::Tensor q = queries.to(at::kFloat);
-  if (!normalized) q = q * tiles::inverse_norms(q).unsqueeze(1);
+  if (score_metric == Metric::Cosine) q = q * tiles::inverse_norms(q).unsqueeze(1);
   q = q.contiguous();
 
   const float floor = min_score.has_value() ? strict_floor(*min_score) : -std::numeric_limits<float>::infinity();
@@ -233,9 +233,9 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& queries, co
   std::vector<TopK> tops;
   tops.reserve(M);
   for (int64_t i = 0; i < M; ++i) tops.emplace_back(slots.data() + i * k_out, k_out, floor);
-  const bool finite = bf16_rescore ? rescored_scan(q, corpus, normalized, exclude_self, query_offset, corpus_offset,
+  const bool finite = bf16_rescore ? rescored_scan(q, corpus, score_metric, exclude_self, query_offset, corpus_offset,
                                                    min_score, k_out, floor, tops)
-                                    : scan_scores(q, corpus, normalized, exclude_self, query_offset, corpus_offset,
+                                    : scan_scores(q, corpus, score_metric, exclude_self, query_offset, corpus_offset,
                                                   tops);
   if (!finite) fail_non_finite("cosine_topk", "queries or corpus");
 

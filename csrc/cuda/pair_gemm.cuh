@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include "common/metric.h"
 #include "cuda/reduce.cuh"
 #include "cuda/tile_gemm.cuh"
 
@@ -56,7 +57,7 @@ struct PairFilter {
   float threshold;
   float relative_bound;  // times |a_i||b_j| under metric "dot"; cosine units otherwise
   PairScore kind;
-  bool dot_metric;
+  Metric metric;
   bool upper_only;  // a against itself: keep col > row only
   int* nonfinite;   // set to 1 when a dot product is NaN or inf
 };
@@ -66,12 +67,12 @@ __device__ __forceinline__ bool is_candidate(const PairFilter& f, float dot, int
     *f.nonfinite = 1;
     return false;
   }
-  if (f.kind == PairScore::kDot && !f.dot_metric) return dot + f.relative_bound >= f.threshold;
+  if (f.kind == PairScore::kDot && f.metric == Metric::Cosine) return dot + f.relative_bound >= f.threshold;
   const float na = f.a_norms[i], nb = f.b_norms[j];
   float score = dot;
   if (f.kind == PairScore::kCosine) score = cosine_from_dot(dot, na, nb);
   if (f.kind == PairScore::kUnitDot) score = dot * na * nb;
-  const float bound = f.dot_metric ? f.relative_bound * na * nb : f.relative_bound;
+  const float bound = f.metric == Metric::Dot ? f.relative_bound * na * nb : f.relative_bound;
   return score + bound >= f.threshold;
 }
 
@@ -180,7 +181,7 @@ __global__ void __launch_bounds__(256)
     rescore_pairs_kernel(const scalar_t* __restrict__ a,  // [N, dim]
                          const scalar_t* __restrict__ b,  // [M, dim]
                          int64_t dim, const int64_t* __restrict__ keys, int64_t count, int64_t num_cols,
-                         const float* __restrict__ a_norms, const float* __restrict__ b_norms, bool dot_metric,
+                         const float* __restrict__ a_norms, const float* __restrict__ b_norms, Metric metric,
                          int* nonfinite, float* __restrict__ scores) {  // [count]
   const int64_t p = blockIdx.x * static_cast<int64_t>(8) + threadIdx.x / 32;
   if (p >= count) return;
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(256)
   dot = warp_sum(dot);
   if (lane != 0) return;
   if (!isfinite(dot)) *nonfinite = 1;
-  scores[p] = dot_metric ? dot : cosine_from_dot(dot, a_norms[i], b_norms[j]);
+  scores[p] = metric == Metric::Dot ? dot : cosine_from_dot(dot, a_norms[i], b_norms[j]);
 }
 
 }  // namespace sentfuse::pair_gemm

@@ -16,7 +16,7 @@ namespace {
 
 at::Tensor pair_scores_cuda(const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, const at::Tensor& rows_in,
                             const at::Tensor& cols_in, c10::string_view metric) {
-  const bool dot = check_pair_scores_args(a_in, b_in, rows_in, cols_in, metric) == Metric::Dot;
+  const Metric score_metric = check_pair_scores_args(a_in, b_in, rows_in, cols_in, metric);
   const c10::cuda::CUDAGuard guard(a_in.device());
   const at::Tensor a = a_in.contiguous();
   const at::Tensor b = b_in.has_value() ? b_in->contiguous() : a;
@@ -27,7 +27,7 @@ at::Tensor pair_scores_cuda(const at::Tensor& a_in, const std::optional<at::Tens
   SENTFUSE_DISPATCH_FLOAT_TYPES(a.scalar_type(), "sentfuse_pair_scores_cuda", [&] {
     C10_CUDA_CHECK(launch_pair_scores<scalar_t>(a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
                                                 rows.const_data_ptr<int64_t>(), cols.const_data_ptr<int64_t>(), P, D,
-                                                dot, out.mutable_data_ptr<float>(),
+                                                score_metric, out.mutable_data_ptr<float>(),
                                                 c10::cuda::getCurrentCUDAStream()));
   });
   if (!at::isfinite(out).all().item<bool>()) fail_non_finite("pair_scores", "a or b (in a listed row)");

@@ -16,7 +16,7 @@ __global__ void pair_scores_kernel(const scalar_t* __restrict__ x,     // [N, D]
                                    const scalar_t* __restrict__ y,     // [M, D]
                                    const int64_t* __restrict__ rows,   // [P]
                                    const int64_t* __restrict__ cols,   // [P]
-                                   int64_t P, int64_t D, bool dot_metric,
+                                   int64_t P, int64_t D, Metric metric,
                                    float* __restrict__ out) {          // [P]
   const int64_t p = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (p >= P) return;
@@ -31,13 +31,13 @@ __global__ void pair_scores_kernel(const scalar_t* __restrict__ x,     // [N, D]
     vv = fmaf(b, b, vv);
   }
   dot = warp_sum(dot);
-  if (!dot_metric) {
+  if (metric == Metric::Cosine) {
     uu = warp_sum(uu);
     vv = warp_sum(vv);
   }
   if (lane != 0) return;
   // A non-finite dot product (NaN or inf input) stays visible to the host check.
-  if (!isfinite(dot) || dot_metric) {
+  if (!isfinite(dot) || metric == Metric::Dot) {
     out[p] = dot;
   } else {
     out[p] = cosine_from_dot(dot, norm_from_sum_sq(uu), norm_from_sum_sq(vv));
@@ -48,18 +48,18 @@ __global__ void pair_scores_kernel(const scalar_t* __restrict__ x,     // [N, D]
 
 template <typename scalar_t>
 cudaError_t launch_pair_scores(const scalar_t* x, const scalar_t* y, const int64_t* rows, const int64_t* cols,
-                               int64_t P, int64_t D, bool dot, float* out, cudaStream_t stream) {
+                               int64_t P, int64_t D, Metric metric, float* out, cudaStream_t stream) {
   const int64_t blocks = (P + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  pair_scores_kernel<scalar_t><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(x, y, rows, cols, P, D, dot, out);
+  pair_scores_kernel<scalar_t><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(x, y, rows, cols, P, D, metric, out);
   return cudaGetLastError();
 }
 
 template cudaError_t launch_pair_scores<float>(const float*, const float*, const int64_t*, const int64_t*, int64_t,
-                                               int64_t, bool, float*, cudaStream_t);
+                                               int64_t, Metric, float*, cudaStream_t);
 template cudaError_t launch_pair_scores<c10::Half>(const c10::Half*, const c10::Half*, const int64_t*,
-                                                   const int64_t*, int64_t, int64_t, bool, float*, cudaStream_t);
+                                                   const int64_t*, int64_t, int64_t, Metric, float*, cudaStream_t);
 template cudaError_t launch_pair_scores<c10::BFloat16>(const c10::BFloat16*, const c10::BFloat16*, const int64_t*,
-                                                       const int64_t*, int64_t, int64_t, bool, float*,
+                                                       const int64_t*, int64_t, int64_t, Metric, float*,
                                                        cudaStream_t);
 
 }  // namespace sentfuse

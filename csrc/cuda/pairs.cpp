@@ -21,7 +21,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cuda(const at::Te
   SENTFUSE_CHECK_VALUE(a.is_cuda(), "threshold_pairs: a must be on a CUDA device, got ", a.device());
   check_pair_keys_fit(a.size(0), b.has_value() ? b->size(0) : a.size(0));
   const c10::cuda::CUDAGuard device_guard(a.device());
-  auto result = run_threshold_pairs(a, b, args.threshold, args.metric == Metric::Dot, max_pairs);
+  auto result = run_threshold_pairs(a, b, args.threshold, args.metric, max_pairs);
   if (!result.has_value()) fail_non_finite("threshold_pairs", b.has_value() ? "a or b" : "a");
   return *result;
 }

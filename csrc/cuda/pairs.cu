@@ -46,8 +46,8 @@ constexpr int64_t kFirstCapacity = int64_t{1} << 20;
 
 // What makes a tile element a pair, shared by the count and write passes so that both decide alike.
 struct PairEpilogue {
-  const float* row_norms;  // [tile rows], nullptr when normalized
-  const float* col_norms;  // [tile cols], nullptr when normalized
+  const float* row_norms;  // [tile rows], nullptr under metric "dot"
+  const float* col_norms;  // [tile cols], nullptr under metric "dot"
   int64_t row_begin;       // row of a at tile row 0
   int64_t col_begin;       // row of b at tile column 0
   int64_t num_cols;        // M: a pair's key is row * M + col
@@ -176,7 +176,7 @@ struct PairCollector {
 
 // The tiled scan: fp32 dot-product tiles in a bounded workspace, compacted by a count and a write pass.
 void tiled_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::Tensor& a_norms,
-                 const at::Tensor& b_norms, bool normalized, PairCollector& out, at::Tensor& nonfinite) {
+                 const at::Tensor& b_norms, Metric metric, PairCollector& out, at::Tensor& nonfinite) {
   const int64_t N = a.size(0), M = b.size(0);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t budget_floats = gemm::workspace_bytes() / static_cast<int64_t>(sizeof(float));
@@ -200,8 +200,8 @@ void tiled_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::
       auto dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
       gemm::tile_dots(a.narrow(0, i0, rows), b.narrow(0, j0, cols), dots);
 
-      epi.row_norms = normalized ? nullptr : a_norms.const_data_ptr<float>() + i0;
-      epi.col_norms = normalized ? nullptr : b_norms.const_data_ptr<float>() + j0;
+      epi.row_norms = metric == Metric::Dot ? nullptr : a_norms.const_data_ptr<float>() + i0;
+      epi.col_norms = metric == Metric::Dot ? nullptr : b_norms.const_data_ptr<float>() + j0;
       epi.row_begin = i0;
       epi.col_begin = j0;
       epi.threshold = out.min_score;
@@ -227,7 +227,7 @@ void tiled_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::
 
 // The fused scan's operands and filter, or nullopt where its bound does not hold (norms out of range).
 std::optional<pair_gemm::PairFilter> plan_fused(const at::Tensor& a, const at::Tensor& a_norms,
-                                                const at::Tensor& b_norms, bool self, bool normalized) {
+                                                const at::Tensor& b_norms, bool self, Metric metric) {
   const auto norms = self ? a_norms : at::cat({a_norms, b_norms});
   const auto nonzero = norms.masked_fill(norms == 0, 1.f);
   const auto range = at::stack({nonzero.max(), nonzero.min()}).cpu();
@@ -239,13 +239,13 @@ std::optional<pair_gemm::PairFilter> plan_fused(const at::Tensor& a, const at::T
   double copies_roundoff = 0.0;
   if (a.scalar_type() == at::kFloat) {
     copies_roundoff = std::ldexp(1.0, -11);
-    f.kind = normalized ? pair_gemm::PairScore::kUnitDot : pair_gemm::PairScore::kDot;
+    f.kind = metric == Metric::Dot ? pair_gemm::PairScore::kUnitDot : pair_gemm::PairScore::kDot;
   } else {
-    f.kind = normalized ? pair_gemm::PairScore::kDot : pair_gemm::PairScore::kCosine;
+    f.kind = metric == Metric::Dot ? pair_gemm::PairScore::kDot : pair_gemm::PairScore::kCosine;
   }
   // The fused scan never rounds its fp32 accumulators to a 16-bit tile.
   f.relative_bound = static_cast<float>(select::rescore_bound(dim, copies_roundoff, 0.0, 0.0).relative);
-  f.dot_metric = normalized;
+  f.metric = metric;
   f.upper_only = self;
   return f;
 }
@@ -285,8 +285,8 @@ int64_t fused_launch(const at::Tensor& a16, const at::Tensor& b16, bool self, in
 
 // The fused scan (see pair_gemm.cuh); false when its bound does not hold and the tiled scan must run.
 bool fused_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::Tensor& a_norms,
-                 const at::Tensor& b_norms, bool normalized, PairCollector& out, at::Tensor& nonfinite) {
-  auto filter = plan_fused(a, a_norms, b_norms, self, normalized);
+                 const at::Tensor& b_norms, Metric metric, PairCollector& out, at::Tensor& nonfinite) {
+  auto filter = plan_fused(a, a_norms, b_norms, self, metric);
   if (!filter.has_value()) return false;
   at::Tensor a16, b16;
   if (a.scalar_type() == at::kFloat) {
@@ -320,7 +320,7 @@ bool fused_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::
     SENTFUSE_DISPATCH_FLOAT_TYPES(a.scalar_type(), "threshold_pairs", [&] {
       pair_gemm::rescore_pairs_kernel<scalar_t><<<static_cast<unsigned>((found + 7) / 8), 256, 0, stream>>>(
           a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), a.size(1), candidates.const_data_ptr<int64_t>(),
-          found, b.size(0), a_norms.const_data_ptr<float>(), b_norms.const_data_ptr<float>(), normalized,
+          found, b.size(0), a_norms.const_data_ptr<float>(), b_norms.const_data_ptr<float>(), metric,
           nonfinite.mutable_data_ptr<int>(), scores.mutable_data_ptr<float>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -333,7 +333,7 @@ bool fused_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::
 }  // namespace
 
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pairs(
-    const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, float min_score, bool normalized,
+    const at::Tensor& a_in, const std::optional<at::Tensor>& b_in, float min_score, Metric metric,
     std::optional<int64_t> max_pairs) {
   const bool self = !b_in.has_value();
   const int64_t N = a_in.size(0), M = self ? N : b_in->size(0);
@@ -347,13 +347,13 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pair
   const bool fused = pairs >= kFusedMinPairs;
   // The fused scan's bound needs the norms under either metric.
   at::Tensor a_norms, b_norms;
-  if (!normalized || fused) {
+  if (metric == Metric::Cosine || fused) {
     a_norms = gemm::row_norms(a);
     b_norms = self ? a_norms : gemm::row_norms(b);
   }
   auto nonfinite = at::zeros({1}, a.options().dtype(at::kInt));
-  if (!fused || !fused_pairs(a, b, self, a_norms, b_norms, normalized, out, nonfinite)) {
-    tiled_pairs(a, b, self, a_norms, b_norms, normalized, out, nonfinite);
+  if (!fused || !fused_pairs(a, b, self, a_norms, b_norms, metric, out, nonfinite)) {
+    tiled_pairs(a, b, self, a_norms, b_norms, metric, out, nonfinite);
   }
   if (nonfinite.item<int>() != 0) return std::nullopt;
   return out.result(M, float_options);

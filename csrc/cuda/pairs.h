@@ -8,12 +8,14 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "common/metric.h"
+
 namespace sentfuse {
 
 // a [N, D], b [M, D] or none on the current CUDA device -> (rows, cols, scores) [P] of the pairs scoring
-// >= min_score; normalized: score by the raw dot product. nullopt when a score came out NaN or inf.
+// >= min_score under metric (common/metric.h). nullopt when a score came out NaN or inf.
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> run_threshold_pairs(
-    const at::Tensor& a, const std::optional<at::Tensor>& b, float min_score, bool normalized,
+    const at::Tensor& a, const std::optional<at::Tensor>& b, float min_score, Metric metric,
     std::optional<int64_t> max_pairs);
 
 }  // namespace sentfuse

@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cuda(const at::Tensor& queries, c
                     " rows; at most ", kMaxCudaTopkCorpus - 1, " are supported on CUDA");
   const c10::cuda::CUDAGuard device_guard(queries.device());
   const float floor = min_score.has_value() ? fp32_bound(*min_score) : -std::numeric_limits<float>::infinity();
-  auto result = run_cosine_topk(queries, corpus, k_out, score_metric == Metric::Dot, exclude_self, floor,
+  auto result = run_cosine_topk(queries, corpus, k_out, score_metric, exclude_self, floor,
                                 query_offset, corpus_offset, bf16_rescore);
   if (!result.has_value()) fail_non_finite("cosine_topk", "queries or corpus");
   return *result;

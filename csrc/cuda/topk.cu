@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kRescoreWarps * 32)
                    int64_t dim, const int32_t* __restrict__ candidates,  // [M, width]
                    int64_t rows, int width, const float* __restrict__ query_norms,  // [M]
                    const float* __restrict__ corpus_norms,                           // [N]
-                   bool normalized, float min_score, int* nonfinite, float* __restrict__ out_scores,
+                   Metric metric, float min_score, int* nonfinite, float* __restrict__ out_scores,
                    int32_t* __restrict__ out_indices) {  // [M, width]
   const int64_t slot = blockIdx.x * static_cast<int64_t>(kRescoreWarps) + threadIdx.x / 32;
   if (slot >= rows * width) return;
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kRescoreWarps * 32)
     if (!isfinite(dot)) {
       if (lane == 0) *nonfinite = 1;
     } else {
-      const float s = normalized ? dot : cosine_from_dot(dot, query_norms[row], corpus_norms[j]);
+      const float s = metric == Metric::Dot ? dot : cosine_from_dot(dot, query_norms[row], corpus_norms[j]);
       if (!(s < min_score)) {
         score = s;
         index = j;
@@ -319,7 +319,7 @@ __global__ void rescore_check_kernel(const float* __restrict__ approx_scores,  /
                                      int k, int64_t rows, const float* __restrict__ query_norms,  // [M]
                                      float relative_bound, float absolute_bound,
                                      const float* __restrict__ norm_range,  // [2] corpus norms: max, min nonzero
-                                     bool normalized, float min_score, bool candidates_cover_corpus,
+                                     Metric metric, float min_score, bool candidates_cover_corpus,
                                      uint8_t* __restrict__ needs_exact) {  // [M]
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (row >= rows) return;
@@ -331,8 +331,8 @@ __global__ void rescore_check_kernel(const float* __restrict__ approx_scores,  /
     const float nq = query_norms[row];
     const bool in_range = nq >= select::kMinNorm && nq <= select::kMaxNorm;
     // In score units: dot products for metric "dot", cosines (divided by |q||c| >= |q| min|c|) otherwise.
-    const float bound = normalized ? relative_bound * nq * corpus_norm_max + absolute_bound
-                                   : relative_bound + absolute_bound / (nq * corpus_norm_min);
+    const float bound = metric == Metric::Dot ? relative_bound * nq * corpus_norm_max + absolute_bound
+                                              : relative_bound + absolute_bound / (nq * corpus_norm_min);
     const float beaten = fmaxf(exact_scores[row * k + k - 1], min_score);
     exact = in_range && worst_kept + bound < beaten;
   }
@@ -379,7 +379,7 @@ int64_t l2_tile_bytes() {
 }
 
 struct TopkOptions {
-  bool normalized;
+  Metric metric;
   bool exclude_self;
   float min_score;  // -inf when absent
   uint64_t self_shift;
@@ -557,9 +557,9 @@ ScanInputs fused_scan(const at::Tensor& queries, const at::Tensor& corpus, const
 
 // The exact scan: fp32 tiles of the inputs themselves.
 ScanInputs exact_scan(const at::Tensor& queries, const at::Tensor& corpus, const at::Tensor& query_norms,
-                      const at::Tensor& corpus_norms, bool normalized) {
+                      const at::Tensor& corpus_norms, Metric metric) {
   return {queries, corpus, query_norms, corpus_norms, at::Tensor(), at::kFloat,
-          normalized ? ScoreKind::kDot : ScoreKind::kCosine, false};
+          metric == Metric::Dot ? ScoreKind::kDot : ScoreKind::kCosine, false};
 }
 
 struct RescorePlan {
@@ -571,18 +571,18 @@ struct RescorePlan {
 // dtype: the tile then holds the score, which the select pass filters with a compare or two per entry.
 // fp32 inputs under metric "dot" use the copies too (no overflow), scaled back by both norms; 16-bit
 // inputs under metric "dot" are multiplied as they are into tiles of their own dtype.
-bool unit_row_scan(const at::Tensor& queries, bool normalized) {
-  return queries.scalar_type() == at::kFloat || !normalized;
+bool unit_row_scan(const at::Tensor& queries, Metric metric) {
+  return queries.scalar_type() == at::kFloat || metric == Metric::Cosine;
 }
 
 // corpus_norms: filled by the scan itself when unit_row_scan (norms_from_scan), else already computed.
 RescorePlan plan_rescore(const at::Tensor& queries, const at::Tensor& corpus, const at::Tensor& query_norms,
-                         const at::Tensor& corpus_norms, bool normalized) {
+                         const at::Tensor& corpus_norms, Metric metric) {
   const int64_t dim = queries.size(1);
   const double fp16_u = std::ldexp(1.0, -11), fp16_subnormal = std::ldexp(1.0, -24);
-  if (unit_row_scan(queries, normalized)) {
+  if (unit_row_scan(queries, metric)) {
     ScanInputs scan{unit_rows(queries, query_norms), corpus, query_norms, corpus_norms, at::Tensor(), at::kHalf,
-                    normalized ? ScoreKind::kUnitDot : ScoreKind::kDot, true};
+                    metric == Metric::Dot ? ScoreKind::kUnitDot : ScoreKind::kDot, true};
     scan.norms_from_scan = true;
     return {scan, select::rescore_bound(dim, fp16_u, fp16_u, fp16_subnormal)};
   }
@@ -605,14 +605,14 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
                                         const TopkOptions& opt, at::Tensor& scores, at::Tensor& indices,
                                         at::Tensor& nonfinite) {
   const int64_t m = queries.size(0), n = corpus.size(0), dim = queries.size(1);
-  const bool unit = unit_row_scan(queries, opt.normalized);
+  const bool unit = unit_row_scan(queries, opt.metric);
   // bf16 tiles are 8x coarser than fp16 ones: a wider list keeps the proof's margin.
   const int64_t spread = !unit && queries.scalar_type() == at::kBFloat16 ? 4 : 2;
   const int64_t width = std::min<int64_t>({n, kMaxSelectK, std::max<int64_t>(k + 64, spread * k)});
   if (width < n && width - k < 32) return std::nullopt;  // no room for a useful margin
   // A unit-row scan computes the corpus norms while it converts each tile: the corpus is read once.
   corpus_norms = unit ? at::empty({n}, query_norms.options()) : row_norms(corpus);
-  const RescorePlan plan = plan_rescore(queries, corpus, query_norms, corpus_norms, opt.normalized);
+  const RescorePlan plan = plan_rescore(queries, corpus, query_norms, corpus_norms, opt.metric);
 
   auto approx_nonfinite = at::zeros({1}, queries.options().dtype(at::kInt));
   auto approx_scores = at::empty({m, width}, scores.options());
@@ -630,8 +630,8 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
                                kRescoreWarps * 32, 0, stream>>>(
         queries.const_data_ptr<scalar_t>(), corpus.const_data_ptr<scalar_t>(), dim,
         approx_indices.const_data_ptr<int32_t>(), m, static_cast<int>(width),
-        opt.normalized ? nullptr : query_norms.const_data_ptr<float>(),
-        opt.normalized ? nullptr : corpus_norms.const_data_ptr<float>(), opt.normalized, opt.min_score,
+        opt.metric == Metric::Dot ? nullptr : query_norms.const_data_ptr<float>(),
+        opt.metric == Metric::Dot ? nullptr : corpus_norms.const_data_ptr<float>(), opt.metric, opt.min_score,
         nonfinite.mutable_data_ptr<int>(), exact_scores.mutable_data_ptr<float>(),
         exact_indices.mutable_data_ptr<int32_t>());
   });
@@ -650,7 +650,7 @@ std::optional<at::Tensor> rescored_topk(const at::Tensor& queries, const at::Ten
       approx_scores.const_data_ptr<float>(), approx_indices.const_data_ptr<int32_t>(), static_cast<int>(width),
       scores.const_data_ptr<float>(), static_cast<int>(k), m, query_norms.const_data_ptr<float>(),
       static_cast<float>(plan.bound.relative), static_cast<float>(plan.bound.absolute), range.const_data_ptr<float>(),
-      opt.normalized, opt.min_score, width >= n, needs_exact.mutable_data_ptr<uint8_t>());
+      opt.metric, opt.min_score, width >= n, needs_exact.mutable_data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // One host read for both: a non-finite 16-bit score may only be an overflow of the tile, and norms out
   // of range void the bound; either way the exact path decides.
@@ -667,7 +667,7 @@ static_assert(kNoIndex == kMaxCudaTopkCorpus, "cuda/topk.h's corpus bound is the
 
 std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tensor& queries_in,
                                                                   const at::Tensor& corpus_in, int64_t k_out,
-                                                                  bool normalized, bool exclude_self, float min_score,
+                                                                  Metric metric, bool exclude_self, float min_score,
                                                                   int64_t query_offset, int64_t corpus_offset,
                                                                   bool bf16_rescore) {
   const int64_t m = queries_in.size(0);
@@ -678,7 +678,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tens
   const auto queries = queries_in.contiguous();
   const auto corpus = corpus_in.contiguous();
   TopkOptions opt{};
-  opt.normalized = normalized;
+  opt.metric = metric;
   opt.exclude_self = exclude_self;
   opt.min_score = min_score;
   opt.self_shift = static_cast<uint64_t>(query_offset) - static_cast<uint64_t>(corpus_offset);
@@ -687,26 +687,26 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tens
   const bool rescore = bf16_rescore || m >= kRescoreMinQueries;
   // A few queries read the corpus once, norms included (fused_scores_kernel).
   const bool fused = !rescore && fused_scan_fits(queries);
-  // The rescore bound needs norms even for normalized inputs.
+  // The rescore bound needs norms even under metric "dot".
   at::Tensor query_norms, corpus_norms;
-  if (!normalized || rescore) query_norms = row_norms(queries);
+  if (metric == Metric::Cosine || rescore) query_norms = row_norms(queries);
   auto indices = at::empty({m, k_out}, queries.options().dtype(at::kInt));
   auto nonfinite = at::zeros({1}, queries.options().dtype(at::kInt));
 
   std::optional<at::Tensor> redo;
   if (rescore) redo = rescored_topk(queries, corpus, k_out, query_norms, corpus_norms, opt, scores, indices, nonfinite);
   // The exact path scores cosines from both norms (unless fused, which computes its own).
-  if (!normalized && !fused && !corpus_norms.defined()) corpus_norms = row_norms(corpus);
+  if (metric == Metric::Cosine && !fused && !corpus_norms.defined()) corpus_norms = row_norms(corpus);
   if (!redo.has_value()) {
     tiled_topk(fused ? fused_scan(queries, corpus, query_norms)
-                     : exact_scan(queries, corpus, query_norms, corpus_norms, normalized),
+                     : exact_scan(queries, corpus, query_norms, corpus_norms, metric),
                k_out, opt, scores, indices, nonfinite);
   } else if (redo->numel() > 0) {
     const auto& ids = *redo;
     auto sub_scores = at::empty({ids.size(0), k_out}, float_options);
     auto sub_indices = at::empty({ids.size(0), k_out}, indices.options());
     ScanInputs scan = exact_scan(queries.index_select(0, ids), corpus, query_norms.index_select(0, ids),
-                                 corpus_norms, normalized);
+                                 corpus_norms, metric);
     scan.query_ids = ids;
     tiled_topk(scan, k_out, opt, sub_scores, sub_indices, nonfinite);
     scores.index_copy_(0, ids, sub_scores);

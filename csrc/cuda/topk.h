@@ -8,16 +8,18 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "common/metric.h"
+
 namespace sentfuse {
 
 // Corpus rows the CUDA selection can index (its int32 "no candidate" sentinel is this value).
 constexpr int64_t kMaxCudaTopkCorpus = 0x7fffffff;
 
 // queries [M, D], corpus [N, D] on the current CUDA device -> (scores fp32, indices int64) [M, k_out];
-// normalized: score by the raw dot product. nullopt when a score came out NaN or inf.
+// metric: how a pair is scored (common/metric.h). nullopt when a score came out NaN or inf.
 std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tensor& queries,
                                                                   const at::Tensor& corpus, int64_t k_out,
-                                                                  bool normalized, bool exclude_self, float min_score,
+                                                                  Metric metric, bool exclude_self, float min_score,
                                                                   int64_t query_offset, int64_t corpus_offset,
                                                                   bool bf16_rescore);
 
