@@ -72,6 +72,38 @@ void check_pair_matrices(const char* op, const at::Tensor& a, const std::optiona
   check_same_device(op, "b", *b, "a", a);
 }
 
+SpladeActivation parse_activation(const char* op, c10::string_view activation) {
+  if (activation == "relu") return SpladeActivation::Relu;
+  if (activation == "log1p_relu") return SpladeActivation::Log1pRelu;
+  SENTFUSE_CHECK_VALUE(false, op, ": activation must be 'relu' or 'log1p_relu', got '", std::string(activation), "'");
+}
+
+SpladePooling parse_splade_pooling(const char* op, c10::string_view pooling) {
+  if (pooling == "max") return SpladePooling::Max;
+  if (pooling == "sum") return SpladePooling::Sum;
+  SENTFUSE_CHECK_VALUE(false, op, ": pooling must be 'max' or 'sum', got '", std::string(pooling), "'");
+}
+
+// weight [V, H] with H = hidden's last dim, hidden's dtype and device; bias [V] or none.
+SpladeArgs check_splade_projection(const char* op, const at::Tensor& hidden, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, c10::string_view activation,
+                                   c10::string_view pooling) {
+  check_float_input(op, "hidden", hidden);
+  const int64_t H = hidden.size(-1);
+  SENTFUSE_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == H, op, ": weight must be [vocab, hidden] = [V, ", H,
+                    "] to match hidden ", hidden.sizes(), ", got ", weight.sizes());
+  SENTFUSE_CHECK_TYPE(weight.scalar_type() == hidden.scalar_type(), op, ": weight must have hidden's dtype ",
+                   hidden.scalar_type(), ", got ", weight.scalar_type());
+  check_same_device(op, "weight", weight, "hidden", hidden);
+  if (bias.has_value()) {
+    SENTFUSE_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [vocab] = [",
+                      weight.size(0), "] to match weight ", weight.sizes(), ", got ", bias->sizes());
+    check_float_input(op, "bias", *bias);
+    check_same_device(op, "bias", *bias, "hidden", hidden);
+  }
+  return {parse_activation(op, activation), parse_splade_pooling(op, pooling)};
+}
+
 }  // namespace
 
 PoolMode check_masked_pool_args(const at::Tensor& hidden, const at::Tensor& attention_mask, c10::string_view mode,
@@ -104,10 +136,10 @@ PoolMode check_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlen
   return parse_pool_mode(op, mode);
 }
 
-void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_tokens) {
+void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_tokens, const char* op) {
   for (int64_t b = 0; b < batch; ++b) {
     SENTFUSE_CHECK_VALUE(offsets[b] >= 0 && offsets[b] <= offsets[b + 1] && offsets[b + 1] <= total_tokens,
-                      "masked_pool_varlen: cu_seqlens must be non-decreasing offsets within [0, ", total_tokens,
+                      op, ": cu_seqlens must be non-decreasing offsets within [0, ", total_tokens,
                       "] (hidden has ", total_tokens, " tokens), got cu_seqlens[", b, "]=", offsets[b],
                       ", cu_seqlens[", b + 1, "]=", offsets[b + 1]);
   }
@@ -182,6 +214,42 @@ Metric check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tenso
                       ", ", c1, "]");
   }
   return m;
+}
+
+SpladeArgs check_splade_pool_args(const at::Tensor& hidden, const at::Tensor& attention_mask, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, c10::string_view activation,
+                                  c10::string_view pooling) {
+  constexpr const char* op = "splade_pool";
+  SENTFUSE_CHECK_VALUE(hidden.dim() == 3, op, ": hidden must be [batch, seq, hidden], got shape ", hidden.sizes());
+  SENTFUSE_CHECK_VALUE(attention_mask.dim() == 2 && attention_mask.size(0) == hidden.size(0) &&
+                        attention_mask.size(1) == hidden.size(1),
+                    op, ": attention_mask must be [batch, seq] = [", hidden.size(0), ", ", hidden.size(1),
+                    "] to match hidden ", hidden.sizes(), ", got ", attention_mask.sizes());
+  SENTFUSE_CHECK_TYPE(!attention_mask.is_complex(), op, ": attention_mask must be integer, bool or float, got ",
+                   attention_mask.scalar_type());
+  check_same_device(op, "attention_mask", attention_mask, "hidden", hidden);
+  return check_splade_projection(op, hidden, weight, bias, activation, pooling);
+}
+
+SpladeArgs check_splade_pool_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlens,
+                                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                         c10::string_view activation, c10::string_view pooling) {
+  constexpr const char* op = "splade_pool_varlen";
+  SENTFUSE_CHECK_VALUE(hidden.dim() == 2, op, ": hidden must be [total_tokens, hidden], got shape ", hidden.sizes());
+  SENTFUSE_CHECK_VALUE(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, op,
+                    ": cu_seqlens must be [batch + 1] offsets, got shape ", cu_seqlens.sizes());
+  SENTFUSE_CHECK_TYPE(cu_seqlens.scalar_type() == at::kInt || cu_seqlens.scalar_type() == at::kLong, op,
+                   ": cu_seqlens must be int32 or int64, got ", cu_seqlens.scalar_type());
+  check_same_device(op, "cu_seqlens", cu_seqlens, "hidden", hidden);
+  return check_splade_projection(op, hidden, weight, bias, activation, pooling);
+}
+
+void check_splade_finite(const char* op, const at::Tensor& tokens, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias) {
+  SENTFUSE_CHECK_VALUE(at::isfinite(tokens).all().item<bool>(), op,
+                    ": hidden holds NaN or inf at a token the mask marks valid");
+  SENTFUSE_CHECK_VALUE(at::isfinite(weight).all().item<bool>(), op, ": weight holds NaN or inf");
+  SENTFUSE_CHECK_VALUE(!bias.has_value() || at::isfinite(*bias).all().item<bool>(), op, ": bias holds NaN or inf");
 }
 
 void fail_non_finite(const char* op, const char* inputs) {

@@ -25,8 +25,9 @@ PoolMode check_masked_pool_args(const at::Tensor& hidden, const at::Tensor& atte
 // kernels' callers where reading them costs no device sync.
 PoolMode check_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlens, c10::string_view mode,
                            int64_t skip_tokens);
-// cu_seqlens values [B + 1] (host copy): non-decreasing offsets within [0, total_tokens].
-void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_tokens);
+// cu_seqlens values [B + 1] (host copy): non-decreasing offsets within [0, total_tokens]; op names the caller.
+void check_varlen_offsets(const int64_t* offsets, int64_t batch, int64_t total_tokens,
+                          const char* op = "masked_pool_varlen");
 // x [N, D] float: returns the feature count kept, all D or the first `dim` (Matryoshka truncation).
 int64_t check_l2_normalize_args(const at::Tensor& x, std::optional<int64_t> dim);
 
@@ -49,6 +50,31 @@ void check_pair_keys_fit(int64_t num_rows, int64_t num_cols);
 // a [N, D], b [M, D] or none, rows / cols [P] int64 within range: returns the metric.
 Metric check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tensor>& b, const at::Tensor& rows,
                               const at::Tensor& cols, c10::string_view metric);
+
+// Activation applied to each logit before pooling, in reference.py's SPLADE_ACTIVATIONS order:
+// relu -> log1p(relu(x)); log1p_relu -> log1p(log1p(relu(x))) (sentence-transformers' SpladePooling).
+enum class SpladeActivation : int { Relu = 0, Log1pRelu };
+// How token activations are reduced over a sequence, in reference.py's SPLADE_POOLINGS order.
+enum class SpladePooling : int { Max = 0, Sum };
+
+struct SpladeArgs {
+  SpladeActivation activation;
+  SpladePooling pooling;
+  int log1p_count() const { return activation == SpladeActivation::Relu ? 1 : 2; }
+};
+
+// hidden [B, L, H], attention_mask [B, L], weight [V, H], bias [V] or none.
+SpladeArgs check_splade_pool_args(const at::Tensor& hidden, const at::Tensor& attention_mask, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, c10::string_view activation,
+                                  c10::string_view pooling);
+// hidden [T, H], cu_seqlens [B + 1] int32/int64, weight [V, H], bias [V] or none.
+SpladeArgs check_splade_pool_varlen_args(const at::Tensor& hidden, const at::Tensor& cu_seqlens,
+                                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                         c10::string_view activation, c10::string_view pooling);
+// NaN or inf in the pooled tokens, the weight or the bias raise an error naming the argument (padding is
+// never read, so it may hold anything).
+void check_splade_finite(const char* op, const at::Tensor& tokens, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias);
 
 // An op's kernels found a non-finite score: the inputs hold NaN or inf.
 [[noreturn]] void fail_non_finite(const char* op, const char* inputs);
