@@ -17,6 +17,7 @@ def _cases(dev):
     t = lambda *shape, dtype=torch.float32: torch.randn(*shape).to(device=dev, dtype=dtype)  # noqa: E731
     ids = lambda *v: torch.tensor(v, device=dev)  # noqa: E731
     h, mask, x = t(2, 3, 8), torch.ones(2, 3, device=dev), t(3, 8)
+    w, vb = t(20, 8), t(20)  # a SPLADE projection: weight [vocab, hidden], bias [vocab]
     other = "cpu" if dev != "cpu" else "meta"
     return [
         ("masked_pool mode", ValueError, "mode", lambda: _ops.masked_pool(h, mask, "median")),
@@ -73,6 +74,34 @@ def _cases(dev):
          lambda: _ops.pair_scores(x, None, ids(0).to(other), ids(1))),
         ("pair_scores non-finite", ValueError, "NaN or inf",
          lambda: _ops.pair_scores(torch.full_like(x, float("nan")), None, ids(0), ids(1))),
+        ("splade weight shape", ValueError, "weight must be", lambda: _ops.splade_pool(h, mask, t(20, 7), vb)),
+        ("splade bias shape", ValueError, "bias must be", lambda: _ops.splade_pool(h, mask, w, vb[:5])),
+        ("splade weight dtype", TypeError, "weight must have hidden's dtype",
+         lambda: _ops.splade_pool(h, mask, w.double(), vb)),
+        ("splade hidden dtype", TypeError, "hidden must be float32",
+         lambda: _ops.splade_pool(h.double(), mask, w.double(), vb)),
+        ("splade bias dtype", TypeError, "bias must be float32", lambda: _ops.splade_pool(h, mask, w, vb.long())),
+        ("splade activation", ValueError, "activation must be 'relu' or 'log1p_relu', got 'gelu'",
+         lambda: _ops.splade_pool(h, mask, w, vb, "gelu")),
+        ("splade pooling", ValueError, "pooling must be 'max' or 'sum', got 'mean'",
+         lambda: _ops.splade_pool(h, mask, w, vb, "relu", "mean")),
+        ("splade hidden rank", ValueError, "hidden must be", lambda: _ops.splade_pool(x, mask, w, vb)),
+        ("splade mask shape", ValueError, "attention_mask must be", lambda: _ops.splade_pool(h, mask[:, :2], w, vb)),
+        ("splade mask device", ValueError, "attention_mask is on",
+         lambda: _ops.splade_pool(h, mask.to(other), w, vb)),
+        ("splade weight device", ValueError, "weight is on", lambda: _ops.splade_pool(h, mask, w.to(other), vb)),
+        ("splade non-finite", ValueError, "hidden holds NaN or inf",
+         lambda: _ops.splade_pool(torch.full_like(h, float("nan")), mask, w, vb)),
+        ("splade varlen decreasing", ValueError, "cu_seqlens must be non-decreasing",
+         lambda: _ops.splade_pool_varlen(h[0], ids(0, 2, 1), w, vb)),
+        ("splade varlen beyond", ValueError, "cu_seqlens must be non-decreasing",
+         lambda: _ops.splade_pool_varlen(h[0], ids(0, 4), w, vb)),
+        ("splade varlen offsets dtype", TypeError, "cu_seqlens must be int32",
+         lambda: _ops.splade_pool_varlen(h[0], ids(0.0, 3.0), w, vb)),
+        ("splade varlen hidden rank", ValueError, "hidden must be",
+         lambda: _ops.splade_pool_varlen(h, ids(0, 3), w, vb)),
+        ("splade varlen device", ValueError, "cu_seqlens is on",
+         lambda: _ops.splade_pool_varlen(h[0], ids(0, 3).to(other), w, vb)),
     ]
 
 

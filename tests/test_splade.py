@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from op_devices import device  # noqa: F401  (fixture)
 from sentfuse import _ops, reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-HAS_CUDA = torch.cuda.is_available() and _ops.WITH_CUDA
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible"))]
 ACTIVATIONS = reference.SPLADE_ACTIVATIONS
 POOLINGS = reference.SPLADE_POOLINGS
 
@@ -55,7 +54,6 @@ def assert_matches(got, hidden, mask, weight, bias, activation, pooling):
     assert (got.cpu() - expected).abs().max().item() <= 2 * plain_error + 1e-5
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -72,7 +70,6 @@ def test_matches_reference(device, dtype, activation, pooling, left_padded):
     assert_matches(got, hidden, mask, weight, bias, activation, pooling)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_many_vocabulary_tiles(device, pooling):
     """Enough tokens that the vocabulary is split into several tiles, the last one partial (V = 1001 is a
@@ -89,7 +86,6 @@ def test_many_vocabulary_tiles(device, pooling):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_varlen_matches_padded(device, dtype):
     g = torch.Generator().manual_seed(5)
@@ -104,7 +100,6 @@ def test_varlen_matches_padded(device, dtype):
     torch.testing.assert_close(varlen, padded, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_edge_shapes(device):
     g = torch.Generator().manual_seed(1)
     weight, bias = projection(50, 4, torch.float32, g)
@@ -122,7 +117,6 @@ def test_edge_shapes(device):
     torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     g = torch.Generator().manual_seed(2)
     wide = torch.randn(4, 9, 32, generator=g)
@@ -134,29 +128,6 @@ def test_non_contiguous_inputs(device):
     assert_matches(got, hidden, mask, weight, None, "relu", "max")
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_bad_arguments_are_named(device):
-    hidden, mask = torch.randn(2, 3, 8, device=device), torch.ones(2, 3, device=device)
-    weight, bias = torch.randn(20, 8, device=device), torch.randn(20, device=device)
-    with pytest.raises(ValueError, match="weight must be"):
-        _ops.splade_pool(hidden, mask, torch.randn(20, 7, device=device), bias)
-    with pytest.raises(ValueError, match="bias must be"):
-        _ops.splade_pool(hidden, mask, weight, bias[:5])
-    with pytest.raises(TypeError, match="weight must have hidden's dtype"):
-        _ops.splade_pool(hidden, mask, weight.double(), bias)
-    with pytest.raises(ValueError, match="activation must be 'relu' or 'log1p_relu', got 'gelu'"):
-        _ops.splade_pool(hidden, mask, weight, bias, "gelu")
-    with pytest.raises(ValueError, match="pooling must be 'max' or 'sum', got 'mean'"):
-        _ops.splade_pool(hidden, mask, weight, bias, "relu", "mean")
-    with pytest.raises(ValueError, match="attention_mask must be"):
-        _ops.splade_pool(hidden, mask[:, :2], weight, bias)
-    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
-        _ops.splade_pool_varlen(hidden[0], torch.tensor([0, 2, 1], device=device), weight, bias)
-    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
-        _ops.splade_pool_varlen(hidden[0], torch.tensor([0, 4], device=device), weight, bias)
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_non_finite_input_raises(device):
     hidden, mask = torch.randn(2, 3, 8, device=device), torch.ones(2, 3, device=device)
     weight, bias = torch.randn(20, 8, device=device), torch.randn(20, device=device)
