@@ -162,8 +162,6 @@ def test_mine_threshold_1_finds_every_exact_duplicate(tmp_path, capsys, model):
     """Copies of a text score 1 up to rounding (0.99999994 and 0.99999988 here): --threshold 1 finds them all."""
     from conftest import SENTENCES
 
-    from sentfuse.cli.mine import tolerant
-
     texts = [t for t in SENTENCES if t] * 2
     path = tmp_path / "dups.txt"
     path.write_text("\n".join(texts) + "\n", encoding="utf-8")
@@ -171,6 +169,8 @@ def test_mine_threshold_1_finds_every_exact_duplicate(tmp_path, capsys, model):
     n = len(texts) // 2
     assert code == 0 and sorted((p["i"], p["j"]) for p in json.loads(out)) == [(i, i + n) for i in range(n)]
     assert min(p["score"] for p in json.loads(out)) < 1.0  # the case this test is about did occur
+    from sentfuse.cli.mine import tolerant
+
     assert tolerant(1.0) == 1.0 - 4 * 2.0**-24 and tolerant(0.5) == 0.5 - 4 * 2.0**-25
 
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -232,12 +231,20 @@ def test_threshold_pairs_equals_single_machine(encoded, tmp_path):
     # 250-row blocks split the two shards into blocks [0, 400), [400, 700): 3 block pairs.
     count = distributed.threshold_pairs(out, 0.9, tmp_path / "pairs", block_rows=250)
     assert count == len(rows) and len(list((tmp_path / "pairs").glob("pairs-*.parquet"))) == 3
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # torch's warning about Arrow's read-only arrays included
-        got_rows, got_cols, got_scores = distributed.read_pairs(tmp_path / "pairs")
+    got_rows, got_cols, got_scores = distributed.read_pairs(tmp_path / "pairs")
     assert torch.equal(got_rows, rows) and torch.equal(got_cols, cols)
     torch.testing.assert_close(got_scores, scores, atol=1e-6, rtol=0)
     assert ((got_rows >= 400) & (got_cols >= 400)).any() and ((got_rows < 400) & (got_cols >= 400)).any()
+
+
+def test_read_pairs_of_one_file_warns_nothing(tmp_path):
+    """One file's Arrow arrays are read-only: torch would warn about each (once a process, hence a fresh one)."""
+    pq.write_table(pa.table({"row": pa.array([0, 1], pa.int64()), "col": pa.array([2, 3], pa.int64()),
+                             "score": pa.array([0.9, 0.95], pa.float32())}), tmp_path / "pairs-00000.parquet")
+    code = ("import sys, warnings; from sentfuse import distributed; warnings.simplefilter('error'); "
+            "rows, cols, scores = distributed.read_pairs(sys.argv[1]); print(rows.tolist(), cols.tolist())")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "[0, 1] [2, 3]\n", done.stderr
 
 
 def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, model, questions):

@@ -21,7 +21,7 @@ RECORD_VERSION = 2  # 2: the model known by the SHA-256 of all its files
 # The record keys that must match for a file to be reused, in the order mismatches are reported.
 COMPARED = ("texts_sha256", "model_sha256", "prompt", "max_seq_length", "dtype", "normalize", "precision")
 CHECKPOINT_DTYPE = "as in the checkpoint"  # the record's dtype when no --dtype was given
-# What to do about a mismatch that a search option cannot fix.
+# How to resolve a mismatch, where the difference alone does not say.
 HINTS = {
     "prompt": " (search embeds the corpus with the model's document prompt: sentfuse encode --prompt-name document)",
     "dtype": " (give search the same --dtype)",
