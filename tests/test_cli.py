@@ -269,3 +269,53 @@ def test_cli_search_table_json_and_cached_embeddings(tiny_model_root, tmp_path, 
     corpus_file.write_text("\n".join(SEARCH_CORPUS[:3]) + "\n")
     assert main(argv + ["cats"]) == 1
     assert "was built from other texts" in capsys.readouterr().err
+
+
+def test_one_text_is_singular(tmp_path, capsys, model):
+    src = tmp_path / "one.txt"
+    src.write_text("only line\n", encoding="utf-8")
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "one.npy", "--model", model, "--no-progress")
+    assert code == 0 and "encoded 1 text, dim" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-active-dims", "8"], "--max-active-dims applies to sparse vectors only: add --sparse"),
+    (["--ray", "--sparse"], "--sparse does not apply with --ray"),
+])
+def test_options_that_cannot_apply_are_refused_before_the_work(tmp_path, capsys, monkeypatch, extra, message):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("sentfuse.cli.encode.load_encoder", no_model)
+    src = tmp_path / "in.txt"
+    src.write_text("x\n")
+    code, _, err = run(capsys, "encode", src, "-o", tmp_path / "out", *extra)
+    assert code == 1 and message in err, err
+
+
+def test_ray_without_a_cluster_names_no_foreign_flag():
+    from sentfuse.distributed.cli import _connect
+
+    class NoCluster:
+        @staticmethod
+        def init(address=None):
+            raise ConnectionError("Could not find any running Ray instance. Please specify ... `--address` flag")
+
+    with pytest.raises(ValueError) as info:
+        _connect(NoCluster, "auto")
+    message = str(info.value)
+    assert "--ray auto: no Ray cluster found" in message and "ray start --head" in message
+    assert "--address" not in message
+
+
+def test_version_and_python_m(capsys):
+    import subprocess
+    import sys
+
+    from sentfuse import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"sentfuse {__version__}\n"
+    done = subprocess.run([sys.executable, "-m", "sentfuse", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"sentfuse {__version__}\n", done.stderr

@@ -156,3 +156,29 @@ def test_errors(tmp_path, capsys, model, command):
         main([command, str(tmp_path / "missing.txt"), "--threshold", "1.5"])
     assert exit_info.value.code == 2
     assert "expected a cosine similarity in [-1, 1], got '1.5'" in capsys.readouterr().err
+
+
+def test_mine_threshold_1_finds_every_exact_duplicate(tmp_path, capsys, model):
+    """Copies of a text score 1 up to rounding (0.99999994 and 0.99999988 here): --threshold 1 finds them all."""
+    from conftest import SENTENCES
+
+    texts = [t for t in SENTENCES if t] * 2
+    path = tmp_path / "dups.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "mine", path, "--model", model, "--threshold", 1, "--json", "--no-progress")
+    n = len(texts) // 2
+    assert code == 0 and sorted((p["i"], p["j"]) for p in json.loads(out)) == [(i, i + n) for i in range(n)]
+    assert min(p["score"] for p in json.loads(out)) < 1.0  # the case this test is about did occur
+    from sentfuse.cli.mine import tolerant
+
+    assert tolerant(1.0) == 1.0 - 4 * 2.0**-24 and tolerant(0.5) == 0.5 - 4 * 2.0**-25
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys, model):
+    path = tmp_path / "one.txt"
+    path.write_text("only line\n\n", encoding="utf-8")
+    code, out, err = run(capsys, "cluster", path, "--model", model, "--min-size", 1, "--threshold", 0.5)
+    assert code == 0 and "community 1: 1 text\n" in out
+    assert "of 1 text (1 blank line skipped) clustered" in err
+    code, _, err = run(capsys, "mine", path, "--model", model)
+    assert code == 0 and "among 1 text (1 blank line skipped)" in err

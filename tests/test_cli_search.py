@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from sentfuse import Encoder
 from sentfuse.cli import main
@@ -72,12 +73,19 @@ def test_cache_written_by_encode_is_checked_for_options(tmp_path, capsys, tiny_m
     assert run(capsys, "encode", corpus, "-o", cache, "--model", model, "--no-progress")[0] == 0
     code, hits, _ = search(capsys, corpus, cache, model)
     assert code == 0 and len(hits[0]["hits"]) == 4
+    # A cosine model's scores are the same for unit-length embeddings: encode --normalize output fits.
     assert run(capsys, "encode", corpus, "-o", cache, "--model", model, "--normalize", "--no-progress")[0] == 0
-    code, _, err = search(capsys, corpus, cache, model)
-    assert code == 1 and "was built with normalize True, this run uses False" in err
-    assert run(capsys, "encode", corpus, "-o", cache, "--model", model, "--max-seq-length", 8, "--no-progress")[0] == 0
-    code, _, err = search(capsys, corpus, cache, model)
-    assert code == 1 and "was built with max_seq_length 8, this run uses 64" in err
+    code, normalized, _ = search(capsys, corpus, cache, model)
+    assert code == 0 and [h["corpus_id"] for h in normalized[0]["hits"]] == [h["corpus_id"] for h in hits[0]["hits"]]
+    for h, n in zip(hits[0]["hits"], normalized[0]["hits"]):
+        assert abs(h["score"] - n["score"]) < 1e-5
+    # Options that change the embeddings: search takes them too, and says so when they differ.
+    for option, value in (("--max-seq-length", 8), ("--dtype", "bfloat16")):
+        assert run(capsys, "encode", corpus, "-o", cache, "--model", model, option, value, "--no-progress")[0] == 0
+        code, _, err = search(capsys, corpus, cache, model)
+        assert code == 1 and f"(give search the same {option})" in err
+        code, hits_again, _ = search(capsys, corpus, cache, model, option, value)
+        assert code == 0 and len(hits_again[0]["hits"]) == 4
 
 
 def test_npy_without_record_is_refused(tmp_path, capsys, model):
@@ -164,3 +172,54 @@ def test_encode_output_with_the_document_prompt_is_reused_unchanged(tmp_path, ca
     code, hits, _ = search(capsys, corpus, cache, model)
     assert code == 0 and len(hits[0]["hits"]) == 4
     assert (cache.stat().st_mtime_ns, (tmp_path / "enc.npy.json").stat().st_mtime_ns) == written  # read, not rewritten
+
+
+def test_unusable_cached_embeddings_name_the_file(tmp_path, capsys, model):
+    corpus = write_lines(tmp_path / "corpus.txt", CORPUS_A)
+    cache = tmp_path / "cache.npy"
+    assert search(capsys, corpus, cache, model)[0] == 0
+    good = np.load(cache)
+    np.save(cache, np.zeros((good.shape[0], 10), np.float32))  # the record still matches: only the array changed
+    code, _, err = search(capsys, corpus, cache, model)
+    assert code == 1 and f"--embeddings {cache} holds 10-wide embeddings, but --model {model} gives 32-wide" in err
+    bad = good.copy()
+    bad[2, 5] = np.nan
+    np.save(cache, bad)
+    code, _, err = search(capsys, corpus, cache, model)
+    assert code == 1 and f"--embeddings {cache} holds NaN or infinite values (first in row 2)" in err
+
+
+def test_cache_from_changed_weights_is_refused_wherever_they_change(tmp_path, capsys, model):
+    """The record knows the model by the SHA-256 of all its files: a byte changed anywhere is another model."""
+    import shutil
+
+    mine = tmp_path / "model"
+    shutil.copytree(model, mine)
+    extra = mine / "extra_weights.bin"  # large enough that hashing samples of it would miss most bytes
+    extra.write_bytes(bytes(8 << 20))
+    corpus = write_lines(tmp_path / "corpus.txt", CORPUS_A)
+    cache = tmp_path / "cache.npy"
+    assert search(capsys, corpus, cache, mine)[0] == 0
+    with open(extra, "r+b") as f:
+        f.seek(100_000)
+        f.write(b"\x01")
+    code, _, err = search(capsys, corpus, cache, mine)
+    assert code == 1 and "was built with another model" in err
+
+
+def test_sparse_model_folder_suggests_sparse(tmp_path, capsys):
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "cat": 2}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    static = SparseStaticEmbedding(tokenizer=tokenizer, weight=torch.ones(3), frozen=True)
+    STSparseEncoder(modules=[static], device="cpu").save(str(tmp_path / "splade"))
+    corpus = write_lines(tmp_path / "corpus.txt", CORPUS_A)
+    code, _, err = run(capsys, "encode", corpus, "-o", tmp_path / "x.npy", "--model", tmp_path / "splade")
+    assert code == 1 and "is a SparseEncoder (SPLADE) model: pass --sparse" in err
+    code, _, err = search(capsys, corpus, tmp_path / "c.npy", tmp_path / "splade")
+    assert code == 1 and "sentfuse search runs dense models; sentfuse encode --sparse encodes sparse vectors" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,16 @@ def test_threshold_pairs_equals_single_machine(encoded, tmp_path):
     assert ((got_rows >= 400) & (got_cols >= 400)).any() and ((got_rows < 400) & (got_cols >= 400)).any()
 
 
+def test_read_pairs_of_one_file_warns_nothing(tmp_path):
+    """One file's Arrow arrays are read-only: torch would warn about each (once a process, hence a fresh one)."""
+    pq.write_table(pa.table({"row": pa.array([0, 1], pa.int64()), "col": pa.array([2, 3], pa.int64()),
+                             "score": pa.array([0.9, 0.95], pa.float32())}), tmp_path / "pairs-00000.parquet")
+    code = ("import sys, warnings; from sentfuse import distributed; warnings.simplefilter('error'); "
+            "rows, cols, scores = distributed.read_pairs(sys.argv[1]); print(rows.tolist(), cols.tolist())")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "[0, 1] [2, 3]\n", done.stderr
+
+
 def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, model, questions):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -262,7 +273,7 @@ def test_bad_inputs_are_reported_and_the_rest_completes(tmp_path, model, questio
 def test_refuses_another_models_shards(encoded, tiny_model_root):
     out, _, _ = encoded
     other = str(tiny_model_root / "bert-mean-normalize")
-    with pytest.raises(ValueError, match=f"model=.*{MODEL}.*but this run has model=.*bert-mean-normalize"):
+    with pytest.raises(ValueError, match=f"another model: .*{MODEL} with SHA-256 .*bert-mean-normalize has SHA-256"):
         distributed.encode_dataset(str(out.parent / "in" / "a.parquet"), out, other, id_field="qid")
     with pytest.raises(ValueError, match="precision='float32'.*precision='int8'"):
         distributed.encode_dataset(str(out.parent / "in" / "a.parquet"), out, str(tiny_model_root / MODEL),
@@ -276,3 +287,32 @@ def test_argument_errors(tmp_path, model):
         distributed.encode_dataset(str(tmp_path), tmp_path / "out", model, precision="int4")
     with pytest.raises(ValueError, match="no manifest.json"):
         distributed.search(np.zeros((1, 4), np.float32), tmp_path, 3)
+
+
+def test_model_is_known_by_its_files_and_a_failed_run_locks_nothing(tmp_path, model, questions):
+    """Other weights of the same config under the same path are another model; a run whose every shard
+    failed records no options a re-run must keep."""
+    from safetensors.torch import load_file, save_file
+
+    from sentfuse.cli.records import build_record
+    from sentfuse.model.fingerprint import model_sha256
+
+    mine = tmp_path / "model"
+    shutil.copytree(model, mine)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"body": questions[:20]}), folder / "s0.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(distributed.EncodeError, match=r"1 shard\(s\) failed, 0 complete"):
+        distributed.encode_dataset(str(folder / "*.parquet"), out, str(mine))
+    distributed.encode_dataset(str(folder / "*.parquet"), out, str(mine), text_field="body")
+    manifest = _manifest(out)
+    record = build_record(sentfuse.Encoder(mine), "x", [])
+    assert manifest["model_sha256"] == record["model_sha256"] == model_sha256(mine) and manifest["dtype"] is None
+
+    weights = mine / "model.safetensors"
+    save_file({name: t + 0.01 for name, t in load_file(weights).items()}, weights)
+    pq.write_table(pa.table({"body": questions[20:30]}), folder / "s1.parquet")
+    with pytest.raises(ValueError, match="holds shards encoded by another model"):
+        distributed.encode_dataset(str(folder / "*.parquet"), out, str(mine), text_field="body")
+    assert not (out / "s1.parquet").exists()

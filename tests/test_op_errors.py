@@ -128,3 +128,18 @@ def test_deprecated_normalized_keyword_still_works():
                            _ops.pair_scores(x, None, torch.tensor([0]), torch.tensor([1])))
     with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="contradicts"):
         _ops.threshold_pairs(x, None, 0.5, metric="dot", normalized=False)
+
+
+def test_scoring_ops_name_a_non_tensor_argument_and_take_float64():
+    import numpy as np
+
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match=r"cosine_topk: corpus must be a torch.Tensor, got numpy.ndarray \(torch.from_numpy"):
+        _ops.cosine_topk(x, x.numpy(), 3)
+    with pytest.raises(TypeError, match="threshold_pairs: b must be a torch.Tensor, got builtins.list"):
+        _ops.threshold_pairs(x, [[0.0] * 8], 0.5)
+    # float64 is scored in float32, as semantic_search scores it.
+    for got, want in ((_ops.cosine_topk(x.double(), x.double(), 3), _ops.cosine_topk(x, x, 3)),
+                      (_ops.threshold_pairs(x.double(), None, 0.1), _ops.threshold_pairs(x, None, 0.1))):
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)

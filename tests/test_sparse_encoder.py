@@ -202,3 +202,28 @@ def test_cli_sparse_outputs(sparse_root, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and all(rows) and list(rows[2].values()) == sorted(rows[2].values(), reverse=True)
     assert main(["encode", str(source), "--sparse", "--model", folder, "-o", str(tmp_path / "v.npy")]) == 1
+
+
+def test_cli_sparse_checks_scipy_before_the_work_and_hides_every_bar(sparse_root, tmp_path, monkeypatch, capfd):
+    import sys
+
+    from sentfuse.cli import main
+    from sentfuse.sparse import output
+
+    source = tmp_path / "texts.txt"
+    source.write_text("cats\n", encoding="utf-8")
+    folder = str(sparse_root / "bert-relu-max")
+    assert main(["encode", str(source), "--sparse", "--model", folder, "-o", str(tmp_path / "v.jsonl"),
+                 "--no-progress"]) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert "encoded 1 text in" in err
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before scipy was checked")
+
+    monkeypatch.setitem(sys.modules, "scipy", None)  # as if scipy were not installed
+    monkeypatch.setattr(output, "SparseEncoder", no_model)
+    assert main(["encode", str(source), "--sparse", "--model", folder, "-o", str(tmp_path / "v.npz")]) == 1
+    err = capfd.readouterr().err
+    assert "writing .npz needs scipy (pip install 'sentfuse[sparse]')" in err and "Traceback" not in err

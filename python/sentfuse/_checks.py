@@ -189,3 +189,8 @@ def check_sentences(sentences: Any) -> tuple[bool, list[str]]:
         if not isinstance(text, str):
             raise TypeError(f"sentences[{i}] is {type(text).__name__}, expected str")
     return False, texts
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 text', '2 texts': counts in messages."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -29,6 +29,15 @@ def _metric(op: str, metric: str, normalized: bool | None) -> str:
     return old
 
 
+def _scored_input(op: str, name: str, x: object) -> torch.Tensor:
+    """x as the scoring ops take it: a tensor (float64 scored in float32, as semantic_search does), or a
+    TypeError naming the argument instead of the dispatcher's schema."""
+    if not isinstance(x, torch.Tensor):
+        hint = " (torch.from_numpy converts a numpy array)" if type(x).__module__.startswith("numpy") else ""
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__module__}.{type(x).__name__}{hint}")
+    return x.float() if x.dtype == torch.float64 else x
+
+
 def masked_pool(
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -102,12 +111,12 @@ def cosine_topk(
     i + query_offset == j + corpus_offset; min_score drops candidates scoring below it; a query left
     with fewer than min(k, N) candidates is padded with (-inf, -1). Returned indices are
     j + corpus_offset. bf16_rescore scores tiles in bfloat16 and rescores the candidates in fp32, so
-    the answer stays exact. NaN or inf in the inputs raises an error. normalized= is deprecated
-    (normalized=True is metric="dot").
+    the answer stays exact. float64 inputs are scored in float32. NaN or inf in the inputs raises an
+    error. normalized= is deprecated (normalized=True is metric="dot").
     """
     return torch.ops.sentfuse.cosine_topk.default(
-        queries, corpus, k, metric=_metric("cosine_topk", metric, normalized), exclude_self=exclude_self,
-        min_score=min_score,
+        _scored_input("cosine_topk", "queries", queries), _scored_input("cosine_topk", "corpus", corpus), k,
+        metric=_metric("cosine_topk", metric, normalized), exclude_self=exclude_self, min_score=min_score,
         query_offset=query_offset, corpus_offset=corpus_offset, bf16_rescore=bf16_rescore,
     )
 
@@ -132,7 +141,8 @@ def threshold_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pair (i, j) of a [N, D] and b [M, D] with cosine >= threshold -> (rows, cols int64, scores fp32) [P].
 
-    b=None compares a with itself and reports each pair once, i < j. Pairs come sorted by (row, col)
+    Passing None as b compares a with itself and reports each pair once, i < j (b has no default:
+    threshold_pairs(a, None, 0.9)). Pairs come sorted by (row, col)
     ascending, so the result is deterministic. Scores are computed in fp32 from the stored values:
     dot / (|a_i| |b_j|) with zero vectors scoring 0, or the plain dot product with metric="dot"
     (then threshold may be any finite value; otherwise it must lie in [-1, 1]). Work is done tile by
@@ -142,7 +152,8 @@ def threshold_pairs(
     (normalized=True is metric="dot").
     """
     return torch.ops.sentfuse.threshold_pairs.default(
-        a, b, threshold, metric=_metric("threshold_pairs", metric, normalized), max_pairs=max_pairs
+        _scored_input("threshold_pairs", "a", a), None if b is None else _scored_input("threshold_pairs", "b", b),
+        threshold, metric=_metric("threshold_pairs", metric, normalized), max_pairs=max_pairs
     )
 
 

@@ -15,7 +15,10 @@ __all__ = ["CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="sentfuse", description="Fast sentence embeddings.")
+    parser.add_argument("--version", action="version", version=f"sentfuse {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     encode.add_parser(commands)
     search.add_parser(commands)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .._checks import cosine_arg as cosine, positive_int_arg as positive
+from .._checks import cosine_arg as cosine, plural, positive_int_arg as positive
 from .inputs import FORMATS
 
-__all__ = ["add_input_options", "add_model_options", "cosine", "positive"]
+__all__ = ["add_backbone_options", "add_input_options", "add_model_options", "cosine", "plural", "positive"]
 
 
 def add_input_options(command: argparse.ArgumentParser) -> None:
@@ -21,3 +21,11 @@ def add_model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--batch-size", type=positive, default=None, help="most texts per forward pass (default: by device)")
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_backbone_options(command: argparse.ArgumentParser) -> None:
+    """How the backbone runs: part of what a saved embeddings file records, so encode and search share them."""
+    command.add_argument("--max-seq-length", type=positive, default=None,
+                         help="truncate texts to this many tokens (at most the model's position limit)")
+    command.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                         help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")

@@ -10,7 +10,7 @@ from .._checks import check_calibration_rows
 from ..distributed.cli import LOCAL as RAY_LOCAL
 from ..encode.quantize import PRECISIONS
 from ..sparse.output import add_sparse_arguments, run_sparse_encode
-from .args import add_input_options, add_model_options, positive
+from .args import add_backbone_options, add_input_options, add_model_options, plural, positive
 from .errors import CommandError
 from .inputs import read_items
 from .model import load_encoder
@@ -45,12 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--normalize", action="store_true", help="scale embeddings to unit length")
     encode.add_argument("--precision", choices=PRECISIONS, default="float32", help="output precision")
     encode.add_argument("--prompt-name", default=None, help="prompt from the model's config to prepend")
-    encode.add_argument("--max-seq-length", type=positive, default=None,
-                        help="truncate texts to this many tokens (at most the model's position limit)")
+    add_backbone_options(encode)
     encode.add_argument("--max-batch-tokens", type=positive, default=None,
                         help="most padded tokens per forward pass (default: by device)")
-    encode.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
     add_sparse_arguments(encode)
     encode.add_argument("--ray", nargs="?", const=RAY_LOCAL, default=None, metavar="ADDRESS",
                         help="encode on a Ray cluster (no ADDRESS: a local Ray for this run): INPUT is a file or a "
@@ -69,6 +66,9 @@ def prompt_text(encoder, prompt_name: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_active_dims is not None and not args.sparse:
+        raise CommandError("--max-active-dims applies to sparse vectors only: add --sparse (for a SparseEncoder "
+                           "model), or leave it out")
     if args.ray is not None:
         from ..distributed.cli import run_encode as run_encode_on_ray
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     replaced = write_embeddings(output, embeddings, record, "-o")
     rate = len(items.texts) / seconds if seconds > 0 else float("inf")
     print(
-        f"encoded {len(items.texts)} texts, dim {embeddings.shape[1]} ({embeddings.dtype}), in {seconds:.2f} s "
+        f"encoded {plural(len(items.texts), 'text')}, dim {embeddings.shape[1]} ({embeddings.dtype}), in {seconds:.2f} s "
         f"({rate:.1f} sentences/s; model load {loaded - start:.2f} s) -> {output}"
         f"{' (replaced the previous file)' if replaced else ''}, record in {record_path(output).name}",
         file=sys.stderr,

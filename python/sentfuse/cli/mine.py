@@ -11,10 +11,16 @@ import json
 import sys
 from typing import Any
 
-from .args import add_input_options, add_model_options, cosine, positive
+import numpy as np
+
+from .args import add_input_options, add_model_options, cosine, plural, positive
 from .inputs import Items, read_items, shown
 from .model import load_encoder
 
+# mine's --threshold admits scores this many float32 steps below it: a text and its exact copy score
+# 0.99999994, not 1, after rounding, and `--threshold 1` must still find them. (The library compares
+# exactly, as sentence-transformers does.)
+THRESHOLD_ULPS = 4
 NUMBERING = " Items are numbered from 0 (item i is line i + 1 of a text file); blank lines are skipped."
 
 
@@ -25,7 +31,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "(cosine), best first, with both texts side by side. Each item's --top-k most similar items are the "
         "candidates, as in sentence-transformers' paraphrase_mining.",
     )
-    mine.add_argument("--threshold", type=cosine, default=0.9, help="lowest cosine similarity reported (default 0.9)")
+    mine.add_argument("--threshold", type=cosine, default=0.9,
+                      help=f"lowest cosine similarity reported (default 0.9); scores up to {THRESHOLD_ULPS} float32 steps "
+                      "below it count, so that --threshold 1 finds exact duplicates scoring 0.99999994")
     mine.add_argument("-k", "--top-k", type=positive, default=100, help="candidates per item (default 100)")
 
     cluster = _add_command(
@@ -63,14 +71,23 @@ def _embed_items(args: argparse.Namespace) -> tuple[Items, list[int], Any]:
 
 def _counted(items: Items, ids: list[int]) -> str:
     blank = len(items.texts) - len(ids)
-    return f"{len(ids)} texts" + (f" ({blank} blank line{'s' if blank > 1 else ''} skipped)" if blank else "")
+    return plural(len(ids), "text") + (f" ({plural(blank, 'blank line')} skipped)" if blank else "")
+
+
+def tolerant(threshold: float, ulps: int = THRESHOLD_ULPS) -> float:
+    """threshold lowered by ulps float32 steps (not below -1, the lowest min_score a cosine takes)."""
+    value = np.float32(threshold)
+    for _ in range(ulps):
+        value = np.nextafter(value, np.float32(-np.inf))
+    return max(float(value), -1.0)
 
 
 def run_mine(args: argparse.Namespace) -> int:
     from ..search import paraphrase_mining_embeddings
 
     items, ids, embeddings = _embed_items(args)
-    found = paraphrase_mining_embeddings(embeddings, top_k=args.top_k, max_pairs=2**62, min_score=args.threshold)
+    found = paraphrase_mining_embeddings(embeddings, top_k=args.top_k, max_pairs=2**62,
+                                         min_score=tolerant(args.threshold))
     pairs = [(score, ids[i], ids[j]) for score, i, j in found]
     texts = items.texts
     if args.json:
@@ -94,7 +111,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     else:
         for number, community in enumerate(communities, start=1):
-            print(f"community {number}: {len(community)} texts")
+            print(f"community {number}: {plural(len(community), 'text')}")
             for i in community:
                 print(f"  [{i}] {shown(texts[i])}")
     clustered = sum(len(c) for c in communities)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from .errors import CommandError
@@ -39,8 +40,16 @@ def _check_max_seq_length(encoder: Any, requested: int) -> None:
 def load_encoder(args: argparse.Namespace, max_seq_length: int | None = None, dtype: str | None = None) -> Any:
     """The Encoder for args.model and args.device, its --max-seq-length checked against the model's positions."""
     from ..encode.encoder import Encoder
+    from ..model.modules import ModelFolderError, is_sparse_folder
 
-    encoder = Encoder(args.model, device=args.device, dtype=dtype, max_seq_length=max_seq_length)
+    try:
+        encoder = Encoder(args.model, device=args.device, dtype=dtype, max_seq_length=max_seq_length)
+    except ModelFolderError as e:
+        if args.model is None or not is_sparse_folder(Path(args.model).expanduser()):
+            raise
+        use = ("pass --sparse" if args.command == "encode" else
+               f"sentfuse {args.command} runs dense models; sentfuse encode --sparse encodes sparse vectors")
+        raise CommandError(f"--model {args.model} is a SparseEncoder (SPLADE) model: {use}") from e
     if max_seq_length is not None:
         _check_max_seq_length(encoder, max_seq_length)
     return encoder

@@ -2,13 +2,12 @@
 
 `sentfuse encode -o FILE.npy` and `sentfuse search --embeddings FILE.npy` write the record; search
 reuses FILE.npy only when the record matches what it would encode now: the same texts (a hash),
-the same model (a fingerprint of its files) and the same options. Anything else would pair old
+the same model (the SHA-256 of its files) and the same options. Anything else would pair old
 embeddings with new texts and give wrong answers without a word.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -16,18 +15,18 @@ from typing import Any
 
 import numpy as np
 
-RECORD_VERSION = 1
-# Model files up to this size are hashed whole; larger ones (the weights) through evenly spaced samples,
-# which any retraining or swap of the weights changes, at a few MB of reading per search.
-WHOLE_FILE_BYTES = 4 << 20
-SAMPLES, SAMPLE_BYTES = 32, 64 << 10
+from ..model.fingerprint import model_sha256
+
+RECORD_VERSION = 2  # 2: the model known by the SHA-256 of all its files
 # The record keys that must match for a file to be reused, in the order mismatches are reported.
 COMPARED = ("texts_sha256", "model_sha256", "prompt", "max_seq_length", "dtype", "normalize", "precision")
 CHECKPOINT_DTYPE = "as in the checkpoint"  # the record's dtype when no --dtype was given
-# What to do about a mismatch that a search option cannot fix.
+# How to resolve a mismatch, where the difference alone does not say.
 HINTS = {
     "prompt": " (search embeds the corpus with the model's document prompt: sentfuse encode --prompt-name document)",
-    "dtype": " (search runs the backbone as stored in the checkpoint)",
+    "dtype": " (give search the same --dtype)",
+    "max_seq_length": " (give search the same --max-seq-length)",
+    "normalize": " (this model scores by dot product, where the length of an embedding counts)",
 }
 
 
@@ -44,29 +43,6 @@ def texts_digest(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _update_with_file(digest: Any, path: Path, name: str) -> None:
-    size = path.stat().st_size
-    digest.update(f"{name}\0{size}\0".encode())
-    with open(path, "rb") as f:
-        if size <= WHOLE_FILE_BYTES:
-            digest.update(f.read())
-            return
-        for k in range(SAMPLES):
-            f.seek(k * (size - SAMPLE_BYTES) // (SAMPLES - 1))
-            digest.update(f.read(SAMPLE_BYTES))
-
-
-@functools.lru_cache(maxsize=8)
-def model_digest(folder: Path) -> str:
-    """A fingerprint of a model folder's files (hidden files and READMEs left out), wherever the folder lives."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        name = path.relative_to(folder).as_posix()
-        if path.is_file() and not any(part.startswith(".") for part in name.split("/")) and path.suffix != ".md":
-            _update_with_file(digest, path, name)
-    return digest.hexdigest()
-
-
 def build_record(encoder: Any, source: str, texts: list[str], **options: Any) -> dict[str, Any]:
     """The record of embedding texts (read from source) with encoder; options: prompt, dtype, normalize, precision."""
     return {
@@ -75,7 +51,7 @@ def build_record(encoder: Any, source: str, texts: list[str], **options: Any) ->
         "items": len(texts),
         "texts_sha256": texts_digest(texts),
         "model": str(encoder.model_path),
-        "model_sha256": model_digest(Path(encoder.model_path).resolve()),
+        "model_sha256": model_sha256(encoder.model_path),
         "max_seq_length": encoder.max_seq_length,
         **options,
     }
@@ -97,13 +73,16 @@ def _describe(key: str, stored: dict[str, Any], wanted: dict[str, Any]) -> str:
     return f"was built with {key} {stored.get(key)!r}, this run uses {wanted[key]!r}{HINTS.get(key, '')}"
 
 
-def mismatches(stored: dict[str, Any] | None, wanted: dict[str, Any], array: np.ndarray, npy: Path) -> list[str]:
-    """Why the embeddings in array (read from npy, described by stored) are not what wanted describes."""
+def mismatches(stored: dict[str, Any] | None, wanted: dict[str, Any], array: np.ndarray, npy: Path,
+               ignored: tuple[str, ...] = ()) -> list[str]:
+    """Why the embeddings in array (read from npy, described by stored) are not what wanted describes;
+    keys in ignored may differ (options that cannot change the caller's results)."""
     if stored is None:
         return [f"has no readable {record_path(npy).name} beside it saying what it was built from"]
     if stored.get("sentfuse_embeddings") != RECORD_VERSION:
         return [f"has a {record_path(npy).name} of another format"]
-    problems = [_describe(key, stored, wanted) for key in COMPARED if stored.get(key) != wanted[key]]
+    problems = [_describe(key, stored, wanted) for key in COMPARED
+                if key not in ignored and stored.get(key) != wanted[key]]
     if not problems and array.shape[0] != stored.get("items"):
         problems.append(f"holds {array.shape[0]} rows, but {record_path(npy).name} says {stored.get('items')}: "
                         "it was changed after it was written")

@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 
 from ..encode.encoder import DOCUMENT_PROMPT_NAMES
-from .args import add_input_options, add_model_options, positive
+from .args import add_backbone_options, add_input_options, add_model_options, positive
 from .errors import CommandError
 from .inputs import Items, read_items, shown
 from .model import load_encoder
 from .outputs import check_output, load_embeddings, write_embeddings
 from .records import CHECKPOINT_DTYPE, build_record, mismatches, read_record
+
+FINITE_CHECK_ROWS = 65536  # rows of a cached file checked for NaN at a time: bounded memory for any file
 
 DESCRIPTION = """\
 Embed a corpus (one text per line, or .jsonl with --field) and print each query's best matches.
@@ -24,7 +26,8 @@ output). Blank lines are never hits.
 
 With --embeddings FILE.npy, the corpus embeddings are read from FILE.npy when FILE.npy.json beside
 it shows they were built from this corpus, model and options (as `sentfuse encode` and earlier
-searches write them); otherwise search stops and says what differs. The first time, or with
+searches write them; give search the --dtype and --max-seq-length encode was given; for a model
+scoring by cosine, encode --normalize output fits too); otherwise search stops and says what differs. The first time, or with
 --reencode, search encodes the corpus and writes both files (atomically).
 """
 
@@ -40,6 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="encode the corpus and rewrite --embeddings even if it exists")
     search.add_argument("-k", "--top-k", type=positive, default=5, help="hits per query (default 5)")
     add_model_options(search)
+    add_backbone_options(search)
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.set_defaults(run=run)
 
@@ -55,20 +59,36 @@ def _cache_path(args: argparse.Namespace) -> Path | None:
 def _corpus_embeddings(args: argparse.Namespace, encoder: Any, corpus: Items, cache: Path | None) -> np.ndarray:
     """The corpus embeddings: from cache when its record matches, else encoded (and saved there)."""
     prompt = next((encoder.prompts[n] for n in DOCUMENT_PROMPT_NAMES if n in encoder.prompts), "")
-    record = build_record(encoder, corpus.name, corpus.texts, prompt=prompt, dtype=CHECKPOINT_DTYPE,
+    record = build_record(encoder, corpus.name, corpus.texts, prompt=prompt, dtype=args.dtype or CHECKPOINT_DTYPE,
                           normalize=False, precision="float32")
     if cache is not None and cache.exists() and not args.reencode:
         embeddings = load_embeddings(args.embeddings, "--embeddings")
-        problems = mismatches(read_record(cache), record, embeddings, cache)
+        # A cosine is the same for an embedding and its unit-length copy: encode --normalize output fits.
+        ignored = ("normalize",) if encoder.similarity_fn_name == "cosine" else ()
+        problems = mismatches(read_record(cache), record, embeddings, cache, ignored)
         if problems:
             raise CommandError(f"--embeddings {cache} {'; it '.join(problems)}. Pass --reencode to rebuild it "
                                "from this corpus, or name another file")
+        _check_usable(embeddings, encoder, f"--embeddings {cache}", args.model)
         return embeddings
     embeddings = encoder.encode(corpus.texts, prompt=prompt, batch_size=args.batch_size,
                                 show_progress_bar=not args.no_progress)
     if cache is not None:
         write_embeddings(cache, embeddings, record, "--embeddings")
     return embeddings
+
+
+def _check_usable(embeddings: np.ndarray, encoder: Any, name: str, model: str | None) -> None:
+    """Embeddings search can rank against this model's queries: its width, and finite values (reads the file)."""
+    width = encoder.get_embedding_dimension()
+    if embeddings.shape[1] != width:
+        raise CommandError(f"{name} holds {embeddings.shape[1]}-wide embeddings, but --model "
+                           f"{model or 'all-MiniLM-L6-v2'} gives {width}-wide ones")
+    for start in range(0, embeddings.shape[0], FINITE_CHECK_ROWS):
+        finite = np.isfinite(embeddings[start : start + FINITE_CHECK_ROWS]).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise CommandError(f"{name} holds NaN or infinite values (first in row {row}); rebuild it with --reencode")
 
 
 def _hits(args: argparse.Namespace, encoder: Any, corpus: Items, embeddings: np.ndarray) -> list[list[dict]]:
@@ -87,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     cache = _cache_path(args)
     corpus = read_items(args.corpus, args.format, args.field, option="--corpus")
     corpus.non_blank()
-    encoder = load_encoder(args)
+    encoder = load_encoder(args, max_seq_length=args.max_seq_length, dtype=args.dtype)
     embeddings = _corpus_embeddings(args, encoder, corpus, cache)
     hits = _hits(args, encoder, corpus, embeddings)
     if args.json:

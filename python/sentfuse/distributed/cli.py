@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Any
+
+from .._checks import plural
 
 LOCAL = "local"  # --ray without an address: a local Ray started for this run
 # What `--ray X` takes as a cluster address; anything else is the INPUT that follows a bare --ray.
@@ -28,8 +31,23 @@ def split_ray_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _connect(ray: Any, address: str) -> None:
+    """ray.init for --ray ADDRESS, a missing cluster told in this command's terms (Ray's own message names
+    flags of the `ray` command)."""
+    try:
+        ray.init(address=None if address == LOCAL else address)
+    except ConnectionError as e:
+        raise ValueError(
+            f"--ray {address}: no Ray cluster found there ({type(e).__name__}). Start one (`ray start --head`) and "
+            "give its address, or pass --ray without an address to start a local Ray for this run"
+        ) from None
+
+
 def run_encode(args: argparse.Namespace) -> int:
     """encode_dataset with the encode command's parsed arguments; args.ray is the address or 'local'."""
+    if args.sparse:
+        raise ValueError("--sparse does not apply with --ray: sharded encoding writes dense embeddings only; "
+                         "encode sparse vectors without --ray (sentfuse encode --sparse INPUT -o OUT.npz)")
     if args.device is not None:
         raise ValueError("--device does not apply with --ray: each actor takes one GPU when the cluster has GPUs")
     if args.output.endswith(".npy"):
@@ -42,7 +60,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
     started = not ray.is_initialized()  # a caller's session (a test, a notebook) is used as it is
     if started:
-        ray.init(address=None if args.ray == LOCAL else args.ray)
+        _connect(ray, args.ray)
     try:
         result = encode_dataset(
             args.input, args.output, args.model, text_field=args.field or "text", format=args.format,
@@ -56,6 +74,7 @@ def run_encode(args: argparse.Namespace) -> int:
     finally:
         if started:
             ray.shutdown()
-    print(f"encoded {len(result.encoded)} shards, {len(result.skipped)} already complete; {result.rows} rows "
+    print(f"encoded {plural(len(result.encoded), 'shard')}, {len(result.skipped)} already complete; "
+          f"{plural(result.rows, 'row')} "
           f"-> {result.output_dir}/ (manifest.json)", file=sys.stderr)
     return 0

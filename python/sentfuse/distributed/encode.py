@@ -21,6 +21,7 @@ import ray
 from .._checks import positive_int
 from ..encode import Encoder
 from ..encode.quantize import calibration_ranges, quantize_embeddings
+from ..model.fingerprint import model_sha256
 from .shards import (
     EMBEDDING_COLUMN,
     ID_COLUMN,
@@ -49,16 +50,17 @@ DEFAULT_CHUNK_ROWS = 16384
 # quantize_embeddings calibrates on whatever it is given; one range must serve every shard here).
 CALIBRATION_ROWS = 4096
 DEFAULT_ROWS_PER_SHARD = 100_000  # slices of a Ray Dataset input
+UNCOMPARED = ("model",)  # identity fields a re-run may change: the model is known by model_sha256
 
 
 class EncodeError(RuntimeError):
     """Some shards could not be encoded; the others are complete and recorded in the manifest."""
 
-    def __init__(self, failures: dict[str, str]):
-        self.failures = failures
+    def __init__(self, failures: dict[str, str], complete: int):
+        self.failures, self.complete = failures, complete
         lines = [f"  {name}: {message}" for name, message in list(failures.items())[:10]]
         more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
-        super().__init__(f"{len(failures)} shard(s) failed; the rest are complete:\n" + "\n".join(lines) + more)
+        super().__init__(f"{len(failures)} shard(s) failed, {complete} complete:\n" + "\n".join(lines) + more)
 
 
 @dataclass
@@ -195,12 +197,24 @@ def _plan_shards(inputs: Any, rows_per_shard: int) -> list[Shard]:
     return file_shards(expand_paths(inputs))
 
 
+def _locking(manifest: dict | None) -> dict | None:
+    """The manifest when it binds a re-run to its model and options: once a shard of it is complete (a run
+    whose every shard failed has written nothing to keep consistent with)."""
+    return manifest if manifest and any(entry.get("complete") for entry in manifest["shards"]) else None
+
+
 def _check_same_run(output_dir: Path, manifest: dict | None, identity: dict) -> None:
     """Refuse a folder holding shards made by another model or with other options, naming what differs."""
     if manifest is None:
         return
+    if manifest.get("model_sha256") != identity["model_sha256"]:
+        raise ValueError(
+            f"{output_dir} holds shards encoded by another model: {manifest.get('model')} with SHA-256 "
+            f"{manifest.get('model_sha256')}, but this run's model {identity['model']} has SHA-256 "
+            f"{identity['model_sha256']}; use another output_dir or remove that one"
+        )
     for key, value in identity.items():
-        if manifest.get(key) != value:
+        if key not in UNCOMPARED and manifest.get(key) != value:
             raise ValueError(
                 f"{output_dir} holds shards encoded with {key}={manifest.get(key)!r}, but this run has "
                 f"{key}={value!r}; use another output_dir or remove that one"
@@ -209,13 +223,17 @@ def _check_same_run(output_dir: Path, manifest: dict | None, identity: dict) -> 
 
 @ray.remote(max_retries=3)
 def _identity(spec: tuple, options: dict) -> dict:
-    """What a re-run must match to reuse a folder's shards: the model as loaded, its settings, the stored form."""
+    """What a re-run must match to reuse a folder's shards: the model's files, its settings, the stored form.
+    The model's path is kept for messages only: the same files elsewhere are the same model."""
     encoder = spec[0](**spec[1])
     settings = encoder.worker_kwargs()
     prompt_name = options["prompt_name"] or encoder.default_prompt_name
+    dtype = settings["dtype"]
     return {
-        "model": settings["model_name_or_path"], "dim": encoder.get_embedding_dimension(),
-        "dtype": str(settings["dtype"]).removeprefix("torch."), "max_seq_length": settings["max_seq_length"],
+        "model": settings["model_name_or_path"], "model_sha256": model_sha256(encoder.model_path),
+        "dim": encoder.get_embedding_dimension(),
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),  # None: as in the checkpoint
+        "max_seq_length": settings["max_seq_length"],
         "prompt": encoder.prompts.get(prompt_name, "") if prompt_name else "",
         **{k: options[k] for k in ("precision", "normalize_embeddings", "text_field", "id_field")},
     }
@@ -264,8 +282,6 @@ def _run_shards(spec: tuple, actor_args: tuple, pending: list[Shard], output_dir
     return failures
 
 
-
-
 def _new_manifest(shards: list[Shard], identity: dict, old: dict | None, output_dir: Path) -> tuple[dict, list[Shard]]:
     """The manifest for this run (every shard, in input order) and the shards still to encode."""
     previous = {entry["output"]: entry for entry in (old or {}).get("shards", [])}
@@ -311,9 +327,10 @@ def encode_dataset(
     Parquet, JSON lines or text files (one shard per file; format "auto" goes by extension; a text
     file holds one text a line). Each output shard, named after its input shard, has the columns
     "row" (row within the shard), "id" (id_field, when given) and "embedding" (fixed-size lists in
-    `precision`: float32, float16, int8, uint8, binary or ubinary). manifest.json records the model,
-    the options, every shard's row count and SHA-256. A re-run skips the shards that manifest and
-    checksum show complete, and refuses a folder made with another model or options.
+    `precision`: float32, float16, int8, uint8, binary or ubinary). manifest.json records the model
+    (the SHA-256 of its files), the options, every shard's row count and SHA-256. A re-run skips the
+    shards that manifest and checksum show complete, and refuses a folder whose complete shards were
+    made by another model (other weights under the same path too) or with other options.
 
     One actor per GPU (num_gpus_per_worker=1 when the cluster has GPUs), else one per cpus_per_worker
     CPUs (default: a node's CPUs), each holding one Encoder (model, dtype, max_seq_length,
@@ -345,7 +362,7 @@ def encode_dataset(
     shards = _plan_shards(inputs, rows_per_shard)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    old = read_manifest(output)
+    old = _locking(read_manifest(output))
     identity = ray.get(_identity.remote(spec, options))
     _check_same_run(output, old, identity)
     for stale in output.glob(f"*{TMP_MARK}*"):  # left by writers killed mid-write
@@ -360,7 +377,7 @@ def encode_dataset(
                                   spec, actor_args[2], shards, options, CALIBRATION_ROWS)))
     failures = _run_shards(spec, actor_args, pending, output, manifest, options, max_retries) if pending else {}
     if failures:
-        raise EncodeError(failures)
+        raise EncodeError(failures, sum(1 for entry in manifest["shards"] if entry["complete"]))
     done = {s.name for s in pending}
     return EncodeResult(output, sum(e["rows"] for e in manifest["shards"]),
                         encoded=[s.name for s in shards if s.name in done],

@@ -196,7 +196,8 @@ def read_pairs(pairs_dir: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
     if not files:
         raise ValueError(f"{pairs_dir} holds no pairs-*.parquet files (from distributed.threshold_pairs)")
     table = pa.concat_tables([pq.read_table(f, columns=list(PAIRS_COLUMNS)) for f in files])
-    rows, cols, scores = (torch.from_numpy(table.column(c).to_numpy()) for c in PAIRS_COLUMNS)
+    # Arrow's arrays are read-only; torch.from_numpy wants memory it may write.
+    rows, cols, scores = (torch.from_numpy(np.array(table.column(c).to_numpy())) for c in PAIRS_COLUMNS)
     order = np.lexsort((cols.numpy(), rows.numpy()))
     return rows[order], cols[order], scores[order]
 

@@ -83,6 +83,8 @@ class Encoder(SentenceTransformerMethods):
         folder = load_model_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
         self.model_path = folder.path
         self._dtype_arg = torch_dtype
+        if self.truncate_dim is None:
+            self.truncate_dim = folder.truncate_dim  # as sentence-transformers: the caller's, else the folder's
 
         self.prompts: dict[str, str] = merge_prompts(prompts, folder.prompts)
         self.default_prompt_name = default_prompt_name if default_prompt_name is not None else folder.default_prompt_name

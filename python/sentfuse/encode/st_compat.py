@@ -69,6 +69,7 @@ class SentenceTransformerMethods:
                 "prompts": dict(self.prompts),
                 "default_prompt_name": self.default_prompt_name,
                 "similarity_fn_name": self.similarity_fn_name,
+                "truncate_dim": self.truncate_dim,
             },
         )
 

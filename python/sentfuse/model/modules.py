@@ -151,6 +151,7 @@ class ModelFolder:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
+    truncate_dim: int | None = None
 
     @property
     def transformer(self) -> TransformerModule:
@@ -285,24 +286,72 @@ def _module_kind(type_name: Any, where: str) -> str:
     return kind
 
 
-def _load_st_config(folder: Path) -> tuple[dict[str, str], str | None, str | None]:
-    path = folder / "config_sentence_transformers.json"
+ST_CONFIG = "config_sentence_transformers.json"
+# Module types only a SparseEncoder folder holds (sentence-transformers' SPLADE and inference-free heads).
+SPARSE_MODULE_TYPES = ("SpladePooling", "SparseStaticEmbedding", "MLMTransformer")
+
+
+@dataclass
+class STConfig:
+    """The fields of config_sentence_transformers.json an encoder honours (the rest is version metadata).
+
+    truncate_dim is a SentenceTransformer field and max_active_dims a SparseEncoder one, as
+    sentence-transformers writes them; each encoder reads its own.
+    """
+
+    model_type: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None
+    truncate_dim: int | None = None
+    max_active_dims: int | None = None
+
+
+def _optional_positive(config: dict[str, Any], key: str, path: Path) -> int | None:
+    value = config.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ModelFolderError(f"{path}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def read_st_config(folder: Path, similarity_names: tuple[str, ...]) -> STConfig:
+    """folder's config_sentence_transformers.json (dense or sparse: similarity_names are the encoder's),
+    checked; every field None or empty when the file is absent."""
+    path = folder / ST_CONFIG
     if not path.is_file():
-        return {}, None, None
-    return st_config_fields(_expect_object(read_json(path), path), path, SIMILARITY_FN_NAMES)
-
-
-def st_config_fields(config: dict[str, Any], path: Path,
-                     similarity_names: tuple[str, ...]) -> tuple[dict[str, str], str | None, str | None]:
-    """prompts, default_prompt_name and similarity_fn_name of a config_sentence_transformers.json (dense or
-    sparse: similarity_names are the encoder's), checked."""
+        return STConfig()
+    config = _expect_object(read_json(path), path)
     prompts = config.get("prompts") or {}
     if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
         raise ModelFolderError(f"{path}: prompts must map names to prompt strings")
+    default_prompt_name = config.get("default_prompt_name")
+    if default_prompt_name is not None and not isinstance(default_prompt_name, str):
+        raise ModelFolderError(f"{path}: default_prompt_name must be a string, got {default_prompt_name!r}")
     similarity = config.get("similarity_fn_name")
     if similarity is not None and similarity not in similarity_names:
         raise ModelFolderError(f"{path}: similarity_fn_name {similarity!r} is not one of {similarity_names}")
-    return dict(prompts), config.get("default_prompt_name"), similarity
+    model_type = config.get("model_type")
+    return STConfig(model_type if isinstance(model_type, str) else None, dict(prompts), default_prompt_name,
+                    similarity, _optional_positive(config, "truncate_dim", path),
+                    _optional_positive(config, "max_active_dims", path))
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def is_sparse_folder(folder: Path) -> bool:
+    """Whether folder holds a sentence-transformers SparseEncoder, by its model_type or its modules (unreadable
+    files count as not sparse: the loader reports them)."""
+    config = _json_or_none(folder / ST_CONFIG)
+    if isinstance(config, dict) and config.get("model_type") == "SparseEncoder":
+        return True
+    entries = _json_or_none(folder / "modules.json")
+    return isinstance(entries, list) and any(
+        isinstance(e, dict) and str(e.get("type", "")).rpartition(".")[2] in SPARSE_MODULE_TYPES for e in entries)
 
 
 def load_model_folder(folder: Path) -> ModelFolder:
@@ -318,6 +367,8 @@ def load_model_folder(folder: Path) -> ModelFolder:
             )
         return ModelFolder(path=folder, modules=[load_transformer(folder), PoolingModule(modes=("mean",))])
 
+    if is_sparse_folder(folder):
+        raise ModelFolderError(f"{folder} holds a SparseEncoder (SPLADE) model: load it with sentfuse.SparseEncoder")
     entries = read_json(modules_path)
     if not isinstance(entries, list) or not entries:
         raise ModelFolderError(f"modules.json in {folder} must hold a non-empty JSON list of modules")
@@ -359,5 +410,6 @@ def load_model_folder(folder: Path) -> ModelFolder:
     first_pool = next(i for i, m in enumerate(modules) if isinstance(m, PoolingModule))
     if any(isinstance(m, PoolingModule) for m in modules[first_pool + 1 :]):
         raise ModelFolderError(f"modules.json in {folder} has more than one Pooling module")
-    prompts, default_prompt_name, similarity = _load_st_config(folder)
-    return ModelFolder(folder, modules, prompts, default_prompt_name, similarity)
+    config = read_st_config(folder, SIMILARITY_FN_NAMES)
+    return ModelFolder(folder, modules, config.prompts, config.default_prompt_name, config.similarity_fn_name,
+                       config.truncate_dim)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .modules import DenseModule, ModelFolder, NormalizeModule, PoolingModule, TransformerModule
+from .modules import ST_CONFIG, DenseModule, ModelFolder, NormalizeModule, PoolingModule, TransformerModule
 from .pretrained import load_pretrained
 
 # Module type names as sentence-transformers writes them (and reads them back, in every release).
@@ -26,6 +26,7 @@ _ST_TYPES = {
     DenseModule: "sentence_transformers.models.Dense",
     NormalizeModule: "sentence_transformers.models.Normalize",
 }
+OMITTED_WHEN_UNSET = ("truncate_dim",)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -79,10 +80,11 @@ def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dt
     _write_json(out / "modules.json", entries)
     from importlib.metadata import version
 
-    _write_json(out / "config_sentence_transformers.json", {
+    # As sentence-transformers writes the file: truncate_dim only when set, the other settings always.
+    _write_json(out / ST_CONFIG, {
         "model_type": "SentenceTransformer",
         "__version__": {"sentfuse": version("sentfuse"), "pytorch": torch.__version__},
-        **settings,
+        **{k: v for k, v in settings.items() if v is not None or k not in OMITTED_WHEN_UNSET},
     })
 
 
@@ -90,7 +92,8 @@ def save_model_folder(
     path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]
 ) -> Path:
     """Write folder's pipeline to path with this tokenizer (its current max length) and backbone dtype;
-    settings (prompts, default_prompt_name, similarity_fn_name) go to config_sentence_transformers.json.
+    settings (prompts, default_prompt_name, similarity_fn_name, truncate_dim) go to
+    config_sentence_transformers.json.
 
     Everything is written to a temporary folder beside path first, then each file or module folder
     replaces its namesake in path: a failure leaves path as it was, and other files there stay.

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..model.modules import TRANSFORMER_CONFIG_FILES, ModelFolderError, read_json, st_config_fields
+from ..model.modules import TRANSFORMER_CONFIG_FILES, ModelFolderError, read_json, read_st_config
 
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 SPLADE_POOLINGS = ("max", "sum")
@@ -178,16 +178,7 @@ def load_sparse_folder(folder: Path) -> SparseFolder:
     else:
         result.routes = {"default": _route(folder, modules, where)}
         result.default_route = "default"
-    st_config = folder / "config_sentence_transformers.json"
-    if st_config.is_file():
-        _read_st_config(result, _object(st_config), st_config)
+    config = read_st_config(folder, SIMILARITY_FN_NAMES)
+    result.prompts, result.default_prompt_name = config.prompts, config.default_prompt_name
+    result.similarity_fn_name, result.max_active_dims = config.similarity_fn_name, config.max_active_dims
     return result
-
-
-def _read_st_config(result: SparseFolder, config: dict[str, Any], path: Path) -> None:
-    result.prompts, result.default_prompt_name, result.similarity_fn_name = st_config_fields(
-        config, path, SIMILARITY_FN_NAMES)
-    max_active = config.get("max_active_dims")
-    if max_active is not None and (isinstance(max_active, bool) or not isinstance(max_active, int) or max_active <= 0):
-        raise ModelFolderError(f"{path}: max_active_dims must be a positive integer, got {max_active!r}")
-    result.max_active_dims = max_active

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -12,8 +14,9 @@ from typing import Any
 
 import torch
 
-from .._checks import positive_int_arg
+from .._checks import plural, positive_int_arg
 from .._io import atomic_write
+from ..model.pretrained import quiet_progress_bars
 from .encoder import SparseEncoder
 from .vectors import SparseRows
 
@@ -53,12 +56,17 @@ def encode_sparse_file(texts: list[str], output: str | os.PathLike, model: str |
                        show_progress_bar: bool = True) -> dict[str, float]:
     """Encode texts (as encode_document does) and write row i for text i to output (.npz or .jsonl).
 
-    Returns the sparsity statistics of the vectors written.
+    show_progress_bar False also hides transformers' bar while the weights load. Returns the sparsity
+    statistics of the vectors written.
     """
     path = Path(output)
     if path.suffix not in FORMATS:
         raise ValueError(f"output {output} must end in .npz (scipy CSR) or .jsonl (JSON lines) for sparse vectors")
-    encoder = SparseEncoder(model, device=device, dtype=dtype, max_seq_length=max_seq_length)
+    if path.suffix == ".npz" and importlib.util.find_spec("scipy") is None:  # before the work, not after it
+        raise ValueError(f"output {output}: writing .npz needs scipy (pip install 'sentfuse[sparse]'), "
+                         "or name a .jsonl file")
+    with quiet_progress_bars() if not show_progress_bar else contextlib.nullcontext():
+        encoder = SparseEncoder(model, device=device, dtype=dtype, max_seq_length=max_seq_length)
     coo = encoder.encode_document(texts, prompt_name=prompt_name, batch_size=batch_size,
                                   max_batch_tokens=max_batch_tokens, max_active_dims=max_active_dims,
                                   show_progress_bar=show_progress_bar, save_to_cpu=True)
@@ -80,6 +88,6 @@ def run_sparse_encode(args: argparse.Namespace, texts: list[str]) -> int:
                                batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                                max_seq_length=args.max_seq_length, prompt_name=args.prompt_name,
                                max_active_dims=args.max_active_dims, show_progress_bar=not args.no_progress)
-    print(f"encoded {len(texts)} texts in {time.perf_counter() - start:.2f} s, {stats['active_dims']:.1f} active "
+    print(f"encoded {plural(len(texts), 'text')} in {time.perf_counter() - start:.2f} s, {stats['active_dims']:.1f} active "
           f"dims per text on average -> {args.output}", file=sys.stderr)
     return 0
