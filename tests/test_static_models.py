@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import SENTENCES, _wordpieces
+from op_devices import device  # noqa: F401  (the fixture: CPU, and CUDA where a GPU is visible)
 from sentfuse import Encoder
 from sentfuse.model.modules import ModelFolderError
 
@@ -134,6 +135,18 @@ def test_half_table_bags_in_its_dtype(static_root):
     assert _max_diff(ours[keep], theirs[keep]) < 2e-3
 
 
+def test_bags_split_over_many_calls_give_the_same_rows(static_root, monkeypatch):
+    from sentfuse.encode import bag
+
+    folder = static_root / "static-dense"
+    texts = SENTENCES * 40
+    whole = Encoder(folder).encode(texts, truncate_dim=5, convert_to_tensor=True)
+    monkeypatch.setattr(bag, "BAG_TOKENS", 7)
+    model = Encoder(folder)
+    split = model.encode(texts, truncate_dim=5, convert_to_tensor=True)
+    assert split.is_contiguous() and torch.equal(split, whole)
+
+
 def test_normalize_only_where_the_folder_has_it(static_root):
     def norms(name):
         return np.linalg.norm(Encoder(static_root / name).encode(SENTENCES[:2]), axis=1)
@@ -153,6 +166,7 @@ def test_bag_is_the_mean_of_the_table_rows_without_special_tokens(static_root):
     got = Encoder(folder).encode("A man is playing a guitar.", convert_to_tensor=True)
     torch.testing.assert_close(got, table[ids].mean(0), rtol=0, atol=TOL)
     assert not Encoder(folder).encode("", convert_to_tensor=True).any()  # no token: zeros, never NaN
+    assert Encoder(folder).encode([]).shape == (0, DIM)
 
 
 @pytest.mark.parametrize("call", [
@@ -229,6 +243,15 @@ def test_dtype_device_and_worker_rebuild(static_root):
     rebuilt = Encoder(**model.worker_kwargs(), device="cpu")
     assert _max_diff(rebuilt.encode(SENTENCES), exact) <= TOL
     assert model.to("cpu").device.type == "cpu" and model.get_embedding_dimension() == DIM
+
+
+def test_on_each_device(static_root, device):  # noqa: F811
+    folder = static_root / "static-dense"
+    model = Encoder(folder, device=device)
+    ours = model.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
+    assert ours.device.type == device
+    theirs = _st_model(folder).encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
+    assert _max_diff(ours.cpu(), theirs) <= (TOL if device == "cpu" else 1e-5)  # CUDA sums in its own order
 
 
 def test_token_embeddings_are_refused(static_root):

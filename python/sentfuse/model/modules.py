@@ -1,7 +1,8 @@
 """Reading model folders: sentence-transformers pipelines (modules.json) and plain Hugging Face models.
 
-Only what inference needs is read: the backbone folder and its tokenizer settings, the pooling modes,
-Dense projections and whether a Normalize module sits at the end. Every file is checked while loading,
+Only what inference needs is read: the backbone folder and its tokenizer settings (or a static-embedding
+table and its tokenizer.json), the pooling modes, Dense projections and whether a Normalize module sits
+at the end. Every file is checked while loading,
 so a broken folder fails with the file's name before any model weights are touched.
 """
 
