@@ -2,8 +2,8 @@
 
 Only what inference needs is read: the backbone folder and its tokenizer settings (or a static-embedding
 table and its tokenizer.json), the pooling modes, Dense projections and whether a Normalize module sits
-at the end. Every file is checked while loading,
-so a broken folder fails with the file's name before any model weights are touched.
+at the end. Every file is checked while loading, so a broken folder fails with the file's name before
+any model weights are touched.
 """
 
 from __future__ import annotations
@@ -376,7 +376,8 @@ def _sentence_level(modules: list[Module]) -> bool:
 
 
 def load_model_folder(folder: Path) -> ModelFolder:
-    """Read a sentence-transformers folder, or treat a plain Hugging Face folder as Transformer + mean pooling."""
+    """Read a sentence-transformers folder, or treat a plain Hugging Face folder as Transformer + mean pooling
+    (a bare model2vec folder as its StaticEmbedding)."""
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist")
     modules_path = folder / "modules.json"
