@@ -254,6 +254,15 @@ def test_on_each_device(static_root, device):  # noqa: F811
     assert _max_diff(ours.cpu(), theirs) <= (TOL if device == "cpu" else 1e-5)  # CUDA sums in its own order
 
 
+def test_tokenize_gives_packed_ids_as_sentence_transformers(static_root):
+    folder = static_root / "static-normalize-truncated"
+    ours = Encoder(folder).tokenize(SENTENCES + [LONG])
+    theirs = _st_model(folder).tokenize(SENTENCES + [LONG])
+    assert set(ours) == {"input_ids", "offsets"}
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key])
+
+
 def test_token_embeddings_are_refused(static_root):
     with pytest.raises(ValueError, match="token_embeddings.*static-embedding"):
         Encoder(static_root / "static").encode(SENTENCES, output_value="token_embeddings")
