@@ -21,8 +21,9 @@ from .pooling import SentenceHead
 from .run import RunOptions
 from .tokenize import ChunkTokenizer, TokenChunk, cpu_cores, tokenize_chunks
 
-# Tokens per bag call (8 MB of ids). Few large calls: each parallel region of torch's ops costs its threads'
-# start-up, which on a busy machine outweighs the bag itself (bench_static.py).
+# Tokens per bag call (8 MB of ids). Few large calls: on a busy machine each parallel region of torch's ops
+# waits until all its threads are scheduled, and on the shared 2-core development VM bagging every
+# 1,024-text chunk on its own (a few regions each) made encode clearly slower than bagging them together.
 BAG_TOKENS = 1 << 20
 
 
