@@ -17,6 +17,7 @@ from ..model.modules import (
     SIMILARITY_FN_NAMES,
     ModelFolder,
     ModelFolderError,
+    StaticEmbeddingModule,
     check_prompt_name,
     check_similarity_fn_name,
     choose_prompt,
@@ -25,6 +26,8 @@ from ..model.modules import (
 )
 from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
+from ..model.static import BAG_POOLING, StaticBackbone, load_static
+from .bag import BagPipeline
 from .finish import finish_sentence_embeddings, finish_token_embeddings
 from .pipeline import EncodeRequest, Pipeline
 from .pooling import SentenceHead
@@ -95,6 +98,12 @@ class Encoder(SentenceTransformerMethods):
         self._load(folder, target, torch_dtype, max_seq_length)
 
     def _load(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype | None, max_seq_length: int | None):
+        self._prompt_lengths: dict[str, int] = {}
+        self._run_options = RunOptions.from_env()
+        self._pipeline: Pipeline | BagPipeline | None = None
+        if isinstance(folder.transformer, StaticEmbeddingModule):
+            self._load_static(folder, device, dtype, max_seq_length)
+            return
         backbone = folder.transformer
         tokenizer, model = load_pretrained(backbone.path, dtype)
 
@@ -113,11 +122,16 @@ class Encoder(SentenceTransformerMethods):
         self._model = prepare_backbone(model.eval().to(device))
         self._warn_if_emulated(device, self._model.dtype)
         self._forward_args = set(inspect.signature(model.forward).parameters)
-        self._prompt_lengths: dict[str, int] = {}
         self._head = SentenceHead(folder.modules[1:], self._hidden_size(model.config), device, model.dtype, str(folder.path))
         self._dim = self._head.dim
-        self._run_options = RunOptions.from_env()
-        self._pipeline: Pipeline | None = None
+
+    def _load_static(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype | None,
+                     max_seq_length: int | None) -> None:
+        """A static-embedding folder: its table is the backbone and its bag the pooling (model.static)."""
+        self._tokenizer, self._model = load_static(folder.transformer, device, dtype, max_seq_length)
+        modules = [BAG_POOLING, *folder.modules[1:]]
+        self._head = SentenceHead(modules, self._model.dim, device, self._model.dtype, str(folder.path))
+        self._dim = self._head.dim
 
     @staticmethod
     def _warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
@@ -256,7 +270,9 @@ class Encoder(SentenceTransformerMethods):
         inputs = {k: v for k, v in features.items() if k in self._forward_args}
         return self._model(**inputs, return_dict=True).last_hidden_state
 
-    def _encode_pipeline(self) -> Pipeline:
+    def _encode_pipeline(self) -> Pipeline | BagPipeline:
+        if self._pipeline is None and isinstance(self._model, StaticBackbone):
+            self._pipeline = BagPipeline(self._tokenizer, self._model, self._head, self.device, self._run_options)
         if self._pipeline is None:
             self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
                                       self.device, self._model.dtype, self._run_options)

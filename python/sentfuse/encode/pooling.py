@@ -42,6 +42,14 @@ class SentenceHead:
             for mode in self.pooling.modes
         ]
         x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
+        return self._project(x)
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[B, dim] sentence embeddings from [B, pooled width] ones pooled elsewhere, not normalized (a
+        static model's bag): the fused Normalize, then the stages after it."""
+        return self._project(_ops.l2_normalize(pooled) if self.fuse_normalize else pooled)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.post:
             x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
         return x

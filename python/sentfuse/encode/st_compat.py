@@ -14,7 +14,9 @@ import torch
 
 from ..model.modules import load_model_folder
 from ..model.save import save_model_folder
+from ..model.static import StaticBackbone
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
+from .tokenize import ChunkTokenizer
 
 
 class SentenceTransformerMethods:
@@ -22,14 +24,22 @@ class SentenceTransformerMethods:
 
     def tokenize(self, texts: list[str] | list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         """Padded token ids and attention mask [N, L] of texts (or of (text, text) pairs), truncated to
-        max_seq_length, as the model reads them."""
+        max_seq_length, as the model reads them; a static-embedding model's packed ids and offsets."""
         texts = list(texts)
+        if isinstance(self._model, StaticBackbone):
+            return self._tokenize_packed(texts)
         pairs = bool(texts) and all(isinstance(t, (tuple, list)) and len(t) == 2 for t in texts)
         columns = list(zip(*texts)) if pairs else [texts]
         return dict(self._tokenizer(
             *[list(c) for c in columns], padding=True, truncation="longest_first", max_length=self.max_seq_length,
             return_tensors="pt",
         ))
+
+    def _tokenize_packed(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """A static-embedding model's input as sentence-transformers' StaticEmbedding gives it: every text's
+        ids without special tokens, one after another [T], and where each text starts [N]."""
+        chunk = ChunkTokenizer(self._tokenizer, self.max_seq_length, special_tokens=False)(texts)
+        return {"input_ids": torch.from_numpy(chunk.ids), "offsets": torch.from_numpy(chunk.offsets[:-1])}
 
     def _cast(self, dtype: torch.dtype) -> Any:
         self._model.to(dtype)

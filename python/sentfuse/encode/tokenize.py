@@ -13,10 +13,13 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from typing import Any
 
 import numpy as np
+
+from ..model.pretrained import backend_copy
 
 CHUNK_TEXTS = 1024  # most texts per tokenizer call: large enough to amortize the call, small enough to stream
 MIN_CHUNK_TEXTS = 64  # fewer texts than threads x 2 chunks still split down to this, so every core gets some
@@ -57,21 +60,20 @@ class ChunkTokenizer:
     """Tokenizes a list of texts into a TokenChunk as the Hugging Face tokenizer would without padding.
 
     For a fast tokenizer it encodes with a private copy of the Rust tokenizer, truncation set once, so
-    that threads never share (or reset) the caller's tokenizer state.
+    that threads never share (or reset) the caller's tokenizer state. special_tokens False leaves out the
+    special tokens the tokenizer adds (a static-embedding model's bag has none).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, special_tokens: bool = True) -> None:
         self.max_length = max_length
+        self.special_tokens = special_tokens
         self._hf = tokenizer
         self._backend = None
         if getattr(tokenizer, "is_fast", False):
-            from tokenizers import Tokenizer
-
-            backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-            backend.no_padding()
-            backend.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
+            backend = backend_copy(tokenizer, max_length)
             self._backend = backend
-            self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            self._encode_batch = partial(encode_batch, add_special_tokens=special_tokens)
             self.typed = any(backend.encode("a").type_ids)
         else:
             self.typed = any(tokenizer(["a"]).get("token_type_ids", [[0]])[0])
@@ -81,7 +83,8 @@ class ChunkTokenizer:
         if self._backend is not None:
             encodings = self._encode_batch(texts)
             return [e.ids for e in encodings], [e.type_ids for e in encodings] if self.typed else []
-        out = self._hf(texts, padding=False, truncation="longest_first", max_length=self.max_length)
+        out = self._hf(texts, padding=False, truncation="longest_first", max_length=self.max_length,
+                       add_special_tokens=self.special_tokens)
         return out["input_ids"], out["token_type_ids"] if self.typed else []
 
     def __call__(self, texts: list[str], start: int = 0) -> TokenChunk:

@@ -1,8 +1,9 @@
 """Reading model folders: sentence-transformers pipelines (modules.json) and plain Hugging Face models.
 
-Only what inference needs is read: the backbone folder and its tokenizer settings, the pooling modes,
-Dense projections and whether a Normalize module sits at the end. Every file is checked while loading,
-so a broken folder fails with the file's name before any model weights are touched.
+Only what inference needs is read: the backbone folder and its tokenizer settings (or a static-embedding
+table and its tokenizer.json), the pooling modes, Dense projections and whether a Normalize module sits
+at the end. Every file is checked while loading, so a broken folder fails with the file's name before
+any model weights are touched.
 """
 
 from __future__ import annotations
@@ -139,7 +140,17 @@ class DenseModule(nn.Module):
         return out
 
 
-Module = TransformerModule | PoolingModule | DenseModule | NormalizeModule
+@dataclass
+class StaticEmbeddingModule:
+    """The backbone of a static-embedding model: a token-embedding table whose rows are averaged over a
+    text's tokens, no transformer (sentence-transformers' StaticEmbedding, model2vec folders). path holds
+    tokenizer.json, run as saved: no special tokens, its own truncation (model.static runs it)."""
+
+    path: Path
+    table: torch.Tensor = field(repr=False)  # [vocab, dim], model2vec's token mapping and weights folded in
+
+
+Module = TransformerModule | StaticEmbeddingModule | PoolingModule | DenseModule | NormalizeModule
 
 
 @dataclass
@@ -154,7 +165,7 @@ class ModelFolder:
     truncate_dim: int | None = None
 
     @property
-    def transformer(self) -> TransformerModule:
+    def transformer(self) -> TransformerModule | StaticEmbeddingModule:
         return self.modules[0]  # load_model_folder guarantees the pipeline starts with the backbone
 
 
@@ -249,6 +260,59 @@ def load_dense(folder: Path) -> DenseModule:
     return dense.eval()
 
 
+def _model2vec_table(state: dict[str, torch.Tensor], where: Path) -> torch.Tensor:
+    """One row per token id from model2vec's tensors: row t = embeddings[mapping[t]] * weights[t], each part
+    optional, at least float32 where token weights scale the rows (what sentence-transformers averages)."""
+    table = state["embeddings"]
+    mapping, weights = state.get("mapping"), state.get("weights")
+    if mapping is not None:
+        if mapping.dim() != 1 or mapping.is_floating_point():
+            raise ModelFolderError(f"{where}: model2vec 'mapping' must be a 1-D integer tensor, got {mapping.dtype} "
+                                   f"{tuple(mapping.shape)}")
+        if len(mapping) and not 0 <= int(mapping.min()) <= int(mapping.max()) < len(table):
+            raise ModelFolderError(f"{where}: model2vec 'mapping' points outside the {len(table)} embeddings")
+        table = table[mapping.long()]
+    if weights is not None:
+        if weights.shape != (len(table),):
+            raise ModelFolderError(f"{where}: model2vec 'weights' must hold one weight per token ({len(table)}), "
+                                   f"got shape {tuple(weights.shape)}")
+        dtype = torch.promote_types(table.dtype, torch.float32)
+        table = (table.to(dtype) * weights[:, None]).to(dtype)
+    return table.contiguous()
+
+
+def load_static_embedding(folder: Path) -> StaticEmbeddingModule:
+    """A StaticEmbedding's folder: tokenizer.json and the table, under sentence-transformers' key
+    'embedding.weight' or model2vec's 'embeddings' (with optional 'mapping' and 'weights')."""
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelFolderError(f"tokenizer.json not found in {folder} (the StaticEmbedding module's tokenizer)")
+    state = _load_state_dict(folder)
+    if "embedding.weight" in state:
+        table = state["embedding.weight"]
+    elif "embeddings" in state:
+        table = _model2vec_table(state, folder)
+    else:
+        raise ModelFolderError(f"{folder}: StaticEmbedding weights need 'embedding.weight' (sentence-transformers) "
+                               f"or 'embeddings' (model2vec), found {sorted(state)}")
+    if table.dim() != 2 or not table.is_floating_point():
+        raise ModelFolderError(f"{folder}: the StaticEmbedding table must be a 2-D floating-point tensor, got "
+                               f"{table.dtype} {tuple(table.shape)}")
+    return StaticEmbeddingModule(path=folder, table=table)
+
+
+def _model2vec_folder(folder: Path) -> ModelFolder | None:
+    """A bare model2vec folder (config.json with model_type "model2vec", no modules.json) as StaticEmbedding,
+    then Normalize where its config asks for normalized embeddings (as model2vec's encode does); None for
+    any other folder."""
+    config = read_json(folder / "config.json")
+    if not isinstance(config, dict) or config.get("model_type") != "model2vec":
+        return None
+    modules: list[Module] = [load_static_embedding(folder)]
+    if config.get("normalize", False):
+        modules.append(NormalizeModule())
+    return ModelFolder(path=folder, modules=modules)
+
+
 def load_transformer(folder: Path) -> TransformerModule:
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"config.json not found in {folder} (the Transformer module's Hugging Face model)")
@@ -279,9 +343,10 @@ def _module_kind(type_name: Any, where: str) -> str:
     if not isinstance(type_name, str):
         raise ModelFolderError(f"{where}: type must be a string, got {type_name!r}")
     kind = type_name.rpartition(".")[2]
-    if kind not in ("Transformer", "Pooling", "Dense", "Normalize"):
+    if kind not in ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize"):
         raise ModelFolderError(
-            f"{where}: module type {type_name!r} is not supported (sentfuse runs Transformer, Pooling, Dense, Normalize)"
+            f"{where}: module type {type_name!r} is not supported (sentfuse runs Transformer, StaticEmbedding, "
+            "Pooling, Dense, Normalize)"
         )
     return kind
 
@@ -354,8 +419,14 @@ def is_sparse_folder(folder: Path) -> bool:
         isinstance(e, dict) and str(e.get("type", "")).rpartition(".")[2] in SPARSE_MODULE_TYPES for e in entries)
 
 
+def _sentence_level(modules: list[Module]) -> bool:
+    """Whether the modules so far give sentence embeddings: a Pooling, or a StaticEmbedding's bag."""
+    return any(isinstance(m, (PoolingModule, StaticEmbeddingModule)) for m in modules)
+
+
 def load_model_folder(folder: Path) -> ModelFolder:
-    """Read a sentence-transformers folder, or treat a plain Hugging Face folder as Transformer + mean pooling."""
+    """Read a sentence-transformers folder, or treat a plain Hugging Face folder as Transformer + mean pooling
+    (a bare model2vec folder as its StaticEmbedding)."""
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist")
     modules_path = folder / "modules.json"
@@ -365,7 +436,9 @@ def load_model_folder(folder: Path) -> ModelFolder:
                 f"{folder} is not a model folder: it has neither modules.json (sentence-transformers) "
                 "nor config.json (Hugging Face)"
             )
-        return ModelFolder(path=folder, modules=[load_transformer(folder), PoolingModule(modes=("mean",))])
+        return _model2vec_folder(folder) or ModelFolder(
+            path=folder, modules=[load_transformer(folder), PoolingModule(modes=("mean",))]
+        )
 
     if is_sparse_folder(folder):
         raise ModelFolderError(f"{folder} holds a SparseEncoder (SPLADE) model: load it with sentfuse.SparseEncoder")
@@ -386,18 +459,24 @@ def load_model_folder(folder: Path) -> ModelFolder:
             if i != 0:
                 raise ModelFolderError(f"{where}: the Transformer must be the first module")
             modules.append(load_transformer(sub))
+        elif kind == "StaticEmbedding":
+            if i != 0:
+                raise ModelFolderError(f"{where}: the StaticEmbedding must be the first module")
+            modules.append(load_static_embedding(sub))
         elif i == 0:
-            raise ModelFolderError(f"{where}: the first module must be a Transformer, got {kind}")
+            raise ModelFolderError(f"{where}: the first module must be a Transformer or a StaticEmbedding, got {kind}")
+        elif kind == "Pooling" and isinstance(modules[0], StaticEmbeddingModule):
+            raise ModelFolderError(f"{where}: Pooling after a StaticEmbedding, which gives sentence embeddings already")
         elif kind == "Pooling":
             config_path = sub / "config.json"
             config = _expect_object(read_json(config_path), config_path)
             modules.append(parse_pooling_config(config, str(config_path)))
         elif kind == "Dense":
-            if not any(isinstance(m, PoolingModule) for m in modules):
+            if not _sentence_level(modules):
                 raise ModelFolderError(f"{where}: Dense must come after Pooling")
             modules.append(load_dense(sub))
         else:
-            if not any(isinstance(m, PoolingModule) for m in modules):
+            if not _sentence_level(modules):
                 raise ModelFolderError(f"{where}: Normalize must come after Pooling")
             config_path = sub / "config.json"
             if config_path.is_file():
@@ -405,10 +484,9 @@ def load_model_folder(folder: Path) -> ModelFolder:
                 if config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
                     raise ModelFolderError(f"{config_path}: Normalize on {config['module_input_name']!r} is not supported")
             modules.append(NormalizeModule())
-    if not any(isinstance(m, PoolingModule) for m in modules):
+    if not _sentence_level(modules):
         raise ModelFolderError(f"modules.json in {folder} has no Pooling module; sentfuse needs one")
-    first_pool = next(i for i, m in enumerate(modules) if isinstance(m, PoolingModule))
-    if any(isinstance(m, PoolingModule) for m in modules[first_pool + 1 :]):
+    if sum(isinstance(m, PoolingModule) for m in modules) > 1:
         raise ModelFolderError(f"modules.json in {folder} has more than one Pooling module")
     config = read_st_config(folder, SIMILARITY_FN_NAMES)
     return ModelFolder(folder, modules, config.prompts, config.default_prompt_name, config.similarity_fn_name,

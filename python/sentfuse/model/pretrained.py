@@ -46,3 +46,22 @@ def load_pretrained(folder: Path, dtype: torch.dtype | None = None) -> tuple[Any
     except (OSError, ValueError, KeyError) as e:
         raise ModelFolderError(f"cannot load the Hugging Face model in {folder}: {e}") from e
     return tokenizer, model
+
+
+# Hugging Face's "no limit" model_max_length is 1e30; a limit this large or more truncates nothing.
+UNBOUNDED_LENGTH = int(1e9)
+
+
+def backend_copy(tokenizer: Any, max_length: int) -> Any:
+    """A private copy of a fast tokenizer's Rust backend that never pads and truncates at max_length on the
+    tokenizer's truncation side (nothing when max_length is unbounded). Calls through the Hugging Face front
+    reset the backend's settings; a copy keeps its own, and threads may share it."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    if max_length < UNBOUNDED_LENGTH:
+        backend.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
+    else:
+        backend.no_truncation()
+    return backend

@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
-from .modules import ST_CONFIG, DenseModule, ModelFolder, NormalizeModule, PoolingModule, TransformerModule
+from .modules import (
+    ST_CONFIG, DenseModule, ModelFolder, NormalizeModule, PoolingModule, StaticEmbeddingModule, TransformerModule,
+)
 from .pretrained import load_pretrained
+from .static import save_static
 
 # Module type names as sentence-transformers writes them (and reads them back, in every release).
 _ST_TYPES = {
@@ -25,6 +28,7 @@ _ST_TYPES = {
     PoolingModule: "sentence_transformers.models.Pooling",
     DenseModule: "sentence_transformers.models.Dense",
     NormalizeModule: "sentence_transformers.models.Normalize",
+    StaticEmbeddingModule: "sentence_transformers.models.StaticEmbedding",
 }
 OMITTED_WHEN_UNSET = ("truncate_dim",)
 
@@ -71,8 +75,12 @@ def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> No
 
 
 def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]) -> None:
-    hidden = _write_backbone(out, folder.transformer, tokenizer, dtype)
-    entries = [{"idx": 0, "name": "0", "path": "", "type": _ST_TYPES[TransformerModule]}]
+    first = folder.transformer
+    if isinstance(first, StaticEmbeddingModule):
+        hidden = save_static(out, first, tokenizer, dtype)
+    else:
+        hidden = _write_backbone(out, first, tokenizer, dtype)
+    entries = [{"idx": 0, "name": "0", "path": "", "type": _ST_TYPES[type(first)]}]
     for idx, module in enumerate(folder.modules[1:], start=1):
         name = f"{idx}_{type(module).__name__.removesuffix('Module')}"
         _write_module(out / name, module, hidden, dtype)

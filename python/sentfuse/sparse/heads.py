@@ -12,10 +12,8 @@ from torch import nn
 from .. import _ops
 from ..model.backbone import prepare_backbone
 from ..model.modules import ModelFolderError
+from ..model.pretrained import UNBOUNDED_LENGTH
 from .folder import SpladeRoute, StaticRoute
-
-# Hugging Face's "no limit" model_max_length: tokenizers that carry it are not truncated.
-UNBOUNDED_LENGTH = int(1e9)
 
 
 def _load_tokenizer(path, lowercase: bool) -> Any:
