@@ -38,7 +38,8 @@ from .tokenize import cpu_cores as _cpu_cores
 MAX_CPU_WORKERS = 4
 CHUNKS_PER_WORKER = 4  # default chunking: a few chunks per worker, so a slow worker holds up little at the end
 MAX_CHUNK_SIZE = 5000
-STOP_TIMEOUT_S = 10.0  # how long close() lets workers exit on their own before terminating them
+STOP_TIMEOUT_S = 10.0
+TOKEN_OR_SENTENCE = ("sentence_embedding", "token_embeddings")  # the output_value a pool computes  # how long close() lets workers exit on their own before terminating them
 
 # Arguments about the result's type. Workers always return float32 numpy rows; the calling process
 # converts or quantizes them itself (Encoder.encode(..., pool=pool) does).
@@ -91,6 +92,13 @@ def _exit_status(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _float32_rows(embeddings: Any) -> np.ndarray | list[np.ndarray]:
+    """What a worker sends back: [N, D] float32 rows, or (token embeddings) a list of [n_tokens, H] float32 arrays."""
+    if isinstance(embeddings, list):
+        return [np.ascontiguousarray(torch.as_tensor(e).float().cpu().numpy()) for e in embeddings]
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
 def _worker(conn: Connection, factory: Any, encoder_kwargs: dict[str, Any], device: str, num_threads: int | None) -> None:
     """A worker process: build the encoder once (factory(**encoder_kwargs, device=device)), say "ready" (or why
     not), then encode chunks until told to stop."""
@@ -118,7 +126,7 @@ def _worker(conn: Connection, factory: Any, encoder_kwargs: dict[str, Any], devi
         texts, encode_kwargs = task
         try:
             embeddings = encoder.encode(texts, show_progress_bar=False, **encode_kwargs)
-            reply: tuple = ("ok", np.ascontiguousarray(embeddings, dtype=np.float32))
+            reply: tuple = ("ok", _float32_rows(embeddings))
         except Exception as e:
             reply = ("error", _describe(e), traceback.format_exc())
         conn.send(reply)
@@ -246,9 +254,10 @@ class EncoderPool:
                     failure = failure or (i, message)
                     continue
                 rows = message[1]
-                if rows.ndim != 2 or rows.shape[0] != len(chunks[chunk]):
+                if len(rows) != len(chunks[chunk]) or (isinstance(rows, np.ndarray) and rows.ndim != 2):
+                    shape = rows.shape if isinstance(rows, np.ndarray) else f"{len(rows)} token arrays"
                     raise RuntimeError(
-                        f"worker {i} on {self.devices[i]} returned {rows.shape} for {len(chunks[chunk])} sentences"
+                        f"worker {i} on {self.devices[i]} returned {shape} for {len(chunks[chunk])} sentences"
                     )
                 results[chunk] = rows
                 bar.update(len(chunks[chunk]))
@@ -331,9 +340,9 @@ def _check_encode_kwargs(encode_kwargs: dict[str, Any], encode_parameters: Seque
         raise ValueError(
             "encode_multi_process does not take device: each worker runs on its own device from target_devices"
         )
-    if encode_kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
+    if encode_kwargs.get("output_value", "sentence_embedding") not in TOKEN_OR_SENTENCE:
         raise ValueError(
-            "encode_multi_process only computes sentence embeddings, "
+            f"encode_multi_process computes one of {', '.join(TOKEN_OR_SENTENCE)}, "
             f"got output_value={encode_kwargs['output_value']!r}"
         )
 
@@ -345,8 +354,9 @@ def encode_multi_process(
     chunk_size: int | None = None,
     show_progress_bar: bool = False,
     **encode_kwargs: Any,
-) -> np.ndarray:
-    """float32 [N, D] sentence embeddings of sentences, in input order, computed by the pool's workers.
+) -> np.ndarray | list[np.ndarray]:
+    """float32 [N, D] sentence embeddings of sentences, in input order, computed by the pool's workers
+    (output_value="token_embeddings": a list of float32 [n_tokens, H] arrays).
 
     The sentences are split into chunks of chunk_size (default ceil(N / (4 * workers)), at most 5000),
     each encoded by one worker with Encoder.encode(chunk, **encode_kwargs) (prompt_name, prompt,
@@ -364,6 +374,9 @@ def encode_multi_process(
         raise TypeError(f"show_progress_bar must be a bool, got {type(show_progress_bar).__name__}")
     _check_encode_kwargs(encode_kwargs, pool.encode_parameters)
     pool._check_usable()
+    tokens = encode_kwargs.get("output_value") == "token_embeddings"
+    if not texts and tokens:
+        return []
     if not texts:
         truncate_dim = positive_int(encode_kwargs.get("truncate_dim"), "truncate_dim")
         dim = pool.dim if truncate_dim is None else min(truncate_dim, pool.model_dim)
@@ -374,4 +387,4 @@ def encode_multi_process(
     chunks = [texts[start : start + chunk_size] for start in range(0, len(texts), chunk_size)]
     with tqdm(total=len(texts), desc="Encoding", unit="sentence", disable=not show_progress_bar) as bar:
         results = pool._run(chunks, encode_kwargs, bar)
-    return np.concatenate(results)
+    return [rows for part in results for rows in part] if tokens else np.concatenate(results)

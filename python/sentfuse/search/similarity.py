@@ -8,6 +8,7 @@ scoring_rows gives them by plain dot products.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
@@ -162,3 +163,36 @@ def metric_of(score_function: Callable) -> str | None:
     if module.split(".")[0] not in ("sentfuse", "sentence_transformers"):
         return None
     return _KERNEL_FUNCTION_NAMES.get(getattr(score_function, "__name__", None))
+
+
+class SimilarityFunction(Enum):
+    """The similarity functions by name, as sentence-transformers' enum of the same name (DOT is DOT_PRODUCT)."""
+
+    COSINE = "cosine"
+    DOT_PRODUCT = "dot"
+    DOT = "dot"
+    EUCLIDEAN = "euclidean"
+    MANHATTAN = "manhattan"
+
+    @staticmethod
+    def to_similarity_fn(similarity_function: str | SimilarityFunction) -> Callable[[Any, Any], torch.Tensor]:
+        """The [N, M] function of a name or member (e.g. "cosine" -> cos_sim)."""
+        return SIMILARITY_FUNCTIONS[similarity_name(similarity_function)]
+
+    @staticmethod
+    def to_similarity_pairwise_fn(similarity_function: str | SimilarityFunction) -> Callable[[Any, Any], torch.Tensor]:
+        """The [N] pairwise function of a name or member (e.g. "cosine" -> pairwise_cos_sim)."""
+        return PAIRWISE_SIMILARITY_FUNCTIONS[similarity_name(similarity_function)]
+
+    @staticmethod
+    def possible_values() -> list[str]:
+        return [member.value for member in SimilarityFunction]
+
+
+def similarity_name(value: Any) -> str:
+    """The name of a similarity function given by name or as a member of sentfuse's or sentence-transformers'
+    SimilarityFunction enum; ValueError for anything else."""
+    name = value.value if isinstance(value, Enum) else value
+    if name not in SIMILARITY_FUNCTIONS:
+        raise ValueError(f"similarity function must be one of {', '.join(SIMILARITY_FUNCTIONS)}, got {value!r}")
+    return name
