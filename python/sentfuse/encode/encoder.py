@@ -23,6 +23,7 @@ from ..model.modules import (
     load_model_folder,
     merge_prompts,
 )
+from ..model.card import ModelCardData
 from ..model.options import parse_load_options, renamed_keywords
 from ..model.pretrained import load_pretrained
 from ..model.resolve import ST_ORGANIZATION, resolve_model_path
@@ -31,7 +32,7 @@ from .pipeline import EncodeRequest, Pipeline
 from .pooling import SentenceHead
 from .quantize import check_precision
 from .run import RunOptions
-from .st_compat import ModelCardData, SentenceTransformerMethods
+from .st_compat import SentenceTransformerMethods
 from ..search.topk import semantic_search
 from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score, similarity_name
 

@@ -23,6 +23,7 @@ import signal
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -92,8 +93,34 @@ def _exit_status(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _float32_rows(embeddings: Any) -> np.ndarray | list[np.ndarray]:
-    """What a worker sends back: [N, D] float32 rows, or (token embeddings) a list of [n_tokens, H] float32 arrays."""
+@dataclass
+class SparseChunk:
+    """A worker's sparse [rows, V] result (SparseEncoder), sent as its non-zeros: dense rows would be
+    vocabulary-wide."""
+
+    indices: np.ndarray  # [2, nnz] int64 (row, column)
+    values: np.ndarray  # [nnz] float32
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def _stack_sparse(chunks: list[SparseChunk]) -> torch.Tensor:
+    """The chunks, in order, as one coalesced sparse COO [N, V] float32 tensor."""
+    offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])
+    indices = np.concatenate([c.indices + np.array([[offset], [0]]) for c, offset in zip(chunks, offsets)], axis=1)
+    values = np.concatenate([c.values for c in chunks])
+    shape = (sum(len(c) for c in chunks), chunks[0].shape[1])
+    return torch.sparse_coo_tensor(torch.from_numpy(indices), torch.from_numpy(values), shape).coalesce()
+
+
+def _float32_rows(embeddings: Any) -> np.ndarray | list[np.ndarray] | SparseChunk:
+    """What a worker sends back: [N, D] float32 rows, (token embeddings) a list of [n_tokens, H] float32 arrays,
+    or (sparse vectors) a SparseChunk."""
+    if isinstance(embeddings, torch.Tensor) and embeddings.is_sparse:
+        coo = embeddings.coalesce().cpu()
+        return SparseChunk(coo.indices().numpy(), coo.values().float().numpy(), tuple(coo.shape))
     if isinstance(embeddings, list):
         return [np.ascontiguousarray(torch.as_tensor(e).float().cpu().numpy()) for e in embeddings]
     return np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -354,9 +381,10 @@ def encode_multi_process(
     chunk_size: int | None = None,
     show_progress_bar: bool = False,
     **encode_kwargs: Any,
-) -> np.ndarray | list[np.ndarray]:
+) -> np.ndarray | list[np.ndarray] | torch.Tensor:
     """float32 [N, D] sentence embeddings of sentences, in input order, computed by the pool's workers
-    (output_value="token_embeddings": a list of float32 [n_tokens, H] arrays).
+    (output_value="token_embeddings": a list of float32 [n_tokens, H] arrays; a SparseEncoder's pool: one sparse
+    COO [N, V] float32 tensor).
 
     The sentences are split into chunks of chunk_size (default ceil(N / (4 * workers)), at most 5000),
     each encoded by one worker with Encoder.encode(chunk, **encode_kwargs) (prompt_name, prompt,
@@ -387,4 +415,6 @@ def encode_multi_process(
     chunks = [texts[start : start + chunk_size] for start in range(0, len(texts), chunk_size)]
     with tqdm(total=len(texts), desc="Encoding", unit="sentence", disable=not show_progress_bar) as bar:
         results = pool._run(chunks, encode_kwargs, bar)
+    if isinstance(results[0], SparseChunk):
+        return _stack_sparse(results)
     return [rows for part in results for rows in part] if tokens else np.concatenate(results)

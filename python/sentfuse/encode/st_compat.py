@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -78,9 +77,16 @@ class SentenceTransformerMethods:
             },
         )
 
-    def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+    ) -> None:
         """save, under its Hugging Face name."""
-        self.save(path, **kwargs)
+        self.save(path, model_name, create_model_card, train_datasets, safe_serialization)
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """[N] scores of embeddings1[i] against embeddings2[i] under similarity_fn_name."""
@@ -263,17 +269,3 @@ class BackboneModule:
 
     def __repr__(self) -> str:
         return f"Transformer({type(self.auto_model).__name__}, max_seq_length={self.max_seq_length})"
-
-
-@dataclass
-class ModelCardData:
-    """model_card_data when the caller gives none: keeps what sentence-transformers' evaluators report
-    (set_evaluation_metrics). sentfuse writes no model card from it."""
-
-    local_files_only: bool = False
-    eval_results: list[dict[str, Any]] = field(default_factory=list)
-
-    def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: int = 0, step: int = 0) -> None:
-        self.eval_results.append(
-            {"evaluator": type(evaluator).__name__, "metrics": dict(metrics), "epoch": epoch, "step": step}
-        )
