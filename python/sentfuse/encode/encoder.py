@@ -374,6 +374,7 @@ class Encoder(SentenceTransformerMethods):
         # Long for its signature and docstring (sentence-transformers' arguments); the body checks the
         # arguments and hands over to a pool or to the pipeline.
         single, texts = check_sentences(inputs)
+        precision = "float32" if precision is None else precision  # sentence-transformers' evaluators pass None
         progress = self._check_encode_args(
             output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,
             len(texts),
