@@ -17,7 +17,7 @@ from .._checks import check_sentences, device_or_default, parse_device, parse_de
 from ..model.card import ModelCardData
 from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
 from ..model.options import parse_load_options, renamed_keywords
-from ..model.resolve import ST_ORGANIZATION, resolve_model_path
+from ..model.resolve import SPARSE_ORGANIZATION, resolve_model_path
 from ..search.similarity import similarity_name
 from .batches import batch_policy, planned_batches
 from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
@@ -51,7 +51,7 @@ class SparseEncoder(SparseEncoderMethods):
     """
 
     model_type = "SparseEncoder"
-    default_huggingface_organization = ST_ORGANIZATION
+    default_huggingface_organization = SPARSE_ORGANIZATION
     SUPPORTED_SIMILARITY_FN_NAMES = SIMILARITY_FN_NAMES
     model_card_data_class = ModelCardData
 
@@ -92,7 +92,8 @@ class SparseEncoder(SparseEncoderMethods):
         self.max_active_dims = positive_int(max_active_dims, "max_active_dims")
         self.model_card_data = model_card_data if model_card_data is not None else ModelCardData(local_files_only)
         folder = load_sparse_folder(
-            resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision, options.token)
+            resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision, options.token,
+                               SPARSE_ORGANIZATION)
         )
         self.model_path = folder.path
         self._folder = folder
