@@ -1,4 +1,5 @@
-"""Encoding in several worker processes, one copy of the Encoder in each (sentence-transformers' multi-process API).
+"""Encoding in several worker processes, one copy of the encoder (Encoder or SparseEncoder) in each
+(sentence-transformers' multi-process API).
 
     with start_multi_process_pool(encoder, ["cuda:0", "cuda:1"]) as pool:
         embeddings = encode_multi_process(pool, sentences, batch_size=64)
@@ -46,7 +47,7 @@ TOKEN_OR_SENTENCE = ("sentence_embedding", "token_embeddings")  # the output_val
 # converts or quantizes them itself (Encoder.encode(..., pool=pool) does).
 _CONVERSION_KWARGS = ("convert_to_numpy", "convert_to_tensor", "precision", "output_dtype")
 # encode_multi_process's own arguments, which are not sent to the workers.
-_POOL_PARAMETERS = ("self", "sentences", "show_progress_bar", "pool", "chunk_size")
+_POOL_PARAMETERS = ("self", "inputs", "sentences", "show_progress_bar", "pool", "chunk_size")
 
 
 class _RemoteTraceback(Exception):
