@@ -134,3 +134,15 @@ def test_token_embeddings_from_a_pool(both):
     assert isinstance(got, list) and len(got) == len(expected)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e.cpu(), atol=1e-5, rtol=1e-4)
+
+
+def test_similarity_function_members_name_the_function(tiny_model_root):
+    from sentence_transformers import SimilarityFunction as STSimilarityFunction
+
+    for member in (sentfuse.SimilarityFunction.DOT_PRODUCT, STSimilarityFunction.DOT_PRODUCT):
+        model = sentfuse.Encoder(tiny_model_root / MODEL, device="cpu", similarity_fn_name=member)
+        assert model.similarity_fn_name == "dot"
+        model.similarity_fn_name = sentfuse.SimilarityFunction.MANHATTAN
+        assert model.similarity_fn_name == "manhattan"
+    with pytest.raises(ValueError, match="similarity_function must be one of"):
+        sentfuse.SimilarityFunction.to_similarity_fn("jaccard")
