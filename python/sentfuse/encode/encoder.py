@@ -24,8 +24,10 @@ from ..model.modules import (
     load_model_folder,
     merge_prompts,
 )
+from ..model.card import ModelCardData
+from ..model.options import parse_load_options, renamed_keywords
 from ..model.pretrained import load_pretrained
-from ..model.resolve import resolve_model_path
+from ..model.resolve import ST_ORGANIZATION, resolve_model_path
 from ..model.static import BAG_POOLING, StaticBackbone, load_static
 from .bag import BagPipeline
 from .finish import finish_sentence_embeddings, finish_token_embeddings
@@ -35,7 +37,7 @@ from .quantize import check_precision
 from .run import RunOptions
 from .st_compat import SentenceTransformerMethods
 from ..search.topk import semantic_search
-from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score
+from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score, similarity_name
 
 if TYPE_CHECKING:
     from .pool import EncoderPool
@@ -53,15 +55,26 @@ class Encoder(SentenceTransformerMethods):
     transformers; pooling, L2 normalization and their fusion run in sentfuse's kernels.
 
     model_name_or_path: a sentence-transformers folder (modules.json), a plain Hugging Face model folder
-        (mean pooling), a hub name already in the local Hugging Face cache, or None for the bundled
-        all-MiniLM-L6-v2.
+        (mean pooling), a Hugging Face Hub name (downloaded into the Hugging Face cache unless
+        local_files_only, as sentence-transformers does), or None for the bundled all-MiniLM-L6-v2.
     device: where the model runs; default CUDA when available, else CPU.
-    dtype: float32, float16 or bfloat16 for the backbone; default as transformers loads the checkpoint.
+    dtype: float32, float16, bfloat16 (or float64) for the backbone; default as transformers loads the checkpoint.
     max_seq_length: token limit (longer inputs are truncated); default from the folder.
     truncate_dim: keep only the first truncate_dim features of each sentence embedding.
     prompts, default_prompt_name: as in sentence-transformers; they take precedence over the folder's.
+    trust_remote_code, token, model_kwargs, processor_kwargs, config_kwargs, use_kernels, kernel_config,
+        backend: sentence-transformers' loading keywords, handled as it does (see sentfuse.model.options);
+        model_kwargs' dtype / torch_dtype and a one-device device_map become dtype and device, and backend
+        must be "torch". tokenizer_kwargs and use_auth_token are accepted as deprecated spellings.
+    model_card_data: kept as the attribute of that name (sentfuse writes no model card).
     """
 
+    model_type = "SentenceTransformer"
+    default_huggingface_organization = ST_ORGANIZATION
+    SUPPORTED_SIMILARITY_FN_NAMES = SIMILARITY_FN_NAMES
+    model_card_data_class = ModelCardData
+
+    @renamed_keywords(tokenizer_kwargs="processor_kwargs", use_auth_token="token")
     def __init__(
         self,
         model_name_or_path: str | os.PathLike | None = None,
@@ -72,20 +85,41 @@ class Encoder(SentenceTransformerMethods):
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
         similarity_fn_name: str | None = None,
-        local_files_only: bool = True,
+        local_files_only: bool = False,
         cache_folder: str | None = None,
         revision: str | None = None,
+        *,
+        modules: Any = None,
+        trust_remote_code: bool = False,
+        token: bool | str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        use_kernels: bool = False,
+        kernel_config: Any = None,
+        model_card_data: Any = None,
+        backend: str = "torch",
     ) -> None:
+        # Long for sentence-transformers' keywords; they are checked in parse_load_options.
+        options, device = parse_load_options(
+            device=device, dtype=dtype, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs,
+            config_kwargs=config_kwargs, token=token, trust_remote_code=trust_remote_code, backend=backend,
+            use_kernels=use_kernels, kernel_config=kernel_config, modules=modules,
+        )
         target = device_or_default(device)
-        torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.truncate_dim = positive_int(truncate_dim, "truncate_dim")
         if similarity_fn_name is not None:
-            check_similarity_fn_name(similarity_fn_name, SIMILARITY_FN_NAMES)
+            similarity_fn_name = check_similarity_fn_name(similarity_name(similarity_fn_name), SIMILARITY_FN_NAMES)
+        self.model_card_data = model_card_data if model_card_data is not None else ModelCardData(local_files_only)
 
-        folder = load_model_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
+        folder = load_model_folder(
+            resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision, options.token)
+        )
         self.model_path = folder.path
-        self._dtype_arg = torch_dtype
+        self._module_list = folder.modules  # model[i]; the Dense modules are the ones the head runs
+        self._load_options = options
+        self._dtype_arg = options.dtype
         if self.truncate_dim is None:
             self.truncate_dim = folder.truncate_dim  # as sentence-transformers: the caller's, else the folder's
 
@@ -95,7 +129,7 @@ class Encoder(SentenceTransformerMethods):
             check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
         self._similarity_fn_name = similarity_fn_name or folder.similarity_fn_name
 
-        self._load(folder, target, torch_dtype, max_seq_length)
+        self._load(folder, target, options.dtype, max_seq_length)
 
     def _load(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype | None, max_seq_length: int | None):
         self._prompt_lengths: dict[str, int] = {}
@@ -105,7 +139,7 @@ class Encoder(SentenceTransformerMethods):
             self._load_static(folder, device, dtype, max_seq_length)
             return
         backbone = folder.transformer
-        tokenizer, model = load_pretrained(backbone.path, dtype)
+        tokenizer, model = load_pretrained(backbone.path, dtype, self._load_options)
 
         limit = max_seq_length or backbone.max_seq_length
         if limit is None:
@@ -199,7 +233,7 @@ class Encoder(SentenceTransformerMethods):
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: str) -> None:
-        self._similarity_fn_name = check_similarity_fn_name(value, SIMILARITY_FN_NAMES)
+        self._similarity_fn_name = check_similarity_fn_name(similarity_name(value), SIMILARITY_FN_NAMES)
 
     def get_embedding_dimension(self) -> int:
         """Width of the sentence embeddings encode returns (after truncate_dim)."""
@@ -219,6 +253,7 @@ class Encoder(SentenceTransformerMethods):
             "prompts": dict(self.prompts),
             "default_prompt_name": self.default_prompt_name,
             "similarity_fn_name": self._similarity_fn_name,
+            **self._load_options.constructor_kwargs(),
         }
 
     def worker_description(self) -> dict[str, Any]:
@@ -232,11 +267,22 @@ class Encoder(SentenceTransformerMethods):
             "model_dim": self._dim,
         }
 
-    def to(self, device: str | torch.device) -> Encoder:
-        target = parse_device(device)
-        self._model.to(target)
-        self._head.to(target)
-        self._pipeline = None
+    def to(self, *args: Any, **kwargs: Any) -> Encoder:
+        """Move and / or cast the model in place, with torch.nn.Module.to's arguments: to("cuda"),
+        to(torch.float16), to("cpu", torch.float64), to(device=..., dtype=...)."""
+        try:
+            device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        except (TypeError, RuntimeError) as e:
+            raise TypeError(f"to() takes a device and / or a floating dtype, as torch.nn.Module.to does: {e}") from None
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise TypeError(f"to() casts to floating dtypes only, got {dtype}")
+            self._cast(dtype)
+        if device is not None:
+            target = parse_device(device)
+            self._model.to(target)
+            self._head.to(target)
+            self._pipeline = None
         return self
 
     def __repr__(self) -> str:
@@ -283,9 +329,11 @@ class Encoder(SentenceTransformerMethods):
         n_texts: int,
     ) -> bool:
         """Raise on a bad flag; return whether to show a progress bar."""
-        if output_value not in OUTPUT_VALUES:
-            raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
+        if output_value not in OUTPUT_VALUES and output_value is not None:
+            raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)} or None, got {output_value!r}")
         check_precision(precision)
+        if output_value is None and precision != "float32":
+            raise ValueError("output_value=None returns every output unquantized; precision must be 'float32'")
         for name, value in (
             ("convert_to_numpy", convert_to_numpy),
             ("convert_to_tensor", convert_to_tensor),
@@ -302,33 +350,36 @@ class Encoder(SentenceTransformerMethods):
             return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         return bool(show_progress_bar)
 
+    @renamed_keywords(sentences="inputs")
     @torch.inference_mode()
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str],
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
-        output_value: str = "sentence_embedding",
+        output_value: str | None = "sentence_embedding",
         precision: str = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         device: str | torch.device | Sequence[str] | None = None,
         normalize_embeddings: bool = False,
         truncate_dim: int | None = None,
-        max_batch_tokens: int | None = None,
-        output_dtype: str | torch.dtype | None = "float32",
         pool: EncoderPool | None = None,
         chunk_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        output_dtype: str | torch.dtype | None = "float32",
     ) -> np.ndarray | torch.Tensor | list:
-        """Embed sentences, with sentence-transformers' arguments and result types.
+        """Embed inputs (texts; `sentences=` is accepted too), with sentence-transformers' arguments and
+        result types.
 
         A str gives one embedding [D]; a list gives [N, D] (numpy by default, one tensor with
         convert_to_tensor, a list of [D] tensors with convert_to_numpy=False). output_value
-        "token_embeddings" gives a list of [n_tokens, H] tensors, padding removed. precision int8,
-        uint8, binary or ubinary quantizes as sentence-transformers' quantize_embeddings does,
-        calibrating int8/uint8 ranges on the embeddings of this call.
+        "token_embeddings" gives a list of [n_tokens, H] tensors, padding removed; None gives, per text, a
+        dict of every output (input_ids, attention_mask, token_embeddings cut to the text's tokens,
+        sentence_embedding). precision int8, uint8, binary or ubinary quantizes as sentence-transformers'
+        quantize_embeddings does, calibrating int8/uint8 ranges on the embeddings of this call.
 
         Texts are tokenized once (in a background thread, ahead of the model), sorted by token count
         and batched so that each batch holds at most batch_size texts and at most max_batch_tokens
@@ -340,7 +391,8 @@ class Encoder(SentenceTransformerMethods):
         """
         # Long for its signature and docstring (sentence-transformers' arguments); the body checks the
         # arguments and hands over to a pool or to the pipeline.
-        single, texts = check_sentences(sentences)
+        single, texts = check_sentences(inputs)
+        precision = "float32" if precision is None else precision  # sentence-transformers' evaluators pass None
         progress = self._check_encode_args(
             output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,
             len(texts),
@@ -360,12 +412,19 @@ class Encoder(SentenceTransformerMethods):
                 self.to(target)
         resolved_prompt = self._resolve_prompt(prompt, prompt_name)
 
+        if output_value is None:
+            outputs = self._encode_all_outputs(texts, resolved_prompt, batch_size, truncate_dim)
+            return outputs[0] if single else outputs
+        tokens = output_value == "token_embeddings"
         if pool is not None or devices is not None:  # devices: a pool for this call only
             embeddings = self._encode_in_pool(
                 texts, pool, devices, chunk_size, progress,
                 prompt=resolved_prompt, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                 normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+                output_value=output_value if tokens else None,
             )
+            if tokens:
+                return finish_token_embeddings(embeddings, single, precision)
             if out_dtype is not None and out_dtype != torch.float32:
                 embeddings = embeddings.to(out_dtype)
             if not convert_to_numpy and not convert_to_tensor:
@@ -377,19 +436,20 @@ class Encoder(SentenceTransformerMethods):
             texts=[resolved_prompt + t for t in texts] if resolved_prompt else texts,
             skip_tokens=0 if include_prompt else self._prompt_length(resolved_prompt),
             batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-            token_embeddings=output_value == "token_embeddings",
+            token_embeddings=tokens,
             dim=self._dim if truncate_dim is None else min(truncate_dim, self._dim),
             normalize=normalize_embeddings, out_dtype=out_dtype, progress=progress,
         ))
-        if output_value == "token_embeddings":
+        if tokens:
             return finish_token_embeddings(result, single, precision)
         return finish_sentence_embeddings(result, single, precision, convert_to_numpy, convert_to_tensor)
 
     # --- several processes ------------------------------------------------------------------------
 
-    def _check_pool_args(self, pool: Any, device: Any, output_value: str) -> list[str] | None:
-        if output_value != "sentence_embedding":
-            raise ValueError("output_value 'token_embeddings' is not available with a pool or a list of devices")
+    def _check_pool_args(self, pool: Any, device: Any, output_value: str | None) -> list[str] | None:
+        if output_value is None:
+            raise ValueError("output_value=None is not available with a pool or a list of devices; encode in this "
+                             "process, or ask the pool for 'sentence_embedding' or 'token_embeddings'")
         if pool is not None:
             if device is not None:
                 raise ValueError("give either pool or device, not both: the pool's workers already have their devices")
@@ -403,8 +463,9 @@ class Encoder(SentenceTransformerMethods):
             raise ValueError(f"device must be a device or a non-empty list of devices, got {device!r}")
         return [str(d) for d in devices]
 
-    def _encode_in_pool(self, texts, pool, devices, chunk_size, show_progress_bar, **encode_kwargs) -> torch.Tensor:
-        """float32 [N, D] embeddings from the pool's workers (or a pool started for devices and stopped after)."""
+    def _encode_in_pool(self, texts, pool, devices, chunk_size, show_progress_bar, **encode_kwargs):
+        """float32 [N, D] embeddings (or a list of [n_tokens, H] token embeddings) from the pool's workers, or
+        from a pool started for devices and stopped after."""
         from .pool import encode_multi_process, start_multi_process_pool
 
         kwargs = {k: v for k, v in encode_kwargs.items() if v is not None}
@@ -415,6 +476,8 @@ class Encoder(SentenceTransformerMethods):
                 result = encode_multi_process(
                     own_pool, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar, **kwargs
                 )
+        if isinstance(result, list):
+            return [torch.from_numpy(rows) for rows in result]
         return torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32))
 
     def start_multi_process_pool(self, target_devices: Sequence[str] | None = None) -> EncoderPool:
@@ -433,23 +496,41 @@ class Encoder(SentenceTransformerMethods):
 
         stop_multi_process_pool(pool)
 
-    def encode_multi_process(self, sentences: Sequence[str], pool: EncoderPool, **kwargs: Any):
-        """encode(sentences, pool=pool, ...), under sentence-transformers' older name."""
-        return self.encode(sentences, pool=pool, **kwargs)
+    def encode_multi_process(
+        self,
+        sentences: Sequence[str],
+        pool: EncoderPool,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = None,
+        chunk_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        precision: str = "float32",
+        normalize_embeddings: bool = False,
+        truncate_dim: int | None = None,
+    ) -> np.ndarray:
+        """encode(sentences, pool=pool, ...) as a numpy array, under sentence-transformers' older name."""
+        return self.encode(
+            sentences, pool=pool, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, chunk_size=chunk_size,
+            show_progress_bar=show_progress_bar, precision=precision, normalize_embeddings=normalize_embeddings,
+            truncate_dim=truncate_dim,
+        )
 
-    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+    @renamed_keywords(sentences="inputs")
+    def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+                     **kwargs: Any):
         """encode with the model's "query" prompt unless a prompt or prompt_name is given."""
         if prompt_name is None and prompt is None and "query" in self.prompts:
             prompt_name = "query"
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def encode_document(
-        self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs
-    ):
+    @renamed_keywords(sentences="inputs")
+    def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+                        **kwargs: Any):
         """encode with the model's "document" (else "passage", else "corpus") prompt unless one is given."""
         if prompt_name is None and prompt is None:
             prompt_name = next((name for name in DOCUMENT_PROMPT_NAMES if name in self.prompts), None)
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """[N, M] scores between every row of embeddings1 and of embeddings2 under similarity_fn_name."""
@@ -486,3 +567,8 @@ class Encoder(SentenceTransformerMethods):
         hits = semantic_search(query_embeddings, corpus_embeddings, top_k=top_k, score_function=score_function,
                                **search_kwargs)
         return hits[0] if isinstance(queries, str) else hits
+
+
+# encode_query and encode_document take encode's arguments and pass them on: their signatures say so.
+for _method in (Encoder.encode_query, Encoder.encode_document):
+    _method.__signature__ = inspect.signature(Encoder.encode)

@@ -1,4 +1,5 @@
-"""Encoding in several worker processes, one copy of the Encoder in each (sentence-transformers' multi-process API).
+"""Encoding in several worker processes, one copy of the encoder (Encoder or SparseEncoder) in each
+(sentence-transformers' multi-process API).
 
     with start_multi_process_pool(encoder, ["cuda:0", "cuda:1"]) as pool:
         embeddings = encode_multi_process(pool, sentences, batch_size=64)
@@ -23,6 +24,7 @@ import signal
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -38,13 +40,14 @@ from .tokenize import cpu_cores as _cpu_cores
 MAX_CPU_WORKERS = 4
 CHUNKS_PER_WORKER = 4  # default chunking: a few chunks per worker, so a slow worker holds up little at the end
 MAX_CHUNK_SIZE = 5000
-STOP_TIMEOUT_S = 10.0  # how long close() lets workers exit on their own before terminating them
+STOP_TIMEOUT_S = 10.0
+TOKEN_OR_SENTENCE = ("sentence_embedding", "token_embeddings")  # the output_value a pool computes  # how long close() lets workers exit on their own before terminating them
 
 # Arguments about the result's type. Workers always return float32 numpy rows; the calling process
 # converts or quantizes them itself (Encoder.encode(..., pool=pool) does).
 _CONVERSION_KWARGS = ("convert_to_numpy", "convert_to_tensor", "precision", "output_dtype")
 # encode_multi_process's own arguments, which are not sent to the workers.
-_POOL_PARAMETERS = ("self", "sentences", "show_progress_bar", "pool", "chunk_size")
+_POOL_PARAMETERS = ("self", "inputs", "sentences", "show_progress_bar", "pool", "chunk_size")
 
 
 class _RemoteTraceback(Exception):
@@ -91,6 +94,39 @@ def _exit_status(code: int | None) -> str:
     return f"exit code {code}"
 
 
+@dataclass
+class SparseChunk:
+    """A worker's sparse [rows, V] result (SparseEncoder), sent as its non-zeros: dense rows would be
+    vocabulary-wide."""
+
+    indices: np.ndarray  # [2, nnz] int64 (row, column)
+    values: np.ndarray  # [nnz] float32
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def _stack_sparse(chunks: list[SparseChunk]) -> torch.Tensor:
+    """The chunks, in order, as one coalesced sparse COO [N, V] float32 tensor."""
+    offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])
+    indices = np.concatenate([c.indices + np.array([[offset], [0]]) for c, offset in zip(chunks, offsets)], axis=1)
+    values = np.concatenate([c.values for c in chunks])
+    shape = (sum(len(c) for c in chunks), chunks[0].shape[1])
+    return torch.sparse_coo_tensor(torch.from_numpy(indices), torch.from_numpy(values), shape).coalesce()
+
+
+def _float32_rows(embeddings: Any) -> np.ndarray | list[np.ndarray] | SparseChunk:
+    """What a worker sends back: [N, D] float32 rows, (token embeddings) a list of [n_tokens, H] float32 arrays,
+    or (sparse vectors) a SparseChunk."""
+    if isinstance(embeddings, torch.Tensor) and embeddings.is_sparse:
+        coo = embeddings.coalesce().cpu()
+        return SparseChunk(coo.indices().numpy(), coo.values().float().numpy(), tuple(coo.shape))
+    if isinstance(embeddings, list):
+        return [np.ascontiguousarray(torch.as_tensor(e).float().cpu().numpy()) for e in embeddings]
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
 def _worker(conn: Connection, factory: Any, encoder_kwargs: dict[str, Any], device: str, num_threads: int | None) -> None:
     """A worker process: build the encoder once (factory(**encoder_kwargs, device=device)), say "ready" (or why
     not), then encode chunks until told to stop."""
@@ -118,7 +154,7 @@ def _worker(conn: Connection, factory: Any, encoder_kwargs: dict[str, Any], devi
         texts, encode_kwargs = task
         try:
             embeddings = encoder.encode(texts, show_progress_bar=False, **encode_kwargs)
-            reply: tuple = ("ok", np.ascontiguousarray(embeddings, dtype=np.float32))
+            reply: tuple = ("ok", _float32_rows(embeddings))
         except Exception as e:
             reply = ("error", _describe(e), traceback.format_exc())
         conn.send(reply)
@@ -246,9 +282,10 @@ class EncoderPool:
                     failure = failure or (i, message)
                     continue
                 rows = message[1]
-                if rows.ndim != 2 or rows.shape[0] != len(chunks[chunk]):
+                if len(rows) != len(chunks[chunk]) or (isinstance(rows, np.ndarray) and rows.ndim != 2):
+                    shape = rows.shape if isinstance(rows, np.ndarray) else f"{len(rows)} token arrays"
                     raise RuntimeError(
-                        f"worker {i} on {self.devices[i]} returned {rows.shape} for {len(chunks[chunk])} sentences"
+                        f"worker {i} on {self.devices[i]} returned {shape} for {len(chunks[chunk])} sentences"
                     )
                 results[chunk] = rows
                 bar.update(len(chunks[chunk]))
@@ -331,9 +368,9 @@ def _check_encode_kwargs(encode_kwargs: dict[str, Any], encode_parameters: Seque
         raise ValueError(
             "encode_multi_process does not take device: each worker runs on its own device from target_devices"
         )
-    if encode_kwargs.get("output_value", "sentence_embedding") != "sentence_embedding":
+    if encode_kwargs.get("output_value", "sentence_embedding") not in TOKEN_OR_SENTENCE:
         raise ValueError(
-            "encode_multi_process only computes sentence embeddings, "
+            f"encode_multi_process computes one of {', '.join(TOKEN_OR_SENTENCE)}, "
             f"got output_value={encode_kwargs['output_value']!r}"
         )
 
@@ -345,8 +382,10 @@ def encode_multi_process(
     chunk_size: int | None = None,
     show_progress_bar: bool = False,
     **encode_kwargs: Any,
-) -> np.ndarray:
-    """float32 [N, D] sentence embeddings of sentences, in input order, computed by the pool's workers.
+) -> np.ndarray | list[np.ndarray] | torch.Tensor:
+    """float32 [N, D] sentence embeddings of sentences, in input order, computed by the pool's workers
+    (output_value="token_embeddings": a list of float32 [n_tokens, H] arrays; a SparseEncoder's pool: one sparse
+    COO [N, V] float32 tensor).
 
     The sentences are split into chunks of chunk_size (default ceil(N / (4 * workers)), at most 5000),
     each encoded by one worker with Encoder.encode(chunk, **encode_kwargs) (prompt_name, prompt,
@@ -364,6 +403,9 @@ def encode_multi_process(
         raise TypeError(f"show_progress_bar must be a bool, got {type(show_progress_bar).__name__}")
     _check_encode_kwargs(encode_kwargs, pool.encode_parameters)
     pool._check_usable()
+    tokens = encode_kwargs.get("output_value") == "token_embeddings"
+    if not texts and tokens:
+        return []
     if not texts:
         truncate_dim = positive_int(encode_kwargs.get("truncate_dim"), "truncate_dim")
         dim = pool.dim if truncate_dim is None else min(truncate_dim, pool.model_dim)
@@ -374,4 +416,6 @@ def encode_multi_process(
     chunks = [texts[start : start + chunk_size] for start in range(0, len(texts), chunk_size)]
     with tqdm(total=len(texts), desc="Encoding", unit="sentence", disable=not show_progress_bar) as bar:
         results = pool._run(chunks, encode_kwargs, bar)
-    return np.concatenate(results)
+    if isinstance(results[0], SparseChunk):
+        return _stack_sparse(results)
+    return [rows for part in results for rows in part] if tokens else np.concatenate(results)

@@ -8,6 +8,11 @@ from .. import _ops
 from ..model.modules import DenseModule, ModelFolderError, NormalizeModule, PoolingModule
 
 
+def _kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernels read it: a float64 model (model.to(torch.float64)) is pooled and normalized in float32."""
+    return x.float() if x.dtype == torch.float64 else x
+
+
 class SentenceHead:
     """The modules after the backbone. A Normalize right after single-mode Pooling runs inside the pooling
     kernel; dim is the width of what __call__ returns."""
@@ -38,10 +43,10 @@ class SentenceHead:
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
         """[B, dim] sentence embeddings from hidden [B, L, H] and attention_mask [B, L]."""
         pooled = [
-            _ops.masked_pool(hidden, mask, mode, normalize=self.fuse_normalize, skip_tokens=skip_tokens)
+            _ops.masked_pool(_kernel_input(hidden), mask, mode, normalize=self.fuse_normalize, skip_tokens=skip_tokens)
             for mode in self.pooling.modes
         ]
-        x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
+        x = (pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)).to(hidden.dtype)
         return self._project(x)
 
     def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -51,7 +56,7 @@ class SentenceHead:
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.post:
-            x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
+            x = _ops.l2_normalize(_kernel_input(x)).to(x.dtype) if isinstance(stage, NormalizeModule) else stage(x)
         return x
 
     def finish(self, x: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:

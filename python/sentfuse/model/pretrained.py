@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .modules import ModelFolderError
+from .options import LoadOptions
 
 
 @contextmanager
@@ -34,17 +35,30 @@ def quiet_progress_bars() -> Iterator[None]:
             hub_utils.disable_progress_bars()
 
 
-def load_pretrained(folder: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's."""
-    from transformers import AutoModel, AutoTokenizer
+def load_pretrained(
+    folder: Path, dtype: torch.dtype | None = None, options: LoadOptions | None = None, model_class: str = "AutoModel"
+) -> tuple[Any, Any]:
+    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's.
 
-    model_kwargs = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
+    options carries the constructor's processor / config / model keywords and trust_remote_code
+    (model.options); model_class names the transformers Auto class of the model."""
+    import transformers
+
+    options = options or LoadOptions()
+    common = {"local_files_only": True, "trust_remote_code": options.trust_remote_code, "token": options.token}
+    model_kwargs = common | ({"dtype": dtype} if dtype is not None else {}) | options.model_kwargs
     try:
         with quiet_progress_bars():
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(folder), **model_kwargs)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common | options.tokenizer_kwargs)
+            if options.config_kwargs:
+                config = transformers.AutoConfig.from_pretrained(str(folder), **common | options.config_kwargs)
+                model_kwargs["config"] = config
+            model = getattr(transformers, model_class).from_pretrained(str(folder), **model_kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise ModelFolderError(f"cannot load the Hugging Face model in {folder}: {e}") from e
+    except TypeError as e:  # an unknown key in the caller's model / processor / config keywords
+        raise TypeError(f"cannot load the Hugging Face model in {folder} with model_kwargs={options.model_kwargs}, "
+                        f"processor_kwargs={options.tokenizer_kwargs}, config_kwargs={options.config_kwargs}: {e}") from e
     return tokenizer, model
 
 

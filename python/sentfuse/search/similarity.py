@@ -8,6 +8,7 @@ scoring_rows gives them by plain dot products.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
@@ -134,6 +135,19 @@ def pairwise_manhattan_sim(a: Any, b: Any) -> torch.Tensor:
     return -(a - b).abs().sum(dim=-1)
 
 
+def pairwise_angle_sim(x: Any, y: Any) -> torch.Tensor:
+    """[N] AnglE similarity |cos + sin| of x[i] and y[i] (unit rows; the sine pairs feature j with j + D/2,
+    an odd D padded by one zero), as sentence-transformers scores AnglELoss."""
+    x, y = _matched(x.to_dense() if getattr(x, "is_sparse", False) else x,
+                    y.to_dense() if getattr(y, "is_sparse", False) else y, pair=True)
+    if x.shape[-1] % 2:
+        x, y = torch.nn.functional.pad(x, (0, 1)), torch.nn.functional.pad(y, (0, 1))
+    x, y = unit_rows(x), unit_rows(y)
+    half = x.shape[-1] // 2
+    sines = (x[..., half:] * y[..., :half] - x[..., :half] * y[..., half:]).sum(dim=-1)
+    return ((x * y).sum(dim=-1) + sines).abs()
+
+
 SIMILARITY_FUNCTIONS: dict[str, Callable[[Any, Any], torch.Tensor]] = {
     "cosine": cos_sim,
     "dot": dot_score,
@@ -162,3 +176,40 @@ def metric_of(score_function: Callable) -> str | None:
     if module.split(".")[0] not in ("sentfuse", "sentence_transformers"):
         return None
     return _KERNEL_FUNCTION_NAMES.get(getattr(score_function, "__name__", None))
+
+
+class SimilarityFunction(Enum):
+    """The similarity functions by name, as sentence-transformers' enum of the same name (DOT is DOT_PRODUCT)."""
+
+    COSINE = "cosine"
+    DOT_PRODUCT = "dot"
+    DOT = "dot"
+    EUCLIDEAN = "euclidean"
+    MANHATTAN = "manhattan"
+
+    @staticmethod
+    def to_similarity_fn(similarity_function: str | SimilarityFunction) -> Callable[[Any, Any], torch.Tensor]:
+        """The [N, M] function of a name or member (e.g. "cosine" -> cos_sim)."""
+        return SIMILARITY_FUNCTIONS[_similarity_key(similarity_function)]
+
+    @staticmethod
+    def to_similarity_pairwise_fn(similarity_function: str | SimilarityFunction) -> Callable[[Any, Any], torch.Tensor]:
+        """The [N] pairwise function of a name or member (e.g. "cosine" -> pairwise_cos_sim)."""
+        return PAIRWISE_SIMILARITY_FUNCTIONS[_similarity_key(similarity_function)]
+
+    @staticmethod
+    def possible_values() -> list[str]:
+        return [member.value for member in SimilarityFunction]
+
+
+def similarity_name(value: Any) -> Any:
+    """value's name when it is a member of sentfuse's or sentence-transformers' SimilarityFunction enum, else
+    value unchanged (the caller checks it against its own names)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _similarity_key(value: Any) -> str:
+    name = similarity_name(value)
+    if name not in SIMILARITY_FUNCTIONS:
+        raise ValueError(f"similarity_function must be one of {', '.join(SIMILARITY_FUNCTIONS)}, got {value!r}")
+    return name

@@ -3,29 +3,37 @@ sentfuse's splade_pool kernel."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
+from .._checks import check_sentences, device_or_default, parse_device, parse_device_list, positive_int
+from ..model.card import ModelCardData
 from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
-from ..model.resolve import resolve_model_path
+from ..model.options import parse_load_options, renamed_keywords
+from ..model.resolve import SPARSE_ORGANIZATION, resolve_model_path
+from ..search.similarity import similarity_name
 from .batches import batch_policy, planned_batches
 from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
 from .heads import SpladeHead, StaticHead
+from .st_compat import SparseEncoderMethods
 from .vectors import SparseRows, as_dense_rows, decode_rows, sparsity_stats
+
+if TYPE_CHECKING:
+    from ..encode.pool import EncoderPool
 
 logger = logging.getLogger(__name__)
 
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
 
 
-class SparseEncoder:
+class SparseEncoder(SparseEncoderMethods):
     """Sparse (SPLADE) embeddings from a sentence-transformers SparseEncoder folder.
 
     Arguments and results follow sentence-transformers' SparseEncoder. The backbone runs in transformers;
@@ -36,8 +44,18 @@ class SparseEncoder:
 
     device: default CUDA when available, else CPU. dtype: float32, float16 or bfloat16 for the backbone
     (vectors are float32 either way). max_active_dims keeps only the largest weights of each vector.
+    trust_remote_code, token, model_kwargs, processor_kwargs, config_kwargs, use_kernels, kernel_config,
+    backend: sentence-transformers' loading keywords, parsed as Encoder parses them (sentfuse.model.options);
+    tokenizer_kwargs and use_auth_token are accepted as deprecated spellings. model_card_data is kept as the
+    attribute of that name.
     """
 
+    model_type = "SparseEncoder"
+    default_huggingface_organization = SPARSE_ORGANIZATION
+    SUPPORTED_SIMILARITY_FN_NAMES = SIMILARITY_FN_NAMES
+    model_card_data_class = ModelCardData
+
+    @renamed_keywords(tokenizer_kwargs="processor_kwargs", use_auth_token="token")
     def __init__(
         self,
         model_name_or_path: str | os.PathLike,
@@ -48,17 +66,39 @@ class SparseEncoder:
         default_prompt_name: str | None = None,
         similarity_fn_name: str | None = None,
         max_active_dims: int | None = None,
-        local_files_only: bool = True,
+        local_files_only: bool = False,
         cache_folder: str | None = None,
         revision: str | None = None,
+        *,
+        modules: Any = None,
+        trust_remote_code: bool = False,
+        token: bool | str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        use_kernels: bool = False,
+        kernel_config: Any = None,
+        model_card_data: Any = None,
+        backend: str = "torch",
     ) -> None:
+        # Long for sentence-transformers' keywords; they are checked in parse_load_options.
+        options, device = parse_load_options(
+            device=device, dtype=dtype, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs,
+            config_kwargs=config_kwargs, token=token, trust_remote_code=trust_remote_code, backend=backend,
+            use_kernels=use_kernels, kernel_config=kernel_config, modules=modules,
+        )
         target = device_or_default(device)
-        torch_dtype = parse_dtype(dtype)
         max_seq_length = positive_int(max_seq_length, "max_seq_length")
         self.max_active_dims = positive_int(max_active_dims, "max_active_dims")
-        folder = load_sparse_folder(resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
+        self.model_card_data = model_card_data if model_card_data is not None else ModelCardData(local_files_only)
+        folder = load_sparse_folder(
+            resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision, options.token,
+                               SPARSE_ORGANIZATION)
+        )
         self.model_path = folder.path
         self._folder = folder
+        self._load_options = options
+        self._settings = {"dtype": options.dtype, "max_seq_length": max_seq_length}  # what a pool worker rebuilds
         self.prompts = merge_prompts(prompts, folder.prompts)
         self.default_prompt_name = default_prompt_name or folder.default_prompt_name
         if self.default_prompt_name is not None:
@@ -67,8 +107,8 @@ class SparseEncoder:
         if self.max_active_dims is None:
             self.max_active_dims = folder.max_active_dims
         self._heads = {
-            name: SpladeHead(route, target, torch_dtype, max_seq_length) if isinstance(route, SpladeRoute)
-            else StaticHead(route, target)
+            name: SpladeHead(route, target, options.dtype, max_seq_length, options) if isinstance(route, SpladeRoute)
+            else StaticHead(route, target, options)
             for name, route in folder.routes.items()
         }
         self._device = target
@@ -87,7 +127,7 @@ class SparseEncoder:
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: str) -> None:
-        self._similarity_fn_name = check_similarity_fn_name(value, SIMILARITY_FN_NAMES)
+        self._similarity_fn_name = check_similarity_fn_name(similarity_name(value), SIMILARITY_FN_NAMES)
 
     @property
     def tokenizer(self) -> Any:
@@ -143,10 +183,11 @@ class SparseEncoder:
                 bar.update(len(positions))
         return rows
 
+    @renamed_keywords(sentences="inputs")
     @torch.inference_mode()
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str],
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_size: int | None = None,
@@ -154,19 +195,25 @@ class SparseEncoder:
         convert_to_tensor: bool = True,
         convert_to_sparse_tensor: bool = True,
         save_to_cpu: bool = False,
+        device: str | torch.device | Sequence[str] | None = None,
         max_active_dims: int | None = None,
+        pool: EncoderPool | None = None,
+        chunk_size: int | None = None,
         task: str | None = None,
         max_batch_tokens: int | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Sparse vectors [N, V] for sentences, with sentence-transformers' arguments and result types.
+        """Sparse vectors [N, V] for inputs (texts; `sentences=` is accepted too), with sentence-transformers'
+        arguments and result types.
 
         By default one sparse COO tensor [N, V] (a str gives [V]); convert_to_sparse_tensor=False gives it
         dense; convert_to_tensor=False a list of per-text tensors. max_active_dims (default: the model's)
         keeps each vector's largest weights. Texts are tokenized once, sorted by length and batched with at
         most batch_size texts and max_batch_tokens padded tokens per batch (defaults by device); results come
-        back in input order, on the model's device unless save_to_cpu. task picks a Router route.
+        back in input order, on the model's device unless save_to_cpu. task picks a Router route. device may
+        be a list of devices, or pool a pool from start_multi_process_pool: the texts are then split into
+        chunks of chunk_size across worker processes (results on the CPU).
         """
-        single, texts = check_sentences(sentences)
+        single, texts = check_sentences(inputs)
         for name, value in (("convert_to_tensor", convert_to_tensor), ("convert_to_sparse_tensor",
                             convert_to_sparse_tensor), ("save_to_cpu", save_to_cpu)):
             if not isinstance(value, (bool, np.bool_)):
@@ -177,30 +224,54 @@ class SparseEncoder:
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         resolved = self._resolve_prompt(prompt, prompt_name)
-        texts_in = [resolved + t for t in texts] if resolved else texts
-        rows = self._encode_rows(self._head(task), texts_in, batch_size, max_batch_tokens, max_active_dims,
-                                 bool(show_progress_bar))
-        out = rows.to_tensor(sparse=convert_to_sparse_tensor)
+        devices = self._pool_devices(pool, device, chunk_size)
+        if pool is not None or devices is not None:
+            out = self._encode_in_pool(texts, pool, devices, chunk_size, bool(show_progress_bar), prompt=resolved,
+                                       batch_size=batch_size, max_active_dims=max_active_dims, task=task,
+                                       max_batch_tokens=max_batch_tokens)
+        else:
+            texts_in = [resolved + t for t in texts] if resolved else texts
+            rows = self._encode_rows(self._head(task), texts_in, batch_size, max_batch_tokens, max_active_dims,
+                                     bool(show_progress_bar))
+            out = rows.to_tensor(sparse=True)
+        if not convert_to_sparse_tensor:
+            out = out.to_dense()
         if save_to_cpu:
             out = out.cpu()
         if not convert_to_tensor or single:
-            per_text = rows.split(out) if convert_to_sparse_tensor else list(out.unbind(0))
+            per_text = SparseRows.split(out) if convert_to_sparse_tensor else list(out.unbind(0))
             return per_text[0] if single else per_text
         return out
 
-    def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+    def _pool_devices(self, pool: Any, device: Any, chunk_size: Any) -> list[str] | None:
+        """The devices of a pool for this call (device a list), None otherwise; a single device moves the model."""
+        if pool is not None:
+            if device is not None:
+                raise ValueError("give either pool or device, not both: the pool's workers already have their devices")
+            return None
+        if isinstance(device, Sequence) and not isinstance(device, str):
+            return parse_device_list(device, "device")
+        positive_int(chunk_size, "chunk_size")
+        target = parse_device(device)
+        if target is not None and target != self.device:
+            self.to(target)
+        return None
+
+    @renamed_keywords(sentences="inputs")
+    def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
                      **kwargs: Any):
         """encode with the "query" route and prompt (unless a prompt or prompt_name is given)."""
         if prompt_name is None and prompt is None and "query" in self.prompts:
             prompt_name = "query"
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
 
-    def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = None,
+    @renamed_keywords(sentences="inputs")
+    def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = None,
                         prompt: str | None = None, **kwargs: Any):
         """encode with the "document" route and the "document" (else "passage", else "corpus") prompt."""
         if prompt_name is None and prompt is None:
             prompt_name = next((name for name in DOCUMENT_PROMPT_NAMES if name in self.prompts), None)
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
 
     # --- using the vectors ------------------------------------------------------------------------
 
@@ -224,3 +295,8 @@ class SparseEncoder:
     def sparsity(embeddings: torch.Tensor) -> dict[str, float]:
         """Mean active (non-zero) dimensions per vector and the mean share of zeros."""
         return sparsity_stats(embeddings)
+
+
+# encode_query and encode_document take encode's arguments (task aside) and pass them on: their signatures say so.
+for _method in (SparseEncoder.encode_query, SparseEncoder.encode_document):
+    _method.__signature__ = inspect.signature(SparseEncoder.encode)

@@ -12,25 +12,32 @@ from torch import nn
 from .. import _ops
 from ..model.backbone import prepare_backbone
 from ..model.modules import ModelFolderError
-from ..model.pretrained import UNBOUNDED_LENGTH
+from ..model.options import LoadOptions
+from ..model.pretrained import UNBOUNDED_LENGTH, load_pretrained
 from .folder import SpladeRoute, StaticRoute
 
 
-def _load_tokenizer(path, lowercase: bool) -> Any:
+def _load_tokenizer(path, lowercase: bool, options: LoadOptions) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=options.trust_remote_code, **options.tokenizer_kwargs
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ModelFolderError(f"cannot load the tokenizer in {path}: {e}") from e
     if lowercase:
-        from tokenizers import normalizers
-
-        backend = tokenizer.backend_tokenizer
-        current = backend.normalizer
-        if current is None or current.normalize_str("A") != "a":
-            backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
+        _add_lowercasing(tokenizer)
     return tokenizer
+
+
+def _add_lowercasing(tokenizer: Any) -> None:
+    from tokenizers import normalizers
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if current is None or current.normalize_str("A") != "a":
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
 
 
 def _detach_module(root: nn.Module, target: nn.Module) -> None:
@@ -48,16 +55,11 @@ class SpladeHead:
     in splade_pool, tile by tile, so the [batch, tokens, vocab] logits are never materialized."""
 
     def __init__(self, route: SpladeRoute, device: torch.device, dtype: torch.dtype | None,
-                 max_seq_length: int | None) -> None:
-        from transformers import AutoModelForMaskedLM
-
+                 max_seq_length: int | None, options: LoadOptions | None = None) -> None:
         self.route = route
-        self.tokenizer = _load_tokenizer(route.path, route.do_lower_case)
-        try:
-            kwargs = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
-            model = AutoModelForMaskedLM.from_pretrained(str(route.path), **kwargs)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelFolderError(f"cannot load the masked-LM model in {route.path}: {e}") from e
+        self.tokenizer, model = load_pretrained(route.path, dtype, options, "AutoModelForMaskedLM")
+        if route.do_lower_case:
+            _add_lowercasing(self.tokenizer)
         model = model.eval().to(device)
         decoder = model.get_output_embeddings()
         if not isinstance(decoder, nn.Linear):
@@ -104,9 +106,9 @@ class SpladeHead:
 class StaticHead:
     """SparseStaticEmbedding: weight[token] for every distinct valid token of a text (no special tokens)."""
 
-    def __init__(self, route: StaticRoute, device: torch.device) -> None:
+    def __init__(self, route: StaticRoute, device: torch.device, options: LoadOptions | None = None) -> None:
         self.route = route
-        self.tokenizer = _load_tokenizer(route.path, False)
+        self.tokenizer = _load_tokenizer(route.path, False, options or LoadOptions())
         self.weight = route.weight.to(device)
         if self.weight.shape[0] < len(self.tokenizer):
             raise ModelFolderError(f"{route.path}: {self.weight.shape[0]} weights for a tokenizer of "

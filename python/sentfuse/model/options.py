@@ -1,0 +1,179 @@
+"""The loading keywords sentence-transformers' model constructors take, parsed in one place for Encoder and
+SparseEncoder.
+
+sentence-transformers hands model_kwargs to AutoModel.from_pretrained, processor_kwargs to the tokenizer and
+config_kwargs to AutoConfig; sentfuse does the same, except that the dtype and a single-device device_map
+become its own dtype and device (it places the model itself, and its kernels follow the backbone's dtype).
+sentfuse runs the backbone in PyTorch with its own kernels around it, so backend must be "torch".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from .._checks import parse_dtype
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Dtypes a backbone may be loaded in: the kernels' three, and float64 (pooled in float32, see encode.pooling).
+LOAD_DTYPES = ("float32", "float16", "bfloat16", "float64")
+# model_kwargs keys that name the dtype (transformers renamed torch_dtype to dtype; both are still seen).
+DTYPE_KEYS = ("dtype", "torch_dtype")
+OTHER_BACKENDS = {
+    "onnx": "sentence_transformers.SentenceTransformer(..., backend='onnx') with onnxruntime",
+    "openvino": "sentence_transformers.SentenceTransformer(..., backend='openvino') with OpenVINO",
+}
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def renamed_keywords(**renames: str) -> Callable[[F], F]:
+    """Accept each old keyword (a deprecated sentence-transformers spelling) as its new name, with a warning;
+    giving both is an error. The old names are kept on the wrapper as `renamed_keywords`."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{func.__qualname__}: give {new} or its deprecated name {old}, not both")
+                    if (func.__qualname__, old) not in _WARNED:  # once per process, as sentence-transformers
+                        _WARNED.add((func.__qualname__, old))
+                        logger.warning("%s: %s is deprecated (as in sentence-transformers); use %s",
+                                       func.__qualname__, old, new)
+                    kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        wrapper.renamed_keywords = dict(renames)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the Hugging Face parts of a model folder are loaded (see load_pretrained)."""
+
+    dtype: torch.dtype | None = None  # None: as transformers loads the checkpoint
+    token: bool | str | None = None
+    trust_remote_code: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # for AutoModel.from_pretrained, dtype taken out
+    tokenizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    config_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """Keywords that give these options to another encoder's constructor (pool workers); dtype is apart."""
+        return {
+            "token": self.token,
+            "trust_remote_code": self.trust_remote_code,
+            "model_kwargs": dict(self.model_kwargs),
+            "processor_kwargs": dict(self.tokenizer_kwargs),
+            "config_kwargs": dict(self.config_kwargs),
+        }
+
+
+def _keyword_dict(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{name} must be a dict of keyword arguments, got {type(value).__name__}")
+    return dict(value)
+
+
+def check_backend(backend: Any) -> None:
+    if backend == "torch":
+        return
+    if backend in OTHER_BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} is not supported: sentfuse runs the model in PyTorch (backend='torch') with its "
+            f"own fused kernels. Drop the backend keyword (or pass dtype='bfloat16' / 'float16' for speed), or use "
+            f"{OTHER_BACKENDS[backend]}"
+        )
+    raise ValueError(f"backend must be 'torch' (sentfuse runs the model in PyTorch), got {backend!r}")
+
+
+def _dtype_from(dtype: Any, model_kwargs: dict[str, Any]) -> torch.dtype | None:
+    """The backbone dtype from the dtype keyword and model_kwargs' dtype / torch_dtype ("auto": the checkpoint's)."""
+    chosen = parse_dtype(dtype, "dtype", LOAD_DTYPES)
+    for key in DTYPE_KEYS:
+        if key not in model_kwargs:
+            continue
+        value = model_kwargs.pop(key)
+        parsed = None if value in (None, "auto") else parse_dtype(value, f"model_kwargs[{key!r}]", LOAD_DTYPES)
+        if chosen is not None and parsed is not None and parsed != chosen:
+            raise ValueError(f"dtype={chosen} and model_kwargs[{key!r}]={value!r} disagree; give one of them")
+        chosen = chosen or parsed
+    return chosen
+
+
+def _device_from(device: Any, model_kwargs: dict[str, Any]) -> Any:
+    """device, or model_kwargs' device_map when it names one device (it takes precedence, as in
+    sentence-transformers); a map over several devices is refused."""
+    if "device_map" not in model_kwargs:
+        return device
+    device_map = model_kwargs.pop("device_map")
+    if device_map is None:
+        return device
+    if isinstance(device_map, (str, torch.device, int)) and device_map not in ("auto", "balanced", "sequential"):
+        if device is not None:
+            logger.warning("device=%s ignored: model_kwargs['device_map']=%r takes precedence", device, device_map)
+        return f"cuda:{device_map}" if isinstance(device_map, int) else device_map
+    raise ValueError(
+        f"model_kwargs['device_map']={device_map!r} is not supported: sentfuse keeps the whole model on one device; "
+        "pass device='cuda:0' (or a single device as device_map), or a list of devices to encode(device=[...])"
+    )
+
+
+def parse_load_options(
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    model_kwargs: Any = None,
+    processor_kwargs: Any = None,
+    config_kwargs: Any = None,
+    token: Any = None,
+    trust_remote_code: Any = False,
+    backend: Any = "torch",
+    use_kernels: Any = False,
+    kernel_config: Any = None,
+    modules: Any = None,
+) -> tuple[LoadOptions, Any]:
+    """(LoadOptions, device) from a constructor's keywords, each checked and named in its error."""
+    check_backend(backend)
+    if modules is not None:
+        raise ValueError(
+            "modules is not supported: sentfuse builds its modules from a model folder; save the modules with "
+            "sentence_transformers.SentenceTransformer(modules=...).save(path) and load that folder"
+        )
+    if token is not None and not isinstance(token, (bool, str)):
+        raise TypeError(f"token must be a str, a bool or None, got {type(token).__name__}")
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be a bool, got {type(trust_remote_code).__name__}")
+    if not isinstance(use_kernels, bool):
+        raise TypeError(f"use_kernels must be a bool, got {type(use_kernels).__name__}")
+    model = _keyword_dict(model_kwargs, "model_kwargs")
+    if use_kernels or kernel_config is not None:  # transformers' Hub kernels for the backbone, as in sentence-transformers
+        model.setdefault("use_kernels", True)
+        if kernel_config is not None:
+            model.setdefault("kernel_config", kernel_config)
+    chosen_dtype = _dtype_from(dtype, model)
+    device = _device_from(device, model)
+    options = LoadOptions(
+        dtype=chosen_dtype,
+        token=token,
+        trust_remote_code=trust_remote_code,
+        model_kwargs=model,
+        tokenizer_kwargs=_keyword_dict(processor_kwargs, "processor_kwargs"),
+        config_kwargs=_keyword_dict(config_kwargs, "config_kwargs"),
+    )
+    return options, device
