@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._checks import device_or_default
-from ..model.modules import TRANSFORMER_CONFIG_FILES
+from ..model.modules import ST_CONFIG, TRANSFORMER_CONFIG_FILES
 from ..model.save import replace_folder_entries
 from .folder import SpladeRoute
 from .vectors import as_dense_rows
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from ..encode.pool import EncoderPool
 
 logger = logging.getLogger(__name__)
-
-ST_CONFIG = "config_sentence_transformers.json"
 
 
 class SparseEncoderMethods:
