@@ -54,11 +54,12 @@ test: $(BUILD_STAMP)
 
 # faiss-cpu is a benchmark-only dependency (a peer to compare against).
 bench: $(BUILD_STAMP)
-	$(PIP) install -q faiss-cpu threadpoolctl
+	$(PIP) install -q faiss-cpu threadpoolctl matplotlib
 	$(PY) benchmarks/bench_pooling.py
 	$(PY) benchmarks/bench_topk.py
 	$(PY) benchmarks/bench_mining.py --sizes 20000
 	$(PY) benchmarks/bench_encode.py
+	$(PY) benchmarks/plot_results.py
 
 $(CUDA_PY):
 	$(PYTHON) -m venv $(CUDA_VENV)
