@@ -66,12 +66,28 @@ def bench_encode(args, texts: list[str], work: Path) -> tuple[dict, np.ndarray]:
     return row, single
 
 
+def same_up_to_ties(got: tuple, want: tuple, tol: float = 1e-5) -> bool:
+    """Both top-k lists hold the same hits, except that hits whose scores tie (within tol, the fp32 rounding of
+    per-shard GEMMs) may come in either order, and a tie at the k-th place may be cut either way."""
+    (gs, gi), (ws, wi) = got, want
+    if not torch.allclose(gs, ws, atol=tol, rtol=0):
+        return False
+    for g_ids, w_ids, scores in zip(gi.tolist(), wi.tolist(), ws.tolist()):
+        start = 0
+        for end in range(1, len(scores) + 1):
+            if end == len(scores) or scores[end - 1] - scores[end] > tol:  # a run of tied scores ends
+                if end < len(scores) and set(g_ids[start:end]) != set(w_ids[start:end]):
+                    return False
+                start = end
+    return True
+
+
 def bench_search(args, corpus: np.ndarray, work: Path) -> dict:
     queries = torch.from_numpy(corpus[:: max(1, len(corpus) // args.queries)][: args.queries].copy())
     single_s, want = seconds(lambda: sentfuse.search_topk(queries, torch.from_numpy(corpus), args.k))
     dist_s, got = seconds(lambda: distributed.search(queries, work / "out", args.k))
     return {"queries": len(queries), "k": args.k, "single_s": single_s, "distributed_s": dist_s,
-            "same_indices": bool(torch.equal(got[1], want[1])),
+            "same_indices": bool(torch.equal(got[1], want[1])), "same_up_to_ties": same_up_to_ties(got, want),
             "max_score_diff": float((got[0] - want[0]).abs().max())}
 
 
@@ -108,7 +124,7 @@ def main() -> None:
         search = bench_search(args, corpus, work)
         print(f"search {search['queries']} queries, k={search['k']}, over {encode['rows']} rows:")
         print(f"  sentfuse.search_topk      {search['single_s']:8.2f} s")
-        print(f"  distributed.search        {search['distributed_s']:8.2f} s  (same indices: {search['same_indices']},"
+        print(f"  distributed.search        {search['distributed_s']:8.2f} s  (same hits up to ties: {search['same_up_to_ties']},"
               f" max score diff {search['max_score_diff']:.1e})")
     ray.shutdown()
     if args.json:
