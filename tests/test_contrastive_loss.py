@@ -108,7 +108,7 @@ def test_bad_arguments(device):  # noqa: F811
         _ops.contrastive_loss(anchors[:0], candidates[:0])
     with pytest.raises(ValueError, match="same embedding dimension"):
         _ops.contrastive_loss(anchors, candidates[:, :5])
-    with pytest.raises(TypeError, match="anchors are float32 but candidates are BFloat16|but candidates are"):
+    with pytest.raises(TypeError, match="but candidates are"):
         _ops.contrastive_loss(anchors, candidates.bfloat16())
     with pytest.raises(ValueError, match="scale must be finite"):
         _ops.contrastive_loss(anchors, candidates, float("inf"))

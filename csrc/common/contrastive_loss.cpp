@@ -84,9 +84,11 @@ std::tuple<at::Tensor, at::Tensor> contrastive_loss_backward_tiled(const at::Ten
   const int64_t rows = tile_rows(B, C, tile_elems);
   for (int64_t r0 = 0; r0 < B; r0 += rows) {
     const int64_t n = std::min(rows, B - r0);
-    const at::Tensor s = score_tile(a, c, r0, n, scale);               // [n, C]
-    at::Tensor p = (s - row_lse.narrow(0, r0, n).unsqueeze(1)).exp_();  // [n, C], becomes scale * d(loss)/ds
-    if (symmetric) p.narrow(1, 0, B).add_((s.narrow(1, 0, B) - col_lse.unsqueeze(0)).exp_());
+    at::Tensor p = score_tile(a, c, r0, n, scale);  // [n, C] scores, turned into d(loss)/ds * scale in place
+    at::Tensor column_softmax;                        // [n, B]
+    if (symmetric) column_softmax = (p.narrow(1, 0, B) - col_lse.unsqueeze(0)).exp_();
+    p.sub_(row_lse.narrow(0, r0, n).unsqueeze(1)).exp_();
+    if (symmetric) p.narrow(1, 0, B).add_(column_softmax);
     p.narrow(1, r0, n).diagonal().sub_(symmetric ? 2.0 : 1.0);
     p.mul_(w);
     at::Tensor d_a_tile = d_a.narrow(0, r0, n);  // contiguous rows
