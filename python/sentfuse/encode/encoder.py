@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .._checks import check_calibration_rows, check_sentences, device_or_default, parse_device, parse_dtype, positive_int
-from ..model.backbone import cpu_has_native, prepare_backbone
+from ..model.backbone import prepare_backbone, warn_if_emulated
 from ..model.modules import (
     SIMILARITY_FN_NAMES,
     ModelFolder,
@@ -23,7 +23,7 @@ from ..model.modules import (
     load_model_folder,
     merge_prompts,
 )
-from ..model.pretrained import load_pretrained
+from ..model.pretrained import add_lowercasing, load_pretrained, set_token_limit
 from ..model.resolve import resolve_model_path
 from .finish import finish_sentence_embeddings, finish_token_embeddings
 from .pipeline import EncodeRequest, Pipeline
@@ -96,20 +96,13 @@ class Encoder(SentenceTransformerMethods):
         backbone = folder.transformer
         tokenizer, model = load_pretrained(backbone.path, dtype)
 
-        limit = max_seq_length or backbone.max_seq_length
-        if limit is None:
-            # As sentence-transformers does: the tokenizer's limit, capped by the position table.
-            limit = tokenizer.model_max_length
-            max_positions = getattr(model.config, "max_position_embeddings", -1)
-            if isinstance(max_positions, int) and max_positions > 0:
-                limit = min(limit, max_positions)
-        tokenizer.model_max_length = limit
+        set_token_limit(tokenizer, model.config, max_seq_length, backbone.max_seq_length)
         if backbone.do_lower_case:
-            self._add_lowercasing(tokenizer)
+            add_lowercasing(tokenizer)
 
         self._tokenizer = tokenizer
         self._model = prepare_backbone(model.eval().to(device))
-        self._warn_if_emulated(device, self._model.dtype)
+        warn_if_emulated(device, self._model.dtype)
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._prompt_lengths: dict[str, int] = {}
         self._head = SentenceHead(folder.modules[1:], self._hidden_size(model.config), device, model.dtype, str(folder.path))
@@ -118,32 +111,12 @@ class Encoder(SentenceTransformerMethods):
         self._pipeline: Pipeline | None = None
 
     @staticmethod
-    def _warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
-        """Say so when a half-precision CPU model cannot be faster than float32 on this CPU."""
-        if device.type == "cpu" and not cpu_has_native(dtype):
-            name = str(dtype).removeprefix("torch.")
-            logger.warning(
-                "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): the linear layers multiply %s "
-                "values with float32 arithmetic, so %s runs no faster than float32 here", name, name, name
-            )
-
-    @staticmethod
     def _hidden_size(config: Any) -> int:
         for cfg in (config, getattr(config, "text_config", None)):
             size = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
             if isinstance(size, int):
                 return size
         raise ModelFolderError(f"cannot tell the hidden size of {type(config).__name__}")
-
-    @staticmethod
-    def _add_lowercasing(tokenizer: Any) -> None:
-        from tokenizers import normalizers
-
-        backend = tokenizer.backend_tokenizer
-        current = backend.normalizer
-        if current is not None and current.normalize_str("A") == "a":
-            return
-        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
 
     # --- properties -------------------------------------------------------------------------------
 

@@ -34,15 +34,43 @@ def quiet_progress_bars() -> Iterator[None]:
             hub_utils.disable_progress_bars()
 
 
-def load_pretrained(folder: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's."""
-    from transformers import AutoModel, AutoTokenizer
+def load_pretrained(folder: Path, dtype: torch.dtype | None = None, auto_class: str = "AutoModel",
+                    **config: Any) -> tuple[Any, Any]:
+    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's.
+    auto_class names the transformers Auto class that builds the model (AutoModel: the bare backbone;
+    AutoModelForSequenceClassification: backbone + classifier); config overrides config.json entries."""
+    import transformers
+    from transformers import AutoTokenizer
 
-    model_kwargs = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
+    model_kwargs = {"local_files_only": True, **config} | ({"dtype": dtype} if dtype is not None else {})
     try:
         with quiet_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(folder), **model_kwargs)
+            model = getattr(transformers, auto_class).from_pretrained(str(folder), **model_kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise ModelFolderError(f"cannot load the Hugging Face model in {folder}: {e}") from e
     return tokenizer, model
+
+
+def set_token_limit(tokenizer: Any, config: Any, *limits: int | None) -> int:
+    """Set tokenizer.model_max_length to the first limit given (the caller's, then the folder's); with none,
+    as sentence-transformers does, to the tokenizer's own limit capped by the model's position table."""
+    limit = next((n for n in limits if n is not None), None)
+    if limit is None:
+        limit = tokenizer.model_max_length
+        max_positions = getattr(config, "max_position_embeddings", -1)
+        if isinstance(max_positions, int) and max_positions > 0:
+            limit = min(limit, max_positions)
+    tokenizer.model_max_length = limit
+    return limit
+
+
+def add_lowercasing(tokenizer: Any) -> None:
+    """Lower-case texts in the fast tokenizer's normalizer (a folder's do_lower_case), unless it already does."""
+    from tokenizers import normalizers
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if current is not None and current.normalize_str("A") == "a":
+        return
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ _ST_TYPES = {
 }
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
@@ -37,7 +38,7 @@ def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype:
     _, model = load_pretrained(module.path, dtype)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    _write_json(
+    write_json(
         out / "sentence_bert_config.json",
         {"max_seq_length": tokenizer.model_max_length, "do_lower_case": module.do_lower_case},
     )
@@ -48,7 +49,7 @@ def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype:
 def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> None:
     out.mkdir()
     if isinstance(module, PoolingModule):
-        _write_json(out / "config.json", {
+        write_json(out / "config.json", {
             "embedding_dimension": hidden,
             "pooling_mode": list(module.modes) if len(module.modes) > 1 else module.modes[0],
             "include_prompt": module.include_prompt,
@@ -65,7 +66,7 @@ def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> No
         }
         if module.use_residual:
             config["use_residual"] = True
-        _write_json(out / "config.json", config)
+        write_json(out / "config.json", config)
         save_model(module.to(dtype), str(out / "model.safetensors"))
 
 
@@ -76,10 +77,10 @@ def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dt
         name = f"{idx}_{type(module).__name__.removesuffix('Module')}"
         _write_module(out / name, module, hidden, dtype)
         entries.append({"idx": idx, "name": str(idx), "path": name, "type": _ST_TYPES[type(module)]})
-    _write_json(out / "modules.json", entries)
+    write_json(out / "modules.json", entries)
     from importlib.metadata import version
 
-    _write_json(out / "config_sentence_transformers.json", {
+    write_json(out / "config_sentence_transformers.json", {
         "model_type": "SentenceTransformer",
         "__version__": {"sentfuse": version("sentfuse"), "pytorch": torch.__version__},
         **settings,
@@ -90,18 +91,21 @@ def save_model_folder(
     path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]
 ) -> Path:
     """Write folder's pipeline to path with this tokenizer (its current max length) and backbone dtype;
-    settings (prompts, default_prompt_name, similarity_fn_name) go to config_sentence_transformers.json.
+    settings (prompts, default_prompt_name, similarity_fn_name) go to config_sentence_transformers.json
+    (atomically, as write_folder does)."""
+    return write_folder(path, lambda out: _fill_folder(out, folder, tokenizer, dtype, settings))
 
-    Everything is written to a temporary folder beside path first, then each file or module folder
-    replaces its namesake in path: a failure leaves path as it was, and other files there stay.
-    """
+
+def write_folder(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """fill(folder) writes a model folder; it writes into a temporary folder beside path first, then each file
+    or module folder replaces its namesake in path: a failure leaves path as it was, and other files there stay."""
     target = Path(path).expanduser()
     if target.exists() and not target.is_dir():
         raise ValueError(f"path {target} is a file; expected a folder to save the model in")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _fill_folder(staging, folder, tokenizer, dtype, settings)
+        fill(staging)
         target.mkdir(exist_ok=True)
         for entry in staging.iterdir():
             if (target / entry.name).is_dir():
