@@ -13,7 +13,8 @@ speed; the real encoder keeps the scores apart enough that the top-10 order is a
 Rows: sentence-transformers fp32 (its default, batch_size 32), sentfuse fp32, sentfuse bf16 (and fp16
 with --dtypes). The rows' calls alternate question by question, so load from other processes on a shared
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
---repeats calls. Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
+--repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
+machine shared with other jobs the wall time mostly measures the others, the CPU time the work done). Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
 the largest |score difference| over the largest |score| per question, and the share of questions whose
 top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend is run with --openvino PYTHON (a
@@ -130,15 +131,16 @@ def run_rows(rows: dict, questions: list[str], docs: list[list[str]], repeats: i
     identity = torch.nn.Identity()
     for rank in rows.values():  # warm-up: first calls build threads, oneDNN primitives, pipelines
         rank(questions[0], docs[0][:16], identity)
-    results = {name: {"seconds": 0.0, "scores": []} for name in rows}
+    results = {name: {"seconds": 0.0, "cpu_seconds": 0.0, "scores": []} for name in rows}
     for i, (query, documents) in enumerate(zip(questions, docs)):
         for name, rank in rows.items():
-            best, hits = float("inf"), None
+            best, hits = (float("inf"), 0.0), None
             for _ in range(repeats):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 hits = rank(query, documents, identity)
-                best = min(best, time.perf_counter() - start)
-            results[name]["seconds"] += best
+                best = min(best, (time.perf_counter() - start, time.process_time() - start_cpu))
+            results[name]["seconds"] += best[0]
+            results[name]["cpu_seconds"] += best[1]
             results[name]["scores"].append(scores_in_input_order(hits, len(documents)))
         print(f"\r{i + 1}/{len(questions)} questions", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -154,13 +156,15 @@ folder, work = sys.argv[1], json.load(open(sys.argv[2]))
 model = CrossEncoder(folder, backend="openvino", device="cpu")
 ident = torch.nn.Identity()
 model.rank(work["q"][0], work["d"][0][:16], activation_fn=ident)
-seconds, scores = 0.0, []
+seconds, cpu, scores = 0.0, 0.0, []
 for q, d in zip(work["q"], work["d"]):
-    start = time.perf_counter(); hits = model.rank(q, d, activation_fn=ident); seconds += time.perf_counter() - start
+    start, start_cpu = time.perf_counter(), time.process_time()
+    hits = model.rank(q, d, activation_fn=ident)
+    seconds += time.perf_counter() - start; cpu += time.process_time() - start_cpu
     s = [0.0] * len(d)
     for h in hits: s[h["corpus_id"]] = h["score"]
     scores.append(s)
-print(json.dumps({"seconds": seconds, "scores": scores}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "scores": scores}))
 """
     with tempfile.NamedTemporaryFile("w", suffix=".json") as work:
         json.dump({"q": questions, "d": docs}, work)
@@ -179,6 +183,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="calls per question and row; the fastest counts")
     parser.add_argument("--no-retrieve", action="store_true", help="skip retrieval: gold paragraph + the next ones")
     parser.add_argument("--openvino", default=None, metavar="PYTHON", help="python with ST's OpenVINO backend")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -186,6 +191,8 @@ def main() -> None:
     import sentfuse
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine()
     print(f"CPU: {info['cpu']}; flags: {' '.join(info['flags'])}; {info['cpus']} cores, torch threads "
           f"{info['threads']}, load average {info['load_average'][0]:.1f}")
@@ -208,26 +215,32 @@ def report(args, info: dict, results: dict, pairs: int) -> None:
     base_name = "sentence-transformers fp32"
     base = results[base_name]
     print(f"\n{args.questions} questions x {args.docs} paragraphs = {pairs} pairs, rank() per question")
-    print(f"{'row':<38}{'seconds':>9}{'pairs/s':>9}{'vs ST fp32':>11}{'max rel diff':>14}{'top10 same':>12}"
-          f"{'up to ties':>12}")
+    print(f"{'row':<38}{'wall s':>8}{'pairs/s':>9}{'vs ST':>7}{'CPU s':>8}{'vs ST':>7}{'max rel diff':>14}"
+          f"{'top10 same':>12}{'up to ties':>12}")
     table = []
     for name, result in results.items():
-        row = {"row": name, "seconds": result["seconds"], "pairs_per_s": pairs / result["seconds"],
-               "speedup_vs_st_fp32": base["seconds"] / result["seconds"], **agreement(base["scores"], result["scores"])}
+        row = {"row": name, "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
+               "pairs_per_s": pairs / result["seconds"], "speedup_vs_st_fp32": base["seconds"] / result["seconds"],
+               "cpu_speedup_vs_st_fp32": base["cpu_seconds"] / result["cpu_seconds"],
+               **agreement(base["scores"], result["scores"])}
         table.append(row)
-        print(f"{name:<38}{row['seconds']:>9.2f}{row['pairs_per_s']:>9.1f}{row['speedup_vs_st_fp32']:>10.2f}x"
-              f"{row['max_rel_score_diff']:>14.2e}{row['top10_same']:>12.0%}{row['top10_same_up_to_ties']:>12.0%}")
+        print(f"{name:<38}{row['seconds']:>8.1f}{row['pairs_per_s']:>9.1f}{row['speedup_vs_st_fp32']:>6.2f}x"
+              f"{row['cpu_seconds']:>8.1f}{row['cpu_speedup_vs_st_fp32']:>6.2f}x{row['max_rel_score_diff']:>14.2e}"
+              f"{row['top10_same']:>12.0%}{row['top10_same_up_to_ties']:>12.0%}")
     if not args.openvino:
         print("sentence-transformers OpenVINO: unmeasured (no --openvino environment)")
     goals = []
     for name, minimum in GOALS:
         row = next((r for r in table if r["row"] == name), None)
         if row is not None:
-            met = row["speedup_vs_st_fp32"] >= minimum
-            goals.append({"row": name, "goal": minimum, "speedup": row["speedup_vs_st_fp32"], "met": met})
-            print(f"goal {name} >= {minimum}x sentence-transformers fp32: {row['speedup_vs_st_fp32']:.2f}x "
-                  f"{'met' if met else 'NOT met'}")
+            wall, cpu = row["speedup_vs_st_fp32"], row["cpu_speedup_vs_st_fp32"]
+            goals.append({"row": name, "goal": minimum, "speedup": wall, "cpu_speedup": cpu,
+                          "met_wall": wall >= minimum, "met_cpu": cpu >= minimum})
+            print(f"goal {name} >= {minimum}x sentence-transformers fp32: wall {wall:.2f}x "
+                  f"({'met' if wall >= minimum else 'NOT met'}), CPU time {cpu:.2f}x "
+                  f"({'met' if cpu >= minimum else 'NOT met'})")
     if args.json:
+        info["load_average_after"] = os.getloadavg()
         args.json.write_text(json.dumps({"machine": info, "questions": args.questions, "docs": args.docs,
                                          "pairs": pairs, "rows": table, "goals": goals}, indent=2))
 
