@@ -7,7 +7,7 @@ import argparse
 from .._checks import cosine_arg as cosine, positive_int_arg as positive
 from .inputs import FORMATS
 
-__all__ = ["add_input_options", "add_model_options", "cosine", "positive"]
+__all__ = ["add_input_options", "add_model_options", "add_run_options", "cosine", "positive"]
 
 
 def add_input_options(command: argparse.ArgumentParser) -> None:
@@ -18,6 +18,11 @@ def add_input_options(command: argparse.ArgumentParser) -> None:
 
 def add_model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
+    add_run_options(command)
+
+
+def add_run_options(command: argparse.ArgumentParser) -> None:
+    """How a model runs: batch size, device, progress bar (commands whose --model means another kind of model)."""
     command.add_argument("--batch-size", type=positive, default=None, help="most texts per forward pass (default: by device)")
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
