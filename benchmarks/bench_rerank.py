@@ -14,7 +14,8 @@ Rows: sentence-transformers fp32 (its default, batch_size 32), sentfuse fp32, se
 with --dtypes). The rows' calls alternate question by question, so load from other processes on a shared
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
 --repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
-machine shared with other jobs the wall time mostly measures the others, the CPU time the work done). Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
+machine shared with other jobs the wall time mostly measures the others, the CPU time the work done).
+Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
 the largest |score difference| over the largest |score| per question, and the share of questions whose
 top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend is run with --openvino PYTHON (a
@@ -142,8 +143,8 @@ def run_rows(rows: dict, questions: list[str], docs: list[list[str]], repeats: i
             results[name]["seconds"] += best[0]
             results[name]["cpu_seconds"] += best[1]
             results[name]["scores"].append(scores_in_input_order(hits, len(documents)))
-        print(f"\r{i + 1}/{len(questions)} questions", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        totals = "  ".join(f"{name}: {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU" for name, r in results.items())
+        print(f"{i + 1}/{len(questions)} questions  {totals}", file=sys.stderr, flush=True)
     return results
 
 

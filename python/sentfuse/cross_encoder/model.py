@@ -26,6 +26,7 @@ from .._checks import (
     parse_dtype,
     positive_int,
 )
+from ..encode.owner import PipelineOwner
 from ..encode.pipeline import EncodeRequest, Pipeline
 from ..encode.run import RunOptions
 from ..model.backbone import prepare_backbone, warn_if_emulated
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 CLASSIFIER_CLASS = "AutoModelForSequenceClassification"
 
 
-class CrossEncoder:
+class CrossEncoder(PipelineOwner):
     """Scores for (text, text) pairs from a sentence-transformers CrossEncoder folder or a Hugging Face
     sequence-classification folder, with sentence-transformers 6.3's constructor, predict and rank.
 
@@ -101,8 +102,10 @@ class CrossEncoder:
             raise ValueError("model_name_or_path is required: a CrossEncoder folder, a Hugging Face "
                              "sequence-classification folder, or a hub name in the local cache")
         target = device_or_default(device)
-        self._dtype_arg = parse_dtype(dtype if dtype is not None else keywords.split_model_kwargs(given["model_kwargs"]))
-        limit = self._token_limit(max_seq_length, max_length, keywords.split_processor_kwargs(given["processor_kwargs"]))
+        model_dtype = keywords.split_model_kwargs(given["model_kwargs"])
+        self._dtype_arg = parse_dtype(dtype if dtype is not None else model_dtype)
+        processor_limit = keywords.split_processor_kwargs(given["processor_kwargs"])
+        limit = self._token_limit(max_seq_length, max_length, processor_limit)
         self._config = keywords.split_config_kwargs(config_kwargs)
         if num_labels is not None:
             self._config["num_labels"] = positive_int(num_labels, "num_labels")
@@ -112,7 +115,8 @@ class CrossEncoder:
         self.model_path = folder.path
         self._folder = folder
         self.prompts: dict[str, str] = merge_prompts(prompts, folder.prompts, always=())
-        self.default_prompt_name = default_prompt_name if default_prompt_name is not None else folder.default_prompt_name
+        self.default_prompt_name = default_prompt_name if default_prompt_name is not None else \
+            folder.default_prompt_name
         if self.default_prompt_name is not None:
             check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
         self._load(folder, target, limit)
@@ -163,14 +167,6 @@ class CrossEncoder:
     # --- properties -------------------------------------------------------------------------------
 
     @property
-    def device(self) -> torch.device:
-        return next(self._model.parameters()).device
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._tokenizer
-
-    @property
     def model(self) -> Any:
         """The transformers sequence-classification model (prepared for inference)."""
         return self._model
@@ -206,18 +202,6 @@ class CrossEncoder:
     def default_activation_function(self) -> Callable:
         warnings.warn("default_activation_function was renamed to activation_fn", DeprecationWarning, stacklevel=2)
         return self.activation_fn
-
-    @property
-    def run_options(self) -> RunOptions:
-        """How the model runs on CUDA: CUDA graphs or eager, and the attention kernel (see encode.run)."""
-        return self._run_options
-
-    @run_options.setter
-    def run_options(self, value: RunOptions) -> None:
-        if not isinstance(value, RunOptions):
-            raise TypeError(f"run_options must be a sentfuse.encode.run.RunOptions, got {type(value).__name__}")
-        self._run_options = value
-        self._pipeline = None
 
     def to(self, device: str | torch.device) -> CrossEncoder:
         self._model.to(parse_device(device))

@@ -26,6 +26,7 @@ from ..model.modules import (
 from ..model.pretrained import add_lowercasing, load_pretrained, set_token_limit
 from ..model.resolve import resolve_model_path
 from .finish import finish_sentence_embeddings, finish_token_embeddings
+from .owner import PipelineOwner
 from .pipeline import EncodeRequest, Pipeline
 from .pooling import SentenceHead
 from .quantize import check_precision
@@ -43,7 +44,7 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
 
 
-class Encoder(SentenceTransformerMethods):
+class Encoder(PipelineOwner, SentenceTransformerMethods):
     """Sentence embeddings from a sentence-transformers or Hugging Face model folder.
 
     Arguments and results follow sentence-transformers' SentenceTransformer. The backbone runs in
@@ -121,14 +122,6 @@ class Encoder(SentenceTransformerMethods):
     # --- properties -------------------------------------------------------------------------------
 
     @property
-    def device(self) -> torch.device:
-        return next(self._model.parameters()).device
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._tokenizer
-
-    @property
     def max_seq_length(self) -> int:
         return self._tokenizer.model_max_length
 
@@ -136,18 +129,6 @@ class Encoder(SentenceTransformerMethods):
     def max_seq_length(self, value: int) -> None:
         self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
         self._prompt_lengths.clear()
-        self._pipeline = None
-
-    @property
-    def run_options(self) -> RunOptions:
-        """How encode runs the model on CUDA: CUDA graphs or eager, and the attention kernel (see encode.run)."""
-        return self._run_options
-
-    @run_options.setter
-    def run_options(self, value: RunOptions) -> None:
-        if not isinstance(value, RunOptions):
-            raise TypeError(f"run_options must be a sentfuse.encode.run.RunOptions, got {type(value).__name__}")
-        self._run_options = value
         self._pipeline = None
 
     @property
