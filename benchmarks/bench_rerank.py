@@ -10,8 +10,8 @@ bundled model's encoder weights with a random pooler and one-label classifier (s
 sentence-transformers 6 CrossEncoder folder that both libraries load. Random head weights are fine for
 speed; the real encoder keeps the scores apart enough that the top-10 order is a meaningful check.
 
-Rows: sentence-transformers fp32 (its default, batch_size 32), sentfuse fp32, sentfuse bf16 (and fp16
-with --dtypes). The rows' calls alternate question by question, so load from other processes on a shared
+Rows: sentence-transformers fp32 (its default, batch_size 32; fp16 too with --device cuda), sentfuse fp32,
+sentfuse bf16 (and fp16 with --dtypes). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
 --repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
 machine shared with other jobs the wall time mostly measures the others, the CPU time the work done).
@@ -21,7 +21,7 @@ top-10 order is the same (exactly, and up to ties: a hit may swap only with one 
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend is run with --openvino PYTHON (a
 python of the environment ../shared/peers/openvino-venv.sh builds); otherwise it is reported unmeasured.
 
-    python benchmarks/bench_rerank.py [--questions 50 --docs 100] [--dtypes fp32 bf16] [--json out.json]
+    python benchmarks/bench_rerank.py [--questions 50 --docs 100] [--dtypes fp32 bf16] [--device cuda] [--json out.json]
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="calls per question and row; the fastest counts")
     parser.add_argument("--no-retrieve", action="store_true", help="skip retrieval: gold paragraph + the next ones")
     parser.add_argument("--openvino", default=None, metavar="PYTHON", help="python with ST's OpenVINO backend")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA sentence-transformers fp16 runs too)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path, default=None)
@@ -194,17 +195,20 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine()
+    info = machine() | {"device": args.device}
     print(f"CPU: {info['cpu']}; flags: {' '.join(info['flags'])}; {info['cpus']} cores, torch threads "
           f"{info['threads']}, load average {info['load_average'][0]:.1f}")
     questions, paragraphs, ids = load_work(args.data, args.questions, args.docs, not args.no_retrieve)
     docs = [[paragraphs[i] for i in row] for row in ids]
     with tempfile.TemporaryDirectory() as tmp:
         folder = stand_in(Path(tmp))
-        st = STCrossEncoder(str(folder), device="cpu")
+        st = STCrossEncoder(str(folder), device=args.device)
         rows = {"sentence-transformers fp32": lambda q, d, a: st.rank(q, d, activation_fn=a)}
+        if args.device.startswith("cuda"):
+            st16 = STCrossEncoder(str(folder), device=args.device, model_kwargs={"dtype": torch.float16})
+            rows["sentence-transformers fp16"] = lambda q, d, a: st16.rank(q, d, activation_fn=a)
         for name in args.dtypes:
-            model = sentfuse.CrossEncoder(folder, device="cpu", dtype=DTYPES[name])
+            model = sentfuse.CrossEncoder(folder, device=args.device, dtype=DTYPES[name])
             rows[f"sentfuse {name}"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
         results = run_rows(rows, questions, docs, args.repeats)
         if args.openvino:
