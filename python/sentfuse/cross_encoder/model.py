@@ -220,14 +220,7 @@ class CrossEncoder(PipelineOwner):
 
     def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The classifier's logits [B, num_labels] for a batch of padded pairs on the model's device."""
-        inputs = {k: v for k, v in features.items() if k in self._forward_args}
-        return self._model(**inputs, return_dict=True).logits
-
-    def _score_pipeline(self) -> Pipeline:
-        if self._pipeline is None:
-            self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
-                                      self.device, self._model.dtype, self._run_options, pairs=True)
-        return self._pipeline
+        return self._run_model(features).logits
 
     @torch.inference_mode()
     def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, batch_size: int | None,
@@ -235,7 +228,7 @@ class CrossEncoder(PipelineOwner):
         """float32 logits [N, num_labels] on the model's device; the prompt goes before each pair's first text."""
         if prompt:
             pairs = [(prompt + first, second) for first, second in pairs]
-        return self._score_pipeline().encode(EncodeRequest(
+        return self._own_pipeline(pairs=True).encode(EncodeRequest(
             texts=pairs, skip_tokens=0, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
             token_embeddings=False, dim=self.num_labels, normalize=False, out_dtype=torch.float32, progress=progress,
         ))

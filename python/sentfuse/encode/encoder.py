@@ -205,14 +205,10 @@ class Encoder(PipelineOwner, SentenceTransformerMethods):
 
     def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The backbone's last hidden state [B, L, H] for a batch of padded token ids on its device."""
-        inputs = {k: v for k, v in features.items() if k in self._forward_args}
-        return self._model(**inputs, return_dict=True).last_hidden_state
+        return self._run_model(features).last_hidden_state
 
     def _encode_pipeline(self) -> Pipeline:
-        if self._pipeline is None:
-            self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
-                                      self.device, self._model.dtype, self._run_options)
-        return self._pipeline
+        return self._own_pipeline()
 
     def _check_encode_args(
         self, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,
