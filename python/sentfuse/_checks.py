@@ -196,3 +196,25 @@ def check_sentences(sentences: Any) -> tuple[bool, list[str]]:
 def plural(count: int, noun: str) -> str:
     """'1 text', '2 texts': counts in messages."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def check_pairs(inputs: Any, name: str = "inputs") -> tuple[bool, list[tuple[str, str]]]:
+    """(single, pairs) for a cross-encoder: one (text, text) pair, or a list (or 2-D numpy array) of them, as
+    sentence-transformers tells them apart (a sequence whose first item is not itself a sequence is one pair)."""
+    if isinstance(inputs, np.ndarray):
+        inputs = inputs.tolist()
+    if inputs is None or isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
+        raise TypeError(f"{name} must be a (text, text) pair or a list of pairs, got {type(inputs).__name__}")
+    items = list(inputs)
+    single = bool(items) and not isinstance(items[0], (list, tuple))
+    if single:
+        items = [items]
+    pairs = []
+    for i, pair in enumerate(items):
+        where = name if single else f"{name}[{i}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(t, str) for t in pair):
+            shown = type(pair).__name__ if not isinstance(pair, (list, tuple)) else (
+                f"{len(pair)} items ({', '.join(type(t).__name__ for t in pair[:3])})")
+            raise TypeError(f"{where} must be a pair of two str, got {shown}")
+        pairs.append((pair[0], pair[1]))
+    return single, pairs

@@ -1,5 +1,6 @@
 """The sentfuse command: `sentfuse encode` (texts -> .npy embeddings), `sentfuse search`, `sentfuse mine`
-(near-duplicate pairs), `sentfuse cluster` (communities), `sentfuse info`. One module per command."""
+(near-duplicate pairs), `sentfuse cluster` (communities), `sentfuse info`, `sentfuse rerank` (cross-encoder
+scores). One module per command."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 
 from ..distributed.cli import split_ray_argv
-from . import encode, info, mine, search
+from . import encode, info, mine, rerank, search
 from .errors import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_parser(commands)
     mine.add_parsers(commands)
     info.add_parser(commands)
+    rerank.add_parser(commands)
     return parser
 
 

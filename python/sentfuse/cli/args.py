@@ -7,7 +7,8 @@ import argparse
 from .._checks import cosine_arg as cosine, plural, positive_int_arg as positive
 from .inputs import FORMATS
 
-__all__ = ["add_backbone_options", "add_input_options", "add_model_options", "cosine", "plural", "positive"]
+__all__ = ["add_backbone_options", "add_input_options", "add_model_options", "add_run_options", "cosine", "plural",
+           "positive"]
 
 
 def add_input_options(command: argparse.ArgumentParser) -> None:
@@ -18,14 +19,19 @@ def add_input_options(command: argparse.ArgumentParser) -> None:
 
 def add_model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default=None, help="model folder or cached hub name (default: all-MiniLM-L6-v2)")
+    add_run_options(command)
+
+
+def add_run_options(command: argparse.ArgumentParser) -> None:
+    """How a model runs: batch size, device, progress bar (commands whose --model means another kind of model)."""
     command.add_argument("--batch-size", type=positive, default=None, help="most texts per forward pass (default: by device)")
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     command.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_backbone_options(command: argparse.ArgumentParser) -> None:
-    """How the backbone runs: part of what a saved embeddings file records, so encode and search share them."""
+    """How the backbone runs (encode, search and rerank; part of what a saved embeddings file records)."""
     command.add_argument("--max-seq-length", type=positive, default=None,
-                         help="truncate texts to this many tokens (at most the model's position limit)")
+                         help="truncate texts (or text pairs) to this many tokens (at most the model's position limit)")
     command.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                         help="backbone dtype (default: as the checkpoint); embeddings are saved as float32")
+                         help="backbone dtype (default: as the checkpoint); embeddings and scores come back as float32")

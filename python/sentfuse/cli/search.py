@@ -45,6 +45,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(search)
     add_backbone_options(search)
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.add_argument("--rerank", default=None, metavar="MODEL",
+                        help="rerank each query's best --rerank-k items with this cross-encoder, then show the top -k")
+    search.add_argument("--rerank-k", type=positive, default=100, metavar="N",
+                        help="items retrieved per query for --rerank (default 100)")
     search.set_defaults(run=run)
 
 
@@ -95,9 +99,21 @@ def _hits(args: argparse.Namespace, encoder: Any, corpus: Items, embeddings: np.
     """Each query's top-k hits among the non-blank items; blank items are asked for too and then dropped."""
     keep = set(corpus.non_blank())
     blank = len(corpus.texts) - len(keep)
-    top_k = min(args.top_k + blank, len(corpus.texts))
+    wanted = max(args.top_k, args.rerank_k) if args.rerank else args.top_k
+    top_k = min(wanted + blank, len(corpus.texts))
     hits = encoder.search(args.queries, embeddings, top_k=top_k, batch_size=args.batch_size)
-    return [[hit for hit in query_hits if hit["corpus_id"] in keep][: args.top_k] for query_hits in hits]
+    return [[hit for hit in query_hits if hit["corpus_id"] in keep][:wanted] for query_hits in hits]
+
+
+def _reranked(args: argparse.Namespace, corpus: Items, hits: list[list[dict]]) -> list[list[dict]]:
+    """--rerank: the retrieved hits scored again by the cross-encoder, its top -k (retrieval_score kept)."""
+    from .rerank import load_cross_encoder, rerank_hits
+
+    cross_encoder = load_cross_encoder(args.rerank, args.device)
+    reranked = rerank_hits(cross_encoder, args.queries, corpus.texts, [[h["corpus_id"] for h in q] for q in hits],
+                           args.top_k, args.batch_size, not args.no_progress)
+    retrieval = [{h["corpus_id"]: h["score"] for h in q} for q in hits]
+    return [[dict(h, retrieval_score=scores[h["corpus_id"]]) for h in q] for q, scores in zip(reranked, retrieval)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = load_encoder(args, max_seq_length=args.max_seq_length, dtype=args.dtype)
     embeddings = _corpus_embeddings(args, encoder, corpus, cache)
     hits = _hits(args, encoder, corpus, embeddings)
+    if args.rerank:
+        hits = _reranked(args, corpus, hits)
     if args.json:
         results = [{"query": query, "hits": [dict(hit, text=corpus.texts[hit["corpus_id"]]) for hit in query_hits]}
                    for query, query_hits in zip(args.queries, hits)]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .._checks import check_calibration_rows, check_sentences, device_or_default, parse_device, parse_dtype, positive_int
-from ..model.backbone import cpu_has_native, prepare_backbone
+from ..model.backbone import prepare_backbone, warn_if_emulated
 from ..model.modules import (
     SIMILARITY_FN_NAMES,
     ModelFolder,
@@ -26,11 +26,12 @@ from ..model.modules import (
 )
 from ..model.card import ModelCardData
 from ..model.options import parse_load_options, renamed_keywords
-from ..model.pretrained import load_pretrained
+from ..model.pretrained import add_lowercasing, load_pretrained, set_token_limit
 from ..model.resolve import ST_ORGANIZATION, resolve_model_path
 from ..model.static import BAG_POOLING, StaticBackbone, load_static
 from .bag import BagPipeline
 from .finish import finish_sentence_embeddings, finish_token_embeddings
+from .owner import PipelineOwner
 from .pipeline import EncodeRequest, Pipeline
 from .pooling import SentenceHead
 from .quantize import check_precision
@@ -48,7 +49,7 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
 
 
-class Encoder(SentenceTransformerMethods):
+class Encoder(PipelineOwner, SentenceTransformerMethods):
     """Sentence embeddings from a sentence-transformers or Hugging Face model folder.
 
     Arguments and results follow sentence-transformers' SentenceTransformer. The backbone runs in
@@ -141,20 +142,13 @@ class Encoder(SentenceTransformerMethods):
         backbone = folder.transformer
         tokenizer, model = load_pretrained(backbone.path, dtype, self._load_options)
 
-        limit = max_seq_length or backbone.max_seq_length
-        if limit is None:
-            # As sentence-transformers does: the tokenizer's limit, capped by the position table.
-            limit = tokenizer.model_max_length
-            max_positions = getattr(model.config, "max_position_embeddings", -1)
-            if isinstance(max_positions, int) and max_positions > 0:
-                limit = min(limit, max_positions)
-        tokenizer.model_max_length = limit
+        set_token_limit(tokenizer, model.config, max_seq_length, backbone.max_seq_length)
         if backbone.do_lower_case:
-            self._add_lowercasing(tokenizer)
+            add_lowercasing(tokenizer)
 
         self._tokenizer = tokenizer
         self._model = prepare_backbone(model.eval().to(device))
-        self._warn_if_emulated(device, self._model.dtype)
+        warn_if_emulated(device, self._model.dtype)
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._head = SentenceHead(folder.modules[1:], self._hidden_size(model.config), device, model.dtype, str(folder.path))
         self._dim = self._head.dim
@@ -168,16 +162,6 @@ class Encoder(SentenceTransformerMethods):
         self._dim = self._head.dim
 
     @staticmethod
-    def _warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
-        """Say so when a half-precision CPU model cannot be faster than float32 on this CPU."""
-        if device.type == "cpu" and not cpu_has_native(dtype):
-            name = str(dtype).removeprefix("torch.")
-            logger.warning(
-                "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): the linear layers multiply %s "
-                "values with float32 arithmetic, so %s runs no faster than float32 here", name, name, name
-            )
-
-    @staticmethod
     def _hidden_size(config: Any) -> int:
         for cfg in (config, getattr(config, "text_config", None)):
             size = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
@@ -185,25 +169,7 @@ class Encoder(SentenceTransformerMethods):
                 return size
         raise ModelFolderError(f"cannot tell the hidden size of {type(config).__name__}")
 
-    @staticmethod
-    def _add_lowercasing(tokenizer: Any) -> None:
-        from tokenizers import normalizers
-
-        backend = tokenizer.backend_tokenizer
-        current = backend.normalizer
-        if current is not None and current.normalize_str("A") == "a":
-            return
-        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
-
     # --- properties -------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return next(self._model.parameters()).device
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._tokenizer
 
     @property
     def max_seq_length(self) -> int:
@@ -213,18 +179,6 @@ class Encoder(SentenceTransformerMethods):
     def max_seq_length(self, value: int) -> None:
         self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
         self._prompt_lengths.clear()
-        self._pipeline = None
-
-    @property
-    def run_options(self) -> RunOptions:
-        """How encode runs the model on CUDA: CUDA graphs or eager, and the attention kernel (see encode.run)."""
-        return self._run_options
-
-    @run_options.setter
-    def run_options(self, value: RunOptions) -> None:
-        if not isinstance(value, RunOptions):
-            raise TypeError(f"run_options must be a sentfuse.encode.run.RunOptions, got {type(value).__name__}")
-        self._run_options = value
         self._pipeline = None
 
     @property
@@ -313,16 +267,12 @@ class Encoder(SentenceTransformerMethods):
 
     def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The backbone's last hidden state [B, L, H] for a batch of padded token ids on its device."""
-        inputs = {k: v for k, v in features.items() if k in self._forward_args}
-        return self._model(**inputs, return_dict=True).last_hidden_state
+        return self._run_model(features).last_hidden_state
 
     def _encode_pipeline(self) -> Pipeline | BagPipeline:
         if self._pipeline is None and isinstance(self._model, StaticBackbone):
             self._pipeline = BagPipeline(self._tokenizer, self._model, self._head, self.device, self._run_options)
-        if self._pipeline is None:
-            self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
-                                      self.device, self._model.dtype, self._run_options)
-        return self._pipeline
+        return self._own_pipeline()
 
     def _check_encode_args(
         self, output_value, precision, convert_to_numpy, convert_to_tensor, normalize_embeddings, show_progress_bar,

@@ -87,7 +87,7 @@ class BatchStream:
 
 @dataclass
 class EncodeRequest:
-    texts: list[str]  # prompts already prepended
+    texts: list  # str each, or (first, second) pairs with a pairs Pipeline; prompts already prepended
     skip_tokens: int  # prompt tokens the pooling leaves out
     batch_size: int | None
     max_batch_tokens: int | None
@@ -101,15 +101,18 @@ class EncodeRequest:
 class Pipeline:
     """encode's machinery for one tokenizer, backbone and head on one device, reused across calls.
 
-    backbone(features) -> last hidden state [rows, width, H]; it is looked up at each call so that a
-    caller may replace it.
+    backbone(features) -> what the head takes: the last hidden state [rows, width, H] for a sentence head,
+    a classifier's logits [rows, labels] for a cross-encoder's; it is looked up at each call so that a
+    caller may replace it. head(output, attention_mask, skip_tokens) -> [rows, D] and head.finish(x, dim,
+    normalize) are the only parts a model type adds. With pairs, each input is a (first, second) pair of
+    texts tokenized together into one row.
     """
 
     def __init__(self, tokenizer: Any, backbone: Callable, head: SentenceHead, device: torch.device,
-                 dtype: torch.dtype, options: RunOptions) -> None:
+                 dtype: torch.dtype, options: RunOptions, pairs: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_length = tokenizer.model_max_length
-        self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length)
+        self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length, pairs)
         self.backbone = backbone
         self.head = head
         self.device = device
@@ -138,7 +141,7 @@ class Pipeline:
             fixed_shapes=self.options.fixed_shapes if self.options.fixed_shapes is not None else kind == "cuda",
         )
 
-    def stream(self, texts: Sequence[str], policy: ShapePolicy) -> BatchStream:
+    def stream(self, texts: Sequence, policy: ShapePolicy) -> BatchStream:
         tok = self.tokenizer
         store = TokenStore(
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,

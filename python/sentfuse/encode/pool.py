@@ -411,10 +411,19 @@ def encode_multi_process(
         dim = pool.dim if truncate_dim is None else min(truncate_dim, pool.model_dim)
         return np.zeros((0, dim), dtype=np.float32)
 
+    return map_chunks(pool, texts, chunk_size, show_progress_bar, encode_kwargs)
+
+
+def map_chunks(pool: EncoderPool, items: list, chunk_size: int | None, show_progress_bar: bool,
+               encode_kwargs: dict[str, Any], unit: str = "sentence") -> np.ndarray:
+    """float32 rows for non-empty, checked items (texts, or a cross-encoder's pairs), in input order: the
+    items split into chunks of chunk_size (default ceil(N / (4 * workers)), at most 5000), each run by one
+    worker's encode(chunk, **encode_kwargs)."""
+    pool._check_usable()
     if chunk_size is None:
-        chunk_size = min(MAX_CHUNK_SIZE, math.ceil(len(texts) / (CHUNKS_PER_WORKER * len(pool.processes))))
-    chunks = [texts[start : start + chunk_size] for start in range(0, len(texts), chunk_size)]
-    with tqdm(total=len(texts), desc="Encoding", unit="sentence", disable=not show_progress_bar) as bar:
+        chunk_size = min(MAX_CHUNK_SIZE, math.ceil(len(items) / (CHUNKS_PER_WORKER * len(pool.processes))))
+    chunks = [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
+    with tqdm(total=len(items), desc="Encoding", unit=unit, disable=not show_progress_bar) as bar:
         results = pool._run(chunks, encode_kwargs, bar)
     if isinstance(results[0], SparseChunk):
         return _stack_sparse(results)

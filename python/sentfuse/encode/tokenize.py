@@ -59,14 +59,18 @@ def _flatten(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 class ChunkTokenizer:
     """Tokenizes a list of texts into a TokenChunk as the Hugging Face tokenizer would without padding.
 
+    With pairs, each item is a (first, second) pair of texts tokenized together into one row (a
+    cross-encoder's input: both segments, their separator and token types, truncated longest first).
     For a fast tokenizer it encodes with a private copy of the Rust tokenizer, truncation set once, so
     that threads never share (or reset) the caller's tokenizer state. special_tokens False leaves out the
     special tokens the tokenizer adds (a static-embedding model's bag has none).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, pairs: bool = False, special_tokens: bool = True) -> None:
         self.max_length = max_length
+        self.pairs = pairs
         self.special_tokens = special_tokens
+        probe = ("a", "b") if pairs else ("a",)
         self._hf = tokenizer
         self._backend = None
         if getattr(tokenizer, "is_fast", False):
@@ -74,20 +78,21 @@ class ChunkTokenizer:
             self._backend = backend
             encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
             self._encode_batch = partial(encode_batch, add_special_tokens=special_tokens)
-            self.typed = any(backend.encode("a").type_ids)
+            self.typed = any(backend.encode(*probe).type_ids)
         else:
-            self.typed = any(tokenizer(["a"]).get("token_type_ids", [[0]])[0])
+            self.typed = any(tokenizer(*([p] for p in probe)).get("token_type_ids", [[0]])[0])
 
-    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        """(ids, type ids) per text; type ids only where self.typed."""
+    def _encode(self, texts: list) -> tuple[list[list[int]], list[list[int]]]:
+        """(ids, type ids) per text (or pair); type ids only where self.typed."""
         if self._backend is not None:
-            encodings = self._encode_batch(texts)
+            encodings = self._encode_batch([tuple(t) for t in texts] if self.pairs else texts)
             return [e.ids for e in encodings], [e.type_ids for e in encodings] if self.typed else []
-        out = self._hf(texts, padding=False, truncation="longest_first", max_length=self.max_length,
+        segments = ([t[0] for t in texts], [t[1] for t in texts]) if self.pairs else (texts,)
+        out = self._hf(*segments, padding=False, truncation="longest_first", max_length=self.max_length,
                        add_special_tokens=self.special_tokens)
         return out["input_ids"], out["token_type_ids"] if self.typed else []
 
-    def __call__(self, texts: list[str], start: int = 0) -> TokenChunk:
+    def __call__(self, texts: list, start: int = 0) -> TokenChunk:
         ids, types = self._encode(texts)
         flat, offsets = _flatten(ids)
         type_flat = _flatten(types)[0] if self.typed else None

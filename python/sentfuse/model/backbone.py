@@ -47,6 +47,16 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
     return check is None or bool(check())
 
 
+def warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
+    """Say so when a half-precision CPU model cannot be faster than float32 on this CPU."""
+    if device.type == "cpu" and not cpu_has_native(dtype):
+        name = str(dtype).removeprefix("torch.")
+        logger.warning(
+            "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): the linear layers multiply %s "
+            "values with float32 arithmetic, so %s runs no faster than float32 here", name, name, name
+        )
+
+
 class PackedLinear(nn.Module):
     """nn.Linear whose CPU inference path uses a float32 weight prepacked for oneDNN."""
 

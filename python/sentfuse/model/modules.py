@@ -47,14 +47,16 @@ TRANSFORMER_CONFIG_FILES = (
 SIMILARITY_FN_NAMES = ("cosine", "dot", "euclidean", "manhattan")
 
 
-def merge_prompts(prompts: Any, folder_prompts: dict[str, str]) -> dict[str, str]:
-    """sentence-transformers' prompt precedence: the caller's prompts, then the folder's, and "query" /
-    "document" always present (empty unless set) so that encode_query never falls back to default_prompt_name."""
+def merge_prompts(prompts: Any, folder_prompts: dict[str, str],
+                  always: tuple[str, ...] = ("query", "document")) -> dict[str, str]:
+    """sentence-transformers' prompt precedence: the caller's prompts, then the folder's, and the `always`
+    names present (empty unless set) so that encode_query never falls back to default_prompt_name (a
+    cross-encoder has none of these)."""
     if prompts is not None and (
         not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())
     ):
         raise TypeError("prompts must be a dict mapping prompt names to prompt strings")
-    merged: dict[str, str | None] = {"query": None, "document": None, **(prompts or {})}
+    merged: dict[str, str | None] = {**dict.fromkeys(always), **(prompts or {})}
     for name, text in folder_prompts.items():
         if merged.get(name) is None:
             merged[name] = text
@@ -188,6 +190,11 @@ def _expect_object(value: Any, path: Path) -> dict[str, Any]:
     return value
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """read_json for a file that must hold a JSON object."""
+    return _expect_object(read_json(path), path)
+
+
 def parse_pooling_config(config: dict[str, Any], where: str) -> PoolingModule:
     """Pooling config in either form: `pooling_mode` (str or list) or the legacy `pooling_mode_*` booleans."""
     if "pooling_mode" in config:
@@ -208,11 +215,19 @@ def parse_pooling_config(config: dict[str, Any], where: str) -> PoolingModule:
 def _resolve_activation(name: str | None, where: str) -> nn.Module:
     if name is None:
         return nn.Tanh()  # sentence-transformers' Dense default
-    # Only torch.nn classes are built: a config must not be able to run arbitrary code.
-    module_name, _, class_name = name.rpartition(".")
-    if not module_name.startswith("torch."):
+    activation = torch_activation(name, where)
+    if activation is None:
         logger.warning("%s: activation %r is not a torch class; using Tanh as sentence-transformers does", where, name)
         return nn.Tanh()
+    return activation
+
+
+def torch_activation(name: str, where: str) -> nn.Module | None:
+    """An instance of the torch.nn.Module class a config names by its dotted path; None when the path is
+    outside torch. Only torch.nn classes are built: a config must not be able to run arbitrary code."""
+    module_name, _, class_name = name.rpartition(".")
+    if not module_name.startswith("torch."):
+        return None
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
@@ -313,7 +328,9 @@ def _model2vec_folder(folder: Path) -> ModelFolder | None:
     return ModelFolder(path=folder, modules=modules)
 
 
-def load_transformer(folder: Path) -> TransformerModule:
+def load_transformer(folder: Path, task: str = "feature-extraction", output: str = "last_hidden_state") -> TransformerModule:
+    """The backbone in folder; its sentence-transformers config (if any) must run `task` with forward()
+    giving `output` (a cross-encoder's is sequence-classification giving logits)."""
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"config.json not found in {folder} (the Transformer module's Hugging Face model)")
     module = TransformerModule(path=folder)
@@ -326,14 +343,14 @@ def load_transformer(folder: Path) -> TransformerModule:
                 raise ModelFolderError(f"{path}: max_seq_length must be a positive integer, got {max_len!r}")
             module.max_seq_length = max_len
             module.do_lower_case = bool(config.get("do_lower_case", False))
-            task = config.get("transformer_task", "feature-extraction")
+            found = config.get("transformer_task", "feature-extraction")
             text = (config.get("modality_config") or {}).get("text", {})
-            if task != "feature-extraction" or text.get("method", "forward") != "forward" or text.get(
-                "method_output_name", "last_hidden_state"
-            ) not in ("last_hidden_state", ["last_hidden_state"]):
+            if found != task or text.get("method", "forward") != "forward" or text.get(
+                "method_output_name", output
+            ) not in (output, [output]):
                 raise ModelFolderError(
-                    f"{path}: only feature-extraction backbones whose forward() gives last_hidden_state are "
-                    f"supported (transformer_task={task!r}, text modality={text!r})"
+                    f"{path}: only {task} backbones whose forward() gives {output} are "
+                    f"supported here (transformer_task={found!r}, text modality={text!r})"
                 )
             break
     return module

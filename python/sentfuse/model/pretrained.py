@@ -36,17 +36,19 @@ def quiet_progress_bars() -> Iterator[None]:
 
 
 def load_pretrained(
-    folder: Path, dtype: torch.dtype | None = None, options: LoadOptions | None = None, model_class: str = "AutoModel"
+    folder: Path, dtype: torch.dtype | None = None, options: LoadOptions | None = None, model_class: str = "AutoModel",
+    **config: Any,
 ) -> tuple[Any, Any]:
     """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's.
 
     options carries the constructor's processor / config / model keywords and trust_remote_code
-    (model.options); model_class names the transformers Auto class of the model."""
+    (model.options); model_class names the transformers Auto class of the model (AutoModel: the bare
+    backbone; AutoModelForSequenceClassification: backbone + classifier); config overrides config.json entries."""
     import transformers
 
     options = options or LoadOptions()
     common = {"local_files_only": True, "trust_remote_code": options.trust_remote_code, "token": options.token}
-    model_kwargs = common | ({"dtype": dtype} if dtype is not None else {}) | options.model_kwargs
+    model_kwargs = common | ({"dtype": dtype} if dtype is not None else {}) | options.model_kwargs | config
     try:
         with quiet_progress_bars():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common | options.tokenizer_kwargs)
@@ -79,3 +81,27 @@ def backend_copy(tokenizer: Any, max_length: int) -> Any:
     else:
         backend.no_truncation()
     return backend
+
+
+def set_token_limit(tokenizer: Any, config: Any, *limits: int | None) -> int:
+    """Set tokenizer.model_max_length to the first limit given (the caller's, then the folder's); with none,
+    as sentence-transformers does, to the tokenizer's own limit capped by the model's position table."""
+    limit = next((n for n in limits if n is not None), None)
+    if limit is None:
+        limit = tokenizer.model_max_length
+        max_positions = getattr(config, "max_position_embeddings", -1)
+        if isinstance(max_positions, int) and max_positions > 0:
+            limit = min(limit, max_positions)
+    tokenizer.model_max_length = limit
+    return limit
+
+
+def add_lowercasing(tokenizer: Any) -> None:
+    """Lower-case texts in the fast tokenizer's normalizer (a folder's do_lower_case), unless it already does."""
+    from tokenizers import normalizers
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if current is not None and current.normalize_str("A") == "a":
+        return
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))

