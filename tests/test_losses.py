@@ -14,15 +14,17 @@ NEGATIVES = [SENTENCES[1], SENTENCES[9], SENTENCES[3], "ok"]
 SCORES = [0.9, 0.1, 0.5, 0.5]
 
 
-def _pair(tiny_model_root, name):
+@pytest.fixture(scope="module")
+def models(tiny_model_root):
+    """The same tiny model in sentence-transformers (eval: dropout off) and in sentfuse."""
     from sentence_transformers import SentenceTransformer
 
     from sentfuse import Encoder
 
-    st = SentenceTransformer(str(tiny_model_root / name), device="cpu")
+    folder = str(tiny_model_root / "bert-mean-normalize")
+    st = SentenceTransformer(folder, device="cpu")
     st.eval()
-    ours = Encoder(str(tiny_model_root / name), device="cpu")
-    return st, ours
+    return st, Encoder(folder, device="cpu")
 
 
 def _st_loss(st, name, **kwargs):
@@ -77,10 +79,12 @@ def _grads(module_params) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name,kwargs,n_columns,labelled", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_loss_and_gradients_match_sentence_transformers(tiny_model_root, name, kwargs, n_columns, labelled):
+def test_loss_and_gradients_match_sentence_transformers(models, name, kwargs, n_columns, labelled):
     from sentfuse.train import tokenize_column, training_mode
 
-    st, ours = _pair(tiny_model_root, "bert-mean-normalize")
+    st, ours = models
+    st.zero_grad(set_to_none=True)
+    ours._model.zero_grad(set_to_none=True)
     texts = [ANCHORS, POSITIVES, NEGATIVES][:n_columns]
     labels = torch.tensor(SCORES) if labelled else torch.zeros(len(ANCHORS))
 

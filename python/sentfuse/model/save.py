@@ -1,8 +1,8 @@
 """Writing a model folder in sentence-transformers' layout, which sentfuse and sentence-transformers both load.
 
-The backbone's weights are read again from the folder the model came from (at the dtype it runs in):
-sentfuse never changes weights, only their dtype, and the running backbone is prepared for inference
-(pooler dropped, linear layers repacked), so its own state dict is not a checkpoint.
+The backbone is read again from the folder the model came from (at the dtype it runs in), so parts the
+running backbone dropped for inference (the pooler) are written as they were; weights the caller passes
+(a fine-tuned backbone's, under transformers' names) replace the ones read.
 """
 
 from __future__ import annotations
@@ -32,9 +32,14 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype: torch.dtype) -> int:
+def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype: torch.dtype,
+                    weights: dict[str, torch.Tensor] | None = None) -> int:
     """The Hugging Face model and tokenizer into out; returns the hidden size."""
     _, model = load_pretrained(module.path, dtype)
+    if weights is not None:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("pooler.") for k in missing):
+            raise ValueError(f"the backbone weights do not fit {module.path}: missing {missing}, unexpected {unexpected}")
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     _write_json(
@@ -69,8 +74,9 @@ def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> No
         save_model(module.to(dtype), str(out / "model.safetensors"))
 
 
-def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]) -> None:
-    hidden = _write_backbone(out, folder.transformer, tokenizer, dtype)
+def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any],
+                 weights: dict[str, torch.Tensor] | None = None) -> None:
+    hidden = _write_backbone(out, folder.transformer, tokenizer, dtype, weights)
     entries = [{"idx": 0, "name": "0", "path": "", "type": _ST_TYPES[TransformerModule]}]
     for idx, module in enumerate(folder.modules[1:], start=1):
         name = f"{idx}_{type(module).__name__.removesuffix('Module')}"
@@ -87,10 +93,12 @@ def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dt
 
 
 def save_model_folder(
-    path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]
+    path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write folder's pipeline to path with this tokenizer (its current max length) and backbone dtype;
-    settings (prompts, default_prompt_name, similarity_fn_name) go to config_sentence_transformers.json.
+    settings (prompts, default_prompt_name, similarity_fn_name) go to config_sentence_transformers.json;
+    weights, when given, are the backbone's (else the folder's own).
 
     Everything is written to a temporary folder beside path first, then each file or module folder
     replaces its namesake in path: a failure leaves path as it was, and other files there stay.
@@ -101,7 +109,7 @@ def save_model_folder(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _fill_folder(staging, folder, tokenizer, dtype, settings)
+        _fill_folder(staging, folder, tokenizer, dtype, settings, weights)
         target.mkdir(exist_ok=True)
         for entry in staging.iterdir():
             if (target / entry.name).is_dir():
