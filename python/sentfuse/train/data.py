@@ -87,6 +87,15 @@ class TextPairCollator:
         }
 
 
+@dataclass
+class InputExample:
+    """One training example in sentence-transformers' pre-3.0 form: its texts and an optional label."""
+
+    guid: str = ""
+    texts: list[str] | None = None
+    label: int | float = 0
+
+
 def rows_from_examples(examples: list[Any]) -> dict[str, list]:
     """sentence-transformers' InputExample list (texts, label) as dataset columns sentence_0..n[, label]."""
     widths = {len(e.texts) for e in examples}
@@ -101,4 +110,4 @@ def rows_from_examples(examples: list[Any]) -> dict[str, list]:
     return columns
 
 
-__all__ = ["Columns", "TextPairCollator", "TokenColumn", "dataset_columns", "rows_from_examples"]
+__all__ = ["Columns", "InputExample", "TextPairCollator", "TokenColumn", "dataset_columns", "rows_from_examples"]
