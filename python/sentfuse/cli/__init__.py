@@ -1,5 +1,5 @@
 """The sentfuse command: `sentfuse encode` (texts -> .npy embeddings), `sentfuse search`, `sentfuse mine`
-(near-duplicate pairs), `sentfuse cluster` (communities), `sentfuse info`. One module per command."""
+(near-duplicate pairs), `sentfuse cluster` (communities), `sentfuse info`, `sentfuse train` (fine-tuning). One module per command."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..distributed.cli import split_ray_argv
-from . import encode, info, mine, search
+from . import encode, info, mine, search, train
 from .errors import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_parser(commands)
     mine.add_parsers(commands)
     info.add_parser(commands)
+    train.add_parser(commands)
     return parser
 
 

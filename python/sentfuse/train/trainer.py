@@ -9,6 +9,7 @@ evaluators, checkpoints as model folders and a stop with the batch named when th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,9 +75,12 @@ class SentenceTransformerTrainer(Trainer):
             dataset_columns(eval_dataset, "eval_dataset")
         self.loss = loss if loss is not None else self._default_loss(model)
         self.evaluator = evaluator
+        # Trainer refuses evaluation without an eval_dataset; an evaluator alone is enough here.
+        no_rows = [] if evaluator is not None else None
         super().__init__(model=_TrainModule(model, self.loss), args=args,
                          data_collator=TextPairCollator(model, self.columns), train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
+                         eval_dataset=eval_dataset if eval_dataset is not None else no_rows, callbacks=callbacks,
+                         **kwargs)
         self.remove_callback(ProgressCallback)
         if not args.disable_tqdm:
             self.add_callback(LossProgressCallback)
@@ -97,9 +101,12 @@ class SentenceTransformerTrainer(Trainer):
         loss = model(**inputs)
         if not torch.isfinite(loss.detach()).all():
             step = self.state.global_step + 1
+            # No optimizer step has used this loss yet: the weights are still the last good ones.
+            kept = Path(self.args.output_dir) / f"last-good-step-{step - 1}"
+            self.encoder.save(kept)
             raise NonFiniteLossError(
                 f"the loss is {loss.item()} at step {step}, in the batch whose first texts are {inputs['texts']!r}; "
-                f"training stopped, the last checkpoint saved before step {step} is intact in {self.args.output_dir}")
+                f"training stopped and the weights before this step are saved in {kept}")
         return (loss, {}) if return_outputs else loss
 
     def get_train_dataloader(self) -> DataLoader:
@@ -110,7 +117,8 @@ class SentenceTransformerTrainer(Trainer):
         else:
             batches = ShuffledBatchSampler(self.train_dataset, **sampler_kwargs)
         loader = DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator,
-                            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory)
+                            num_workers=args.dataloader_num_workers,
+                            pin_memory=args.dataloader_pin_memory and torch.cuda.is_available())
         return self.accelerator.prepare(loader)
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ class SentenceTransformerTrainer(Trainer):
         metrics: dict[str, float] = {}
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         with inference_mode(self.encoder), torch.no_grad():
-            if dataset is not None:
+            if dataset is not None and len(dataset):
                 metrics[f"{metric_key_prefix}_loss"] = self._mean_loss(dataset)
             if self.evaluator is not None:
                 found = self.evaluator(self.encoder, epoch=self.state.epoch or 0, steps=self.state.global_step)
