@@ -31,6 +31,14 @@ TORCH_LIBRARY(sentfuse, m) {
         "str pooling=\"max\") -> Tensor");
   m.def("splade_pool_varlen(Tensor hidden, Tensor cu_seqlens, Tensor weight, Tensor? bias, str activation=\"relu\", "
         "str pooling=\"max\") -> Tensor");
+  // Backward ops (registered as the autograd formulas in python/sentfuse/_ops.py): grad_out [B, H] -> the
+  // gradient of hidden ([B, L, H] / [T, H], contiguous) or x ([N, D], zeros beyond dim). max sends each
+  // feature's gradient to the first valid token holding the maximum.
+  m.def("masked_pool_backward(Tensor grad_out, Tensor hidden, Tensor attention_mask, str mode, bool normalize, "
+        "int skip_tokens) -> Tensor");
+  m.def("masked_pool_varlen_backward(Tensor grad_out, Tensor hidden, Tensor cu_seqlens, str mode, bool normalize, "
+        "int skip_tokens) -> Tensor");
+  m.def("l2_normalize_backward(Tensor grad_out, Tensor x, int? dim) -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

@@ -191,4 +191,12 @@ void fail_non_finite(const char* op, const char* inputs) {
 
 at::Tensor with_unit_feature_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
+void check_grad_out(const char* op, const at::Tensor& grad_out, int64_t rows, int64_t features, const at::Tensor& like) {
+  SENTFUSE_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == rows && grad_out.size(1) == features, op,
+                       ": grad_out must be [", rows, ", ", features, "], got shape ", grad_out.sizes());
+  SENTFUSE_CHECK_TYPE(grad_out.scalar_type() == like.scalar_type(), op, ": grad_out is ", grad_out.scalar_type(),
+                      " but the forward input is ", like.scalar_type());
+  check_same_device(op, "grad_out", grad_out, "the forward input", like);
+}
+
 }  // namespace sentfuse

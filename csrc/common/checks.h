@@ -57,4 +57,8 @@ Metric check_pair_scores_args(const at::Tensor& a, const std::optional<at::Tenso
 // Kernels read rows with arbitrary outer strides but need unit stride along features.
 at::Tensor with_unit_feature_stride(const at::Tensor& t);
 
+// grad_out [rows, features] with like's dtype and device: the incoming gradient of a pooled or normalized
+// output (the backward ops of masked_pool, masked_pool_varlen and l2_normalize).
+void check_grad_out(const char* op, const at::Tensor& grad_out, int64_t rows, int64_t features, const at::Tensor& like);
+
 }  // namespace sentfuse

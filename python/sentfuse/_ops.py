@@ -226,3 +226,63 @@ def _splade_pool_varlen_fake(hidden, cu_seqlens, weight, bias=None, activation="
     torch._check(hidden.dim() == 2, lambda: f"splade_pool_varlen: hidden must be 2-D, got {hidden.dim()}-D")
     torch._check(weight.dim() == 2, lambda: f"splade_pool_varlen: weight must be 2-D, got {weight.dim()}-D")
     return hidden.new_empty((cu_seqlens.shape[0] - 1, weight.shape[0]), dtype=torch.float32)
+
+
+# ---- Gradients: masked_pool, masked_pool_varlen and l2_normalize ------------------------------------------
+# Each backward op recomputes what it needs (the pooled row, max's argmax, the norm) from the saved inputs, so
+# autograd keeps nothing beyond them. Tie rule for max: a feature's gradient goes to the first valid token
+# holding its maximum (reference.masked_pool's rule).
+
+
+@torch.library.register_fake("sentfuse::masked_pool_backward")
+def _masked_pool_backward_fake(grad_out, hidden, attention_mask, mode, normalize, skip_tokens):
+    torch._check(hidden.dim() == 3, lambda: f"masked_pool_backward: hidden must be 3-D, got {hidden.dim()}-D")
+    return hidden.new_empty(hidden.shape)
+
+
+@torch.library.register_fake("sentfuse::masked_pool_varlen_backward")
+def _masked_pool_varlen_backward_fake(grad_out, hidden, cu_seqlens, mode, normalize, skip_tokens):
+    torch._check(hidden.dim() == 2, lambda: f"masked_pool_varlen_backward: hidden must be 2-D, got {hidden.dim()}-D")
+    return hidden.new_empty(hidden.shape)
+
+
+@torch.library.register_fake("sentfuse::l2_normalize_backward")
+def _l2_normalize_backward_fake(grad_out, x, dim):
+    torch._check(x.dim() == 2, lambda: f"l2_normalize_backward: x must be 2-D, got {x.dim()}-D")
+    return x.new_empty(x.shape)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    hidden, index, mode, normalize, skip_tokens = inputs  # index: attention_mask or cu_seqlens
+    ctx.save_for_backward(hidden, index)
+    ctx.pool_args = (mode, normalize, skip_tokens)
+
+
+def _masked_pool_backward(ctx, grad):
+    hidden, attention_mask = ctx.saved_tensors
+    grad_hidden = torch.ops.sentfuse.masked_pool_backward.default(grad, hidden, attention_mask, *ctx.pool_args)
+    return grad_hidden, None, None, None, None
+
+
+def _masked_pool_varlen_backward(ctx, grad):
+    hidden, cu_seqlens = ctx.saved_tensors
+    grad_hidden = torch.ops.sentfuse.masked_pool_varlen_backward.default(grad, hidden, cu_seqlens, *ctx.pool_args)
+    return grad_hidden, None, None, None, None
+
+
+def _l2_normalize_setup_context(ctx, inputs, output):
+    x, dim = inputs
+    ctx.save_for_backward(x)
+    ctx.dim = dim
+
+
+def _l2_normalize_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.sentfuse.l2_normalize_backward.default(grad, x, ctx.dim), None
+
+
+torch.library.register_autograd("sentfuse::masked_pool", _masked_pool_backward, setup_context=_pool_setup_context)
+torch.library.register_autograd("sentfuse::masked_pool_varlen", _masked_pool_varlen_backward,
+                                setup_context=_pool_setup_context)
+torch.library.register_autograd("sentfuse::l2_normalize", _l2_normalize_backward,
+                                setup_context=_l2_normalize_setup_context)

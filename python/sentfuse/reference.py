@@ -7,6 +7,11 @@ mode (sentence-transformers gives -inf for max and token 0 for cls/lasttoken).
 Valid tokens of a row: positions t with mask[t] != 0 and t >= first + skip_tokens, where first is
 the row's first position with mask != 0 (so left-padded rows skip their padding before the prompt).
 weightedmean weighs position t by t + 1 - first, as sentence-transformers does.
+
+Every function here is differentiable and computes in fp32 (fp64 for fp64 input, so that
+torch.autograd.gradcheck can check it); these gradients are the oracle for the kernels' backward ops.
+max pooling sends each feature's gradient to the first valid token holding the maximum (torch.amax
+would share it among ties), as the kernels do.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ from __future__ import annotations
 import torch
 
 POOLING_MODES = ("mean", "max", "cls", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the references compute in: fp32, or fp64 for fp64 input."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def valid_token_mask(attention_mask: torch.Tensor, skip_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,10 +46,10 @@ def masked_pool(
     """hidden [B, L, H], attention_mask [B, L] -> [B, H] in hidden's dtype (fp32 arithmetic)."""
     if mode not in POOLING_MODES:
         raise ValueError(f"mode must be one of {POOLING_MODES}, got {mode!r}")
-    x = hidden.float()
+    x = hidden.to(compute_dtype(hidden))
     batch, seq_len, _ = x.shape
-    if seq_len == 0:  # no token anywhere: every row is empty
-        return hidden.new_zeros(batch, hidden.shape[2])
+    if seq_len == 0:  # no token anywhere: every row is empty (a sum over no token, which keeps the graph)
+        return hidden.sum(dim=1)
     valid, first = valid_token_mask(attention_mask, skip_tokens)
     count = valid.sum(dim=1, keepdim=True).float()
     positions = torch.arange(seq_len, device=x.device).unsqueeze(0)
@@ -51,7 +61,7 @@ def masked_pool(
         weights = (positions + 1 - first.unsqueeze(1)).float() * valid
         out = (x * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
     elif mode == "max":
-        out = x.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=1)
+        out = _first_max(x, valid, positions)
         out = torch.where(count > 0, out, torch.zeros_like(out))
     else:
         if mode == "cls":
@@ -63,6 +73,18 @@ def masked_pool(
     if normalize:
         out = torch.nn.functional.normalize(out, p=2.0, dim=-1)
     return out.to(hidden.dtype)
+
+
+def _first_max(x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H] -> [B, H]: the max over valid tokens, gathered from the first token holding it so that the
+    gradient goes there alone. A NaN maximum (no token equals it) is returned as is, without gradient."""
+    filled = x.detach().masked_fill(~valid.unsqueeze(-1), float("-inf"))
+    top = filled.amax(dim=1, keepdim=True)
+    is_top = valid.unsqueeze(-1) & (filled == top)
+    seq_len = x.shape[1]
+    index = torch.where(is_top, positions.unsqueeze(-1), seq_len).amin(dim=1, keepdim=True)
+    picked = x.gather(1, index.clamp(max=seq_len - 1)).squeeze(1)
+    return torch.where(is_top.any(dim=1), picked, top.squeeze(1))
 
 
 def _pad_varlen(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +115,7 @@ def l2_normalize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Keep the first `dim` features of x [N, D] (all if None), then scale rows to unit L2 norm."""
     if dim is not None:
         x = x[..., :dim]
-    return torch.nn.functional.normalize(x.float(), p=2.0, dim=-1).to(x.dtype)
+    return torch.nn.functional.normalize(x.to(compute_dtype(x)), p=2.0, dim=-1).to(x.dtype)
 
 
 METRICS = ("cosine", "dot")
