@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import reference
+from .. import _ops
 from ..model.modules import NormalizeModule
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 
@@ -33,11 +33,6 @@ class TokenColumn:
 
 def tokenize_column(model: Encoder, texts: list[str]) -> TokenColumn:
     return TokenColumn(model._tokenize_unpadded(list(texts))["input_ids"])
-
-
-def differentiable_ops():
-    """Where training's pooling and normalization come from: the one switch between kernels and twin."""
-    return reference
 
 
 def _run_backbone(model: Encoder, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,11 +69,10 @@ def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: i
     tokens = torch.cat(packed)
     cu_seqlens = torch.nn.functional.pad(torch.cat(lengths).cumsum(0), (1, 0)).to(torch.int64)
     head = model._head
-    ops = differentiable_ops()
-    pooled = [ops.masked_pool_varlen(tokens, cu_seqlens, mode, head.fuse_normalize) for mode in head.pooling.modes]
+    pooled = [_ops.masked_pool_varlen(tokens, cu_seqlens, mode, head.fuse_normalize) for mode in head.pooling.modes]
     x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
     for stage in head.post:
-        x = ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
+        x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
     inverse = torch.empty(len(rows), dtype=torch.long)
     inverse[torch.tensor(runs.order)] = torch.arange(len(rows))
     x = x[inverse.to(x.device)]
