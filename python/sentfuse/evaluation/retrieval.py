@@ -74,8 +74,10 @@ class InformationRetrievalEvaluator:
         self.primary_metric = ""
 
     def _embed(self, model: Any, texts: list[str], side: str) -> torch.Tensor:
+        # encode_query / encode_document: the model's own query and document prompts unless one is given.
         prompt, prompt_name = self.prompts[side]
-        return model.encode(texts, prompt=prompt, prompt_name=prompt_name, batch_size=self.batch_size,
+        encode = model.encode_query if side == "query" else model.encode_document
+        return encode(texts, prompt=prompt, prompt_name=prompt_name, batch_size=self.batch_size,
                             show_progress_bar=self.show_progress_bar, convert_to_tensor=True,
                             truncate_dim=self.truncate_dim).float()
 
