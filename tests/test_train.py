@@ -131,3 +131,18 @@ def test_train_command(tiny_model_root, tmp_path, capsys):
     data.write_text("")
     assert main(argv) == 1
     assert "holds no examples" in capsys.readouterr().err
+
+
+def test_no_duplicates_sampler_keeps_repeated_texts_apart_and_visits_every_row():
+    from datasets import Dataset
+
+    from sentfuse.train.samplers import NoDuplicatesBatchSampler
+
+    anchors = [f"q{i % 7}" for i in range(40)]  # each anchor text six times or so
+    dataset = Dataset.from_dict({"anchor": anchors, "positive": [f"p{i}" for i in range(40)]})
+    sampler = NoDuplicatesBatchSampler(dataset, batch_size=5, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    assert all(len({anchors[i] for i in b}) == len(b) for b in batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order each epoch, the same for a resumed run

@@ -89,13 +89,11 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         # What turns the whole batch's embeddings into the loss; MatryoshkaLoss wraps it.
         self.loss_on_embeddings = self.compute_loss_from_embeddings
 
-    def _embed_ranges(self, column: TokenColumn, ranges: list[tuple[int, int]], states=None):
+    def _replayed(self, column: TokenColumn, ranges: list[tuple[int, int]], states: list[_RandomState]):
+        """Each mini-batch's embeddings again, with autograd, under the random state of its first pass."""
         for i, (begin, end) in enumerate(tqdm(ranges, desc="Embed mini-batches", disable=not self.show_progress_bar,
                                               leave=False)):
             part = TokenColumn(column.input_ids[begin:end])
-            if states is None:
-                yield embed_tokens(self.model, [part])[0]
-                continue
             fork = states[i].replay()
             try:
                 yield embed_tokens(self.model, [part])[0]
@@ -130,7 +128,7 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         """Embed each mini-batch again with autograd and back-propagate its cached gradient."""
         with torch.enable_grad():
             for column, column_ranges, column_states, grad in zip(columns, ranges, states, cached):
-                for (begin, end), emb in zip(column_ranges, self._embed_ranges(column, column_ranges, column_states)):
+                for (begin, end), emb in zip(column_ranges, self._replayed(column, column_ranges, column_states)):
                     g = grad[begin:end].to(emb.dtype)
                     (emb.float() * g.float()).sum().mul(grad_output).backward()
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .modules import DenseModule, ModelFolder, NormalizeModule, PoolingModule, TransformerModule
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, quiet_progress_bars
 
 # Module type names as sentence-transformers writes them (and reads them back, in every release).
 _ST_TYPES = {
@@ -40,7 +40,8 @@ def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(not k.startswith("pooler.") for k in missing):
             raise ValueError(f"the backbone weights do not fit {module.path}: missing {missing}, unexpected {unexpected}")
-    model.save_pretrained(str(out))
+    with quiet_progress_bars():  # a checkpoint every few hundred steps: no "Writing model shards" bar each time
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     _write_json(
         out / "sentence_bert_config.json",
