@@ -6,7 +6,8 @@ the least any implementation must read; the ceiling is this machine's measured r
 
     python benchmarks/bench_pooling.py [--device cuda] [--json out.json] [--shapes small]
 
-The issue-12 goal rows ([256, 512, 1024] bf16 and [128, 512, 768] fp32) are marked and judged against
+A second table times a training step's pooling, forward + backward (the kernels' backward op against the
+reference's autograd). The issue-12 goal rows ([256, 512, 1024] bf16 and [128, 512, 768] fp32) are marked and judged against
 80% of the measured ceiling in a summary line. On CUDA the timer synchronizes once per block of calls, so
 launch latency is amortized as it is in a real encode loop.
 """
@@ -94,6 +95,37 @@ def sweep_splits(rows: list[dict], splits: list[int], device: str, ceiling: floa
         del hidden, mask
 
 
+def forward_backward_ms(pool, hidden, mask, min_run_time: float) -> float:
+    """Median ms of one training step's share of pooling: the forward, then the backward from a fixed gradient."""
+    leaf = hidden.detach().requires_grad_(True)
+    grad = torch.ones(hidden.shape[0], hidden.shape[2], device=hidden.device, dtype=hidden.dtype)
+
+    def step():
+        (g,) = torch.autograd.grad(pool(leaf, mask, "mean", True), leaf, grad)
+        return g
+
+    return median_ms(step, min_run_time)
+
+
+def backward_rows(shapes, device: str, min_run_time: float) -> list[dict]:
+    """masked_pool(mean, normalize) forward + backward: the kernels' backward op vs the reference's autograd."""
+    print(f"\nforward + backward (mean, normalize):\n{'shape':>16} {'dtype':>5} {'fused ms':>9} {'ref ms':>8} "
+          f"{'x ref':>6}")
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    for shape in shapes:
+        for dtype_name, dtype in DTYPES.items():
+            hidden, mask, _ = random_batch(*shape, dtype, device, g)
+            fused_ms = forward_backward_ms(_ops.masked_pool, hidden, mask, min_run_time)
+            ref_ms = forward_backward_ms(reference.masked_pool, hidden, mask, min_run_time)
+            rows.append(dict(shape=list(shape), dtype=dtype_name, fused_ms=fused_ms, reference_ms=ref_ms,
+                             speedup_vs_reference=ref_ms / fused_ms))
+            print(f"{'x'.join(map(str, shape)):>16} {dtype_name:>5} {fused_ms:9.3f} {ref_ms:8.2f} "
+                  f"{ref_ms / fused_ms:5.1f}x")
+            del hidden, mask
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -141,6 +173,8 @@ def main() -> None:
                   f"{'  (goal row)' if row['goal_fraction'] else ''}")
             del hidden, mask
 
+    backward = backward_rows(SHAPES[args.shapes], device, args.min_run_time)
+
     if args.sweep_splits is not None and device.startswith("cuda"):
         sweep_splits(rows, args.sweep_splits or [1, 2, 4, 8, 16], device, ceiling, args.min_run_time)
 
@@ -153,7 +187,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device, device_name=device_name, torch=torch.__version__, cpu_capability=cpu_flags,
-                           threads=torch.get_num_threads(), ceiling_gbs=ceiling, results=rows), f, indent=2)
+                           threads=torch.get_num_threads(), ceiling_gbs=ceiling, results=rows,
+                           forward_backward=backward), f, indent=2)
         print(f"\nwrote {args.json}")
 
 

@@ -39,6 +39,14 @@ TORCH_LIBRARY(sentfuse, m) {
   m.def("masked_pool_varlen_backward(Tensor grad_out, Tensor hidden, Tensor cu_seqlens, str mode, bool normalize, "
         "int skip_tokens) -> Tensor");
   m.def("l2_normalize_backward(Tensor grad_out, Tensor x, int? dim) -> Tensor");
+  // anchors [B, D], candidates [B * (1 + n), D] (positives, then n blocks of B hard negatives) -> (loss [] fp32,
+  // row_lse [B] fp32, col_lse [B] fp32 when symmetric else [0]): the mean cross-entropy of scale * cos(anchor i,
+  // candidates) with label i, averaged with that of scale * cos(positive i, anchors) when symmetric. The logits
+  // are computed tile by tile and never kept; the backward op recomputes them from the saved logsumexps.
+  m.def("contrastive_loss(Tensor anchors, Tensor candidates, float scale=20.0, bool symmetric=False) "
+        "-> (Tensor loss, Tensor row_lse, Tensor col_lse)");
+  m.def("contrastive_loss_backward(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor row_lse, "
+        "Tensor col_lse, float scale, bool symmetric) -> (Tensor grad_anchors, Tensor grad_candidates)");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

@@ -199,4 +199,40 @@ void check_grad_out(const char* op, const at::Tensor& grad_out, int64_t rows, in
   check_same_device(op, "grad_out", grad_out, "the forward input", like);
 }
 
+int64_t check_contrastive_loss_args(const at::Tensor& anchors, const at::Tensor& candidates, double scale) {
+  constexpr const char* op = "contrastive_loss";
+  SENTFUSE_CHECK_VALUE(anchors.dim() == 2, op, ": anchors must be [batch, dim], got shape ", anchors.sizes());
+  SENTFUSE_CHECK_VALUE(candidates.dim() == 2, op, ": candidates must be [batch * (1 + negatives), dim], got shape ",
+                       candidates.sizes());
+  SENTFUSE_CHECK_VALUE(anchors.size(1) == candidates.size(1), op, ": anchors ", anchors.sizes(), " and candidates ",
+                       candidates.sizes(), " must have the same embedding dimension");
+  check_float_input(op, "anchors", anchors);
+  check_float_input(op, "candidates", candidates);
+  SENTFUSE_CHECK_TYPE(anchors.scalar_type() == candidates.scalar_type(), op, ": anchors are ", anchors.scalar_type(),
+                      " but candidates are ", candidates.scalar_type());
+  check_same_device(op, "candidates", candidates, "anchors", anchors);
+  const int64_t batch = anchors.size(0), rows = candidates.size(0);
+  SENTFUSE_CHECK_VALUE(batch >= 1, op, ": anchors must hold at least one row, got shape ", anchors.sizes());
+  SENTFUSE_CHECK_VALUE(rows >= batch && rows % batch == 0, op, ": candidates must hold the ", batch,
+                       " positives then whole blocks of ", batch, " hard negatives, got ", rows, " rows");
+  SENTFUSE_CHECK_VALUE(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  return batch;
+}
+
+void check_contrastive_loss_saved(const at::Tensor& grad_loss, const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                  int64_t batch, bool symmetric, const at::Tensor& anchors) {
+  constexpr const char* op = "contrastive_loss_backward";
+  SENTFUSE_CHECK_VALUE(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", grad_loss.sizes());
+  const int64_t cols = symmetric ? batch : 0;
+  SENTFUSE_CHECK_VALUE(row_lse.dim() == 1 && row_lse.size(0) == batch, op, ": row_lse must be [", batch,
+                       "], got shape ", row_lse.sizes());
+  SENTFUSE_CHECK_VALUE(col_lse.dim() == 1 && col_lse.size(0) == cols, op, ": col_lse must be [", cols,
+                       "] with symmetric=", symmetric, ", got shape ", col_lse.sizes());
+  for (const auto* t : {&grad_loss, &row_lse, &col_lse}) {
+    const char* name = t == &grad_loss ? "grad_loss" : (t == &row_lse ? "row_lse" : "col_lse");
+    SENTFUSE_CHECK_TYPE(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t->scalar_type());
+    check_same_device(op, name, *t, "anchors", anchors);
+  }
+}
+
 }  // namespace sentfuse

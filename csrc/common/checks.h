@@ -61,4 +61,12 @@ at::Tensor with_unit_feature_stride(const at::Tensor& t);
 // output (the backward ops of masked_pool, masked_pool_varlen and l2_normalize).
 void check_grad_out(const char* op, const at::Tensor& grad_out, int64_t rows, int64_t features, const at::Tensor& like);
 
+// anchors [B, D], candidates [B * (1 + n), D] (the positives, then n blocks of B hard negatives), one float dtype
+// and device, B >= 1, finite scale: returns B.
+int64_t check_contrastive_loss_args(const at::Tensor& anchors, const at::Tensor& candidates, double scale);
+// contrastive_loss_backward's grad_loss (one element) and the forward's row_lse [B] and col_lse ([B] when
+// symmetric, else [0]), fp32 on anchors' device.
+void check_contrastive_loss_saved(const at::Tensor& grad_loss, const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                  int64_t batch, bool symmetric, const at::Tensor& anchors);
+
 }  // namespace sentfuse

@@ -1,5 +1,5 @@
-// CUDA kernels and launchers for masked_pool, masked_pool_varlen and l2_normalize (semantics:
-// python/sentfuse/reference.py; host entry points: cuda/pooling.cpp).
+// CUDA kernels and launchers for masked_pool, masked_pool_varlen, l2_normalize and their backward ops
+// (semantics: python/sentfuse/reference.py; host entry points: cuda/pooling.cpp).
 //
 // Pooling is bandwidth-bound: each valid token is read once with 16-byte loads, padding never. A block is a
 // grid of `cols` x `groups` logical threads: `cols` split the feature dim into VEC-wide vectors, `groups`
@@ -351,6 +351,169 @@ __global__ void l2_normalize_kernel(const scalar_t* x,  // [rows, >= dim], row s
   }
 }
 
+// ---- Backward ----------------------------------------------------------------------------------------------
+// Two passes. row_grad_kernel (one block per row) turns grad_out's row into d(loss)/d(pooled row) in fp32,
+// through the normalization when the forward normalized (recomputing the pooled row), and finds max's argmax
+// per feature; token_grad_kernel (blocks over rows x token slices) then writes every token's gradient once,
+// zeros included. Threads run along the features, so every global access is coalesced.
+
+// Row b's first token in grad_hidden (contiguous: [batch, seq, hidden] or [total_tokens, hidden]).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t* grad_row(const PoolGradArgs& g, int64_t b) {
+  const PoolArgs& p = g.pool;
+  auto* grad = static_cast<scalar_t*>(g.grad_hidden);
+  if (p.cu_seqlens == nullptr) return grad + b * p.seq_len * static_cast<int64_t>(p.hidden_size);
+  return grad + min(max(p.cu_seqlens[b], int64_t{0}), p.total_tokens) * p.hidden_size;
+}
+
+// Feature f of the pooled row (before scaling by 1 / denom); for max also the first token holding it.
+template <typename scalar_t>
+__device__ float pooled_feature(const scalar_t* row, int64_t token_stride, const RowMask& mask, const RowPlan& plan,
+                                PoolMode mode, int f, int* arg) {
+  if (mode == PoolMode::Max) {
+    float best = -INFINITY;
+    int at = -1;
+    for (int t = plan.begin; t < plan.end; ++t) {
+      if (!mask.valid(t)) continue;
+      const float v = static_cast<float>(row[t * token_stride + f]);
+      if (at < 0 || v > best) {
+        best = v;
+        at = t;
+      }
+    }
+    *arg = at;
+    return best;
+  }
+  float sum = 0.f;
+  for (int t = plan.begin; t < plan.end; ++t) {
+    if (!mask.valid(t)) continue;
+    const float w = plan.weighted ? static_cast<float>(t + 1 - plan.first) : 1.f;
+    sum = fmaf(w, static_cast<float>(row[t * token_stride + f]), sum);
+  }
+  return sum / plan.denom;
+}
+
+// dpool [batch, hidden] fp32: d(loss)/d(pooled row); arg [batch, hidden]: max's token per feature.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kPoolBackwardThreads)
+    row_grad_kernel(PoolGradArgs g, float* __restrict__ dpool, int* __restrict__ arg) {
+  __shared__ float sum_slots[32];
+  const int64_t b = blockIdx.x;
+  const PoolArgs& p = g.pool;
+  const int H = p.hidden_size;
+  const scalar_t* row;
+  RowMask row_mask;
+  const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
+  const auto* grad_out = static_cast<const scalar_t*>(g.grad_out) + b * H;
+  float* dp = dpool + b * H;
+  int* arg_row = arg != nullptr ? arg + b * H : nullptr;  // max only
+  if (plan.count <= 0) return;  // token_grad_kernel writes zeros without reading dpool
+  float pp = 0.f, pg = 0.f;
+  for (int f = threadIdx.x; f < H; f += blockDim.x) {
+    const float gf = static_cast<float>(grad_out[f]);
+    dp[f] = gf;
+    if (!p.normalize && p.mode != PoolMode::Max) continue;
+    const float v = pooled_feature(row, p.token_stride, row_mask, plan, p.mode, f, arg_row + f);
+    pp = fmaf(v, v, pp);
+    pg = fmaf(v, gf, pg);
+    if (p.normalize) dp[f] = v;  // the pooled value until the norm is known
+  }
+  if (!p.normalize) return;
+  // Through y = v / max(|v|, eps), as F.normalize (no gradient through the clamped norm below eps).
+  pp = block_sum(pp, sum_slots);
+  pg = block_sum(pg, sum_slots);
+  const float norm = sqrtf(pp);
+  for (int f = threadIdx.x; f < H; f += blockDim.x) {
+    const float gf = static_cast<float>(grad_out[f]);
+    dp[f] = norm < kNormEps ? gf / kNormEps : (gf - dp[f] * (pg / pp)) / norm;
+  }
+}
+
+// grid (batch, slices): block (b, s) writes row b's tokens s, s + slices, ... over the row's whole length.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kPoolBackwardThreads)
+    token_grad_kernel(PoolGradArgs g, const float* __restrict__ dpool, const int* __restrict__ arg) {
+  const int64_t b = blockIdx.x;
+  const PoolArgs& p = g.pool;
+  const int H = p.hidden_size;
+  const scalar_t* row;
+  RowMask row_mask;
+  const RowPlan plan = plan_row<scalar_t>(p, b, row, row_mask);
+  int length = p.seq_len;
+  if (p.cu_seqlens != nullptr) {
+    const int64_t start = min(max(p.cu_seqlens[b], int64_t{0}), p.total_tokens);
+    length = static_cast<int>(max(min(max(p.cu_seqlens[b + 1], int64_t{0}), p.total_tokens) - start, int64_t{0}));
+  }
+  scalar_t* grad = grad_row<scalar_t>(g, b);
+  const float* dp = dpool + b * H;
+  const int* arg_row = arg != nullptr ? arg + b * H : nullptr;  // max only
+  for (int t = blockIdx.y; t < length; t += gridDim.y) {
+    // Uniform over the block: whether and with which weight token t was pooled (cls / lasttoken: the one
+    // token of [begin, end), weight 1).
+    const bool pooled = plan.count > 0 && t >= plan.begin && t < plan.end && row_mask.valid(t);
+    const float w = (plan.weighted ? static_cast<float>(t + 1 - plan.first) : 1.f) / plan.denom;
+    scalar_t* out = grad + static_cast<int64_t>(t) * H;
+    for (int f = threadIdx.x; f < H; f += blockDim.x) {
+      float v = 0.f;
+      if (pooled) v = p.mode == PoolMode::Max ? (arg_row[f] == t ? dp[f] : 0.f) : w * dp[f];
+      out[f] = static_cast<scalar_t>(v);
+    }
+  }
+}
+
+// One warp per row, as l2_normalize_kernel: dx = (g - y (y . g)) / |x|, or g / eps below eps.
+template <typename scalar_t>
+__global__ void l2_normalize_backward_kernel(const scalar_t* __restrict__ x,  // [rows, >= dim], row_stride
+                                             int64_t row_stride, int64_t rows, int dim,
+                                             const scalar_t* __restrict__ grad_out,  // [rows, dim]
+                                             scalar_t* __restrict__ grad_x,          // [rows, grad_stride]
+                                             int64_t grad_stride) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kL2RowsPerBlock + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const scalar_t* in_row = x + r * row_stride;
+  const scalar_t* g_row = grad_out + r * dim;
+  float pp = 0.f, pg = 0.f;
+  for (int f = lane; f < dim; f += 32) {
+    const float v = static_cast<float>(in_row[f]);
+    pp = fmaf(v, v, pp);
+    pg = fmaf(v, static_cast<float>(g_row[f]), pg);
+  }
+  pp = warp_sum(pp);
+  pg = warp_sum(pg);
+  const float norm = sqrtf(pp);
+  scalar_t* out_row = grad_x + r * grad_stride;
+  for (int f = lane; f < dim; f += 32) {
+    const float gf = static_cast<float>(g_row[f]);
+    out_row[f] = static_cast<scalar_t>(norm < kNormEps ? gf / kNormEps
+                                                       : (gf - static_cast<float>(in_row[f]) * (pg / pp)) / norm);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+cudaError_t launch_pool_backward(const PoolGradArgs& args, int token_slices, float* dpool, int* arg,
+                                 cudaStream_t stream) {
+  const unsigned batch = static_cast<unsigned>(args.pool.batch);
+  row_grad_kernel<scalar_t><<<batch, kPoolBackwardThreads, 0, stream>>>(args, dpool, arg);
+  const dim3 grid(batch, static_cast<unsigned>(token_slices));
+  token_grad_kernel<scalar_t><<<grid, kPoolBackwardThreads, 0, stream>>>(args, dpool, arg);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t launch_l2_normalize_backward(const scalar_t* x, int64_t row_stride, int64_t rows, int dim,
+                                         const scalar_t* grad_out, scalar_t* grad_x, int64_t grad_stride,
+                                         cudaStream_t stream) {
+  const int64_t blocks = (rows + kL2RowsPerBlock - 1) / kL2RowsPerBlock;
+  l2_normalize_backward_kernel<scalar_t><<<blocks, kL2RowsPerBlock * 32, 0, stream>>>(x, row_stride, rows, dim,
+                                                                                    grad_out, grad_x, grad_stride);
+  return cudaGetLastError();
+}
+
+namespace {
+
 template <typename scalar_t, int VEC, bool kMax>
 cudaError_t launch_pool_kernels(const PoolArgs& args, const PoolLaunch& plan, float* workspace,
                                 cudaStream_t stream) {
@@ -428,7 +591,10 @@ cudaError_t launch_pool(const PoolArgs& args, const PoolLaunch& plan, float* wor
 #define SENTFUSE_INSTANTIATE_POOL(T)                                                                          \
   template int pick_pool_vec<T>(const void*, int64_t, int64_t, int64_t);                                      \
   template cudaError_t launch_pool<T>(const PoolArgs&, const PoolLaunch&, float*, cudaStream_t);              \
-  template cudaError_t launch_l2_normalize<T>(const T*, int64_t, int64_t, int, int, T*, cudaStream_t);
+  template cudaError_t launch_l2_normalize<T>(const T*, int64_t, int64_t, int, int, T*, cudaStream_t);        \
+  template cudaError_t launch_pool_backward<T>(const PoolGradArgs&, int, float*, int*, cudaStream_t);         \
+  template cudaError_t launch_l2_normalize_backward<T>(const T*, int64_t, int64_t, int, const T*, T*, int64_t, \
+                                                       cudaStream_t);
 SENTFUSE_INSTANTIATE_POOL(float)
 SENTFUSE_INSTANTIATE_POOL(c10::Half)
 SENTFUSE_INSTANTIATE_POOL(c10::BFloat16)

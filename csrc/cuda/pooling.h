@@ -74,6 +74,30 @@ template <typename scalar_t>
 cudaError_t launch_l2_normalize(const scalar_t* x, int64_t row_stride, int64_t rows, int dim, int vec,
                                 scalar_t* out, cudaStream_t stream);
 
+// Threads per block of the backward kernels (along the features).
+constexpr int kPoolBackwardThreads = 256;
+
+// One masked_pool_backward / masked_pool_varlen_backward call: the forward's arguments (pool.out unused) and
+// the gradients, both contiguous in hidden's dtype.
+struct PoolGradArgs {
+  PoolArgs pool;
+  const void* grad_out;  // [batch, hidden]
+  void* grad_hidden;     // [batch, seq, hidden] or [total_tokens, hidden]; varlen: zeroed by the caller
+};
+
+// Writes grad_hidden. dpool and arg are [batch, hidden] fp32 / int32 scratch; each row's tokens are spread over
+// token_slices blocks.
+template <typename scalar_t>
+cudaError_t launch_pool_backward(const PoolGradArgs& args, int token_slices, float* dpool, int* arg,
+                                 cudaStream_t stream);
+
+// x [rows, >= dim] (row stride row_stride), grad_out [rows, dim] -> grad_x [rows, dim] with row stride
+// grad_stride (columns beyond dim left to the caller).
+template <typename scalar_t>
+cudaError_t launch_l2_normalize_backward(const scalar_t* x, int64_t row_stride, int64_t rows, int dim,
+                                         const scalar_t* grad_out, scalar_t* grad_x, int64_t grad_stride,
+                                         cudaStream_t stream);
+
 // Elements per access for pointer `base` and the element counts that must stay aligned (vec.cuh's rule).
 template <typename scalar_t>
 int pick_pool_vec(const void* base, int64_t a, int64_t b, int64_t c);

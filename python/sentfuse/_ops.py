@@ -286,3 +286,57 @@ torch.library.register_autograd("sentfuse::masked_pool_varlen", _masked_pool_var
                                 setup_context=_pool_setup_context)
 torch.library.register_autograd("sentfuse::l2_normalize", _l2_normalize_backward,
                                 setup_context=_l2_normalize_setup_context)
+
+
+# ---- In-batch contrastive loss --------------------------------------------------------------------------------
+
+
+def contrastive_loss(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: float = 20.0,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """In-batch contrastive loss of anchors [B, D] against candidates [B * (1 + n), D] -> 0-dim fp32 tensor.
+
+    candidates holds each anchor's positive (row i for anchor i), then n blocks of B hard negatives. The loss
+    is the mean cross-entropy of scale * cos(anchor i, every candidate) with label i (sentence-transformers'
+    MultipleNegativesRankingLoss); symmetric=True averages it with that of scale * cos(positive i, every
+    anchor) (MultipleNegativesSymmetricRankingLoss). Differentiable in both inputs; the [B, B * (1 + n)]
+    logits are computed tile by tile and never kept for the backward pass, which recomputes them.
+    """
+    return torch.ops.sentfuse.contrastive_loss.default(anchors, candidates, scale, symmetric)[0]
+
+
+@torch.library.register_fake("sentfuse::contrastive_loss")
+def _contrastive_loss_fake(anchors, candidates, scale=20.0, symmetric=False):
+    torch._check(anchors.dim() == 2 and candidates.dim() == 2,
+                 lambda: "contrastive_loss: anchors and candidates must be 2-D")
+    batch = anchors.shape[0]
+    return (anchors.new_empty((), dtype=torch.float32), anchors.new_empty((batch,), dtype=torch.float32),
+            anchors.new_empty((batch if symmetric else 0,), dtype=torch.float32))
+
+
+@torch.library.register_fake("sentfuse::contrastive_loss_backward")
+def _contrastive_loss_backward_fake(grad_loss, anchors, candidates, row_lse, col_lse, scale, symmetric):
+    return anchors.new_empty(anchors.shape), candidates.new_empty(candidates.shape)
+
+
+def _contrastive_loss_setup_context(ctx, inputs, output):
+    anchors, candidates, scale, symmetric = inputs
+    _, row_lse, col_lse = output
+    ctx.mark_non_differentiable(row_lse, col_lse)  # by-products kept for the backward pass
+    ctx.save_for_backward(anchors, candidates, row_lse, col_lse)
+    ctx.loss_args = (scale, symmetric)
+
+
+def _contrastive_loss_backward(ctx, grad_loss, _grad_row_lse, _grad_col_lse):
+    anchors, candidates, row_lse, col_lse = ctx.saved_tensors
+    grad_anchors, grad_candidates = torch.ops.sentfuse.contrastive_loss_backward.default(
+        grad_loss, anchors, candidates, row_lse, col_lse, *ctx.loss_args
+    )
+    return grad_anchors, grad_candidates, None, None
+
+
+torch.library.register_autograd("sentfuse::contrastive_loss", _contrastive_loss_backward,
+                                setup_context=_contrastive_loss_setup_context)

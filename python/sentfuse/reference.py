@@ -264,3 +264,27 @@ def splade_pool_varlen(
 ) -> torch.Tensor:
     """Packed tokens hidden [T, H] with sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] -> [B, V]."""
     return splade_pool(*_pad_varlen(hidden, cu_seqlens), weight, bias, activation, pooling)
+
+
+def contrastive_loss(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: float = 20.0,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """The plain formula: the whole [B, B * (1 + n)] matrix of scale * cosines, then cross-entropy with the
+    diagonal as labels (averaged with the positives-vs-anchors direction when symmetric). 0-dim, fp32 (fp64 for
+    fp64 input)."""
+    batch = anchors.shape[0]
+    if batch == 0 or candidates.shape[0] < batch or candidates.shape[0] % batch:
+        raise ValueError(f"candidates must hold the {batch} positives then whole blocks of {batch} hard negatives, "
+                         f"got {candidates.shape[0]} rows")
+    dtype = compute_dtype(anchors)
+    a = torch.nn.functional.normalize(anchors.to(dtype), p=2.0, dim=1)
+    c = torch.nn.functional.normalize(candidates.to(dtype), p=2.0, dim=1)
+    scores = scale * (a @ c.T)
+    labels = torch.arange(batch, device=scores.device)
+    loss = torch.nn.functional.cross_entropy(scores, labels)
+    if symmetric:
+        loss = (loss + torch.nn.functional.cross_entropy(scores[:, :batch].T, labels)) / 2
+    return loss
