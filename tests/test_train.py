@@ -146,3 +146,21 @@ def test_no_duplicates_sampler_keeps_repeated_texts_apart_and_visits_every_row()
     assert all(len({anchors[i] for i in b}) == len(b) for b in batches)
     sampler.set_epoch(1)
     assert list(sampler) != batches  # a new order each epoch, the same for a resumed run
+
+
+def test_train_command_reads_parquet_and_checks_every_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sentfuse.cli.errors import CommandError
+    from sentfuse.cli.train import read_columns
+
+    path = tmp_path / "triplets.parquet"
+    pq.write_table(pa.table({"anchor": ["a", "b"], "positive": ["c", "d"], "negative": ["e", "f"]}), path)
+    assert read_columns(path) == {"anchor": ["a", "b"], "positive": ["c", "d"], "negative": ["e", "f"]}
+    pq.write_table(pa.table({"sentence1": ["a", None], "sentence2": ["c", "d"], "score": [0.5, 0.1]}), path)
+    with pytest.raises(CommandError, match="row 2, column 'sentence1': expected a string, got NoneType"):
+        read_columns(path)
+    pq.write_table(pa.table({"sentence1": ["a"], "sentence2": ["c"], "score": [float("nan")]}), path)
+    with pytest.raises(CommandError, match="row 1, column 'score': expected a finite number"):
+        read_columns(path)
