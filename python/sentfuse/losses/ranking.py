@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..search.similarity import cos_sim
+from .. import _ops
+from ..search.similarity import cos_sim, metric_of
 from .base import EmbeddingLoss
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITION_MODES = ("joint", "per_direction")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+# (directions, partition_mode) -> the fused contrastive_loss op's `symmetric`, for the settings it computes.
+FUSED_FORMS = {
+    (("query_to_doc",), "joint"): False,
+    (("query_to_doc",), "per_direction"): False,
+    (("query_to_doc", "doc_to_query"), "per_direction"): True,
+}
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,20 @@ def _hardness_penalty(settings: RankingSettings, query_to_doc: torch.Tensor, bat
     return settings.hardness_strength * query_to_doc.detach() * picked
 
 
+def _fused_symmetric(settings: RankingSettings) -> bool | None:
+    """The contrastive_loss op's `symmetric` when it computes exactly these settings (cosine, no hardness)."""
+    if metric_of(settings.similarity_fct) != "cosine" or (settings.hardness_mode and settings.hardness_strength):
+        return None
+    return FUSED_FORMS.get((settings.directions, settings.partition_mode))
+
+
 def ranking_loss(settings: RankingSettings, queries: torch.Tensor, docs: list[torch.Tensor]) -> torch.Tensor:
     """Mean over anchors of -log softmax(positive) for queries [B, D], docs[0] positives [B, D], docs[1:]
-    hard negatives [B, D] each."""
+    hard negatives [B, D] each. The common forms run in the fused contrastive_loss op (no [B, B * columns]
+    logits kept for the backward pass); the others in plain PyTorch."""
+    symmetric = _fused_symmetric(settings)
+    if symmetric is not None:
+        return _ops.contrastive_loss(queries, torch.cat(docs), settings.scale, symmetric)
     batch = queries.shape[0]
     rows = torch.arange(batch, device=queries.device)
     docs_all = torch.cat(docs)
