@@ -90,7 +90,8 @@ def test_nan_loss_stops_naming_the_step_and_batch(model, tmp_path):
     from sentfuse.train import NonFiniteLossError
 
     trainer = SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=_pairs(),
-                                         loss=losses.MultipleNegativesRankingLoss(model, scale=float("inf")))
+                                         loss=losses.MultipleNegativesRankingLoss(
+                                             model, similarity_fct=lambda a, b: a @ b.T * float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"at step 1, in the batch whose first texts are \["):
         trainer.train()
     assert (tmp_path / "run" / "last-good-step-0" / "modules.json").exists()
