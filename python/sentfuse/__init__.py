@@ -7,6 +7,8 @@ from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, th
 from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 from .sparse import SparseEncoder
 from .cross_encoder import CrossEncoder
+from . import evaluation, losses
+from .train import BatchSamplers, InputExample
 from .search import (
     community_detection,
     cos_sim,
@@ -27,6 +29,15 @@ try:
     __version__ = version("sentfuse")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str):
+    """The trainer and its arguments import transformers.Trainer (seconds): loaded on first use."""
+    if name in ("SentenceTransformerTrainer", "SentenceTransformerTrainingArguments"):
+        from . import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module 'sentfuse' has no attribute {name!r}")
+
 
 __all__ = [
     "CrossEncoder",
@@ -54,4 +65,10 @@ __all__ = [
     "stop_multi_process_pool",
     "threshold_pairs",
     "util",
+    "BatchSamplers",
+    "InputExample",
+    "SentenceTransformerTrainer",
+    "SentenceTransformerTrainingArguments",
+    "evaluation",
+    "losses",
 ]

@@ -1,6 +1,6 @@
 """The sentfuse command: `sentfuse encode` (texts -> .npy embeddings), `sentfuse search`, `sentfuse mine`
 (near-duplicate pairs), `sentfuse cluster` (communities), `sentfuse info`, `sentfuse rerank` (cross-encoder
-scores). One module per command."""
+scores), `sentfuse train` (fine-tuning). One module per command."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 
 from ..distributed.cli import split_ray_argv
-from . import encode, info, mine, rerank, search
+from . import encode, info, mine, rerank, search, train
 from .errors import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_parsers(commands)
     info.add_parser(commands)
     rerank.add_parser(commands)
+    train.add_parser(commands)
     return parser
 
 

@@ -37,6 +37,7 @@ from .pooling import SentenceHead
 from .quantize import check_precision
 from .run import RunOptions
 from .st_compat import SentenceTransformerMethods
+from ..train.fit import FitMixin
 from ..search.topk import semantic_search
 from ..search.similarity import SIMILARITY_FUNCTIONS, as_embeddings, cos_sim, dot_score, similarity_name
 
@@ -49,7 +50,7 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
 
 
-class Encoder(PipelineOwner, SentenceTransformerMethods):
+class Encoder(PipelineOwner, SentenceTransformerMethods, FitMixin):
     """Sentence embeddings from a sentence-transformers or Hugging Face model folder.
 
     Arguments and results follow sentence-transformers' SentenceTransformer. The backbone runs in

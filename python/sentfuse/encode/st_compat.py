@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from .._checks import device_or_default, positive_int
-from ..model.modules import TransformerModule, load_model_folder
+from ..model.backbone import backbone_state_dict
+from ..model.modules import DenseModule, TransformerModule, load_model_folder
 from ..model.save import save_model_folder
 from ..model.static import StaticBackbone
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
@@ -80,14 +81,22 @@ class SentenceTransformerMethods:
         The other arguments are accepted for compatibility: no model card is written, weights are
         always safetensors."""
         save_model_folder(
-            path, load_model_folder(self.model_path), self._tokenizer, self._model.dtype,
+            path, self._live_folder(), self._tokenizer, self._model.dtype,
             {
                 "prompts": dict(self.prompts),
                 "default_prompt_name": self.default_prompt_name,
                 "similarity_fn_name": self.similarity_fn_name,
                 "truncate_dim": self.truncate_dim,
             },
+            backbone_state_dict(self._model),
         )
+
+    def _live_folder(self) -> Any:
+        """The model folder's description with the Dense layers this encoder runs (fine-tuning changes them)."""
+        folder = load_model_folder(self.model_path)
+        live = iter([m for m in self._head.post if isinstance(m, DenseModule)])
+        folder.modules = [next(live) if isinstance(m, DenseModule) else m for m in folder.modules]
+        return folder
 
     def save_pretrained(
         self,

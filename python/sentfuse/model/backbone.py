@@ -135,3 +135,31 @@ def prepare_backbone(model: nn.Module) -> nn.Module:
     ):
         _pack_linears(model)
     return model
+
+
+def unpack_linears(module: nn.Module) -> int:
+    """Put each PackedLinear's nn.Linear back in its place (for training: weights change every step)."""
+    unpacked = 0
+    for name, child in module.named_children():
+        if isinstance(child, PackedLinear):
+            setattr(module, name, child.linear)
+            unpacked += 1
+        else:
+            unpacked += unpack_linears(child)
+    return unpacked
+
+
+def repack_linears(model: nn.Module) -> nn.Module:
+    """prepare_backbone again after training: the packed weights are copies, so they are taken afresh."""
+    unpack_linears(model)
+    return prepare_backbone(model)
+
+
+def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model's weights under transformers' own names (a PackedLinear's inner linear named as the layer)."""
+    packed = {name + "." for name, m in model.named_modules() if isinstance(m, PackedLinear)}
+    state = {}
+    for key, value in model.state_dict().items():
+        prefix = next((p for p in packed if key.startswith(p + "linear.")), None)
+        state[key if prefix is None else prefix + key[len(prefix) + len("linear."):]] = value
+    return state

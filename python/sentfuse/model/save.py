@@ -1,8 +1,8 @@
 """Writing a model folder in sentence-transformers' layout, which sentfuse and sentence-transformers both load.
 
-The backbone's weights are read again from the folder the model came from (at the dtype it runs in):
-sentfuse never changes weights, only their dtype, and the running backbone is prepared for inference
-(pooler dropped, linear layers repacked), so its own state dict is not a checkpoint.
+The backbone is read again from the folder the model came from (at the dtype it runs in), so parts the
+running backbone dropped for inference (the pooler) are written as they were; weights the caller passes
+(a fine-tuned backbone's, under transformers' names) replace the ones read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from .modules import (
     ST_CONFIG, DenseModule, ModelFolder, NormalizeModule, PoolingModule, StaticEmbeddingModule, TransformerModule,
 )
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, quiet_progress_bars
 from .static import save_static
 
 # Module type names as sentence-transformers writes them (and reads them back, in every release).
@@ -38,10 +38,16 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype: torch.dtype) -> int:
+def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype: torch.dtype,
+                    weights: dict[str, torch.Tensor] | None = None) -> int:
     """The Hugging Face model and tokenizer into out; returns the hidden size."""
     _, model = load_pretrained(module.path, dtype)
-    model.save_pretrained(str(out))
+    if weights is not None:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("pooler.") for k in missing):
+            raise ValueError(f"the backbone weights do not fit {module.path}: missing {missing}, unexpected {unexpected}")
+    with quiet_progress_bars():  # a checkpoint every few hundred steps: no "Writing model shards" bar each time
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     write_json(
         out / "sentence_bert_config.json",
@@ -75,12 +81,13 @@ def _write_module(out: Path, module: Any, hidden: int, dtype: torch.dtype) -> No
         save_model(module.to(dtype), str(out / "model.safetensors"))
 
 
-def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]) -> None:
+def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any],
+                 weights: dict[str, torch.Tensor] | None = None) -> None:
     first = folder.transformer
     if isinstance(first, StaticEmbeddingModule):
         hidden = save_static(out, first, tokenizer, dtype)
     else:
-        hidden = _write_backbone(out, first, tokenizer, dtype)
+        hidden = _write_backbone(out, first, tokenizer, dtype, weights)
     entries = [{"idx": 0, "name": "0", "path": "", "type": _ST_TYPES[type(first)]}]
     for idx, module in enumerate(folder.modules[1:], start=1):
         name = f"{idx}_{type(module).__name__.removesuffix('Module')}"
@@ -98,16 +105,17 @@ def _fill_folder(out: Path, folder: ModelFolder, tokenizer: Any, dtype: torch.dt
 
 
 def save_model_folder(
-    path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any]
+    path: str | os.PathLike, folder: ModelFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write folder's pipeline to path with this tokenizer (its current max length) and backbone dtype;
     settings (prompts, default_prompt_name, similarity_fn_name, truncate_dim) go to
-    config_sentence_transformers.json.
+    config_sentence_transformers.json; weights, when given, are the backbone's (else the folder's own).
 
     Everything is written to a temporary folder beside path first, then each file or module folder
     replaces its namesake in path: a failure leaves path as it was, and other files there stay.
     """
-    return replace_folder_entries(path, lambda out: _fill_folder(out, folder, tokenizer, dtype, settings))
+    return replace_folder_entries(path, lambda out: _fill_folder(out, folder, tokenizer, dtype, settings, weights))
 
 
 def replace_folder_entries(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
@@ -119,7 +127,7 @@ def replace_folder_entries(path: str | os.PathLike, fill: Callable[[Path], None]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        fill(staging)
+        _fill_folder(staging, folder, tokenizer, dtype, settings, weights)
         target.mkdir(exist_ok=True)
         for entry in staging.iterdir():
             if (target / entry.name).is_dir():

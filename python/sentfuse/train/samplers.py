@@ -1,0 +1,74 @@
+"""Batch samplers: sentence-transformers' BatchSamplers names, seeded per epoch so a resumed run sees the
+same batches as an uninterrupted one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+
+class BatchSamplers(str, Enum):
+    BATCH_SAMPLER = "batch_sampler"
+    NO_DUPLICATES = "no_duplicates"
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Row indices shuffled by (seed, epoch) and cut into batches of batch_size."""
+
+    def __init__(self, dataset: Any, batch_size: int, drop_last: bool = False, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.dataset), generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class NoDuplicatesBatchSampler(ShuffledBatchSampler):
+    """Batches in which no text appears twice (in any text column), so no in-batch negative is secretly a
+    positive. A row that would repeat a text waits for a later batch; each epoch still visits every row."""
+
+    def __init__(self, dataset: Any, batch_size: int, drop_last: bool = False, seed: int = 0,
+                 text_columns: tuple[str, ...] | None = None) -> None:
+        super().__init__(dataset, batch_size, drop_last, seed)
+        names = text_columns or [c for c in dataset.column_names if c not in ("label", "score")]
+        self._texts = [dataset[c] for c in names]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        waiting = self._order()
+        while waiting:
+            batch, seen, later = [], set(), []
+            for position, index in enumerate(waiting):
+                if len(batch) == self.batch_size:
+                    later.extend(waiting[position:])
+                    break
+                row = {column[index] for column in self._texts}
+                if row & seen:
+                    later.append(index)
+                else:
+                    batch.append(index)
+                    seen |= row
+            waiting = later
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch

@@ -1,0 +1,167 @@
+"""Fine-tuning: the trainer, fit and the train command on a tiny random model, a few steps each."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ANCHORS = ["A man is playing a guitar.", "What is the capital of France?", "cats", "A woman slices an onion.",
+           "the dog runs in the park", "stock markets fell sharply"]
+POSITIVES = ["Someone plays an instrument.", "Paris is the capital.", "a cat sleeps", "onion slicing",
+             "a running dog", "markets dropped on monday"]
+PROBE = ["A man is playing a guitar.", "cats", "markets dropped on monday"]
+
+
+@pytest.fixture()
+def model(tiny_model_root):
+    from sentfuse import Encoder
+
+    return Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+
+
+def _pairs(repeat: int = 4):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"anchor": ANCHORS * repeat, "positive": POSITIVES * repeat})
+
+
+def _args(tmp_path, **overrides):
+    from sentfuse import SentenceTransformerTrainingArguments
+
+    settings = dict(output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=6, learning_rate=1e-3,
+                    logging_steps=1, save_steps=3, report_to="none", seed=7, disable_tqdm=True, use_cpu=True)
+    return SentenceTransformerTrainingArguments(**(settings | overrides))
+
+
+def test_loss_falls_and_the_saved_folder_loads_in_sentence_transformers(model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from sentfuse import SentenceTransformerTrainer, losses
+
+    before = model.encode(PROBE)
+    trainer = SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=_pairs(),
+                                         loss=losses.MultipleNegativesRankingLoss(model))
+    trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 6 and np.mean(logged[-2:]) < np.mean(logged[:2])
+    after = model.encode(PROBE)
+    assert np.abs(after - before).max() > 1e-3  # the weights encode uses are the trained ones
+    model.save(tmp_path / "saved")
+    st = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    np.testing.assert_allclose(st.encode(PROBE), after, atol=1e-5)
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "run" / "checkpoint-6"), device="cpu").encode(PROBE),
+                               after, atol=1e-5)
+
+
+def test_resuming_from_a_checkpoint_loses_nothing(tiny_model_root, tmp_path):
+    from sentfuse import Encoder, SentenceTransformerTrainer, losses
+
+    def run(folder, **kwargs):
+        model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+        trainer = SentenceTransformerTrainer(model=model, args=_args(folder, **kwargs), train_dataset=_pairs(),
+                                             loss=losses.MultipleNegativesRankingLoss(model))
+        return model, trainer
+
+    straight, trainer = run(tmp_path / "a", max_steps=4, save_steps=2)
+    trainer.train()
+    interrupted, trainer = run(tmp_path / "b", max_steps=4, save_steps=2)
+    trainer.train()
+    resumed, trainer = run(tmp_path / "b", max_steps=4, save_steps=2)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "run" / "checkpoint-2"))
+    np.testing.assert_allclose(resumed.encode(PROBE), straight.encode(PROBE), atol=1e-5)
+
+
+def test_bad_datasets_are_named(model, tmp_path):
+    from datasets import Dataset
+
+    from sentfuse import SentenceTransformerTrainer
+
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=Dataset.from_dict({"a": [], "b": []}))
+    with pytest.raises(ValueError, match="column 'b' holds int64"):
+        SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=Dataset.from_dict({"a": ["x"], "b": [1]}))
+
+
+def test_nan_loss_stops_naming_the_step_and_batch(model, tmp_path):
+    from sentfuse import SentenceTransformerTrainer, losses
+    from sentfuse.train import NonFiniteLossError
+
+    trainer = SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=_pairs(),
+                                         loss=losses.MultipleNegativesRankingLoss(
+                                             model, similarity_fct=lambda a, b: a @ b.T * float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"at step 1, in the batch whose first texts are \["):
+        trainer.train()
+    assert (tmp_path / "run" / "last-good-step-0" / "modules.json").exists()
+
+
+def test_fit_with_input_examples_and_an_evaluator(model, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from sentfuse import InputExample, losses
+    from sentfuse.evaluation import EmbeddingSimilarityEvaluator
+
+    examples = [InputExample(texts=[a, p], label=float(i % 3) / 2) for i, (a, p) in enumerate(zip(ANCHORS, POSITIVES))]
+    evaluator = EmbeddingSimilarityEvaluator(ANCHORS, POSITIVES, [0.1, 0.9, 0.3, 0.5, 0.7, 0.2])
+    scores = []
+    model.fit(train_objectives=[(DataLoader(examples, shuffle=True, batch_size=3), losses.CoSENTLoss(model))],
+              evaluator=evaluator, epochs=2, warmup_steps=1, show_progress_bar=False, output_path=str(tmp_path / "best"),
+              callback=lambda score, epoch, steps: scores.append((score, epoch, steps)))
+    assert [s[2] for s in scores] == [2, 4] and all(-1 <= s[0] <= 1 for s in scores)
+    assert (tmp_path / "best" / "modules.json").exists()
+
+
+def test_train_command(tiny_model_root, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    from sentfuse.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"anchor": a, "positive": p}) + "\n" for a, p in zip(ANCHORS, POSITIVES)))
+    out = tmp_path / "model"
+    argv = ["train", str(data), "--loss", "MultipleNegativesRankingLoss", "-o", str(out), "--max-steps", "2",
+            "--batch-size", "3", "--model", str(tiny_model_root / "bert-mean-normalize"), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    assert SentenceTransformer(str(out), device="cpu").encode(PROBE).shape == (3, 32)
+
+    data.write_text(json.dumps({"anchor": "a", "positive": 3}) + "\n")
+    assert main(argv) == 1
+    assert "row 1, column 'positive': expected a string, got int 3" in capsys.readouterr().err
+    data.write_text("")
+    assert main(argv) == 1
+    assert "holds no examples" in capsys.readouterr().err
+
+
+def test_no_duplicates_sampler_keeps_repeated_texts_apart_and_visits_every_row():
+    from datasets import Dataset
+
+    from sentfuse.train.samplers import NoDuplicatesBatchSampler
+
+    anchors = [f"q{i % 7}" for i in range(40)]  # each anchor text six times or so
+    dataset = Dataset.from_dict({"anchor": anchors, "positive": [f"p{i}" for i in range(40)]})
+    sampler = NoDuplicatesBatchSampler(dataset, batch_size=5, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    assert all(len({anchors[i] for i in b}) == len(b) for b in batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order each epoch, the same for a resumed run
+
+
+def test_train_command_reads_parquet_and_checks_every_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sentfuse.cli.errors import CommandError
+    from sentfuse.cli.train import read_columns
+
+    path = tmp_path / "triplets.parquet"
+    pq.write_table(pa.table({"anchor": ["a", "b"], "positive": ["c", "d"], "negative": ["e", "f"]}), path)
+    assert read_columns(path) == {"anchor": ["a", "b"], "positive": ["c", "d"], "negative": ["e", "f"]}
+    pq.write_table(pa.table({"sentence1": ["a", None], "sentence2": ["c", "d"], "score": [0.5, 0.1]}), path)
+    with pytest.raises(CommandError, match="row 2, column 'sentence1': expected a string, got NoneType"):
+        read_columns(path)
+    pq.write_table(pa.table({"sentence1": ["a"], "sentence2": ["c"], "score": [float("nan")]}), path)
+    with pytest.raises(CommandError, match="row 1, column 'score': expected a finite number"):
+        read_columns(path)
