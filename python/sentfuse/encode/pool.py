@@ -427,4 +427,6 @@ def map_chunks(pool: EncoderPool, items: list, chunk_size: int | None, show_prog
         results = pool._run(chunks, encode_kwargs, bar)
     if isinstance(results[0], SparseChunk):
         return _stack_sparse(results)
-    return [rows for part in results for rows in part] if tokens else np.concatenate(results)
+    if encode_kwargs.get("output_value") == "token_embeddings":
+        return [rows for part in results for rows in part]
+    return np.concatenate(results)
