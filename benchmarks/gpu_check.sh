@@ -9,28 +9,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-$PWD/gpu-out}
-PYTHON=${PYTHON:-python3}
 # SQuAD texts for bench_encode / bench_mining: a folder with questions.txt and paragraphs.jsonl (a fuller
 # copy carried to the machine, e.g. an ignored gpu-data/), else the slice the repository ships.
 SQUAD_DIR=${SQUAD_DIR:-data/squad}
-mkdir -p "$OUT"
-LOG=$OUT/log.txt
-SUMMARY=$OUT/summary.txt
-: >"$LOG"
-: >"$SUMMARY"
-export PYTHONUNBUFFERED=1
-STEPS=" ${*:-device build import symbols crash tests encode topk pooling mining splade memcheck} "
-
-# step NAME TIMEOUT_S CMD...: runs CMD if NAME was asked for; output to the terminal and $LOG, status to $SUMMARY.
-step() {
-  local name=$1 limit=$2 rc=0 start=$SECONDS
-  shift 2
-  [[ $STEPS == *" $name "* ]] || return 0
-  echo "== $name: $*" | tee -a "$LOG"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" || rc=$?
-  printf '%-9s rc=%-3s %4ss (limit %ss)\n' "$name" "$rc" "$((SECONDS - start))" "$limit" | tee -a "$SUMMARY"
-}
+LOG_NAME=log.txt SUMMARY_NAME=summary.txt STEP_ARGS="$*"
+DEFAULT_STEPS="device build import symbols crash tests encode topk pooling mining splade memcheck"
+source benchmarks/gpu_steps.sh
 
 # The toolkit's own bin folder first, or torch's CMake does not find CUDA.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -63,7 +47,7 @@ fi
 
 OP_TESTS=(tests/test_pooling.py tests/test_topk.py tests/test_topk_cuda.py tests/test_pairs.py tests/test_pairs_cuda.py
   tests/test_pair_scores.py tests/test_op_errors.py tests/test_op_properties.py tests/test_rescore_bound.py
-  tests/test_splade.py)
+  tests/test_splade.py tests/test_pooling_grad.py tests/test_contrastive_loss.py tests/test_maxsim.py)
 OP_TESTS=($(ls "${OP_TESTS[@]}" 2>/dev/null))
 
 step device 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv; nvcc --version | tail -1; \
@@ -106,7 +90,7 @@ export -f probe_crash
 export crash_probe PYTHON
 step crash 60 bash -c probe_crash
 # The CUDA half of the op tests (the `device` fixture's cuda parameter), on 8 workers.
-step tests 100 "$PYTHON" -m pytest -q -n 8 -rs --durations=15 -k cuda "${OP_TESTS[@]}" tests/test_encode_pipeline.py
+step tests 120 "$PYTHON" -m pytest -q -n 8 -rs --durations=15 -k cuda "${OP_TESTS[@]}" tests/test_encode_pipeline.py
 # Benchmarks, the issue with the largest gap first.
 step encode 100 "$PYTHON" benchmarks/bench_encode.py --device cuda --quick --data "$SQUAD_DIR" --json "$OUT/bench_encode.json"
 step topk 75 "$PYTHON" benchmarks/bench_topk.py --device cuda --gpu-table --json "$OUT/bench_topk.json"
@@ -125,7 +109,4 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     or (exact_ties_cuda and 4096))" "${OP_TESTS[@]}"
 fi
 
-echo
-echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
-cat "$SUMMARY"
-! grep -qv 'rc=0 ' "$SUMMARY"
+finish

@@ -8,24 +8,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-$PWD/gpu-out}
-PYTHON=${PYTHON:-python3}
-mkdir -p "$OUT"
-LOG=$OUT/models_log.txt
-SUMMARY=$OUT/models_summary.txt
-: >"$LOG"
-: >"$SUMMARY"
-export PYTHONUNBUFFERED=1
-STEPS=" ${*:-import profile rerank maxsim train tests} "
-
-step() {
-  local name=$1 limit=$2 rc=0 start=$SECONDS
-  shift 2
-  [[ $STEPS == *" $name "* ]] || return 0
-  echo "== $name: $*" | tee -a "$LOG"
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" || rc=$?
-  printf '%-9s rc=%-3s %4ss (limit %ss)\n' "$name" "$rc" "$((SECONDS - start))" "$limit" | tee -a "$SUMMARY"
-}
+LOG_NAME=models_log.txt SUMMARY_NAME=models_summary.txt STEP_ARGS="$*"
+DEFAULT_STEPS="import profile rerank maxsim train"
+source benchmarks/gpu_steps.sh
 
 step import 20 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "run benchmarks/gpu_check.sh build first"'
 # Host side of encode: the device-busy share (goal >= 70%) and the ops that hold the host.
@@ -36,11 +21,5 @@ step rerank 60 "$PYTHON" benchmarks/bench_rerank.py --device cuda --json "$OUT/b
 step maxsim 40 "$PYTHON" benchmarks/bench_multivector.py --device cuda --json "$OUT/bench_multivector.json"
 # The training kernels: fused contrastive loss and pooling backward against their references.
 step train 30 "$PYTHON" benchmarks/bench_contrastive_loss.py --device cuda --json "$OUT/bench_contrastive_loss.json"
-# The CUDA cases of the new ops' tests (gradients, contrastive loss, MaxSim).
-NEW_TESTS=($(ls tests/test_pooling_grad.py tests/test_contrastive_loss.py tests/test_maxsim.py 2>/dev/null))
-step tests 60 "$PYTHON" -m pytest -q -n 8 -rs -k cuda "${NEW_TESTS[@]}"
 
-echo
-echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
-cat "$SUMMARY"
-! grep -qv 'rc=0 ' "$SUMMARY"
+finish
