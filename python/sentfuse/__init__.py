@@ -6,6 +6,7 @@ from . import util
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
 from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 from .sparse import SparseEncoder
+from .multi_vector import MultiVectorEncoder
 from .search import (
     community_detection,
     cos_sim,
@@ -28,6 +29,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Encoder",
     "EncoderPool",
+    "MultiVectorEncoder",
     "SentenceTransformer",
     "SparseEncoder",
     "__version__",

@@ -13,6 +13,7 @@ import torch
 
 from ._checks import positive_int
 from .encode.quantize import quantize_embeddings
+from .multi_vector.scoring import maxsim, maxsim_pairwise, mean_maxsim, mean_maxsim_pairwise
 from .search import (
     community_detection,
     cos_sim,
@@ -37,6 +38,10 @@ __all__ = [
     "dot_score",
     "euclidean_sim",
     "manhattan_sim",
+    "maxsim",
+    "maxsim_pairwise",
+    "mean_maxsim",
+    "mean_maxsim_pairwise",
     "normalize_embeddings",
     "pairwise_cos_sim",
     "pairwise_dot_score",
