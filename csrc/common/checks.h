@@ -80,8 +80,8 @@ void check_maxsim_offsets(const char* op, const int64_t* offsets, int64_t num_do
 void check_maxsim_k(int64_t k);
 // candidates [Q, C] int64 on queries' device, values in [0, num_docs).
 void check_maxsim_candidates(const at::Tensor& candidates, const at::Tensor& queries, int64_t num_docs);
-// Queries and documents must be finite: one fp64 sum each (NaN / inf make it non-finite, finite fp32 values
-// cannot overflow it), so the kernels never have to tell a NaN apart from a lost max.
+// Queries and documents must be finite (one min / max reduction each), so the kernels never have to tell a
+// NaN apart from a lost max.
 void check_maxsim_finite(const char* op, const at::Tensor& queries, const at::Tensor& docs);
 
 }  // namespace sentfuse
