@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import util
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
+from ._ops import maxsim_candidates, maxsim_topk
 from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 from .sparse import SparseEncoder
 from .multi_vector import MultiVectorEncoder
@@ -41,6 +42,8 @@ __all__ = [
     "l2_normalize",
     "masked_pool",
     "masked_pool_varlen",
+    "maxsim_candidates",
+    "maxsim_topk",
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
     "search_topk",
