@@ -5,7 +5,8 @@ shipped in data/squad (all-MiniLM-L6-v2's tokenizer, repeated to 10,000), random
 sentence-transformers gets the documents as a list of [n_i, 128] tensors (its multi-vector encode output),
 sentfuse gets them packed [sum n_i, 128] with offsets. Times are medians of --repeat runs after a warm-up on
 a slice; peak extra memory is resident memory above the level before each call (sampled every millisecond),
-or the CUDA allocator's peak. Answers are checked: same top-10 scores, indices equal up to ties.
+or the CUDA allocator's peak. Answers are checked: top-10 scores within the dtype's tolerance, and the
+share of top-10 indices equal to sentence-transformers' (bf16 rounding reorders near-ties).
 
     python benchmarks/bench_multivector.py [--device cpu] [--dtype float32 bfloat16] [--json out.json]
 """
@@ -81,12 +82,12 @@ def bench(device: str, dtype: torch.dtype, args) -> dict:
     theirs_s, theirs_mb, expected = timed(theirs, args.repeat, device)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     same_scores = torch.allclose(scores.cpu(), expected.values.cpu(), rtol=tol, atol=tol)
-    same_ids = bool((ids.cpu() == expected.indices.cpu()).float().mean() >= 0.99)
+    ids_match = float((ids.cpu() == expected.indices.cpu()).float().mean())
     return {"device": device, "dtype": str(dtype).removeprefix("torch."), "queries": args.queries,
             "query_tokens": args.query_tokens, "docs": args.docs, "doc_tokens": int(offsets[-1]), "dim": args.dim,
             "k": k, "sentfuse_s": ours_s, "st_s": theirs_s, "speedup": theirs_s / ours_s,
             "sentfuse_extra_mb": ours_mb, "st_extra_mb": theirs_mb,
-            "memory_ratio": theirs_mb / max(ours_mb, 1e-3), "same_scores": same_scores, "same_ids_99pct": same_ids}
+            "memory_ratio": theirs_mb / max(ours_mb, 1e-3), "same_scores": same_scores, "ids_match": ids_match}
 
 
 def main() -> None:
@@ -103,14 +104,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine(args.device)}")
     print(f"{'dtype':>9} {'sentfuse s':>11} {'ST s':>9} {'speedup':>8} {'sentfuse MB':>12} {'ST MB':>9} "
-          f"{'mem ratio':>9} {'same':>5}")
+          f"{'mem ratio':>9} {'scores ok':>9} {'ids match':>9}")
     rows = []
     for name in args.dtype:
         row = bench(args.device, getattr(torch, name), args)
         rows.append(row)
         print(f"{row['dtype']:>9} {row['sentfuse_s']:11.2f} {row['st_s']:9.2f} {row['speedup']:7.1f}x "
               f"{row['sentfuse_extra_mb']:12.1f} {row['st_extra_mb']:9.1f} {row['memory_ratio']:8.1f}x "
-              f"{str(row['same_scores'] and row['same_ids_99pct']):>5}", flush=True)
+              f"{str(row['same_scores']):>9} {row['ids_match']:9.1%}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(args.device), "rows": rows}, indent=2) + "\n")
 

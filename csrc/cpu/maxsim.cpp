@@ -132,16 +132,19 @@ void score_documents(const PackedQueries& pq, const at::Tensor& docs, const std:
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / num_blocks, b = item % num_blocks;
       const int64_t ta = tiles[t], tb = tiles[t + 1], qa = blocks[b], qb = blocks[b + 1];
-      const int64_t c0 = doc_offsets[ta], cols = doc_offsets[tb] - c0;
+      // oneDNN JIT-builds a kernel per GEMM shape, so every tile multiplies a fixed window of kTileTokens
+      // columns (ending at T for the last ones) and only reads its own documents' columns from it.
+      const int64_t c0 = doc_offsets[ta], T = docs.size(0);
+      const int64_t cols = std::max(doc_offsets[tb] - c0, std::min(kTileTokens, T)), w0 = std::min(c0, T - cols);
       const int64_t r0 = pq.offsets[qa], rows = pq.offsets[qb] - r0;
       if (rows == 0) {  // queries without a valid token score 0
         for (int64_t q = qa; q < qb; ++q) std::fill(out + q * ldo + ta - d0, out + q * ldo + tb - d0, 0.f);
         continue;
       }
       at::Tensor sim = thread_buffer(buffers, rows, cols, docs.options()).narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(sim, pq.tokens.narrow(0, r0, rows), docs.narrow(0, c0, cols).t());
+      at::mm_out(sim, pq.tokens.narrow(0, r0, rows), docs.narrow(0, w0, cols).t());
       seg.resize(tb - ta + 1);
-      for (int64_t d = ta; d <= tb; ++d) seg[d - ta] = doc_offsets[d] - c0;
+      for (int64_t d = ta; d <= tb; ++d) seg[d - ta] = doc_offsets[d] - w0;
       SENTFUSE_DISPATCH_FLOAT_TYPES(sim.scalar_type(), "sentfuse_maxsim_fold_cpu", [&] {
         const scalar_t* s = sim.const_data_ptr<scalar_t>();
         for (int64_t q = qa; q < qb; ++q)
