@@ -47,6 +47,17 @@ TORCH_LIBRARY(sentfuse, m) {
         "-> (Tensor loss, Tensor row_lse, Tensor col_lse)");
   m.def("contrastive_loss_backward(Tensor grad_loss, Tensor anchors, Tensor candidates, Tensor row_lse, "
         "Tensor col_lse, float scale, bool symmetric) -> (Tensor grad_anchors, Tensor grad_candidates)");
+  // Late interaction. queries [Q, L, D] with query_mask [Q, L] (None: every token valid), docs packed [T, D]
+  // with document n at rows cu_seqlens[n]:cu_seqlens[n + 1] (none empty). score "maxsim": for each valid query
+  // token its best dot product with the document's tokens, summed; "meanmaxsim": averaged over the valid query
+  // tokens. fp32 results. maxsim -> [Q, N]; maxsim_topk -> (scores [Q, min(k, N)], indices int64), best first,
+  // ties to the lower index; maxsim_candidates: candidates [Q, C] int64 document ids -> [Q, C].
+  m.def("maxsim(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, *, str score=\"maxsim\") "
+        "-> Tensor");
+  m.def("maxsim_topk(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, int k, *, "
+        "str score=\"maxsim\") -> (Tensor, Tensor)");
+  m.def("maxsim_candidates(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, Tensor candidates, *, "
+        "str score=\"maxsim\") -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

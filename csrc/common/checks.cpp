@@ -304,3 +304,84 @@ void check_contrastive_loss_saved(const at::Tensor& grad_loss, const at::Tensor&
 }
 
 }  // namespace sentfuse
+
+// ---- maxsim (late interaction) ----
+namespace sentfuse {
+namespace {
+
+MaxSimScore parse_maxsim_score(const char* op, c10::string_view score) {
+  if (score == "maxsim") return MaxSimScore::Sum;
+  if (score == "meanmaxsim") return MaxSimScore::Mean;
+  SENTFUSE_CHECK_VALUE(false, op, ": score must be 'maxsim' or 'meanmaxsim', got '", std::string(score), "'");
+}
+
+}  // namespace
+
+MaxSimArgs check_maxsim_args(const char* op, const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
+                             const at::Tensor& docs, const at::Tensor& cu_seqlens, c10::string_view score) {
+  SENTFUSE_CHECK_VALUE(queries.dim() == 3, op, ": queries must be [num_queries, query_tokens, dim], got shape ",
+                       queries.sizes());
+  SENTFUSE_CHECK_VALUE(docs.dim() == 2, op, ": docs must be packed [total_tokens, dim], got shape ", docs.sizes());
+  SENTFUSE_CHECK_VALUE(queries.size(2) == docs.size(1), op, ": queries ", queries.sizes(), " and docs ", docs.sizes(),
+                       " must have the same embedding dimension");
+  check_float_input(op, "queries", queries);
+  check_float_input(op, "docs", docs);
+  SENTFUSE_CHECK_TYPE(queries.scalar_type() == docs.scalar_type(), op, ": queries are ", queries.scalar_type(),
+                      " but docs are ", docs.scalar_type());
+  check_same_device(op, "docs", docs, "queries", queries);
+  if (query_mask.has_value()) {
+    SENTFUSE_CHECK_VALUE(query_mask->dim() == 2 && query_mask->size(0) == queries.size(0) &&
+                             query_mask->size(1) == queries.size(1),
+                         op, ": query_mask must be [num_queries, query_tokens] = [", queries.size(0), ", ",
+                         queries.size(1), "], got ", query_mask->sizes());
+    SENTFUSE_CHECK_TYPE(!query_mask->is_complex(), op, ": query_mask must be bool, integer or float, got ",
+                        query_mask->scalar_type());
+    check_same_device(op, "query_mask", *query_mask, "queries", queries);
+  }
+  SENTFUSE_CHECK_VALUE(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, op,
+                       ": cu_seqlens must be [num_docs + 1] offsets, got shape ", cu_seqlens.sizes());
+  SENTFUSE_CHECK_TYPE(cu_seqlens.scalar_type() == at::kInt || cu_seqlens.scalar_type() == at::kLong, op,
+                      ": cu_seqlens must be int32 or int64, got ", cu_seqlens.scalar_type());
+  check_same_device(op, "cu_seqlens", cu_seqlens, "queries", queries);
+  return {parse_maxsim_score(op, score), cu_seqlens.size(0) - 1};
+}
+
+void check_maxsim_offsets(const char* op, const int64_t* offsets, int64_t num_docs, int64_t total_tokens) {
+  SENTFUSE_CHECK_VALUE(offsets[0] == 0 && offsets[num_docs] == total_tokens, op,
+                       ": cu_seqlens must start at 0 and end at docs' token count ", total_tokens, ", got ",
+                       offsets[0], " and ", offsets[num_docs]);
+  for (int64_t d = 0; d < num_docs; ++d) {
+    SENTFUSE_CHECK_VALUE(offsets[d] < offsets[d + 1], op, ": document ", d, " is empty or reversed (cu_seqlens[", d,
+                         "]=", offsets[d], ", cu_seqlens[", d + 1, "]=", offsets[d + 1],
+                         "); every document needs at least one token");
+  }
+}
+
+void check_maxsim_k(int64_t k) { SENTFUSE_CHECK_VALUE(k >= 0, "maxsim_topk: k must be >= 0, got ", k); }
+
+void check_maxsim_candidates(const at::Tensor& candidates, const at::Tensor& queries, int64_t num_docs) {
+  constexpr const char* op = "maxsim_candidates";
+  SENTFUSE_CHECK_VALUE(candidates.dim() == 2 && candidates.size(0) == queries.size(0), op,
+                       ": candidates must be [num_queries, num_candidates] with num_queries = ", queries.size(0),
+                       ", got shape ", candidates.sizes());
+  SENTFUSE_CHECK_TYPE(candidates.scalar_type() == at::kLong, op, ": candidates must be int64, got ",
+                      candidates.scalar_type());
+  check_same_device(op, "candidates", candidates, "queries", queries);
+  if (candidates.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(candidates);
+  const int64_t c0 = lo.item<int64_t>(), c1 = hi.item<int64_t>();
+  SENTFUSE_CHECK_INDEX(c0 >= 0 && c1 < num_docs, op, ": candidates must lie in [0, ", num_docs,
+                       ") (the number of documents), got values in [", c0, ", ", c1, "]");
+}
+
+void check_maxsim_finite(const char* op, const at::Tensor& queries, const at::Tensor& docs) {
+  for (const auto* t : {&queries, &docs}) {
+    if (t->numel() == 0) continue;
+    // min and max propagate NaN and show an inf, and reduce without a temporary the size of the input.
+    const auto [lo, hi] = at::aminmax(*t);
+    const bool finite = std::isfinite(lo.item<double>()) && std::isfinite(hi.item<double>());
+    SENTFUSE_CHECK_VALUE(finite, op, ": ", t == &queries ? "queries" : "docs", " contain NaN or inf");
+  }
+}
+
+}  // namespace sentfuse

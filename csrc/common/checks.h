@@ -95,3 +95,30 @@ void check_contrastive_loss_saved(const at::Tensor& grad_loss, const at::Tensor&
                                   int64_t batch, bool symmetric, const at::Tensor& anchors);
 
 }  // namespace sentfuse
+
+// ---- maxsim (late interaction) ----
+namespace sentfuse {
+
+// How a query's per-token maxima combine: summed (MaxSim) or averaged over its valid tokens (MeanMaxSim),
+// spelled as sentence-transformers' similarity_fn_name ("maxsim" / "meanmaxsim").
+enum class MaxSimScore : int { Sum = 0, Mean };
+
+struct MaxSimArgs {
+  MaxSimScore score;
+  int64_t num_docs;  // N, from cu_seqlens [N + 1]
+};
+// queries [Q, L, D] float, query_mask [Q, L] or none, docs [T, D] of queries' dtype, cu_seqlens [N + 1]
+// int32/int64, all on one device. `op` names the caller in messages.
+MaxSimArgs check_maxsim_args(const char* op, const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
+                             const at::Tensor& docs, const at::Tensor& cu_seqlens, c10::string_view score);
+// cu_seqlens values [N + 1] (host copy): starts at 0, ends at total_tokens, every document non-empty.
+void check_maxsim_offsets(const char* op, const int64_t* offsets, int64_t num_docs, int64_t total_tokens);
+// maxsim_topk's k >= 0.
+void check_maxsim_k(int64_t k);
+// candidates [Q, C] int64 on queries' device, values in [0, num_docs).
+void check_maxsim_candidates(const at::Tensor& candidates, const at::Tensor& queries, int64_t num_docs);
+// Queries and documents must be finite (one min / max reduction each), so the kernels never have to tell a
+// NaN apart from a lost max.
+void check_maxsim_finite(const char* op, const at::Tensor& queries, const at::Tensor& docs);
+
+}  // namespace sentfuse

@@ -4,11 +4,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import util
 from ._ops import cosine_topk, l2_normalize, masked_pool, masked_pool_varlen, threshold_pairs
+from ._ops import maxsim_candidates, maxsim_topk
 from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_process_pool, stop_multi_process_pool
 from .sparse import SparseEncoder
 from .cross_encoder import CrossEncoder
 from . import evaluation, losses
 from .train import BatchSamplers, InputExample
+from .multi_vector import MultiVectorEncoder
 from .search import (
     community_detection,
     cos_sim,
@@ -43,6 +45,7 @@ __all__ = [
     "CrossEncoder",
     "Encoder",
     "EncoderPool",
+    "MultiVectorEncoder",
     "SentenceTransformer",
     "SimilarityFunction",
     "SparseEncoder",
@@ -55,6 +58,8 @@ __all__ = [
     "l2_normalize",
     "masked_pool",
     "masked_pool_varlen",
+    "maxsim_candidates",
+    "maxsim_topk",
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
     "quantize_embeddings",

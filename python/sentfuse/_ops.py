@@ -351,3 +351,69 @@ def _contrastive_loss_backward(ctx, grad_loss, _grad_row_lse, _grad_col_lse):
 
 torch.library.register_autograd("sentfuse::contrastive_loss", _contrastive_loss_backward,
                                 setup_context=_contrastive_loss_setup_context)
+
+def maxsim(
+    queries: torch.Tensor,
+    docs: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    query_mask: torch.Tensor | None = None,
+    score: str = "maxsim",
+) -> torch.Tensor:
+    """Late-interaction scores of queries [Q, L, D] against packed documents docs [T, D] -> [Q, N] fp32.
+
+    Document n is rows cu_seqlens[n]:cu_seqlens[n+1] of docs (no padding; an empty document is an error).
+    score="maxsim": for each query token (query_mask [Q, L] nonzero; None: all) the best dot product with
+    the document's tokens, summed; "meanmaxsim": averaged over the query's valid tokens. Computed tile by
+    tile: memory is O(tile), never [query tokens, document tokens]. NaN or inf in the inputs is an error.
+    """
+    return torch.ops.sentfuse.maxsim.default(queries, query_mask, docs, cu_seqlens, score=score)
+
+
+def maxsim_topk(
+    queries: torch.Tensor,
+    docs: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    k: int,
+    *,
+    query_mask: torch.Tensor | None = None,
+    score: str = "maxsim",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best min(k, N) documents per query by maxsim -> (scores fp32, indices int64) [Q, min(k, N)], best
+    first, ties to the lower index; exact."""
+    return torch.ops.sentfuse.maxsim_topk.default(queries, query_mask, docs, cu_seqlens, k, score=score)
+
+
+def maxsim_candidates(
+    queries: torch.Tensor,
+    docs: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    query_mask: torch.Tensor | None = None,
+    score: str = "maxsim",
+) -> torch.Tensor:
+    """Query q against its own candidate documents candidates[q, :] (int64 ids) -> [Q, C] fp32 maxsim scores
+    (the reranking form; query i vs document i is candidates = arange(Q)[:, None])."""
+    return torch.ops.sentfuse.maxsim_candidates.default(queries, query_mask, docs, cu_seqlens, candidates,
+                                                        score=score)
+
+
+@torch.library.register_fake("sentfuse::maxsim")
+def _maxsim_fake(queries, query_mask, docs, cu_seqlens, *, score="maxsim"):
+    torch._check(queries.dim() == 3 and docs.dim() == 2, lambda: "maxsim: queries must be 3-D and docs 2-D")
+    return queries.new_empty((queries.shape[0], cu_seqlens.shape[0] - 1), dtype=torch.float32)
+
+
+@torch.library.register_fake("sentfuse::maxsim_topk")
+def _maxsim_topk_fake(queries, query_mask, docs, cu_seqlens, k, *, score="maxsim"):
+    torch._check(queries.dim() == 3 and docs.dim() == 2, lambda: "maxsim_topk: queries must be 3-D and docs 2-D")
+    k_out = min(k, cu_seqlens.shape[0] - 1)
+    return (queries.new_empty((queries.shape[0], k_out), dtype=torch.float32),
+            queries.new_empty((queries.shape[0], k_out), dtype=torch.int64))
+
+
+@torch.library.register_fake("sentfuse::maxsim_candidates")
+def _maxsim_candidates_fake(queries, query_mask, docs, cu_seqlens, candidates, *, score="maxsim"):
+    torch._check(queries.dim() == 3 and docs.dim() == 2, lambda: "maxsim_candidates: queries must be 3-D")
+    return queries.new_empty(tuple(candidates.shape), dtype=torch.float32)

@@ -288,3 +288,71 @@ def contrastive_loss(
     if symmetric:
         loss = (loss + torch.nn.functional.cross_entropy(scores[:, :batch].T, labels)) / 2
     return loss
+MAXSIM_SCORES = ("maxsim", "meanmaxsim")
+
+
+def maxsim(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    docs: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    score: str = "maxsim",
+) -> torch.Tensor:
+    """queries [Q, L, D] (query_mask [Q, L], None: all valid) against packed docs [T, D] (document n at rows
+    cu_seqlens[n]:cu_seqlens[n+1], none empty) -> [Q, N] fp32. For each valid query token the best dot
+    product with the document's tokens (in the input dtype, as an einsum rounds it), summed in fp32
+    ("maxsim") or averaged over the valid query tokens ("meanmaxsim"; a query without one scores 0)."""
+    if score not in MAXSIM_SCORES:
+        raise ValueError(f"maxsim: score must be one of {MAXSIM_SCORES}, got {score!r}")
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    if len(lengths) and int(lengths.min()) <= 0:
+        raise ValueError("maxsim: every document needs at least one token (cu_seqlens)")
+    valid = torch.ones(queries.shape[:2], dtype=torch.bool) if query_mask is None else query_mask != 0
+    valid = valid.to(queries.device)
+    if not torch.isfinite(queries[valid]).all() or not torch.isfinite(docs).all():
+        raise ValueError("maxsim: queries or docs contain NaN or inf")
+    padded, doc_mask = _pad_varlen(docs, cu_seqlens)
+    sims = torch.einsum("qsd,ntd->qnst", queries, padded)
+    sims = sims.masked_fill(doc_mask[None, :, None, :] == 0, float("-inf"))
+    best = sims.amax(dim=-1).float() if sims.shape[-1] else sims.new_zeros(sims.shape[:-1]).float()
+    out = torch.where(valid[:, None, :], best, 0.0).sum(dim=-1)
+    if score == "meanmaxsim":
+        out = out / valid.sum(dim=-1, keepdim=True).clamp(min=1)
+    return out
+
+
+def maxsim_topk(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    docs: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    k: int,
+    *,
+    score: str = "maxsim",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best min(k, N) documents per query by maxsim: (scores fp32, indices int64) [Q, min(k, N)], best
+    first, ties to the lower index."""
+    if k < 0:
+        raise ValueError(f"maxsim_topk: k must be >= 0, got {k}")
+    scores = maxsim(queries, query_mask, docs, cu_seqlens, score=score)
+    n = scores.shape[1]
+    # A stable sort of the negated scores keeps equal scores in index order.
+    order = torch.sort(-scores, dim=1, stable=True).indices[:, : min(k, n)]
+    return scores.gather(1, order), order
+
+
+def maxsim_candidates(
+    queries: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    docs: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    score: str = "maxsim",
+) -> torch.Tensor:
+    """Query q against its own candidate documents candidates[q] (int64 ids) -> [Q, C] fp32 maxsim scores."""
+    n = cu_seqlens.shape[0] - 1
+    if candidates.numel() and (int(candidates.min()) < 0 or int(candidates.max()) >= n):
+        raise IndexError(f"maxsim_candidates: candidates must lie in [0, {n})")
+    return maxsim(queries, query_mask, docs, cu_seqlens, score=score).gather(1, candidates)

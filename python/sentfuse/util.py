@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ._checks import device_or_default, positive_int
 from .encode.quantize import quantize_embeddings
+from .multi_vector.scoring import maxsim, maxsim_pairwise, mean_maxsim, mean_maxsim_pairwise
 from .search import (
     community_detection,
     cos_sim,
@@ -49,6 +50,10 @@ __all__ = [
     "information_retrieval",
     "is_sentence_transformer_model",
     "manhattan_sim",
+    "maxsim",
+    "maxsim_pairwise",
+    "mean_maxsim",
+    "mean_maxsim_pairwise",
     "normalize_embeddings",
     "pairwise_angle_sim",
     "pairwise_cos_sim",

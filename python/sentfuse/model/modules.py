@@ -249,7 +249,8 @@ def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     raise ModelFolderError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 
-def load_dense(folder: Path) -> DenseModule:
+def load_dense(folder: Path, features: str = "sentence_embedding") -> DenseModule:
+    """A Dense folder that projects `features` (sentence_embedding, or token_embeddings in multi-vector models)."""
     config_path = folder / "config.json"
     config = _expect_object(read_json(config_path), config_path)
     where = str(config_path)
@@ -257,8 +258,8 @@ def load_dense(folder: Path) -> DenseModule:
         if not isinstance(config.get(key), int) or config[key] <= 0:
             raise ModelFolderError(f"{where}: {key} must be a positive integer, got {config.get(key)!r}")
     for key in ("module_input_name", "module_output_name"):
-        if config.get(key, "sentence_embedding") not in ("sentence_embedding", None):
-            raise ModelFolderError(f"{where}: Dense on {config[key]!r} is not supported, only sentence_embedding")
+        if config.get(key, features) not in (features, None):
+            raise ModelFolderError(f"{where}: Dense on {config[key]!r} is not supported here, only {features}")
     dense = DenseModule(
         config["in_features"],
         config["out_features"],

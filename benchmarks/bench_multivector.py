@@ -1,0 +1,120 @@
+"""MaxSim top-k: sentfuse's maxsim_topk vs sentence-transformers' util.maxsim (default chunk_elements) + torch.topk.
+
+100 queries of 32 token vectors against 10,000 documents whose token counts are those of the SQuAD paragraphs
+shipped in data/squad (all-MiniLM-L6-v2's tokenizer, repeated to 10,000), random unit vectors of dim 128.
+sentence-transformers gets the documents as a list of [n_i, 128] tensors (its multi-vector encode output),
+sentfuse gets them packed [sum n_i, 128] with offsets. Times are medians of --repeat runs after a warm-up on
+a slice; peak extra memory is resident memory above the level before each call (sampled every millisecond),
+or the CUDA allocator's peak. Answers are checked: top-10 scores within the dtype's tolerance, and the
+share of top-10 indices equal to sentence-transformers' (bf16 rounding reorders near-ties).
+
+    python benchmarks/bench_multivector.py [--device cpu] [--dtype float32 bfloat16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_splade import machine  # noqa: E402
+from peak_memory import peak_memory  # noqa: E402
+
+from sentfuse import _ops  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "squad" / "paragraphs.jsonl"
+
+
+def paragraph_lengths() -> list[int]:
+    from sentfuse.model.resolve import bundled_model_path
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    texts = [json.loads(line)["text"] for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
+
+
+def collection(num_docs: int, num_queries: int, query_tokens: int, dim: int, device: str, dtype: torch.dtype):
+    lengths = paragraph_lengths()
+    lengths = (lengths * (num_docs // len(lengths) + 1))[:num_docs]
+    g = torch.Generator().manual_seed(0)
+    docs = torch.nn.functional.normalize(torch.randn(sum(lengths), dim, generator=g), dim=-1).to(device, dtype)
+    queries = torch.nn.functional.normalize(torch.randn(num_queries, query_tokens, dim, generator=g), dim=-1)
+    offsets = torch.zeros(num_docs + 1, dtype=torch.long)
+    offsets[1:] = torch.tensor(lengths).cumsum(0)
+    return queries.to(device, dtype), docs, offsets.to(device), lengths
+
+
+def timed(fn, repeat: int, device: str):
+    """(median seconds, peak extra MB of the first timed run, result)."""
+    times, extra = [], None
+    for i in range(repeat):
+        with peak_memory(device) as mem:
+            start = time.perf_counter()
+            result = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        extra = mem.extra_mb if i == 0 else extra
+    return sorted(times)[len(times) // 2], extra, result
+
+
+def bench(device: str, dtype: torch.dtype, args) -> dict:
+    from sentence_transformers import util as st_util
+
+    queries, docs, offsets, lengths = collection(args.docs, args.queries, args.query_tokens, args.dim, device, dtype)
+    doc_list = list(torch.split(docs, lengths))  # views: what encode returns, without copies
+    k = args.k
+
+    def ours(n=len(lengths)):
+        return _ops.maxsim_topk(queries, docs[: offsets[n]], offsets[: n + 1], k)
+
+    def theirs(n=len(lengths)):
+        return torch.topk(st_util.maxsim(queries, doc_list[:n]), min(k, n), dim=1)
+
+    ours(200), theirs(200)  # warm-up on a slice
+    ours_s, ours_mb, (scores, ids) = timed(ours, args.repeat, device)
+    theirs_s, theirs_mb, expected = timed(theirs, args.repeat, device)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    same_scores = torch.allclose(scores.cpu(), expected.values.cpu(), rtol=tol, atol=tol)
+    ids_match = float((ids.cpu() == expected.indices.cpu()).float().mean())
+    return {"device": device, "dtype": str(dtype).removeprefix("torch."), "queries": args.queries,
+            "query_tokens": args.query_tokens, "docs": args.docs, "doc_tokens": int(offsets[-1]), "dim": args.dim,
+            "k": k, "sentfuse_s": ours_s, "st_s": theirs_s, "speedup": theirs_s / ours_s,
+            "sentfuse_extra_mb": ours_mb, "st_extra_mb": theirs_mb,
+            "memory_ratio": theirs_mb / max(ours_mb, 1e-3), "same_scores": same_scores, "ids_match": ids_match}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--query-tokens", type=int, default=32)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    print(f"machine: {machine(args.device)}")
+    print(f"{'dtype':>9} {'sentfuse s':>11} {'ST s':>9} {'speedup':>8} {'sentfuse MB':>12} {'ST MB':>9} "
+          f"{'mem ratio':>9} {'scores ok':>9} {'ids match':>9}")
+    rows = []
+    for name in args.dtype:
+        row = bench(args.device, getattr(torch, name), args)
+        rows.append(row)
+        print(f"{row['dtype']:>9} {row['sentfuse_s']:11.2f} {row['st_s']:9.2f} {row['speedup']:7.1f}x "
+              f"{row['sentfuse_extra_mb']:12.1f} {row['st_extra_mb']:9.1f} {row['memory_ratio']:8.1f}x "
+              f"{str(row['same_scores']):>9} {row['ids_match']:9.1%}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(args.device), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

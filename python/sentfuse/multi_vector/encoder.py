@@ -1,0 +1,239 @@
+"""MultiVectorEncoder: sentence-transformers' late-interaction (ColBERT-style) model on sentfuse's encode
+pipeline and maxsim kernels."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
+from ..encode.pipeline import EncodeRequest, Pipeline
+from ..encode.run import RunOptions
+from ..model.backbone import prepare_backbone
+from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
+from ..model.pretrained import load_pretrained
+from ..model.resolve import resolve_model_path
+from . import scoring
+from .folder import SIMILARITY_FN_NAMES, load_multi_vector_folder
+from .head import MultiVectorHead, expand_queries
+from .save import save_multi_vector_folder
+
+logger = logging.getLogger(__name__)
+
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's candidates, in ST's order
+
+
+class MultiVectorEncoder:
+    """Token-level embeddings from a sentence-transformers MultiVectorEncoder folder (Transformer, token Dense,
+    MultiVectorMask, Normalize), scored by MaxSim on sentfuse's kernels.
+
+    Arguments follow sentence-transformers' MultiVectorEncoder; dtype picks the backbone's dtype.
+    """
+
+    def __init__(self, model_name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, prompts: dict[str, str] | None = None,
+                 default_prompt_name: str | None = None, similarity_fn_name: str | None = None,
+                 truncate_dim: int | None = None, local_files_only: bool = True, cache_folder: str | None = None,
+                 revision: str | None = None) -> None:
+        target = device_or_default(device)
+        if similarity_fn_name is not None:
+            check_similarity_fn_name(similarity_fn_name, SIMILARITY_FN_NAMES)
+        self.folder = load_multi_vector_folder(
+            resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision))
+        self.model_path = self.folder.path
+        self.prompts = merge_prompts(prompts, self.folder.prompts)
+        self.default_prompt_name = default_prompt_name or self.folder.default_prompt_name
+        if self.default_prompt_name is not None:
+            check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
+        self._similarity_fn_name = similarity_fn_name or self.folder.similarity_fn_name
+        self.truncate_dim = positive_int(truncate_dim, "truncate_dim") or self.folder.truncate_dim
+
+        tokenizer, model = load_pretrained(self.folder.transformer.path, parse_dtype(dtype))
+        limit = self.folder.transformer.max_seq_length or tokenizer.model_max_length
+        positions = getattr(model.config, "max_position_embeddings", -1)
+        if isinstance(positions, int) and positions > 0:
+            limit = min(limit, positions)
+        self.max_seq_length = limit
+        self._tokenizer = tokenizer
+        self._model = prepare_backbone(model.eval().to(target))
+        self._forward_args = set(inspect.signature(model.forward).parameters)
+        self._head = MultiVectorHead(self.folder.head, model.config.hidden_size, target, model.dtype)
+        self._head.resolve(tokenizer)
+        self._pipelines: dict[int, Pipeline] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def similarity_fn_name(self) -> str:
+        return self._similarity_fn_name or "maxsim"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: str) -> None:
+        self._similarity_fn_name = check_similarity_fn_name(value, SIMILARITY_FN_NAMES)
+
+    def get_embedding_dimension(self) -> int:
+        return self._head.dim if self.truncate_dim is None else min(self.truncate_dim, self._head.dim)
+
+    def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in features.items() if k in self._forward_args}
+        return self._model(**inputs, return_dict=True).last_hidden_state
+
+    def _pipeline(self, max_length: int) -> Pipeline:
+        """One pipeline per token limit (queries and documents may differ); the limit is read at construction."""
+        if max_length not in self._pipelines:
+            saved, self._tokenizer.model_max_length = self._tokenizer.model_max_length, max_length
+            try:
+                # Token rows come back straight from the backbone; this encoder's head runs on them.
+                self._pipelines[max_length] = Pipeline(self._tokenizer, lambda f: self._forward(f), None,
+                                                       self.device, self._model.dtype, RunOptions.from_env())
+            finally:
+                self._tokenizer.model_max_length = saved
+        return self._pipelines[max_length]
+
+    def _task_length(self, task: str | None) -> int:
+        length = {"query": self.folder.query_length, "document": self.folder.document_length}.get(task)
+        return min(length, self.max_seq_length) if length else self.max_seq_length
+
+    def _backbone_rows(self, texts: list[str], task: str | None, batch_size: int,
+                       progress: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each text's (token rows [n, H], token ids [n] or None) for the tokens the head scores."""
+        expansion = self.folder.query_expansion if task == "query" else None
+        if expansion is not None:
+            return self._expanded_rows(texts, expansion, batch_size)
+        length = self._task_length(task)
+        rows = self._pipeline(length).encode(EncodeRequest(
+            texts=texts, skip_tokens=0, batch_size=batch_size, max_batch_tokens=None, token_embeddings=True,
+            dim=0, normalize=False, out_dtype=None, progress=progress))
+        if not self._head.needs_ids(task):
+            return [(r, None) for r in rows]
+        ids = self._tokenizer(texts, truncation="longest_first", max_length=length)["input_ids"]
+        return [(r, torch.tensor(i, dtype=torch.long)) for r, i in zip(rows, ids)]
+
+    def _expanded_rows(self, texts: list[str], expansion: Any, batch_size: int) -> list:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            features = expand_queries(self._tokenizer, texts[start : start + batch_size], expansion,
+                                      self._task_length("query"))
+            scored = features.pop("scored")
+            hidden = self._forward({k: v.to(self.device) for k, v in features.items()})
+            for h, s, ids in zip(hidden, scored, features["input_ids"]):
+                out.append((h[s.to(h.device)], ids[s]))
+        return out
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None and prompt_name is not None:
+            logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
+        return choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
+
+    @torch.inference_mode()
+    def encode(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+               batch_size: int = 32, show_progress_bar: bool | None = None,
+               output_value: str | None = "token_embeddings", convert_to_numpy: bool = False,
+               device: str | torch.device | None = None, normalize_embeddings: bool = False,
+               token_pooling: Any = None, truncate_dim: int | None = None, pool: Any = None,
+               chunk_size: int | None = None, task: str | None = None, packed: bool = False,
+               **kwargs: Any) -> Any:
+        """Per-text token embeddings [n_i, dim]: a list of tensors (numpy arrays with convert_to_numpy), one
+        tensor for a single str. packed=True (sentfuse) returns (tokens [sum n_i, dim], offsets [N + 1] int64)
+        instead, the layout sentfuse's maxsim ops read. task "query" / "document" picks the token limit,
+        query expansion and skiplist as sentence-transformers does."""
+        if "convert_to_tensor" in kwargs:
+            raise ValueError("MultiVectorEncoder.encode() has no `convert_to_tensor`: multi-vector embeddings are "
+                             "variable-length; it returns a list of tensors (or packed=True for one packed tensor)")
+        if kwargs:
+            raise ValueError(f"MultiVectorEncoder.encode() got keyword arguments it does not use: {list(kwargs)}")
+        if output_value != "token_embeddings":
+            raise ValueError(f'sentfuse\'s MultiVectorEncoder supports output_value="token_embeddings" only, got '
+                             f"{output_value!r}")
+        for name, value in (("token_pooling", token_pooling), ("pool", pool)):
+            if value is not None:
+                raise ValueError(f"sentfuse's MultiVectorEncoder does not support {name}")
+        if positive_int(batch_size, "batch_size") is None:
+            batch_size = 32
+        positive_int(chunk_size, "chunk_size")
+        target = parse_device(device)
+        if target is not None and target != self.device:
+            self._model.to(target)
+            self._head = MultiVectorHead(self.folder.head, self._head_hidden(), target, self._model.dtype)
+            self._head.resolve(self._tokenizer)
+            self._pipelines.clear()
+        single, texts = check_sentences(inputs)
+        resolved = self._resolve_prompt(prompt, prompt_name)
+        texts = [resolved + t for t in texts] if resolved else texts
+        progress = bool(show_progress_bar) if show_progress_bar is not None else logger.isEnabledFor(logging.INFO)
+        dim = positive_int(truncate_dim, "truncate_dim") or self.truncate_dim
+        tokens = []
+        for rows, ids in self._backbone_rows(texts, task, batch_size, progress):
+            if ids is not None:
+                rows = rows[self._head.keep(ids, task).to(rows.device)]
+            x = self._head(rows)
+            if normalize_embeddings:
+                x = torch.nn.functional.normalize(x, p=2.0, dim=-1)
+            if dim is not None:
+                x = torch.nn.functional.normalize(x[..., :dim], p=2.0, dim=-1)
+            tokens.append(x.cpu() if convert_to_numpy else x)
+        return self._finish(tokens, single, convert_to_numpy, packed)
+
+    def _head_hidden(self) -> int:
+        return self._model.config.hidden_size
+
+    @staticmethod
+    def _finish(tokens: list[torch.Tensor], single: bool, convert_to_numpy: bool, packed: bool) -> Any:
+        if packed:
+            offsets = torch.zeros(len(tokens) + 1, dtype=torch.long)
+            offsets[1:] = torch.tensor([len(t) for t in tokens], dtype=torch.long).cumsum(0)
+            flat = torch.cat(tokens) if tokens else torch.zeros(0, 0)
+            return (flat.numpy(), offsets.numpy()) if convert_to_numpy else (flat, offsets)
+        if convert_to_numpy:
+            tokens = [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in tokens]
+        return tokens[0] if single else tokens
+
+    def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+                     **kwargs: Any) -> Any:
+        """encode with task="query" and the "query" prompt unless another is given."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
+
+    def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = None,
+                        prompt: str | None = None, **kwargs: Any) -> Any:
+        """encode with task="document" and the first of the "document", "passage", "corpus" prompts it has."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
+
+    def similarity(self, embeddings1: Any, embeddings2: Any, **kwargs: Any) -> torch.Tensor:
+        """[len(embeddings1), len(embeddings2)] scores by the model's similarity_fn_name (maxsim / meanmaxsim)."""
+        fn = scoring.mean_maxsim if self.similarity_fn_name == "meanmaxsim" else scoring.maxsim
+        return fn(embeddings1, embeddings2, **kwargs)
+
+    def similarity_pairwise(self, embeddings1: Any, embeddings2: Any, **kwargs: Any) -> torch.Tensor:
+        """[len(embeddings1)] scores of the pairs (embeddings1[i], embeddings2[i])."""
+        fn = scoring.mean_maxsim_pairwise if self.similarity_fn_name == "meanmaxsim" else scoring.maxsim_pairwise
+        return fn(embeddings1, embeddings2, **kwargs)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a folder sentence-transformers' MultiVectorEncoder and sentfuse both load."""
+        save_multi_vector_folder(path, self.folder.path, {
+            "prompts": {k: v for k, v in self.prompts.items() if v},
+            "default_prompt_name": self.default_prompt_name,
+            "similarity_fn_name": self._similarity_fn_name,
+            **({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {}),
+        })
+
+    save_pretrained = save
+
+    def __repr__(self) -> str:
+        return f"MultiVectorEncoder({str(self.model_path)!r}, device={self.device}, dim={self.get_embedding_dimension()})"

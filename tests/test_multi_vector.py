@@ -1,0 +1,175 @@
+"""sentfuse.MultiVectorEncoder and util's MaxSim family against sentence-transformers' own, on tiny random
+MultiVectorEncoder folders that sentence-transformers saves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SENTENCES, _save_hf_model
+from sentfuse import MultiVectorEncoder, util
+
+REL = 1e-5
+QUERIES = ["What is the capital of France?", "guitar", "", "who plays, and where?"]
+FOLDERS = {
+    "mask-normalize": dict(document_length=24, dense=[(32, 16, False, "identity")], skiplist=[".", ","],
+                           normalize=True, similarity="meanmaxsim"),
+    "expansion-fixed": dict(expansion={"strategy": "fixed", "length": 12}, dense=[(32, 16, False, "identity")],
+                            normalize=True),
+    "expansion-min-attend": dict(query_length=20, expansion={"strategy": "min", "length": 8, "attend": True},
+                                 dense=[(32, 24, True, "tanh"), (24, 16, False, "identity")], normalize=False),
+}
+
+
+def _build(hf, out, spec):
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    torch.manual_seed(7)
+    modules = [Transformer(str(hf), document_length=spec.get("document_length"), query_length=spec.get("query_length"),
+                           query_expansion=spec.get("expansion"))]
+    acts = {"tanh": torch.nn.Tanh(), "identity": torch.nn.Identity()}
+    for i, o, bias, act in spec["dense"]:
+        modules.append(Dense(i, o, bias=bias, activation_function=acts[act], module_input_name="token_embeddings"))
+    modules.append(MultiVectorMask(skiplist_words=spec.get("skiplist")))
+    if spec["normalize"]:
+        modules.append(Normalize(module_input_name="token_embeddings"))
+    model = STMultiVectorEncoder(modules=modules, device="cpu", prompts={"query": "query: ", "document": "passage: "},
+                                 similarity_fn_name=spec.get("similarity"))
+    model.save(str(out))
+
+
+@pytest.fixture(scope="module")
+def mv_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi-vector")
+    _save_hf_model("bert", root / "hf", 0)
+    for name, spec in FOLDERS.items():
+        _build(root / "hf", root / name, spec)
+    return root
+
+
+@pytest.fixture(scope="module", params=list(FOLDERS))
+def pair(request, mv_root):
+    """(sentence-transformers' model, sentfuse's model) on one folder."""
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    path = mv_root / request.param
+    return STMultiVectorEncoder(str(path), device="cpu"), MultiVectorEncoder(path, device="cpu")
+
+
+def max_rel_diff(a, b):
+    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item() if b.numel() else 0.0
+
+
+def assert_same_tokens(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert tuple(g.shape) == tuple(e.shape)
+        assert max_rel_diff(g, e) <= REL
+
+
+@pytest.mark.parametrize("method", ["encode_query", "encode_document", "encode"])
+def test_embeddings_match_sentence_transformers(pair, method):
+    st_model, sf_model = pair
+    texts = QUERIES + SENTENCES
+    assert_same_tokens(getattr(sf_model, method)(texts), getattr(st_model, method)(texts))
+
+
+def test_scores_and_rankings_match(pair):
+    st_model, sf_model = pair
+    queries, docs = st_model.encode_query(QUERIES), st_model.encode_document(SENTENCES)
+    expected = st_model.similarity(queries, docs)
+    got = sf_model.similarity(sf_model.encode_query(QUERIES), sf_model.encode_document(SENTENCES))
+    assert max_rel_diff(got, expected) <= REL
+    assert torch.equal(got.argsort(dim=1, descending=True, stable=True),
+                       expected.argsort(dim=1, descending=True, stable=True))
+    pairs = st_model.similarity_pairwise(queries, docs[: len(queries)])
+    assert max_rel_diff(sf_model.similarity_pairwise(queries, docs[: len(queries)]), pairs) <= REL
+
+
+def test_result_types(pair):
+    _, model = pair
+    one = model.encode_query("just one")
+    assert isinstance(one, torch.Tensor) and one.dim() == 2 and one.shape[1] == model.get_embedding_dimension()
+    arrays = model.encode_document(SENTENCES[:3], convert_to_numpy=True)
+    assert all(isinstance(a, np.ndarray) for a in arrays)
+    tokens, offsets = model.encode_document(SENTENCES, packed=True)
+    listed = model.encode_document(SENTENCES)
+    assert offsets.tolist() == [0] + np.cumsum([len(t) for t in listed]).tolist()
+    assert torch.equal(tokens, torch.cat(listed))
+    truncated = model.encode_document(SENTENCES[:2], truncate_dim=8)
+    assert truncated[0].shape[1] == 8 and torch.allclose(truncated[0].norm(dim=1), torch.ones(len(truncated[0])))
+
+
+def test_save_round_trip(pair, tmp_path):
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    st_model, sf_model = pair
+    sf_model.save(tmp_path / "saved")
+    reloaded_st = STMultiVectorEncoder(str(tmp_path / "saved"), device="cpu")
+    reloaded_sf = MultiVectorEncoder(tmp_path / "saved", device="cpu")
+    assert reloaded_st.similarity_fn_name == st_model.similarity_fn_name
+    expected = st_model.encode_document(SENTENCES)
+    assert_same_tokens(reloaded_st.encode_document(SENTENCES), expected)
+    assert_same_tokens(reloaded_sf.encode_document(SENTENCES), expected)
+
+
+def test_bad_arguments(pair):
+    _, model = pair
+    with pytest.raises(ValueError, match="convert_to_tensor"):
+        model.encode(["a"], convert_to_tensor=True)
+    with pytest.raises(ValueError, match="token_pooling"):
+        model.encode(["a"], token_pooling=object())
+    with pytest.raises(ValueError, match="similarity_fn_name"):
+        model.similarity_fn_name = "cosine"
+
+
+def ragged(lengths, dim=8, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1).to(dtype) for n in lengths]
+
+
+def padded(items):
+    return torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
+
+
+@pytest.mark.parametrize("name", ["maxsim", "mean_maxsim"])
+def test_util_maxsim_matches_sentence_transformers(name):
+    from sentence_transformers import util as st_util
+
+    ours, theirs = getattr(util, name), getattr(st_util, name)
+    a, b = ragged([3, 5, 1]), ragged([4, 1, 7, 2], seed=1)
+    a_mask = [torch.tensor([1, 0, 1]), torch.tensor([1, 1, 1, 0, 1]), torch.tensor([1])]
+    b_mask = padded([torch.ones(4), torch.zeros(1), torch.ones(7), torch.tensor([0.0, 1.0])])  # doc 1 empty
+    cases = [
+        ((a, b), {}),
+        ((padded(a), padded(b)), {}),
+        ((a, b), {"a_mask": a_mask, "b_mask": b_mask}),
+        ((padded(a), padded(b)), {"b_mask": b_mask}),
+        ((a[0], b), {}),
+        ((a, b[2].numpy()), {}),
+        ((a, b), {"length_normalize": name == "maxsim"}),
+        (([x.bfloat16() for x in a], [x.bfloat16() for x in b]), {}),
+        ((a, []), {}),
+    ]
+    for args, kwargs in cases:
+        expected, got = theirs(*args, **kwargs), ours(*args, **kwargs)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        tol = 1e-2 if args[0][0].dtype == torch.bfloat16 else REL
+        assert max_rel_diff(got, expected) <= tol, (args, kwargs)
+
+
+@pytest.mark.parametrize("name", ["maxsim_pairwise", "mean_maxsim_pairwise"])
+def test_util_pairwise_matches_sentence_transformers(name):
+    from sentence_transformers import util as st_util
+
+    ours, theirs = getattr(util, name), getattr(st_util, name)
+    a, b = ragged([3, 5, 2]), ragged([4, 1, 6], seed=2)
+    b_mask = padded([torch.ones(4), torch.zeros(1), torch.ones(6)])
+    for kwargs in ({}, {"b_mask": b_mask}, {"length_normalize": False}):
+        assert max_rel_diff(ours(a, b, **kwargs), theirs(a, b, **kwargs)) <= REL
+    with pytest.raises(ValueError, match="same number of items"):
+        ours(a, b[:2])
