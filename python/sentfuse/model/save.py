@@ -127,7 +127,7 @@ def replace_folder_entries(path: str | os.PathLike, fill: Callable[[Path], None]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _fill_folder(staging, folder, tokenizer, dtype, settings, weights)
+        fill(staging)
         target.mkdir(exist_ok=True)
         for entry in staging.iterdir():
             if (target / entry.name).is_dir():
