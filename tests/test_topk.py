@@ -47,7 +47,7 @@ def normal(rows, dim, seed, dtype=torch.float32):
     return torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-# Both CPU paths on every machine: None is this CPU's default (bf16 tiles where it has AMX), False forces fp32.
+# None is this CPU's default path (cpu_features.topk_bf16_default), False forces fp32 tiles.
 PATHS = [None, False]
 
 
@@ -210,7 +210,7 @@ def test_bf16_rescore_ties_and_near_ties(device, metric, dtype, kw):  # noqa: F8
     "flags,env,chosen",
     [({"avx2", "fma"}, "", False),  # AVX2 only: the fp32 path
      ({"avx512f", "avx512_bf16"}, "", False),  # bf16 vector instructions, no matrix units: fp32
-     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", True),  # AMX: bf16 tiles
+     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", None),  # AMX: cpu_features decides
      ({"avx512f", "amx_bf16", "amx_tile"}, "fp32", False),  # forced either way
      ({"avx2"}, "bf16", True)],
     ids=["avx2", "avx512-bf16", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
@@ -220,6 +220,8 @@ def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
 
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setenv(cpu_features.TOPK_ENV, env)
+    if chosen is None:
+        chosen = cpu_features.BF16_DEFAULT_ON_AMX
     assert cpu_features.topk_bf16_default() is chosen
     seen = []
     real = torch.ops.sentfuse.cosine_topk.default

@@ -103,8 +103,8 @@ def cosine_topk(
     i + query_offset == j + corpus_offset; min_score drops candidates scoring below it; a query left
     with fewer than min(k, N) candidates is padded with (-inf, -1). Returned indices are
     j + corpus_offset. bf16_rescore scores tiles in bfloat16 and rescores the candidates in fp32, so
-    the answer stays exact; None (default) takes that path on CPUs with bf16 matrix units
-    (cpu_features.topk_bf16_default) and lets CUDA choose by size; True / False force it on or off. NaN or inf in the inputs raises an error. normalized= is deprecated
+    the answer stays exact; None (default): on CPU cpu_features.topk_bf16_default() decides (fp32 tiles
+    unless enabled there or by SENTFUSE_CPU_TOPK=bf16), CUDA chooses by size; True / False force it. NaN or inf in the inputs raises an error. normalized= is deprecated
     (normalized=True is metric="dot").
     """
     if bf16_rescore is None:

@@ -14,6 +14,10 @@ import os
 BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 # SENTFUSE_CPU_TOPK=bf16 | fp32 forces cosine_topk's default path on CPU (the bf16_rescore argument wins).
 TOPK_ENV = "SENTFUSE_CPU_TOPK"
+# Whether AMX CPUs take the bf16 path by default. Off: on the 2-core AMX Xeon (heavily shared at the time) the
+# bf16 path ran 1.6-1.9x faster than fp32 tiles with 1 thread but 4-6x slower with 2 (bench_topk --ab,
+# benchmarks/results/cpu-xeon-amx/); turn on once an A/B on an idle AMX machine shows it ahead at every thread count.
+BF16_DEFAULT_ON_AMX = False
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,11 +39,11 @@ def has_bf16_matrix_units() -> bool:
 
 
 def topk_bf16_default() -> bool:
-    """cosine_topk's CPU path when bf16_rescore is None: bf16 tiles + fp32 rescoring on bf16 matrix units,
-    else fp32 tiles; SENTFUSE_CPU_TOPK=bf16|fp32 overrides."""
+    """cosine_topk's CPU path when bf16_rescore is None: bf16 tiles + fp32 rescoring on bf16 matrix units
+    (when BF16_DEFAULT_ON_AMX), else fp32 tiles; SENTFUSE_CPU_TOPK=bf16|fp32 overrides."""
     forced = os.environ.get(TOPK_ENV, "").strip().lower()
     if forced in ("bf16", "fp32"):
         return forced == "bf16"
     if forced:
         raise ValueError(f"{TOPK_ENV} must be 'bf16' or 'fp32', got {forced!r}")
-    return has_bf16_matrix_units()
+    return BF16_DEFAULT_ON_AMX and has_bf16_matrix_units()
