@@ -92,6 +92,108 @@ def gemm_gflops(device: str, dtype: torch.dtype = torch.float32) -> float:
     return 2 * size[0] * size[1] * size[2] / (ms * 1e-3) / 1e9
 
 
+CPU_FLAG_PREFIXES = ("avx2", "avx512", "amx", "fma")
+
+
+def cpu_flags_line() -> str:
+    """This CPU's vector and matrix extensions, as /proc/cpuinfo names them."""
+    from sentfuse import cpu_features
+
+    return " ".join(sorted(f for f in cpu_features.cpu_flags() if f.startswith(CPU_FLAG_PREFIXES))) or "unknown"
+
+
+# The compute-bound shape of encode's matrix products, where the matrix units reach their ceiling.
+CEILING_SHAPE = (2048, 384, 1536)
+
+
+def cpu_ceilings() -> dict[str, float]:
+    """Measured GEMM rate on CEILING_SHAPE per dtype: fp32 and bf16 (torch.mm), int8 (torch._int_mm), G(FL)OP/s."""
+    m, d, n = CEILING_SHAPE
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(m, d).to(dtype), torch.randn(d, n).to(dtype)
+        out[name] = 2 * m * d * n / (timed(lambda: a @ b, 10, "cpu")[0] * 1e-3) / 1e9
+    a8, b8 = torch.randint(-64, 64, (m, d), dtype=torch.int8), torch.randint(-64, 64, (d, n), dtype=torch.int8)
+    try:
+        out["int8"] = 2 * m * d * n / (timed(lambda: torch._int_mm(a8, b8), 10, "cpu")[0] * 1e-3) / 1e9
+    except RuntimeError:  # no int8 GEMM in this torch build
+        pass
+    return out
+
+
+def cpu_ab(args, rounds: int) -> tuple[dict[str, float], list[dict]]:
+    """sentfuse's two CPU paths (fp32 tiles, bf16 tiles + fp32 rescoring) and the peers, alternated `rounds`
+    times on each (N, M, k) so that the machine's drift hits all alike: min-max of the per-round medians."""
+    from sentfuse import cpu_features
+
+    faiss = None
+    if "faiss" not in args.skip:
+        try:
+            import faiss
+        except ImportError:
+            print("faiss not installed: pip install faiss-cpu (benchmark-only dependency)")
+    ceilings = cpu_ceilings()
+    print(f"CPU flags: {cpu_flags_line()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; default top-k path: "
+          f"{'bf16 tiles + fp32 rescore' if cpu_features.topk_bf16_default() else 'fp32 tiles'}")
+    print("GEMM ceiling on " + " x ".join(map(str, CEILING_SHAPE)) + ": "
+          + ", ".join(f"{k} {v:,.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in ceilings.items()) + "\n")
+    results = []
+    for n in args.corpus:
+        corpus = unit_rows(n, 0, "cpu")
+        index = None
+        if faiss is not None:
+            index = faiss.IndexFlatIP(DIM)
+            index.add(corpus.numpy())
+        corpus16 = corpus.bfloat16()
+        for m in args.queries:
+            queries = unit_rows(m, 1, "cpu")
+            queries16 = queries.bfloat16()
+            for k in args.k:
+                methods = {
+                    "sentfuse default": lambda: search_topk(queries, corpus, k, score_function=dot_score),
+                    "sentfuse fp32 tiles": lambda: search_topk(queries, corpus, k, score_function=dot_score,
+                                                               bf16_rescore=False),
+                    "sentfuse bf16 tiles": lambda: search_topk(queries, corpus, k, score_function=dot_score,
+                                                               bf16_rescore=True),
+                    "sentfuse bf16 inputs": lambda: search_topk(queries16, corpus16, k, score_function=dot_score),
+                    "torch.topk fp32": lambda: torch.topk(queries @ corpus.T, k, dim=1),
+                    "torch.topk bf16": lambda: torch.topk(queries16 @ corpus16.T, k, dim=1),
+                }
+                if index is not None:
+                    q_np = queries.numpy()
+                    methods["faiss IndexFlatIP"] = lambda: index.search(q_np, k)
+                expected = methods["sentfuse fp32 tiles"]()
+                for name in ("sentfuse default", "sentfuse bf16 tiles"):  # exact: the fp32 answer
+                    torch.testing.assert_close(methods[name]()[0], expected[0], atol=1e-5, rtol=0)
+                times = {name: [] for name in methods}
+                for _ in range(rounds):
+                    for name, fn in methods.items():
+                        times[name].append(timed(fn, args.repeats, "cpu")[0])
+                results.append(print_ab(n, m, k, times, ceilings, cpu_features.topk_bf16_default()))
+    return ceilings, results
+
+
+def print_ab(n: int, m: int, k: int, times: dict[str, list[float]], ceilings: dict[str, float],
+             default_bf16: bool) -> dict:
+    """One A/B block: each method's range of per-round medians, its rate as a fraction of its dtype's ceiling,
+    and how many times slower than sentfuse's default it ran (the ratio of the medians, per round)."""
+    flops = 2.0 * m * n * DIM
+    ours = times["sentfuse default"]
+    print(f"N={n:,} M={m:,} k={k} ({flops / 1e9:.1f} GFLOP)")
+    print(f"  {'method':<22} {'ms (min-max)':>17} {'of ceiling':>14} {'x default (min-max)':>20}")
+    row = dict(corpus=n, queries=m, k=k, methods={})
+    for name, ts in times.items():
+        on_bf16 = "bf16" in name or (name == "sentfuse default" and default_bf16)
+        ceiling = ceilings["bf16" if on_bf16 else "fp32"]
+        ratios = [t / o for t, o in zip(ts, ours)]
+        frac = [flops / (t * 1e-3) / 1e9 / ceiling for t in ts]
+        print(f"  {name:<22} {min(ts):8.1f}-{max(ts):<8.1f} {100 * min(frac):5.0f}-{100 * max(frac):<4.0f}%"
+              f"   {min(ratios):8.2f}-{max(ratios):<8.2f}")
+        row["methods"][name] = dict(ms=ts, fraction_of_ceiling=frac, times_default=ratios)
+    return row
+
+
 def unit_rows(rows: int, seed: int, device: str) -> torch.Tensor:
     x = torch.randn(rows, DIM, generator=torch.Generator(device).manual_seed(seed), device=device)
     return torch.nn.functional.normalize(x, dim=1)
@@ -116,6 +218,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gpu-table", action="store_true",
                         help="issue 13's table: 1M corpus; 1, 1,000, 10,000 queries; k 10, 100 (and 4,096 once, "
                              "fp16); fp32, bf16, fp16; sentence-transformers only at 1,000 queries")
+    parser.add_argument("--ab", type=int, metavar="ROUNDS",
+                        help="CPU: A/B sentfuse's fp32 and bf16 paths against torch.topk and FAISS, alternated "
+                             "ROUNDS times, with CPU flags and the fp32/bf16/int8 GEMM ceilings")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if args.gpu_table:
@@ -135,6 +240,14 @@ def cases(args) -> list[tuple[int, int, int, list[str]]]:
 
 def main() -> None:
     args = parse_args()
+    if args.ab:
+        ceilings, results = cpu_ab(args, args.ab)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(cpu_flags=cpu_flags_line(), ceiling_shape=CEILING_SHAPE, ceilings=ceilings,
+                               threads=torch.get_num_threads(), torch=torch.__version__, results=results), f, indent=2)
+            print(f"\nwrote {args.json}")
+        return
     from sentence_transformers import util
 
     faiss = None

@@ -7,6 +7,8 @@ errors: test_op_errors.py; random inputs: test_op_properties.py.
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -45,22 +47,29 @@ def normal(rows, dim, seed, dtype=torch.float32):
     return torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
+# None is this CPU's default path (cpu_features.topk_bf16_default), False forces fp32 tiles.
+PATHS = [None, False]
+
+
 @pytest.mark.parametrize("k", [1, 2, 7, 10, 64, 100, 333, 1024])
-def test_every_k_small_cases(device, k):  # noqa: F811
+@pytest.mark.parametrize("bf16_rescore", PATHS)
+def test_every_k_small_cases(device, k, bf16_rescore):  # noqa: F811
     queries, corpus = normal(37, 24, 0), normal(1100, 24, 1)  # neither a multiple of any tile
-    assert_same_topk(topk_on(device, queries, corpus, k), reference.cosine_topk(queries, corpus, k))
+    got = topk_on(device, queries, corpus, k, bf16_rescore=bf16_rescore)
+    assert_same_topk(got, reference.cosine_topk(queries, corpus, k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 5000), (16, 3001), (131, 1537), (300, 513)])
 @pytest.mark.parametrize("metric", ["cosine", "dot"])
-def test_shapes_and_dtypes(device, dtype, shape, metric):  # noqa: F811
+@pytest.mark.parametrize("bf16_rescore", PATHS)
+def test_shapes_and_dtypes(device, dtype, shape, metric, bf16_rescore):  # noqa: F811
     m, n = shape
     queries, corpus = normal(m, 67, 2, dtype), normal(n, 67, 3, dtype)
     if metric == "dot":
         queries = torch.nn.functional.normalize(queries.float(), dim=1).to(dtype)
         corpus = torch.nn.functional.normalize(corpus.float(), dim=1).to(dtype)
-    got = topk_on(device, queries, corpus, 10, metric=metric)
+    got = topk_on(device, queries, corpus, 10, metric=metric, bf16_rescore=bf16_rescore)
     assert_same_topk(got, reference.cosine_topk(queries, corpus, 10, metric=metric))
 
 
@@ -170,6 +179,66 @@ def test_non_contiguous_corpus(device):  # noqa: F811
     corpus = normal(24, 900, 12).t()  # [900, 24] with feature stride 900
     queries = normal(10, 48, 13)[:, ::2]
     assert_same_topk(topk_on(device, queries, corpus, 8), reference.cosine_topk(queries, corpus, 8))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kw", [{}, dict(exclude_self=True, min_score=0.2, query_offset=3)], ids=str)
+def test_bf16_rescore_ties_and_near_ties(device, metric, dtype, kw):  # noqa: F811
+    """The bf16 path forced on: exact ties keep the lower index, and rows closer than bf16 can tell apart
+    (1e-3, far above fp32's rounding) come back in the fp32 order, across several corpus tiles."""
+    g = torch.Generator().manual_seed(40)
+    base = torch.nn.functional.normalize(torch.randn(8, 48, generator=g), dim=1)
+    corpus = torch.nn.functional.normalize(torch.randn(3000, 48, generator=g), dim=1)
+    for c, b in enumerate(base):
+        rows = torch.arange(c, 3000, 8)[:40]  # spread over the corpus: 20 exact copies, 20 near ones
+        near = b + 1e-3 * torch.arange(20).unsqueeze(1) * torch.randn(20, 48, generator=g)
+        corpus[rows] = torch.cat([b.expand(20, 48), near])
+    queries = torch.cat([base, base + 0.05 * torch.randn(8, 48, generator=g)])
+    queries, corpus = queries.to(dtype), corpus.to(dtype)
+    expected = reference.cosine_topk(queries, corpus, 30, metric=metric, **kw)
+    got = topk_on(device, queries, corpus, 30, metric=metric, bf16_rescore=True, **kw)
+    torch.testing.assert_close(got[0], expected[0], atol=2e-6, rtol=0)
+    near_ties = (expected[0][:, 1:] - expected[0][:, :-1]).abs() > 1e-5  # gaps fp32 orders for certain
+    assert torch.equal(got[1][:, :1], expected[1][:, :1])
+    assert torch.equal(got[1][:, 1:][near_ties], expected[1][:, 1:][near_ties])
+    exact_ties = expected[0] == expected[0][:, :1]
+    assert torch.equal(got[1][exact_ties], expected[1][exact_ties]), "tied rows must come lowest index first"
+
+
+@pytest.mark.parametrize(
+    "flags,env,chosen",
+    [({"avx2", "fma"}, "", False),  # AVX2 only: the fp32 path
+     ({"avx512f", "avx512_bf16"}, "", False),  # bf16 vector instructions, no matrix units: fp32
+     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", None),  # AMX: cpu_features decides
+     ({"avx512f", "amx_bf16", "amx_tile"}, "fp32", False),  # forced either way
+     ({"avx2"}, "bf16", True)],
+    ids=["avx2", "avx512-bf16", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
+)
+def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
+    from sentfuse import cpu_features
+
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setenv(cpu_features.TOPK_ENV, env)
+    if chosen is None:
+        chosen = cpu_features.BF16_DEFAULT_ON_AMX
+    assert cpu_features.topk_bf16_default() is chosen
+    seen = []
+    real = torch.ops.sentfuse.cosine_topk.default
+    spy = types.SimpleNamespace(default=lambda *a, **kw: seen.append(kw["bf16_rescore"]) or real(*a, **kw))
+    monkeypatch.setattr(torch.ops.sentfuse, "cosine_topk", spy)
+    x = normal(4, 8, 41)
+    _ops.cosine_topk(x, x, 2)  # bf16_rescore=None: the CPU's default
+    _ops.cosine_topk(x, x, 2, bf16_rescore=not chosen)  # the argument wins
+    assert seen == [chosen, not chosen]
+
+
+def test_cpu_path_env_is_checked(monkeypatch):
+    from sentfuse import cpu_features
+
+    monkeypatch.setenv(cpu_features.TOPK_ENV, "int8")
+    with pytest.raises(ValueError, match="SENTFUSE_CPU_TOPK"):
+        cpu_features.topk_bf16_default()
 
 
 def test_single_thread_matches():

@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
+from . import cpu_features
 
 WITH_CUDA: bool = bool(_C.WITH_CUDA)
 
@@ -100,7 +101,7 @@ def cosine_topk(
     min_score: float | None = None,
     query_offset: int = 0,
     corpus_offset: int = 0,
-    bf16_rescore: bool = False,
+    bf16_rescore: bool | None = None,
     normalized: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact cosine top-k of queries [M, D] against corpus [N, D] -> (scores fp32, indices int64) [M, min(k, N)].
@@ -111,9 +112,13 @@ def cosine_topk(
     i + query_offset == j + corpus_offset; min_score drops candidates scoring below it; a query left
     with fewer than min(k, N) candidates is padded with (-inf, -1). Returned indices are
     j + corpus_offset. bf16_rescore scores tiles in bfloat16 and rescores the candidates in fp32, so
-    the answer stays exact. float64 inputs are scored in float32. NaN or inf in the inputs raises an
-    error. normalized= is deprecated (normalized=True is metric="dot").
+    the answer stays exact; None (default): on CPU cpu_features.topk_bf16_default() decides (fp32 tiles
+    unless enabled there or by SENTFUSE_CPU_TOPK=bf16), CUDA chooses by size; True / False force it.
+    float64 inputs are scored in float32. NaN or inf in the inputs raises an error. normalized= is
+    deprecated (normalized=True is metric="dot").
     """
+    if bf16_rescore is None:
+        bf16_rescore = queries.device.type == "cpu" and cpu_features.topk_bf16_default()
     return torch.ops.sentfuse.cosine_topk.default(
         _scored_input("cosine_topk", "queries", queries), _scored_input("cosine_topk", "corpus", corpus), k,
         metric=_metric("cosine_topk", metric, normalized), exclude_self=exclude_self, min_score=min_score,

@@ -136,7 +136,7 @@ def search_topk(
     min_score: float | None = None,
     corpus_chunk_size: int | None = None,
     query_chunk_size: int = QUERY_CHUNK_ROWS,
-    bf16_rescore: bool = False,
+    bf16_rescore: bool | None = None,
     show_progress_bar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor form of semantic_search: (scores [Q, k] fp32, indices [Q, k] int64), best first.
@@ -186,7 +186,7 @@ def semantic_search(
     *,
     exclude_self: bool = False,
     min_score: float | None = None,
-    bf16_rescore: bool = False,
+    bf16_rescore: bool | None = None,
     show_progress_bar: bool = False,
 ) -> list[list[dict[str, int | float]]]:
     """Exact top_k hits per query, as sentence-transformers returns them.

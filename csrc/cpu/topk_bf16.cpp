@@ -1,0 +1,237 @@
+// cosine_topk's bf16 scan (see topk_bf16.h).
+//
+// Queries and corpus rows become bf16 unit rows (corpus tile by tile), so each score tile holds
+// approximate cosines u whatever the metric. Each thread takes whole corpus tiles and scores them with its own
+// single-threaded bf16 GEMMs (oneDNN: AMX where the CPU has it) into a tile buffer small enough to stay in its
+// core's cache, so the scan is one parallel region with no synchronization per tile. With |u - cosine| <= beta (bf16_error_bound) and
+// s = |q||c| under metric "dot" (1 for cosine), a pair's exact fp32 score lies in [(u - beta) s, (u + beta) s].
+// Each query keeps the k best lower bounds seen so far (L, its k-th) and the pairs whose upper bound reaches
+// max(L, min_score): L only rises, so every pair of the exact top-k is among them. The survivors (pruned
+// again by the final L) are rescored in fp32 exactly as the fp32 path scores them.
+#include "cpu/topk_bf16.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "common/dispatch.h"
+#include "cpu/load_float.h"
+#include "cpu/row_dot.h"
+#include "cpu/score_tiles.h"
+
+namespace sentfuse {
+namespace {
+
+constexpr int64_t kTileScores = int64_t{1} << 19;  // bf16 scores per tile: 1 MB, within the core's L2
+constexpr int64_t kQueryTile = 1024;
+constexpr int64_t kMinCols = 128;
+constexpr int64_t kPruneAt = 4096;  // a query's candidate list is pruned to the current bound past this
+
+// Bound on |bf16-tile cosine - fp32 score| for unit rows: both inputs rounded to bf16 (2u + u^2), the
+// product rounded to bf16 once more (u), fp32 accumulation over D terms in both the tile and the fp32
+// path's score, and 1% slack (which also covers the unit rows' own fp32 rounding).
+inline float bf16_error_bound(int64_t D) {
+  const double u = std::ldexp(1.0, -8);  // bf16 unit roundoff
+  return static_cast<float>(1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23)));
+}
+
+// The pairs of one query that may reach its top-k, in increasing index order.
+struct Survivors {
+  std::vector<int64_t> index;
+  std::vector<float> upper;
+
+  // Drops the pairs whose upper bound is below bar.
+  void prune(float bar) {
+    size_t kept = 0;
+    for (size_t t = 0; t < index.size(); ++t) {
+      if (upper[t] < bar) continue;
+      index[kept] = index[t];
+      upper[kept++] = upper[t];
+    }
+    index.resize(kept);
+    upper.resize(kept);
+  }
+};
+
+// One query's tile row: n approximate cosines for corpus rows first...; under metric "dot" col_norms [n]
+// holds |c_j| and q_norm is |q| (cosine: nullptr). Returns false on a non-finite score.
+bool scan_row(const c10::BFloat16* u, int64_t n, int64_t first, int64_t skip, const float* col_norms, float q_norm,
+              float beta, float min_score, TopK& lower, Survivors& out) {
+  for (int64_t j = 0; j < n; j += tiles::kRejectChunk) {
+    const int64_t end = std::min(j + tiles::kRejectChunk, n);
+    const float bar = std::max(lower.threshold(), min_score);
+    int hit = 0;  // one branch-free pass first: most chunks hold no upper bound that reaches bar
+    for (int64_t t = j; t < end; ++t) {
+      const float v = load_float(u, t);
+      const float upper = col_norms ? (v + beta) * (col_norms[t] * q_norm) : v + beta;
+      hit |= (upper >= bar) | !(std::fabs(v) <= FLT_MAX);
+    }
+    if (!hit) continue;
+    for (int64_t t = j; t < end; ++t) {
+      const float v = load_float(u, t);
+      if (!std::isfinite(v)) return false;
+      const float s = col_norms ? col_norms[t] * q_norm : 1.f;
+      const float upper = (v + beta) * s;
+      if (t == skip || upper < std::max(lower.threshold(), min_score)) continue;
+      const float low = (v - beta) * s;
+      if (low > lower.threshold()) lower.push(low, first + t);
+      out.index.push_back(first + t);
+      out.upper.push_back(upper);
+    }
+  }
+  if (static_cast<int64_t>(out.index.size()) > kPruneAt) out.prune(std::max(lower.threshold(), min_score));
+  return true;
+}
+
+// Rows of x [n, D] scaled to unit length (zero rows stay zero), in bf16.
+at::Tensor unit_bf16(const at::Tensor& x, const at::Tensor& inverse_norms) {
+  return (x.to(at::kFloat) * inverse_norms.unsqueeze(1)).to(at::kBFloat16);
+}
+
+// What every thread's share of the scan reads.
+struct ScanInputs {
+  at::Tensor q_bf16;        // [M, D] unit rows
+  const float* q_norms;     // [M]
+  at::Tensor corpus;        // [N, D] contiguous, as given
+  float* corpus_inverse;    // [N] 1 / |c_j|, written tile by tile
+  bool dot;
+  float beta;
+  float min_score;
+  bool exclude_self;
+  int64_t self_shift;       // query_offset - corpus_offset: pair (i, j) is itself when j == i + self_shift
+  int64_t query_tile;
+};
+
+// One thread's share of the scan: per query, the k best lower bounds it has seen and its survivors.
+struct ThreadScan {
+  std::vector<Candidate> slots;  // [M, k]
+  std::vector<TopK> lower;
+  std::vector<Survivors> survivors;
+  at::Tensor buffer;  // the score tile, [query_tile * corpus_tile] bf16
+
+  ThreadScan(int64_t M, int64_t k) : slots(M * k), survivors(M) {
+    lower.reserve(M);
+    for (int64_t i = 0; i < M; ++i)
+      lower.emplace_back(slots.data() + i * k, k, -std::numeric_limits<float>::infinity());
+  }
+};
+
+// Scores corpus rows [j0, j0 + n) against every query on the calling thread (inside at::parallel_for the
+// GEMM runs on this thread alone). Returns false on a non-finite score.
+bool scan_tile(const ScanInputs& in, int64_t j0, int64_t n, ThreadScan& st) {
+  const int64_t M = in.q_bf16.size(0);
+  const at::Tensor rows = in.corpus.narrow(0, j0, n);
+  const at::Tensor inverse = tiles::inverse_norms(rows);
+  std::copy_n(inverse.const_data_ptr<float>(), n, in.corpus_inverse + j0);
+  const at::Tensor block = unit_bf16(rows, inverse);
+  const at::Tensor col_norms = in.dot ? at::linalg_vector_norm(rows, 2, {1}, false, at::kFloat) : at::Tensor();
+  const float* c_norms = in.dot ? col_norms.const_data_ptr<float>() : nullptr;
+  for (int64_t i0 = 0; i0 < M; i0 += in.query_tile) {
+    const int64_t m = std::min(in.query_tile, M - i0);
+    at::Tensor tile = st.buffer.narrow(0, 0, m * n).view({m, n});
+    at::mm_out(tile, in.q_bf16.narrow(0, i0, m), block.t());
+    const c10::BFloat16* u = tile.const_data_ptr<c10::BFloat16>();
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t i = i0 + r;
+      const int64_t self = in.exclude_self ? i + in.self_shift - j0 : -1;
+      const int64_t skip = (self >= 0 && self < n) ? self : -1;
+      if (!scan_row(u + r * n, n, j0, skip, c_norms, in.q_norms[i], in.beta, in.min_score, st.lower[i],
+                    st.survivors[i]))
+        return false;
+    }
+  }
+  return true;
+}
+
+// Query i's bar over all threads' shares: max(L, min_score), L the k-th best lower bound seen by any.
+float merged_bar(const std::vector<ThreadScan>& scans, int64_t i, int64_t k, float min_score) {
+  std::vector<float> lows;
+  for (const ThreadScan& st : scans)
+    for (int64_t t = 0; t < st.lower[i].size(); ++t) lows.push_back(st.slots[i * k + t].score);
+  if (static_cast<int64_t>(lows.size()) < k) return min_score;
+  std::nth_element(lows.begin(), lows.begin() + (k - 1), lows.end(), std::greater<float>());
+  return std::max(lows[k - 1], min_score);
+}
+
+// The survivors' exact fp32 scores, as the fp32 path computes them, into tops. False on a non-finite score.
+template <typename scalar_t>
+bool rescore(const at::Tensor& q, const scalar_t* corpus, Metric metric, const float* corpus_inverse,
+             std::vector<ThreadScan>& scans, int64_t k, float min_score, std::vector<TopK>& tops) {
+  std::atomic<bool> finite{true};
+  const int64_t D = q.size(1);
+  const float* qs = q.const_data_ptr<float>();
+  at::parallel_for(0, q.size(0), 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> ids;
+    for (int64_t i = begin; i < end; ++i) {
+      const float bar = merged_bar(scans, i, k, min_score);
+      ids.clear();
+      for (const ThreadScan& st : scans) {
+        const Survivors& cand = st.survivors[i];
+        for (size_t t = 0; t < cand.index.size(); ++t)
+          if (cand.upper[t] >= bar) ids.push_back(cand.index[t]);
+      }
+      std::sort(ids.begin(), ids.end());  // increasing j, as TopK::push expects
+      for (const int64_t j : ids) {
+        float s = row_dot<false>(qs + i * D, corpus + j * D, D);
+        if (metric == Metric::Cosine) s *= corpus_inverse[j];
+        if (!std::isfinite(s)) finite = false;
+        if (s > tops[i].threshold()) tops[i].push(s, j);
+      }
+    }
+  });
+  return finite;
+}
+
+}  // namespace
+
+bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metric metric, bool exclude_self,
+               int64_t query_offset, int64_t corpus_offset, float min_score, std::vector<TopK>& tops) {
+  const int64_t M = q.size(0), N = corpus_in.size(0);
+  const bool dot = metric == Metric::Dot;
+  const at::Tensor q_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kFloat).contiguous();
+  at::Tensor corpus_inverse = at::empty({N}, q.options());
+  ScanInputs in{dot ? unit_bf16(q, tiles::inverse_norms(q)) : q.to(at::kBFloat16),
+                q_norms.const_data_ptr<float>(),
+                corpus_in.contiguous(),
+                corpus_inverse.mutable_data_ptr<float>(),
+                dot,
+                bf16_error_bound(q.size(1)),
+                min_score,
+                exclude_self,
+                query_offset - corpus_offset,
+                std::min(M, kQueryTile)};
+  const int64_t corpus_tile = std::min(N, std::max(kMinCols, kTileScores / in.query_tile));
+  const int64_t num_tiles = (N + corpus_tile - 1) / corpus_tile;
+
+  // Each thread scores whole corpus tiles with its own single-threaded GEMMs: one parallel region for the
+  // whole scan, no synchronization per tile.
+  std::vector<ThreadScan> scans;
+  scans.reserve(at::get_num_threads());
+  for (int t = 0; t < at::get_num_threads(); ++t) {
+    scans.emplace_back(M, k);
+    scans.back().buffer = at::empty({in.query_tile * corpus_tile}, q.options().dtype(at::kBFloat16));
+  }
+  std::atomic<bool> non_finite{false};
+  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    ThreadScan& st = scans[at::get_thread_num()];
+    for (int64_t tile = begin; tile < end && !non_finite; ++tile) {
+      const int64_t j0 = tile * corpus_tile;
+      if (!scan_tile(in, j0, std::min(corpus_tile, N - j0), st)) non_finite = true;
+    }
+  });
+  if (non_finite) return false;
+  bool finite = true;
+  SENTFUSE_DISPATCH_FLOAT_TYPES(in.corpus.scalar_type(), "sentfuse_topk_rescore_cpu", [&] {
+    finite = rescore(q, in.corpus.const_data_ptr<scalar_t>(), metric, corpus_inverse.const_data_ptr<float>(),
+                     scans, k, min_score, tops);
+  });
+  return finite;
+}
+
+}  // namespace sentfuse

@@ -1,0 +1,22 @@
+// cosine_topk's bf16 scan on the CPU (bf16_rescore): bf16 score tiles on the matrix units find a provable
+// superset of the answer, which is rescored in fp32, so the result is the fp32 path's.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "common/metric.h"
+#include "cpu/topk_select.h"
+
+namespace sentfuse {
+
+// q [M, D] fp32 (unit rows under Metric::Cosine), corpus [N, D] as given: feeds each query's candidates for its
+// top-k  with their exact fp32 scores, in increasing index order, to tops[i]. exclude_self skips the pair
+// i + query_offset == j + corpus_offset; min_score (fp32 bound, -inf for none) is the lowest score wanted.
+// Returns false on a non-finite score.
+bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus, int64_t k, Metric metric, bool exclude_self,
+               int64_t query_offset, int64_t corpus_offset, float min_score, std::vector<TopK>& tops);
+
+}  // namespace sentfuse

@@ -1,0 +1,49 @@
+"""What this CPU offers the kernels, read once at run time: the one place that decides the CPU's default paths.
+
+`cpu_flags()` reads the x86 feature flags Linux reports (/proc/cpuinfo); elsewhere it is empty and every
+default stays on the fp32 path. Tests monkeypatch `cpu_flags` to pin the choice per feature set.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+# bf16 matrix units: Intel AMX. AVX512-BF16 alone (vector dot products) is not counted: there the bf16 GEMM
+# is ~2x fp32 at best and the fp32 path stays.
+BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
+# SENTFUSE_CPU_TOPK=bf16 | fp32 forces cosine_topk's default path on CPU (the bf16_rescore argument wins).
+TOPK_ENV = "SENTFUSE_CPU_TOPK"
+# Whether AMX CPUs take the bf16 path by default. Off: on the 2-core AMX Xeon (heavily shared at the time) the
+# bf16 path ran 1.6-1.9x faster than fp32 tiles with 1 thread but 4-6x slower with 2 (bench_topk --ab,
+# benchmarks/results/cpu-xeon-amx/); turn on once an A/B on an idle AMX machine shows it ahead at every thread count.
+BF16_DEFAULT_ON_AMX = False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of the first processor in /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX-BF16)."""
+    return BF16_MATRIX_FLAGS <= cpu_flags()
+
+
+def topk_bf16_default() -> bool:
+    """cosine_topk's CPU path when bf16_rescore is None: bf16 tiles + fp32 rescoring on bf16 matrix units
+    (when BF16_DEFAULT_ON_AMX), else fp32 tiles; SENTFUSE_CPU_TOPK=bf16|fp32 overrides."""
+    forced = os.environ.get(TOPK_ENV, "").strip().lower()
+    if forced in ("bf16", "fp32"):
+        return forced == "bf16"
+    if forced:
+        raise ValueError(f"{TOPK_ENV} must be 'bf16' or 'fp32', got {forced!r}")
+    return BF16_DEFAULT_ON_AMX and has_bf16_matrix_units()
