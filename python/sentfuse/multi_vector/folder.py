@@ -17,7 +17,7 @@ from ..model.modules import (
     load_dense,
     load_transformer,
     read_json,
-    st_config_fields,
+    read_st_config,
 )
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
@@ -138,10 +138,7 @@ def load_multi_vector_folder(folder: Path) -> MultiVectorFolder:
             mv.document_length = _positive(config.get("document_length"), "document_length", path)
             mv.query_expansion = _expansion(config.get("query_expansion"), path)
             break
-    st_path = folder / "config_sentence_transformers.json"
-    if st_path.is_file():
-        config = _object(st_path)
-        mv.prompts, mv.default_prompt_name, mv.similarity_fn_name = st_config_fields(config, st_path,
-                                                                                     SIMILARITY_FN_NAMES)
-        mv.truncate_dim = _positive(config.get("truncate_dim"), "truncate_dim", st_path)
+    st = read_st_config(folder, SIMILARITY_FN_NAMES)
+    mv.prompts, mv.default_prompt_name, mv.similarity_fn_name = st.prompts, st.default_prompt_name, st.similarity_fn_name
+    mv.truncate_dim = st.truncate_dim
     return mv
