@@ -6,6 +6,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+
 # sentence-transformers' scheduler names -> transformers' lr_scheduler_type
 SCHEDULERS = {
     "constantlr": "constant",
@@ -57,8 +59,8 @@ class FitMixin:
         steps_per_epoch: int | None = None,
         scheduler: str = "WarmupLinear",
         warmup_steps: int = 10000,
-        optimizer_class: type | None = None,
-        optimizer_params: dict[str, Any] | None = None,
+        optimizer_class: type = torch.optim.AdamW,
+        optimizer_params: dict[str, Any] = {"lr": 2e-5},  # noqa: B006  (sentence-transformers' default; copied below)
         weight_decay: float = 0.01,
         evaluation_steps: int = 0,
         output_path: str | None = None,
@@ -76,7 +78,6 @@ class FitMixin:
         use_amp trains in bfloat16 mixed precision; output_path receives the final model or, with an
         evaluator and save_best_model, the best one evaluated."""
         # Long for sentence-transformers' signature; the body maps it onto the trainer's arguments.
-        import torch
         from datasets import Dataset
 
         from .args import SentenceTransformerTrainingArguments
@@ -89,7 +90,7 @@ class FitMixin:
                              f"(call fit once per objective, or use SentenceTransformerTrainer)")
         loader, loss = objectives[0]
         dataset = Dataset.from_dict(rows_from_examples(list(loader.dataset)))
-        params = dict(optimizer_params or {"lr": 2e-5})
+        params = dict(optimizer_params)
         lr = params.pop("lr", 2e-5)
         steps = {"max_steps": steps_per_epoch * epochs} if steps_per_epoch else {}
         evaluating = evaluator is not None
@@ -109,7 +110,7 @@ class FitMixin:
             trainer = SentenceTransformerTrainer(
                 model=self, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
                 callbacks=[_evaluation_callback(self, evaluator, callback, best_path)] if evaluating else None,
-                optimizer_cls_and_kwargs=(optimizer_class or torch.optim.AdamW, params),
+                optimizer_cls_and_kwargs=(optimizer_class, params),
             )
             trainer.train(resume_from_checkpoint=bool(checkpoint_path) and resume_from_checkpoint or None)
         if output_path and not (evaluating and save_best_model):
