@@ -319,3 +319,19 @@ def test_version_and_python_m(capsys):
     assert info.value.code == 0 and capsys.readouterr().out == f"sentfuse {__version__}\n"
     done = subprocess.run([sys.executable, "-m", "sentfuse", "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == f"sentfuse {__version__}\n", done.stderr
+
+
+@pytest.mark.parametrize("flags, expect", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, "avx2 avx512f avx512_bf16 amx_tile amx_bf16; bf16 matrix units"),
+    ({"avx2", "fma"}, "avx2; no bf16 matrix units"),
+    (set(), "none of avx2"),
+])
+def test_info_reports_the_cpu_features_that_pick_kernel_paths(capsys, monkeypatch, flags, expect):
+    from sentfuse import cpu_features
+
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.delenv(cpu_features.TOPK_ENV, raising=False)
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("cpu features: "))
+    assert expect in line and line.endswith("cosine_topk CPU default: fp32 tiles")

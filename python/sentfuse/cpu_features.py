@@ -47,3 +47,15 @@ def topk_bf16_default() -> bool:
     if forced:
         raise ValueError(f"{TOPK_ENV} must be 'bf16' or 'fp32', got {forced!r}")
     return BF16_DEFAULT_ON_AMX and has_bf16_matrix_units()
+
+
+# The flags that decide a kernel path or a dtype's speed, in the order `sentfuse info` prints them.
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def describe() -> str:
+    """One line for `sentfuse info` and the benchmarks: the relevant flags found and the top-k path chosen."""
+    found = [f for f in REPORTED_FLAGS if f in cpu_flags()] or ["none of " + " ".join(REPORTED_FLAGS)]
+    path = "bf16 tiles + fp32 rescore" if topk_bf16_default() else "fp32 tiles"
+    units = "bf16 matrix units (AMX)" if has_bf16_matrix_units() else "no bf16 matrix units"
+    return f"{' '.join(found)}; {units}; cosine_topk CPU default: {path}"

@@ -1,4 +1,4 @@
-"""`sentfuse info`: the build, torch version, devices and threads."""
+"""`sentfuse info`: the build, torch version, devices, threads and the CPU features that pick kernel paths."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import __version__, _ops
+    from .. import __version__, _ops, cpu_features
 
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
@@ -24,4 +24,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"torch: {torch.__version__}")
     print(f"devices: {devices}")
     print(f"threads: {torch.get_num_threads()}")
+    print(f"cpu features: {cpu_features.describe()}")
     return 0
