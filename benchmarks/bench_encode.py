@@ -145,6 +145,7 @@ def machine(device: torch.device) -> dict:
                     break
     except OSError:
         pass
+    info["flags"] = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
     isa = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
     info["cpu"] = f"{cpu} ({', '.join(isa) or 'no AVX2'})"
     info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else info["cpu"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bench_encode  # its machine description: one for every benchmark that reports the CPU
+
 DATA = Path(__file__).resolve().parents[1] / "data/squad"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GOALS = [("sentfuse fp32", 1.3), ("sentfuse bf16", 3.0)]  # (row, minimum speed-up over sentence-transformers fp32)
@@ -46,24 +47,10 @@ TOP = 10
 TIE_SHARE = 0.01  # "up to ties": reference scores within 1% of max |score|
 
 
-def machine() -> dict:
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0)),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    for name in ("transformers", "sentence_transformers", "sentfuse"):
-        info[name] = getattr(__import__(name), "__version__", None)
-    cpu, flags = platform.processor() or "cpu", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    info["cpu"] = cpu
-    info["flags"] = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
-    info["load_average"] = os.getloadavg()
-    return info
+def machine(device: str) -> dict:
+    """bench_encode's machine description (versions, CPU, flags) and the load average, which this shared-VM
+    benchmark reports beside its times."""
+    return bench_encode.machine(torch.device(device)) | {"load_average": os.getloadavg()}
 
 
 def load_work(data: Path, questions: int, docs: int, retrieve: bool) -> tuple[list[str], list[str], list[list[int]]]:
@@ -195,7 +182,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine() | {"device": args.device}
+    info = machine(args.device)
     print(f"CPU: {info['cpu']}; flags: {' '.join(info['flags'])}; {info['cpus']} cores, torch threads "
           f"{info['threads']}, load average {info['load_average'][0]:.1f}")
     questions, paragraphs, ids = load_work(args.data, args.questions, args.docs, not args.no_retrieve)
