@@ -98,16 +98,7 @@ class SentenceTransformerMethods:
         folder.modules = [next(live) if isinstance(m, DenseModule) else m for m in folder.modules]
         return folder
 
-    def save_pretrained(
-        self,
-        path: str | os.PathLike,
-        model_name: str | None = None,
-        create_model_card: bool = True,
-        train_datasets: list[str] | None = None,
-        safe_serialization: bool = True,
-    ) -> None:
-        """save, under its Hugging Face name."""
-        self.save(path, model_name, create_model_card, train_datasets, safe_serialization)
+    save_pretrained = save  # sentence-transformers' Hugging Face name for save, same parameters
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """[N] scores of embeddings1[i] against embeddings2[i] under similarity_fn_name."""

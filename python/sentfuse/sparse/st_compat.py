@@ -112,16 +112,7 @@ class SparseEncoderMethods:
 
         replace_folder_entries(path, fill)
 
-    def save_pretrained(
-        self,
-        path: str | os.PathLike,
-        model_name: str | None = None,
-        create_model_card: bool = True,
-        train_datasets: list[str] | None = None,
-        safe_serialization: bool = True,
-    ) -> None:
-        """save, under its Hugging Face name."""
-        self.save(path, model_name, create_model_card, train_datasets, safe_serialization)
+    save_pretrained = save  # sentence-transformers' Hugging Face name for save, same parameters
 
     def _write_settings(self, out: Path) -> None:
         """This encoder's settings over the copied folder's config files."""
