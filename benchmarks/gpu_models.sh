@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The second GPU script (<= 4 minutes), run right after benchmarks/gpu_check.sh on the same warm machine (it
 # reuses that build): profile encode's host side, then measure the model types added since the last device
-# run — cross-encoder reranking, MaxSim late interaction, the training kernels. Each step has its own limit;
+# run — cosine_topk's fused scan, cross-encoder reranking, MaxSim late interaction, the training kernels. Each step has its own limit;
 # each writes $OUT/<step>.json; the summary is printed last (same format as gpu_check.sh).
 #
 #   OUT=/tmp/out benchmarks/gpu_models.sh [STEP ...]   # no STEP: all of them
@@ -9,12 +9,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 LOG_NAME=models_log.txt SUMMARY_NAME=models_summary.txt STEP_ARGS="$*"
-DEFAULT_STEPS="import profile rerank maxsim train"
+DEFAULT_STEPS="import profile topk_fused rerank maxsim train"
 source benchmarks/gpu_steps.sh
 
 step import 20 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "run benchmarks/gpu_check.sh build first"'
 # Host side of encode: the device-busy share (goal >= 70%) and the ops that hold the host.
 step profile 50 bash -c "cd benchmarks && $PYTHON profile_encode.py --device cuda --dtype bf16 --json $OUT/profile_encode.json"
+# cosine_topk's fused scan (opt-in, SENTFUSE_CUDA_TOPK=fused) on gpu_check's topk shapes, against its tiled
+# scan there (goals: 1,000 x 1M fp16 <= 2 ms, fp32 exact <= 3 ms, 10,000 x 1M >= 2x torch.topk).
+step topk_fused 45 env SENTFUSE_CUDA_TOPK=fused "$PYTHON" benchmarks/bench_topk.py --device cuda --corpus 1000000 \
+  --queries 1000 10000 --k 10 100 --dtypes fp16 fp32 --skip st faiss --json "$OUT/bench_topk_fused.json"
 # Retrieve + rerank: sentfuse CrossEncoder fp32 / bf16 vs sentence-transformers fp32 and fp16 rank (goal >= 5x fp16).
 step rerank 60 "$PYTHON" benchmarks/bench_rerank.py --device cuda --json "$OUT/bench_rerank.json"
 # MaxSim top-10, 100 queries x 10,000 packed documents, vs sentence-transformers' maxsim + torch.topk (goal >= 5x).

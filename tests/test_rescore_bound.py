@@ -146,3 +146,34 @@ def test_margin_proof_never_accepts_a_wrong_topk(rescore_bound):
     picked = kept.gather(1, best.indices)
     for row in torch.nonzero(accepted).flatten().tolist():
         assert set(picked[row].tolist()) == set(truth[row].tolist())
+
+
+@pytest.mark.parametrize("clustered", [False, True], ids=["random", "near-ties"])
+def test_seeded_filter_never_drops_a_top_k_row(rescore_bound, clustered):
+    """cosine_topk's fused scan (cuda/topk_fused.cu), mirrored: the exact k-th best over a seed slice is the
+    threshold, the fused filter compares fp32 accumulators of fp16 unit copies with twice the bound, and the
+    rescored survivors' top-k must be the float64 top-k, with few survivors on random data."""
+    dim, k, n, seed_rows = 48, 10, 6000, 1500
+    relative, _ = rescore_bound(dim, FP16_U, 0.0, 0.0)
+    g = torch.Generator().manual_seed(11)
+    if clustered:
+        centers = torch.randn(30, dim, generator=g)
+        c = centers.repeat_interleave(n // 30, 0) + 0.01 * torch.randn(n, dim, generator=g)
+    else:
+        c = torch.randn(n, dim, generator=g)
+    q = c[::97] + 0.02 * torch.randn(c[::97].shape, generator=g)
+    exact = exact_cosines(q, c)
+    thresholds = exact[:, :seed_rows].float().double().topk(k, dim=1).values[:, -1:]
+    unit = lambda x: (x / x.norm(dim=1, keepdim=True)).half().double()  # noqa: E731
+    accumulators = (unit(q) @ unit(c).T).float().double()  # fp32 sums of exact fp16 products
+    kept = accumulators + 2 * relative >= thresholds
+    truth = exact.topk(k, dim=1)
+    assert kept.gather(1, truth.indices).all(), "a top-k row was filtered out"
+    tied = exact >= truth.values[:, -1:]  # rows tied with the k-th best may stand in for it
+    assert kept[tied].all()
+    survivors = kept.sum(1).float()
+    assert survivors.min() >= k
+    if not clustered:
+        assert survivors.mean() < 4 * k * n / seed_rows, "the seed should leave about k * n / seed_rows rows"
+    picked = exact.masked_fill(~kept, float("-inf")).topk(k, dim=1)
+    torch.testing.assert_close(picked.values, truth.values, rtol=0, atol=0)

@@ -1,4 +1,5 @@
-// threshold_pairs' fused scan (cuda/pairs.cu): a tensor-core GEMM whose epilogue filters in registers.
+// The fused scans of threshold_pairs (cuda/pairs.cu) and cosine_topk (cuda/topk_fused.cu): a tensor-core
+// GEMM whose epilogue filters in registers (host side: cuda/pair_scan.cuh).
 //
 // Each 256-thread block multiplies a 128-row block of a with a 128-row block of b (16-bit operands staged
 // through shared memory, WMMA 16x16x16 with fp32 accumulators, 64 x 32 per warp) and never stores the
@@ -55,6 +56,7 @@ struct PairFilter {
   const float* b_norms;  // [M]
   int64_t num_cols;      // M: a pair's key is row * M + col
   float threshold;
+  const float* row_thresholds;  // [N] a threshold per row of a (cosine_topk's fused scan), or nullptr: threshold
   float relative_bound;  // times |a_i||b_j| under metric "dot"; cosine units otherwise
   PairScore kind;
   Metric metric;
@@ -67,13 +69,14 @@ __device__ __forceinline__ bool is_candidate(const PairFilter& f, float dot, int
     *f.nonfinite = 1;
     return false;
   }
-  if (f.kind == PairScore::kDot && f.metric == Metric::Cosine) return dot + f.relative_bound >= f.threshold;
+  const float threshold = f.row_thresholds == nullptr ? f.threshold : f.row_thresholds[i];
+  if (f.kind == PairScore::kDot && f.metric == Metric::Cosine) return dot + f.relative_bound >= threshold;
   const float na = f.a_norms[i], nb = f.b_norms[j];
   float score = dot;
   if (f.kind == PairScore::kCosine) score = cosine_from_dot(dot, na, nb);
   if (f.kind == PairScore::kUnitDot) score = dot * na * nb;
   const float bound = f.metric == Metric::Dot ? f.relative_bound * na * nb : f.relative_bound;
-  return score + bound >= f.threshold;
+  return score + bound >= threshold;
 }
 
 // Stages rows [first, first + 128) x features [k0, k0 + 32) of x [rows, dim] into tile [128, kLd], zero

@@ -14,6 +14,7 @@
 // The answer is the same; the dense fp32 tiles, which cost more than the GEMM itself, are never written.
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -22,11 +23,10 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 
-#include "common/dispatch.h"
 #include "cuda/pair_gemm.cuh"
+#include "cuda/pair_scan.cuh"
 #include "cuda/pairs.h"
 #include "cuda/reduce.cuh"
-#include "cuda/select/rescore_bound.h"
 #include "cuda/tile_gemm.cuh"
 
 namespace sentfuse {
@@ -225,105 +225,27 @@ void tiled_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::
   }
 }
 
-// The fused scan's operands and filter, or nullopt where its bound does not hold (norms out of range).
-std::optional<pair_gemm::PairFilter> plan_fused(const at::Tensor& a, const at::Tensor& a_norms,
-                                                const at::Tensor& b_norms, bool self, Metric metric) {
-  const auto norms = self ? a_norms : at::cat({a_norms, b_norms});
-  const auto nonzero = norms.masked_fill(norms == 0, 1.f);
-  const auto range = at::stack({nonzero.max(), nonzero.min()}).cpu();
-  if (!(range[0].item<float>() <= select::kMaxNorm) || !(range[1].item<float>() >= select::kMinNorm)) {
-    return std::nullopt;
-  }
-  pair_gemm::PairFilter f{};
-  const int64_t dim = a.size(1);
-  double copies_roundoff = 0.0;
-  if (a.scalar_type() == at::kFloat) {
-    copies_roundoff = std::ldexp(1.0, -11);
-    f.kind = metric == Metric::Dot ? pair_gemm::PairScore::kUnitDot : pair_gemm::PairScore::kDot;
-  } else {
-    f.kind = metric == Metric::Dot ? pair_gemm::PairScore::kDot : pair_gemm::PairScore::kCosine;
-  }
-  // The fused scan never rounds its fp32 accumulators to a 16-bit tile.
-  f.relative_bound = static_cast<float>(select::rescore_bound(dim, copies_roundoff, 0.0, 0.0).relative);
-  f.metric = metric;
-  f.upper_only = self;
-  return f;
-}
-
-// Launches the fused scan of a's rows [r0, r1) until its candidates fit the buffer; returns their count.
-template <typename T>
-int64_t fused_launch(const at::Tensor& a16, const at::Tensor& b16, bool self, int64_t r0, int64_t r1,
-                     const pair_gemm::PairFilter& f, at::Tensor& keys, at::Tensor& count) {
-  using Op = typename pair_gemm::Operand<T>::type;
-  const int64_t dim = a16.size(1), M = b16.size(0);
-  const int64_t col_begin = self ? r0 : 0;  // r0 is a multiple of the block rows
-  const dim3 grid(static_cast<unsigned>((M - col_begin + pair_gemm::kBlockCols - 1) / pair_gemm::kBlockCols),
-                  static_cast<unsigned>((r1 - r0 + pair_gemm::kBlockRows - 1) / pair_gemm::kBlockRows));
-  const auto* a_ptr = reinterpret_cast<const Op*>(a16.const_data_ptr<T>());
-  const auto* b_ptr = reinterpret_cast<const Op*>(b16.const_data_ptr<T>());
-  const bool vector = dim % 8 == 0 && reinterpret_cast<uintptr_t>(a_ptr) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(b_ptr) % 16 == 0;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  while (true) {
-    count.zero_();
-    auto* counter = reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>());
-    if (vector) {
-      pair_gemm::pair_filter_kernel<true, Op><<<grid, pair_gemm::kThreads, 0, stream>>>(
-          a_ptr, b_ptr, a16.size(0), dim, r0, r1, col_begin, f, keys.mutable_data_ptr<int64_t>(), keys.size(0),
-          counter);
-    } else {
-      pair_gemm::pair_filter_kernel<false, Op><<<grid, pair_gemm::kThreads, 0, stream>>>(
-          a_ptr, b_ptr, a16.size(0), dim, r0, r1, col_begin, f, keys.mutable_data_ptr<int64_t>(), keys.size(0),
-          counter);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t found = count.item<int64_t>();
-    if (found <= keys.size(0)) return found;
-    keys = at::empty({found + found / 4}, keys.options());
-  }
-}
-
 // The fused scan (see pair_gemm.cuh); false when its bound does not hold and the tiled scan must run.
 bool fused_pairs(const at::Tensor& a, const at::Tensor& b, bool self, const at::Tensor& a_norms,
                  const at::Tensor& b_norms, Metric metric, PairCollector& out, at::Tensor& nonfinite) {
-  auto filter = plan_fused(a, a_norms, b_norms, self, metric);
+  auto filter = pair_gemm::plan_filter(a, a_norms, b_norms, self, metric);
   if (!filter.has_value()) return false;
-  at::Tensor a16, b16;
-  if (a.scalar_type() == at::kFloat) {
-    a16 = gemm::unit_rows(a, a_norms);
-    b16 = self ? a16 : gemm::unit_rows(b, b_norms);
-  } else {
-    a16 = a;
-    b16 = b;
-  }
+  const auto [a16, b16] = pair_gemm::filter_operands(a, b, self, a_norms, b_norms);
   pair_gemm::PairFilter f = *filter;
-  f.a_norms = a_norms.const_data_ptr<float>();
-  f.b_norms = b_norms.const_data_ptr<float>();
   f.num_cols = b.size(0);
   f.nonfinite = nonfinite.mutable_data_ptr<int>();
   auto keys = at::empty({kFirstCapacity}, a.options().dtype(at::kLong));
   auto count = at::zeros({1}, a.options().dtype(at::kLong));
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t row_end = self ? a.size(0) - 1 : a.size(0);
   for (int64_t r0 = 0; r0 < row_end; r0 += kFusedRows) {
     const int64_t r1 = std::min(r0 + kFusedRows, row_end);
     f.threshold = out.min_score;
-    int64_t found = 0;
-    if (a16.scalar_type() == at::kHalf) {
-      found = fused_launch<at::Half>(a16, b16, self, r0, r1, f, keys, count);
-    } else {
-      found = fused_launch<at::BFloat16>(a16, b16, self, r0, r1, f, keys, count);
-    }
+    // Against itself, a row block pairs only with columns from its first row on (r0 is a block multiple).
+    const int64_t found = pair_gemm::run_filter(a16, b16, r0, r1, self ? r0 : 0, f, keys, count,
+                                                std::numeric_limits<int64_t>::max());
     if (found == 0) continue;
     const auto candidates = keys.narrow(0, 0, found);
-    auto scores = at::empty({found}, a.options().dtype(at::kFloat));
-    SENTFUSE_DISPATCH_FLOAT_TYPES(a.scalar_type(), "threshold_pairs", [&] {
-      pair_gemm::rescore_pairs_kernel<scalar_t><<<static_cast<unsigned>((found + 7) / 8), 256, 0, stream>>>(
-          a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), a.size(1), candidates.const_data_ptr<int64_t>(),
-          found, b.size(0), a_norms.const_data_ptr<float>(), b_norms.const_data_ptr<float>(), metric,
-          nonfinite.mutable_data_ptr<int>(), scores.mutable_data_ptr<float>());
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto scores = pair_gemm::rescore_keys(a, b, candidates, a_norms, b_norms, metric, nonfinite);
     const auto keep = scores >= out.min_score;
     out.add(candidates.masked_select(keep), scores.masked_select(keep));
   }

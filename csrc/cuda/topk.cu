@@ -15,7 +15,8 @@
 // kFusedMaxQueries queries, the exact path computes its scores in one read of the corpus, norms included
 // (fused_scores_kernel), instead of cuBLAS plus a norm pass. Where a tile holds the score, the select pass
 // skips a vector of entries that are all below the running k-th best with a few compares. k > kMaxSelectK
-// (4096) takes a stable sort of [running top-k | tile] on the exact path.
+// (4096) takes a stable sort of [running top-k | tile] on the exact path. With SENTFUSE_CUDA_TOPK=fused
+// the 16-bit stage is instead one tensor-core pass whose tiles never leave the SMs (cuda/topk_fused.cu).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,6 +35,7 @@
 #include "cuda/select/rescore_bound.h"
 #include "cuda/tile_gemm.cuh"
 #include "cuda/topk.h"
+#include "cuda/topk_fused.h"
 #include "cuda/vec.cuh"
 
 namespace sentfuse {
@@ -685,6 +687,13 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> run_cosine_topk(const at::Tens
 
   // The 16-bit scan with fp32 rescoring is exact whatever the dtype, so it is the default wherever it pays.
   const bool rescore = bf16_rescore || m >= kRescoreMinQueries;
+  if (rescore && fused_topk_requested() && fused_topk_fits(corpus.size(0), k_out)) {
+    bool fused_nonfinite = false;
+    auto fused = fused_topk(queries, corpus, k_out, metric, exclude_self, min_score, query_offset, corpus_offset,
+                            fused_nonfinite);
+    if (fused_nonfinite) return std::nullopt;
+    if (fused.has_value()) return fused;
+  }
   // A few queries read the corpus once, norms included (fused_scores_kernel).
   const bool fused = !rescore && fused_scan_fits(queries);
   // The rescore bound needs norms even under metric "dot".
