@@ -175,15 +175,6 @@ class CrossEncoder(PipelineOwner, PoolMethods):
         return self._model.config.num_labels
 
     @property
-    def max_seq_length(self) -> int:
-        return self._tokenizer.model_max_length
-
-    @max_seq_length.setter
-    def max_seq_length(self, value: int) -> None:
-        self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
-        self._pipeline = None
-
-    @property
     def max_length(self) -> int:
         warnings.warn("max_length was renamed to max_seq_length", DeprecationWarning, stacklevel=2)
         return self.max_seq_length

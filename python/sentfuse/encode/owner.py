@@ -79,6 +79,16 @@ class PipelineOwner:
         return self._tokenizer
 
     @property
+    def max_seq_length(self) -> int:
+        """The token limit: longer inputs are truncated."""
+        return self._tokenizer.model_max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
+        self._pipeline = None  # the pipeline's tokenizer copy truncates at the old limit
+
+    @property
     def run_options(self) -> RunOptions:
         """How the model runs on CUDA: CUDA graphs or eager, and the attention kernel (see encode.run)."""
         return self._run_options
