@@ -194,7 +194,8 @@ def test_constructor_keywords(ce_root, caplog):
         {"config_kwargs": {"classifier_dropout": 0.3}}, {"classifier_dropout": 0.3}, {"config_args": {}},
         {"cache_folder": str(ce_root)}, {"cache_dir": str(ce_root)}, {"revision": None}, {"token": None},
         {"local_files_only": True}, {"backend": "torch"}, {"keep_in_fp32_modules": []}, {"num_labels": 1},
-        {"trust_remote_code": False}, {"use_kernels": False},
+        {"trust_remote_code": False}, {"use_kernels": False}, {"trust_remote_code": True}, {"token": "hf_x"},
+        {"model_kwargs": {"attn_implementation": "eager"}}, {"model_card_data": object()},
     ]
     with caplog.at_level(logging.WARNING):
         for kwargs in accepted:
@@ -204,17 +205,17 @@ def test_constructor_keywords(ce_root, caplog):
     ours = sentfuse.CrossEncoder(model_name=folder, device="cpu", default_activation_function=torch.nn.Identity())
     with pytest.warns(DeprecationWarning):
         assert isinstance(ours.default_activation_function, torch.nn.Identity)
-    refused = {"modules": [torch.nn.Identity()], "trust_remote_code": True, "token": "hf_x", "use_kernels": True,
-               "kernel_config": {}, "model_card_data": object(), "backend": "onnx",
-               "keep_in_fp32_modules": ["classifier"]}
+    # The loading keywords reach transformers as they do for Encoder (one parser: sentfuse.model.options).
+    ours = sentfuse.CrossEncoder(folder, device="cpu", processor_kwargs={"padding_side": "left"},
+                                 config_kwargs={"hidden_act": "relu"})
+    assert ours.tokenizer.padding_side == "left" and ours.config.hidden_act == "relu"
+    refused = {"modules": [torch.nn.Identity()], "backend": "onnx", "keep_in_fp32_modules": ["classifier"],
+               "model_kwargs": {"device_map": "auto"}}
     for name, value in refused.items():
-        with pytest.raises(ValueError, match=f"^{name}="):
+        with pytest.raises(ValueError, match=f"^{name}(=| is not supported|\\['device_map'\\]=)"):
             sentfuse.CrossEncoder(folder, device="cpu", **{name: value})
-    for kwargs, key in (({"model_kwargs": {"attn_implementation": "eager"}}, "attn_implementation"),
-                        ({"processor_kwargs": {"padding_side": "left"}}, "padding_side"),
-                        ({"config_kwargs": {"hidden_act": "relu"}}, "hidden_act")):
-        with pytest.raises(ValueError, match=key):
-            sentfuse.CrossEncoder(folder, device="cpu", **kwargs)
+    with pytest.raises(TypeError, match="trust_remote_code must be a bool"):
+        sentfuse.CrossEncoder(folder, device="cpu", trust_remote_code="yes")
     with pytest.raises(TypeError, match="no_such_keyword"):
         sentfuse.CrossEncoder(folder, device="cpu", no_such_keyword=1)
     with pytest.raises(ValueError, match="model_name_or_path is required"):

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from sentfuse import Encoder
 from sentfuse.encode import run as run_module
 from sentfuse.encode.plan import BatchPlanner, ShapePolicy, bucket_width
+from sentfuse.encode.pipeline import EncodeRequest, Pipeline
 from sentfuse.encode.run import GraphRunner, RunOptions
 from sentfuse.encode.stage import Staging
 from sentfuse.encode.tokenize import ChunkTokenizer, TokenChunk, TokenStore, tokenize_chunks
@@ -299,3 +300,37 @@ def test_fixed_shapes_and_graphs_give_the_same_embeddings(tiny_model_root):
         got = encoder.encode(texts, prompt_name="query", batch_size=16, max_batch_tokens=256)
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
     assert len(captured) == len(pipeline.runner.graphs) <= 32
+
+
+class HostHead:
+    """A head that reads device results on the host (as SPLADE's splade_pool does): kept out of CUDA graphs."""
+
+    in_graph = False
+    dim = 1
+
+    def __call__(self, ids, mask, skip_tokens):
+        return (ids * mask).sum(1, keepdim=True).float()  # [rows, 1]: the sum of each row's valid token ids
+
+    def finish(self, x, dim, normalize):
+        return x
+
+
+def test_a_head_outside_the_graph_runs_after_the_replay(tiny_model_root):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_root / "hf-bert")
+    pipeline = Pipeline(tokenizer, lambda f: f["input_ids"].float(), HostHead(), torch.device("cpu"), torch.float32,
+                        RunOptions(fixed_shapes=True))
+    captured = []
+
+    def capture(forward, device, pool):
+        out = forward()
+        captured.append(tuple(out.shape))
+        return (lambda: out.copy_(forward())), out
+
+    pipeline.runner = GraphRunner(pipeline._forward, pipeline.options, pipeline.device, capture=capture)
+    texts = [("word " * (i % 7)).strip() + str(i) for i in range(40)]
+    got = {}
+    request = EncodeRequest(texts=texts, skip_tokens=0, batch_size=8, max_batch_tokens=None, token_embeddings=False,
+                            dim=1, normalize=False, out_dtype=torch.float32, progress=False)
+    pipeline.collect(request, lambda positions, x: got.update(zip(positions.tolist(), x[:, 0].tolist())))
+    assert [got[i] for i in range(len(texts))] == [float(sum(tokenizer(t)["input_ids"])) for t in texts]
+    assert captured and all(len(shape) == 2 for shape in captured)  # graphs hold the backbone's [rows, width] only

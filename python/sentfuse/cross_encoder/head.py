@@ -1,5 +1,5 @@
-"""The cross-encoder's head on the encode pipeline: the classifier's logits as float32 scores, and what predict
-does to them afterwards (the activation, softmax over labels), as sentence-transformers' CrossEncoder does."""
+"""What predict does to the cross-encoder's logits (the pipeline's OutputHead gives them as float32): the
+activation and the softmax over labels, as sentence-transformers' CrossEncoder does."""
 
 from __future__ import annotations
 
@@ -14,20 +14,6 @@ from torch import nn
 from ..model.modules import torch_activation
 
 logger = logging.getLogger(__name__)
-
-
-class ScoreHead:
-    """Pipeline head for a sequence-classification backbone, whose forward already pooled each row and ran the
-    classifier: its logits [rows, num_labels] leave as float32, so that scores never tie in bf16/fp16."""
-
-    def __init__(self, num_labels: int) -> None:
-        self.dim = num_labels
-
-    def __call__(self, logits: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
-        return logits.float()
-
-    def finish(self, x: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
-        return x
 
 
 def default_activation(num_labels: int, paths: list[str], where: str) -> nn.Module:

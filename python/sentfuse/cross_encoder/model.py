@@ -13,6 +13,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,20 +23,26 @@ from .._checks import (
     check_pairs,
     device_or_default,
     parse_device,
-    parse_device_list,
-    parse_dtype,
     positive_int,
 )
-from ..encode.owner import PipelineOwner
-from ..encode.pipeline import EncodeRequest, Pipeline
+from ..encode.owner import PipelineOwner, PoolMethods, placement
+from ..encode.pipeline import EncodeRequest, OutputHead, Pipeline
 from ..encode.run import RunOptions
 from ..model.backbone import prepare_backbone, warn_if_emulated
+from ..model.options import (
+    NO_EFFECT_PREDICT,
+    NO_EFFECT_RANK,
+    RENAMED_CROSS_ENCODER_INIT,
+    RENAMED_PREDICT,
+    check_extra_keywords,
+    parse_load_options,
+    renamed_keywords,
+)
 from ..model.modules import ModelFolderError, check_prompt_name, choose_prompt, merge_prompts
 from ..model.pretrained import add_lowercasing, load_pretrained, set_token_limit
 from ..model.resolve import resolve_model_path
-from . import keywords
 from .folder import CrossEncoderFolder, load_cross_encoder_folder
-from .head import ScoreHead, activation_path, default_activation, scores_from_logits
+from .head import activation_path, default_activation, scores_from_logits
 from .save import save_cross_encoder
 
 if TYPE_CHECKING:
@@ -46,16 +53,21 @@ logger = logging.getLogger(__name__)
 CLASSIFIER_CLASS = "AutoModelForSequenceClassification"
 
 
-class CrossEncoder(PipelineOwner):
+class CrossEncoder(PipelineOwner, PoolMethods):
     """Scores for (text, text) pairs from a sentence-transformers CrossEncoder folder or a Hugging Face
     sequence-classification folder, with sentence-transformers 6.3's constructor, predict and rank.
 
     Keywords beyond sentence-transformers': dtype (float32, float16 or bfloat16 for the model; scores are
-    float32 either way) and max_seq_length (the token limit; max_length is its older name). Keywords
-    sentfuse cannot honour (modules, trust_remote_code=True, other backends, kernels, ...) raise an error
-    naming them. local_files_only defaults to True: sentfuse never downloads unless asked.
+    float32 either way) and max_seq_length (the token limit; max_length is its older name). The loading
+    keywords (trust_remote_code, token, model_kwargs, processor_kwargs, config_kwargs, use_kernels,
+    kernel_config, backend, modules) are parsed as Encoder parses them (sentfuse.model.options); num_labels
+    and classifier_dropout join config_kwargs; what sentfuse cannot honour (modules, other backends,
+    keep_in_fp32_modules) raises an error naming it. Deprecated spellings (model_name, automodel_args,
+    tokenizer_args, tokenizer_kwargs, config_args, cache_dir, default_activation_function) are accepted with
+    a warning. local_files_only defaults to True: sentfuse never downloads unless asked.
     """
 
+    @renamed_keywords(**RENAMED_CROSS_ENCODER_INIT)
     def __init__(
         self,
         model_name_or_path: str | os.PathLike | None = None,
@@ -82,36 +94,33 @@ class CrossEncoder(PipelineOwner):
         keep_in_fp32_modules: list[str] | None = None,
         dtype: str | torch.dtype | None = None,
         max_seq_length: int | None = None,
-        **renamed: Any,
+        classifier_dropout: float | None = None,
     ) -> None:
-        given = {"model_name_or_path": model_name_or_path, "model_kwargs": model_kwargs,
-                 "processor_kwargs": processor_kwargs, "config_kwargs": config_kwargs, "cache_folder": cache_folder,
-                 "activation_fn": activation_fn}
-        config_kwargs = dict(config_kwargs or {})
-        if "classifier_dropout" in renamed:
-            config_kwargs.setdefault("classifier_dropout", renamed.pop("classifier_dropout"))
-        for name, value in keywords.rename(renamed, keywords.RENAMED_INIT, "CrossEncoder").items():
-            if name not in given:
-                raise TypeError(f"CrossEncoder got an unexpected keyword argument {name!r}")
-            if given[name] is None:
-                given[name] = value
-        config_kwargs = {**(given["config_kwargs"] or {}), **config_kwargs}
-        self._refuse_unsupported(modules, trust_remote_code, token, use_kernels, kernel_config, model_card_data,
-                                 backend, keep_in_fp32_modules)
-        if given["model_name_or_path"] is None:
+        # Long for sentence-transformers' keywords; they are checked in parse_load_options.
+        options, device = parse_load_options(
+            device=device, dtype=dtype, model_kwargs=model_kwargs, processor_kwargs=processor_kwargs,
+            config_kwargs=config_kwargs, token=token, trust_remote_code=trust_remote_code, backend=backend,
+            use_kernels=use_kernels, kernel_config=kernel_config, modules=modules,
+        )
+        if keep_in_fp32_modules not in (None, []):
+            raise ValueError(f"keep_in_fp32_modules={keep_in_fp32_modules!r} is not supported: sentfuse runs every "
+                             "layer in the model's dtype (pass dtype='float32' instead)")
+        if model_name_or_path is None:
             raise ValueError("model_name_or_path is required: a CrossEncoder folder, a Hugging Face "
                              "sequence-classification folder, or a hub name in the local cache")
-        target = device_or_default(device)
-        model_dtype = keywords.split_model_kwargs(given["model_kwargs"])
-        self._dtype_arg = parse_dtype(dtype if dtype is not None else model_dtype)
-        processor_limit = keywords.split_processor_kwargs(given["processor_kwargs"])
-        limit = self._token_limit(max_seq_length, max_length, processor_limit)
-        self._config = keywords.split_config_kwargs(config_kwargs)
+        tokenizer_kwargs, config = dict(options.tokenizer_kwargs), dict(options.config_kwargs)
+        limit = self._token_limit(max_seq_length, max_length, tokenizer_kwargs.pop("model_max_length", None))
+        if classifier_dropout is not None:  # training only: no effect at inference, kept for save
+            logger.warning("CrossEncoder: classifier_dropout is deprecated; use config_kwargs={'classifier_dropout': "
+                           "%r}", classifier_dropout)
+            config["classifier_dropout"] = classifier_dropout
         if num_labels is not None:
-            self._config["num_labels"] = positive_int(num_labels, "num_labels")
+            config["num_labels"] = positive_int(num_labels, "num_labels")
+        self._load_options = replace(options, tokenizer_kwargs=tokenizer_kwargs, config_kwargs=config)
+        self.model_card_data = model_card_data
 
         folder = load_cross_encoder_folder(
-            resolve_model_path(given["model_name_or_path"], local_files_only, given["cache_folder"], revision))
+            resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision, options.token))
         self.model_path = folder.path
         self._folder = folder
         self.prompts: dict[str, str] = merge_prompts(prompts, folder.prompts, always=())
@@ -119,23 +128,9 @@ class CrossEncoder(PipelineOwner):
             folder.default_prompt_name
         if self.default_prompt_name is not None:
             check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
-        self._load(folder, target, limit)
-        self.activation_fn: Callable = given["activation_fn"] or default_activation(
+        self._load(folder, device_or_default(device), limit)
+        self.activation_fn: Callable = activation_fn or default_activation(
             self.num_labels, folder.activation_paths, str(folder.path))
-
-    @staticmethod
-    def _refuse_unsupported(modules, trust_remote_code, token, use_kernels, kernel_config, model_card_data, backend,
-                            keep_in_fp32_modules) -> None:
-        keywords.refuse("modules", modules, (None,), "sentfuse builds a cross-encoder from a model folder")
-        keywords.refuse("trust_remote_code", trust_remote_code, (False,),
-                        "sentfuse runs transformers' built-in architectures only")
-        keywords.refuse("token", token, (None, False), "sentfuse reads models on disk or in the local cache")
-        keywords.refuse("use_kernels", use_kernels, (False,), "sentfuse runs its own kernels")
-        keywords.refuse("kernel_config", kernel_config, (None,), "sentfuse runs its own kernels")
-        keywords.refuse("model_card_data", model_card_data, (None,), "sentfuse writes no model card")
-        keywords.refuse("backend", backend, ("torch",), "sentfuse runs the model in torch")
-        keywords.refuse("keep_in_fp32_modules", keep_in_fp32_modules, (None, []),
-                        "sentfuse runs every layer in the model's dtype (pass dtype='float32' instead)")
 
     @staticmethod
     def _token_limit(max_seq_length: Any, max_length: Any, model_max_length: Any) -> int | None:
@@ -149,8 +144,8 @@ class CrossEncoder(PipelineOwner):
 
     def _load(self, folder: CrossEncoderFolder, device: torch.device, limit: int | None) -> None:
         try:
-            tokenizer, model = load_pretrained(folder.transformer.path, self._dtype_arg, model_class=CLASSIFIER_CLASS,
-                                               **self._config)
+            tokenizer, model = load_pretrained(folder.transformer.path, self._load_options.dtype, self._load_options,
+                                               CLASSIFIER_CLASS)
         except RuntimeError as e:  # a classifier of another size than num_labels asks for, say
             raise ModelFolderError(f"cannot load the classifier in {folder.transformer.path}: {e}") from e
         set_token_limit(tokenizer, model.config, limit, folder.transformer.max_seq_length)
@@ -160,7 +155,7 @@ class CrossEncoder(PipelineOwner):
         self._model = prepare_backbone(model.eval().to(device))
         warn_if_emulated(device, self._model.dtype)
         self._forward_args = set(inspect.signature(model.forward).parameters)
-        self._head = ScoreHead(model.config.num_labels)
+        self._head = OutputHead(model.config.num_labels)  # the classifier's logits
         self._run_options = RunOptions.from_env()
         self._pipeline: Pipeline | None = None
 
@@ -178,15 +173,6 @@ class CrossEncoder(PipelineOwner):
     @property
     def num_labels(self) -> int:
         return self._model.config.num_labels
-
-    @property
-    def max_seq_length(self) -> int:
-        return self._tokenizer.model_max_length
-
-    @max_seq_length.setter
-    def max_seq_length(self, value: int) -> None:
-        self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
-        self._pipeline = None
 
     @property
     def max_length(self) -> int:
@@ -235,32 +221,10 @@ class CrossEncoder(PipelineOwner):
 
     def _pooled_logits(self, pairs, pool, devices, chunk_size, progress, **kwargs) -> torch.Tensor:
         """float32 logits [N, num_labels] on the CPU from the pool's workers (or a pool for devices, stopped after)."""
-        from ..encode.pool import map_chunks, start_multi_process_pool
+        from ..encode.pool import map_chunks
 
-        if pool is not None:
-            rows = map_chunks(pool, pairs, chunk_size, progress, kwargs, unit="pair")
-        else:
-            with start_multi_process_pool(self, devices) as own_pool:
-                rows = map_chunks(own_pool, pairs, chunk_size, progress, kwargs, unit="pair")
+        rows = self._in_pool(pool, devices, lambda p: map_chunks(p, pairs, chunk_size, progress, kwargs, unit="pair"))
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-
-    def _placement(self, pool: Any, device: Any, chunk_size: Any) -> tuple[bool, list[str] | None]:
-        """(in worker processes, devices for a pool of this call only); a single device moves the model there."""
-        chunk_size = positive_int(chunk_size, "chunk_size")
-        if pool is not None:
-            from ..encode.pool import EncoderPool
-
-            if device is not None:
-                raise ValueError("give either pool or device, not both: the pool's workers already have their devices")
-            if not isinstance(pool, EncoderPool):
-                raise TypeError(f"pool must be a pool from start_multi_process_pool, got {type(pool).__name__}")
-            return True, None
-        if isinstance(device, Sequence) and not isinstance(device, str):
-            return True, parse_device_list(device, "device")
-        target = parse_device(device)
-        if target is not None and target != self.device:
-            self.to(target)
-        return False, None
 
     @staticmethod
     def _flag(value: Any, name: str, allow_none: bool = False) -> bool | None:
@@ -270,6 +234,7 @@ class CrossEncoder(PipelineOwner):
             raise TypeError(f"{name} must be a bool{' or None' if allow_none else ''}, got {type(value).__name__}")
         return bool(value)
 
+    @renamed_keywords(**RENAMED_PREDICT)
     def predict(
         self,
         inputs: Any = None,
@@ -285,7 +250,7 @@ class CrossEncoder(PipelineOwner):
         pool: EncoderPool | None = None,
         chunk_size: int | None = None,
         max_batch_tokens: int | None = None,
-        **renamed: Any,
+        **extra: Any,
     ) -> np.ndarray | torch.Tensor | list:
         """Scores of (text, text) pairs, with sentence-transformers' arguments and result types.
 
@@ -299,11 +264,7 @@ class CrossEncoder(PipelineOwner):
         """
         # Long for its signature and docstring (sentence-transformers' arguments); the body checks them
         # and hands over to a pool or to the pipeline.
-        renamed = keywords.rename(renamed, keywords.RENAMED_CALL, "CrossEncoder.predict")
-        keywords.drop_no_effect(renamed, keywords.NO_EFFECT_CALL, "CrossEncoder.predict")
-        inputs = renamed.pop("inputs", None) if inputs is None else inputs
-        activation_fn = renamed.pop("activation_fn", None) if activation_fn is None else activation_fn
-        keywords.refuse_unknown(renamed, "CrossEncoder.predict")
+        check_extra_keywords(extra, NO_EFFECT_PREDICT, "CrossEncoder.predict")
         single, pairs = check_pairs(inputs)
         progress = self._flag(show_progress_bar, "show_progress_bar", allow_none=True)
         if progress is None:
@@ -315,7 +276,7 @@ class CrossEncoder(PipelineOwner):
             raise TypeError(f"activation_fn must be callable, got {type(activation_fn).__name__}")
         batch_size = positive_int(batch_size, "batch_size")
         max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
-        pooled, devices = self._placement(pool, device, chunk_size)
+        pooled, devices = placement(self, pool, device, chunk_size)
         resolved = choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
         if not pairs:
@@ -336,6 +297,7 @@ class CrossEncoder(PipelineOwner):
             out = list(scores)
         return out[0] if single else out
 
+    @renamed_keywords(activation_fct="activation_fn")
     def rank(
         self,
         query: str,
@@ -351,15 +313,12 @@ class CrossEncoder(PipelineOwner):
         pool: EncoderPool | None = None,
         chunk_size: int | None = None,
         max_batch_tokens: int | None = None,
-        **renamed: Any,
+        **extra: Any,
     ) -> list[dict[str, int | float | str]]:
         """documents ranked by their score against query, best first (ties keep input order), as
         [{"corpus_id", "score"(, "text" with return_documents)}]; the top_k best only when given. Only for
         single-label models; the other arguments are predict's."""
-        renamed = keywords.rename(renamed, {"activation_fct": "activation_fn"}, "CrossEncoder.rank")
-        keywords.drop_no_effect(renamed, keywords.NO_EFFECT_CALL + keywords.NO_EFFECT_RANK, "CrossEncoder.rank")
-        activation_fn = renamed.pop("activation_fn", None) if activation_fn is None else activation_fn
-        keywords.refuse_unknown(renamed, "CrossEncoder.rank")
+        check_extra_keywords(extra, NO_EFFECT_RANK, "CrossEncoder.rank")
         if self.num_labels != 1:
             raise ValueError(f"rank needs a model with one label; this one has num_labels={self.num_labels}: "
                              "use predict with (query, document) pairs instead")
@@ -388,25 +347,11 @@ class CrossEncoder(PipelineOwner):
         its encode(pairs, prompt=..., batch_size=..., max_batch_tokens=...) returns float32 logits."""
         from .workers import PairScorer
 
-        kwargs = {"model_name_or_path": str(self.model_path), "dtype": self._dtype_arg,
-                  "max_seq_length": self.max_seq_length, "config_kwargs": dict(self._config)}
+        kwargs = {"model_name_or_path": str(self.model_path), "dtype": self._load_options.dtype,
+                  "max_seq_length": self.max_seq_length, **self._load_options.constructor_kwargs()}
         return {"factory": PairScorer, "kwargs": kwargs,
                 "encode_parameters": ("prompt", "batch_size", "max_batch_tokens"),
                 "dim": self.num_labels, "model_dim": self.num_labels}
-
-    def start_multi_process_pool(self, target_devices: Sequence[str] | None = None) -> EncoderPool:
-        """Worker processes, each with a copy of this model on one device (sentence-transformers' name).
-
-        Pass the pool to predict / rank (pool=pool); stop it with stop_multi_process_pool or a with block.
-        """
-        from ..encode.pool import start_multi_process_pool
-
-        return start_multi_process_pool(self, None if target_devices is None else list(target_devices))
-
-    @staticmethod
-    def stop_multi_process_pool(pool: EncoderPool) -> None:
-        """Stop a pool's worker processes."""
-        pool.close()
 
     # --- saving -----------------------------------------------------------------------------------
 
@@ -419,7 +364,7 @@ class CrossEncoder(PipelineOwner):
             "prompts": dict(self.prompts),
             "default_prompt_name": self.default_prompt_name,
             "activation_fn": activation_path(self.activation_fn),
-        }, self._config)
+        }, self._load_options)
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """save, under its Hugging Face name."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..model.options import LoadOptions
 from ..model.pretrained import load_pretrained
 from ..model.save import replace_folder_entries, write_json
 from .folder import CLASSIFIER_OUTPUT, CLASSIFIER_TASK, CrossEncoderFolder
@@ -19,10 +20,10 @@ ST_TRANSFORMER_TYPE = "sentence_transformers.base.modules.transformer.Transforme
 
 
 def _fill(out: Path, folder: CrossEncoderFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any],
-          config: dict[str, Any]) -> None:
+          options: LoadOptions) -> None:
     # Weights come from the source folder again: the running model is prepared for inference (repacked
     # linear layers), so its own state dict is not a checkpoint.
-    _, model = load_pretrained(folder.transformer.path, dtype, model_class="AutoModelForSequenceClassification", **config)
+    _, model = load_pretrained(folder.transformer.path, dtype, options, "AutoModelForSequenceClassification")
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     write_json(out / "sentence_bert_config.json", {
@@ -43,8 +44,9 @@ def _fill(out: Path, folder: CrossEncoderFolder, tokenizer: Any, dtype: torch.dt
 
 
 def save_cross_encoder(path: str | os.PathLike, folder: CrossEncoderFolder, tokenizer: Any, dtype: torch.dtype,
-                       settings: dict[str, Any], config: dict[str, Any]) -> Path:
+                       settings: dict[str, Any], options: LoadOptions) -> Path:
     """Write the cross-encoder to path (atomically per file, as model.save.replace_folder_entries does) with this
     tokenizer (its current max length) and dtype; settings (prompts, default_prompt_name, activation_fn) go
-    to config_sentence_transformers.json; config are the config.json overrides it was loaded with."""
-    return replace_folder_entries(path, lambda out: _fill(out, folder, tokenizer, dtype, settings, config))
+    to config_sentence_transformers.json; options are the loading keywords it was loaded with (config_kwargs'
+    overrides such as num_labels reach the saved config.json)."""
+    return replace_folder_entries(path, lambda out: _fill(out, folder, tokenizer, dtype, settings, options))

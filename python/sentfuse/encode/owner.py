@@ -1,20 +1,74 @@
 """What every model type on the encode pipeline shares: its device, tokenizer and run options, the call of its
-transformers model, and the Pipeline it keeps between calls."""
+transformers model, the Pipeline it keeps between calls, and where a call runs (this process or a pool's
+workers)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._checks import parse_device, parse_device_list, positive_int
 from .pipeline import Pipeline
 from .run import RunOptions
 
+if TYPE_CHECKING:
+    from .pool import EncoderPool
+
+
+def placement(model: Any, pool: Any, device: Any, chunk_size: Any) -> tuple[bool, list[str] | None]:
+    """(whether a call runs in worker processes, the devices of a pool for this call only) from its pool, device
+    and chunk_size arguments; a single device moves model there first."""
+    positive_int(chunk_size, "chunk_size")
+    if pool is not None:
+        from .pool import EncoderPool
+
+        if device is not None:
+            raise ValueError("give either pool or device, not both: the pool's workers already have their devices")
+        if not isinstance(pool, EncoderPool):
+            raise TypeError(f"pool must be a pool from start_multi_process_pool, got {type(pool).__name__}")
+        return True, None
+    if isinstance(device, Sequence) and not isinstance(device, str):
+        return True, parse_device_list(device, "device")
+    target = parse_device(device)
+    if target is not None and target != model.device:
+        model.to(target)
+    return False, None
+
+
+class PoolMethods:
+    """sentence-transformers' pool methods, for a model with worker_description (see encode/pool.py)."""
+
+    def start_multi_process_pool(self, target_devices: Sequence[str] | None = None) -> EncoderPool:
+        """Worker processes, each with a copy of this model on one device; pass the pool to encode / predict
+        (pool=pool), stop it with stop_multi_process_pool (or use it in a with block)."""
+        from .pool import start_multi_process_pool
+
+        return start_multi_process_pool(self, None if target_devices is None else list(target_devices))
+
+    @staticmethod
+    def stop_multi_process_pool(pool: EncoderPool) -> None:
+        """Stop a pool's worker processes."""
+        pool.close()
+
+    def _in_pool(self, pool: EncoderPool | None, devices: list[str] | None, run: Callable[[EncoderPool], Any]) -> Any:
+        """run(pool) with the caller's pool, or with a pool on devices started for this call and stopped after."""
+        if pool is not None:
+            return run(pool)
+        from .pool import start_multi_process_pool
+
+        with start_multi_process_pool(self, devices) as own_pool:
+            return run(own_pool)
+
 
 class PipelineOwner:
-    """Mixed into Encoder and CrossEncoder: each holds a transformers model in _model (and the names its forward
-    takes in _forward_args), its tokenizer in _tokenizer, its head in _head, its RunOptions in _run_options and a
-    Pipeline (or None, rebuilt on next use) in _pipeline; _forward(features) gives what its head takes."""
+    """Mixed into Encoder, CrossEncoder and each route of a SparseEncoder (sparse/heads.py): each holds a model in
+    _model (a transformers model, with the names its forward takes in _forward_args), its tokenizer in
+    _tokenizer, its head in _head, its RunOptions in _run_options and a Pipeline (or None, rebuilt on next use)
+    in _pipeline; _forward(features) gives what its head takes."""
+
+    special_tokens = True  # False: inputs are tokenized without the tokenizer's special tokens (a static bag)
 
     @property
     def device(self) -> torch.device:
@@ -23,6 +77,16 @@ class PipelineOwner:
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        """The token limit: longer inputs are truncated."""
+        return self._tokenizer.model_max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
+        self._pipeline = None  # the pipeline's tokenizer copy truncates at the old limit
 
     @property
     def run_options(self) -> RunOptions:
@@ -44,5 +108,6 @@ class PipelineOwner:
         """The Pipeline of this model, made on first use (again after a change of device, dtype or options)."""
         if self._pipeline is None:
             self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
-                                      self.device, self._model.dtype, self._run_options, pairs)
+                                      self.device, self._model.dtype, self._run_options, pairs,
+                                      self.special_tokens)
         return self._pipeline

@@ -1,10 +1,12 @@
-"""The encode pipeline: tokenize -> plan -> stage -> run -> pool, one module per stage.
+"""The encode pipeline: tokenize -> plan -> stage -> run -> head -> finish, one module per stage.
 
 A background thread tokenizes (on every core, tokenize.py), plans batches (plan.py) and stages them into
-reused buffers on their way to the device (stage.py); the calling thread runs the model and the sentence
-head on each batch (run.py, pooling.py) and scatters the results into one [N, D] tensor on the device,
-copied to the host once at the end (finish.py). The Pipeline object keeps what later calls reuse: the
-tokenizer copy, the staging buffers and the captured CUDA graphs.
+reused buffers on their way to the device (stage.py); the calling thread runs the model and the head on each
+batch (run.py) and hands the rows to a sink: encode scatters them into one [N, D] tensor on the device,
+copied to the host once at the end (finish.py), a sparse model keeps their non-zeros. The head is the only
+part a model type adds: sentence pooling (pooling.py), SPLADE (sparse/heads.py), a classifier's logits
+(OutputHead). The Pipeline object keeps what later calls reuse: the tokenizer copy, the staging buffers and
+the captured CUDA graphs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .plan import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, BatchPlanner, ShapePolicy
-from .pooling import SentenceHead
 from .run import EagerRunner, GraphRunner, RunOptions
 from .stage import Staging, StagedBatch
 from .tokenize import ChunkTokenizer, TokenStore, cpu_cores, tokenize_chunks
@@ -98,23 +99,43 @@ class EncodeRequest:
     progress: bool
 
 
+class OutputHead:
+    """The head of a backbone whose forward already gives one row per input (a classifier's logits, a static
+    sparse model's vectors): its output [rows, dim] leaves as float32, so that scores never tie in bf16/fp16."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def __call__(self, output: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
+        return output.float()
+
+    def finish(self, x: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
+        return x
+
+
+Sink = Callable[[torch.Tensor, torch.Tensor], Any]  # (positions [n] on the device, rows [n, dim])
+
+
 class Pipeline:
     """encode's machinery for one tokenizer, backbone and head on one device, reused across calls.
 
-    backbone(features) -> what the head takes: the last hidden state [rows, width, H] for a sentence head,
-    a classifier's logits [rows, labels] for a cross-encoder's; it is looked up at each call so that a
+    backbone(features) -> what the head takes: the last hidden state [rows, width, H] for a sentence or
+    SPLADE head, a classifier's logits [rows, labels] for OutputHead; it is looked up at each call so that a
     caller may replace it. head(output, attention_mask, skip_tokens) -> [rows, D] and head.finish(x, dim,
-    normalize) are the only parts a model type adds. With pairs, each input is a (first, second) pair of
-    texts tokenized together into one row.
+    normalize) are the only parts a model type adds; a head whose in_graph is False (it reads device results
+    on the host) runs after the CUDA graph of the backbone instead of inside it. With pairs, each input is a
+    (first, second) pair of texts tokenized together into one row; special_tokens False leaves out the
+    tokenizer's special tokens (a static bag has none).
     """
 
-    def __init__(self, tokenizer: Any, backbone: Callable, head: SentenceHead, device: torch.device,
-                 dtype: torch.dtype, options: RunOptions, pairs: bool = False) -> None:
+    def __init__(self, tokenizer: Any, backbone: Callable, head: Any, device: torch.device,
+                 dtype: torch.dtype, options: RunOptions, pairs: bool = False, special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.max_length = tokenizer.model_max_length
-        self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length, pairs)
+        self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length, pairs, special_tokens)
         self.backbone = backbone
         self.head = head
+        self.head_in_graph = getattr(head, "in_graph", True)
         self.device = device
         self.dtype = dtype
         self.options = options
@@ -125,7 +146,15 @@ class Pipeline:
         self._lock = threading.Lock()  # one call at a time: the staging slots and graph inputs are shared
 
     def _forward(self, features: dict[str, torch.Tensor], skip_tokens: int) -> torch.Tensor:
-        return self.head(self.backbone(features), features["attention_mask"], skip_tokens)
+        output = self.backbone(features)
+        return self.head(output, features["attention_mask"], skip_tokens) if self.head_in_graph else output
+
+    def _rows(self, staged: StagedBatch, skip_tokens: int) -> torch.Tensor:
+        """The head's [n, D] rows for a staged batch's n inputs (padding rows cut off)."""
+        x = self.runner(staged.features, skip_tokens)
+        if not self.head_in_graph:
+            x = self.head(x, staged.features["attention_mask"], skip_tokens)
+        return x[: len(staged.plan.positions)]
 
     def _runner(self):
         if self.device.type == "cuda" and self.options.cuda_graphs:
@@ -153,26 +182,32 @@ class Pipeline:
             self.staging = Staging(self.device, SLOTS, capacity, policy.batch_size, self.typed)
         return BatchStream(texts, self.chunk_tokenizer, self.threads, BatchPlanner(policy), store, self.staging)
 
+    def _progress(self, request: EncodeRequest) -> tqdm:
+        unit = "pair" if self.chunk_tokenizer.pairs else "sentence"
+        return tqdm(total=len(request.texts), desc="Encoding", unit=unit, disable=not request.progress)
+
     def encode(self, request: EncodeRequest) -> torch.Tensor | list[torch.Tensor]:
         """[N, dim] sentence embeddings on the device, or N [n_tokens, H] token embeddings."""
-        with self._lock, tqdm(total=len(request.texts), desc="Encoding", unit="sentence",
-                              disable=not request.progress) as bar:
-            stream = self.stream(request.texts, self.policy(request.batch_size, request.max_batch_tokens))
-            if request.token_embeddings:
+        if request.token_embeddings:
+            with self._lock, self._progress(request) as bar:
+                stream = self.stream(request.texts, self.policy(request.batch_size, request.max_batch_tokens))
                 return self._token_embeddings(stream, len(request.texts), bar)
-            out = torch.empty((len(request.texts), request.dim), device=self.device,
-                              dtype=request.out_dtype or self.dtype)
-            for staged in stream:
+        out = torch.empty((len(request.texts), request.dim), device=self.device, dtype=request.out_dtype or self.dtype)
+        self.collect(request, lambda positions, x: out.index_copy_(0, positions, x.to(out.dtype)))
+        return out
+
+    def collect(self, request: EncodeRequest, sink: Sink) -> None:
+        """sink(positions, rows) for each batch of request's inputs, its rows finished (cut to request.dim,
+        normalized when asked), in the order batches leave the planner."""
+        with self._lock, self._progress(request) as bar:
+            for staged in self.stream(request.texts, self.policy(request.batch_size, request.max_batch_tokens)):
                 try:
                     self.staging.ready(staged)
-                    n = len(staged.plan.positions)
-                    x = self.runner(staged.features, request.skip_tokens)[:n]
-                    x = self.head.finish(x, request.dim, request.normalize)
-                    out.index_copy_(0, staged.positions, x.to(out.dtype))
+                    x = self.head.finish(self._rows(staged, request.skip_tokens), request.dim, request.normalize)
+                    sink(staged.positions, x)
                 finally:
                     self.staging.release(staged)
-                bar.update(n)
-            return out
+                bar.update(len(staged.plan.positions))
 
     def _token_embeddings(self, stream: BatchStream, n_texts: int, bar: Any) -> list[torch.Tensor]:
         tokens: list[Any] = [None] * n_texts

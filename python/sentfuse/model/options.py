@@ -1,5 +1,5 @@
-"""The loading keywords sentence-transformers' model constructors take, parsed in one place for Encoder and
-SparseEncoder.
+"""The keywords sentence-transformers' model constructors (and predict / rank) take, parsed in one place for
+every model type: Encoder, SparseEncoder and CrossEncoder.
 
 sentence-transformers hands model_kwargs to AutoModel.from_pretrained, processor_kwargs to the tokenizer and
 config_kwargs to AutoConfig; sentfuse does the same, except that the dtype and a single-device device_map
@@ -33,6 +33,23 @@ OTHER_BACKENDS = {
 }
 
 
+# sentence-transformers' deprecated keyword spellings (old -> current name), per model type and method.
+RENAMED_INIT = {"tokenizer_kwargs": "processor_kwargs", "use_auth_token": "token"}  # SentenceTransformer, Sparse
+RENAMED_CROSS_ENCODER_INIT = {
+    "model_name": "model_name_or_path",
+    "automodel_args": "model_kwargs",
+    "tokenizer_args": "processor_kwargs",
+    "tokenizer_kwargs": "processor_kwargs",
+    "config_args": "config_kwargs",
+    "cache_dir": "cache_folder",
+    "default_activation_function": "activation_fn",
+}
+RENAMED_ENCODE = {"sentences": "inputs"}
+RENAMED_PREDICT = {"sentences": "inputs", "activation_fct": "activation_fn"}
+# Call keywords sentence-transformers' CrossEncoder still accepts, with a warning, and ignores.
+NO_EFFECT_PREDICT = ("num_workers",)
+NO_EFFECT_RANK = (*NO_EFFECT_PREDICT, "apply_softmax", "convert_to_numpy", "convert_to_tensor")
+
 _WARNED: set[tuple[str, str]] = set()
 
 
@@ -49,8 +66,8 @@ def renamed_keywords(**renames: str) -> Callable[[F], F]:
                         raise TypeError(f"{func.__qualname__}: give {new} or its deprecated name {old}, not both")
                     if (func.__qualname__, old) not in _WARNED:  # once per process, as sentence-transformers
                         _WARNED.add((func.__qualname__, old))
-                        logger.warning("%s: %s is deprecated (as in sentence-transformers); use %s",
-                                       func.__qualname__, old, new)
+                        logger.warning("%s: %s was renamed to %s; %s is deprecated (as in sentence-transformers)",
+                                       func.__qualname__, old, new, old)
                     kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)
 
@@ -58,6 +75,17 @@ def renamed_keywords(**renames: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def check_extra_keywords(extra: dict[str, Any], no_effect: tuple[str, ...], where: str) -> None:
+    """The keywords a method took beyond its signature: those in no_effect are dropped with a warning (as
+    sentence-transformers does), any other is an error naming it."""
+    for name in no_effect:
+        if name in extra:
+            logger.warning("%s: %s is deprecated and has no effect", where, name)
+    unknown = sorted(set(extra) - set(no_effect))
+    if unknown:
+        raise TypeError(f"{where} got unexpected keyword arguments {unknown}")
 
 
 @dataclass(frozen=True)

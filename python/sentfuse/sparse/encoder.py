@@ -11,17 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .._checks import check_sentences, device_or_default, parse_device, parse_device_list, positive_int
+from .._checks import check_sentences, device_or_default, parse_device, positive_int
+from ..encode.owner import placement
 from ..model.card import ModelCardData
 from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
-from ..model.options import parse_load_options, renamed_keywords
+from ..model.options import RENAMED_ENCODE, RENAMED_INIT, parse_load_options, renamed_keywords
 from ..model.resolve import SPARSE_ORGANIZATION, resolve_model_path
 from ..search.similarity import similarity_name
-from .batches import batch_policy, planned_batches
 from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
-from .heads import SpladeHead, StaticHead
+from .heads import RouteModel, SpladeModel, StaticModel
 from .st_compat import SparseEncoderMethods
 from .vectors import SparseRows, as_dense_rows, decode_rows, sparsity_stats
 
@@ -36,9 +35,10 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's c
 class SparseEncoder(SparseEncoderMethods):
     """Sparse (SPLADE) embeddings from a sentence-transformers SparseEncoder folder.
 
-    Arguments and results follow sentence-transformers' SparseEncoder. The backbone runs in transformers;
-    its vocabulary projection, activation and pooling run fused in sentfuse's splade_pool op, so memory grows
-    with batch x tokens x a vocabulary tile instead of batch x tokens x vocabulary. Router folders
+    Arguments and results follow sentence-transformers' SparseEncoder. Texts go through the encode pipeline
+    that Encoder uses (encode/pipeline.py); the backbone runs in transformers and its vocabulary projection,
+    activation and pooling run fused in sentfuse's splade_pool op (the SPLADE head, sparse/heads.py), so
+    memory grows with batch x tokens x a vocabulary tile instead of batch x tokens x vocabulary. Router folders
     (different query and document encoders, e.g. inference-free SparseStaticEmbedding queries) are routed
     by task: encode_query uses "query", encode_document "document", encode the default route.
 
@@ -55,7 +55,7 @@ class SparseEncoder(SparseEncoderMethods):
     SUPPORTED_SIMILARITY_FN_NAMES = SIMILARITY_FN_NAMES
     model_card_data_class = ModelCardData
 
-    @renamed_keywords(tokenizer_kwargs="processor_kwargs", use_auth_token="token")
+    @renamed_keywords(**RENAMED_INIT)
     def __init__(
         self,
         model_name_or_path: str | os.PathLike,
@@ -106,9 +106,9 @@ class SparseEncoder(SparseEncoderMethods):
         self.similarity_fn_name = similarity_fn_name or folder.similarity_fn_name or "dot"
         if self.max_active_dims is None:
             self.max_active_dims = folder.max_active_dims
-        self._heads = {
-            name: SpladeHead(route, target, options.dtype, max_seq_length, options) if isinstance(route, SpladeRoute)
-            else StaticHead(route, target, options)
+        self._heads: dict[str, RouteModel] = {
+            name: SpladeModel(route, target, max_seq_length, options) if isinstance(route, SpladeRoute)
+            else StaticModel(route, target, options)
             for name, route in folder.routes.items()
         }
         self._device = target
@@ -132,15 +132,15 @@ class SparseEncoder(SparseEncoderMethods):
     @property
     def tokenizer(self) -> Any:
         """The default route's tokenizer (every route shares the vocabulary)."""
-        return self._head(None).tokenizer
+        return self._route(None).tokenizer
 
     @property
     def max_seq_length(self) -> int:
-        return self._head(None).tokenizer.model_max_length
+        return self._route(None).tokenizer.model_max_length
 
     def get_embedding_dimension(self) -> int:
         """The vocabulary size: the width of every vector."""
-        return self._head(None).vocab_size
+        return self._route(None).vocab_size
 
     def to(self, device: str | torch.device) -> SparseEncoder:
         self._device = parse_device(device)
@@ -153,7 +153,7 @@ class SparseEncoder(SparseEncoderMethods):
 
     # --- encoding ---------------------------------------------------------------------------------
 
-    def _head(self, task: str | None) -> SpladeHead | StaticHead:
+    def _route(self, task: str | None) -> RouteModel:
         """sentence-transformers' Router resolution for text: (task, text), (task, any), (any, text), (any, any),
         the task's own route, then the default route."""
         folder: SparseFolder = self._folder
@@ -169,21 +169,7 @@ class SparseEncoder(SparseEncoderMethods):
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         return choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
-    def _encode_rows(self, head, texts: list[str], batch_size: int | None, max_batch_tokens: int | None,
-                     max_active_dims: int | None,
-                     show_progress_bar: bool) -> SparseRows:
-        policy = batch_policy(self.device, batch_size, max_batch_tokens, head.tokenizer.model_max_length)
-        rows = SparseRows(len(texts), head.vocab_size, self.device)
-        if not texts:
-            return rows
-        with tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress_bar) as bar:
-            for positions, features in planned_batches(head.tokenize(texts), head.tokenizer, policy):
-                features = {k: v.to(self.device) for k, v in features.items()}
-                rows.add(torch.from_numpy(positions).to(self.device), head(features), max_active_dims)
-                bar.update(len(positions))
-        return rows
-
-    @renamed_keywords(sentences="inputs")
+    @renamed_keywords(**RENAMED_ENCODE)
     @torch.inference_mode()
     def encode(
         self,
@@ -224,15 +210,15 @@ class SparseEncoder(SparseEncoderMethods):
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         resolved = self._resolve_prompt(prompt, prompt_name)
-        devices = self._pool_devices(pool, device, chunk_size)
-        if pool is not None or devices is not None:
+        pooled, devices = placement(self, pool, device, chunk_size)
+        if pooled:
             out = self._encode_in_pool(texts, pool, devices, chunk_size, bool(show_progress_bar), prompt=resolved,
                                        batch_size=batch_size, max_active_dims=max_active_dims, task=task,
                                        max_batch_tokens=max_batch_tokens)
         else:
             texts_in = [resolved + t for t in texts] if resolved else texts
-            rows = self._encode_rows(self._head(task), texts_in, batch_size, max_batch_tokens, max_active_dims,
-                                     bool(show_progress_bar))
+            rows = self._route(task).encode(texts_in, batch_size, max_batch_tokens, max_active_dims,
+                                           bool(show_progress_bar))
             out = rows.to_tensor(sparse=True)
         if not convert_to_sparse_tensor:
             out = out.to_dense()
@@ -243,21 +229,7 @@ class SparseEncoder(SparseEncoderMethods):
             return per_text[0] if single else per_text
         return out
 
-    def _pool_devices(self, pool: Any, device: Any, chunk_size: Any) -> list[str] | None:
-        """The devices of a pool for this call (device a list), None otherwise; a single device moves the model."""
-        if pool is not None:
-            if device is not None:
-                raise ValueError("give either pool or device, not both: the pool's workers already have their devices")
-            return None
-        if isinstance(device, Sequence) and not isinstance(device, str):
-            return parse_device_list(device, "device")
-        positive_int(chunk_size, "chunk_size")
-        target = parse_device(device)
-        if target is not None and target != self.device:
-            self.to(target)
-        return None
-
-    @renamed_keywords(sentences="inputs")
+    @renamed_keywords(**RENAMED_ENCODE)
     def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
                      **kwargs: Any):
         """encode with the "query" route and prompt (unless a prompt or prompt_name is given)."""
@@ -265,7 +237,7 @@ class SparseEncoder(SparseEncoderMethods):
             prompt_name = "query"
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
 
-    @renamed_keywords(sentences="inputs")
+    @renamed_keywords(**RENAMED_ENCODE)
     def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = None,
                         prompt: str | None = None, **kwargs: Any):
         """encode with the "document" route and the "document" (else "passage", else "corpus") prompt."""

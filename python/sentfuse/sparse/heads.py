@@ -1,43 +1,74 @@
-"""What runs one route of a sparse model: a SPLADE backbone whose vocabulary head is fused into splade_pool,
-or a SparseStaticEmbedding's token weights."""
+"""The routes of a sparse model on the encode pipeline (encode/pipeline.py): a SPLADE backbone whose vocabulary
+head runs fused in splade_pool, or a SparseStaticEmbedding's token weights. Each route is a PipelineOwner
+(tokenize -> plan -> run -> head -> finish); the heads here are what the sparse model type adds."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import _ops
+from ..encode.owner import PipelineOwner
+from ..encode.pipeline import EncodeRequest, OutputHead
+from ..encode.run import RunOptions
 from ..model.backbone import prepare_backbone
 from ..model.modules import ModelFolderError
 from ..model.options import LoadOptions
-from ..model.pretrained import UNBOUNDED_LENGTH, load_pretrained
+from ..model.pretrained import add_lowercasing, load_pretrained, set_token_limit
 from .folder import SpladeRoute, StaticRoute
+from .vectors import SparseRows
 
 
-def _load_tokenizer(path, lowercase: bool, options: LoadOptions) -> Any:
-    from transformers import AutoTokenizer
+class SpladeHead:
+    """Pipeline head: a masked-LM's vocabulary projection, activation and pooling, run in splade_pool tile by
+    tile, so the [batch, tokens, vocab] logits are never materialized."""
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=options.trust_remote_code, **options.tokenizer_kwargs
-        )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFolderError(f"cannot load the tokenizer in {path}: {e}") from e
-    if lowercase:
-        _add_lowercasing(tokenizer)
-    return tokenizer
+    in_graph = False  # splade_pool reads each row's token count on the host: no CUDA graph can hold it
+
+    def __init__(self, decoder: nn.Linear, activation: str, pooling: str, where: str) -> None:
+        self.weight = decoder.weight.detach()  # [V, H]
+        self.bias = None if decoder.bias is None else decoder.bias.detach()  # [V]
+        self.activation, self.pooling, self.where = activation, pooling, where
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[0]
+
+    def to(self, device: torch.device) -> None:
+        self.weight = self.weight.to(device)
+        self.bias = None if self.bias is None else self.bias.to(device)
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, skip_tokens: int) -> torch.Tensor:
+        """[B, V] fp32 SPLADE vectors from the head's transform output hidden [B, L, H] and mask [B, L]."""
+        if hidden.shape[-1] != self.weight.shape[1]:
+            raise ModelFolderError(f"{self.where}: the masked-LM head gives {hidden.shape[-1]} features, but its "
+                                   f"vocabulary projection expects {self.weight.shape[1]}")
+        return _ops.splade_pool(hidden, mask, self.weight, self.bias, self.activation, self.pooling)
+
+    def finish(self, x: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
+        return x
 
 
-def _add_lowercasing(tokenizer: Any) -> None:
-    from tokenizers import normalizers
+class StaticBag(nn.Module):
+    """SparseStaticEmbedding as the route's model: weight[token] for every distinct valid token of a text."""
 
-    backend = tokenizer.backend_tokenizer
-    current = backend.normalizer
-    if current is None or current.normalize_str("A") != "a":
-        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)  # [V] fp32
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, V] vectors from ids and mask [B, L]."""
+        present = torch.zeros(input_ids.shape[0], self.weight.shape[0], device=input_ids.device)
+        present.scatter_reduce_(1, input_ids, (attention_mask != 0).float(), reduce="amax")
+        return present * self.weight
 
 
 def _detach_module(root: nn.Module, target: nn.Module) -> None:
@@ -50,85 +81,99 @@ def _detach_module(root: nn.Module, target: nn.Module) -> None:
     raise ModelFolderError(f"{type(root).__name__}: its output embeddings are not one of its submodules")
 
 
-class SpladeHead:
-    """A masked-LM backbone run up to its vocabulary projection; the projection, activation and pooling run
-    in splade_pool, tile by tile, so the [batch, tokens, vocab] logits are never materialized."""
+class RouteModel(PipelineOwner):
+    """One route: its tokenizer, model (_model, run by _forward) and head on the encode pipeline."""
 
-    def __init__(self, route: SpladeRoute, device: torch.device, dtype: torch.dtype | None,
-                 max_seq_length: int | None, options: LoadOptions | None = None) -> None:
-        self.route = route
-        self.tokenizer, model = load_pretrained(route.path, dtype, options, "AutoModelForMaskedLM")
+    _forward: Callable[[dict[str, torch.Tensor]], Any]
+
+    def _start(self, tokenizer: Any, model: nn.Module, head: Any) -> None:
+        self._tokenizer, self._model, self._head = tokenizer, model, head
+        self._run_options = RunOptions.from_env()
+        self._pipeline = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._head.dim
+
+    @property
+    def transformers_model(self) -> nn.Module | None:
+        """The Hugging Face backbone, None for a route without one."""
+        return None
+
+    def to(self, device: torch.device) -> None:
+        self._model.to(device)
+        self._pipeline = None
+
+    def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, V] fp32 vectors for a batch of padded token ids on the route's device."""
+        return self._head(self._forward(features), features["attention_mask"], 0)
+
+    def encode(self, texts: list[str], batch_size: int | None, max_batch_tokens: int | None,
+               max_active_dims: int | None, progress: bool) -> SparseRows:
+        """The texts' vectors, each cut to its max_active_dims largest weights, batched by the pipeline."""
+        rows = SparseRows(len(texts), self.vocab_size, self.device)
+        if texts:
+            self._own_pipeline().collect(
+                EncodeRequest(texts=texts, skip_tokens=0, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                              token_embeddings=False, dim=self.vocab_size, normalize=False, out_dtype=torch.float32,
+                              progress=progress),
+                lambda positions, x: rows.add(positions, x, max_active_dims))
+        return rows
+
+
+class SpladeModel(RouteModel):
+    """A masked-LM backbone run up to its vocabulary projection, then SpladeHead."""
+
+    def __init__(self, route: SpladeRoute, device: torch.device, max_seq_length: int | None,
+                 options: LoadOptions) -> None:
+        tokenizer, model = load_pretrained(route.path, options.dtype, options, "AutoModelForMaskedLM")
+        set_token_limit(tokenizer, model.config, max_seq_length, route.max_seq_length)
         if route.do_lower_case:
-            _add_lowercasing(self.tokenizer)
+            add_lowercasing(tokenizer)
         model = model.eval().to(device)
         decoder = model.get_output_embeddings()
         if not isinstance(decoder, nn.Linear):
             raise ModelFolderError(f"{route.path}: the masked-LM head must end in a Linear vocabulary projection, "
                                    f"got {type(decoder).__name__}")
-        self.weight = decoder.weight.detach()  # [V, H]
-        self.bias = None if decoder.bias is None else decoder.bias.detach()  # [V]
+        head = SpladeHead(decoder, route.activation, route.pooling, str(route.path))
         _detach_module(model, decoder)
-        self.model = prepare_backbone(model)
         self._forward_args = set(inspect.signature(model.forward).parameters)
-
-        limit = max_seq_length or route.max_seq_length
-        if limit is None:  # as sentence-transformers: the tokenizer's limit, capped by the position table
-            limit = self.tokenizer.model_max_length
-            positions = getattr(model.config, "max_position_embeddings", -1)
-            if isinstance(positions, int) and positions > 0:
-                limit = min(limit, positions)
-        self.tokenizer.model_max_length = limit
+        self._start(tokenizer, prepare_backbone(model), head)
 
     @property
-    def vocab_size(self) -> int:
-        return self.weight.shape[0]
+    def transformers_model(self) -> nn.Module:
+        return self._model
 
     def to(self, device: torch.device) -> None:
-        self.model.to(device)
-        self.weight = self.weight.to(device)
-        self.bias = None if self.bias is None else self.bias.to(device)
+        super().to(device)
+        self._head.to(device)
 
-    def tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
-        return self.tokenizer(texts, padding=False, truncation="longest_first",
-                              max_length=self.tokenizer.model_max_length)
-
-    def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, L] token ids -> [B, V] fp32 SPLADE vectors."""
-        inputs = {k: v for k, v in features.items() if k in self._forward_args}
-        hidden = self.model(**inputs, return_dict=True).logits  # the head's transform output: [B, L, H]
-        if hidden.shape[-1] != self.weight.shape[1]:
-            raise ModelFolderError(f"{self.route.path}: the masked-LM head gives {hidden.shape[-1]} features, but its "
-                                   f"vocabulary projection expects {self.weight.shape[1]}")
-        return _ops.splade_pool(hidden, inputs["attention_mask"], self.weight, self.bias, self.route.activation,
-                                self.route.pooling)
+    def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The masked-LM head's transform output [B, L, H] (its decoder was detached)."""
+        return self._run_model(features).logits
 
 
-class StaticHead:
-    """SparseStaticEmbedding: weight[token] for every distinct valid token of a text (no special tokens)."""
+class StaticModel(RouteModel):
+    """SparseStaticEmbedding: a bag of token weights over the text's tokens, without special tokens."""
 
-    def __init__(self, route: StaticRoute, device: torch.device, options: LoadOptions | None = None) -> None:
-        self.route = route
-        self.tokenizer = _load_tokenizer(route.path, False, options or LoadOptions())
-        self.weight = route.weight.to(device)
-        if self.weight.shape[0] < len(self.tokenizer):
-            raise ModelFolderError(f"{route.path}: {self.weight.shape[0]} weights for a tokenizer of "
-                                   f"{len(self.tokenizer)} tokens")
+    special_tokens = False
 
-    @property
-    def vocab_size(self) -> int:
-        return self.weight.shape[0]
+    def __init__(self, route: StaticRoute, device: torch.device, options: LoadOptions) -> None:
+        tokenizer = _load_tokenizer(route.path, options)
+        if route.weight.shape[0] < len(tokenizer):
+            raise ModelFolderError(f"{route.path}: {route.weight.shape[0]} weights for a tokenizer of "
+                                   f"{len(tokenizer)} tokens")
+        self._start(tokenizer, StaticBag(route.weight).to(device), OutputHead(route.weight.shape[0]))
 
-    def to(self, device: torch.device) -> None:
-        self.weight = self.weight.to(device)
+    def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._model(features["input_ids"], features["attention_mask"])
 
-    def tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
-        limit = self.tokenizer.model_max_length
-        bounded = limit < UNBOUNDED_LENGTH
-        return self.tokenizer(texts, padding=False, truncation=bounded, max_length=limit if bounded else None,
-                              add_special_tokens=False)
 
-    def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask = features["input_ids"], features["attention_mask"]
-        present = torch.zeros(ids.shape[0], self.vocab_size, device=ids.device)
-        present.scatter_reduce_(1, ids, (mask != 0).float(), reduce="amax")
-        return present * self.weight
+def _load_tokenizer(path, options: LoadOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                             trust_remote_code=options.trust_remote_code, **options.tokenizer_kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelFolderError(f"cannot load the tokenizer in {path}: {e}") from e

@@ -10,27 +10,24 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .._checks import device_or_default
+from ..encode.owner import PoolMethods
 from ..model.modules import ST_CONFIG, TRANSFORMER_CONFIG_FILES
 from ..model.save import replace_folder_entries
 from .folder import SpladeRoute
 from .vectors import as_dense_rows
 
-if TYPE_CHECKING:
-    from ..encode.pool import EncoderPool
-
 logger = logging.getLogger(__name__)
 
 
-class SparseEncoderMethods:
-    """similarity_pairwise, intersection, save / save_pretrained, start / stop_multi_process_pool and the
-    small accessors, for SparseEncoder."""
+class SparseEncoderMethods(PoolMethods):
+    """similarity_pairwise, intersection, save / save_pretrained, worker pools (start / stop_multi_process_pool
+    from PoolMethods) and the small accessors, for SparseEncoder."""
 
     # --- accessors ------------------------------------------------------------------------------------
 
@@ -47,7 +44,7 @@ class SparseEncoderMethods:
     def transformers_model(self) -> Any:
         """The default route's Hugging Face masked-LM backbone (its vocabulary projection runs in splade_pool),
         or None for an inference-free (static) route."""
-        return getattr(self._head(None), "model", None)
+        return self._route(None).transformers_model
 
     def set_pooling_include_prompt(self, include_prompt: bool) -> None:
         """SPLADE pooling takes every token, prompt included, in sentfuse as in sentence-transformers (whose
@@ -154,32 +151,13 @@ class SparseEncoderMethods:
         return {"factory": type(self), "kwargs": kwargs, "dim": dim, "model_dim": dim,
                 "encode_parameters": tuple(inspect.signature(type(self).encode).parameters)}
 
-    def start_multi_process_pool(self, target_devices: Sequence[str] | None = None) -> EncoderPool:
-        """Worker processes, each with a copy of this encoder on one device; pass the pool to
-        encode(..., pool=pool), stop it with stop_multi_process_pool (or use it in a with block)."""
-        from ..encode.pool import start_multi_process_pool
-
-        return start_multi_process_pool(self, None if target_devices is None else list(target_devices))
-
-    @staticmethod
-    def stop_multi_process_pool(pool: EncoderPool) -> None:
-        """Stop a pool's worker processes."""
-        pool.close()
-
     def _encode_in_pool(self, texts: list[str], pool: Any, devices: list[str] | None, chunk_size: int | None,
                         show_progress_bar: bool, **encode_kwargs: Any) -> torch.Tensor:
         """Sparse COO [N, V] float32 vectors (on the CPU) from the pool's workers, or from a pool started for
         devices and stopped after."""
-        from ..encode.pool import EncoderPool, encode_multi_process, start_multi_process_pool
+        from ..encode.pool import encode_multi_process
 
-        if pool is not None and not isinstance(pool, EncoderPool):
-            raise TypeError(f"pool must be a pool from start_multi_process_pool, got {type(pool).__name__}")
         kwargs = {k: v for k, v in encode_kwargs.items() if v is not None}
-        if pool is not None:
-            result = encode_multi_process(pool, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar,
-                                          **kwargs)
-        else:
-            with start_multi_process_pool(self, devices) as own_pool:
-                result = encode_multi_process(own_pool, texts, chunk_size=chunk_size,
-                                              show_progress_bar=show_progress_bar, **kwargs)
+        result = self._in_pool(pool, devices, lambda p: encode_multi_process(
+            p, texts, chunk_size=chunk_size, show_progress_bar=show_progress_bar, **kwargs))
         return result if isinstance(result, torch.Tensor) else torch.from_numpy(result).to_sparse()
