@@ -9,12 +9,19 @@ or the CUDA allocator's peak. Answers are checked: top-10 scores within the dtyp
 share of top-10 indices equal to sentence-transformers' (bf16 rounding reorders near-ties).
 
     python benchmarks/bench_multivector.py [--device cpu] [--dtype float32 bfloat16] [--json out.json]
+
+--encode measures the other goal instead: encode_document of the 1,000 shipped paragraphs with a MultiVectorEncoder
+folder that sentence-transformers builds on all-MiniLM-L6-v2's backbone (a random 384 -> 128 token projection, the
+punctuation skiplist ColBERT uses, normalized), sentfuse vs sentence-transformers in fp32, in alternating rounds.
+
+    python benchmarks/bench_multivector.py --encode [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,6 +97,67 @@ def bench(device: str, dtype: torch.dtype, args) -> dict:
             "memory_ratio": theirs_mb / max(ours_mb, 1e-3), "same_scores": same_scores, "ids_match": ids_match}
 
 
+def colbert_folder(out: Path) -> Path:
+    """A MultiVectorEncoder folder saved by sentence-transformers: all-MiniLM-L6-v2 + a 128-dim projection."""
+    import string
+
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    from sentfuse.model.resolve import bundled_model_path
+
+    torch.manual_seed(0)
+    modules = [Transformer(str(bundled_model_path())),
+               Dense(384, 128, bias=False, activation_function=torch.nn.Identity(), module_input_name="token_embeddings"),
+               MultiVectorMask(skiplist_words=list(string.punctuation)), Normalize(module_input_name="token_embeddings")]
+    STMultiVectorEncoder(modules=modules, device="cpu").save(str(out))
+    return out
+
+
+def bench_encode(args) -> dict:
+    """Alternating rounds of encode_document over the paragraphs: sentfuse, then sentence-transformers."""
+    import tempfile
+
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    from sentfuse import MultiVectorEncoder
+
+    texts = [json.loads(line)["text"] for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = colbert_folder(Path(tmp) / "colbert")
+        models = {"sentfuse": MultiVectorEncoder(folder, device="cpu"), "st": STMultiVectorEncoder(str(folder), device="cpu")}
+    for model in models.values():
+        model.encode_document(texts[:64])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    out = {}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            out[name] = model.encode_document(texts)
+            times[name].append(time.perf_counter() - start)
+    diff = max(float((a - b).abs().max()) for a, b in zip(out["sentfuse"], out["st"]))
+    same_shapes = all(a.shape == b.shape for a, b in zip(out["sentfuse"], out["st"]))
+    ratios = [t / s for s, t in zip(times["sentfuse"], times["st"])]
+    return {"texts": len(texts), "tokens": sum(len(t) for t in out["st"]), "dim": out["st"][0].shape[1],
+            "sentfuse_s": times["sentfuse"], "st_s": times["st"], "speedup_per_round": ratios,
+            "speedup_median": sorted(ratios)[len(ratios) // 2], "max_abs_diff": diff, "same_shapes": same_shapes,
+            "load_average": os.getloadavg()}
+
+
+def main_encode(args) -> None:
+    row = bench_encode(args)
+    print(f"machine: {machine('cpu')}; load average {row['load_average'][0]:.2f}")
+    print(f"encode_document of {row['texts']} SQuAD paragraphs ({row['tokens']} scored tokens, dim {row['dim']}), fp32")
+    for i, (ours, theirs) in enumerate(zip(row["sentfuse_s"], row["st_s"])):
+        print(f"  round {i + 1}: sentfuse {ours:6.2f} s  sentence-transformers {theirs:6.2f} s  {theirs / ours:5.2f}x")
+    print(f"speedup median {row['speedup_median']:.2f}x (range {min(row['speedup_per_round']):.2f}-"
+          f"{max(row['speedup_per_round']):.2f}x); max |difference| {row['max_abs_diff']:.2e}, "
+          f"same token counts: {row['same_shapes']}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine("cpu"), "encode": row}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -101,7 +169,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--encode", action="store_true", help="measure the end-to-end encode goal instead")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --encode")
     args = parser.parse_args()
+    if args.encode:
+        main_encode(args)
+        return
     print(f"machine: {machine(args.device)}")
     print(f"{'dtype':>9} {'sentfuse s':>11} {'ST s':>9} {'speedup':>8} {'sentfuse MB':>12} {'ST MB':>9} "
           f"{'mem ratio':>9} {'scores ok':>9} {'ids match':>9}")

@@ -19,7 +19,7 @@ from ..model.backbone import prepare_backbone
 from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
 from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
-from . import scoring
+from . import index, scoring
 from .folder import SIMILARITY_FN_NAMES, load_multi_vector_folder
 from .head import MultiVectorHead, expand_queries
 from .save import save_multi_vector_folder
@@ -207,12 +207,45 @@ class MultiVectorEncoder:
             prompt_name = "query"
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
 
+    def _document_prompt_name(self, prompt_name: str | None, prompt: str | None) -> str | None:
+        if prompt_name is None and prompt is None:
+            return next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
+        return prompt_name
+
     def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = None,
                         prompt: str | None = None, **kwargs: Any) -> Any:
         """encode with task="document" and the first of the "document", "passage", "corpus" prompts it has."""
-        if prompt_name is None and prompt is None:
-            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
-        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
+        return self.encode(inputs, prompt_name=self._document_prompt_name(prompt_name, prompt), prompt=prompt,
+                           task="document", **kwargs)
+
+    def write_index(self, documents: Sequence[str], path: str | os.PathLike, *, prompt_name: str | None = None,
+                    prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
+                    chunk_documents: int = index.DEFAULT_CHUNK_DOCUMENTS,
+                    source: dict[str, Any] | None = None) -> index.MultiVectorIndex:
+        """Encode documents as encode_document does into a multi-vector index folder at path (float16 token vectors
+        on disk, chunk by chunk, written atomically; see sentfuse.multi_vector.index), for search."""
+        _, documents = check_sentences(documents)
+        text = self._resolve_prompt(prompt, self._document_prompt_name(prompt_name, prompt)) or ""
+        progress = bool(show_progress_bar) if show_progress_bar is not None else logger.isEnabledFor(logging.INFO)
+        return index.write_index(path, self, documents, prompt=text, batch_size=batch_size,
+                                 chunk_documents=chunk_documents, show_progress_bar=progress, source=source)
+
+    def search(self, queries: str | Sequence[str], corpus_index: Any, top_k: int = 10, *,
+               prompt_name: str | None = None, prompt: str | None = None, batch_size: int = 32,
+               chunk_tokens: int = index.DEFAULT_CHUNK_TOKENS) -> list:
+        """Encode queries as encode_query does and return their best top_k documents of corpus_index (a
+        MultiVectorIndex or its folder, built by this model) as semantic_search does: per query a list of
+        {"corpus_id", "score"}, best first (a single query string: its list). Scores follow similarity_fn_name."""
+        if not isinstance(corpus_index, index.MultiVectorIndex):
+            corpus_index = index.MultiVectorIndex(corpus_index)
+        corpus_index.check_model(self)
+        encoded = self.encode_query([queries] if isinstance(queries, str) else list(queries),
+                                    prompt_name=prompt_name, prompt=prompt, batch_size=batch_size)
+        scores, ids = corpus_index.search(encoded, positive_int(top_k, "top_k"), chunk_tokens=chunk_tokens,
+                                          score="meanmaxsim" if self.similarity_fn_name == "meanmaxsim" else "maxsim")
+        hits = [[{"corpus_id": i, "score": s} for s, i in zip(row_s, row_i)]
+                for row_s, row_i in zip(scores.tolist(), ids.tolist())]
+        return hits[0] if isinstance(queries, str) else hits
 
     def similarity(self, embeddings1: Any, embeddings2: Any, **kwargs: Any) -> torch.Tensor:
         """[len(embeddings1), len(embeddings2)] scores by the model's similarity_fn_name (maxsim / meanmaxsim)."""
