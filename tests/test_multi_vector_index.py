@@ -3,6 +3,7 @@ maxsim_topk op, atomic writes (a failed or killed write leaves the old index or 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -184,3 +185,36 @@ def test_wrong_model_is_refused(tmp_path, two_models):
     with pytest.raises(IndexFolderError, match="built by the model .* rebuild the index"):
         other.search("guitar", tmp_path / "idx")
     assert model.search("guitar", tmp_path / "idx", top_k=1)  # its own model is accepted
+
+
+def run_cli(capsys, *argv):
+    from sentfuse.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_cli_encode_and_search(tmp_path, capsys, two_models):
+    model, other = two_models
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(["A man is playing a guitar.", "", "Stock markets fell.", "cats"]) + "\n")
+    code, _, err = run_cli(capsys, "encode", "--multi-vector", "--model", model.model_path, corpus, "-o",
+                           tmp_path / "idx", "--no-progress")
+    assert code == 0 and "indexed 4 texts" in err and is_index(tmp_path / "idx")
+    code, out, err = run_cli(capsys, "search", "--corpus", corpus, "--embeddings", tmp_path / "idx", "--json",
+                             "-k", "5", "guitar")
+    assert code == 0, err
+    hits = json.loads(out)[0]["hits"]
+    expected = model.search("guitar", tmp_path / "idx", top_k=4)
+    assert [h["corpus_id"] for h in hits] == [h["corpus_id"] for h in expected if h["corpus_id"] != 1]  # blank out
+    code, _, err = run_cli(capsys, "search", "--corpus", corpus, "--embeddings", tmp_path / "idx", "--model",
+                           other.model_path, "guitar")
+    assert code == 1 and "built by the model" in err
+    corpus.write_text("something else\n")
+    code, _, err = run_cli(capsys, "search", "--corpus", corpus, "--embeddings", tmp_path / "idx", "guitar")
+    assert code == 1 and "built from other texts" in err
+    code, _, err = run_cli(capsys, "encode", "--multi-vector", "--model", model.model_path, corpus, "-o",
+                           tmp_path / "x.npy")
+    assert code == 1 and "index folder" in err
