@@ -65,7 +65,7 @@ class MultiVectorEncoder:
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._head = MultiVectorHead(self.folder.head, model.config.hidden_size, target, model.dtype)
         self._head.resolve(tokenizer)
-        self._pipelines: dict[int, Pipeline] = {}
+        self._pipelines: dict[tuple[int, str | None], Pipeline] = {}
 
     @property
     def device(self) -> torch.device:
@@ -90,46 +90,53 @@ class MultiVectorEncoder:
         inputs = {k: v for k, v in features.items() if k in self._forward_args}
         return self._model(**inputs, return_dict=True).last_hidden_state
 
-    def _pipeline(self, max_length: int) -> Pipeline:
-        """One pipeline per token limit (queries and documents may differ); the limit is read at construction."""
-        if max_length not in self._pipelines:
+    def _pipeline(self, max_length: int, task: str | None) -> Pipeline:
+        """One pipeline per token limit and task (the limit is read at construction, the head depends on task)."""
+        if (max_length, task) not in self._pipelines:
             saved, self._tokenizer.model_max_length = self._tokenizer.model_max_length, max_length
             try:
-                # Token rows come back straight from the backbone; this encoder's head runs on them.
-                self._pipelines[max_length] = Pipeline(self._tokenizer, lambda f: self._forward(f), None,
-                                                       self.device, self._model.dtype, RunOptions.from_env())
+                self._pipelines[max_length, task] = Pipeline(
+                    self._tokenizer, lambda f: self._batch_head(f, task), None, self.device, self._model.dtype,
+                    RunOptions.from_env())
             finally:
                 self._tokenizer.model_max_length = saved
-        return self._pipelines[max_length]
+        return self._pipelines[max_length, task]
+
+    def _batch_head(self, features: dict[str, torch.Tensor], task: str | None) -> torch.Tensor:
+        """A padded batch's head output [B, W, dim] in one pass (the head works token by token, so padding is
+        harmless). Where the skiplist needs token ids, the keep flag rides along as one more channel (0 or 1,
+        exact in any dtype): the pipeline hands back per-text rows, and this spares tokenizing the texts again."""
+        x = self._head(self._forward(features))
+        if not self._head.needs_ids(task):
+            return x
+        keep = self._head.keep(features["input_ids"], task)
+        return torch.cat([x, keep.unsqueeze(-1).to(x.dtype)], dim=-1)
 
     def _task_length(self, task: str | None) -> int:
         length = {"query": self.folder.query_length, "document": self.folder.document_length}.get(task)
         return min(length, self.max_seq_length) if length else self.max_seq_length
 
-    def _backbone_rows(self, texts: list[str], task: str | None, batch_size: int,
-                       progress: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Each text's (token rows [n, H], token ids [n] or None) for the tokens the head scores."""
+    def _token_vectors(self, texts: list[str], task: str | None, batch_size: int, progress: bool) -> list[torch.Tensor]:
+        """Each text's head output [n, dim] for the tokens its task scores (skiplist applied)."""
         expansion = self.folder.query_expansion if task == "query" else None
         if expansion is not None:
-            return self._expanded_rows(texts, expansion, batch_size)
-        length = self._task_length(task)
-        rows = self._pipeline(length).encode(EncodeRequest(
+            return self._expanded_vectors(texts, expansion, batch_size)
+        rows = self._pipeline(self._task_length(task), task).encode(EncodeRequest(
             texts=texts, skip_tokens=0, batch_size=batch_size, max_batch_tokens=None, token_embeddings=True,
             dim=0, normalize=False, out_dtype=None, progress=progress))
         if not self._head.needs_ids(task):
-            return [(r, None) for r in rows]
-        ids = self._tokenizer(texts, truncation="longest_first", max_length=length)["input_ids"]
-        return [(r, torch.tensor(i, dtype=torch.long)) for r, i in zip(rows, ids)]
+            return rows
+        return [r[r[:, -1] != 0, :-1] for r in rows]
 
-    def _expanded_rows(self, texts: list[str], expansion: Any, batch_size: int) -> list:
+    def _expanded_vectors(self, texts: list[str], expansion: Any, batch_size: int) -> list[torch.Tensor]:
         out = []
         for start in range(0, len(texts), batch_size):
             features = expand_queries(self._tokenizer, texts[start : start + batch_size], expansion,
                                       self._task_length("query"))
             scored = features.pop("scored")
-            hidden = self._forward({k: v.to(self.device) for k, v in features.items()})
+            hidden = self._head(self._forward({k: v.to(self.device) for k, v in features.items()}))
             for h, s, ids in zip(hidden, scored, features["input_ids"]):
-                out.append((h[s.to(h.device)], ids[s]))
+                out.append(h[(s & self._head.keep(ids, "query")).to(h.device)])
         return out
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
@@ -175,10 +182,7 @@ class MultiVectorEncoder:
         progress = bool(show_progress_bar) if show_progress_bar is not None else logger.isEnabledFor(logging.INFO)
         dim = positive_int(truncate_dim, "truncate_dim") or self.truncate_dim
         tokens = []
-        for rows, ids in self._backbone_rows(texts, task, batch_size, progress):
-            if ids is not None:
-                rows = rows[self._head.keep(ids, task).to(rows.device)]
-            x = self._head(rows)
+        for x in self._token_vectors(texts, task, batch_size, progress):
             if normalize_embeddings:
                 x = torch.nn.functional.normalize(x, p=2.0, dim=-1)
             if dim is not None:
