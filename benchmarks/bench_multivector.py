@@ -116,7 +116,8 @@ def colbert_folder(out: Path) -> Path:
 
 
 def bench_encode(args) -> dict:
-    """Alternating rounds of encode_document over the paragraphs: sentfuse, then sentence-transformers."""
+    """Alternating rounds of encode_document over the paragraphs: sentfuse, then sentence-transformers (each round
+    printed as it ends: on a loaded machine a run is long)."""
     import tempfile
 
     from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
@@ -124,18 +125,23 @@ def bench_encode(args) -> dict:
     from sentfuse import MultiVectorEncoder
 
     texts = [json.loads(line)["text"] for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = texts[: args.texts]
     with tempfile.TemporaryDirectory() as tmp:
         folder = colbert_folder(Path(tmp) / "colbert")
         models = {"sentfuse": MultiVectorEncoder(folder, device="cpu"), "st": STMultiVectorEncoder(str(folder), device="cpu")}
     for model in models.values():
         model.encode_document(texts[:64])  # warm-up
+    print(f"machine: {machine('cpu')}; load average {os.getloadavg()[0]:.2f}")
+    print(f"encode_document of {len(texts)} SQuAD paragraphs, fp32, sentfuse vs sentence-transformers", flush=True)
     times: dict[str, list[float]] = {name: [] for name in models}
     out = {}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for name, model in models.items():
             start = time.perf_counter()
             out[name] = model.encode_document(texts)
             times[name].append(time.perf_counter() - start)
+        print(f"  round {i + 1}: sentfuse {times['sentfuse'][-1]:6.2f} s  sentence-transformers {times['st'][-1]:6.2f} s"
+              f"  {times['st'][-1] / times['sentfuse'][-1]:5.2f}x  (load average {os.getloadavg()[0]:.2f})", flush=True)
     diff = max(float((a - b).abs().max()) for a, b in zip(out["sentfuse"], out["st"]))
     same_shapes = all(a.shape == b.shape for a, b in zip(out["sentfuse"], out["st"]))
     ratios = [t / s for s, t in zip(times["sentfuse"], times["st"])]
@@ -147,13 +153,9 @@ def bench_encode(args) -> dict:
 
 def main_encode(args) -> None:
     row = bench_encode(args)
-    print(f"machine: {machine('cpu')}; load average {row['load_average'][0]:.2f}")
-    print(f"encode_document of {row['texts']} SQuAD paragraphs ({row['tokens']} scored tokens, dim {row['dim']}), fp32")
-    for i, (ours, theirs) in enumerate(zip(row["sentfuse_s"], row["st_s"])):
-        print(f"  round {i + 1}: sentfuse {ours:6.2f} s  sentence-transformers {theirs:6.2f} s  {theirs / ours:5.2f}x")
-    print(f"speedup median {row['speedup_median']:.2f}x (range {min(row['speedup_per_round']):.2f}-"
-          f"{max(row['speedup_per_round']):.2f}x); max |difference| {row['max_abs_diff']:.2e}, "
-          f"same token counts: {row['same_shapes']}")
+    print(f"{row['tokens']} scored tokens of dim {row['dim']}: speedup median {row['speedup_median']:.2f}x (range "
+          f"{min(row['speedup_per_round']):.2f}-{max(row['speedup_per_round']):.2f}x); max |difference| "
+          f"{row['max_abs_diff']:.2e}, same token counts: {row['same_shapes']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine("cpu"), "encode": row}, indent=2) + "\n")
 
@@ -171,6 +173,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--encode", action="store_true", help="measure the end-to-end encode goal instead")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --encode")
+    parser.add_argument("--texts", type=int, default=1000, help="paragraphs --encode encodes (all 1,000 by default)")
     args = parser.parse_args()
     if args.encode:
         main_encode(args)
