@@ -39,7 +39,7 @@ FORMAT_KEY = "sentfuse_multi_vector_index"
 MANIFEST, TOKENS, OFFSETS = "manifest.json", "tokens.f16", "offsets.i64"
 STORED_DTYPE = np.float16
 DEFAULT_CHUNK_DOCUMENTS = 4096  # documents encoded per write: large enough for encode's length bucketing
-DEFAULT_CHUNK_TOKENS = 1 << 20  # document tokens scored per maxsim_topk call: 512 MB of fp32 at dim 128
+DEFAULT_CHUNK_TOKENS = 1 << 18  # document tokens scored per maxsim_topk call: 128 MB of fp32 at dim 128
 
 
 class IndexFolderError(ValueError):
@@ -207,9 +207,9 @@ class MultiVectorIndex:
         kept = lengths.nonzero().view(-1)
         packed = torch.zeros(len(kept) + 1, dtype=torch.long)
         torch.cumsum(lengths[kept], 0, out=packed[1:])
-        docs = torch.from_numpy(np.array(self.tokens[int(offsets[0]) : int(offsets[-1])]))
-        scores, ids = _ops.maxsim_topk(q, docs.to(q.device, torch.float32), packed.to(q.device), k, query_mask=mask,
-                                       score=score)
+        # One copy, straight from the mapped pages to float32.
+        docs = torch.from_numpy(self.tokens[int(offsets[0]) : int(offsets[-1])].astype(np.float32))
+        scores, ids = _ops.maxsim_topk(q, docs.to(q.device), packed.to(q.device), k, query_mask=mask, score=score)
         return scores, (kept.to(q.device) + a)[ids]
 
 
