@@ -15,6 +15,14 @@ folder that sentence-transformers builds on all-MiniLM-L6-v2's backbone (a rando
 punctuation skiplist ColBERT uses, normalized), sentfuse vs sentence-transformers in fp32, in alternating rounds.
 
     python benchmarks/bench_multivector.py --encode [--rounds 3] [--json out.json]
+
+--bound sizes a bf16 scan with exact fp32 rescoring (issue 22: "score tiles in bf16 and rescore candidates
+exactly"; not built yet): on the same collection it prints how many candidates per query the rescoring would
+take for the top-k under two provable bounds on |fp32 MaxSim - bf16-input MaxSim| (fp32 accumulation): the
+worst case for unit vectors, n_q (2u + u^2 + D 2^-23), and one from each token's actual rounding error,
+sum_t |q_t - bf16(q_t)| max_s |d_s| + |bf16(q_t)| max_s |d_s - bf16(d_s)| (+ the accumulation terms).
+
+    python benchmarks/bench_multivector.py --bound --docs 2000
 """
 
 from __future__ import annotations
@@ -160,6 +168,35 @@ def main_encode(args) -> None:
         args.json.write_text(json.dumps({"machine": machine("cpu"), "encode": row}, indent=2) + "\n")
 
 
+def bound_candidates(args) -> dict:
+    """Candidates per query for the top-k of a bf16 scan under the worst-case and the per-token bound."""
+    queries, docs, offsets, lengths = collection(args.docs, args.queries, args.query_tokens, args.dim, "cpu",
+                                                 torch.float32)
+    qb, db = queries.bfloat16().float(), docs.bfloat16().float()
+    exact = _ops.maxsim(queries, docs, offsets)
+    approx = _ops.maxsim(qb, db, offsets)  # what bf16 tiles accumulated in fp32 give
+    u, gamma = 2.0**-8, 1.01 * args.dim * 2.0**-23
+    doc_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+
+    def doc_max(x):
+        return torch.zeros(len(lengths)).scatter_reduce(0, doc_of, x, "amax")
+
+    d_max, e_max = doc_max(docs.norm(dim=-1)), doc_max((docs - db).norm(dim=-1))
+    q_err, q_norm = (queries - qb).norm(dim=-1).sum(1, keepdim=True), qb.norm(dim=-1).sum(1, keepdim=True)
+    bounds = {"worst case": torch.full_like(approx, 1.01 * (2 * u + u * u + 2 * gamma) * args.query_tokens),
+              "per token": 1.01 * (q_err * d_max + q_norm * e_max + 2 * gamma * q_norm * d_max)}
+    row = {"docs": args.docs, "k": args.k, "max_error": float((exact - approx).abs().max())}
+    for name, bound in bounds.items():
+        assert bool(((exact - approx).abs() <= bound).all()), f"the {name} bound does not hold"
+        kth = (approx - bound).topk(args.k, dim=1).values[:, -1:]
+        count = (approx + bound >= kth).sum(1).float()
+        row[name] = {"mean_bound": float(bound.mean()), "candidates_mean": float(count.mean()),
+                     "candidates_max": int(count.max())}
+        print(f"{name:>10}: bound {row[name]['mean_bound']:.4f} (observed error at most {row['max_error']:.4f}); "
+              f"candidates per query for the top-{args.k} of {args.docs}: mean {count.mean():.1f}, max {count.max():.0f}")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -174,7 +211,14 @@ def main() -> None:
     parser.add_argument("--encode", action="store_true", help="measure the end-to-end encode goal instead")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --encode")
     parser.add_argument("--texts", type=int, default=1000, help="paragraphs --encode encodes (all 1,000 by default)")
+    parser.add_argument("--bound", action="store_true", help="size a bf16 scan with exact rescoring instead")
     args = parser.parse_args()
+    if args.bound:
+        print(f"machine: {machine(args.device)}")
+        row = bound_candidates(args)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(args.device), "bound": row}, indent=2) + "\n")
+        return
     if args.encode:
         main_encode(args)
         return
