@@ -218,3 +218,6 @@ def test_cli_encode_and_search(tmp_path, capsys, two_models):
     code, _, err = run_cli(capsys, "encode", "--multi-vector", "--model", model.model_path, corpus, "-o",
                            tmp_path / "x.npy")
     assert code == 1 and "index folder" in err
+    code, _, err = run_cli(capsys, "encode", "--multi-vector", "--model", model.model_path, corpus, "-o",
+                           tmp_path / "idx2", "--normalize", "--ray")
+    assert code == 1 and "--multi-vector does not take --normalize, --ray" in err

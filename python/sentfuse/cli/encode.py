@@ -71,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
     if args.max_active_dims is not None and not args.sparse:
         raise CommandError("--max-active-dims applies to sparse vectors only: add --sparse (for a SparseEncoder "
                            "model), or leave it out")
+    if args.multi_vector:
+        items = read_items(args.input, args.format, args.field)
+        return run_multi_vector_encode(args, items.name, items.texts)
     if args.ray is not None:
         from ..distributed.cli import run_encode as run_encode_on_ray
 
         return run_encode_on_ray(args)
-    if args.multi_vector:
-        items = read_items(args.input, args.format, args.field)
-        return run_multi_vector_encode(args, items.name, items.texts)
     if args.sparse:
         return run_sparse_encode(args, read_items(args.input, args.format, args.field).texts)
     output = check_output(args.output, "-o")

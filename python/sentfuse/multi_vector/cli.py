@@ -37,11 +37,12 @@ def run_multi_vector_encode(args: argparse.Namespace, name: str, texts: list[str
     if args.model is None:
         raise ValueError("--multi-vector needs --model: a sentence-transformers MultiVectorEncoder folder")
     unused = [option for option, value in (("--normalize", args.normalize), ("--max-seq-length", args.max_seq_length),
-                                           ("--max-batch-tokens", args.max_batch_tokens), ("--sparse", args.sparse))
+                                           ("--max-batch-tokens", args.max_batch_tokens), ("--sparse", args.sparse),
+                                           ("--ray", args.ray is not None))
               if value] + (["--precision"] if args.precision != "float32" else [])
     if unused:
-        raise ValueError(f"{', '.join(unused)} do(es) not apply to --multi-vector (the model's folder sets its "
-                         "lengths and normalization; the index stores float16)")
+        raise ValueError(f"--multi-vector does not take {', '.join(unused)} (the model's folder sets its lengths and "
+                         "normalization; the index stores float16)")
     output = Path(args.output)
     if output.suffix == ".npy":
         raise ValueError(f"-o {output}: --multi-vector writes an index folder, not a .npy file; name a folder")
