@@ -9,7 +9,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
