@@ -9,6 +9,7 @@ import time
 from .._checks import check_calibration_rows
 from ..distributed.cli import LOCAL as RAY_LOCAL
 from ..encode.quantize import PRECISIONS
+from ..multi_vector.cli import add_multi_vector_arguments, run_multi_vector_encode
 from ..sparse.output import add_sparse_arguments, run_sparse_encode
 from .args import add_backbone_options, add_input_options, add_model_options, plural, positive
 from .errors import CommandError
@@ -49,6 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--max-batch-tokens", type=positive, default=None,
                         help="most padded tokens per forward pass (default: by device)")
     add_sparse_arguments(encode)
+    add_multi_vector_arguments(encode)
     encode.add_argument("--ray", nargs="?", const=RAY_LOCAL, default=None, metavar="ADDRESS",
                         help="encode on a Ray cluster (no ADDRESS: a local Ray for this run): INPUT is a file or a "
                         "quoted glob of Parquet/JSON lines/text shards, -o an output folder (sentfuse[ray])")
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_active_dims is not None and not args.sparse:
         raise CommandError("--max-active-dims applies to sparse vectors only: add --sparse (for a SparseEncoder "
                            "model), or leave it out")
+    if args.multi_vector:
+        items = read_items(args.input, args.format, args.field)
+        return run_multi_vector_encode(args, items.name, items.texts)
     if args.ray is not None:
         from ..distributed.cli import run_encode as run_encode_on_ray
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..encode.encoder import DOCUMENT_PROMPT_NAMES
+from ..multi_vector.index import is_index
 from .args import add_backbone_options, add_input_options, add_model_options, positive
 from .errors import CommandError
 from .inputs import Items, read_items, shown
@@ -23,6 +24,9 @@ DESCRIPTION = """\
 Embed a corpus (one text per line, or .jsonl with --field) and print each query's best matches.
 Hits are numbered by item, from 0: item i is line i + 1 of a text file (row i of `sentfuse encode`'s
 output). Blank lines are never hits.
+
+With --embeddings INDEX, a folder written by `sentfuse encode --multi-vector`, the queries are scored by MaxSim
+against that index (built from this corpus; by --model, or else the model its manifest names).
 
 With --embeddings FILE.npy, the corpus embeddings are read from FILE.npy when FILE.npy.json beside
 it shows they were built from this corpus, model and options (as `sentfuse encode` and earlier
@@ -95,13 +99,14 @@ def _check_usable(embeddings: np.ndarray, encoder: Any, name: str, model: str | 
             raise CommandError(f"{name} holds NaN or infinite values (first in row {row}); rebuild it with --reencode")
 
 
-def _hits(args: argparse.Namespace, encoder: Any, corpus: Items, embeddings: np.ndarray) -> list[list[dict]]:
-    """Each query's top-k hits among the non-blank items; blank items are asked for too and then dropped."""
+def _hits(args: argparse.Namespace, corpus: Items, search: Any) -> list[list[dict]]:
+    """Each query's top-k hits among the non-blank items (search(top_k) -> hits); blank items are asked for too
+    and then dropped."""
     keep = set(corpus.non_blank())
     blank = len(corpus.texts) - len(keep)
     wanted = max(args.top_k, args.rerank_k) if args.rerank else args.top_k
     top_k = min(wanted + blank, len(corpus.texts))
-    hits = encoder.search(args.queries, embeddings, top_k=top_k, batch_size=args.batch_size)
+    hits = search(top_k)
     return [[hit for hit in query_hits if hit["corpus_id"] in keep][:wanted] for query_hits in hits]
 
 
@@ -120,12 +125,19 @@ def run(args: argparse.Namespace) -> int:
     for number, query in enumerate(args.queries, start=1):
         if not query.strip():
             raise CommandError(f"query {number} is blank")
-    cache = _cache_path(args)
+    multi_vector = args.embeddings is not None and is_index(args.embeddings)  # written by encode --multi-vector
+    cache = None if multi_vector else _cache_path(args)
     corpus = read_items(args.corpus, args.format, args.field, option="--corpus")
     corpus.non_blank()
-    encoder = load_encoder(args, max_seq_length=args.max_seq_length, dtype=args.dtype)
-    embeddings = _corpus_embeddings(args, encoder, corpus, cache)
-    hits = _hits(args, encoder, corpus, embeddings)
+    if multi_vector:
+        from ..multi_vector.cli import index_search
+
+        hits = _hits(args, corpus, index_search(args, corpus.texts))
+    else:
+        encoder = load_encoder(args, max_seq_length=args.max_seq_length, dtype=args.dtype)
+        embeddings = _corpus_embeddings(args, encoder, corpus, cache)
+        hits = _hits(args, corpus, lambda top_k: encoder.search(args.queries, embeddings, top_k=top_k,
+                                                                batch_size=args.batch_size))
     if args.rerank:
         hits = _reranked(args, corpus, hits)
     if args.json:

@@ -9,7 +9,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
@@ -19,7 +18,7 @@ from ..model.backbone import prepare_backbone
 from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
 from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
-from . import scoring
+from . import index, scoring
 from .folder import SIMILARITY_FN_NAMES, load_multi_vector_folder
 from .head import MultiVectorHead, expand_queries
 from .save import save_multi_vector_folder
@@ -65,7 +64,7 @@ class MultiVectorEncoder:
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._head = MultiVectorHead(self.folder.head, model.config.hidden_size, target, model.dtype)
         self._head.resolve(tokenizer)
-        self._pipelines: dict[int, Pipeline] = {}
+        self._pipelines: dict[tuple[int, str | None], Pipeline] = {}
 
     @property
     def device(self) -> torch.device:
@@ -90,46 +89,53 @@ class MultiVectorEncoder:
         inputs = {k: v for k, v in features.items() if k in self._forward_args}
         return self._model(**inputs, return_dict=True).last_hidden_state
 
-    def _pipeline(self, max_length: int) -> Pipeline:
-        """One pipeline per token limit (queries and documents may differ); the limit is read at construction."""
-        if max_length not in self._pipelines:
+    def _pipeline(self, max_length: int, task: str | None) -> Pipeline:
+        """One pipeline per token limit and task (the limit is read at construction, the head depends on task)."""
+        if (max_length, task) not in self._pipelines:
             saved, self._tokenizer.model_max_length = self._tokenizer.model_max_length, max_length
             try:
-                # Token rows come back straight from the backbone; this encoder's head runs on them.
-                self._pipelines[max_length] = Pipeline(self._tokenizer, lambda f: self._forward(f), None,
-                                                       self.device, self._model.dtype, RunOptions.from_env())
+                self._pipelines[max_length, task] = Pipeline(
+                    self._tokenizer, lambda f: self._batch_head(f, task), None, self.device, self._model.dtype,
+                    RunOptions.from_env())
             finally:
                 self._tokenizer.model_max_length = saved
-        return self._pipelines[max_length]
+        return self._pipelines[max_length, task]
+
+    def _batch_head(self, features: dict[str, torch.Tensor], task: str | None) -> torch.Tensor:
+        """A padded batch's head output [B, W, dim] in one pass (the head works token by token, so padding is
+        harmless). Where the skiplist needs token ids, the keep flag rides along as one more channel (0 or 1,
+        exact in any dtype): the pipeline hands back per-text rows, and this spares tokenizing the texts again."""
+        x = self._head(self._forward(features))
+        if not self._head.needs_ids(task):
+            return x
+        keep = self._head.keep(features["input_ids"], task)
+        return torch.cat([x, keep.unsqueeze(-1).to(x.dtype)], dim=-1)
 
     def _task_length(self, task: str | None) -> int:
         length = {"query": self.folder.query_length, "document": self.folder.document_length}.get(task)
         return min(length, self.max_seq_length) if length else self.max_seq_length
 
-    def _backbone_rows(self, texts: list[str], task: str | None, batch_size: int,
-                       progress: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Each text's (token rows [n, H], token ids [n] or None) for the tokens the head scores."""
+    def _token_vectors(self, texts: list[str], task: str | None, batch_size: int, progress: bool) -> list[torch.Tensor]:
+        """Each text's head output [n, dim] for the tokens its task scores (skiplist applied)."""
         expansion = self.folder.query_expansion if task == "query" else None
         if expansion is not None:
-            return self._expanded_rows(texts, expansion, batch_size)
-        length = self._task_length(task)
-        rows = self._pipeline(length).encode(EncodeRequest(
+            return self._expanded_vectors(texts, expansion, batch_size)
+        rows = self._pipeline(self._task_length(task), task).encode(EncodeRequest(
             texts=texts, skip_tokens=0, batch_size=batch_size, max_batch_tokens=None, token_embeddings=True,
             dim=0, normalize=False, out_dtype=None, progress=progress))
         if not self._head.needs_ids(task):
-            return [(r, None) for r in rows]
-        ids = self._tokenizer(texts, truncation="longest_first", max_length=length)["input_ids"]
-        return [(r, torch.tensor(i, dtype=torch.long)) for r, i in zip(rows, ids)]
+            return rows
+        return [r[r[:, -1] != 0, :-1] for r in rows]
 
-    def _expanded_rows(self, texts: list[str], expansion: Any, batch_size: int) -> list:
+    def _expanded_vectors(self, texts: list[str], expansion: Any, batch_size: int) -> list[torch.Tensor]:
         out = []
         for start in range(0, len(texts), batch_size):
             features = expand_queries(self._tokenizer, texts[start : start + batch_size], expansion,
                                       self._task_length("query"))
             scored = features.pop("scored")
-            hidden = self._forward({k: v.to(self.device) for k, v in features.items()})
+            hidden = self._head(self._forward({k: v.to(self.device) for k, v in features.items()}))
             for h, s, ids in zip(hidden, scored, features["input_ids"]):
-                out.append((h[s.to(h.device)], ids[s]))
+                out.append(h[(s & self._head.keep(ids, "query")).to(h.device)])
         return out
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
@@ -175,10 +181,7 @@ class MultiVectorEncoder:
         progress = bool(show_progress_bar) if show_progress_bar is not None else logger.isEnabledFor(logging.INFO)
         dim = positive_int(truncate_dim, "truncate_dim") or self.truncate_dim
         tokens = []
-        for rows, ids in self._backbone_rows(texts, task, batch_size, progress):
-            if ids is not None:
-                rows = rows[self._head.keep(ids, task).to(rows.device)]
-            x = self._head(rows)
+        for x in self._token_vectors(texts, task, batch_size, progress):
             if normalize_embeddings:
                 x = torch.nn.functional.normalize(x, p=2.0, dim=-1)
             if dim is not None:
@@ -207,12 +210,45 @@ class MultiVectorEncoder:
             prompt_name = "query"
         return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
 
+    def _document_prompt_name(self, prompt_name: str | None, prompt: str | None) -> str | None:
+        if prompt_name is None and prompt is None:
+            return next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
+        return prompt_name
+
     def encode_document(self, inputs: str | Sequence[str], prompt_name: str | None = None,
                         prompt: str | None = None, **kwargs: Any) -> Any:
         """encode with task="document" and the first of the "document", "passage", "corpus" prompts it has."""
-        if prompt_name is None and prompt is None:
-            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
-        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
+        return self.encode(inputs, prompt_name=self._document_prompt_name(prompt_name, prompt), prompt=prompt,
+                           task="document", **kwargs)
+
+    def write_index(self, documents: Sequence[str], path: str | os.PathLike, *, prompt_name: str | None = None,
+                    prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
+                    chunk_documents: int = index.DEFAULT_CHUNK_DOCUMENTS,
+                    source: dict[str, Any] | None = None) -> index.MultiVectorIndex:
+        """Encode documents as encode_document does into a multi-vector index folder at path (float16 token vectors
+        on disk, chunk by chunk, written atomically; see sentfuse.multi_vector.index), for search."""
+        _, documents = check_sentences(documents)
+        text = self._resolve_prompt(prompt, self._document_prompt_name(prompt_name, prompt)) or ""
+        progress = bool(show_progress_bar) if show_progress_bar is not None else logger.isEnabledFor(logging.INFO)
+        return index.write_index(path, self, documents, prompt=text, batch_size=batch_size,
+                                 chunk_documents=chunk_documents, show_progress_bar=progress, source=source)
+
+    def search(self, queries: str | Sequence[str], corpus_index: Any, top_k: int = 10, *,
+               prompt_name: str | None = None, prompt: str | None = None, batch_size: int = 32,
+               chunk_tokens: int = index.DEFAULT_CHUNK_TOKENS) -> list:
+        """Encode queries as encode_query does and return their best top_k documents of corpus_index (a
+        MultiVectorIndex or its folder, built by this model) as semantic_search does: per query a list of
+        {"corpus_id", "score"}, best first (a single query string: its list). Scores follow similarity_fn_name."""
+        if not isinstance(corpus_index, index.MultiVectorIndex):
+            corpus_index = index.MultiVectorIndex(corpus_index)
+        corpus_index.check_model(self)
+        encoded = self.encode_query([queries] if isinstance(queries, str) else list(queries),
+                                    prompt_name=prompt_name, prompt=prompt, batch_size=batch_size)
+        scores, ids = corpus_index.search(encoded, positive_int(top_k, "top_k"), chunk_tokens=chunk_tokens,
+                                          score="meanmaxsim" if self.similarity_fn_name == "meanmaxsim" else "maxsim")
+        hits = [[{"corpus_id": i, "score": s} for s, i in zip(row_s, row_i)]
+                for row_s, row_i in zip(scores.tolist(), ids.tolist())]
+        return hits[0] if isinstance(queries, str) else hits
 
     def similarity(self, embeddings1: Any, embeddings2: Any, **kwargs: Any) -> torch.Tensor:
         """[len(embeddings1), len(embeddings2)] scores by the model's similarity_fn_name (maxsim / meanmaxsim)."""

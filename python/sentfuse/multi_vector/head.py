@@ -44,13 +44,13 @@ class MultiVectorHead:
         return self._skip_ids is not None and (task or "document") in mask.skiplist_tasks
 
     def keep(self, ids: torch.Tensor, task: str | None) -> torch.Tensor:
-        """[n] bool: which of a text's tokens (ids [n]) are scored."""
-        keep = torch.ones(len(ids), dtype=torch.bool)
+        """bool of ids' shape: which tokens (of one text [n] or a batch [B, W]) are scored."""
+        keep = torch.ones_like(ids, dtype=torch.bool)
         for mask in self.masks:
             if self._drops(mask, task):
-                keep &= ~torch.isin(ids, self._skip_ids)
+                keep &= ~torch.isin(ids, self._skip_ids.to(ids.device))
             if task != "query" and mask.keep_only_token_ids:
-                keep &= torch.isin(ids, torch.tensor(mask.keep_only_token_ids, dtype=torch.long))
+                keep &= torch.isin(ids, torch.tensor(mask.keep_only_token_ids, dtype=torch.long, device=ids.device))
         return keep
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

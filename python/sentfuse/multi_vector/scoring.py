@@ -102,7 +102,7 @@ def _common(queries: TokenSide, docs: TokenSide, device: Any) -> tuple[torch.dev
     return result, scoring, dtype
 
 
-def _padded_queries(side: TokenSide, dim: int, dtype: torch.dtype, device: torch.device):
+def padded_queries(side: TokenSide, dim: int, dtype: torch.dtype, device: torch.device):
     """Queries [Q, L, D] and their mask [Q, L]: queries are few and short, so padding them costs little."""
     lengths = torch.tensor([len(e) for e in side.items], dtype=torch.long)
     width = int(lengths.max()) if len(lengths) else 0
@@ -137,7 +137,7 @@ def maxsim(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, chunk_element
     if len(queries.items) == 0 or len(docs.items) == 0:
         return torch.zeros(len(queries.items), len(docs.items), device=result)
     out = torch.full((len(queries.items), len(docs.items)), EMPTY_DOCUMENT_SCORE, dtype=torch.float32, device=scoring)
-    q, q_mask = _padded_queries(queries, dim, dtype, scoring)
+    q, q_mask = padded_queries(queries, dim, dtype, scoring)
     tokens, offsets, keep = _packed_documents(docs.items, dim, dtype, scoring)
     if len(keep):
         out[:, keep.to(scoring)] = _ops.maxsim(q, tokens, offsets, query_mask=q_mask)
@@ -157,7 +157,7 @@ def maxsim_pairwise(a: Any, b: Any, a_mask: Any = None, b_mask: Any = None, chun
     if not queries.items:
         return torch.zeros(0, device=result)
     dim = _dim(queries, docs)
-    q, q_mask = _padded_queries(queries, dim, dtype, scoring)
+    q, q_mask = padded_queries(queries, dim, dtype, scoring)
     tokens, offsets, keep = _packed_documents(docs.items, dim, dtype, scoring)
     out = torch.full((len(queries.items),), EMPTY_DOCUMENT_SCORE, dtype=torch.float32, device=scoring)
     if len(keep):
