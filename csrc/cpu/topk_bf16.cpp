@@ -36,14 +36,6 @@ constexpr int64_t kQueryTile = 1024;
 constexpr int64_t kMinCols = 128;
 constexpr int64_t kPruneAt = 4096;  // a query's candidate list is pruned to the current bound past this
 
-// Bound on |bf16-tile cosine - fp32 score| for unit rows: both inputs rounded to bf16 (2u + u^2), the
-// product rounded to bf16 once more (u), fp32 accumulation over D terms in both the tile and the fp32
-// path's score, and 1% slack (which also covers the unit rows' own fp32 rounding).
-inline float bf16_error_bound(int64_t D) {
-  const double u = std::ldexp(1.0, -8);  // bf16 unit roundoff
-  return static_cast<float>(1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23)));
-}
-
 // The pairs of one query that may reach its top-k, in increasing index order.
 struct Survivors {
   std::vector<int64_t> index;
