@@ -15,7 +15,9 @@ BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 # SENTFUSE_CPU_TOPK=bf16 | fp32 forces cosine_topk's default path on CPU (the bf16_rescore argument wins).
 TOPK_ENV = "SENTFUSE_CPU_TOPK"
 # Whether AMX CPUs take the bf16 path by default. On: there the scan runs on sentfuse's own AMX micro-kernel
-# (csrc/cpu/amx_tiles.cpp), 2.5-3x the fp32 tiles at 1 and 2 threads on the 2-core AMX Xeon (bench_topk --ab).
+# (csrc/cpu/amx_tiles.cpp): 2.6-3.9x the fp32 tiles with 2 threads on the 2-core AMX Xeon, shared at load 15
+# (benchmarks/results/cpu-xeon-amx/topk_amx_ab.txt). threshold_pairs takes the AMX blocks on every AMX CPU
+# (no max_pairs), decided in C++ (amx::available(); SENTFUSE_CPU_AMX=off turns both off).
 BF16_DEFAULT_ON_AMX = True
 
 
