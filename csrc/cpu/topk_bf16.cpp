@@ -1,13 +1,13 @@
 // cosine_topk's bf16 scan (see topk_bf16.h).
 //
-// Queries and corpus rows become bf16 unit rows (corpus tile by tile), so each score tile holds
-// approximate cosines u whatever the metric. Each thread takes whole corpus tiles and scores them with its own
-// single-threaded bf16 GEMMs (oneDNN: AMX where the CPU has it) into a tile buffer small enough to stay in its
-// core's cache, so the scan is one parallel region with no synchronization per tile. With |u - cosine| <= beta (bf16_error_bound) and
+// Queries and corpus rows become bf16 unit rows, so each score tile holds approximate cosines u whatever the
+// metric. On AMX CPUs sentfuse's own blocks score them (cpu/amx_tiles.h: 32 x 32 blocks that stay in L1, an
+// AVX-512 filter lets only candidates out); elsewhere each thread takes whole corpus tiles and scores them with
+// its own single-threaded ATen bf16 GEMMs. With |u - cosine| <= beta (bf16_error_bound) and
 // s = |q||c| under metric "dot" (1 for cosine), a pair's exact fp32 score lies in [(u - beta) s, (u + beta) s].
 // Each query keeps the k best lower bounds seen so far (L, its k-th) and the pairs whose upper bound reaches
 // max(L, min_score): L only rises, so every pair of the exact top-k is among them. The survivors (pruned
-// again by the final L) are rescored in fp32 exactly as the fp32 path scores them.
+// again by the final L) are rescored in fp32 as the fp32 path scores them (up to fp32 summation order).
 #include "cpu/topk_bf16.h"
 
 #include <algorithm>
