@@ -137,17 +137,20 @@ def assert_same_pairs(ours, theirs, x, top_k, dot=False):
     if not ours:
         return
     assert all(p[1] < p[2] for p in ours) and all(a[0] >= b[0] for a, b in zip(ours, ours[1:]))
-    np.testing.assert_allclose([p[0] for p in ours], [p[0] for p in theirs], atol=ATOL, rtol=0)
+    # Unnormalized dot scores (~80 here) carry fp32 rounding relative to their size: the summation orders of
+    # sentfuse's rescoring (on AMX CPUs) and of torch.mm differ.
+    tol = ATOL * max(1.0, abs(ours[0][0])) if dot else ATOL
+    np.testing.assert_allclose([p[0] for p in ours], [p[0] for p in theirs], atol=tol, rtol=0)
     scores = (x.double() @ x.double().T) if dot else reference_cos(x, x)
     scores.fill_diagonal_(-float("inf"))
     kth = scores.topk(min(top_k, len(x) - 1), dim=1).values[:, -1]
     ours_d, theirs_d = {(i, j): s for s, i, j in ours}, {(i, j): s for s, i, j in theirs}
     for i, j in ours_d.keys() & theirs_d.keys():
-        assert abs(ours_d[i, j] - theirs_d[i, j]) < ATOL
+        assert abs(ours_d[i, j] - theirs_d[i, j]) < tol
     for i, j in ours_d.keys() ^ theirs_d.keys():
         s = scores[i, j].item()
         near_cut = min(abs(s - ours[-1][0]), abs(s - kth[i].item()), abs(s - kth[j].item()))
-        assert near_cut < ATOL, f"pair {(i, j)} score {s} is in one result only"
+        assert near_cut < tol, f"pair {(i, j)} score {s} is in one result only"
 
 
 @pytest.mark.parametrize(

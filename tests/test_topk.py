@@ -210,7 +210,7 @@ def test_bf16_rescore_ties_and_near_ties(device, metric, dtype, kw):  # noqa: F8
     "flags,env,chosen",
     [({"avx2", "fma"}, "", False),  # AVX2 only: the fp32 path
      ({"avx512f", "avx512_bf16"}, "", False),  # bf16 vector instructions, no matrix units: fp32
-     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", None),  # AMX: cpu_features decides
+     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", True),  # AMX: bf16 tiles
      ({"avx512f", "amx_bf16", "amx_tile"}, "fp32", False),  # forced either way
      ({"avx2"}, "bf16", True)],
     ids=["avx2", "avx512-bf16", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
@@ -220,8 +220,6 @@ def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
 
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setenv(cpu_features.TOPK_ENV, env)
-    if chosen is None:
-        chosen = cpu_features.BF16_DEFAULT_ON_AMX
     assert cpu_features.topk_bf16_default() is chosen
     seen = []
     real = torch.ops.sentfuse.cosine_topk.default

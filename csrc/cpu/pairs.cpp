@@ -1,4 +1,5 @@
-// CPU threshold_pairs: tiled GEMM + compaction, so memory grows with the pairs found, never N x M.
+// CPU threshold_pairs: tiled GEMM + compaction, so memory grows with the pairs found, never N x M. On AMX CPUs
+// (without max_pairs) the tiles are bf16 blocks on the matrix units whose candidates are scored in fp32.
 //
 // As in cpu/topk.cpp, each tile of scores comes from one GEMM call on the calling thread (which threads
 // it), and the tile is then scanned in parallel over blocks of rows: one vectorized compare rejects most
@@ -21,7 +22,13 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
+#include "cpu/row_dot.h"
 #include "cpu/score_tiles.h"
+#include "cpu/topk_bf16.h"
+#ifdef SENTFUSE_WITH_AMX
+#include "cpu/amx_tiles.h"
+#endif
 
 namespace sentfuse {
 namespace {
@@ -117,6 +124,112 @@ bool scan_tile(const at::Tensor& scores, int64_t i0, int64_t m, int64_t first_co
   return !non_finite;
 }
 
+#ifdef SENTFUSE_WITH_AMX
+// ---- threshold_pairs on the AMX units (no max_pairs): rows of a and columns (b, or a itself) become bf16 unit
+// rows; 32 x 32 blocks of approximate cosines u (|u - cosine| <= beta) come from amx::score_block, and only the
+// pairs whose upper bound (u + beta) |row| |column| reaches the threshold leave the block, to be scored in fp32
+// as the fp32 path scores them (row . column, times 1 / |column| for cosine against b) and kept at >= threshold.
+constexpr int64_t kAmxColumns = 256;  // columns scored by all row blocks before the next ones: within L2
+
+// The operands packed once: columns as bf16 rows [Mp, Dp], rows of a in the paired layout, norms.
+struct AmxPairsInputs {
+  int64_t Dp = 0, row_blocks = 0;
+  std::vector<uint16_t> columns, paired;
+  std::vector<float> row_norms, column_norms, column_inverse;
+};
+
+// Packs rows [n, D] to bf16 unit rows [roundup(n, 32), Dp] in parallel, with norms and inverses. No ATen call
+// inside the parallel region. False on a NaN or inf.
+template <typename scalar_t>
+bool pack_all(const scalar_t* rows, int64_t n, int64_t D, int64_t Dp, std::vector<uint16_t>& out,
+              std::vector<float>& norms, std::vector<float>& inverse) {
+  const int64_t padded = (n + amx::kBlock - 1) / amx::kBlock * amx::kBlock;
+  out.assign(padded * Dp, 0);
+  norms.assign(padded, 0.f);
+  inverse.assign(padded, 0.f);
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, n, kAmxColumns, [&](int64_t begin, int64_t end) {
+    if (!amx::pack_unit_rows(rows + begin * D, end - begin, D, Dp, out.data() + begin * Dp, norms.data() + begin,
+                             inverse.data() + begin))
+      finite = false;
+  });
+  return finite;
+}
+
+// One row block (rows i0..i0 + 31 of a) against column rows [j0, j1): its candidates, scored in fp32, appended
+// to the block's two hit buffers in increasing column order per row.
+template <typename col_t>
+void amx_pairs_block(const AmxPairsInputs& in, const float* q, const col_t* cols, int64_t N, int64_t D, int64_t i0,
+                     int64_t j0, int64_t j1, bool self, bool scale_columns, float threshold, float beta,
+                     std::vector<std::vector<Hit>>& buffers) {
+  const int64_t group = (in.Dp / amx::kDepth) * amx::kTileRows * amx::kDepth;
+  const uint16_t* b0 = in.paired.data() + (i0 / amx::kTileRows) * group;
+  const int64_t live = std::min(amx::kBlock, N - i0);
+  const uint32_t rows_mask = live == 32 ? ~0u : (1u << live) - 1;
+  float bar[amx::kBlock], scores[amx::kBlock * amx::kBlock];
+  uint32_t hits[amx::kBlock];
+  std::fill_n(bar, amx::kBlock, threshold);
+  // Against itself only j > i: blocks wholly at or below the diagonal are skipped.
+  const int64_t first = self ? std::max(j0, (i0 + 1) / amx::kBlock * amx::kBlock) : j0;
+  for (int64_t jb = first; jb < j1; jb += amx::kBlock) {
+    const int64_t rows_here = std::min(amx::kBlock, j1 - jb);
+    amx::score_block(in.columns.data() + jb * in.Dp, b0, b0 + group, in.Dp, scores);
+    // Under cosine against b the fp32 score carries 1 / |column|: the column's factor is 1 there.
+    const float* column_factor = scale_columns ? nullptr : in.column_norms.data() + jb;
+    if (amx::filter_block(scores, rows_here, rows_mask, bar, column_factor, in.row_norms.data() + i0, beta, hits) ==
+        0)
+      continue;
+    for (int64_t r = 0; r < rows_here; ++r) {
+      const int64_t j = jb + r;
+      for (uint32_t bits = hits[r]; bits != 0; bits &= bits - 1) {
+        const int64_t i = i0 + __builtin_ctz(bits);
+        if (self && j <= i) continue;
+        float s = row_dot<false>(q + i * D, cols + j * D, D);
+        if (scale_columns) s *= in.column_inverse[j];
+        if (s >= threshold) buffers[i / kRowBlock].push_back({j, s, static_cast<int32_t>(i % kRowBlock)});
+      }
+    }
+  }
+}
+
+// The AMX scan of threshold_pairs: q [N, D] fp32 as the fp32 path scores it, cols [M, D] contiguous (q itself when
+// self), hits into buffers. Column chunks outer (each in L2 while every row block scores it), row blocks
+// pulled by the threads from a counter. False on a NaN or inf.
+template <typename col_t>
+bool amx_threshold_pairs(const at::Tensor& q, const col_t* cols, int64_t M, bool self, bool scale_columns,
+                         float threshold, std::vector<std::vector<Hit>>& buffers) {
+  const int64_t N = q.size(0), D = q.size(1);
+  AmxPairsInputs in;
+  in.Dp = amx::padded_depth(D);
+  in.row_blocks = (N + amx::kBlock - 1) / amx::kBlock;
+  std::vector<uint16_t> rows;
+  std::vector<float> row_inverse;
+  if (!pack_all(q.const_data_ptr<float>(), N, D, in.Dp, rows, in.row_norms, row_inverse)) return false;
+  in.paired.resize(amx::paired_size(in.row_blocks * amx::kBlock, in.Dp));
+  amx::pack_pairs(rows.data(), in.row_blocks * amx::kBlock, in.Dp, in.paired.data());
+  if (self) {
+    in.columns = std::move(rows);
+    in.column_norms = in.row_norms;
+    in.column_inverse = std::move(row_inverse);
+  } else if (!pack_all(cols, M, D, in.Dp, in.columns, in.column_norms, in.column_inverse)) {
+    return false;
+  }
+  const float beta = bf16_error_bound(D);
+  const float* qs = q.const_data_ptr<float>();
+  for (int64_t j0 = 0; j0 < M; j0 += kAmxColumns) {
+    const int64_t j1 = std::min(M, j0 + kAmxColumns);
+    const int64_t blocks = self ? std::min(in.row_blocks, (j1 + amx::kBlock - 1) / amx::kBlock) : in.row_blocks;
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+      const amx::TileScope tile_config;
+      for (int64_t blk = next++; blk < blocks; blk = next++)
+        amx_pairs_block(in, qs, cols, N, D, blk * amx::kBlock, j0, j1, self, scale_columns, threshold, beta, buffers);
+    });
+  }
+  return true;
+}
+#endif  // SENTFUSE_WITH_AMX
+
 // Compaction: each block's hits, counting-sorted by row, land at the block's offset in the outputs
 // (rows, cols int64, scores fp32) [P]. Frees the buffers as it goes.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compact(std::vector<std::vector<Hit>>& buffers,
@@ -176,6 +289,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
   std::vector<std::vector<Hit>> buffers((N + kRowBlock - 1) / kRowBlock);
   std::atomic<int64_t> total{0};
   bool non_finite = false;
+#ifdef SENTFUSE_WITH_AMX
+  if (amx::available() && !max_pairs.has_value()) {
+    bool finite = true;
+    if (self) {
+      finite = amx_threshold_pairs(q, q.const_data_ptr<float>(), N, true, false, min_score, buffers);
+    } else {
+      const at::Tensor cols = b->contiguous();
+      SENTFUSE_DISPATCH_FLOAT_TYPES(cols.scalar_type(), "sentfuse_threshold_pairs_amx_cpu", [&] {
+        finite = amx_threshold_pairs(q, cols.const_data_ptr<scalar_t>(), M, false, args.metric == Metric::Cosine,
+                                     min_score, buffers);
+      });
+    }
+    if (!finite) fail_non_finite("threshold_pairs", self ? "a" : "a or b");
+    return compact(buffers, a.options());
+  }
+#endif
 
   // Column tiles outer, row tiles inner: each tile of b is read (and converted) once.
   for (int64_t j0 = 0; j0 < M && !non_finite; j0 += col_tile) {

@@ -1,13 +1,13 @@
 // cosine_topk's bf16 scan (see topk_bf16.h).
 //
-// Queries and corpus rows become bf16 unit rows (corpus tile by tile), so each score tile holds
-// approximate cosines u whatever the metric. Each thread takes whole corpus tiles and scores them with its own
-// single-threaded bf16 GEMMs (oneDNN: AMX where the CPU has it) into a tile buffer small enough to stay in its
-// core's cache, so the scan is one parallel region with no synchronization per tile. With |u - cosine| <= beta (bf16_error_bound) and
+// Queries and corpus rows become bf16 unit rows, so each score tile holds approximate cosines u whatever the
+// metric. On AMX CPUs sentfuse's own blocks score them (cpu/amx_tiles.h: 32 x 32 blocks that stay in L1, an
+// AVX-512 filter lets only candidates out); elsewhere each thread takes whole corpus tiles and scores them with
+// its own single-threaded ATen bf16 GEMMs. With |u - cosine| <= beta (bf16_error_bound) and
 // s = |q||c| under metric "dot" (1 for cosine), a pair's exact fp32 score lies in [(u - beta) s, (u + beta) s].
 // Each query keeps the k best lower bounds seen so far (L, its k-th) and the pairs whose upper bound reaches
 // max(L, min_score): L only rises, so every pair of the exact top-k is among them. The survivors (pruned
-// again by the final L) are rescored in fp32 exactly as the fp32 path scores them.
+// again by the final L) are rescored in fp32 as the fp32 path scores them (up to fp32 summation order).
 #include "cpu/topk_bf16.h"
 
 #include <algorithm>
@@ -21,6 +21,9 @@
 #include <ATen/Parallel.h>
 
 #include "common/dispatch.h"
+#ifdef SENTFUSE_WITH_AMX
+#include "cpu/amx_tiles.h"
+#endif
 #include "cpu/load_float.h"
 #include "cpu/row_dot.h"
 #include "cpu/score_tiles.h"
@@ -33,18 +36,11 @@ constexpr int64_t kQueryTile = 1024;
 constexpr int64_t kMinCols = 128;
 constexpr int64_t kPruneAt = 4096;  // a query's candidate list is pruned to the current bound past this
 
-// Bound on |bf16-tile cosine - fp32 score| for unit rows: both inputs rounded to bf16 (2u + u^2), the
-// product rounded to bf16 once more (u), fp32 accumulation over D terms in both the tile and the fp32
-// path's score, and 1% slack (which also covers the unit rows' own fp32 rounding).
-inline float bf16_error_bound(int64_t D) {
-  const double u = std::ldexp(1.0, -8);  // bf16 unit roundoff
-  return static_cast<float>(1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23)));
-}
-
 // The pairs of one query that may reach its top-k, in increasing index order.
 struct Survivors {
   std::vector<int64_t> index;
   std::vector<float> upper;
+  size_t prune_at = kPruneAt;  // doubles past what a prune keeps, so pruning stays linear overall
 
   // Drops the pairs whose upper bound is below bar.
   void prune(float bar) {
@@ -56,6 +52,7 @@ struct Survivors {
     }
     index.resize(kept);
     upper.resize(kept);
+    prune_at = std::max<size_t>(kPruneAt, 2 * kept);
   }
 };
 
@@ -85,7 +82,7 @@ bool scan_row(const c10::BFloat16* u, int64_t n, int64_t first, int64_t skip, co
       out.upper.push_back(upper);
     }
   }
-  if (static_cast<int64_t>(out.index.size()) > kPruneAt) out.prune(std::max(lower.threshold(), min_score));
+  if (out.index.size() > out.prune_at) out.prune(std::max(lower.threshold(), min_score));
   return true;
 }
 
@@ -114,6 +111,7 @@ struct ThreadScan {
   std::vector<TopK> lower;
   std::vector<Survivors> survivors;
   at::Tensor buffer;  // the score tile, [query_tile * corpus_tile] bf16
+  std::vector<float> bar;  // AMX scan: per query (padded to whole blocks), max(lower threshold, min_score)
 
   ThreadScan(int64_t M, int64_t k) : slots(M * k), survivors(M) {
     lower.reserve(M);
@@ -188,6 +186,126 @@ bool rescore(const at::Tensor& q, const scalar_t* corpus, Metric metric, const f
   return finite;
 }
 
+#ifdef SENTFUSE_WITH_AMX
+// ---- The AMX scan: each thread packs its corpus chunks to bf16 unit rows and scores 32 x 32 blocks in the tile
+// registers against the queries packed once; only the pairs whose upper bound reaches the query's bar leave.
+constexpr int64_t kAmxChunk = 256;  // corpus rows packed at a time: 192 KB of bf16 at D = 384, within L2
+
+// The queries in the right-hand tile layout and (metric "dot") their norms, padded to whole blocks.
+struct AmxQueries {
+  int64_t Dp = 0, blocks = 0;
+  std::vector<uint16_t> paired;
+  std::vector<float> norms;
+};
+
+// Packs q [M, D] fp32 as bf16 unit rows, with their norms. False on a NaN or inf.
+bool pack_queries(const at::Tensor& q, AmxQueries& out) {
+  const int64_t M = q.size(0), D = q.size(1);
+  out.Dp = amx::padded_depth(D);
+  out.blocks = (M + amx::kBlock - 1) / amx::kBlock;
+  const int64_t Mp = out.blocks * amx::kBlock;
+  std::vector<uint16_t> rows(Mp * out.Dp, 0);
+  std::vector<float> inverse(M);
+  out.norms.assign(Mp, 0.f);
+  if (!amx::pack_unit_rows(q.const_data_ptr<float>(), M, D, out.Dp, rows.data(), out.norms.data(), inverse.data()))
+    return false;
+  out.paired.resize(amx::paired_size(Mp, out.Dp));
+  amx::pack_pairs(rows.data(), Mp, out.Dp, out.paired.data());
+  return true;
+}
+
+// One thread's working memory for the AMX scan.
+struct AmxBuffers {
+  std::vector<uint16_t> rows;  // [kAmxChunk, Dp] packed corpus rows
+  float scores[amx::kBlock * amx::kBlock];
+  uint32_t hits[amx::kBlock];
+};
+
+// The pairs of one score block whose upper bound passed the block's bars: checked again against the bars
+// of now (they only rise), fed to the query's lower bounds and survivors. Block rows j0..., queries i0...
+void take_hits(const ScanInputs& in, const AmxQueries& qs, const AmxBuffers& buf, int64_t rows, int64_t j0,
+               int64_t i0, const float* row_norms, ThreadScan& st) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (uint32_t bits = buf.hits[r]; bits != 0; bits &= bits - 1) {
+      const int64_t t = __builtin_ctz(bits), i = i0 + t, j = j0 + r;
+      if (in.exclude_self && j == i + in.self_shift) continue;
+      const float v = buf.scores[r * amx::kBlock + t];
+      const float s = in.dot ? row_norms[r] * qs.norms[i] : 1.f;
+      const float upper = (v + in.beta) * s;
+      TopK& lower = st.lower[i];
+      if (upper < std::max(lower.threshold(), in.min_score)) continue;
+      const float low = (v - in.beta) * s;
+      if (low > lower.threshold()) {
+        lower.push(low, j);
+        st.bar[i] = std::max(lower.threshold(), in.min_score);
+      }
+      Survivors& out = st.survivors[i];
+      out.index.push_back(j);
+      out.upper.push_back(upper);
+      if (out.index.size() > out.prune_at) out.prune(st.bar[i]);
+    }
+  }
+}
+
+// Scores corpus rows [j0, j0 + n), n <= kAmxChunk, against every query; writes their norms into
+// corpus_norms [N] and their inverses into in.corpus_inverse. No ATen call in here: from inside a parallel
+// region they open nested OpenMP teams. False on a NaN or inf.
+template <typename scalar_t>
+bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_norms, int64_t j0, int64_t n,
+                    ThreadScan& st, AmxBuffers& buf) {
+  const int64_t M = in.q_bf16.size(0), D = in.corpus.size(1), Dp = qs.Dp;
+  const int64_t padded = (n + amx::kBlock - 1) / amx::kBlock * amx::kBlock;
+  std::fill(buf.rows.begin() + n * Dp, buf.rows.begin() + padded * Dp, 0);
+  if (!amx::pack_unit_rows(in.corpus.const_data_ptr<scalar_t>() + j0 * D, n, D, Dp, buf.rows.data(),
+                           corpus_norms + j0, in.corpus_inverse + j0))
+    return false;
+  const int64_t group = (Dp / amx::kDepth) * amx::kTileRows * amx::kDepth;  // one 16-query group's values
+  // Query blocks outer: the block's 24 KB of queries stay in L1 while the chunk's rows stream from L2.
+  for (int64_t qb = 0; qb < qs.blocks; ++qb) {
+    const int64_t i0 = qb * amx::kBlock;
+    const uint16_t* b0 = qs.paired.data() + 2 * qb * group;
+    const int64_t live = std::min(amx::kBlock, M - i0);
+    const uint32_t columns = live == 32 ? ~0u : (1u << live) - 1;
+    for (int64_t b = 0; b < n; b += amx::kBlock) {
+      const int64_t rows_here = std::min(amx::kBlock, n - b);
+      const float* row_norms = in.dot ? corpus_norms + j0 + b : nullptr;
+      amx::score_block(buf.rows.data() + b * Dp, b0, b0 + group, Dp, buf.scores);
+      if (amx::filter_block(buf.scores, rows_here, columns, st.bar.data() + i0, row_norms,
+                            in.dot ? qs.norms.data() + i0 : nullptr, in.beta, buf.hits) != 0)
+        take_hits(in, qs, buf, rows_here, j0 + b, i0, row_norms, st);
+    }
+  }
+  return true;
+}
+
+// The whole scan on the AMX units. Threads take corpus chunks in increasing order from a shared counter, so a
+// thread the OS holds back delays only its own chunk, and each thread still sees its pairs in index order.
+// False on a NaN or inf.
+bool amx_scan(const at::Tensor& q, const ScanInputs& in, std::vector<ThreadScan>& scans) {
+  AmxQueries qs;
+  if (!pack_queries(q, qs)) return false;
+  for (ThreadScan& st : scans) st.bar.assign(qs.blocks * amx::kBlock, in.min_score);
+  std::vector<float> corpus_norms(in.corpus.size(0));
+  const int64_t N = in.corpus.size(0), chunks = (N + kAmxChunk - 1) / kAmxChunk;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> non_finite{false};
+  SENTFUSE_DISPATCH_FLOAT_TYPES(in.corpus.scalar_type(), "sentfuse_topk_amx_cpu", [&] {
+    at::parallel_for(0, static_cast<int64_t>(scans.size()), 1, [&](int64_t, int64_t) {
+      ThreadScan& st = scans[at::get_thread_num()];
+      AmxBuffers buf;
+      buf.rows.resize(kAmxChunk * qs.Dp);
+      const amx::TileScope tile_config;
+      for (int64_t c = next++; c < chunks && !non_finite; c = next++) {
+        const int64_t j0 = c * kAmxChunk;
+        if (!amx_scan_chunk<scalar_t>(in, qs, corpus_norms.data(), j0, std::min(kAmxChunk, N - j0), st, buf))
+          non_finite = true;
+      }
+    });
+  });
+  return !non_finite;
+}
+#endif  // SENTFUSE_WITH_AMX
+
 }  // namespace
 
 bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metric metric, bool exclude_self,
@@ -213,19 +331,27 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
   // whole scan, no synchronization per tile.
   std::vector<ThreadScan> scans;
   scans.reserve(at::get_num_threads());
-  for (int t = 0; t < at::get_num_threads(); ++t) {
-    scans.emplace_back(M, k);
-    scans.back().buffer = at::empty({in.query_tile * corpus_tile}, q.options().dtype(at::kBFloat16));
+  for (int t = 0; t < at::get_num_threads(); ++t) scans.emplace_back(M, k);
+  bool scanned = false;
+#ifdef SENTFUSE_WITH_AMX
+  if (amx::available()) {
+    if (!amx_scan(q, in, scans)) return false;
+    scanned = true;
   }
-  std::atomic<bool> non_finite{false};
-  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
-    ThreadScan& st = scans[at::get_thread_num()];
-    for (int64_t tile = begin; tile < end && !non_finite; ++tile) {
-      const int64_t j0 = tile * corpus_tile;
-      if (!scan_tile(in, j0, std::min(corpus_tile, N - j0), st)) non_finite = true;
-    }
-  });
-  if (non_finite) return false;
+#endif
+  if (!scanned) {
+    for (ThreadScan& st : scans)
+      st.buffer = at::empty({in.query_tile * corpus_tile}, q.options().dtype(at::kBFloat16));
+    std::atomic<bool> non_finite{false};
+    at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+      ThreadScan& st = scans[at::get_thread_num()];
+      for (int64_t tile = begin; tile < end && !non_finite; ++tile) {
+        const int64_t j0 = tile * corpus_tile;
+        if (!scan_tile(in, j0, std::min(corpus_tile, N - j0), st)) non_finite = true;
+      }
+    });
+    if (non_finite) return false;
+  }
   bool finite = true;
   SENTFUSE_DISPATCH_FLOAT_TYPES(in.corpus.scalar_type(), "sentfuse_topk_rescore_cpu", [&] {
     finite = rescore(q, in.corpus.const_data_ptr<scalar_t>(), metric, corpus_inverse.const_data_ptr<float>(),

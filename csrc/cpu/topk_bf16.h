@@ -2,6 +2,7 @@
 // superset of the answer, which is rescored in fp32, so the result is the fp32 path's.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -11,6 +12,14 @@
 #include "cpu/topk_select.h"
 
 namespace sentfuse {
+
+// Bound on |bf16-tile cosine - fp32 score| for unit rows: both inputs rounded to bf16 (2u + u^2), the
+// product rounded to bf16 once more (u), fp32 accumulation over D terms in both the tile and the fp32
+// path's score, and 1% slack (which also covers the unit rows' own fp32 rounding).
+inline float bf16_error_bound(int64_t D) {
+  const double u = std::ldexp(1.0, -8);  // bf16 unit roundoff
+  return static_cast<float>(1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23)));
+}
 
 // q [M, D] fp32 (unit rows under Metric::Cosine), corpus [N, D] as given: feeds each query's candidates for its
 // top-k  with their exact fp32 scores, in increasing index order, to tops[i]. exclude_self skips the pair

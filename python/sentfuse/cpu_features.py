@@ -14,10 +14,11 @@ import os
 BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 # SENTFUSE_CPU_TOPK=bf16 | fp32 forces cosine_topk's default path on CPU (the bf16_rescore argument wins).
 TOPK_ENV = "SENTFUSE_CPU_TOPK"
-# Whether AMX CPUs take the bf16 path by default. Off: on the 2-core AMX Xeon (heavily shared at the time) the
-# bf16 path ran 1.6-1.9x faster than fp32 tiles with 1 thread but 4-6x slower with 2 (bench_topk --ab,
-# benchmarks/results/cpu-xeon-amx/); turn on once an A/B on an idle AMX machine shows it ahead at every thread count.
-BF16_DEFAULT_ON_AMX = False
+# Whether AMX CPUs take the bf16 path by default. On: there the scan runs on sentfuse's own AMX micro-kernel
+# (csrc/cpu/amx_tiles.cpp): 2.6-3.9x the fp32 tiles with 2 threads on the 2-core AMX Xeon, shared at load 15
+# (benchmarks/results/cpu-xeon-amx/topk_amx_ab.txt). threshold_pairs takes the AMX blocks on every AMX CPU
+# (no max_pairs), decided in C++ (amx::available(); SENTFUSE_CPU_AMX=off turns both off).
+BF16_DEFAULT_ON_AMX = True
 
 
 @functools.lru_cache(maxsize=1)

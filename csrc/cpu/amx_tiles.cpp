@@ -1,0 +1,182 @@
+// AMX score blocks (see amx_tiles.h). Built with -mamx-tile -mamx-bf16 -mavx512bf16 -mavx512f -mavx512dq;
+// every other file stays generic, so nothing here runs unless available() checked the CPU first.
+#include "cpu/amx_tiles.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace sentfuse {
+namespace amx {
+namespace {
+
+constexpr int kArchReqXcompPerm = 0x1023;  // arch_prctl: ask for an extended state component
+constexpr int kXfeatureTileData = 18;      // AMX tile data
+
+bool cpu_has_amx_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;
+  return (edx & kAmxBf16) && (edx & kAmxTile);
+}
+
+// The tile configuration's memory layout (Intel SDM, LDTILECFG): palette 1, 8 tiles of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Every tile 16 rows x 64 bytes. A constant in memory: GCC's _tile_loadconfig tells the compiler it reads only
+// the first 8 bytes, so a configuration built on the stack just before can lose its other stores.
+const TileConfig kConfig = [] {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.rows[t] = kTileRows;
+    config.bytes_per_row[t] = 64;
+  }
+  return config;
+}();
+
+// Inputs widened to fp32, 16 at a time; lanes past `count` read as 0.
+inline __m512 load16(const float* p, int count) { return _mm512_maskz_loadu_ps(__mmask16((1u << count) - 1), p); }
+inline __m512 load16(const c10::BFloat16* p, int count) {
+  const __m256i half = _mm256_maskz_loadu_epi16(__mmask16((1u << count) - 1), p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+inline __m512 load16(const c10::Half* p, int count) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(__mmask16((1u << count) - 1), p));
+}
+
+template <typename T>
+bool pack_unit_rows_any(const T* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms,
+                        float* inverse) {
+  // NaN and inf are the values whose difference with themselves is not 0.
+  __mmask16 bad = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const T* x = rows + r * D;
+    __m512 squares = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 v = load16(x + d, static_cast<int>(std::min<int64_t>(16, D - d)));
+      bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      squares = _mm512_fmadd_ps(v, v, squares);
+    }
+    norms[r] = std::sqrt(_mm512_reduce_add_ps(squares));
+    inverse[r] = norms[r] > 0.f ? 1.f / norms[r] : 0.f;
+    const __m512 s = _mm512_set1_ps(inverse[r]);
+    for (int64_t d = 0; d < Dp; d += 32) {
+      const int lo = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, D - d)));
+      const int hi = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, D - d - 16)));
+      const __m512 a = load16(x + d, lo), b = hi > 0 ? load16(x + d + 16, hi) : _mm512_setzero_ps();
+      const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_mul_ps(b, s), _mm512_mul_ps(a, s));
+      _mm512_storeu_si512(out + r * Dp + d, reinterpret_cast<const __m512i&>(packed));
+    }
+  }
+  return bad == 0;
+}
+
+}  // namespace
+
+bool available() {
+  static const bool ok = [] {
+    const char* choice = std::getenv("SENTFUSE_CPU_AMX");
+    if (choice != nullptr && std::string(choice) == "off") return false;
+    // Asking again when torch's oneDNN already did is harmless; a kernel without AMX support refuses.
+    return cpu_has_amx_bf16() && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
+  }();
+  return ok;
+}
+
+
+TileScope::TileScope() { _tile_loadconfig(&kConfig); }
+
+TileScope::~TileScope() { _tile_release(); }
+
+bool pack_unit_rows(const float* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms, float* inverse) {
+  return pack_unit_rows_any(rows, n, D, Dp, out, norms, inverse);
+}
+bool pack_unit_rows(const c10::BFloat16* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms,
+                    float* inverse) {
+  return pack_unit_rows_any(rows, n, D, Dp, out, norms, inverse);
+}
+bool pack_unit_rows(const c10::Half* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms,
+                    float* inverse) {
+  return pack_unit_rows_any(rows, n, D, Dp, out, norms, inverse);
+}
+
+int64_t paired_size(int64_t m, int64_t Dp) { return (m + kTileRows - 1) / kTileRows * kTileRows * Dp; }
+
+void pack_pairs(const uint16_t* rows, int64_t m, int64_t Dp, uint16_t* out) {
+  // Tile row p of step s holds features (2p, 2p + 1) of the step for each of the group's 16 rows.
+  std::memset(out, 0, paired_size(m, Dp) * sizeof(uint16_t));
+  const int64_t steps = Dp / kDepth;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t group = i / kTileRows, lane = i % kTileRows;
+    for (int64_t s = 0; s < steps; ++s) {
+      uint32_t* tile = reinterpret_cast<uint32_t*>(out + (group * steps + s) * kTileRows * kDepth);
+      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(rows + i * Dp + s * kDepth);
+      for (int64_t p = 0; p < kDepth / 2; ++p) tile[p * kTileRows + lane] = pairs[p];
+    }
+  }
+}
+
+void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c) {
+  // Tiles 0-3: the four 16 x 16 fp32 quarters of c; 4-5: a's two row halves; 6-7: the two query groups.
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t a_stride = Dp * sizeof(uint16_t);
+  const uint16_t* a1 = a + kTileRows * Dp;
+  for (int64_t d = 0, step = 0; d < Dp; d += kDepth, step += kTileRows * kDepth) {
+    _tile_loadd(4, a + d, a_stride);
+    _tile_loadd(6, b0 + step, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b1 + step, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a1 + d, a_stride);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  constexpr int64_t row_bytes = kBlock * sizeof(float);
+  _tile_stored(0, c, row_bytes);
+  _tile_stored(1, c + kTileRows, row_bytes);
+  _tile_stored(2, c + kTileRows * kBlock, row_bytes);
+  _tile_stored(3, c + kTileRows * kBlock + kTileRows, row_bytes);
+}
+
+uint32_t filter_block(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
+                      const float* column_scale, float beta, uint32_t* hits) {
+  const __m512 b = _mm512_set1_ps(beta);
+  const __m512 bar0 = _mm512_loadu_ps(bar), bar1 = _mm512_loadu_ps(bar + 16);
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 cs0 = column_scale ? _mm512_loadu_ps(column_scale) : one;
+  const __m512 cs1 = column_scale ? _mm512_loadu_ps(column_scale + 16) : one;
+  uint32_t any = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512 up0 = _mm512_add_ps(_mm512_loadu_ps(c + r * kBlock), b);
+    __m512 up1 = _mm512_add_ps(_mm512_loadu_ps(c + r * kBlock + 16), b);
+    if (row_scale != nullptr || column_scale != nullptr) {  // same rounding as the scalar (v + beta) * s
+      const __m512 rs = row_scale ? _mm512_set1_ps(row_scale[r]) : one;
+      up0 = _mm512_mul_ps(up0, _mm512_mul_ps(rs, cs0));
+      up1 = _mm512_mul_ps(up1, _mm512_mul_ps(rs, cs1));
+    }
+    const uint32_t lo = _mm512_cmp_ps_mask(up0, bar0, _CMP_GE_OQ);
+    const uint32_t hi = _mm512_cmp_ps_mask(up1, bar1, _CMP_GE_OQ);
+    hits[r] = (lo | (hi << 16)) & columns;
+    any |= hits[r];
+  }
+  return any;
+}
+
+}  // namespace amx
+}  // namespace sentfuse

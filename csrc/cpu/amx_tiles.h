@@ -1,0 +1,58 @@
+// bf16 score blocks on Intel AMX (cpu/amx_tiles.cpp, the only file built with AMX flags): rows packed to bf16
+// once, then 32 x 32 fp32 score blocks from the tile registers, filtered against per-query bars with AVX-512
+// so that only candidates leave the block. Call nothing here unless available() says yes.
+#pragma once
+
+#include <cstdint>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+namespace sentfuse {
+namespace amx {
+
+constexpr int64_t kTileRows = 16;  // rows of a tile register
+constexpr int64_t kDepth = 32;     // bf16 features per tile row (64 bytes)
+constexpr int64_t kBlock = 32;     // a score block: 2 x 2 tiles, kBlock corpus rows x kBlock queries
+
+// Features padded with zeros to a whole number of tile rows.
+inline int64_t padded_depth(int64_t D) { return (D + kDepth - 1) / kDepth * kDepth; }
+
+// The CPU has AMX-BF16 and the OS granted this process the tile data (asked once). SENTFUSE_CPU_AMX=off
+// says no (read once per process; the tests use it to cover the ATen bf16 GEMM path on AMX CPUs).
+bool available();
+
+// Holds the tile configuration for score_block on the calling thread; released on destruction.
+class TileScope {
+ public:
+  TileScope();
+  ~TileScope();
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+// rows [n, D] (row stride D) scaled to unit length and rounded to bf16 into out [n, Dp], zeros past D; each
+// row's fp32 norm into norms[r] and 1 / norm into inverse[r] (0 for a zero row, which stays zero). Returns
+// false when an input value is NaN or inf.
+bool pack_unit_rows(const float* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms, float* inverse);
+bool pack_unit_rows(const c10::BFloat16* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms,
+                    float* inverse);
+bool pack_unit_rows(const c10::Half* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms,
+                    float* inverse);
+
+// bf16 rows [m, Dp] -> the right-hand operand's layout, [ceil(m / 16) groups][Dp / 32 steps][16 pair rows][16
+// rows x 2 features] (rows past m zero): group g serves queries 16g... Returns its size in bf16 values.
+int64_t paired_size(int64_t m, int64_t Dp);
+void pack_pairs(const uint16_t* rows, int64_t m, int64_t Dp, uint16_t* out);
+
+// c [32, 32] fp32 = a [32, Dp] (bf16 rows, stride Dp) x the two 16-row groups at b0, b1 (pack_pairs layout)
+// transposed: c[r][t] scores row r of a against row t of the groups. Needs a TileScope.
+void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c);
+
+// For each of the first `rows` rows r of c [32, 32], bits t (within `columns`) where the upper bound
+// (c[r][t] + beta) * (row_scale[r] * column_scale[t]) reaches bar[t] (scales nullptr: 1). Returns their OR.
+uint32_t filter_block(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
+                      const float* column_scale, float beta, uint32_t* hits);
+
+}  // namespace amx
+}  // namespace sentfuse
