@@ -182,3 +182,13 @@ def test_describe_per_cpu():
     assert avx512 == {"bf16-mixed": "AVX512-BF16", "int8-dynamic": "VNNI"}
     avx2 = compute.hardware_support(frozenset({"avx2"}))
     assert avx2["bf16-mixed"].startswith("emulated") and avx2["int8-dynamic"].startswith("AVX2")
+
+
+def test_info_lists_the_modes(capsys, monkeypatch):
+    from sentfuse import cpu_features
+    from sentfuse.cli import main
+
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: AMX)
+    assert main(["info"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("cpu compute modes"))
+    assert line == "cpu compute modes (--dtype): bf16-mixed (AMX-BF16); int8-dynamic (AMX-INT8)"
