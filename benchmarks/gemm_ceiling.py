@@ -3,7 +3,7 @@
 ceilings() times oneDNN's linear on encode's compute-bound shape (2,048 x 384 x 1,536: tokens x hidden x
 FFN width) with the operands the compute modes use: float32; bf16 (the bf16 matrix units); int8 (oneDNN's
 int8 linear on an already quantized uint8 input, the int8-dynamic mode's GEMM without its per-call
-quantization). linear_rate() times every fast linear layer of a sentfuse backbone during one call, so a
+quantization). linear_rate() times every linear layer of a sentfuse backbone during one call, so a
 mode's matrix products can be put as a fraction of its ceiling.
 """
 
@@ -63,32 +63,28 @@ def _int8_rate(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, flops: floa
 
 
 def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
-    """Run call() once with every fast linear layer (model.backbone) of backbone timed: {'gflop', 'seconds'
-    inside those layers, 'wall' seconds of the call}; the linear layers' rate is gflop / seconds."""
+    """Run call() once with every linear layer of backbone timed (nn.Linear, or the sentfuse layer that replaced
+    it, model.backbone): {'gflop', 'seconds' inside those layers, 'wall' seconds of the call}."""
     from sentfuse.model.backbone import _CpuLinear
 
     totals = {"gflop": 0.0, "seconds": 0.0}
-    layers = [m for m in backbone.modules() if isinstance(m, _CpuLinear)]
+    inner = {id(m.linear) for m in backbone.modules() if isinstance(m, _CpuLinear)}
+    layers = [m for m in backbone.modules() if isinstance(m, (nn.Linear, _CpuLinear)) and id(m) not in inner]
+    started: dict[int, float] = {}
 
-    def timed(layer: _CpuLinear) -> Callable[[torch.Tensor], torch.Tensor]:
-        fast = layer._fast
+    def before(layer: nn.Module, args: tuple) -> None:
+        started[id(layer)] = time.perf_counter()
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            start = time.perf_counter()
-            y = fast(x)
-            totals["seconds"] += time.perf_counter() - start
-            totals["gflop"] += 2.0 * x.numel() * layer.linear.out_features / 1e9
-            return y
+    def after(layer: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        totals["seconds"] += time.perf_counter() - started[id(layer)]
+        totals["gflop"] += 2.0 * args[0].numel() * layer.weight.shape[0] / 1e9
 
-        return run
-
-    for layer in layers:
-        layer._fast = timed(layer)
+    handles = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     try:
         start = time.perf_counter()
         call()
         totals["wall"] = time.perf_counter() - start
     finally:
-        for layer in layers:
-            del layer._fast
+        for handle in handles:
+            handle.remove()
     return totals
