@@ -21,7 +21,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -96,18 +96,36 @@ class _CpuLinear(nn.Module):
         return F.linear(x, w, self.linear.bias)
 
 
+@contextmanager
+def _fp32_matmuls_in_bf16() -> Iterator[None]:
+    """oneDNN's float32 matmuls computed with bf16 operands inside the block (its fpmath mode): the kernel rounds
+    the operands as it loads its tiles, so float32 inputs and outputs need no cast passes of their own, and the
+    output keeps float32's precision. Process-wide while set; only the backbone's own thread runs matmuls then."""
+    setting = torch.backends.mkldnn.matmul
+    before = setting.fp32_precision
+    setting.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        setting.fp32_precision = before
+
+
 class PackedLinear(_CpuLinear):
     """Multiplies in `compute` (float32, or bfloat16 for the bf16-mixed mode) with the weight prepacked for
-    oneDNN in that type; the bias is added in float32 and the output comes back in the input's dtype."""
+    oneDNN; the bias is added in float32 and the output comes back in the input's dtype. bf16 compute on a
+    float32 layer runs in oneDNN's fpmath mode (float32 in and out, bf16 products, float32 sums)."""
 
     def __init__(self, linear: nn.Linear, compute: torch.dtype = torch.float32) -> None:
         super().__init__(linear)
-        self._compute = compute
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(compute), None)
+        self._fpmath = compute == torch.bfloat16 and self._dtype == torch.float32
+        self._compute = torch.float32 if self._fpmath else compute
         self._bias = None if linear.bias is None else linear.bias.detach().float()
+        with _fp32_matmuls_in_bf16() if self._fpmath else nullcontext():
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(self._compute), None)
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.to(self._compute), self._packed, self._bias, "none", [], "")
+        with _fp32_matmuls_in_bf16() if self._fpmath else nullcontext():
+            y = torch.ops.mkldnn._linear_pointwise(x.to(self._compute), self._packed, self._bias, "none", [], "")
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
