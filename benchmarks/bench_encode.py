@@ -31,6 +31,11 @@ an H100 with the stand-in, texts from a carried folder):
 
     python benchmarks/bench_encode.py [--device cuda] [--limit-questions 5000 --limit-paragraphs 1000]
         [--bf16-limit 500 100] [--max-batch-tokens 4096] [--json out.json]
+
+--compute-modes runs the CPU compute modes instead (bf16-mixed, int8-dynamic next to float32 and bfloat16,
+sentence-transformers fp32 and its OpenVINO backend, GEMM ceilings per dtype; see encode_modes.py):
+
+    python benchmarks/bench_encode.py --compute-modes --limit-questions 2000 [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -389,6 +394,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the GPU check's run: on CUDA 20,000 questions, 4,000 "
                         "paragraphs, fp32 and bf16, one repeat (~100 s on an H100 with the stand-in); on CPU 500 + 100")
     parser.add_argument("--no-sweep", action="store_true", help="skip the comparison of encode settings")
+    parser.add_argument("--compute-modes", action="store_true",
+                        help="instead: the CPU compute modes (float32, bfloat16, bf16-mixed, int8-dynamic) vs "
+                             "sentence-transformers fp32 and OpenVINO, with GEMM ceilings (encode_modes.py)")
+    parser.add_argument("--rounds", type=int, default=3, help="--compute-modes: alternated timing rounds")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -442,6 +451,11 @@ def main() -> None:
                   "meaningful beyond the two libraries' agreement\n")
 
     info = machine(device)
+    if args.compute_modes:
+        import encode_modes
+
+        encode_modes.main(model_path, texts["questions"], args.rounds, args.st_batch_size, info, args.json)
+        return
     print(f"device: {info['device_name']} ({device}), torch {info['torch']}, transformers {info['transformers']}, "
           f"sentence-transformers {info['sentence_transformers']}, sentfuse {info['sentfuse']}")
     print(f"threads: torch {info['threads']} of {info['cpus']} CPUs, cpu capability {info['cpu_capability']}")

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .model.compute import COMPUTE_MODES, ComputeMode, compute_mode
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: arrays are written in these dtypes only.
 NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}
@@ -141,22 +143,30 @@ def json_record(line: str, where: str, fields: Any) -> dict:
     return record
 
 
-def parse_dtype(dtype: Any, name: str = "dtype", allowed: Sequence[str] = tuple(DTYPES)) -> torch.dtype | None:
-    """The torch dtype named by a torch dtype, a numpy dtype or a name ('float16', 'torch.float16'); None stays."""
+def _torch_dtype(dtype: Any) -> torch.dtype | None:
+    """The torch dtype a torch dtype, a dtype name or a numpy dtype names, else None."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
+        return getattr(torch, dtype.removeprefix("torch."))  # names beyond DTYPES, e.g. "float64" where allowed
+    try:
+        return next((t for t, n in NUMPY_DTYPES.items() if n == np.dtype(dtype)), None)
+    except TypeError:
+        return None
+
+
+def parse_dtype(dtype: Any, name: str = "dtype", allowed: Sequence[str] | None = None) -> torch.dtype | ComputeMode | None:
+    """The torch dtype named by a torch dtype, a numpy dtype or a name ('float16', 'torch.float16'); None stays.
+
+    allowed None means DTYPES, plus the compute modes (model.compute) when name is "dtype": a model's dtype
+    may be a compute mode, an output's may not."""
     if dtype is None:
         return None
-    found = None
-    if isinstance(dtype, torch.dtype):
-        found = dtype
-    elif isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        found = DTYPES[dtype.removeprefix("torch.")]
-    elif isinstance(dtype, str) and isinstance(getattr(torch, dtype.removeprefix("torch."), None), torch.dtype):
-        found = getattr(torch, dtype.removeprefix("torch."))  # names beyond DTYPES, e.g. "float64" where allowed
-    else:
-        try:
-            found = next((t for t, n in NUMPY_DTYPES.items() if n == np.dtype(dtype)), None)
-        except TypeError:
-            pass
+    if allowed is None:
+        allowed = (*DTYPES, *COMPUTE_MODES) if name == "dtype" else tuple(DTYPES)
+    found = compute_mode(dtype) or _torch_dtype(dtype)
     if found is None or str(found).removeprefix("torch.") not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)} (a name, torch or numpy dtype), got {dtype!r}")
     return found

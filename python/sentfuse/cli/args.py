@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._checks import cosine_arg as cosine, plural, positive_int_arg as positive
+from ..model.compute import COMPUTE_MODES
 from .inputs import FORMATS
 
 __all__ = ["add_backbone_options", "add_input_options", "add_model_options", "add_run_options", "cosine", "plural",
@@ -33,5 +34,7 @@ def add_backbone_options(command: argparse.ArgumentParser) -> None:
     """How the backbone runs (encode, search and rerank; part of what a saved embeddings file records)."""
     command.add_argument("--max-seq-length", type=positive, default=None,
                          help="truncate texts (or text pairs) to this many tokens (at most the model's position limit)")
-    command.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                         help="backbone dtype (default: as the checkpoint); embeddings and scores come back as float32")
+    command.add_argument("--dtype", choices=("float32", "bfloat16", "float16", *COMPUTE_MODES), default=None,
+                         help="backbone dtype (default: as the checkpoint), or a CPU compute mode: bf16-mixed (bf16 "
+                              "matrix products, float32 elsewhere), int8-dynamic (int8 linear layers); sentfuse info "
+                              "lists what runs each here. Embeddings and scores come back as float32")

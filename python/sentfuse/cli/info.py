@@ -1,4 +1,5 @@
-"""`sentfuse info`: the build, torch version, devices, threads and the CPU features that pick kernel paths."""
+"""`sentfuse info`: the build, torch version, devices, threads, the CPU features that pick kernel paths and
+the CPU compute modes with the units that run them here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__, _ops, cpu_features
+    from ..model import compute
 
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
@@ -25,4 +27,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"devices: {devices}")
     print(f"threads: {torch.get_num_threads()}")
     print(f"cpu features: {cpu_features.describe()}")
+    print(f"cpu compute modes (--dtype): {compute.describe(cpu_features.cpu_flags())}")
     return 0

@@ -19,10 +19,15 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .compute import ComputeMode, int8_engine_available, marked_mode
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +62,13 @@ def warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
         )
 
 
-class PackedLinear(nn.Module):
-    """nn.Linear whose CPU inference path uses a float32 weight prepacked for oneDNN."""
+class _CpuLinear(nn.Module):
+    """An nn.Linear with a faster CPU inference path; any other use runs the unchanged layer (F.linear)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
-        self._dtype = linear.weight.dtype  # inputs of this dtype take the packed path
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float(), None)
-        self._bias = None if linear.bias is None else linear.bias.detach().float()
+        self._dtype = linear.weight.dtype  # inputs of this dtype take the fast path
         self._packed_from = linear.weight.data_ptr()
 
     @property
@@ -75,6 +78,9 @@ class PackedLinear(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.linear.bias
+
+    def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.linear.weight
@@ -86,54 +92,156 @@ class PackedLinear(nn.Module):
             and w.data_ptr() == self._packed_from  # the weight was not replaced, moved or cast since packing
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         ):
-            y = torch.ops.mkldnn._linear_pointwise(x.float(), self._packed, self._bias, "none", [], "")
-            return y if y.dtype == x.dtype else y.to(x.dtype)
+            return self._fast(x)
         return F.linear(x, w, self.linear.bias)
 
 
-def _pack_linears(module: nn.Module) -> int:
-    packed = 0
+@contextmanager
+def _fp32_matmuls_in_bf16() -> Iterator[None]:
+    """oneDNN's float32 matmuls computed with bf16 operands inside the block (its fpmath mode): the kernel rounds
+    the operands as it loads its tiles, so float32 inputs and outputs need no cast passes of their own, and the
+    output keeps float32's precision. Process-wide while set; only the backbone's own thread runs matmuls then."""
+    setting = torch.backends.mkldnn.matmul
+    before = setting.fp32_precision
+    setting.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        setting.fp32_precision = before
+
+
+class PackedLinear(_CpuLinear):
+    """Multiplies in `compute` (float32, or bfloat16 for the bf16-mixed mode) with the weight prepacked for
+    oneDNN; the bias is added in float32 and the output comes back in the input's dtype. bf16 compute on a
+    float32 layer runs in oneDNN's fpmath mode (float32 in and out, bf16 products, float32 sums)."""
+
+    def __init__(self, linear: nn.Linear, compute: torch.dtype = torch.float32) -> None:
+        super().__init__(linear)
+        self._fpmath = compute == torch.bfloat16 and self._dtype == torch.float32
+        self._compute = torch.float32 if self._fpmath else compute
+        self._bias = None if linear.bias is None else linear.bias.detach().float()
+        with _fp32_matmuls_in_bf16() if self._fpmath else nullcontext():
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(self._compute), None)
+
+    def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        with _fp32_matmuls_in_bf16() if self._fpmath else nullcontext():
+            y = torch.ops.mkldnn._linear_pointwise(x.to(self._compute), self._packed, self._bias, "none", [], "")
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+@contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    """torch's quantized engine set to name inside the block (it picks the kernels a weight is packed for)."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+class Int8Linear(_CpuLinear):
+    """The int8-dynamic mode's layer: the weight quantized once per output channel (symmetric int8) and packed
+    for oneDNN's int8 kernels; each call quantizes its float32 input per tensor from the input's range
+    (quint8) and gets float32 back (torch.ops.quantized.linear_dynamic)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        w = linear.weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny).double()
+        zero_points = torch.zeros(w.shape[0], dtype=torch.long)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        # quantized tensors are deprecated in torch but still the only way into its int8 linear kernels
+        with _quantized_engine("onednn"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qweight = torch.quantize_per_channel(w, scales, zero_points, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+
+    def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed, False)
+
+
+def _replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    replaced = 0
     for name, child in module.named_children():
         if type(child) is nn.Linear:
-            setattr(module, name, PackedLinear(child))
-            packed += 1
+            setattr(module, name, make(child))
+            replaced += 1
         else:
-            packed += _pack_linears(child)
-    return packed
+            replaced += _replace_linears(child, make)
+    return replaced
+
+
+# How each layer is checked against F.linear on the rounded operands: (layer, operand dtype, tolerance).
+_PROBES = {
+    "float32": (PackedLinear, torch.float32, 1e-5),
+    "bfloat16": (functools.partial(PackedLinear, compute=torch.bfloat16), torch.bfloat16, 2e-2),
+    "int8": (Int8Linear, None, 5e-2),
+}
 
 
 @functools.cache
-def _probe_packed_linear() -> bool:
-    """oneDNN's linear is a private op: use it only if it agrees with F.linear here (checked once per process)."""
+def _probe_linear(kind: str) -> bool:
+    """oneDNN's linear ops are private: use one only if it agrees with F.linear here (checked once per process)."""
+    make, rounded, tolerance = _PROBES[kind]
     try:
         gen = torch.Generator().manual_seed(0)
         lin = nn.Linear(48, 40)
         x = torch.randn(3, 5, 48, generator=gen)
         with torch.inference_mode():
-            return bool(torch.allclose(PackedLinear(lin)(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5))
-    except (RuntimeError, TypeError, AttributeError) as e:
-        logger.debug("oneDNN packed linear unavailable: %s", e)
+            w, xr = (lin.weight, x) if rounded is None else (lin.weight.to(rounded).float(), x.to(rounded).float())
+            expected = F.linear(xr, w, lin.bias)
+            scale = expected.abs().max()
+            return bool(torch.allclose(make(lin)(x), expected, atol=tolerance * scale, rtol=tolerance))
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as e:
+        logger.debug("oneDNN %s linear unavailable: %s", kind, e)
         return False
 
 
-def prepare_backbone(model: nn.Module) -> nn.Module:
-    """Drop an unused pooler head and, on CPU, prepack the linear layers (in place).
+def _mode_layer(mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
+    """The layer that runs mode's matrix products on this CPU, or None (with a warning) where it cannot."""
+    if mode.matmul == "bfloat16" and cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16"):
+        return functools.partial(PackedLinear, compute=torch.bfloat16)
+    if mode.matmul == "int8" and int8_engine_available() and _probe_linear("int8"):
+        return Int8Linear
+    logger.warning("dtype=%r: this CPU (or torch build) has no %s path for the linear layers (sentfuse info lists "
+                   "the modes available); the model runs in float32", mode.name, mode.matmul)
+    return None
 
-    Layers are packed for float32 models, and for bfloat16 / float16 models where the CPU lacks
-    native support for them; with native support (AMX, AVX512-BF16/FP16) oneDNN's own kernels run.
+
+def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> Callable[[nn.Linear], nn.Module] | None:
+    """The linear layer a CPU model of dtype takes: its compute mode's, else oneDNN-packed float32 where that
+    helps (float32 models; half models on CPUs without native half GEMMs), else None (oneDNN's own kernels)."""
+    mode = marked_mode(model)
+    if mode is not None and dtype == mode.load_dtype:
+        layer = _mode_layer(mode)
+        if layer is not None:
+            return layer
+    packs = dtype == torch.float32 or (dtype in HALF_TYPES and not cpu_has_native(dtype))
+    return PackedLinear if packs and _probe_linear("float32") else None
+
+
+def prepare_backbone(model: nn.Module) -> nn.Module:
+    """Drop an unused pooler head and, on CPU, swap the linear layers for faster ones (in place).
+
+    A model loaded for a compute mode (model.compute) gets that mode's layers. Otherwise layers are packed for
+    float32 models, and for bfloat16 / float16 models where the CPU lacks native support for them; with
+    native support (AMX, AVX512-BF16/FP16) oneDNN's own kernels run.
     """
     pooler_optional = "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
     if pooler_optional and isinstance(getattr(model, "pooler", None), nn.Module):
         model.pooler = None
     param = next(model.parameters(), None)
-    if (
-        param is not None
-        and param.device.type == "cpu"
-        and (param.dtype == torch.float32 or (param.dtype in HALF_TYPES and not cpu_has_native(param.dtype)))
-        and _onednn_linear_available()
-        and _probe_packed_linear()
-    ):
-        _pack_linears(model)
+    if param is None or not _onednn_linear_available():
+        return model
+    if param.device.type != "cpu":
+        if marked_mode(model) is not None:
+            logger.warning("dtype=%r is a CPU compute mode: on %s the model runs in %s",
+                           marked_mode(model).name, param.device, param.dtype)
+        return model
+    layer = _cpu_layer(model, param.dtype)
+    if layer is not None:
+        _replace_linears(model, layer)
     return model
 
 
@@ -141,7 +249,7 @@ def unpack_linears(module: nn.Module) -> int:
     """Put each PackedLinear's nn.Linear back in its place (for training: weights change every step)."""
     unpacked = 0
     for name, child in module.named_children():
-        if isinstance(child, PackedLinear):
+        if isinstance(child, _CpuLinear):
             setattr(module, name, child.linear)
             unpacked += 1
         else:
@@ -157,7 +265,7 @@ def repack_linears(model: nn.Module) -> nn.Module:
 
 def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """model's weights under transformers' own names (a PackedLinear's inner linear named as the layer)."""
-    packed = {name + "." for name, m in model.named_modules() if isinstance(m, PackedLinear)}
+    packed = {name + "." for name, m in model.named_modules() if isinstance(m, _CpuLinear)}
     state = {}
     for key, value in model.state_dict().items():
         prefix = next((p for p in packed if key.startswith(p + "linear.")), None)

@@ -18,13 +18,15 @@ from typing import Any, TypeVar
 import torch
 
 from .._checks import parse_dtype
+from .compute import COMPUTE_MODES, ComputeMode
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Dtypes a backbone may be loaded in: the kernels' three, and float64 (pooled in float32, see encode.pooling).
-LOAD_DTYPES = ("float32", "float16", "bfloat16", "float64")
+# Dtypes a backbone may be loaded in: the kernels' three, float64 (pooled in float32, see encode.pooling), and
+# the CPU compute modes (float32 models whose linear layers multiply in bf16 / int8, see model.compute).
+LOAD_DTYPES = ("float32", "float16", "bfloat16", "float64", *COMPUTE_MODES)
 # model_kwargs keys that name the dtype (transformers renamed torch_dtype to dtype; both are still seen).
 DTYPE_KEYS = ("dtype", "torch_dtype")
 OTHER_BACKENDS = {
@@ -92,7 +94,7 @@ def check_extra_keywords(extra: dict[str, Any], no_effect: tuple[str, ...], wher
 class LoadOptions:
     """How the Hugging Face parts of a model folder are loaded (see load_pretrained)."""
 
-    dtype: torch.dtype | None = None  # None: as transformers loads the checkpoint
+    dtype: torch.dtype | ComputeMode | None = None  # None: as transformers loads the checkpoint
     token: bool | str | None = None
     trust_remote_code: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # for AutoModel.from_pretrained, dtype taken out
@@ -130,7 +132,7 @@ def check_backend(backend: Any) -> None:
     raise ValueError(f"backend must be 'torch' (sentfuse runs the model in PyTorch), got {backend!r}")
 
 
-def _dtype_from(dtype: Any, model_kwargs: dict[str, Any]) -> torch.dtype | None:
+def _dtype_from(dtype: Any, model_kwargs: dict[str, Any]) -> torch.dtype | ComputeMode | None:
     """The backbone dtype from the dtype keyword and model_kwargs' dtype / torch_dtype ("auto": the checkpoint's)."""
     chosen = parse_dtype(dtype, "dtype", LOAD_DTYPES)
     for key in DTYPE_KEYS:

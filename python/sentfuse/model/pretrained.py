@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .compute import ComputeMode, load_dtype, mark
 from .modules import ModelFolderError
 from .options import LoadOptions
 
@@ -36,10 +37,11 @@ def quiet_progress_bars() -> Iterator[None]:
 
 
 def load_pretrained(
-    folder: Path, dtype: torch.dtype | None = None, options: LoadOptions | None = None, model_class: str = "AutoModel",
+    folder: Path, dtype: torch.dtype | ComputeMode | None = None, options: LoadOptions | None = None, model_class: str = "AutoModel",
     **config: Any,
 ) -> tuple[Any, Any]:
-    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's.
+    """(tokenizer, model) from a Hugging Face model folder, offline; dtype None keeps the checkpoint's, a compute
+    mode loads float32 and marks the model for prepare_backbone (model.compute).
 
     options carries the constructor's processor / config / model keywords and trust_remote_code
     (model.options); model_class names the transformers Auto class of the model (AutoModel: the bare
@@ -48,7 +50,8 @@ def load_pretrained(
 
     options = options or LoadOptions()
     common = {"local_files_only": True, "trust_remote_code": options.trust_remote_code, "token": options.token}
-    model_kwargs = common | ({"dtype": dtype} if dtype is not None else {}) | options.model_kwargs | config
+    stored = load_dtype(dtype)
+    model_kwargs = common | ({"dtype": stored} if stored is not None else {}) | options.model_kwargs | config
     try:
         with quiet_progress_bars():
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **common | options.tokenizer_kwargs)
@@ -61,6 +64,7 @@ def load_pretrained(
     except TypeError as e:  # an unknown key in the caller's model / processor / config keywords
         raise TypeError(f"cannot load the Hugging Face model in {folder} with model_kwargs={options.model_kwargs}, "
                         f"processor_kwargs={options.tokenizer_kwargs}, config_kwargs={options.config_kwargs}: {e}") from e
+    mark(model, dtype)
     return tokenizer, model
 
 

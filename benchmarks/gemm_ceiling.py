@@ -1,0 +1,90 @@
+"""The CPU's measured matrix-product ceiling per dtype, and the rate a model's linear layers reach.
+
+ceilings() times oneDNN's linear on encode's compute-bound shape (2,048 x 384 x 1,536: tokens x hidden x
+FFN width) with the operands the compute modes use: float32; bf16 (the bf16 matrix units); int8 (oneDNN's
+int8 linear on an already quantized uint8 input, the int8-dynamic mode's GEMM without its per-call
+quantization). linear_rate() times every linear layer of a sentfuse backbone during one call, so a
+mode's matrix products can be put as a fraction of its ceiling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+SHAPE = (2048, 384, 1536)  # M x K x N
+
+
+def _best_rate(fn: Callable[[], object], flops: float, min_seconds: float = 0.3, rounds: int = 5) -> float:
+    """GFLOP/s of fn's fastest round (each round repeats fn for at least min_seconds / rounds)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds / rounds:
+                break
+        best = min(best, elapsed / calls)
+    return flops / best / 1e9
+
+
+def ceilings(shape: tuple[int, int, int] = SHAPE) -> dict[str, float]:
+    """{dtype: GFLOP/s (GOP/s for int8)} of oneDNN's linear at shape, for float32, bfloat16 and int8."""
+    m, k, n = shape
+    flops = 2.0 * m * k * n
+    gen = torch.Generator().manual_seed(0)
+    x, w, bias = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen), torch.zeros(n)
+    rates = {}
+    with torch.inference_mode():
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            packed = torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), None)
+            xd = x.to(dtype)
+            rates[name] = _best_rate(
+                lambda: torch.ops.mkldnn._linear_pointwise(xd, packed, bias, "none", [], ""), flops)
+        rates["int8"] = _int8_rate(x, w, bias, flops)
+    return rates
+
+
+def _int8_rate(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, flops: float) -> float:
+    """oneDNN's int8 linear (uint8 activations x int8 weights -> float32), the int8-dynamic mode's kernel."""
+    scales = (w.abs().amax(1) / 127).double()
+    qweight = torch.round(w / scales[:, None].float()).to(torch.int8)
+    packed = torch.ops.onednn.qlinear_prepack(qweight, list(x.shape))
+    xq = torch.randint(0, 256, x.shape, dtype=torch.uint8)
+    zeros = torch.zeros(w.shape[0], dtype=torch.long)
+    return _best_rate(lambda: torch.ops.onednn.qlinear_pointwise(
+        xq, 0.05, 128, packed, scales.float(), zeros, bias, 1.0, 0, torch.float32, "none", [], ""), flops)
+
+
+def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
+    """Run call() once with every linear layer of backbone timed (nn.Linear, or the sentfuse layer that replaced
+    it, model.backbone): {'gflop', 'seconds' inside those layers, 'wall' seconds of the call}."""
+    from sentfuse.model.backbone import _CpuLinear
+
+    totals = {"gflop": 0.0, "seconds": 0.0}
+    inner = {id(m.linear) for m in backbone.modules() if isinstance(m, _CpuLinear)}
+    layers = [m for m in backbone.modules() if isinstance(m, (nn.Linear, _CpuLinear)) and id(m) not in inner]
+    started: dict[int, float] = {}
+
+    def before(layer: nn.Module, args: tuple) -> None:
+        started[id(layer)] = time.perf_counter()
+
+    def after(layer: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        totals["seconds"] += time.perf_counter() - started[id(layer)]
+        totals["gflop"] += 2.0 * args[0].numel() * layer.weight.shape[0] / 1e9
+
+    handles = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        start = time.perf_counter()
+        call()
+        totals["wall"] = time.perf_counter() - start
+    finally:
+        for handle in handles:
+            handle.remove()
+    return totals

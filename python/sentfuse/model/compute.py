@@ -1,0 +1,103 @@
+"""Compute modes: a CPU backbone kept in float32 whose linear layers multiply in a narrower type.
+
+A model's `dtype` (the constructors' keyword, the CLI's --dtype) is either a storage dtype (float32,
+bfloat16, ...: every layer runs in it) or one of these modes, which load the checkpoint in float32 and change
+only how each nn.Linear multiplies:
+
+- "bf16-mixed": weights stored in bfloat16 (packed once for oneDNN), each linear layer's input rounded to
+  bfloat16 and multiplied on the bf16 matrix units (AMX / AVX512-BF16) with float32 accumulation, its
+  output widened back to float32. Attention softmax, LayerNorm, the residual stream, activations and
+  pooling stay float32, which is what keeps embeddings within ~1e-5 of float32 where a pure bfloat16 model
+  drifts ~10x further.
+- "int8-dynamic": weights quantized to int8 once (per output channel, symmetric), each linear layer's input
+  quantized per call (per tensor, from its range) and multiplied by oneDNN's int8 kernels (AMX-INT8 /
+  AVX512-VNNI where the CPU has them), output in float32; everything else as in bf16-mixed.
+
+Off the CPU (or while autograd records) every layer falls back to the plain float32 nn.Linear, so .to()
+and training keep working. The layers themselves are in model.backbone; this module names the modes,
+marks a loaded model with its mode and tells which modes this CPU runs on hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# The attribute load_pretrained sets on a model loaded for a compute mode; prepare_backbone reads it.
+MODE_ATTRIBUTE = "sentfuse_compute_mode"
+
+
+@dataclass(frozen=True)
+class ComputeMode:
+    """One compute mode: its name (what dtype= takes) and the type its matrix products use."""
+
+    name: str
+    matmul: str  # "bfloat16" or "int8"
+    summary: str
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype the checkpoint loads in (and the model reports): the residual stream's."""
+        return torch.float32
+
+
+BF16_MIXED = ComputeMode("bf16-mixed", "bfloat16", "bf16 matrix products, float32 elsewhere")
+INT8_DYNAMIC = ComputeMode("int8-dynamic", "int8", "int8 linear layers (dynamic activation scale), float32 elsewhere")
+COMPUTE_MODES = {mode.name: mode for mode in (BF16_MIXED, INT8_DYNAMIC)}
+
+
+def compute_mode(value: Any) -> ComputeMode | None:
+    """The compute mode value names (a ComputeMode or its name), else None."""
+    if isinstance(value, ComputeMode):
+        return value
+    return COMPUTE_MODES.get(value) if isinstance(value, str) else None
+
+
+def load_dtype(dtype: torch.dtype | ComputeMode | None) -> torch.dtype | None:
+    """The storage dtype to load a checkpoint in for a model dtype (a compute mode's is float32)."""
+    return dtype.load_dtype if isinstance(dtype, ComputeMode) else dtype
+
+
+def mark(model: torch.nn.Module, dtype: torch.dtype | ComputeMode | None) -> None:
+    """Record on a freshly loaded model the compute mode it was loaded for (nothing for a storage dtype)."""
+    if isinstance(dtype, ComputeMode):
+        setattr(model, MODE_ATTRIBUTE, dtype)
+
+
+def marked_mode(model: torch.nn.Module) -> ComputeMode | None:
+    return getattr(model, MODE_ATTRIBUTE, None)
+
+
+def int8_engine_available() -> bool:
+    """Whether torch has oneDNN's quantized engine (the int8 linear layers' kernels)."""
+    return "onednn" in torch.backends.quantized.supported_engines
+
+
+def hardware_support(flags: frozenset[str]) -> dict[str, str]:
+    """For each mode, how this CPU (its /proc/cpuinfo flags) runs the matrix products: the unit, or "emulated"."""
+    if {"amx_bf16", "amx_tile"} <= flags:
+        bf16 = "AMX-BF16"
+    elif "avx512_bf16" in flags:
+        bf16 = "AVX512-BF16"
+    else:
+        bf16 = "emulated (float32 arithmetic, no faster than float32)"
+    if not int8_engine_available():
+        int8 = "unavailable (torch built without oneDNN's quantized engine)"
+    elif {"amx_int8", "amx_tile"} <= flags:
+        int8 = "AMX-INT8"
+    elif "avx512_vnni" in flags or "avx_vnni" in flags:
+        int8 = "VNNI"
+    else:
+        int8 = "AVX2/AVX-512 int8 (no VNNI)"
+    return {BF16_MIXED.name: bf16, INT8_DYNAMIC.name: int8}
+
+
+def describe(flags: frozenset[str]) -> str:
+    """One line for `sentfuse info`: each compute mode and what runs its matrix products here."""
+    support = hardware_support(flags)
+    return "; ".join(f"{name} ({support[name]})" for name in COMPUTE_MODES)

@@ -1,0 +1,198 @@
+"""The CPU compute modes (model.compute): bf16-mixed and int8-dynamic through the shared loader, for every
+model type, on tiny random models, against the same model in float32."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sentfuse
+from conftest import SENTENCES, _save_hf_model, _tokenizer
+from sentfuse._checks import parse_dtype
+from sentfuse.cli.args import add_backbone_options
+from sentfuse.model import backbone, compute
+from sentfuse.model.backbone import Int8Linear, PackedLinear
+from sentfuse.model.compute import BF16_MIXED, COMPUTE_MODES, INT8_DYNAMIC
+from sentfuse.model.options import parse_load_options
+
+MODES = list(COMPUTE_MODES)
+# Least cosine (embeddings) to the float32 model, per mode, on these tiny random models; the real model's
+# figures (all-MiniLM-L6-v2: bf16-mixed >= 0.99997, int8-dynamic ~0.987) come from bench_encode.
+MIN_COSINE = {"bf16-mixed": 0.9995, "int8-dynamic": 0.98}
+# Largest score difference over the largest |score| (cross-encoder), per mode.
+MAX_SCORE_DIFF = {"bf16-mixed": 0.02, "int8-dynamic": 0.08}
+AMX = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
+
+
+def expected_layer(mode: str) -> type:
+    """The layer class a mode's linear layers become on this CPU (float32 PackedLinear where it has no path)."""
+    if mode == "int8-dynamic":
+        return Int8Linear if compute.int8_engine_available() else PackedLinear
+    return PackedLinear
+
+
+def linear_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, backbone._CpuLinear)]
+
+
+def check_layers(model: nn.Module, mode: str) -> None:
+    layers = linear_layers(model)
+    assert layers and len(layers) == sum(type(m) is nn.Linear for m in model.modules())  # every one swapped
+    assert all(type(m) is expected_layer(mode) for m in layers)
+    if mode == "bf16-mixed" and backbone.cpu_has_native(torch.bfloat16):
+        assert all(m._fpmath for m in layers)  # float32 in and out, bf16 products (oneDNN's fpmath mode)
+    assert next(model.parameters()).dtype == torch.float32  # the residual stream stays float32
+
+
+def min_cosine(a, b) -> float:
+    return F.cosine_similarity(torch.as_tensor(a).float(), torch.as_tensor(b).float()).min().item()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tiny_model_root):
+    """A sentence-transformers dense folder, a plain HF classifier, a SPLADE folder and a multi-vector folder."""
+    import transformers as tf
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder, SparseEncoder as STSparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    root = tmp_path_factory.mktemp("compute-modes")
+    torch.manual_seed(0)
+    tokenizer = _tokenizer("bert", root / "vocab")
+    config = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, max_position_embeddings=64)
+    for name, model in (("classifier", tf.BertForSequenceClassification(tf.BertConfig(num_labels=1, **config))),
+                        ("mlm", tf.BertForMaskedLM(tf.BertConfig(**config)))):
+        with torch.no_grad():  # biases and LayerNorms away from their defaults
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    mlm = Transformer(str(root / "mlm"), transformer_task="fill-mask", max_seq_length=48)
+    STSparseEncoder(modules=[mlm, SpladePooling("max", "relu")], device="cpu").save(str(root / "sparse"))
+    _save_hf_model("bert", root / "hf", 0)
+    STMultiVectorEncoder(modules=[Transformer(str(root / "hf"))], device="cpu").save(str(root / "multi-vector"))
+    return {"dense": tiny_model_root / "bert-mean-normalize", "cross": root / "classifier",
+            "sparse": root / "sparse", "multi": root / "multi-vector"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_encoder(folders, mode):
+    reference = sentfuse.Encoder(folders["dense"], device="cpu")
+    model = sentfuse.Encoder(folders["dense"], device="cpu", dtype=mode)
+    check_layers(model._model, mode)
+    assert min_cosine(model.encode(SENTENCES), reference.encode(SENTENCES)) >= MIN_COSINE[mode]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cross_encoder(folders, mode):
+    reference = sentfuse.CrossEncoder(folders["cross"], device="cpu")
+    model = sentfuse.CrossEncoder(folders["cross"], device="cpu", dtype=mode)
+    check_layers(model._model, mode)
+    pairs = [(SENTENCES[0], s) for s in SENTENCES]
+    expected, got = torch.as_tensor(reference.predict(pairs)), torch.as_tensor(model.predict(pairs))
+    assert (got - expected).abs().max() <= MAX_SCORE_DIFF[mode] * expected.abs().max()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sparse_encoder(folders, mode):
+    reference = sentfuse.SparseEncoder(folders["sparse"], device="cpu")
+    model = sentfuse.SparseEncoder(folders["sparse"], device="cpu", dtype=mode)
+    for head in model._heads.values():
+        check_layers(head.model, mode)
+    expected = reference.encode(SENTENCES, convert_to_sparse_tensor=False)
+    got = model.encode(SENTENCES, convert_to_sparse_tensor=False)
+    assert min_cosine(got, expected) >= MIN_COSINE[mode]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_multi_vector_encoder(folders, mode):
+    reference = sentfuse.MultiVectorEncoder(folders["multi"], device="cpu")
+    model = sentfuse.MultiVectorEncoder(folders["multi"], device="cpu", dtype=mode)
+    check_layers(model._model, mode)
+    for got, expected in zip(model.encode(SENTENCES), reference.encode(SENTENCES)):
+        assert min_cosine(got, expected) >= MIN_COSINE[mode]
+
+
+def test_dtype_names():
+    assert parse_dtype("bf16-mixed") is BF16_MIXED and parse_dtype(INT8_DYNAMIC) is INT8_DYNAMIC
+    assert parse_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="output_dtype must be one of float32, float16, bfloat16"):
+        parse_dtype("bf16-mixed", "output_dtype")  # an output has a storage dtype, never a mode
+    with pytest.raises(ValueError, match="bf16-mixed, int8-dynamic"):
+        parse_dtype("bf16-amx")
+    options, _ = parse_load_options(model_kwargs={"torch_dtype": "int8-dynamic"})
+    assert options.dtype is INT8_DYNAMIC and "torch_dtype" not in options.model_kwargs
+    with pytest.raises(ValueError, match="disagree"):
+        parse_load_options(dtype="bf16-mixed", model_kwargs={"dtype": "float32"})
+    parser = __import__("argparse").ArgumentParser()
+    add_backbone_options(parser)
+    assert parser.parse_args(["--dtype", "bf16-mixed"]).dtype == "bf16-mixed"
+
+
+def test_layers_fall_back_off_the_fast_path():
+    """Autograd, or a weight cast after packing (model.to(...)), run the plain layer: F.linear's result exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 24)
+    for make in (lambda lin: PackedLinear(lin, torch.bfloat16), Int8Linear):
+        linear = nn.Linear(24, 16)
+        layer = make(linear)
+        calls, fast = [], layer._fast
+        layer._fast = lambda x, fast=fast: calls.append(x.shape) or fast(x)
+        with torch.inference_mode():
+            layer(x)
+        assert len(calls) == 1  # inference takes the fast path
+        assert torch.equal(layer(x), F.linear(x, linear.weight, linear.bias))  # autograd records
+        linear.double()
+        with torch.inference_mode():
+            assert torch.equal(layer(x.double()), F.linear(x.double(), linear.weight, linear.bias))
+        assert len(calls) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_layers_match_rounded_reference(mode):
+    """Each mode's layer against F.linear on its rounded operands (bf16) or on float32 (int8), odd shapes."""
+    torch.manual_seed(1)
+    linear = nn.Linear(37, 19)
+    x = torch.randn(3, 7, 37)
+    with torch.inference_mode():
+        if mode == "bf16-mixed":
+            got = PackedLinear(linear, torch.bfloat16)(x)
+            expected = F.linear(x.bfloat16().float(), linear.weight.bfloat16().float(), linear.bias)
+            tolerance = 2 ** -8  # summation order; a CPU without bf16 units multiplies unrounded operands
+        else:
+            got = Int8Linear(linear)(x)
+            expected = F.linear(x, linear.weight, linear.bias)
+            tolerance = 0.03
+    assert got.dtype == torch.float32 and got.shape == (3, 7, 19)
+    assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_mode_without_hardware_runs_float32(folders, monkeypatch, caplog):
+    monkeypatch.setattr(backbone, "cpu_has_native", lambda dtype: dtype == torch.float32)
+    with caplog.at_level(logging.WARNING, logger="sentfuse.model.backbone"):
+        model = sentfuse.Encoder(folders["dense"], device="cpu", dtype="bf16-mixed")
+    assert "no bfloat16 path" in caplog.text
+    assert all(m._compute == torch.float32 and not m._fpmath for m in linear_layers(model._model))
+
+
+def test_describe_per_cpu():
+    assert compute.describe(AMX) == "bf16-mixed (AMX-BF16); int8-dynamic (AMX-INT8)"
+    avx512 = compute.hardware_support(frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    assert avx512 == {"bf16-mixed": "AVX512-BF16", "int8-dynamic": "VNNI"}
+    avx2 = compute.hardware_support(frozenset({"avx2"}))
+    assert avx2["bf16-mixed"].startswith("emulated") and avx2["int8-dynamic"].startswith("AVX2")
+
+
+def test_info_lists_the_modes(capsys, monkeypatch):
+    from sentfuse import cpu_features
+    from sentfuse.cli import main
+
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: AMX)
+    assert main(["info"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("cpu compute modes"))
+    assert line == "cpu compute modes (--dtype): bf16-mixed (AMX-BF16); int8-dynamic (AMX-INT8)"
