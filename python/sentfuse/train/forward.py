@@ -4,14 +4,20 @@ The backbone runs in whatever mode the caller set (train() for dropout), one cal
 near-equal-length texts (batching.py); the valid tokens of all runs are packed into one [T, H] tensor and
 pooled by the masked_pool_varlen op, which never reads padding; Dense and Normalize follow as the
 model folder lists them. Gradients reach the backbone and the Dense layers through sentfuse's ops.
+
+When a batch takes several backbone calls, the token embeddings of all of them are looked up once and
+handed to each call as inputs_embeds: each call's own lookup would build its own dense [vocab, hidden]
+gradient in the backward pass (47 MB for MiniLM's), one more than a single padded call needs at its peak.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .. import _ops
 from ..model.modules import NormalizeModule
@@ -35,8 +41,10 @@ def tokenize_column(model: Encoder, texts: list[str]) -> TokenColumn:
     return TokenColumn(model._tokenize_unpadded(list(texts))["input_ids"])
 
 
-def _run_backbone(model: Encoder, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Valid-token hidden states [sum(len), H] of rows (in order) from one padded backbone call."""
+def _run_backbone(model: Encoder, rows: list[list[int]],
+                  embeds: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid-token hidden states [sum(len), H] of rows (in order) from one padded backbone call; with embeds
+    (each row's looked-up token embeddings [len, H]) the backbone takes them instead of the ids (right padding)."""
     tokenizer = model.tokenizer
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -48,9 +56,48 @@ def _run_backbone(model: Encoder, rows: list[list[int]]) -> tuple[torch.Tensor, 
         ids[i, span] = torch.tensor(r, dtype=torch.long)
         mask[i, span] = 1
     device = model.device
-    ids, mask = ids.to(device), mask.to(device)
-    hidden = model._model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+    mask = mask.to(device)
+    if embeds is None:
+        inputs = dict(input_ids=ids.to(device))
+    else:
+        inputs = dict(inputs_embeds=torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True))
+    hidden = model._model(**inputs, attention_mask=mask, return_dict=True).last_hidden_state
     return hidden[mask.bool()], mask.sum(dim=1)
+
+
+# Backbones already probed by _takes_embeddings, with the answer.
+_PROBED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _takes_embeddings(backbone: nn.Module) -> bool:
+    """Whether backbone(inputs_embeds=lookup(ids)) equals backbone(input_ids=ids) on right-padded input,
+    checked once per backbone with dropout off: a model that scales its embeddings or places its positions
+    from the ids outside its lookup would differ, and keeps the ids path."""
+    if backbone not in _PROBED:
+        lookup = backbone.get_input_embeddings()
+        # The vocabulary's last ids: ordinary tokens (a padding id as content would be placed as padding).
+        ids = torch.arange(lookup.num_embeddings - 5, lookup.num_embeddings, device=lookup.weight.device).repeat(2, 1)
+        mask = torch.ones_like(ids)
+        mask[1, 3:] = 0
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            with torch.no_grad():
+                by_ids = backbone(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+                by_embeds = backbone(inputs_embeds=lookup(ids), attention_mask=mask, return_dict=True).last_hidden_state
+            _PROBED[backbone] = bool(torch.allclose(by_ids[mask.bool()], by_embeds[mask.bool()], atol=1e-5, rtol=1e-4))
+        except (TypeError, ValueError, AttributeError, NotImplementedError):
+            _PROBED[backbone] = False
+        finally:
+            backbone.train(was_training)
+    return _PROBED[backbone]
+
+
+def _embeddings_once(model: Encoder, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Each row's token embeddings [len, H] from one lookup over the whole batch."""
+    lookup = model._model.get_input_embeddings()
+    flat = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=lookup.weight.device)
+    return list(lookup(flat).split([len(r) for r in rows]))
 
 
 def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: int | None = None) -> list[torch.Tensor]:
@@ -61,9 +108,13 @@ def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: i
     if any(len(r) == 0 for r in rows):
         raise ValueError("embed_tokens: a text has no tokens (the tokenizer returned an empty sequence)")
     runs = plan_length_runs([len(r) for r in rows], max_batch_tokens or DEFAULT_TRAIN_BATCH_TOKENS)
+    ordered = [rows[i] for i in runs.order]
+    once = (len(runs.bounds) > 1 and model.tokenizer.padding_side != "left" and torch.is_grad_enabled()
+            and _takes_embeddings(model._model))
+    embeds = _embeddings_once(model, ordered) if once else None
     packed, lengths = [], []
     for start, end in runs.bounds:
-        tokens, counts = _run_backbone(model, [rows[i] for i in runs.order[start:end]])
+        tokens, counts = _run_backbone(model, ordered[start:end], embeds[start:end] if once else None)
         packed.append(tokens)
         lengths.append(counts)
     tokens = torch.cat(packed)
