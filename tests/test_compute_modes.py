@@ -103,7 +103,7 @@ def test_sparse_encoder(folders, mode):
     reference = sentfuse.SparseEncoder(folders["sparse"], device="cpu")
     model = sentfuse.SparseEncoder(folders["sparse"], device="cpu", dtype=mode)
     for head in model._heads.values():
-        check_layers(head.model, mode)
+        check_layers(head._model, mode)
     expected = reference.encode(SENTENCES, convert_to_sparse_tensor=False)
     got = model.encode(SENTENCES, convert_to_sparse_tensor=False)
     assert min_cosine(got, expected) >= MIN_COSINE[mode]

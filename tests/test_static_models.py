@@ -120,6 +120,14 @@ def test_embeddings_match_sentence_transformers(static_root, name, normalize):
     assert _max_diff(ours, theirs) <= TOL
 
 
+@pytest.mark.parametrize("mode", ["bf16-mixed", "int8-dynamic"])
+def test_compute_mode_leaves_a_static_table_in_float32(static_root, mode):
+    """A compute mode changes matrix products only; a static table has none and encodes as float32 does."""
+    folder = static_root / next(iter(ST_FOLDERS))
+    ours = Encoder(folder, device="cpu", dtype=mode).encode(SENTENCES)
+    assert _max_diff(ours, Encoder(folder, device="cpu").encode(SENTENCES)) == 0.0
+
+
 def test_half_table_bags_in_its_dtype(static_root):
     """An fp16 table averages in fp16 as sentence-transformers' bag does; normalizing then differs only by
     fp16 rounding, except that a text without tokens stays zeros where sentence-transformers gives NaN."""

@@ -25,6 +25,7 @@ from ..model.modules import (
     merge_prompts,
 )
 from ..model.card import ModelCardData
+from ..model.compute import load_dtype
 from ..model.options import parse_load_options, renamed_keywords
 from ..model.pretrained import add_lowercasing, load_pretrained, set_token_limit
 from ..model.resolve import ST_ORGANIZATION, resolve_model_path
@@ -157,7 +158,8 @@ class Encoder(PipelineOwner, SentenceTransformerMethods, FitMixin):
     def _load_static(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype | None,
                      max_seq_length: int | None) -> None:
         """A static-embedding folder: its table is the backbone and its bag the pooling (model.static)."""
-        self._tokenizer, self._model = load_static(folder.transformer, device, dtype, max_seq_length)
+        # A compute mode only changes how matrix products run: a static table has none, so it loads float32.
+        self._tokenizer, self._model = load_static(folder.transformer, device, load_dtype(dtype), max_seq_length)
         modules = [BAG_POOLING, *folder.modules[1:]]
         self._head = SentenceHead(modules, self._model.dim, device, self._model.dtype, str(folder.path))
         self._dim = self._head.dim
