@@ -174,15 +174,9 @@ class Encoder(PipelineOwner, SentenceTransformerMethods, FitMixin):
 
     # --- properties -------------------------------------------------------------------------------
 
-    @property
-    def max_seq_length(self) -> int:
-        return self._tokenizer.model_max_length
-
-    @max_seq_length.setter
-    def max_seq_length(self, value: int) -> None:
-        self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
-        self._prompt_lengths.clear()
-        self._pipeline = None
+    def _token_limit_changed(self) -> None:
+        super()._token_limit_changed()
+        self._prompt_lengths.clear()  # a prompt's token count is capped by the limit
 
     @property
     def similarity_fn_name(self) -> str:

@@ -86,6 +86,10 @@ class PipelineOwner:
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
         self._tokenizer.model_max_length = positive_int(value, "max_seq_length", allow_none=False)
+        self._token_limit_changed()
+
+    def _token_limit_changed(self) -> None:
+        """Drops what was built for the old token limit."""
         self._pipeline = None  # the pipeline's tokenizer copy truncates at the old limit
 
     @property
