@@ -321,12 +321,13 @@ def test_version_and_python_m(capsys):
     assert done.returncode == 0 and done.stdout == f"sentfuse {__version__}\n", done.stderr
 
 
-@pytest.mark.parametrize("flags, expect", [
-    ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, "avx2 avx512f avx512_bf16 amx_tile amx_bf16; bf16 matrix units"),
-    ({"avx2", "fma"}, "avx2; no bf16 matrix units"),
-    (set(), "none of avx2"),
+@pytest.mark.parametrize("flags, expect, topk_path", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, "avx2 avx512f avx512_bf16 amx_tile amx_bf16; bf16 matrix units",
+     "bf16 tiles + fp32 rescore"),
+    ({"avx2", "fma"}, "avx2; no bf16 matrix units", "fp32 tiles"),
+    (set(), "none of avx2", "fp32 tiles"),
 ])
-def test_info_reports_the_cpu_features_that_pick_kernel_paths(capsys, monkeypatch, flags, expect):
+def test_info_reports_the_cpu_features_that_pick_kernel_paths(capsys, monkeypatch, flags, expect, topk_path):
     from sentfuse import cpu_features
 
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
@@ -334,4 +335,4 @@ def test_info_reports_the_cpu_features_that_pick_kernel_paths(capsys, monkeypatc
     code, out, _ = run(capsys, "info")
     assert code == 0
     line = next(l for l in out.splitlines() if l.startswith("cpu features: "))
-    assert expect in line and line.endswith("cosine_topk CPU default: fp32 tiles")
+    assert expect in line and line.endswith(f"cosine_topk CPU default: {topk_path}")

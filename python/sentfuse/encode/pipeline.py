@@ -133,6 +133,7 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.max_length = tokenizer.model_max_length
         self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length, pairs, special_tokens)
+        self.unit = "pair" if pairs else "sentence"  # what the progress bar counts
         self.backbone = backbone
         self.head = head
         self.head_in_graph = getattr(head, "in_graph", True)
@@ -183,8 +184,7 @@ class Pipeline:
         return BatchStream(texts, self.chunk_tokenizer, self.threads, BatchPlanner(policy), store, self.staging)
 
     def _progress(self, request: EncodeRequest) -> tqdm:
-        unit = "pair" if self.chunk_tokenizer.pairs else "sentence"
-        return tqdm(total=len(request.texts), desc="Encoding", unit=unit, disable=not request.progress)
+        return tqdm(total=len(request.texts), desc="Encoding", unit=self.unit, disable=not request.progress)
 
     def encode(self, request: EncodeRequest) -> torch.Tensor | list[torch.Tensor]:
         """[N, dim] sentence embeddings on the device, or N [n_tokens, H] token embeddings."""
