@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sentfuse import Encoder
+from cli_runner import run
 from sentfuse.cli import main
 
 TEXTS = ["The cat sat on the mat.", "", "A much longer line about the weather in the mountains today.", "ok"]
@@ -22,13 +23,6 @@ def model(tiny_model_root):
 @pytest.fixture(scope="module")
 def expected(model) -> np.ndarray:
     return Encoder(model, device="cpu").encode(TEXTS)
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def test_encode_text_file(tmp_path, capsys, model, expected):

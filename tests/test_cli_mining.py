@@ -8,6 +8,7 @@ import re
 import pytest
 
 from sentfuse import Encoder
+from cli_runner import run
 from sentfuse.cli import main
 from sentfuse.search import community_detection, paraphrase_mining_embeddings
 
@@ -36,13 +37,6 @@ def source(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     return path
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 @pytest.mark.parametrize("threshold, top_k", [(0.9, 100), (0.5, 2), (-1.0, 100)])

@@ -10,7 +10,7 @@ from conftest import _tokenizer
 from test_cross_encoder import _classifier
 
 import sentfuse
-from sentfuse.cli import main
+from cli_runner import run, write_lines
 
 CORPUS = ["The cat sat on the mat.", "", "Stock markets fell sharply.", "A woman slices an onion.", "cats", "  "]
 QUERIES = ["cats on mats", "Who cut the onion?"]
@@ -28,18 +28,6 @@ def cross_encoder(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def write_lines(path, lines):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def test_rerank_gives_rank_order_and_scores(tmp_path, capsys, cross_encoder):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sentfuse import Encoder
-from sentfuse.cli import main
+from cli_runner import run, write_lines
 
 CORPUS_A = ["The cat sat on the mat.", "Stock markets fell sharply.", "A woman slices an onion.", "cats"]
 CORPUS_B = ["What 007 movie did Sam Mendes direct?", "Two children play.", "The weather is fine.", "ok"]
@@ -19,18 +19,6 @@ CORPUS_B = ["What 007 movie did Sam Mendes direct?", "Two children play.", "The 
 @pytest.fixture(scope="module")
 def model(tiny_model_root):
     return tiny_model_root / "bert-mean-normalize"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def write_lines(path, lines):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def search(capsys, corpus, cache, model, *extra):
