@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -114,6 +115,36 @@ class OutputHead:
 
 
 Sink = Callable[[torch.Tensor, torch.Tensor], Any]  # (positions [n] on the device, rows [n, dim])
+TokenSelect = Callable[[torch.Tensor], torch.Tensor]  # input_ids [B, W] -> bool [B, W]: the tokens kept
+
+
+@dataclass
+class PackedTokens:
+    """Token rows of N texts in the order their batches ran: rows [T, D] text after text, with each text's
+    input position and row count (positions, counts: [N] int64 on the host)."""
+
+    rows: torch.Tensor
+    positions: torch.Tensor
+    counts: torch.Tensor
+
+    def per_text(self) -> list[torch.Tensor]:
+        """One [n_i, D] view of rows per text, in input order (no copy)."""
+        out: list[Any] = [None] * len(self.positions)
+        for position, view in zip(self.positions.tolist(), torch.split(self.rows, self.counts.tolist())):
+            out[position] = view
+        return out
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [T, D], offsets [N + 1] int64 on the host) in input order: one gather of rows."""
+        order = torch.argsort(self.positions)
+        counts = self.counts[order]
+        offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        starts = torch.cumsum(self.counts, 0) - self.counts  # each text's first row in rows (run order)
+        # Row j of the result, of text i, is row j - offsets[i] + starts[i] of rows.
+        shift = torch.repeat_interleave(starts[order] - offsets[:-1], counts, output_size=int(offsets[-1]))
+        index = torch.arange(int(offsets[-1])) + shift
+        return self.rows.index_select(0, index.to(self.rows.device)), offsets
 
 
 class Pipeline:
@@ -189,9 +220,7 @@ class Pipeline:
     def encode(self, request: EncodeRequest) -> torch.Tensor | list[torch.Tensor]:
         """[N, dim] sentence embeddings on the device, or N [n_tokens, H] token embeddings."""
         if request.token_embeddings:
-            with self._lock, self._progress(request) as bar:
-                stream = self.stream(request.texts, self.policy(request.batch_size, request.max_batch_tokens))
-                return self._token_embeddings(stream, len(request.texts), bar)
+            return self.tokens(request).per_text()
         out = torch.empty((len(request.texts), request.dim), device=self.device, dtype=request.out_dtype or self.dtype)
         self.collect(request, lambda positions, x: out.index_copy_(0, positions, x.to(out.dtype)))
         return out
@@ -209,18 +238,32 @@ class Pipeline:
                     self.staging.release(staged)
                 bar.update(len(staged.plan.positions))
 
-    def _token_embeddings(self, stream: BatchStream, n_texts: int, bar: Any) -> list[torch.Tensor]:
-        tokens: list[Any] = [None] * n_texts
-        left = self.tokenizer.padding_side == "left"
-        for staged in stream:
-            try:
-                self.staging.ready(staged)
-                with self.options.attention():
-                    hidden = self.backbone(staged.features)
-            finally:
-                self.staging.release(staged)
-            width = staged.plan.width
-            for pos, row, n in zip(staged.plan.positions.tolist(), hidden, staged.plan.lengths.tolist()):
-                tokens[pos] = row[width - n :] if left else row[:n]
-            bar.update(len(staged.plan.positions))
-        return tokens
+    def tokens(self, request: EncodeRequest, select: TokenSelect | None = None,
+               project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PackedTokens:
+        """request's token rows, packed: per batch the backbone's output at each text's real tokens (only those
+        select(input_ids [B, W]) marks, with select) gathered into [t, H] by one indexing op, then project
+        ([t, H] -> [t, D], with project) run once on them. Padding and dropped tokens never reach project, and
+        no op runs per text."""
+        parts, positions, counts = [], [], []
+        with self._lock, self._progress(request) as bar:
+            for staged in self.stream(request.texts, self.policy(request.batch_size, request.max_batch_tokens)):
+                n = len(staged.plan.positions)
+                try:
+                    self.staging.ready(staged)
+                    with self.options.attention():
+                        hidden = self.backbone(staged.features)[:n]
+                    # Read the slot's ids and mask before release: the tokenizer thread refills it afterwards.
+                    keep = staged.features["attention_mask"][:n] != 0
+                    if select is not None:
+                        keep &= select(staged.features["input_ids"][:n])
+                    rows = hidden[keep]
+                finally:
+                    self.staging.release(staged)
+                parts.append(rows if project is None else project(rows))
+                positions.append(staged.plan.positions)
+                counts.append(keep.sum(1))
+                bar.update(n)
+        width = parts[0].shape[1] if parts else 0
+        return PackedTokens(torch.cat(parts) if parts else torch.zeros(0, width, device=self.device),
+                            torch.from_numpy(np.concatenate(positions)) if positions else torch.zeros(0, dtype=torch.long),
+                            torch.cat(counts).cpu() if counts else torch.zeros(0, dtype=torch.long))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
-from ..encode.pipeline import EncodeRequest, Pipeline
+from ..encode.pipeline import EncodeRequest, PackedTokens, Pipeline
 from ..encode.run import RunOptions
 from ..model.backbone import prepare_backbone
 from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_prompt, merge_prompts
@@ -64,7 +64,7 @@ class MultiVectorEncoder:
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._head = MultiVectorHead(self.folder.head, model.config.hidden_size, target, model.dtype)
         self._head.resolve(tokenizer)
-        self._pipelines: dict[tuple[int, str | None], Pipeline] = {}
+        self._pipelines: dict[int, Pipeline] = {}
 
     @property
     def device(self) -> torch.device:
@@ -89,54 +89,47 @@ class MultiVectorEncoder:
         inputs = {k: v for k, v in features.items() if k in self._forward_args}
         return self._model(**inputs, return_dict=True).last_hidden_state
 
-    def _pipeline(self, max_length: int, task: str | None) -> Pipeline:
-        """One pipeline per token limit and task (the limit is read at construction, the head depends on task)."""
-        if (max_length, task) not in self._pipelines:
+    def _pipeline(self, max_length: int) -> Pipeline:
+        """One pipeline per token limit (a pipeline reads the limit at construction)."""
+        if max_length not in self._pipelines:
             saved, self._tokenizer.model_max_length = self._tokenizer.model_max_length, max_length
             try:
-                self._pipelines[max_length, task] = Pipeline(
-                    self._tokenizer, lambda f: self._batch_head(f, task), None, self.device, self._model.dtype,
-                    RunOptions.from_env())
+                self._pipelines[max_length] = Pipeline(self._tokenizer, self._forward, None, self.device,
+                                                       self._model.dtype, RunOptions.from_env())
             finally:
                 self._tokenizer.model_max_length = saved
-        return self._pipelines[max_length, task]
-
-    def _batch_head(self, features: dict[str, torch.Tensor], task: str | None) -> torch.Tensor:
-        """A padded batch's head output [B, W, dim] in one pass (the head works token by token, so padding is
-        harmless). Where the skiplist needs token ids, the keep flag rides along as one more channel (0 or 1,
-        exact in any dtype): the pipeline hands back per-text rows, and this spares tokenizing the texts again."""
-        x = self._head(self._forward(features))
-        if not self._head.needs_ids(task):
-            return x
-        keep = self._head.keep(features["input_ids"], task)
-        return torch.cat([x, keep.unsqueeze(-1).to(x.dtype)], dim=-1)
+        return self._pipelines[max_length]
 
     def _task_length(self, task: str | None) -> int:
         length = {"query": self.folder.query_length, "document": self.folder.document_length}.get(task)
         return min(length, self.max_seq_length) if length else self.max_seq_length
 
-    def _token_vectors(self, texts: list[str], task: str | None, batch_size: int, progress: bool) -> list[torch.Tensor]:
-        """Each text's head output [n, dim] for the tokens its task scores (skiplist applied)."""
+    def _token_vectors(self, texts: list[str], task: str | None, batch_size: int, progress: bool,
+                       finish: Callable[[torch.Tensor], torch.Tensor]) -> PackedTokens:
+        """The head output of the tokens each text's task scores (skiplist applied), packed; finish runs once on
+        all of them. Only those tokens reach the head: padding and skipped tokens are dropped right after the
+        backbone."""
         expansion = self.folder.query_expansion if task == "query" else None
         if expansion is not None:
-            return self._expanded_vectors(texts, expansion, batch_size)
-        rows = self._pipeline(self._task_length(task), task).encode(EncodeRequest(
+            return self._expanded_vectors(texts, expansion, batch_size, finish)
+        select = (lambda ids: self._head.keep(ids, task)) if self._head.needs_ids(task) else None
+        packed = self._pipeline(self._task_length(task)).tokens(EncodeRequest(
             texts=texts, skip_tokens=0, batch_size=batch_size, max_batch_tokens=None, token_embeddings=True,
-            dim=0, normalize=False, out_dtype=None, progress=progress))
-        if not self._head.needs_ids(task):
-            return rows
-        return [r[r[:, -1] != 0, :-1] for r in rows]
+            dim=0, normalize=False, out_dtype=None, progress=progress), select, self._head)
+        packed.rows = finish(packed.rows)
+        return packed
 
-    def _expanded_vectors(self, texts: list[str], expansion: Any, batch_size: int) -> list[torch.Tensor]:
-        out = []
+    def _expanded_vectors(self, texts: list[str], expansion: Any, batch_size: int,
+                          finish: Callable[[torch.Tensor], torch.Tensor]) -> PackedTokens:
+        rows, counts = [], []
         for start in range(0, len(texts), batch_size):
             features = expand_queries(self._tokenizer, texts[start : start + batch_size], expansion,
                                       self._task_length("query"))
-            scored = features.pop("scored")
-            hidden = self._head(self._forward({k: v.to(self.device) for k, v in features.items()}))
-            for h, s, ids in zip(hidden, scored, features["input_ids"]):
-                out.append(h[(s & self._head.keep(ids, "query")).to(h.device)])
-        return out
+            keep = features.pop("scored") & self._head.keep(features["input_ids"], "query")
+            hidden = self._forward({k: v.to(self.device) for k, v in features.items()})
+            rows.append(self._head(hidden[keep.to(hidden.device)]))
+            counts.append(keep.sum(1))
+        return PackedTokens(finish(torch.cat(rows)), torch.arange(len(texts)), torch.cat(counts))
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         if prompt is not None and prompt_name is not None:
@@ -180,28 +173,31 @@ class MultiVectorEncoder:
         texts = [resolved + t for t in texts] if resolved else texts
         progress = bool(show_progress_bar) if show_progress_bar is not None else logger.isEnabledFor(logging.INFO)
         dim = positive_int(truncate_dim, "truncate_dim") or self.truncate_dim
-        tokens = []
-        for x in self._token_vectors(texts, task, batch_size, progress):
+
+        def finish(x: torch.Tensor) -> torch.Tensor:  # token by token, so once on all texts' tokens
             if normalize_embeddings:
                 x = torch.nn.functional.normalize(x, p=2.0, dim=-1)
             if dim is not None:
                 x = torch.nn.functional.normalize(x[..., :dim], p=2.0, dim=-1)
-            tokens.append(x.cpu() if convert_to_numpy else x)
-        return self._finish(tokens, single, convert_to_numpy, packed)
+            return x.cpu() if convert_to_numpy else x
+
+        return self._finish(self._token_vectors(texts, task, batch_size, progress, finish), single,
+                            convert_to_numpy, packed)
 
     def _head_hidden(self) -> int:
         return self._model.config.hidden_size
 
     @staticmethod
-    def _finish(tokens: list[torch.Tensor], single: bool, convert_to_numpy: bool, packed: bool) -> Any:
+    def _finish(tokens: PackedTokens, single: bool, convert_to_numpy: bool, packed: bool) -> Any:
+        if convert_to_numpy and tokens.rows.dtype == torch.bfloat16:
+            tokens.rows = tokens.rows.float()  # numpy has no bfloat16
         if packed:
-            offsets = torch.zeros(len(tokens) + 1, dtype=torch.long)
-            offsets[1:] = torch.tensor([len(t) for t in tokens], dtype=torch.long).cumsum(0)
-            flat = torch.cat(tokens) if tokens else torch.zeros(0, 0)
+            flat, offsets = tokens.packed()
             return (flat.numpy(), offsets.numpy()) if convert_to_numpy else (flat, offsets)
+        texts = tokens.per_text()
         if convert_to_numpy:
-            tokens = [t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy() for t in tokens]
-        return tokens[0] if single else tokens
+            texts = [t.numpy() for t in texts]
+        return texts[0] if single else texts
 
     def encode_query(self, inputs: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
                      **kwargs: Any) -> Any:
