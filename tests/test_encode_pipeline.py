@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from sentfuse import Encoder
 from sentfuse.encode import run as run_module
 from sentfuse.encode.plan import BatchPlanner, ShapePolicy, bucket_width
-from sentfuse.encode.pipeline import EncodeRequest, Pipeline
+from sentfuse.encode.pipeline import EncodeRequest, PackedTokens, Pipeline
 from sentfuse.encode.run import GraphRunner, RunOptions
 from sentfuse.encode.stage import Staging
 from sentfuse.encode.tokenize import ChunkTokenizer, TokenChunk, TokenStore, tokenize_chunks
@@ -151,6 +151,15 @@ def test_exact_shapes_pad_nothing():
 
 
 # --- stage ---------------------------------------------------------------------------------------
+
+
+def test_packed_tokens_put_rows_back_in_input_order():
+    # Batches ran texts 2, 0, 3, 1 (text 0 kept no token): rows 0-1 are text 2's, 2-4 text 3's, 5 text 1's.
+    rows = torch.arange(6.0).unsqueeze(1).repeat(1, 2)
+    packed = PackedTokens(rows, torch.tensor([2, 0, 3, 1]), torch.tensor([2, 0, 3, 1]))
+    assert [t[:, 0].tolist() for t in packed.per_text()] == [[], [5.0], [0.0, 1.0], [2.0, 3.0, 4.0]]
+    tokens, offsets = packed.packed()
+    assert tokens[:, 0].tolist() == [5.0, 0.0, 1.0, 2.0, 3.0, 4.0] and offsets.tolist() == [0, 0, 1, 3, 6]
 
 
 def test_staging_reuses_its_slots():
