@@ -116,6 +116,14 @@ def test_many_ragged_batches_come_back_in_input_order(pair):
     assert max_rel_diff(tokens, torch.cat(expected)) <= REL
 
 
+def test_empty_input(pair):
+    _, model = pair
+    for encode in (model.encode_query, model.encode_document):
+        assert encode([]) == []
+        tokens, offsets = encode([], packed=True)
+        assert tuple(tokens.shape) == (0, model.get_embedding_dimension()) and offsets.tolist() == [0]
+
+
 def test_save_round_trip(pair, tmp_path):
     from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
 
