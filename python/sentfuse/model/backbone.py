@@ -10,6 +10,8 @@
   in float32 arithmetic: the half-precision inputs and weights widen exactly, each product is exact in
   float32 and sums accumulate in float32, which is what a native half-precision GEMM computes too (up
   to summation order); the result is rounded back to the model's dtype.
+- A model loaded for a compute mode (model.compute) gets that mode's layers; bf16-mixed also fuses BERT's
+  attention and GELU blocks (model.fused_blocks).
 Any other device, dtype or autograd use falls back to F.linear with the unchanged weight, so .to()
 and training still work.
 """
