@@ -98,7 +98,7 @@ class PackedLinear(_CpuLinear):
     a float32 model also takes bfloat16 inputs (the fused blocks' outputs) as they are."""
 
     def __init__(self, linear: nn.Linear, compute: torch.dtype = torch.float32) -> None:
-        super().__init__(linear, inputs=(compute,))
+        super().__init__(linear, inputs=(compute,) if compute in HALF_TYPES else ())
         self._compute = compute
         self._bias = None if linear.bias is None else linear.bias.detach().float()
         self._packed = packed_linear.pack(linear.weight, compute)
