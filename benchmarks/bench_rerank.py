@@ -20,7 +20,8 @@ Agreement against sentence-transformers' fp32 scores (raw logits, activation Ide
 the largest |score difference| over the largest |score| per question, and the share of questions whose
 top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend (its default precision, torch's
-thread count: --threads) runs after the other rows through openvino_peer.py with the peer venv's python (--openvino PYTHON to name another,
+thread count: --threads) runs after the other rows through openvino_peer.py with the peer venv's python
+(--openvino PYTHON to name another,
 --no-openvino to skip; without the venv it is reported unmeasured).
 
     python benchmarks/bench_rerank.py [--questions 50 --docs 100] [--dtypes fp32 bf16 bf16-mixed] [--device cuda]

@@ -3,8 +3,8 @@
 ceilings() times oneDNN's linear on encode's compute-bound shape (2,048 x 384 x 1,536: tokens x hidden x
 FFN width) with the operands the compute modes use: float32; bf16 (the bf16 matrix units); int8 (oneDNN's
 int8 linear on an already quantized uint8 input, the int8-dynamic mode's GEMM without its per-call
-quantization). linear_rate() times every matrix product of a sentfuse backbone's linear layers during one call, so a
-mode's matrix products can be put as a fraction of its ceiling.
+quantization). linear_rate() times every matrix product of a sentfuse backbone's linear layers during one
+call, so a mode's matrix products can be put as a fraction of its ceiling.
 """
 
 from __future__ import annotations

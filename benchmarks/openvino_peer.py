@@ -4,8 +4,10 @@ Its optimum-intel pins transformers < 5, so it cannot share sentfuse's venv: the
 which starts this file under the peer venv's python (built by ../shared/peers/openvino-venv.sh) on texts or
 pairs written to a temporary folder, and reads back timings (JSON) and embeddings / scores (.npy).
 
-    <peer python> benchmarks/openvino_peer.py encode MODEL TEXTS.json OUT_DIR [--repeats N] [--batch-size B] [--threads T]
-    <peer python> benchmarks/openvino_peer.py rank MODEL WORK.json OUT_DIR [--repeats N] [--batch-size B] [--threads T]
+    <peer python> benchmarks/openvino_peer.py encode MODEL TEXTS.json OUT_DIR [--repeats N] [--batch-size B]
+        [--threads T]
+    <peer python> benchmarks/openvino_peer.py rank MODEL WORK.json OUT_DIR [--repeats N] [--batch-size B]
+        [--threads T]
 
 encode: SentenceTransformer(MODEL, backend="openvino").encode(texts), timed --repeats times after a warm-up
 call on the first 64 texts; output: the embeddings. rank: WORK is [[query, [documents]], ...]; one
@@ -91,7 +93,8 @@ def _main() -> None:
                                        model_kwargs=kwargs)
         result, output = _encode(model, inputs, args.repeats, args.batch_size)
     else:
-        model = st.CrossEncoder(args.model, device="cpu", backend="openvino", local_files_only=True, model_kwargs=kwargs)
+        model = st.CrossEncoder(args.model, device="cpu", backend="openvino", local_files_only=True,
+                                model_kwargs=kwargs)
         result, output = _rank(model, inputs, args.repeats, args.batch_size)
     np.save(args.out / "output.npy", output)
     (args.out / "result.json").write_text(json.dumps(result | {
