@@ -19,8 +19,9 @@ machine shared with other jobs the wall time mostly measures the others, the CPU
 Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
 the largest |score difference| over the largest |score| per question, and the share of questions whose
 top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
-lies within 1% of max |score|). sentence-transformers' OpenVINO backend (its default precision) runs after
-the other rows through openvino_peer.py with the peer venv's python (--openvino PYTHON to name another,
+lies within 1% of max |score|). sentence-transformers' OpenVINO backend (its default precision, torch's
+thread count: --threads) runs after the other rows through openvino_peer.py with the peer venv's python
+(--openvino PYTHON to name another,
 --no-openvino to skip; without the venv it is reported unmeasured).
 
     python benchmarks/bench_rerank.py [--questions 50 --docs 100] [--dtypes fp32 bf16 bf16-mixed] [--device cuda]

@@ -3,8 +3,8 @@
 ceilings() times oneDNN's linear on encode's compute-bound shape (2,048 x 384 x 1,536: tokens x hidden x
 FFN width) with the operands the compute modes use: float32; bf16 (the bf16 matrix units); int8 (oneDNN's
 int8 linear on an already quantized uint8 input, the int8-dynamic mode's GEMM without its per-call
-quantization). linear_rate() times every linear layer of a sentfuse backbone during one call, so a
-mode's matrix products can be put as a fraction of its ceiling.
+quantization). linear_rate() times every matrix product of a sentfuse backbone's linear layers during one
+call, so a mode's matrix products can be put as a fraction of its ceiling.
 """
 
 from __future__ import annotations
@@ -63,13 +63,17 @@ def _int8_rate(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, flops: floa
 
 
 def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
-    """Run call() once with every linear layer of backbone timed (nn.Linear, or the sentfuse layer that replaced
-    it, model.backbone): {'gflop', 'seconds' inside those layers, 'wall' seconds of the call}."""
-    from sentfuse.model.backbone import _CpuLinear
+    """Run call() once with every matrix product of backbone's linear layers timed: each product through
+    sentfuse's packed path (model.packed_linear.run: PackedLinear layers and the fused bf16 blocks' QKV and
+    GELU products), and every other linear layer (nn.Linear, Int8Linear) by hooks. {'gflop', 'seconds' inside
+    those products, 'wall' seconds of the call}."""
+    from sentfuse.model import packed_linear
+    from sentfuse.model.backbone import PackedLinear, _CpuLinear
 
     totals = {"gflop": 0.0, "seconds": 0.0}
     inner = {id(m.linear) for m in backbone.modules() if isinstance(m, _CpuLinear)}
-    layers = [m for m in backbone.modules() if isinstance(m, (nn.Linear, _CpuLinear)) and id(m) not in inner]
+    layers = [m for m in backbone.modules() if isinstance(m, (nn.Linear, _CpuLinear))
+              and not isinstance(m, PackedLinear) and id(m) not in inner]
     started: dict[int, float] = {}
 
     def before(layer: nn.Module, args: tuple) -> None:
@@ -79,12 +83,23 @@ def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, fl
         totals["seconds"] += time.perf_counter() - started[id(layer)]
         totals["gflop"] += 2.0 * args[0].numel() * layer.weight.shape[0] / 1e9
 
+    run = packed_linear.run
+
+    def timed_run(x: torch.Tensor, packed: torch.Tensor, *args: object) -> torch.Tensor:
+        start = time.perf_counter()
+        y = run(x, packed, *args)
+        totals["seconds"] += time.perf_counter() - start
+        totals["gflop"] += 2.0 * x.numel() * packed.shape[0] / 1e9
+        return y
+
     handles = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    packed_linear.run = timed_run
     try:
         start = time.perf_counter()
         call()
         totals["wall"] = time.perf_counter() - start
     finally:
+        packed_linear.run = run
         for handle in handles:
             handle.remove()
     return totals

@@ -5,7 +5,9 @@ which starts this file under the peer venv's python (built by ../shared/peers/op
 pairs written to a temporary folder, and reads back timings (JSON) and embeddings / scores (.npy).
 
     <peer python> benchmarks/openvino_peer.py encode MODEL TEXTS.json OUT_DIR [--repeats N] [--batch-size B]
+        [--threads T]
     <peer python> benchmarks/openvino_peer.py rank MODEL WORK.json OUT_DIR [--repeats N] [--batch-size B]
+        [--threads T]
 
 encode: SentenceTransformer(MODEL, backend="openvino").encode(texts), timed --repeats times after a warm-up
 call on the first 64 texts; output: the embeddings. rank: WORK is [[query, [documents]], ...]; one
@@ -13,7 +15,8 @@ CrossEncoder(MODEL, backend="openvino").rank(query, documents) call per query (r
 Identity) after one warm-up call, the fastest of --repeats calls per query summed (wall and process CPU
 seconds); output: each query's scores in its documents' order. OpenVINO's own precision choice is kept (its
 CPU plugin computes in bf16 on CPUs with bf16 units unless told otherwise) and reported as
-`inference_precision`.
+`inference_precision`. --threads sets OpenVINO's INFERENCE_NUM_THREADS (run_peer passes torch's thread count,
+so both sides use as many cores; unset, OpenVINO takes every core).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ PEER_PYTHON = Path("/root/.cache/sentfuse-peers/openvino/bin/python")
 
 
 def run_peer(task: str, model: str, inputs: list, repeats: int = 3, batch_size: int = 32,
-             python: Path = PEER_PYTHON, timeout: float = 900) -> dict | None:
+             python: Path = PEER_PYTHON, timeout: float = 900, threads: int | None = None) -> dict | None:
     """{'seconds': [...], 'output': ndarray, 'inference_precision': str, ...} from the peer, or None (with the
     reason printed) when its venv is missing or it fails."""
     import numpy as np
+    import torch
 
     if not python.exists():
         print(f"OpenVINO peer skipped: no {python} (build it with ../shared/peers/openvino-venv.sh)")
@@ -42,7 +46,7 @@ def run_peer(task: str, model: str, inputs: list, repeats: int = 3, batch_size: 
         data = Path(tmp) / "inputs.json"
         data.write_text(json.dumps(inputs))
         command = [str(python), __file__, task, model, str(data), tmp, "--repeats", str(repeats),
-                   "--batch-size", str(batch_size)]
+                   "--batch-size", str(batch_size), "--threads", str(threads or torch.get_num_threads())]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             print(f"OpenVINO peer failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -72,6 +76,7 @@ def _main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="OpenVINO's INFERENCE_NUM_THREADS (default: all)")
     args = parser.parse_args()
 
     import numpy as np
@@ -79,17 +84,22 @@ def _main() -> None:
     import torch
 
     inputs = json.loads(args.inputs.read_text())
+    kwargs = {} if args.threads is None else {"ov_config": {"INFERENCE_NUM_THREADS": str(args.threads)}}
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # the tokenizer-side torch work, as in the sentfuse process
     start = time.perf_counter()
     if args.task == "encode":
-        model = st.SentenceTransformer(args.model, device="cpu", backend="openvino", local_files_only=True)
+        model = st.SentenceTransformer(args.model, device="cpu", backend="openvino", local_files_only=True,
+                                       model_kwargs=kwargs)
         result, output = _encode(model, inputs, args.repeats, args.batch_size)
     else:
-        model = st.CrossEncoder(args.model, device="cpu", backend="openvino", local_files_only=True)
+        model = st.CrossEncoder(args.model, device="cpu", backend="openvino", local_files_only=True,
+                                model_kwargs=kwargs)
         result, output = _rank(model, inputs, args.repeats, args.batch_size)
     np.save(args.out / "output.npy", output)
     (args.out / "result.json").write_text(json.dumps(result | {
         "load_and_warmup_s": time.perf_counter() - start - sum(result["seconds"]), "inference_precision": _precision(model),
-        "sentence_transformers": st.__version__, "torch_threads": torch.get_num_threads(),
+        "sentence_transformers": st.__version__, "torch_threads": torch.get_num_threads(), "threads": args.threads,
         "openvino": __import__("openvino").__version__,
     }))
 

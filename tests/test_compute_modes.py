@@ -17,6 +17,7 @@ from sentfuse.cli.args import add_backbone_options
 from sentfuse.model import backbone, compute
 from sentfuse.model.backbone import Int8Linear, PackedLinear
 from sentfuse.model.compute import BF16_MIXED, COMPUTE_MODES, INT8_DYNAMIC
+from sentfuse.model.packed_linear import StandIn
 from sentfuse.model.options import parse_load_options
 
 MODES = list(COMPUTE_MODES)
@@ -39,12 +40,23 @@ def linear_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, backbone._CpuLinear)]
 
 
+def fused_blocks(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, StandIn) and not isinstance(m, backbone._CpuLinear)]
+
+
 def check_layers(model: nn.Module, mode: str) -> None:
-    layers = linear_layers(model)
-    assert layers and len(layers) == sum(type(m) is nn.Linear for m in model.modules())  # every one swapped
+    layers, blocks = linear_layers(model), fused_blocks(model)
+    inside_blocks = sum(type(m) is nn.Linear for b in blocks for m in b.modules())
+    # every linear swapped, or multiplied by the fused block that holds it
+    assert layers and len(layers) + inside_blocks == sum(type(m) is nn.Linear for m in model.modules())
     assert all(type(m) is expected_layer(mode) for m in layers)
     if mode == "bf16-mixed" and backbone.cpu_has_native(torch.bfloat16):
-        assert all(m._fpmath for m in layers)  # float32 in and out, bf16 products (oneDNN's fpmath mode)
+        # bf16 products; a score head's few outputs per row stay float32
+        assert all(m._compute == (torch.bfloat16 if m.linear.out_features >= backbone.NARROW_OUTPUT else torch.float32)
+                   for m in layers)
+        assert blocks  # BERT's attention and GELU blocks run fused
+    else:
+        assert not blocks
     assert next(model.parameters()).dtype == torch.float32  # the residual stream stays float32
 
 
@@ -177,7 +189,8 @@ def test_mode_without_hardware_runs_float32(folders, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="sentfuse.model.backbone"):
         model = sentfuse.Encoder(folders["dense"], device="cpu", dtype="bf16-mixed")
     assert "no bfloat16 path" in caplog.text
-    assert all(m._compute == torch.float32 and not m._fpmath for m in linear_layers(model._model))
+    assert all(m._compute == torch.float32 for m in linear_layers(model._model))
+    assert not fused_blocks(model._model)
 
 
 def test_describe_per_cpu():

@@ -10,6 +10,8 @@
   in float32 arithmetic: the half-precision inputs and weights widen exactly, each product is exact in
   float32 and sums accumulate in float32, which is what a native half-precision GEMM computes too (up
   to summation order); the result is rounded back to the model's dtype.
+- A model loaded for a compute mode (model.compute) gets that mode's layers; bf16-mixed also fuses BERT's
+  attention and GELU blocks (model.fused_blocks).
 Any other device, dtype or autograd use falls back to F.linear with the unchanged weight, so .to()
 and training still work.
 """
@@ -21,26 +23,20 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import packed_linear
 from .compute import ComputeMode, int8_engine_available, marked_mode
+from .fused_blocks import fuse_blocks
+from .packed_linear import StandIn
 
 logger = logging.getLogger(__name__)
 
 HALF_TYPES = (torch.bfloat16, torch.float16)
-
-
-def _onednn_linear_available() -> bool:
-    ops = getattr(torch.ops, "mkldnn", None)
-    return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(ops, "_reorder_linear_weight")
-        and hasattr(ops, "_linear_pointwise")
-    )
 
 
 def cpu_has_native(dtype: torch.dtype) -> bool:
@@ -62,14 +58,16 @@ def warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
         )
 
 
-class _CpuLinear(nn.Module):
+class _CpuLinear(StandIn):
     """An nn.Linear with a faster CPU inference path; any other use runs the unchanged layer (F.linear)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.linear = linear
-        self._dtype = linear.weight.dtype  # inputs of this dtype take the fast path
-        self._packed_from = linear.weight.data_ptr()
+    inner_name = "linear"
+
+    def __init__(self, linear: nn.Linear, inputs: tuple[torch.dtype, ...] = ()) -> None:
+        super().__init__(linear)
+        self._dtype = linear.weight.dtype  # the layer's output dtype (the model's)
+        self._inputs = (self._dtype, *inputs)  # inputs of these dtypes take the fast path
+        self._packed_from = packed_linear.fingerprint((linear.weight,))
 
     @property
     def weight(self) -> torch.Tensor:  # code that reads layer.weight (dtype, device probes) keeps working
@@ -86,47 +84,28 @@ class _CpuLinear(nn.Module):
         w = self.linear.weight
         if (
             x.device.type == "cpu"
-            and x.dtype == self._dtype
-            and w.dtype == self._dtype
-            and w.device.type == "cpu"
-            and w.data_ptr() == self._packed_from  # the weight was not replaced, moved or cast since packing
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            and x.dtype in self._inputs
+            and packed_linear.unchanged((w,), self._packed_from)  # not replaced, moved or cast since packing
+            and not packed_linear.records_grad(x, (w,))
         ):
             return self._fast(x)
-        return F.linear(x, w, self.linear.bias)
-
-
-@contextmanager
-def _fp32_matmuls_in_bf16() -> Iterator[None]:
-    """oneDNN's float32 matmuls computed with bf16 operands inside the block (its fpmath mode): the kernel rounds
-    the operands as it loads its tiles, so float32 inputs and outputs need no cast passes of their own, and the
-    output keeps float32's precision. Process-wide while set; only the backbone's own thread runs matmuls then."""
-    setting = torch.backends.mkldnn.matmul
-    before = setting.fp32_precision
-    setting.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        setting.fp32_precision = before
+        return F.linear(x.to(w.dtype) if x.dtype in self._inputs else x, w, self.linear.bias)
 
 
 class PackedLinear(_CpuLinear):
     """Multiplies in `compute` (float32, or bfloat16 for the bf16-mixed mode) with the weight prepacked for
-    oneDNN; the bias is added in float32 and the output comes back in the input's dtype. bf16 compute on a
-    float32 layer runs in oneDNN's fpmath mode (float32 in and out, bf16 products, float32 sums)."""
+    oneDNN; the bias is added in float32 and the output comes back in the layer's dtype. A bf16-compute layer of
+    a float32 model also takes bfloat16 inputs (the fused blocks' outputs) as they are."""
 
     def __init__(self, linear: nn.Linear, compute: torch.dtype = torch.float32) -> None:
-        super().__init__(linear)
-        self._fpmath = compute == torch.bfloat16 and self._dtype == torch.float32
-        self._compute = torch.float32 if self._fpmath else compute
+        super().__init__(linear, inputs=(compute,) if compute in HALF_TYPES else ())
+        self._compute = compute
         self._bias = None if linear.bias is None else linear.bias.detach().float()
-        with _fp32_matmuls_in_bf16() if self._fpmath else nullcontext():
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(self._compute), None)
+        self._packed = packed_linear.pack(linear.weight, compute)
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        with _fp32_matmuls_in_bf16() if self._fpmath else nullcontext():
-            y = torch.ops.mkldnn._linear_pointwise(x.to(self._compute), self._packed, self._bias, "none", [], "")
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        y = packed_linear.run(x.to(self._compute), self._packed, self._bias)
+        return y if y.dtype == self._dtype else y.to(self._dtype)
 
 
 @contextmanager
@@ -167,7 +146,7 @@ def _replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) 
         if type(child) is nn.Linear:
             setattr(module, name, make(child))
             replaced += 1
-        else:
+        elif not isinstance(child, StandIn):  # a fused block multiplies its own linears
             replaced += _replace_linears(child, make)
     return replaced
 
@@ -198,10 +177,19 @@ def _probe_linear(kind: str) -> bool:
         return False
 
 
+# A product with fewer outputs per row than this (a score head: num_labels) costs nothing next to the backbone's;
+# in bf16-mixed it stays float32, since its outputs are the scores and a bf16 output would round each by 2^-9.
+NARROW_OUTPUT = 16
+
+
+def _bf16_layer(linear: nn.Linear) -> PackedLinear:
+    return PackedLinear(linear, torch.float32 if linear.out_features < NARROW_OUTPUT else torch.bfloat16)
+
+
 def _mode_layer(mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
     """The layer that runs mode's matrix products on this CPU, or None (with a warning) where it cannot."""
     if mode.matmul == "bfloat16" and cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16"):
-        return functools.partial(PackedLinear, compute=torch.bfloat16)
+        return _bf16_layer
     if mode.matmul == "int8" and int8_engine_available() and _probe_linear("int8"):
         return Int8Linear
     logger.warning("dtype=%r: this CPU (or torch build) has no %s path for the linear layers (sentfuse info lists "
@@ -209,22 +197,24 @@ def _mode_layer(mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
     return None
 
 
-def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> Callable[[nn.Linear], nn.Module] | None:
-    """The linear layer a CPU model of dtype takes: its compute mode's, else oneDNN-packed float32 where that
-    helps (float32 models; half models on CPUs without native half GEMMs), else None (oneDNN's own kernels)."""
+def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> tuple[Callable[[nn.Linear], nn.Module] | None, bool]:
+    """(the linear layer a CPU model of dtype takes, whether its BERT blocks are fused in bfloat16): its compute
+    mode's (bf16-mixed fuses the blocks), else oneDNN-packed float32 where that helps (float32 models; half
+    models on CPUs without native half GEMMs), else None (oneDNN's own kernels)."""
     mode = marked_mode(model)
     if mode is not None and dtype == mode.load_dtype:
         layer = _mode_layer(mode)
         if layer is not None:
-            return layer
+            return layer, mode.matmul == "bfloat16"
     packs = dtype == torch.float32 or (dtype in HALF_TYPES and not cpu_has_native(dtype))
-    return PackedLinear if packs and _probe_linear("float32") else None
+    return (PackedLinear if packs and _probe_linear("float32") else None), False
 
 
 def prepare_backbone(model: nn.Module) -> nn.Module:
     """Drop an unused pooler head and, on CPU, swap the linear layers for faster ones (in place).
 
-    A model loaded for a compute mode (model.compute) gets that mode's layers. Otherwise layers are packed for
+    A model loaded for a compute mode (model.compute) gets that mode's layers (bf16-mixed: also the fused
+    bfloat16 attention and GELU blocks of model.fused_blocks). Otherwise layers are packed for
     float32 models, and for bfloat16 / float16 models where the CPU lacks native support for them; with
     native support (AMX, AVX512-BF16/FP16) oneDNN's own kernels run.
     """
@@ -232,25 +222,28 @@ def prepare_backbone(model: nn.Module) -> nn.Module:
     if pooler_optional and isinstance(getattr(model, "pooler", None), nn.Module):
         model.pooler = None
     param = next(model.parameters(), None)
-    if param is None or not _onednn_linear_available():
+    if param is None or not packed_linear.available():
         return model
     if param.device.type != "cpu":
         if marked_mode(model) is not None:
             logger.warning("dtype=%r is a CPU compute mode: on %s the model runs in %s",
                            marked_mode(model).name, param.device, param.dtype)
         return model
-    layer = _cpu_layer(model, param.dtype)
+    layer, fuse = _cpu_layer(model, param.dtype)
+    if fuse:
+        fuse_blocks(model)
     if layer is not None:
         _replace_linears(model, layer)
     return model
 
 
 def unpack_linears(module: nn.Module) -> int:
-    """Put each PackedLinear's nn.Linear back in its place (for training: weights change every step)."""
+    """Put each stand-in's module (a PackedLinear's nn.Linear, a fused block's original) back in its place (for
+    training: weights change every step)."""
     unpacked = 0
     for name, child in module.named_children():
-        if isinstance(child, _CpuLinear):
-            setattr(module, name, child.linear)
+        if isinstance(child, StandIn):
+            setattr(module, name, child.inner)
             unpacked += 1
         else:
             unpacked += unpack_linears(child)
@@ -264,10 +257,10 @@ def repack_linears(model: nn.Module) -> nn.Module:
 
 
 def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """model's weights under transformers' own names (a PackedLinear's inner linear named as the layer)."""
-    packed = {name + "." for name, m in model.named_modules() if isinstance(m, _CpuLinear)}
+    """model's weights under transformers' own names (a stand-in's inner module named as the stand-in)."""
+    inner = {f"{name}.{m.inner_name}.": f"{name}." for name, m in model.named_modules() if isinstance(m, StandIn)}
     state = {}
     for key, value in model.state_dict().items():
-        prefix = next((p for p in packed if key.startswith(p + "linear.")), None)
-        state[key if prefix is None else prefix + key[len(prefix) + len("linear."):]] = value
+        prefix = next((p for p in inner if key.startswith(p)), None)
+        state[key if prefix is None else inner[prefix] + key[len(prefix):]] = value
     return state

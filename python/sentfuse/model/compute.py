@@ -4,11 +4,13 @@ A model's `dtype` (the constructors' keyword, the CLI's --dtype) is either a sto
 bfloat16, ...: every layer runs in it) or one of these modes, which load the checkpoint in float32 and change
 only how each nn.Linear multiplies:
 
-- "bf16-mixed": weights stored in bfloat16 (packed once for oneDNN), each linear layer's input rounded to
-  bfloat16 and multiplied on the bf16 matrix units (AMX / AVX512-BF16) with float32 accumulation, its
-  output widened back to float32. Attention softmax, LayerNorm, the residual stream, activations and
-  pooling stay float32, which is what keeps embeddings within ~1e-5 of float32 where a pure bfloat16 model
-  drifts ~10x further.
+- "bf16-mixed": weights packed once for oneDNN in bfloat16, each matrix product's inputs rounded to bfloat16
+  and multiplied on the bf16 matrix units (AMX / AVX512-BF16) with float32 accumulation, its output rounded
+  once to bfloat16. In BERT-family encoders attention's Q/K/V are one product and the heads run SDPA in
+  bfloat16, and the FFN's bias + GELU run in the product's float32 epilogue (model.fused_blocks): outputs
+  that only feed another product stay bfloat16. Softmax's exponentials and sums, LayerNorm, the residual
+  stream, pooling and score heads (fewer than 16 outputs per row) stay float32, which is what keeps
+  embeddings within ~1e-4 of float32 (min cosine) where a pure bfloat16 model drifts further.
 - "int8-dynamic": weights quantized to int8 once (per output channel, symmetric), each linear layer's input
   quantized per call (per tensor, from its range) and multiplied by oneDNN's int8 kernels (AMX-INT8 /
   AVX512-VNNI where the CPU has them), output in float32; everything else as in bf16-mixed.
