@@ -215,7 +215,7 @@ bool amx_threshold_pairs(const at::Tensor& q, const col_t* cols, int64_t M, bool
   } else if (!pack_all(cols, M, D, in.Dp, in.columns, in.column_norms, in.column_inverse)) {
     return false;
   }
-  const float beta = bf16_error_bound(D);
+  const float beta = bf16_error_bound(D, false);
   const float* qs = q.const_data_ptr<float>();
   for (int64_t j0 = 0; j0 < M; j0 += kAmxColumns) {
     const int64_t j1 = std::min(M, j0 + kAmxColumns);

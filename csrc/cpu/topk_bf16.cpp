@@ -319,7 +319,7 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
                 corpus_in.contiguous(),
                 corpus_inverse.mutable_data_ptr<float>(),
                 dot,
-                bf16_error_bound(q.size(1)),
+                bf16_error_bound(q.size(1), true),
                 min_score,
                 exclude_self,
                 query_offset - corpus_offset,
@@ -335,6 +335,7 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
   bool scanned = false;
 #ifdef SENTFUSE_WITH_AMX
   if (amx::available()) {
+    in.beta = bf16_error_bound(q.size(1), false);  // the blocks' scores stay fp32
     if (!amx_scan(q, in, scans)) return false;
     scanned = true;
   }

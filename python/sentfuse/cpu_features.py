@@ -60,3 +60,13 @@ def describe() -> str:
     path = "bf16 tiles + fp32 rescore" if topk_bf16_default() else "fp32 tiles"
     units = "bf16 matrix units (AMX)" if has_bf16_matrix_units() else "no bf16 matrix units"
     return f"{' '.join(found)}; {units}; cosine_topk CPU default: {path}"
+
+
+# SENTFUSE_CPU_AMX=off turns sentfuse's own AMX kernels off (csrc/cpu/amx_tiles.cpp reads it once per process).
+AMX_ENV = "SENTFUSE_CPU_AMX"
+
+
+def amx_kernels() -> bool:
+    """Whether threshold_pairs and the bf16 top-k scan run on sentfuse's AMX blocks: AMX-BF16 present and
+    SENTFUSE_CPU_AMX not 'off' (the C++ side also needs the OS to grant the tile state, as Linux does)."""
+    return has_bf16_matrix_units() and os.environ.get(AMX_ENV, "").strip().lower() != "off"
