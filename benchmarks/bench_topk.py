@@ -170,7 +170,7 @@ def cpu_ab(args, rounds: int) -> tuple[dict[str, float], list[dict]]:
                 for _ in range(rounds):
                     for name, fn in methods.items():
                         times[name].append(timed(fn, args.repeats, "cpu")[0])
-                results.append(print_ab(n, m, k, times, ceilings, cpu_features.topk_bf16_default()))
+                results.append(print_ab(n, m, k, times, ceilings, cpu_features.topk_bf16_default(m)))
     return ceilings, results
 
 

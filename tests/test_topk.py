@@ -225,10 +225,12 @@ def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
     real = torch.ops.sentfuse.cosine_topk.default
     spy = types.SimpleNamespace(default=lambda *a, **kw: seen.append(kw["bf16_rescore"]) or real(*a, **kw))
     monkeypatch.setattr(torch.ops.sentfuse, "cosine_topk", spy)
-    x = normal(4, 8, 41)
+    x = normal(cpu_features.BF16_MIN_QUERIES, 8, 41)
     _ops.cosine_topk(x, x, 2)  # bf16_rescore=None: the CPU's default
     _ops.cosine_topk(x, x, 2, bf16_rescore=not chosen)  # the argument wins
-    assert seen == [chosen, not chosen]
+    # Fewer queries than a half block keep the fp32 tiles unless the environment forces bf16.
+    _ops.cosine_topk(x[:1], x, 2)
+    assert seen == [chosen, not chosen, chosen and env == "bf16"]
 
 
 def test_cpu_path_env_is_checked(monkeypatch):

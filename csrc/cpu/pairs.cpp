@@ -134,14 +134,14 @@ constexpr int64_t kAmxColumns = 256;  // columns scored by all row blocks before
 // The operands packed once: columns as bf16 rows [Mp, Dp], rows of a in the paired layout, norms.
 struct AmxPairsInputs {
   int64_t Dp = 0, row_blocks = 0;
-  std::vector<uint16_t> columns, paired;
+  amx::TileVector<uint16_t> columns, paired;
   std::vector<float> row_norms, column_norms, column_inverse;
 };
 
 // Packs rows [n, D] to bf16 unit rows [roundup(n, 32), Dp] in parallel, with norms and inverses. No ATen call
 // inside the parallel region. False on a NaN or inf.
 template <typename scalar_t>
-bool pack_all(const scalar_t* rows, int64_t n, int64_t D, int64_t Dp, std::vector<uint16_t>& out,
+bool pack_all(const scalar_t* rows, int64_t n, int64_t D, int64_t Dp, amx::TileVector<uint16_t>& out,
               std::vector<float>& norms, std::vector<float>& inverse) {
   const int64_t padded = (n + amx::kBlock - 1) / amx::kBlock * amx::kBlock;
   out.assign(padded * Dp, 0);
@@ -166,7 +166,8 @@ void amx_pairs_block(const AmxPairsInputs& in, const float* q, const col_t* cols
   const uint16_t* b0 = in.paired.data() + (i0 / amx::kTileRows) * group;
   const int64_t live = std::min(amx::kBlock, N - i0);
   const uint32_t rows_mask = live == 32 ? ~0u : (1u << live) - 1;
-  float bar[amx::kBlock], scores[amx::kBlock * amx::kBlock];
+  float bar[amx::kBlock];
+  alignas(64) float scores[amx::kBlock * amx::kBlock];
   uint32_t hits[amx::kBlock];
   std::fill_n(bar, amx::kBlock, threshold);
   // Against itself only j > i: blocks wholly at or below the diagonal are skipped.
@@ -202,7 +203,7 @@ bool amx_threshold_pairs(const at::Tensor& q, const col_t* cols, int64_t M, bool
   AmxPairsInputs in;
   in.Dp = amx::padded_depth(D);
   in.row_blocks = (N + amx::kBlock - 1) / amx::kBlock;
-  std::vector<uint16_t> rows;
+  amx::TileVector<uint16_t> rows;
   std::vector<float> row_inverse;
   if (!pack_all(q.const_data_ptr<float>(), N, D, in.Dp, rows, in.row_norms, row_inverse)) return false;
   in.paired.resize(amx::paired_size(in.row_blocks * amx::kBlock, in.Dp));
@@ -214,7 +215,7 @@ bool amx_threshold_pairs(const at::Tensor& q, const col_t* cols, int64_t M, bool
   } else if (!pack_all(cols, M, D, in.Dp, in.columns, in.column_norms, in.column_inverse)) {
     return false;
   }
-  const float beta = bf16_error_bound(D);
+  const float beta = bf16_error_bound(D, false);
   const float* qs = q.const_data_ptr<float>();
   for (int64_t j0 = 0; j0 < M; j0 += kAmxColumns) {
     const int64_t j1 = std::min(M, j0 + kAmxColumns);

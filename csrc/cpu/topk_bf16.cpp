@@ -194,7 +194,7 @@ constexpr int64_t kAmxChunk = 256;  // corpus rows packed at a time: 192 KB of b
 // The queries in the right-hand tile layout and (metric "dot") their norms, padded to whole blocks.
 struct AmxQueries {
   int64_t Dp = 0, blocks = 0;
-  std::vector<uint16_t> paired;
+  amx::TileVector<uint16_t> paired;
   std::vector<float> norms;
 };
 
@@ -204,7 +204,7 @@ bool pack_queries(const at::Tensor& q, AmxQueries& out) {
   out.Dp = amx::padded_depth(D);
   out.blocks = (M + amx::kBlock - 1) / amx::kBlock;
   const int64_t Mp = out.blocks * amx::kBlock;
-  std::vector<uint16_t> rows(Mp * out.Dp, 0);
+  amx::TileVector<uint16_t> rows(Mp * out.Dp, 0);
   std::vector<float> inverse(M);
   out.norms.assign(Mp, 0.f);
   if (!amx::pack_unit_rows(q.const_data_ptr<float>(), M, D, out.Dp, rows.data(), out.norms.data(), inverse.data()))
@@ -216,8 +216,8 @@ bool pack_queries(const at::Tensor& q, AmxQueries& out) {
 
 // One thread's working memory for the AMX scan.
 struct AmxBuffers {
-  std::vector<uint16_t> rows;  // [kAmxChunk, Dp] packed corpus rows
-  float scores[amx::kBlock * amx::kBlock];
+  amx::TileVector<uint16_t> rows;  // [kAmxChunk, Dp] packed corpus rows
+  alignas(64) float scores[amx::kBlock * amx::kBlock];
   uint32_t hits[amx::kBlock];
 };
 
@@ -319,7 +319,7 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
                 corpus_in.contiguous(),
                 corpus_inverse.mutable_data_ptr<float>(),
                 dot,
-                bf16_error_bound(q.size(1)),
+                bf16_error_bound(q.size(1), true),
                 min_score,
                 exclude_self,
                 query_offset - corpus_offset,
@@ -335,6 +335,7 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
   bool scanned = false;
 #ifdef SENTFUSE_WITH_AMX
   if (amx::available()) {
+    in.beta = bf16_error_bound(q.size(1), false);  // the blocks' scores stay fp32
     if (!amx_scan(q, in, scans)) return false;
     scanned = true;
   }

@@ -14,11 +14,12 @@
 namespace sentfuse {
 
 // Bound on |bf16-tile cosine - fp32 score| for unit rows: both inputs rounded to bf16 (2u + u^2), the
-// product rounded to bf16 once more (u), fp32 accumulation over D terms in both the tile and the fp32
-// path's score, and 1% slack (which also covers the unit rows' own fp32 rounding).
-inline float bf16_error_bound(int64_t D) {
+// product rounded to bf16 once more (u) where the tile stores bf16 scores (ATen's GEMM; the AMX blocks keep
+// their fp32 accumulators), fp32 accumulation over D terms in both the tile and the fp32 path's score, and
+// 1% slack (which also covers the unit rows' own fp32 rounding).
+inline float bf16_error_bound(int64_t D, bool bf16_scores) {
   const double u = std::ldexp(1.0, -8);  // bf16 unit roundoff
-  return static_cast<float>(1.01 * (3 * u + u * u + D * std::ldexp(1.0, -23)));
+  return static_cast<float>(1.01 * ((bf16_scores ? 3 : 2) * u + u * u + D * std::ldexp(1.0, -23)));
 }
 
 // q [M, D] fp32 (unit rows under Metric::Cosine), corpus [N, D] as given: feeds each query's candidates for its

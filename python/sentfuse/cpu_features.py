@@ -39,15 +39,23 @@ def has_bf16_matrix_units() -> bool:
     return BF16_MATRIX_FLAGS <= cpu_flags()
 
 
-def topk_bf16_default() -> bool:
+# Below this many queries AMX CPUs keep the fp32 tiles: a 32-query score block then runs mostly empty and
+# packing the corpus to bf16 costs more than the fp32 pass (2-core AMX Xeon, 100k and 1M rows: 1 query 0.5-0.8x
+# the fp32 tiles at k = 100 and on 1M rows; 16 queries 1.2-4.3x; benchmarks/results/cpu-xeon-amx/topk_amx_ab_aligned.txt).
+BF16_MIN_QUERIES = 16
+
+
+def topk_bf16_default(queries: int | None = None) -> bool:
     """cosine_topk's CPU path when bf16_rescore is None: bf16 tiles + fp32 rescoring on bf16 matrix units
-    (when BF16_DEFAULT_ON_AMX), else fp32 tiles; SENTFUSE_CPU_TOPK=bf16|fp32 overrides."""
+    (when BF16_DEFAULT_ON_AMX and, if given, at least BF16_MIN_QUERIES queries), else fp32 tiles;
+    SENTFUSE_CPU_TOPK=bf16|fp32 overrides."""
     forced = os.environ.get(TOPK_ENV, "").strip().lower()
     if forced in ("bf16", "fp32"):
         return forced == "bf16"
     if forced:
         raise ValueError(f"{TOPK_ENV} must be 'bf16' or 'fp32', got {forced!r}")
-    return BF16_DEFAULT_ON_AMX and has_bf16_matrix_units()
+    enough = queries is None or queries >= BF16_MIN_QUERIES
+    return BF16_DEFAULT_ON_AMX and has_bf16_matrix_units() and enough
 
 
 # The flags that decide a kernel path or a dtype's speed, in the order `sentfuse info` prints them.
@@ -60,3 +68,13 @@ def describe() -> str:
     path = "bf16 tiles + fp32 rescore" if topk_bf16_default() else "fp32 tiles"
     units = "bf16 matrix units (AMX)" if has_bf16_matrix_units() else "no bf16 matrix units"
     return f"{' '.join(found)}; {units}; cosine_topk CPU default: {path}"
+
+
+# SENTFUSE_CPU_AMX=off turns sentfuse's own AMX kernels off (csrc/cpu/amx_tiles.cpp reads it once per process).
+AMX_ENV = "SENTFUSE_CPU_AMX"
+
+
+def amx_kernels() -> bool:
+    """Whether threshold_pairs and the bf16 top-k scan run on sentfuse's AMX blocks: AMX-BF16 present and
+    SENTFUSE_CPU_AMX not 'off' (the C++ side also needs the OS to grant the tile state, as Linux does)."""
+    return has_bf16_matrix_units() and os.environ.get(AMX_ENV, "").strip().lower() != "off"
