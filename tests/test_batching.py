@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from backbone_pair import hidden_states_of
 from sentfuse import Encoder
 from sentfuse.encode import tokenize
 from sentfuse.model.backbone import PackedLinear, prepare_backbone
@@ -168,12 +169,7 @@ def test_prepare_backbone_keeps_token_embeddings(tiny_model_root):
     prepared = prepare_backbone(AutoModel.from_pretrained(folder).eval())
     assert prepared.pooler is None
     assert any(isinstance(m, PackedLinear) for m in prepared.modules())
-    ids = torch.randint(5, 100, (4, 9))
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    with torch.inference_mode():
-        want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = prepared(input_ids=ids, attention_mask=mask).last_hidden_state
+    want, got, _, _ = hidden_states_of(plain, prepared, vocab=(5, 100), shape=(4, 9), padded_row=1, valid=5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import transformers as tf
 from torch import nn
 
+from backbone_pair import hidden_states_of
 from sentfuse.model import backbone, compute, packed_linear
 from sentfuse.model.fused_blocks import FusedIntermediate, FusedSelfAttention, fuse_blocks
 
@@ -109,12 +110,7 @@ def test_mixed_backbone_against_float32_and_back():
     model again, bit for bit."""
     reference, model = mixed_bert()
     assert sum(isinstance(m, (FusedSelfAttention, FusedIntermediate)) for m in model.modules()) == 4
-    ids = torch.randint(5, 64, (3, 13))
-    mask = torch.ones_like(ids)
-    mask[2, 7:] = 0
-    with torch.inference_mode():
-        want = reference(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    want, got, ids, mask = hidden_states_of(reference, model, vocab=(5, 64), shape=(3, 13), padded_row=2, valid=7)
     assert got.dtype == torch.float32
     assert F.cosine_similarity(got[mask.bool()], want[mask.bool()], dim=-1).min() >= 0.999
     assert backbone.backbone_state_dict(model).keys() == reference.state_dict().keys()
