@@ -20,15 +20,25 @@ namespace sentfuse {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+}  // namespace
+
+bool maxsim_bf16_available() {
+#ifdef SENTFUSE_WITH_AMX
+  return amx::available();
+#else
+  return false;
+#endif
+}
+
+#ifdef SENTFUSE_WITH_AMX
+namespace {
+
 constexpr int64_t kQueryBlocks = 4;  // 32-token query blocks scored per pass over a tile: 32 KB, within L1
 
 // The scan runs only on AMX CPUs, which all have AVX-512: its loops may use it (the file's other code stays
 // generic, and nothing AVX-512 runs before maxsim_bf16_available()).
-#ifdef SENTFUSE_WITH_AMX
 #define SENTFUSE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
-#else
-#define SENTFUSE_AVX512
-#endif
 
 struct RowNorms {
   float exact, rounding, rounded;  // |x|, |x - x~|, |x~|
@@ -75,16 +85,6 @@ SENTFUSE_AVX512 inline void fold_rows(const float* c, int64_t rows, float* m) {
 }
 
 }  // namespace
-
-bool maxsim_bf16_available() {
-#ifdef SENTFUSE_WITH_AMX
-  return amx::available();
-#else
-  return false;
-#endif
-}
-
-#ifdef SENTFUSE_WITH_AMX
 
 MaxSimBf16Scan::MaxSimBf16Scan(const at::Tensor& tokens, const std::vector<int64_t>& offsets,
                                const std::vector<float>& scale)
