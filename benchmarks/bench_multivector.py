@@ -16,9 +16,12 @@ punctuation skiplist ColBERT uses, normalized), sentfuse vs sentence-transformer
 
     python benchmarks/bench_multivector.py --encode [--rounds 3] [--json out.json]
 
---bound sizes a bf16 scan with exact fp32 rescoring (issue 22: "score tiles in bf16 and rescore candidates
-exactly"; not built yet): on the same collection it prints how many candidates per query the rescoring would
-take for the top-k under two provable bounds on |fp32 MaxSim - bf16-input MaxSim| (fp32 accumulation): the
+The path column says which sentfuse kernel ran: float32 inputs take the bf16 scan + exact fp32 rescoring
+(csrc/cpu/maxsim_bf16.h) on CPUs with AMX (cpu_features.maxsim_bf16_default(), SENTFUSE_CPU_MAXSIM=bf16|fp32),
+else the fp32 tiles; 16-bit inputs take tiles in their own dtype.
+
+--bound sizes that bf16 scan's candidates with a Python model of its bound: on the same collection it prints
+how many candidates per query the rescoring takes for the top-k under two provable bounds on |fp32 MaxSim - bf16-input MaxSim| (fp32 accumulation): the
 worst case for unit vectors, n_q (2u + u^2 + D 2^-23), and one from each token's actual rounding error,
 sum_t |q_t - bf16(q_t)| max_s |d_s| + |bf16(q_t)| max_s |d_s - bf16(d_s)| (+ the accumulation terms).
 
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_splade import machine  # noqa: E402
 from peak_memory import peak_memory  # noqa: E402
 
-from sentfuse import _ops  # noqa: E402
+from sentfuse import _ops, cpu_features  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "squad" / "paragraphs.jsonl"
 
@@ -79,6 +82,13 @@ def timed(fn, repeat: int, device: str):
     return sorted(times)[len(times) // 2], extra, result
 
 
+def sentfuse_path(device: str, dtype: torch.dtype) -> str:
+    """The maxsim_topk kernel that runs for these inputs (see the module docstring)."""
+    if device != "cpu" or dtype != torch.float32:
+        return f"{str(dtype).removeprefix('torch.')} tiles"
+    return "bf16 scan + fp32 rescore" if cpu_features.maxsim_bf16_default() else "fp32 tiles"
+
+
 def bench(device: str, dtype: torch.dtype, args) -> dict:
     from sentence_transformers import util as st_util
 
@@ -100,7 +110,7 @@ def bench(device: str, dtype: torch.dtype, args) -> dict:
     ids_match = float((ids.cpu() == expected.indices.cpu()).float().mean())
     return {"device": device, "dtype": str(dtype).removeprefix("torch."), "queries": args.queries,
             "query_tokens": args.query_tokens, "docs": args.docs, "doc_tokens": int(offsets[-1]), "dim": args.dim,
-            "k": k, "sentfuse_s": ours_s, "st_s": theirs_s, "speedup": theirs_s / ours_s,
+            "k": k, "path": sentfuse_path(device, dtype), "load_average": os.getloadavg(), "sentfuse_s": ours_s, "st_s": theirs_s, "speedup": theirs_s / ours_s,
             "sentfuse_extra_mb": ours_mb, "st_extra_mb": theirs_mb,
             "memory_ratio": theirs_mb / max(ours_mb, 1e-3), "same_scores": same_scores, "ids_match": ids_match}
 
@@ -224,14 +234,15 @@ def main() -> None:
         return
     print(f"machine: {machine(args.device)}")
     print(f"{'dtype':>9} {'sentfuse s':>11} {'ST s':>9} {'speedup':>8} {'sentfuse MB':>12} {'ST MB':>9} "
-          f"{'mem ratio':>9} {'scores ok':>9} {'ids match':>9}")
+          f"{'mem ratio':>9} {'scores ok':>9} {'ids match':>9}  sentfuse path")
     rows = []
     for name in args.dtype:
         row = bench(args.device, getattr(torch, name), args)
         rows.append(row)
         print(f"{row['dtype']:>9} {row['sentfuse_s']:11.2f} {row['st_s']:9.2f} {row['speedup']:7.1f}x "
               f"{row['sentfuse_extra_mb']:12.1f} {row['st_extra_mb']:9.1f} {row['memory_ratio']:8.1f}x "
-              f"{str(row['same_scores']):>9} {row['ids_match']:9.1%}", flush=True)
+              f"{str(row['same_scores']):>9} {row['ids_match']:9.1%}  {row['path']} (load average "
+              f"{row['load_average'][0]:.1f})", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(args.device), "rows": rows}, indent=2) + "\n")
 

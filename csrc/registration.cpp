@@ -54,8 +54,9 @@ TORCH_LIBRARY(sentfuse, m) {
   // ties to the lower index; maxsim_candidates: candidates [Q, C] int64 document ids -> [Q, C].
   m.def("maxsim(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, *, str score=\"maxsim\") "
         "-> Tensor");
+  // bf16_rescore (CPU, fp32 inputs, AMX): bf16 score tiles with a provable bound, candidates rescored in fp32.
   m.def("maxsim_topk(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, int k, *, "
-        "str score=\"maxsim\") -> (Tensor, Tensor)");
+        "str score=\"maxsim\", bool bf16_rescore=False) -> (Tensor, Tensor)");
   m.def("maxsim_candidates(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, Tensor candidates, *, "
         "str score=\"maxsim\") -> Tensor");
 }

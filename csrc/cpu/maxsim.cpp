@@ -9,8 +9,11 @@
 // written by exactly one item, so there is nothing to merge. GEMMs run in the input dtype through
 // at::mm_out (oneDNN; AMX for bf16 where the CPU has it), with fp32 accumulation; 16-bit products are
 // rounded to the input dtype as sentence-transformers' einsum rounds them, and maxima are summed in fp32.
-// maxsim_topk scores a block of documents at a time, so memory stays O(Q x block) whatever N is.
+// maxsim_topk scores a block of documents at a time, so memory stays O(Q x block) whatever N is; with
+// bf16_rescore (fp32 inputs, AMX CPUs) the blocks come from the bf16 scan (cpu/maxsim_bf16.h) and only the
+// candidates it cannot rule out are scored here, through maxsim_candidates' GEMMs.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -23,6 +26,7 @@
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "cpu/load_float.h"
+#include "cpu/maxsim_bf16.h"
 
 namespace sentfuse {
 namespace {
@@ -111,6 +115,26 @@ void fold_query(const scalar_t* sim, int64_t ld, int64_t rows, const int64_t* se
   for (int64_t d = 0; d < num_docs; ++d) out[d] *= scale;
 }
 
+// fold_query on the transposed layout: sim [cols, rows] (column r: the query's row r), document d spanning rows
+// seg[d]:seg[d + 1]; best [rows] is scratch. Same sums in the same order as fold_query.
+template <typename scalar_t>
+void fold_query_transposed(const scalar_t* sim, int64_t rows, const int64_t* seg, int64_t num_docs, float scale,
+                           float* out, float* __restrict best) {
+  for (int64_t d = 0; d < num_docs; ++d) {
+    std::fill(best, best + rows, -std::numeric_limits<float>::infinity());
+    for (int64_t c = seg[d]; c < seg[d + 1]; ++c) {
+      const scalar_t* __restrict x = sim + c * rows;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float v = load_float(x, r);
+        best[r] = v > best[r] ? v : best[r];
+      }
+    }
+    float sum = 0.f;
+    for (int64_t r = 0; r < rows; ++r) sum += best[r];
+    out[d] = sum * scale;
+  }
+}
+
 // A thread's GEMM output buffer, grown on demand and reused across work items.
 at::Tensor& thread_buffer(std::vector<at::Tensor>& buffers, int64_t rows, int64_t cols, const at::TensorOptions& opt) {
   at::Tensor& buf = buffers[at::get_thread_num()];
@@ -184,24 +208,95 @@ at::Tensor maxsim_cpu(const at::Tensor& queries, const std::optional<at::Tensor>
   return out;
 }
 
-// Merges scores[0:n] (documents first, first + 1, ...) into a query's best list, kept sorted best first with
-// ties to the lower index, at most k long.
-void merge_topk(std::vector<std::pair<float, int64_t>>& best, const float* scores, int64_t n, int64_t first, int64_t k) {
+// Offers document `id` with `score` to a query's best list, kept sorted best first with ties to the lower index,
+// at most k long. Documents arrive in increasing index order, so an equal score never displaces a kept one.
+void push_topk(std::vector<std::pair<float, int64_t>>& best, float score, int64_t id, int64_t k) {
   const auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
-  for (int64_t j = 0; j < n; ++j) {
-    // Later documents have higher indices, so an equal score never displaces a kept one.
-    if (static_cast<int64_t>(best.size()) == k && !(scores[j] > best.back().first)) continue;
-    best.emplace_back(scores[j], first + j);
-    std::inplace_merge(best.begin(), best.end() - 1, best.end(), better);
-    if (static_cast<int64_t>(best.size()) > k) best.pop_back();
+  if (static_cast<int64_t>(best.size()) == k && !(score > best.back().first)) return;
+  best.emplace_back(score, id);
+  std::inplace_merge(best.begin(), best.end() - 1, best.end(), better);
+  if (static_cast<int64_t>(best.size()) > k) best.pop_back();
+}
+
+// A thread's reused memory for score_candidates.
+struct CandidateBuffers {
+  std::vector<at::Tensor> sim, gathered, best;
+  explicit CandidateBuffers(int threads) : sim(threads), gathered(threads), best(threads) {}
+};
+
+// Query q against documents ids[0:C] into out[0:C], in groups of ~kTileTokens candidate tokens gathered per GEMM.
+// The gathered tokens are the GEMM's tall left operand (the query's few rows the right one): that keeps the
+// BLAS from repacking the large operand for a handful of rows.
+void score_candidates(const Prepared& p, int64_t q, const int64_t* ids, int64_t C, float* out, CandidateBuffers& buf) {
+  const int64_t r0 = p.queries.offsets[q], rows = p.queries.offsets[q + 1] - r0, D = p.docs.size(1);
+  if (rows == 0) {  // a query without a valid token scores 0
+    std::fill(out, out + C, 0.f);
+    return;
   }
+  float* best = thread_buffer(buf.best, 1, rows, p.docs.options().dtype(at::kFloat)).mutable_data_ptr<float>();
+  std::vector<int64_t> seg, rows_of;
+  for (int64_t c = 0; c < C;) {  // one group: candidates [c, e)
+    seg.assign(1, 0);
+    rows_of.clear();
+    int64_t e = c;
+    while (e < C && (e == c || seg.back() + p.offsets[ids[e] + 1] - p.offsets[ids[e]] <= kTileTokens)) {
+      const int64_t d = ids[e++];
+      for (int64_t t = p.offsets[d]; t < p.offsets[d + 1]; ++t) rows_of.push_back(t);
+      seg.push_back(static_cast<int64_t>(rows_of.size()));
+    }
+    const int64_t cols = seg.back();
+    at::Tensor gathered = thread_buffer(buf.gathered, cols, D, p.docs.options()).narrow(0, 0, cols * D).view({cols, D});
+    at::index_select_out(gathered, p.docs, 0, at::from_blob(rows_of.data(), {cols}, at::TensorOptions().dtype(at::kLong)));
+    at::Tensor sim = thread_buffer(buf.sim, cols, rows, p.docs.options()).narrow(0, 0, cols * rows).view({cols, rows});
+    at::mm_out(sim, gathered, p.queries.tokens.narrow(0, r0, rows).t());
+    SENTFUSE_DISPATCH_FLOAT_TYPES(sim.scalar_type(), "sentfuse_maxsim_candidates_cpu", [&] {
+      fold_query_transposed(sim.const_data_ptr<scalar_t>(), rows, seg.data(), e - c, p.queries.scale[q], out + c, best);
+    });
+    c = e;
+  }
+}
+
+// maxsim_topk through the bf16 scan (cpu/maxsim_bf16.h): approximate scores with their bounds a round of
+// documents at a time, then each query's candidates rescored exactly as maxsim_candidates scores them.
+void topk_bf16_rescore(const char* op, const Prepared& p, int64_t N, int64_t k, float* out_scores, int64_t* out_ids) {
+  const int64_t Q = static_cast<int64_t>(p.queries.scale.size()), round = std::min(N, kTopkDocs);
+  const MaxSimBf16Scan scan(p.queries.tokens, p.queries.offsets, p.queries.scale);
+  std::vector<float> approx(Q * round);
+  std::vector<MaxSimDocTerms> terms(round);
+  std::vector<MaxSimCandidates> candidates(Q, MaxSimCandidates(k));
+  for (int64_t d0 = 0; d0 < N; d0 += round) {
+    const int64_t n = std::min(round, N - d0);
+    scan.score(p.docs, p.offsets, group_by_budget(p.offsets, d0, d0 + n, kTileTokens), approx.data(), round,
+               terms.data());
+    at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q)
+        for (int64_t j = 0; j < n; ++j)
+          candidates[q].offer(d0 + j, approx[q * round + j], scan.error_bound(q, terms[j]));
+    });
+  }
+  CandidateBuffers buffers(at::get_num_threads());
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const std::vector<int64_t> ids = candidates[q].survivors();
+      std::vector<float> exact(ids.size());
+      score_candidates(p, q, ids.data(), static_cast<int64_t>(ids.size()), exact.data(), buffers);
+      std::vector<std::pair<float, int64_t>> best;
+      for (size_t c = 0; c < ids.size(); ++c) {
+        finite = finite && std::isfinite(exact[c]);
+        push_topk(best, exact[c], ids[c], k);
+      }
+      for (int64_t j = 0; j < k; ++j) std::tie(out_scores[q * k + j], out_ids[q * k + j]) = best[j];
+    }
+  });
+  if (!finite) fail_non_finite(op, "queries or docs (a dot product overflowed fp32)");
 }
 
 std::tuple<at::Tensor, at::Tensor> maxsim_topk_cpu(const at::Tensor& queries, const std::optional<at::Tensor>& query_mask,
                                                    const at::Tensor& docs, const at::Tensor& cu_seqlens, int64_t k,
-                                                   c10::string_view score) {
+                                                   c10::string_view score, bool bf16_rescore) {
   constexpr const char* op = "maxsim_topk";
   const MaxSimArgs args = check_maxsim_args(op, queries, query_mask, docs, cu_seqlens, score);
   check_maxsim_k(k);
@@ -210,6 +305,11 @@ std::tuple<at::Tensor, at::Tensor> maxsim_topk_cpu(const at::Tensor& queries, co
   at::Tensor out_scores = at::empty({Q, k_out}, queries.options().dtype(at::kFloat));
   at::Tensor out_ids = at::empty({Q, k_out}, queries.options().dtype(at::kLong));
   if (Q == 0 || k_out == 0) return {out_scores, out_ids};
+  // The scan needs the AMX tiles and pays off for fp32 inputs only (16-bit inputs already take bf16/fp16 GEMMs).
+  if (bf16_rescore && docs.scalar_type() == at::kFloat && maxsim_bf16_available()) {
+    topk_bf16_rescore(op, p, N, k_out, out_scores.mutable_data_ptr<float>(), out_ids.mutable_data_ptr<int64_t>());
+    return {out_scores, out_ids};
+  }
 
   const int64_t round = std::min(N, kTopkDocs);
   at::Tensor block = at::empty({Q, round}, queries.options().dtype(at::kFloat));
@@ -220,7 +320,8 @@ std::tuple<at::Tensor, at::Tensor> maxsim_topk_cpu(const at::Tensor& queries, co
     score_documents(p.queries, p.docs, p.offsets, d0, d0 + n, s, round);
     check_scores_finite(op, block.narrow(1, 0, n));
     at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) merge_topk(best[q], s + q * round, n, d0, k_out);
+      for (int64_t q = q0; q < q1; ++q)
+        for (int64_t j = 0; j < n; ++j) push_topk(best[q], s[q * round + j], d0 + j, k_out);
     });
   }
   float* so = out_scores.mutable_data_ptr<float>();
@@ -244,35 +345,9 @@ at::Tensor maxsim_candidates_cpu(const at::Tensor& queries, const std::optional<
   const at::Tensor cand = candidates.contiguous();
   const int64_t* ids = cand.const_data_ptr<int64_t>();
   float* o = out.mutable_data_ptr<float>();
-  std::vector<at::Tensor> buffers(at::get_num_threads());
+  CandidateBuffers buffers(at::get_num_threads());
   at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<int64_t> seg, rows_of;
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t r0 = p.queries.offsets[q], rows = p.queries.offsets[q + 1] - r0;
-      if (rows == 0) {
-        std::fill(o + q * C, o + (q + 1) * C, 0.f);
-        continue;
-      }
-      for (int64_t c = 0; c < C;) {  // one group: candidates [c, e)
-        seg.assign(1, 0);
-        rows_of.clear();
-        int64_t e = c;
-        while (e < C && (e == c || seg.back() + p.offsets[ids[q * C + e] + 1] - p.offsets[ids[q * C + e]] <= kTileTokens)) {
-          const int64_t d = ids[q * C + e++];
-          for (int64_t t = p.offsets[d]; t < p.offsets[d + 1]; ++t) rows_of.push_back(t);
-          seg.push_back(static_cast<int64_t>(rows_of.size()));
-        }
-        const int64_t cols = seg.back();
-        const at::Tensor gathered = p.docs.index_select(
-            0, at::from_blob(rows_of.data(), {cols}, at::TensorOptions().dtype(at::kLong)));
-        at::Tensor sim = thread_buffer(buffers, rows, cols, docs.options()).narrow(0, 0, rows * cols).view({rows, cols});
-        at::mm_out(sim, p.queries.tokens.narrow(0, r0, rows), gathered.t());
-        SENTFUSE_DISPATCH_FLOAT_TYPES(sim.scalar_type(), "sentfuse_maxsim_candidates_cpu", [&] {
-          fold_query(sim.const_data_ptr<scalar_t>(), cols, rows, seg.data(), e - c, p.queries.scale[q], o + q * C + c);
-        });
-        c = e;
-      }
-    }
+    for (int64_t q = q0; q < q1; ++q) score_candidates(p, q, ids + q * C, C, o + q * C, buffers);
   });
   check_scores_finite(op, out);
   return out;

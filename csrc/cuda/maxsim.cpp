@@ -102,7 +102,8 @@ at::Tensor maxsim_cuda(const at::Tensor& queries, const std::optional<at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> maxsim_topk_cuda(const at::Tensor& queries,
                                                     const std::optional<at::Tensor>& query_mask, const at::Tensor& docs,
-                                                    const at::Tensor& cu_seqlens, int64_t k, c10::string_view score) {
+                                                    const at::Tensor& cu_seqlens, int64_t k, c10::string_view score,
+                                                    bool /*bf16_rescore: a CPU path; the GPU scan is exact as is*/) {
   constexpr const char* op = "maxsim_topk";
   const MaxSimArgs args = check_maxsim_args(op, queries, query_mask, docs, cu_seqlens, score);
   check_maxsim_k(k);

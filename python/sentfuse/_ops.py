@@ -383,10 +383,16 @@ def maxsim_topk(
     *,
     query_mask: torch.Tensor | None = None,
     score: str = "maxsim",
+    bf16_rescore: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best min(k, N) documents per query by maxsim -> (scores fp32, indices int64) [Q, min(k, N)], best
-    first, ties to the lower index; exact."""
-    return torch.ops.sentfuse.maxsim_topk.default(queries, query_mask, docs, cu_seqlens, k, score=score)
+    first, ties to the lower index; exact. bf16_rescore (CPU, float32 inputs, AMX CPUs; elsewhere ignored)
+    scores bf16 tiles with a provable error bound and rescores the candidates in fp32, so the answer stays
+    exact; None (default): cpu_features.maxsim_bf16_default() decides on CPU."""
+    if bf16_rescore is None:
+        bf16_rescore = queries.device.type == "cpu" and cpu_features.maxsim_bf16_default()
+    return torch.ops.sentfuse.maxsim_topk.default(queries, query_mask, docs, cu_seqlens, k, score=score,
+                                                  bf16_rescore=bf16_rescore)
 
 
 def maxsim_candidates(
@@ -411,7 +417,7 @@ def _maxsim_fake(queries, query_mask, docs, cu_seqlens, *, score="maxsim"):
 
 
 @torch.library.register_fake("sentfuse::maxsim_topk")
-def _maxsim_topk_fake(queries, query_mask, docs, cu_seqlens, k, *, score="maxsim"):
+def _maxsim_topk_fake(queries, query_mask, docs, cu_seqlens, k, *, score="maxsim", bf16_rescore=False):
     torch._check(queries.dim() == 3 and docs.dim() == 2, lambda: "maxsim_topk: queries must be 3-D and docs 2-D")
     k_out = min(k, cu_seqlens.shape[0] - 1)
     return (queries.new_empty((queries.shape[0], k_out), dtype=torch.float32),

@@ -330,9 +330,10 @@ def maxsim_topk(
     k: int,
     *,
     score: str = "maxsim",
+    bf16_rescore: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best min(k, N) documents per query by maxsim: (scores fp32, indices int64) [Q, min(k, N)], best
-    first, ties to the lower index."""
+    first, ties to the lower index. bf16_rescore is accepted for signature parity: the exact answer is the same."""
     if k < 0:
         raise ValueError(f"maxsim_topk: k must be >= 0, got {k}")
     scores = maxsim(queries, query_mask, docs, cu_seqlens, score=score)
