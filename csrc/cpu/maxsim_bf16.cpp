@@ -121,7 +121,7 @@ void MaxSimBf16Scan::score(const at::Tensor& docs, const std::vector<int64_t>& d
   // No ATen call inside: from a parallel region it would open a nested OpenMP team.
   at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
     const amx::TileScope tile_config;
-    std::vector<uint16_t> rows;
+    amx::TileVector<uint16_t> rows;  // 64-byte aligned: a tile row never straddles two lines
     std::vector<float> maxima;
     for (int64_t i = begin; i < end; ++i)
       score_tile(d, doc_offsets, tiles[i], tiles[i + 1], tiles[0], approx, ldo, terms, rows, maxima);
@@ -132,7 +132,7 @@ void MaxSimBf16Scan::score(const at::Tensor& docs, const std::vector<int64_t>& d
 // keeps maxima [documents, 32] over the score blocks and adds them to the scores in token order.
 SENTFUSE_AVX512 void MaxSimBf16Scan::score_tile(const float* docs, const std::vector<int64_t>& doc_offsets, int64_t ta, int64_t tb,
                                 int64_t d0, float* approx, int64_t ldo, MaxSimDocTerms* terms,
-                                std::vector<uint16_t>& rows, std::vector<float>& maxima) const {
+                                amx::TileVector<uint16_t>& rows, std::vector<float>& maxima) const {
   constexpr int64_t B = amx::kBlock;
   const int64_t Q = static_cast<int64_t>(scale_.size()), Dp = padded_depth_, n_docs = tb - ta;
   const int64_t r0 = doc_offsets[ta], n = doc_offsets[tb] - r0, padded = (n + B - 1) / B * B;
@@ -190,7 +190,7 @@ void MaxSimBf16Scan::score(const at::Tensor&, const std::vector<int64_t>&, const
                            int64_t, MaxSimDocTerms*) const {}
 
 void MaxSimBf16Scan::score_tile(const float*, const std::vector<int64_t>&, int64_t, int64_t, int64_t, float*, int64_t,
-                                MaxSimDocTerms*, std::vector<uint16_t>&, std::vector<float>&) const {}
+                                MaxSimDocTerms*, amx::TileVector<uint16_t>&, std::vector<float>&) const {}
 
 #endif  // SENTFUSE_WITH_AMX
 

@@ -27,6 +27,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "cpu/amx_tiles.h"
+
 namespace sentfuse {
 
 // A document's terms of the bound: M, E and M~ above.
@@ -67,12 +69,12 @@ class MaxSimBf16Scan {
     float flushed = 0.f;                                // n_q D 2^-125
   };
   void score_tile(const float* docs, const std::vector<int64_t>& doc_offsets, int64_t ta, int64_t tb, int64_t d0,
-                  float* approx, int64_t ldo, MaxSimDocTerms* terms, std::vector<uint16_t>& rows,
+                  float* approx, int64_t ldo, MaxSimDocTerms* terms, amx::TileVector<uint16_t>& rows,
                   std::vector<float>& maxima) const;
 
   int64_t depth_ = 0, padded_depth_ = 0, tokens_ = 0;
   std::vector<int64_t> token_query_;  // [Tq] the query each packed token belongs to
-  std::vector<uint16_t> paired_;      // the tokens in the tiles' right-hand layout, padded to blocks of 32
+  amx::TileVector<uint16_t> paired_;     // the tokens in the tiles' right-hand layout, padded to blocks of 32
   std::vector<QueryTerms> terms_;
   std::vector<float> scale_;
 };
