@@ -116,6 +116,7 @@ bool pack_unit_rows(const c10::Half* rows, int64_t n, int64_t D, int64_t Dp, uin
 int64_t paired_size(int64_t m, int64_t Dp) { return (m + kTileRows - 1) / kTileRows * kTileRows * Dp; }
 
 void pack_pairs(const uint16_t* rows, int64_t m, int64_t Dp, uint16_t* out) {
+  if (m == 0) return;  // no rows: out may be an empty vector's null pointer, which memset must not get
   // Tile row p of step s holds features (2p, 2p + 1) of the step for each of the group's 16 rows.
   std::memset(out, 0, paired_size(m, Dp) * sizeof(uint16_t));
   const int64_t steps = Dp / kDepth;
