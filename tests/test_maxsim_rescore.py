@@ -7,13 +7,12 @@ cannot order those documents, only the rescoring can.
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cpu_paths import FEATURE_SETS, spy_on_path
 from sentfuse import _ops, cpu_features, reference
 from test_maxsim import SCORES, assert_same_topk, collection
 
@@ -132,23 +131,10 @@ def test_property_matches_reference(num_queries, query_tokens, lengths, dim, see
     assert_exact_topk(q, mask, docs, cu, k, score)
 
 
-@pytest.mark.parametrize(
-    "flags,env,chosen",
-    [({"avx2", "fma"}, "", False),  # AVX2 only: fp32 tiles
-     ({"avx512f", "avx512_bf16"}, "", False),  # bf16 vector instructions, no matrix units: fp32 tiles
-     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", True),  # AMX: the bf16 scan
-     ({"avx512f", "amx_bf16", "amx_tile"}, "fp32", False),  # forced either way
-     ({"avx2"}, "bf16", True)],
-    ids=["avx2", "avx512-bf16", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
-)
+@FEATURE_SETS
 def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
-    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
-    monkeypatch.setenv(cpu_features.MAXSIM_ENV, env)
+    seen = spy_on_path(monkeypatch, flags, cpu_features.MAXSIM_ENV, env, "maxsim_topk")
     assert cpu_features.maxsim_bf16_default() is chosen
-    seen = []
-    real = torch.ops.sentfuse.maxsim_topk.default
-    spy = types.SimpleNamespace(default=lambda *a, **kw: seen.append(kw["bf16_rescore"]) or real(*a, **kw))
-    monkeypatch.setattr(torch.ops.sentfuse, "maxsim_topk", spy)
     q, mask, docs, cu = collection(2, 3, [4, 2, 5], 8, torch.float32, seed=13)
     expected = reference.maxsim_topk(q, mask, docs, cu, 2)
     assert_same_topk(_ops.maxsim_topk(q, docs, cu, 2, query_mask=mask), expected, torch.float32)  # the default

@@ -7,11 +7,10 @@ errors: test_op_errors.py; random inputs: test_op_properties.py.
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
+from cpu_paths import FEATURE_SETS, spy_on_path
 from op_devices import cuda_only, device  # noqa: F401  (fixture)
 from sentfuse import _ops, reference
 
@@ -206,25 +205,12 @@ def test_bf16_rescore_ties_and_near_ties(device, metric, dtype, kw):  # noqa: F8
     assert torch.equal(got[1][exact_ties], expected[1][exact_ties]), "tied rows must come lowest index first"
 
 
-@pytest.mark.parametrize(
-    "flags,env,chosen",
-    [({"avx2", "fma"}, "", False),  # AVX2 only: the fp32 path
-     ({"avx512f", "avx512_bf16"}, "", False),  # bf16 vector instructions, no matrix units: fp32
-     ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", True),  # AMX: bf16 tiles
-     ({"avx512f", "amx_bf16", "amx_tile"}, "fp32", False),  # forced either way
-     ({"avx2"}, "bf16", True)],
-    ids=["avx2", "avx512-bf16", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
-)
+@FEATURE_SETS
 def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
     from sentfuse import cpu_features
 
-    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
-    monkeypatch.setenv(cpu_features.TOPK_ENV, env)
+    seen = spy_on_path(monkeypatch, flags, cpu_features.TOPK_ENV, env, "cosine_topk")
     assert cpu_features.topk_bf16_default() is chosen
-    seen = []
-    real = torch.ops.sentfuse.cosine_topk.default
-    spy = types.SimpleNamespace(default=lambda *a, **kw: seen.append(kw["bf16_rescore"]) or real(*a, **kw))
-    monkeypatch.setattr(torch.ops.sentfuse, "cosine_topk", spy)
     x = normal(cpu_features.BF16_MIN_QUERIES, 8, 41)
     _ops.cosine_topk(x, x, 2)  # bf16_rescore=None: the CPU's default
     _ops.cosine_topk(x, x, 2, bf16_rescore=not chosen)  # the argument wins
