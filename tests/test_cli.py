@@ -330,3 +330,17 @@ def test_info_reports_the_cpu_features_that_pick_kernel_paths(capsys, monkeypatc
     assert code == 0
     line = next(l for l in out.splitlines() if l.startswith("cpu features: "))
     assert expect in line and line.endswith(f"cosine_topk CPU default: {topk_path}")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"anchor": "a", "positive": "b"}\n\n{"anchor": "c", ', "line 3: not valid JSON"),
+    ('{"anchor": "a", "positive": "b"}\n["c", "d"]\n', "line 2: expected a JSON object, got list"),
+])
+def test_train_command_names_the_bad_jsonl_line(tmp_path, text, message):
+    from sentfuse.cli.errors import CommandError
+    from sentfuse.cli.train import read_columns
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CommandError, match=message):
+        read_columns(path)

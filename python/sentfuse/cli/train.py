@@ -8,11 +8,11 @@ numeric "label" or "score" column. Checkpoints go to OUTPUT/checkpoints, the fin
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from .._checks import json_record
 from .args import positive
 from .errors import CommandError
 
@@ -47,15 +47,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CommandError(f"{path}, line {number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise CommandError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        if line.strip():
+            try:
+                rows.append(json_record(line, f"{path}, line {number}", ()))
+            except ValueError as e:
+                raise CommandError(str(e)) from None
     return rows
 
 
