@@ -8,14 +8,21 @@ from .._checks import cosine_arg as cosine, plural, positive_int_arg as positive
 from ..model.compute import COMPUTE_MODES
 from .inputs import FORMATS
 
-__all__ = ["add_backbone_options", "add_input_options", "add_model_options", "add_run_options", "cosine", "plural",
-           "positive"]
+__all__ = ["add_backbone_options", "add_corpus_arguments", "add_input_options", "add_model_options", "add_run_options",
+           "cosine", "plural", "positive"]
 
 
 def add_input_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--format", choices=FORMATS, default="auto",
                          help="input format (default: jsonl for files ending in .jsonl, else text)")
     command.add_argument("--field", default=None, help='JSON field holding the text (jsonl only; default "text")')
+
+
+def add_corpus_arguments(command: argparse.ArgumentParser) -> None:
+    """Queries scored against the items of a corpus file (search and rerank)."""
+    command.add_argument("queries", nargs="+", metavar="QUERY", help="query texts")
+    command.add_argument("--corpus", required=True, help="text or .jsonl file, one corpus item per line/record")
+    add_input_options(command)
 
 
 def add_model_options(command: argparse.ArgumentParser) -> None:

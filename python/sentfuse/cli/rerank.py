@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from .args import add_backbone_options, add_input_options, add_run_options, positive
+from .args import add_backbone_options, add_corpus_arguments, add_run_options, positive
 from .errors import CommandError
 from .inputs import Items, read_items, shown
 
@@ -22,9 +22,7 @@ Every (query, item) pair goes through the model in one call, with one progress b
 def add_parser(commands: argparse._SubParsersAction) -> None:
     rerank = commands.add_parser("rerank", help="score the lines of a corpus file against queries with a cross-encoder",
                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    rerank.add_argument("queries", nargs="+", metavar="QUERY", help="query texts")
-    rerank.add_argument("--corpus", required=True, help="text or .jsonl file, one corpus item per line/record")
-    add_input_options(rerank)
+    add_corpus_arguments(rerank)
     rerank.add_argument("--model", required=True, help="cross-encoder folder or cached hub name")
     rerank.add_argument("-k", "--top-k", type=positive, default=5, help="items shown per query (default 5)")
     add_backbone_options(rerank)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..encode.encoder import DOCUMENT_PROMPT_NAMES
 from ..multi_vector.index import is_index
-from .args import add_backbone_options, add_input_options, add_model_options, positive
+from .args import add_backbone_options, add_corpus_arguments, add_model_options, positive
 from .errors import CommandError
 from .inputs import Items, read_items, shown
 from .model import load_encoder
@@ -39,9 +39,7 @@ scoring by cosine, encode --normalize output fits too); otherwise search stops a
 def add_parser(commands: argparse._SubParsersAction) -> None:
     search = commands.add_parser("search", help="rank the lines of a corpus file against queries",
                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    search.add_argument("queries", nargs="+", metavar="QUERY", help="query texts")
-    search.add_argument("--corpus", required=True, help="text or .jsonl file, one corpus item per line/record")
-    add_input_options(search)
+    add_corpus_arguments(search)
     search.add_argument("--embeddings", default=None, metavar="FILE.npy", help="cached corpus embeddings")
     search.add_argument("--reencode", action="store_true",
                         help="encode the corpus and rewrite --embeddings even if it exists")
