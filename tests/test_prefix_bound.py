@@ -224,5 +224,5 @@ def test_top_pairs_orders_ties_by_pair():
     distinct = np.r_[True, (np.diff(rows[order]) != 0) | (np.diff(cols[order]) != 0)]
     keep = order[distinct]  # in (i, j) order, one per pair (not the first occurrence: scores differ from above)
     got = paraphrase._top_pairs(rows[keep], cols[keep], scores[keep], 61, 10**6, distinct=True)
-    expected = sorted(zip(-scores[keep], rows[keep], cols[keep]))
-    assert [(float(-s), int(r), int(c)) for s, r, c in expected] == [(float(s), int(r), int(c)) for r, c, s in zip(*got)]
+    expected = [(float(-s), int(r), int(c)) for s, r, c in sorted(zip(-scores[keep], rows[keep], cols[keep]))]
+    assert expected == [(float(s), int(r), int(c)) for r, c, s in zip(*got)]
