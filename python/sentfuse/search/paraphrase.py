@@ -18,6 +18,7 @@ from .. import _ops
 from .._checks import check_finite, check_threshold, int_at_least, positive_int
 from . import prefix_bound
 from .similarity import as_embeddings, cos_sim, metric_of, scoring_rows
+from .sort_keys import descending_keys
 from .topk import scored_topk
 
 __all__ = ["paraphrase_mining", "paraphrase_mining_embeddings"]
@@ -40,7 +41,7 @@ def _top_pairs(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, m
     if len(scores) < 1 << 32:
         # One key per pair, (score descending, position in (i, j) order): a plain sort of 64-bit integers
         # (vectorized in numpy) orders them, about 20x faster than a lexsort of the three columns.
-        keys = (_descending_keys(scores).astype(np.uint64) << np.uint64(32)) | np.arange(len(scores), dtype=np.uint64)
+        keys = (descending_keys(scores).astype(np.uint64) << np.uint64(32)) | np.arange(len(scores), dtype=np.uint64)
         order = (np.sort(keys)[:max_pairs] & np.uint64(0xFFFFFFFF)).astype(np.intp)
     else:
         order = np.lexsort((cols, rows, -scores))[:max_pairs]
@@ -58,13 +59,6 @@ def _as_lists(pairs_found: Pairs) -> list[list[float | int]]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _descending_keys(scores: np.ndarray) -> np.ndarray:
-    """uint32 keys that sort fp32 scores in descending order (-0.0 and 0.0 apart, which no score here tells)."""
-    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
-    ascending = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))  # the usual float-to-int order
-    return ~ascending
 
 
 def _within_top_k(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, top_k: int) -> np.ndarray:
@@ -89,7 +83,7 @@ def _ranks_below(src: np.ndarray, scores: np.ndarray, counts: np.ndarray, top_k:
     A plain sort of (row, score descending) keys (vectorized in numpy, unlike a stable sort) gives each row's
     top_k-th key; entries with a smaller key are in. Entries tied with it are in while the row has room for
     them, lower other index first: their order of arrival within the row."""
-    keys = (src.astype(np.uint64) << np.uint64(32)) | _descending_keys(scores)
+    keys = (src.astype(np.uint64) << np.uint64(32)) | descending_keys(scores)
     ordered = np.sort(keys)
     crowded_rows = np.flatnonzero(counts > top_k)
     starts = np.cumsum(counts[crowded_rows]) - counts[crowded_rows]
