@@ -77,6 +77,25 @@ def test_near_ties_below_bf16_resolution(score):
         assert set(got) <= set(range(10, 90))
 
 
+def test_survivors_pass_their_prunes():
+    """6,000 near-copies of one document, all within the bound of the best when seen: the survivor list passes its
+    first prune (4,096) while it holds the answer, and must keep every document that can still win."""
+    g = torch.Generator().manual_seed(10)
+    base = torch.nn.functional.normalize(torch.randn(4, 32, generator=g), dim=-1)
+    copies = base.unsqueeze(0) * (1 + 2.0**-9 * torch.randn(6000, 4, 32, generator=g))
+    docs = copies.reshape(-1, 32)
+    cu = offsets([4] * 6000)
+    q = (base[:3] + 0.01 * torch.randn(3, 32, generator=g)).unsqueeze(0)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    scores, ids = _ops.maxsim_topk(q, docs, cu, 5, query_mask=mask, bf16_rescore=True)
+    all_scores = reference.maxsim(q, mask, docs, cu)
+    expected = reference.maxsim_topk(q, mask, docs, cu, 5)
+    torch.testing.assert_close(scores, expected[0], rtol=0, atol=1e-5)
+    kth = expected[0][0, -1]
+    sure = {d for d in expected[1][0].tolist() if all_scores[0, d] > kth + 1e-5}
+    assert sure <= set(ids[0].tolist()) and all(all_scores[0, d] >= kth - 1e-5 for d in ids[0].tolist())
+
+
 def test_top_scores_are_maxsim_candidates_scores():
     """The rescored top-k carries fp32 scores (those maxsim_candidates gives, up to fp32 summation order), not
     the scan's: bf16 inputs would be ~0.4% off at these magnitudes, 5000x the tolerance."""

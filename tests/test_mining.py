@@ -310,3 +310,11 @@ def test_paraphrase_mining_with_a_sentfuse_encoder(tiny_model_root, sentences):
     ours = paraphrase.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20)
     assert {tuple(p[1:]) for p in ours[:2]} == {(0, len(sentences)), (6, len(sentences) + 1)}
     assert_same_pairs(ours, util.paraphrase_mining(encoder, texts, top_k=3, max_pairs=20), encoder.encode(texts, convert_to_tensor=True), 3)
+
+
+def test_stable_argsort_equals_numpys_stable_sort():
+    from sentfuse.search.sort_keys import stable_argsort
+
+    g = np.random.default_rng(5)
+    for keys in (g.integers(0, 50, 3000), g.integers(-(2**62), 2**62, 3000), np.zeros(10, np.int64), np.arange(0)):
+        assert (stable_argsort(keys) == np.argsort(keys, kind="stable")).all()

@@ -206,3 +206,23 @@ def test_within_top_k_exact_ties_on_both_sides(top_k, cutoff):
     rows, cols, scores = reference.threshold_pairs(x, None, cutoff, metric="dot")
     got = paraphrase._within_top_k(rows.numpy(), cols.numpy(), scores.numpy(), len(x), top_k)
     assert (got == brute_within_top_k(rows.numpy(), cols.numpy(), x, top_k)).all()
+
+
+def test_top_pairs_orders_ties_by_pair():
+    """The best max_pairs by score, ties by (i, j), each pair once (its first occurrence) when not distinct."""
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randint(0, 30, (400,), generator=g).numpy()
+    cols = rows + 1 + torch.randint(0, 30, (400,), generator=g).numpy()
+    scores = (torch.randint(-4, 5, (400,), generator=g) / 4).numpy().astype(np.float32)  # many exact ties
+    first = {}
+    for r, c, s in zip(rows.tolist(), cols.tolist(), scores.tolist()):
+        first.setdefault((r, c), s)
+    expected = sorted(first.items(), key=lambda p: (-p[1], p[0]))[:50]
+    got = paraphrase._top_pairs(rows, cols, scores, 61, 50)
+    assert [(int(r), int(c), float(s)) for r, c, s in zip(*got)] == [(r, c, s) for (r, c), s in expected]
+    order = np.lexsort((cols, rows))
+    distinct = np.r_[True, (np.diff(rows[order]) != 0) | (np.diff(cols[order]) != 0)]
+    keep = order[distinct]  # in (i, j) order, one per pair (not the first occurrence: scores differ from above)
+    got = paraphrase._top_pairs(rows[keep], cols[keep], scores[keep], 61, 10**6, distinct=True)
+    expected = [(float(-s), int(r), int(c)) for s, r, c in sorted(zip(-scores[keep], rows[keep], cols[keep]))]
+    assert expected == [(float(s), int(r), int(c)) for r, c, s in zip(*got)]

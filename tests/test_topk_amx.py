@@ -76,6 +76,24 @@ def test_all_equal_scores_and_k_beyond_the_candidates():
     assert (got[1][:, -1] == -1).all()
 
 
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_near_ties_after_rising_scores_prune_the_survivors(metric):
+    """Corpus rows ever closer to the query, then many rows within the bf16 bound of the best: each one reaches the
+    bar when it is seen, so every thread's survivor list passes its first prune (4,096) while it holds the answer,
+    and the prunes must keep exactly what can still win."""
+    rising, near, d = 10000, 10000, 64
+    q = normal(2, d, 61)
+    g = torch.Generator().manual_seed(63)
+    angle = torch.cat([torch.linspace(1.5, 0.3, rising), 0.3 + 0.002 * torch.rand(near, generator=g)])[:, None]
+    side = torch.nn.functional.normalize(normal(rising + near, d, 62), dim=1)
+    corpus = angle.cos() * torch.nn.functional.normalize(q[:1], dim=1) + angle.sin() * side
+    if metric == "dot":
+        corpus = corpus * (1 + 0.01 * torch.rand(rising + near, 1, generator=g))
+    got = bf16_topk(q, corpus, 20, metric=metric)
+    expected = reference.cosine_topk(q, corpus, 20, metric=metric)
+    assert_same_topk(got, expected, atol=2e-6 * max(1.0, expected[0].abs().max().item()))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("row", [0, 999])
 def test_non_finite_in_any_chunk_raises(bad, row):

@@ -84,6 +84,21 @@ bool pack_unit_rows_any(const T* rows, int64_t n, int64_t D, int64_t Dp, uint16_
   return bad == 0;
 }
 
+template <typename T>
+float dot_any(const float* x, const T* y, int64_t D) {
+  constexpr int kAccumulators = 4;
+  __m512 acc[kAccumulators] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  int64_t d = 0;
+  for (; d + 16 * kAccumulators <= D; d += 16 * kAccumulators)
+    for (int a = 0; a < kAccumulators; ++a)
+      acc[a] = _mm512_fmadd_ps(_mm512_loadu_ps(x + d + 16 * a), load16(y + d + 16 * a, 16), acc[a]);
+  for (; d < D; d += 16) {
+    const int count = static_cast<int>(std::min<int64_t>(16, D - d));
+    acc[0] = _mm512_fmadd_ps(load16(x + d, count), load16(y + d, count), acc[0]);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
 }  // namespace
 
 bool available() {
@@ -112,6 +127,10 @@ bool pack_unit_rows(const c10::Half* rows, int64_t n, int64_t D, int64_t Dp, uin
                     float* inverse) {
   return pack_unit_rows_any(rows, n, D, Dp, out, norms, inverse);
 }
+
+float dot(const float* x, const float* y, int64_t D) { return dot_any(x, y, D); }
+float dot(const float* x, const c10::BFloat16* y, int64_t D) { return dot_any(x, y, D); }
+float dot(const float* x, const c10::Half* y, int64_t D) { return dot_any(x, y, D); }
 
 int64_t paired_size(int64_t m, int64_t Dp) { return (m + kTileRows - 1) / kTileRows * kTileRows * Dp; }
 

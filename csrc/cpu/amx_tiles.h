@@ -63,6 +63,13 @@ bool pack_unit_rows(const c10::BFloat16* rows, int64_t n, int64_t D, int64_t Dp,
 bool pack_unit_rows(const c10::Half* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms,
                     float* inverse);
 
+// x . y over D features in fp32, 16-wide fused multiply-adds on four accumulators: the exact rescoring of the AMX
+// blocks' candidates, several times faster than row_dot's portable lanes (whose latency-bound chains dominated
+// it). Another summation order than row_dot's, as an fp32 GEMM tile has.
+float dot(const float* x, const float* y, int64_t D);
+float dot(const float* x, const c10::BFloat16* y, int64_t D);
+float dot(const float* x, const c10::Half* y, int64_t D);
+
 // bf16 rows [m, Dp] -> the right-hand operand's layout, [ceil(m / 16) groups][Dp / 32 steps][16 pair rows][16
 // rows x 2 features] (rows past m zero): group g serves queries 16g... Returns its size in bf16 values.
 int64_t paired_size(int64_t m, int64_t Dp);

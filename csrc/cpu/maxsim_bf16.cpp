@@ -210,29 +210,15 @@ void MaxSimCandidates::offer(int64_t doc, float approx, float bound) {
     lows_.back() = lower;
     std::push_heap(lows_.begin(), lows_.end(), std::greater<float>());
   }
-  docs_.push_back(doc);
-  upper_.push_back(upper);
-  if (docs_.size() > prune_at_) prune();
-}
-
-void MaxSimCandidates::prune() {
-  const float b = bar();
-  size_t kept = 0;
-  for (size_t i = 0; i < docs_.size(); ++i) {
-    if (upper_[i] < b) continue;
-    docs_[kept] = docs_[i];
-    upper_[kept++] = upper_[i];
-  }
-  docs_.resize(kept);
-  upper_.resize(kept);
-  prune_at_ = std::max<size_t>(prune_at_, 2 * kept);
+  docs_.push(doc, upper);
+  docs_.prune_if_due(bar());
 }
 
 std::vector<int64_t> MaxSimCandidates::survivors() const {
   const float b = bar();
   std::vector<int64_t> out;
-  for (size_t i = 0; i < docs_.size(); ++i)
-    if (upper_[i] >= b) out.push_back(docs_[i]);
+  for (size_t i = 0; i < docs_.ids.size(); ++i)
+    if (docs_.upper[i] >= b) out.push_back(docs_.ids[i]);
   return out;
 }
 

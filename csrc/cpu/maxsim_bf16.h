@@ -28,6 +28,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "cpu/amx_tiles.h"
+#include "cpu/survivors.h"
 
 namespace sentfuse {
 
@@ -91,13 +92,10 @@ class MaxSimCandidates {
 
  private:
   float bar() const;
-  void prune();
 
   int64_t k_;
   std::vector<float> lows_;  // min-heap of the k largest lower bounds
-  std::vector<int64_t> docs_;
-  std::vector<float> upper_;
-  size_t prune_at_ = 4096;  // doubles past what a prune keeps, so pruning stays linear overall
+  Survivors docs_;
 };
 
 }  // namespace sentfuse

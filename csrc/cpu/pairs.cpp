@@ -23,7 +23,6 @@
 
 #include "common/checks.h"
 #include "common/dispatch.h"
-#include "cpu/row_dot.h"
 #include "cpu/score_tiles.h"
 #include "cpu/topk_bf16.h"
 #ifdef SENTFUSE_WITH_AMX
@@ -185,7 +184,7 @@ void amx_pairs_block(const AmxPairsInputs& in, const float* q, const col_t* cols
       for (uint32_t bits = hits[r]; bits != 0; bits &= bits - 1) {
         const int64_t i = i0 + __builtin_ctz(bits);
         if (self && j <= i) continue;
-        float s = row_dot<false>(q + i * D, cols + j * D, D);
+        float s = amx::dot(q + i * D, cols + j * D, D);
         if (scale_columns) s *= in.column_inverse[j];
         if (s >= threshold) buffers[i / kRowBlock].push_back({j, s, static_cast<int32_t>(i % kRowBlock)});
       }

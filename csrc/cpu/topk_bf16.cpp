@@ -27,6 +27,7 @@
 #include "cpu/load_float.h"
 #include "cpu/row_dot.h"
 #include "cpu/score_tiles.h"
+#include "cpu/survivors.h"
 
 namespace sentfuse {
 namespace {
@@ -34,27 +35,6 @@ namespace {
 constexpr int64_t kTileScores = int64_t{1} << 19;  // bf16 scores per tile: 1 MB, within the core's L2
 constexpr int64_t kQueryTile = 1024;
 constexpr int64_t kMinCols = 128;
-constexpr int64_t kPruneAt = 4096;  // a query's candidate list is pruned to the current bound past this
-
-// The pairs of one query that may reach its top-k, in increasing index order.
-struct Survivors {
-  std::vector<int64_t> index;
-  std::vector<float> upper;
-  size_t prune_at = kPruneAt;  // doubles past what a prune keeps, so pruning stays linear overall
-
-  // Drops the pairs whose upper bound is below bar.
-  void prune(float bar) {
-    size_t kept = 0;
-    for (size_t t = 0; t < index.size(); ++t) {
-      if (upper[t] < bar) continue;
-      index[kept] = index[t];
-      upper[kept++] = upper[t];
-    }
-    index.resize(kept);
-    upper.resize(kept);
-    prune_at = std::max<size_t>(kPruneAt, 2 * kept);
-  }
-};
 
 // One query's tile row: n approximate cosines for corpus rows first...; under metric "dot" col_norms [n]
 // holds |c_j| and q_norm is |q| (cosine: nullptr). Returns false on a non-finite score.
@@ -78,11 +58,10 @@ bool scan_row(const c10::BFloat16* u, int64_t n, int64_t first, int64_t skip, co
       if (t == skip || upper < std::max(lower.threshold(), min_score)) continue;
       const float low = (v - beta) * s;
       if (low > lower.threshold()) lower.push(low, first + t);
-      out.index.push_back(first + t);
-      out.upper.push_back(upper);
+      out.push(first + t, upper);
     }
   }
-  if (out.index.size() > out.prune_at) out.prune(std::max(lower.threshold(), min_score));
+  out.prune_if_due(std::max(lower.threshold(), min_score));
   return true;
 }
 
@@ -171,8 +150,8 @@ bool rescore(const at::Tensor& q, const scalar_t* corpus, Metric metric, const f
       ids.clear();
       for (const ThreadScan& st : scans) {
         const Survivors& cand = st.survivors[i];
-        for (size_t t = 0; t < cand.index.size(); ++t)
-          if (cand.upper[t] >= bar) ids.push_back(cand.index[t]);
+        for (size_t t = 0; t < cand.ids.size(); ++t)
+          if (cand.upper[t] >= bar) ids.push_back(cand.ids[t]);
       }
       std::sort(ids.begin(), ids.end());  // increasing j, as TopK::push expects
       for (const int64_t j : ids) {
@@ -240,9 +219,8 @@ void take_hits(const ScanInputs& in, const AmxQueries& qs, const AmxBuffers& buf
         st.bar[i] = std::max(lower.threshold(), in.min_score);
       }
       Survivors& out = st.survivors[i];
-      out.index.push_back(j);
-      out.upper.push_back(upper);
-      if (out.index.size() > out.prune_at) out.prune(st.bar[i]);
+      out.push(j, upper);
+      out.prune_if_due(st.bar[i]);
     }
   }
 }

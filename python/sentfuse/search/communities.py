@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from .. import _ops
 from .._checks import check_finite, check_threshold, positive_int
 from . import prefix_bound
-from .paraphrase import _descending_keys
 from .similarity import as_embeddings, scoring_rows
+from .sort_keys import descending_keys, stable_argsort
 
 __all__ = ["community_detection"]
 
@@ -41,11 +41,12 @@ def _neighbours_from_pairs(
         self_rows = np.flatnonzero(self_scores >= threshold)
         # Every row's edges in increasing other-row order (the pairs come sorted by (row, col), row < col), so
         # one stable sort by (row, score descending) leaves them in (row, score descending, other row) order:
-        # numpy's three-key lexsort took ~30% of the call on 20,000 rows. + 0.0 makes -0.0 a plain 0.
+        # numpy's three-key lexsort took ~30% of the call on 20,000 rows, its stable argsort ~12%. + 0.0 makes -0.0
+        # a plain 0.
         src = np.concatenate([cols, self_rows, rows])
         dst = np.concatenate([rows, self_rows, cols])
         edge_scores = np.concatenate([scores, self_scores[self_rows], scores]) + np.float32(0.0)
-        order = np.argsort((src.astype(np.int64) << 32) | _descending_keys(edge_scores), kind="stable")
+        order = stable_argsort((src.astype(np.int64) << 32) | descending_keys(edge_scores))
         src, dst = src[order], dst[order]
     counts = np.bincount(src, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

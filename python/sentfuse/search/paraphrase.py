@@ -18,6 +18,7 @@ from .. import _ops
 from .._checks import check_finite, check_threshold, int_at_least, positive_int
 from . import prefix_bound
 from .similarity import as_embeddings, cos_sim, metric_of, scoring_rows
+from .sort_keys import descending_keys
 from .topk import scored_topk
 
 __all__ = ["paraphrase_mining", "paraphrase_mining_embeddings"]
@@ -32,15 +33,18 @@ Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows, cols, scores), rows 
 def _top_pairs(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, max_pairs: int,
                distinct: bool = False) -> Pairs:
     """Each unordered pair once (its first occurrence, as sentence-transformers keeps the first score it
-    sees; distinct=True says the pairs already are), then the max_pairs best, sorted by score descending
-    and (i, j) ascending on ties."""
+    sees; distinct=True says the pairs already are, in (i, j) order), then the max_pairs best, sorted by
+    score descending and (i, j) ascending on ties."""
     if not distinct:
-        _, first = np.unique(rows * n + cols, return_index=True)
+        _, first = np.unique(rows * n + cols, return_index=True)  # also puts the pairs in (i, j) order
         rows, cols, scores = rows[first], cols[first], scores[first]
-    if len(scores) > max_pairs:
-        keep = np.argpartition(-scores, max_pairs - 1)[:max_pairs]
-        rows, cols, scores = rows[keep], cols[keep], scores[keep]
-    order = np.lexsort((cols, rows, -scores))
+    if len(scores) < 1 << 32:
+        # One key per pair, (score descending, position in (i, j) order): a plain sort of 64-bit integers
+        # (vectorized in numpy) orders them, about 20x faster than a lexsort of the three columns.
+        keys = (descending_keys(scores).astype(np.uint64) << np.uint64(32)) | np.arange(len(scores), dtype=np.uint64)
+        order = (np.sort(keys)[:max_pairs] & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    else:
+        order = np.lexsort((cols, rows, -scores))[:max_pairs]
     return rows[order], cols[order], scores[order]
 
 
@@ -57,31 +61,46 @@ def _as_lists(pairs_found: Pairs) -> list[list[float | int]]:
             gc.enable()
 
 
-def _descending_keys(scores: np.ndarray) -> np.ndarray:
-    """uint32 keys that sort fp32 scores in descending order (-0.0 and 0.0 apart, which no score here tells)."""
-    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
-    ascending = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))  # the usual float-to-int order
-    return ~ascending
-
-
 def _within_top_k(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, top_k: int) -> np.ndarray:
     """For pairs (i, j), i < j, in (i, j) order, listing every pair scoring >= some cutoff: whether j is among
     i's top_k others or i among j's (ties: lower index first, as cosine_topk ranks). Every row that
     outranks j in i's list scores at least as high, so it is listed too, and ranks can be counted within
     the list."""
-    # Each pair from both ends: (j, i) first, so that a row's entries already come in increasing other index.
+    # Each pair from both ends: (j, i) first, so that a row's entries come in increasing other index.
     src = np.concatenate([cols, rows])
-    within = np.bincount(src, minlength=n)[src] <= top_k  # a row listed at most top_k times keeps them all
+    counts = np.bincount(src, minlength=n)
+    within = counts[src] <= top_k  # a row listed at most top_k times keeps them all
     crowded = np.flatnonzero(~within)
     if len(crowded):
-        # One stable sort by (row, score descending) ranks the crowded rows' entries; ties keep index order.
-        keys = (src[crowded].astype(np.int64) << 32) | _descending_keys(np.concatenate([scores, scores])[crowded])
-        order = torch.sort(torch.from_numpy(keys), stable=True).indices.numpy()
-        grouped = src[crowded][order]
-        position = np.arange(len(order))
-        group_start = np.maximum.accumulate(np.where(np.r_[True, grouped[1:] != grouped[:-1]], position, 0))
-        within[crowded[order]] = position - group_start < top_k
+        within[crowded] = _ranks_below(src[crowded], np.concatenate([scores, scores])[crowded], counts, top_k)
     return within[len(rows) :] | within[: len(rows)]
+
+
+def _ranks_below(src: np.ndarray, scores: np.ndarray, counts: np.ndarray, top_k: int) -> np.ndarray:
+    """Whether each entry (its row src, its score; a row's entries in increasing other index) ranks among its
+    row's top_k by (score descending, other index ascending), for rows listing more than top_k entries.
+
+    A plain sort of (row, score descending) keys (vectorized in numpy, unlike a stable sort) gives each row's
+    top_k-th key; entries with a smaller key are in. Entries tied with it are in while the row has room for
+    them, lower other index first: their order of arrival within the row."""
+    keys = (src.astype(np.uint64) << np.uint64(32)) | descending_keys(scores)
+    ordered = np.sort(keys)
+    crowded_rows = np.flatnonzero(counts > top_k)
+    starts = np.cumsum(counts[crowded_rows]) - counts[crowded_rows]
+    kth = np.zeros(len(counts), np.uint64)
+    kth[crowded_rows] = ordered[starts + top_k - 1]
+    room = np.zeros(len(counts), np.int64)  # places left for the entries tied with the row's top_k-th key
+    room[crowded_rows] = starts + top_k - np.searchsorted(ordered, kth[crowded_rows])
+    row_kth = kth[src]
+    within = keys < row_kth
+    tied = np.flatnonzero(keys == row_kth)
+    # The tied entries grouped by row, in arrival order: each row's first `room` of them are in.
+    by_row = tied[np.argsort(src[tied], kind="stable")]
+    tied_rows = src[by_row]
+    position = np.arange(len(by_row))
+    group_start = np.maximum.accumulate(np.where(np.r_[True, tied_rows[1:] != tied_rows[:-1]], position, 0))
+    within[by_row] = position - group_start < room[tied_rows]
+    return within
 
 
 def _best_listed(x: torch.Tensor, cutoff: float, top_k: int, max_pairs: int, seed: int = 0) -> tuple[Pairs, int]:
