@@ -1,0 +1,185 @@
+"""A packed ("varlen") training forward for BERT-family backbones.
+
+The padded backbone call spends most of a CPU training step in matrix products with few rows: a batch is
+cut into runs of near-equal length (batching.py), each its own call. Here every valid token of the whole
+batch (all input columns) is one row of a [T, hidden] tensor, and every Linear, LayerNorm, GELU and dropout
+of every layer is one operation over all T rows, with no padding. Only attention needs the texts apart: its
+query / key / value rows are scattered into a [texts, heads, width, head] grid (width: the longest text)
+through a precomputed row index, masked so padding keys get no weight, and gathered back.
+
+The arithmetic is transformers' BertLayer's (embeddings: word + token type 0 + position, LayerNorm,
+dropout; per layer: attention, dense, dropout, residual LayerNorm, dense + activation, dense, dropout,
+residual LayerNorm) and its dropouts keep their probabilities. A backbone qualifies by its modules' shapes,
+so BERT and the models built on its layer with BERT's absolute positions do, and by one probe against its
+own padded forward (dropout off); anything else keeps the padded calls.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dropout import dropout
+
+
+@dataclass(frozen=True)
+class PackedTokens:
+    """A batch of texts as one row per token, and where each token sits in the attention grid."""
+
+    input_ids: torch.Tensor  # [T] the texts' token ids, one text after another
+    positions: torch.Tensor  # [T] each token's place in its own text
+    cu_seqlens: torch.Tensor  # [texts + 1] int64 offsets of each text's tokens
+    grid_rows: torch.Tensor  # [T] each token's row in the flattened [texts * width] grid
+    width: int  # the longest text's length
+    key_bias: torch.Tensor  # [texts, 1, 1, width] 0 for a text's tokens, -inf for padding
+
+
+def pack_rows(rows: list[list[int]], device: torch.device) -> PackedTokens:
+    """PackedTokens of rows (each a non-empty list of token ids), in rows' order."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    width = int(lengths.max())
+    cu_seqlens = F.pad(lengths.cumsum(0), (1, 0))
+    starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
+    positions = torch.arange(int(cu_seqlens[-1])) - starts
+    text_of_token = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+    valid = torch.arange(width) < lengths[:, None]  # [texts, width]
+    key_bias = torch.zeros(valid.shape).masked_fill_(~valid, -math.inf)[:, None, None, :]
+    return PackedTokens(
+        input_ids=torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device),
+        positions=positions.to(device), cu_seqlens=cu_seqlens.to(device),
+        grid_rows=(text_of_token * width + positions).to(device), width=width, key_bias=key_bias.to(device))
+
+
+def _is_linear(module: object) -> bool:
+    return type(module) is nn.Linear
+
+
+def _is_layer_norm(module: object) -> bool:
+    return type(module) is nn.LayerNorm
+
+
+def _is_dropout(module: object) -> bool:
+    return type(module) is nn.Dropout
+
+
+def _embeddings_shape(embeddings: nn.Module) -> bool:
+    """BERT's embeddings: word, position and token-type lookups, LayerNorm, dropout; positions 0.. per text
+    (RoBERTa's, which count from its padding id, carry a padding_idx and are left out)."""
+    lookups = [getattr(embeddings, n, None) for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+    return (all(type(e) is nn.Embedding for e in lookups)
+            and _is_layer_norm(getattr(embeddings, "LayerNorm", None))
+            and _is_dropout(getattr(embeddings, "dropout", None))
+            and getattr(embeddings, "position_embedding_type", "absolute") == "absolute"
+            and not hasattr(embeddings, "padding_idx")
+            and lookups[0].embedding_dim == lookups[1].embedding_dim == lookups[2].embedding_dim)
+
+
+def _layer_shape(layer: nn.Module) -> bool:
+    """transformers' BertLayer: self-attention (query / key / value linears, equal heads), output dense +
+    dropout + LayerNorm, intermediate dense + activation, output dense + dropout + LayerNorm; no decoder."""
+    attention = getattr(layer, "attention", None)
+    heads = getattr(attention, "self", None)
+    out = getattr(attention, "output", None)
+    inner, final = getattr(layer, "intermediate", None), getattr(layer, "output", None)
+    parts = [getattr(heads, n, None) for n in ("query", "key", "value")]
+    return (
+        all(_is_linear(p) for p in parts)
+        and len({(p.in_features, p.out_features, p.bias is None) for p in parts}) == 1
+        and isinstance(getattr(heads, "num_attention_heads", None), int)
+        and isinstance(getattr(heads, "attention_head_size", None), int)
+        and isinstance(getattr(heads, "scaling", None), float)
+        and _is_dropout(getattr(heads, "dropout", None))
+        and parts[0].out_features == heads.num_attention_heads * heads.attention_head_size
+        and getattr(heads, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(heads, "is_decoder", False) and not getattr(layer, "add_cross_attention", False)
+        and not getattr(layer, "chunk_size_feed_forward", 0)
+        and all(_is_linear(getattr(m, "dense", None)) and _is_layer_norm(getattr(m, "LayerNorm", None))
+                and _is_dropout(getattr(m, "dropout", None)) for m in (out, final))
+        and _is_linear(getattr(inner, "dense", None)) and callable(getattr(inner, "intermediate_act_fn", None))
+    )
+
+
+def _shape_fits(backbone: nn.Module) -> bool:
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    return (_embeddings_shape(getattr(backbone, "embeddings", None))
+            and isinstance(layers, nn.ModuleList) and len(layers) > 0 and all(_layer_shape(l) for l in layers))
+
+
+def _embed(embeddings: nn.Module, batch: PackedTokens) -> torch.Tensor:
+    """[T, hidden]: word + token type 0 + position embeddings (in transformers' order), LayerNorm, dropout."""
+    x = embeddings.word_embeddings(batch.input_ids) + embeddings.token_type_embeddings.weight[0]
+    x = embeddings.LayerNorm(x + embeddings.position_embeddings(batch.positions))
+    return dropout(x, embeddings.dropout.p, embeddings.training)
+
+
+def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
+    """Self-attention context [T, hidden] of the packed tokens x [T, hidden], each text attending to its own."""
+    parts = (heads.query, heads.key, heads.value)
+    weight = torch.cat([p.weight for p in parts])
+    bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+    qkv = F.linear(x, weight, bias)  # [T, 3 * hidden]: one product instead of three
+    texts, width, hidden = batch.key_bias.shape[0], batch.width, qkv.shape[1] // 3
+    grid = qkv.new_zeros(texts * width, qkv.shape[1]).index_copy(0, batch.grid_rows, qkv)
+    q, k, v = grid.view(texts, width, 3, heads.num_attention_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    p = heads.dropout.p if heads.training else 0.0
+    if p == 0.0:
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_bias.to(q.dtype), scale=heads.scaling)
+    else:  # SDPA would draw its dropout mask with torch's slow CPU sampler
+        scores = torch.matmul(q, k.transpose(-1, -2)) * heads.scaling + batch.key_bias
+        probs = dropout(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), p, True)
+        context = torch.matmul(probs, v)
+    return context.transpose(1, 2).reshape(texts * width, hidden).index_select(0, batch.grid_rows)
+
+
+def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
+    out = layer.attention.output
+    h = dropout(out.dense(_attend(layer.attention.self, x, batch)), out.dropout.p, out.training)
+    x = out.LayerNorm(h + x)
+    h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
+    final = layer.output
+    return final.LayerNorm(dropout(final.dense(h), final.dropout.p, final.training) + x)
+
+
+def packed_forward(backbone: nn.Module, batch: PackedTokens) -> torch.Tensor:
+    """Last hidden states [T, hidden] of the packed batch, in the backbone's current mode (train: dropout)."""
+    x = _embed(backbone.embeddings, batch)
+    for layer in backbone.encoder.layer:
+        x = _layer(layer, x, batch)
+    return x
+
+
+# Backbones already checked by takes_packed, with the answer.
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def takes_packed(backbone: nn.Module) -> bool:
+    """Whether packed_forward serves backbone: BERT's module shapes, and, checked once per backbone with dropout
+    off, the same hidden states as its own right-padded forward."""
+    if backbone not in _CHECKED:
+        _CHECKED[backbone] = _shape_fits(backbone) and _agrees_with_padded(backbone)
+    return _CHECKED[backbone]
+
+
+def _agrees_with_padded(backbone: nn.Module) -> bool:
+    lookup = backbone.embeddings.word_embeddings
+    # The vocabulary's last ids: ordinary tokens (a padding id as content would be placed as padding).
+    top = lookup.num_embeddings
+    rows = [list(range(top - 5, top)), list(range(top - 3, top))]
+    ids = torch.tensor([rows[0], rows[1] + [rows[1][0]] * 2], device=lookup.weight.device)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2], device=ids.device)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            padded = backbone(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state[mask.bool()]
+            packed = packed_forward(backbone, pack_rows(rows, ids.device))
+        return bool(torch.allclose(padded, packed, atol=1e-5, rtol=1e-4))
+    except (TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError):
+        return False
+    finally:
+        backbone.train(was_training)

@@ -1,0 +1,105 @@
+"""The packed training forward equals the backbone's own padded forward (hidden states and gradients, dropout
+off), serves only backbones it matches, and its dropout keeps F.dropout's distribution and seeding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TEXTS = ["a", "a man is playing a guitar on the old stage tonight", "cats", "what is the capital of france?",
+         "the dog runs in the park", "stock markets fell sharply on monday after the news"]
+
+
+def _padded(backbone, rows):
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return backbone(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state[mask.bool()]
+
+
+def _grads(backbone, hidden):
+    backbone.zero_grad(set_to_none=True)
+    weights = torch.linspace(-1, 1, hidden.numel()).reshape(hidden.shape)
+    (hidden * weights).sum().backward()
+    return {name: p.grad.clone() for name, p in backbone.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["bert-mean-normalize", "bert-legacy-cls-max-mean-dense"])
+def test_packed_forward_equals_the_padded_forward(tiny_model_root, name):
+    from sentfuse import Encoder
+    from sentfuse.train import tokenize_column, training_mode
+    from sentfuse.train.packed_backbone import pack_rows, packed_forward, takes_packed
+
+    model = Encoder(str(tiny_model_root / name), device="cpu")
+    rows = tokenize_column(model, TEXTS).input_ids
+    with training_mode(model) as modules:
+        modules.eval()
+        backbone = model._model
+        assert takes_packed(backbone)
+        padded = _padded(backbone, rows)
+        padded_grads = _grads(backbone, padded)
+        packed = packed_forward(backbone, pack_rows(rows, torch.device("cpu")))
+        packed_grads = _grads(backbone, packed)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    assert packed_grads.keys() == padded_grads.keys() - {"pooler.dense.weight", "pooler.dense.bias"}
+    for key, grad in packed_grads.items():
+        torch.testing.assert_close(grad, padded_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("name", ["roberta-cls-dense", "mpnet-weightedmean-noprompt", "distilbert-lasttoken-sqrt-lower",
+                                  "xlmr-max-noprompt"])
+def test_other_backbones_keep_the_padded_calls(tiny_model_root, name):
+    from sentfuse import Encoder
+    from sentfuse.train.packed_backbone import takes_packed
+
+    assert not takes_packed(Encoder(str(tiny_model_root / name), device="cpu")._model)
+
+
+def test_a_backbone_that_differs_from_the_packed_math_keeps_the_padded_calls(tiny_model_root):
+    from sentfuse import Encoder
+    from sentfuse.train.packed_backbone import takes_packed
+
+    backbone = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")._model
+    backbone.embeddings.position_ids.add_(1)  # positions placed from 1, as no packed text would be
+    assert not takes_packed(backbone)
+
+
+def test_packed_training_forward_with_dropout_is_seeded_and_differs_from_eval(tiny_model_root):
+    from sentfuse import Encoder
+    from sentfuse.train import tokenize_column, training_mode
+    from sentfuse.train.packed_backbone import pack_rows, packed_forward
+
+    model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+    batch = pack_rows(tokenize_column(model, TEXTS).input_ids, torch.device("cpu"))
+    with training_mode(model), torch.no_grad():
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            runs.append(packed_forward(model._model, batch))
+        model._model.eval()
+        plain = packed_forward(model._model, batch)
+    torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
+    assert (runs[0] - plain).abs().max() > 1e-3
+
+
+def test_dropout_keeps_f_dropouts_distribution():
+    from sentfuse.train.dropout import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    for p in (0.1, 0.5):
+        y = dropout(x, p, True)
+        kept = y != 0
+        assert abs(kept.float().mean().item() - (1 - p)) < 5e-3
+        torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    assert (dropout(x, 1.0, True) == 0).all()
+
+
+def test_dropout_gradient_is_the_mask_scaled():
+    from sentfuse.train.dropout import dropout
+
+    x = torch.randn(64, 32, requires_grad=True)
+    y = dropout(x, 0.25, True)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / 0.75)
