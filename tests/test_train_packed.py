@@ -8,6 +8,8 @@ import torch
 
 TEXTS = ["a", "a man is playing a guitar on the old stage tonight", "cats", "what is the capital of france?",
          "the dog runs in the park", "stock markets fell sharply on monday after the news"]
+# Many short texts and one long one: the long text gets an attention group of its own.
+SHORT_AND_LONG = ["cats", "a dog", "the park"] * 12 + [" ".join(["the dog runs in the park"] * 12)]
 
 
 def _padded(backbone, rows):
@@ -24,21 +26,25 @@ def _grads(backbone, hidden):
     return {name: p.grad.clone() for name, p in backbone.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["bert-mean-normalize", "bert-legacy-cls-max-mean-dense"])
-def test_packed_forward_equals_the_padded_forward(tiny_model_root, name):
+@pytest.mark.parametrize("name,texts,groups", [("bert-mean-normalize", TEXTS, 1),
+                                               ("bert-legacy-cls-max-mean-dense", TEXTS, 1),
+                                               ("bert-mean-normalize", SHORT_AND_LONG, 2)])
+def test_packed_forward_equals_the_padded_forward(tiny_model_root, name, texts, groups):
     from sentfuse import Encoder
     from sentfuse.train import tokenize_column, training_mode
     from sentfuse.train.packed_backbone import pack_rows, packed_forward, takes_packed
 
     model = Encoder(str(tiny_model_root / name), device="cpu")
-    rows = tokenize_column(model, TEXTS).input_ids
+    rows = tokenize_column(model, texts).input_ids
+    batch = pack_rows(rows, torch.device("cpu"))
+    assert len(batch.groups) == groups
     with training_mode(model) as modules:
         modules.eval()
         backbone = model._model
         assert takes_packed(backbone)
         padded = _padded(backbone, rows)
         padded_grads = _grads(backbone, padded)
-        packed = packed_forward(backbone, pack_rows(rows, torch.device("cpu")))
+        packed = packed_forward(backbone, batch)
         packed_grads = _grads(backbone, packed)
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
     assert packed_grads.keys() == padded_grads.keys() - {"pooler.dense.weight", "pooler.dense.bias"}

@@ -4,8 +4,9 @@ The padded backbone call spends most of a CPU training step in matrix products w
 cut into runs of near-equal length (batching.py), each its own call. Here every valid token of the whole
 batch (all input columns) is one row of a [T, hidden] tensor, and every Linear, LayerNorm, GELU and dropout
 of every layer is one operation over all T rows, with no padding. Only attention needs the texts apart: its
-query / key / value rows are scattered into a [texts, heads, width, head] grid (width: the longest text)
-through a precomputed row index, masked so padding keys get no weight, and gathered back.
+query / key / value rows are scattered into a [texts, heads, width, head] grid (width: the group's longest
+text) through a precomputed row index (texts of near-equal length share a grid), masked so padding keys get no
+weight, and gathered back.
 
 The arithmetic is transformers' BertLayer's (embeddings: word + token type 0 + position, LayerNorm,
 dropout; per layer: attention, dense, dropout, residual LayerNorm, dense + activation, dense, dropout,
@@ -24,35 +25,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 from .dropout import dropout
 
 
 @dataclass(frozen=True)
+class AttentionGroup:
+    """Texts of near-equal length that attend in one padded grid [texts, heads, width, head]."""
+
+    texts: int
+    width: int  # the group's longest text
+    key_bias: torch.Tensor  # [texts, 1, 1, width] 0 for a text's tokens, -inf for padding
+
+
+@dataclass(frozen=True)
 class PackedTokens:
-    """A batch of texts as one row per token, and where each token sits in the attention grid."""
+    """A batch of texts as one row per token, and where each token sits in the attention grids."""
 
     input_ids: torch.Tensor  # [T] the texts' token ids, one text after another
     positions: torch.Tensor  # [T] each token's place in its own text
     cu_seqlens: torch.Tensor  # [texts + 1] int64 offsets of each text's tokens
-    grid_rows: torch.Tensor  # [T] each token's row in the flattened [texts * width] grid
-    width: int  # the longest text's length
-    key_bias: torch.Tensor  # [texts, 1, 1, width] 0 for a text's tokens, -inf for padding
+    grid_rows: torch.Tensor  # [T] each token's row in the groups' flattened grids, laid end to end
+    groups: tuple[AttentionGroup, ...]
+
+    @property
+    def grid_size(self) -> int:
+        return sum(g.texts * g.width for g in self.groups)
 
 
 def pack_rows(rows: list[list[int]], device: torch.device) -> PackedTokens:
-    """PackedTokens of rows (each a non-empty list of token ids), in rows' order."""
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    width = int(lengths.max())
-    cu_seqlens = F.pad(lengths.cumsum(0), (1, 0))
-    starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
-    positions = torch.arange(int(cu_seqlens[-1])) - starts
-    text_of_token = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-    valid = torch.arange(width) < lengths[:, None]  # [texts, width]
-    key_bias = torch.zeros(valid.shape).masked_fill_(~valid, -math.inf)[:, None, None, :]
+    """PackedTokens of rows (each a non-empty list of token ids), in rows' order. Attention groups follow the
+    length runs of batching.py: one long text pads only its own group's grid (whose size, and that of its
+    dropout mask, grows with the square of the width), not the whole batch's."""
+    lengths = [len(r) for r in rows]
+    runs = plan_length_runs(lengths, DEFAULT_TRAIN_BATCH_TOKENS)
+    grid_start = [0] * len(rows)
+    groups, base = [], 0
+    for start, end in runs.bounds:
+        members = runs.order[start:end]
+        width = max(lengths[i] for i in members)
+        for slot, i in enumerate(members):
+            grid_start[i] = base + slot * width
+        valid = torch.arange(width) < torch.tensor([lengths[i] for i in members])[:, None]
+        key_bias = torch.zeros(valid.shape).masked_fill_(~valid, -math.inf)[:, None, None, :]
+        groups.append(AttentionGroup(len(members), width, key_bias.to(device)))
+        base += len(members) * width
+    counts = torch.tensor(lengths, dtype=torch.int64)
+    cu_seqlens = F.pad(counts.cumsum(0), (1, 0))
+    positions = torch.arange(int(cu_seqlens[-1])) - torch.repeat_interleave(cu_seqlens[:-1], counts)
+    grid_rows = torch.repeat_interleave(torch.tensor(grid_start, dtype=torch.int64), counts) + positions
     return PackedTokens(
         input_ids=torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device),
-        positions=positions.to(device), cu_seqlens=cu_seqlens.to(device),
-        grid_rows=(text_of_token * width + positions).to(device), width=width, key_bias=key_bias.to(device))
+        positions=positions.to(device), cu_seqlens=cu_seqlens.to(device), grid_rows=grid_rows.to(device),
+        groups=tuple(groups))
 
 
 def _is_linear(module: object) -> bool:
@@ -123,17 +148,26 @@ def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Ten
     weight = torch.cat([p.weight for p in parts])
     bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
     qkv = F.linear(x, weight, bias)  # [T, 3 * hidden]: one product instead of three
-    texts, width, hidden = batch.key_bias.shape[0], batch.width, qkv.shape[1] // 3
-    grid = qkv.new_zeros(texts * width, qkv.shape[1]).index_copy(0, batch.grid_rows, qkv)
-    q, k, v = grid.view(texts, width, 3, heads.num_attention_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    grids = qkv.new_zeros(batch.grid_size, qkv.shape[1]).index_copy(0, batch.grid_rows, qkv)
+    contexts, base = [], 0
+    for group in batch.groups:
+        rows = grids[base:base + group.texts * group.width]
+        base += group.texts * group.width
+        q, k, v = rows.view(group.texts, group.width, 3, heads.num_attention_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        context = _attention(heads, q, k, v, group.key_bias)  # [texts, heads, width, head]
+        contexts.append(context.transpose(1, 2).reshape(group.texts * group.width, -1))
+    return torch.cat(contexts).index_select(0, batch.grid_rows)
+
+
+def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_bias: torch.Tensor) -> torch.Tensor:
     p = heads.dropout.p if heads.training else 0.0
     if p == 0.0:
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_bias.to(q.dtype), scale=heads.scaling)
-    else:  # SDPA would draw its dropout mask with torch's slow CPU sampler
-        scores = torch.matmul(q, k.transpose(-1, -2)) * heads.scaling + batch.key_bias
-        probs = dropout(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), p, True)
-        context = torch.matmul(probs, v)
-    return context.transpose(1, 2).reshape(texts * width, hidden).index_select(0, batch.grid_rows)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias.to(q.dtype), scale=heads.scaling)
+    # SDPA would draw its dropout mask with torch's slow CPU sampler.
+    scores = torch.matmul(q, k.transpose(-1, -2)) * heads.scaling + key_bias
+    probs = dropout(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), p, True)
+    return torch.matmul(probs, v)
 
 
 def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
