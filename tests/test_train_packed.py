@@ -109,3 +109,42 @@ def test_dropout_gradient_is_the_mask_scaled():
     y = dropout(x, 0.25, True)
     y.sum().backward()
     torch.testing.assert_close(x.grad, (y != 0).float() / 0.75)
+
+
+def _lookup_steps(steps, keep_grads=False, accumulate=1):
+    """Both lookups over the same ids and upstream gradients; (sentfuse's gradients, nn.Embedding's, data pointers)."""
+    from torch import nn
+
+    from sentfuse.train.lookup_grad import lookup
+
+    torch.manual_seed(0)
+    table, plain = nn.Embedding(50, 8, padding_idx=0), nn.Embedding(50, 8, padding_idx=0)
+    plain.weight.data.copy_(table.weight.data)
+    grads, plain_grads, pointers = [], [], []
+    for _ in range(steps):
+        for _ in range(accumulate):
+            ids = torch.randint(0, 50, (30,))
+            ids[0] = 0  # the padding id as content: its row's gradient stays zero, as in nn.Embedding
+            upstream = torch.randn(30, 8)
+            (lookup(table, ids) * upstream).sum().backward()
+            (plain(ids) * upstream).sum().backward()
+        pointers.append(table.weight.grad.data_ptr())
+        grads.append(table.weight.grad if keep_grads else table.weight.grad.clone())
+        plain_grads.append(plain.weight.grad.clone())
+        table.weight.grad = plain.weight.grad = None  # what zero_grad(set_to_none=True) does
+    return grads, plain_grads, pointers
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_lookup_gradient_equals_nn_embeddings_and_its_buffer_is_reused(accumulate):
+    grads, plain_grads, pointers = _lookup_steps(4, accumulate=accumulate)
+    for grad, plain in zip(grads, plain_grads):
+        torch.testing.assert_close(grad, plain)
+    assert len(set(pointers)) == 1
+
+
+def test_a_lookup_gradient_someone_holds_is_never_reused():
+    grads, plain_grads, pointers = _lookup_steps(3, keep_grads=True)
+    assert len(set(pointers)) == 3
+    for grad, plain in zip(grads, plain_grads):
+        torch.testing.assert_close(grad, plain)

@@ -27,6 +27,7 @@ from torch import nn
 
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 from .dropout import dropout
+from .lookup_grad import lookup
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def _shape_fits(backbone: nn.Module) -> bool:
 
 def _embed(embeddings: nn.Module, batch: PackedTokens) -> torch.Tensor:
     """[T, hidden]: word + token type 0 + position embeddings (in transformers' order), LayerNorm, dropout."""
-    x = embeddings.word_embeddings(batch.input_ids) + embeddings.token_type_embeddings.weight[0]
+    x = lookup(embeddings.word_embeddings, batch.input_ids) + embeddings.token_type_embeddings.weight[0]
     x = embeddings.LayerNorm(x + embeddings.position_embeddings(batch.positions))
     return dropout(x, embeddings.dropout.p, embeddings.training)
 
