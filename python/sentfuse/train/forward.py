@@ -1,5 +1,8 @@
 """The differentiable forward of an Encoder: token ids of every input column -> sentence embeddings.
 
+A BERT-family backbone runs packed (packed_backbone.py: every valid token of the batch in one call, no
+padding); any other backbone takes the padded calls below.
+
 The backbone runs in whatever mode the caller set (train() for dropout), one call per run of
 near-equal-length texts (batching.py); the valid tokens of all runs are packed into one [T, H] tensor and
 pooled by the masked_pool_varlen op, which never reads padding; Dense and Normalize follow as the
