@@ -21,6 +21,22 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return torch.empty(shape, dtype=torch.int32, device=device).random_() >= threshold
 
 
+class _Dropout(torch.autograd.Function):
+    """x * mask / (1 - p) with the mask kept as bool: one new tensor each way, the scaling in place."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep = keep_mask(x.shape, p, x.device)
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x.mul(keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout(x, p, training) in distribution: zeroes each element with probability p, scales the rest
     by 1 / (1 - p)."""
@@ -28,4 +44,4 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    return x * keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - p))
+    return _Dropout.apply(x, p)
