@@ -56,18 +56,35 @@ def test_packed_forward_equals_the_padded_forward(tiny_model_root, name, texts, 
                                   "xlmr-max-noprompt"])
 def test_other_backbones_keep_the_padded_calls(tiny_model_root, name):
     from sentfuse import Encoder
+    from sentfuse.train import training_mode
     from sentfuse.train.packed_backbone import takes_packed
 
-    assert not takes_packed(Encoder(str(tiny_model_root / name), device="cpu")._model)
+    model = Encoder(str(tiny_model_root / name), device="cpu")
+    with training_mode(model):
+        assert not takes_packed(model._model)
 
 
 def test_a_backbone_that_differs_from_the_packed_math_keeps_the_padded_calls(tiny_model_root):
     from sentfuse import Encoder
+    from sentfuse.train import training_mode
     from sentfuse.train.packed_backbone import takes_packed
 
-    backbone = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")._model
-    backbone.embeddings.position_ids.add_(1)  # positions placed from 1, as no packed text would be
-    assert not takes_packed(backbone)
+    model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+    with training_mode(model):
+        model._model.embeddings.position_ids.add_(1)  # positions placed from 1, as no packed text would be
+        assert not takes_packed(model._model)
+
+
+def test_a_backbone_with_gradient_checkpointing_keeps_its_own_forward(tiny_model_root):
+    from sentfuse import Encoder
+    from sentfuse.train import training_mode
+    from sentfuse.train.packed_backbone import takes_packed
+
+    model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+    with training_mode(model):
+        assert takes_packed(model._model)
+        model._model.gradient_checkpointing_enable()
+        assert not takes_packed(model._model)
 
 
 def test_packed_training_forward_with_dropout_is_seeded_and_differs_from_eval(tiny_model_root):

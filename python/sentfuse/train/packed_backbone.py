@@ -194,7 +194,10 @@ _CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary
 
 def takes_packed(backbone: nn.Module) -> bool:
     """Whether packed_forward serves backbone: BERT's module shapes, and, checked once per backbone with dropout
-    off, the same hidden states as its own right-padded forward."""
+    off, the same hidden states as its own right-padded forward. A backbone set to recompute its layers in
+    the backward pass (gradient checkpointing, to save memory) keeps its own forward, which does that."""
+    if getattr(backbone, "is_gradient_checkpointing", False):
+        return False
     if backbone not in _CHECKED:
         _CHECKED[backbone] = _shape_fits(backbone) and _agrees_with_padded(backbone)
     return _CHECKED[backbone]
