@@ -1,10 +1,11 @@
 """Dropout for training on CPU, from 31-bit random integers instead of torch's Bernoulli sampler.
 
-torch's CPU bernoulli_ (what F.dropout draws its mask with) costs about six times as much per element as
-drawing 31-bit integers from the same generator, and the dropout masks were 14% of a training step. Here an
-element is kept when its integer is at least round(p * 2**31): the keep probability is 1 - p within 2**-31,
-and the draws come from torch's default generator, so torch.manual_seed (the trainer's seed) makes a run
-repeat exactly. Other devices keep F.dropout, whose masks are cheap there.
+torch's CPU bernoulli_ (what F.dropout draws its mask with) was 14% of a training step; drawing 31-bit
+integers from the same generator and comparing them costs about half as much per element (a [450, 384]
+mask, one thread: 2.8 ms against 5.9 ms, best of 5 on a loaded machine). An element is kept when its
+integer is at least round(p * 2**31): the keep probability is 1 - p within 2**-31, and the draws come from
+torch's default generator, so torch.manual_seed (the trainer's seed) makes a run repeat exactly. Other
+devices keep F.dropout, whose masks are cheap there.
 """
 
 from __future__ import annotations
