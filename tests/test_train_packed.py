@@ -52,6 +52,27 @@ def test_packed_forward_equals_the_padded_forward(tiny_model_root, name, texts, 
         torch.testing.assert_close(grad, padded_grads[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
+def test_the_training_attention_path_equals_sdpa_when_dropout_keeps_everything(tiny_model_root):
+    from torch import nn
+
+    from sentfuse import Encoder
+    from sentfuse.train import tokenize_column, training_mode
+    from sentfuse.train.packed_backbone import pack_rows, packed_forward
+
+    model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+    rows = tokenize_column(model, SHORT_AND_LONG).input_ids
+    with training_mode(model), torch.no_grad():
+        backbone = model._model
+        backbone.eval()
+        padded = _padded(backbone, rows)
+        backbone.train()
+        for module in backbone.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 1e-12  # training mode (the explicit attention path), yet no element dropped
+        packed = packed_forward(backbone, pack_rows(rows, torch.device("cpu")))
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["roberta-cls-dense", "mpnet-weightedmean-noprompt", "distilbert-lasttoken-sqrt-lower",
                                   "xlmr-max-noprompt"])
 def test_other_backbones_keep_the_padded_calls(tiny_model_root, name):
