@@ -96,7 +96,7 @@ def test_a_backbone_that_differs_from_the_packed_math_keeps_the_padded_calls(tin
         assert not takes_packed(model._model)
 
 
-def test_a_backbone_with_gradient_checkpointing_keeps_its_own_forward(tiny_model_root):
+def test_a_backbone_with_gradient_checkpointing_or_inference_stand_ins_keeps_its_own_forward(tiny_model_root):
     from sentfuse import Encoder
     from sentfuse.train import training_mode
     from sentfuse.train.packed_backbone import takes_packed
@@ -106,6 +106,8 @@ def test_a_backbone_with_gradient_checkpointing_keeps_its_own_forward(tiny_model
         assert takes_packed(model._model)
         model._model.gradient_checkpointing_enable()
         assert not takes_packed(model._model)
+        model._model.gradient_checkpointing_disable()
+    assert not takes_packed(model._model), "out of training mode, the inference stand-ins are back"
 
 
 def test_packed_training_forward_with_dropout_is_seeded_and_differs_from_eval(tiny_model_root):

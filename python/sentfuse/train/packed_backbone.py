@@ -196,10 +196,10 @@ def takes_packed(backbone: nn.Module) -> bool:
     """Whether packed_forward serves backbone: BERT's module shapes, and, checked once per backbone with dropout
     off, the same hidden states as its own right-padded forward. A backbone set to recompute its layers in
     the backward pass (gradient checkpointing, to save memory) keeps its own forward, which does that."""
-    if getattr(backbone, "is_gradient_checkpointing", False):
-        return False
+    if getattr(backbone, "is_gradient_checkpointing", False) or not _shape_fits(backbone):
+        return False  # the shapes are checked every call: inference swaps in stand-ins of other shapes
     if backbone not in _CHECKED:
-        _CHECKED[backbone] = _shape_fits(backbone) and _agrees_with_padded(backbone)
+        _CHECKED[backbone] = _agrees_with_padded(backbone)
     return _CHECKED[backbone]
 
 
