@@ -26,18 +26,19 @@ def _grads(backbone, hidden):
     return {name: p.grad.clone() for name, p in backbone.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name,texts,groups", [("bert-mean-normalize", TEXTS, 1),
-                                               ("bert-legacy-cls-max-mean-dense", TEXTS, 1),
-                                               ("bert-mean-normalize", SHORT_AND_LONG, 2)])
-def test_packed_forward_equals_the_padded_forward(tiny_model_root, name, texts, groups):
+@pytest.mark.parametrize("name,texts,groups,row_multiple", [("bert-mean-normalize", TEXTS, 1, 1),
+                                                            ("bert-legacy-cls-max-mean-dense", TEXTS, 1, 1),
+                                                            ("bert-mean-normalize", SHORT_AND_LONG, 2, 1),
+                                                            ("bert-mean-normalize", TEXTS, 1, 64)])
+def test_packed_forward_equals_the_padded_forward(tiny_model_root, name, texts, groups, row_multiple):
     from sentfuse import Encoder
     from sentfuse.train import tokenize_column, training_mode
     from sentfuse.train.packed_backbone import pack_rows, packed_forward, takes_packed
 
     model = Encoder(str(tiny_model_root / name), device="cpu")
     rows = tokenize_column(model, texts).input_ids
-    batch = pack_rows(rows, torch.device("cpu"))
-    assert len(batch.groups) == groups
+    batch = pack_rows(rows, torch.device("cpu"), row_multiple)
+    assert len(batch.groups) == groups and len(batch.input_ids) % row_multiple == 0
     with training_mode(model) as modules:
         modules.eval()
         backbone = model._model

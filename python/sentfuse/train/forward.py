@@ -25,7 +25,7 @@ from torch import nn
 from .. import _ops
 from ..model.modules import NormalizeModule
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
-from .packed_backbone import pack_rows, packed_forward, takes_packed
+from .packed_backbone import pack_rows, packed_forward, row_multiple, takes_packed
 
 if TYPE_CHECKING:
     from ..encode.encoder import Encoder
@@ -131,7 +131,7 @@ def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: i
         raise ValueError("embed_tokens: a text has no tokens (the tokenizer returned an empty sequence)")
     order = None
     if model.tokenizer.padding_side != "left" and takes_packed(model._model):
-        batch = pack_rows(rows, model.device)
+        batch = pack_rows(rows, model.device, row_multiple(model.device))
         tokens, cu_seqlens = packed_forward(model._model, batch), batch.cu_seqlens
     else:
         tokens, cu_seqlens, order = _padded_tokens(model, rows, max_batch_tokens or DEFAULT_TRAIN_BATCH_TOKENS)

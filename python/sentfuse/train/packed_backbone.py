@@ -48,16 +48,18 @@ class PackedTokens:
     cu_seqlens: torch.Tensor  # [texts + 1] int64 offsets of each text's tokens
     grid_rows: torch.Tensor  # [T] each token's row in the groups' flattened grids, laid end to end
     groups: tuple[AttentionGroup, ...]
+    tokens: int  # T, the valid tokens; input_ids and positions may carry padding rows after them
 
     @property
     def grid_size(self) -> int:
         return sum(g.texts * g.width for g in self.groups)
 
 
-def pack_rows(rows: list[list[int]], device: torch.device) -> PackedTokens:
-    """PackedTokens of rows (each a non-empty list of token ids), in rows' order. Attention groups follow the
-    length runs of batching.py: one long text pads only its own group's grid (whose size, and that of its
-    dropout mask, grows with the square of the width), not the whole batch's."""
+def pack_rows(rows: list[list[int]], device: torch.device, row_multiple: int = 1) -> PackedTokens:
+    """PackedTokens of rows (each a non-empty list of token ids), in rows' order, the token rows padded up to
+    a multiple of row_multiple. Attention groups follow the length runs of batching.py: one long text pads
+    only its own group's grid (whose size, and that of its dropout mask, grows with the square of the
+    width), not the whole batch's."""
     lengths = [len(r) for r in rows]
     runs = plan_length_runs(lengths, DEFAULT_TRAIN_BATCH_TOKENS)
     grid_start = [0] * len(rows)
@@ -75,10 +77,25 @@ def pack_rows(rows: list[list[int]], device: torch.device) -> PackedTokens:
     cu_seqlens = F.pad(counts.cumsum(0), (1, 0))
     positions = torch.arange(int(cu_seqlens[-1])) - torch.repeat_interleave(cu_seqlens[:-1], counts)
     grid_rows = torch.repeat_interleave(torch.tensor(grid_start, dtype=torch.int64), counts) + positions
+    tokens = int(cu_seqlens[-1])
+    padding = -tokens % row_multiple  # rows of token id 0 at position 0, dropped before pooling
     return PackedTokens(
-        input_ids=torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device),
-        positions=positions.to(device), cu_seqlens=cu_seqlens.to(device), grid_rows=grid_rows.to(device),
-        groups=tuple(groups))
+        input_ids=torch.tensor([t for r in rows for t in r] + [0] * padding, dtype=torch.long, device=device),
+        positions=F.pad(positions, (0, padding)).to(device), cu_seqlens=cu_seqlens.to(device),
+        grid_rows=grid_rows.to(device), groups=tuple(groups), tokens=tokens)
+
+
+# oneDNN builds (JIT-compiles) a bfloat16 matmul for each new row count, which cost more than the products
+# themselves when every batch brought its own token count; rows padded to a multiple of this keep the
+# count of shapes small (at most 1/8 more rows for a 512-token batch).
+HALF_MATMUL_ROWS = 64
+
+
+def row_multiple(device: torch.device) -> int:
+    """The row multiple for pack_rows: HALF_MATMUL_ROWS under CPU autocast to a 16-bit type, else 1."""
+    half = (device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16))
+    return HALF_MATMUL_ROWS if half else 1
 
 
 def _is_linear(module: object) -> bool:
@@ -148,7 +165,7 @@ def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Ten
     parts = (heads.query, heads.key, heads.value)
     weight = torch.cat([p.weight for p in parts])
     bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
-    qkv = F.linear(x, weight, bias)  # [T, 3 * hidden]: one product instead of three
+    qkv = F.linear(x, weight, bias)[:batch.tokens]  # [T, 3 * hidden]: one product instead of three
     grids = qkv.new_zeros(batch.grid_size, qkv.shape[1]).index_copy(0, batch.grid_rows, qkv)
     contexts, base = [], 0
     for group in batch.groups:
@@ -157,7 +174,8 @@ def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Ten
         q, k, v = rows.view(group.texts, group.width, 3, heads.num_attention_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         context = _attention(heads, q, k, v, group.key_bias)  # [texts, heads, width, head]
         contexts.append(context.transpose(1, 2).reshape(group.texts * group.width, -1))
-    return torch.cat(contexts).index_select(0, batch.grid_rows)
+    context = torch.cat(contexts).index_select(0, batch.grid_rows)
+    return F.pad(context, (0, 0, 0, x.shape[0] - batch.tokens))
 
 
 def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -185,7 +203,7 @@ def packed_forward(backbone: nn.Module, batch: PackedTokens) -> torch.Tensor:
     x = _embed(backbone.embeddings, batch)
     for layer in backbone.encoder.layer:
         x = _layer(layer, x, batch)
-    return x
+    return x[:batch.tokens]
 
 
 # Backbones already checked by takes_packed, with the answer.
