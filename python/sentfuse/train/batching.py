@@ -5,6 +5,7 @@ sorted by token count and cut into runs, each padded only to its own longest tex
 its padded tokens would pass the token budget, or when widening it to the next text would pad more
 tokens than one extra backbone call costs. The embeddings go back to the batch's own order afterwards,
 so the loss still sees every column whole and in-batch negatives come from the whole shuffled batch.
+A packed (BERT-family) backbone takes the whole batch in one call and cuts only its attention grids this way.
 """
 
 from __future__ import annotations

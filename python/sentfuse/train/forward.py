@@ -1,5 +1,8 @@
 """The differentiable forward of an Encoder: token ids of every input column -> sentence embeddings.
 
+A BERT-family backbone runs packed (packed_backbone.py: every valid token of the batch in one call, no
+padding); any other backbone takes the padded calls below.
+
 The backbone runs in whatever mode the caller set (train() for dropout), one call per run of
 near-equal-length texts (batching.py); the valid tokens of all runs are packed into one [T, H] tensor and
 pooled by the masked_pool_varlen op, which never reads padding; Dense and Normalize follow as the
@@ -22,6 +25,7 @@ from torch import nn
 from .. import _ops
 from ..model.modules import NormalizeModule
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
+from .packed_backbone import pack_rows, packed_forward, row_multiple, takes_packed
 
 if TYPE_CHECKING:
     from ..encode.encoder import Encoder
@@ -100,14 +104,11 @@ def _embeddings_once(model: Encoder, rows: list[list[int]]) -> list[torch.Tensor
     return list(lookup(flat).split([len(r) for r in rows]))
 
 
-def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: int | None = None) -> list[torch.Tensor]:
-    """Sentence embeddings [len(column), dim] of each column, differentiable, in the columns' own order."""
-    rows = [ids for column in columns for ids in column.input_ids]
-    if not rows:
-        raise ValueError("embed_tokens: the batch has no texts")
-    if any(len(r) == 0 for r in rows):
-        raise ValueError("embed_tokens: a text has no tokens (the tokenizer returned an empty sequence)")
-    runs = plan_length_runs([len(r) for r in rows], max_batch_tokens or DEFAULT_TRAIN_BATCH_TOKENS)
+def _padded_tokens(model: Encoder, rows: list[list[int]],
+                   max_batch_tokens: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Valid-token hidden states [T, H] from padded backbone calls over runs of near-equal length, their
+    cu_seqlens, and the order of rows they come in."""
+    runs = plan_length_runs([len(r) for r in rows], max_batch_tokens)
     ordered = [rows[i] for i in runs.order]
     once = (len(runs.bounds) > 1 and model.tokenizer.padding_side != "left" and torch.is_grad_enabled()
             and _takes_embeddings(model._model))
@@ -117,14 +118,30 @@ def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: i
         tokens, counts = _run_backbone(model, ordered[start:end], embeds[start:end] if once else None)
         packed.append(tokens)
         lengths.append(counts)
-    tokens = torch.cat(packed)
     cu_seqlens = torch.nn.functional.pad(torch.cat(lengths).cumsum(0), (1, 0)).to(torch.int64)
+    return torch.cat(packed), cu_seqlens, runs.order
+
+
+def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: int | None = None) -> list[torch.Tensor]:
+    """Sentence embeddings [len(column), dim] of each column, differentiable, in the columns' own order."""
+    rows = [ids for column in columns for ids in column.input_ids]
+    if not rows:
+        raise ValueError("embed_tokens: the batch has no texts")
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("embed_tokens: a text has no tokens (the tokenizer returned an empty sequence)")
+    order = None
+    if model.tokenizer.padding_side != "left" and takes_packed(model._model):
+        batch = pack_rows(rows, model.device, row_multiple(model.device))
+        tokens, cu_seqlens = packed_forward(model._model, batch), batch.cu_seqlens
+    else:
+        tokens, cu_seqlens, order = _padded_tokens(model, rows, max_batch_tokens or DEFAULT_TRAIN_BATCH_TOKENS)
     head = model._head
     pooled = [_ops.masked_pool_varlen(tokens, cu_seqlens, mode, head.fuse_normalize) for mode in head.pooling.modes]
     x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
     for stage in head.post:
         x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
-    inverse = torch.empty(len(rows), dtype=torch.long)
-    inverse[torch.tensor(runs.order)] = torch.arange(len(rows))
-    x = x[inverse.to(x.device)]
+    if order is not None:
+        inverse = torch.empty(len(rows), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(rows))
+        x = x[inverse.to(x.device)]
     return list(x.split([len(c) for c in columns]))
