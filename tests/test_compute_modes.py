@@ -48,7 +48,7 @@ def check_layers(model: nn.Module, mode: str) -> None:
     layers, blocks = linear_layers(model), fused_blocks(model)
     inside_blocks = sum(type(m) is nn.Linear for b in blocks for m in b.modules())
     # every linear swapped, or multiplied by the fused block that holds it
-    assert (layers or blocks) and len(layers) + inside_blocks == sum(type(m) is nn.Linear for m in model.modules())
+    assert layers and len(layers) + inside_blocks == sum(type(m) is nn.Linear for m in model.modules())
     assert all(type(m) is expected_layer(mode) for m in layers)
     if mode == "bf16-mixed" and backbone.cpu_has_native(torch.bfloat16):
         # bf16 products; a score head's few outputs per row stay float32

@@ -8,9 +8,8 @@ the other models built on transformers' BERT layer all qualify:
   forward ([batch, 1, query, key]) becomes SDPA's additive mask once per forward instead of once per layer,
   [batch, 1, 1, key] when it is a padding mask (AdditiveMask).
 - intermediate (dense nn.Linear + GELU): bias and GELU fused into the product's float32 epilogue.
-- output (dense nn.Linear, dropout, LayerNorm of the sum with the residual): in float32 bias and residual add
-  fused into the product's epilogue, then LayerNorm; in bf16-mixed the product's bfloat16 output joins the float32
-  residual in one widening add.
+- output (dense nn.Linear, dropout, LayerNorm of the sum with the residual; float32 only): bias and residual
+  add fused into the product's epilogue, then LayerNorm.
 
 In float32 each block computes what the modules it replaces compute, in the same order of operations.
 In bf16-mixed the products multiply in bfloat16 (SDPA's CPU flash kernel takes the exponentials and row sums
@@ -192,31 +191,25 @@ def residual_epilogue_available() -> bool:
 
 
 class FusedOutput(StandIn):
-    """BERT's output block: LayerNorm(x W.T + b + residual), dropout being the identity in inference. float32: bias
-    and residual add in the product's epilogue. bfloat16 (bf16-mixed): the product's bfloat16 output added to the
-    float32 residual in one pass that widens it (what the unfused mode computes, without the widened copy)."""
+    """BERT's output block in float32: x W.T + b + residual in the product's epilogue, then the block's LayerNorm
+    (dropout is the identity in inference)."""
 
     inner_name = "original"
 
-    def __init__(self, output: nn.Module, compute: torch.dtype = torch.float32) -> None:
+    def __init__(self, output: nn.Module) -> None:
         super().__init__(output)
         dense = output.dense
-        self._compute = compute
         self._packed_from = packed_linear.fingerprint((dense.weight,))
-        self._packed = packed_linear.pack(dense.weight, compute)
+        self._packed = packed_linear.pack(dense.weight, torch.float32)
         self._bias = None if dense.bias is None else dense.bias.detach().float()
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         dense = self.original.dense
-        inputs = COMPUTE_TYPES if self._compute == BF16 else (torch.float32,)
         if (input_tensor.dtype != torch.float32
                 or input_tensor.shape != (*hidden_states.shape[:-1], dense.out_features)
-                or not _runs_fast(self, hidden_states, inputs, (dense.weight,), self._packed_from)):
+                or not _runs_fast(self, hidden_states, (torch.float32,), (dense.weight,), self._packed_from)):
             return self.original(hidden_states, input_tensor)
-        if self._compute == BF16:
-            summed = torch.add(input_tensor, packed_linear.run(hidden_states.to(BF16), self._packed, self._bias))
-        else:
-            summed = packed_linear.run_add(hidden_states, self._packed, self._bias, input_tensor.contiguous())
+        summed = packed_linear.run_add(hidden_states, self._packed, self._bias, input_tensor.contiguous())
         return self.original.LayerNorm(summed)
 
 
@@ -226,14 +219,14 @@ def _replacement(child: nn.Module, compute: torch.dtype, masks: AdditiveMask) ->
     if _intermediate_shape(child):
         epilogue = packed_linear.activation_epilogue(child.intermediate_act_fn)
         return None if epilogue is None else FusedIntermediate(child, epilogue, compute)
-    if _output_shape(child) and (compute == BF16 or residual_epilogue_available()):
-        return FusedOutput(child, compute)
+    if compute == torch.float32 and _output_shape(child) and residual_epilogue_available():
+        return FusedOutput(child)
     return None
 
 
 def fuse_blocks(model: nn.Module, compute: torch.dtype = BF16, masks: AdditiveMask | None = None) -> int:
-    """Replace every BERT-style block of model by its fused twin in `compute` (float32 or bfloat16), in place; the
-    count. The attention blocks share one AdditiveMask (the mask is the same in every layer)."""
+    """Replace every BERT-style block of model that has a fused twin in `compute` (float32 or bfloat16), in place;
+    the count. The attention blocks share one AdditiveMask (the mask is the same in every layer)."""
     if compute not in COMPUTE_TYPES:
         raise ValueError(f"compute must be one of {COMPUTE_TYPES}, got {compute}")
     masks = AdditiveMask() if masks is None else masks
