@@ -190,7 +190,7 @@ def test_mode_without_hardware_runs_float32(folders, monkeypatch, caplog):
         model = sentfuse.Encoder(folders["dense"], device="cpu", dtype="bf16-mixed")
     assert "no bfloat16 path" in caplog.text
     assert all(m._compute == torch.float32 for m in linear_layers(model._model))
-    assert not fused_blocks(model._model)
+    assert all(getattr(b, "_compute", torch.float32) == torch.float32 for b in fused_blocks(model._model))
 
 
 def test_describe_per_cpu():

@@ -1,5 +1,5 @@
-"""The bf16-mixed mode's fused BERT blocks (model.fused_blocks) and the packed product they share
-(model.packed_linear): against the transformers modules they replace, on rounded operands."""
+"""The fused BERT blocks (model.fused_blocks) of the bf16-mixed mode and of float32 models, and the packed product
+they share (model.packed_linear): against the transformers modules they replace (bf16: on rounded operands)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from torch import nn
 
 from backbone_pair import hidden_states_of
 from sentfuse.model import backbone, compute, packed_linear
-from sentfuse.model.fused_blocks import FusedIntermediate, FusedSelfAttention, fuse_blocks
+from sentfuse.model.fused_blocks import (AdditiveMask, FusedIntermediate, FusedOutput, FusedSelfAttention,
+                                         fuse_blocks, residual_epilogue_available)
 
 pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="torch built without oneDNN")
 BF16_TOLERANCE = 2 ** -6  # relative to the largest output: a few bf16 roundings of operands and output
+FP32_TOLERANCE = 1e-5  # float32 blocks: the same operations, at most in another summation order
 
 
 def tiny_bert(attn: str = "sdpa", act: str = "gelu") -> nn.Module:
@@ -92,9 +94,12 @@ def test_blocks_run_the_original_after_a_weight_change():
 
 
 @pytest.mark.parametrize("attn, act, fused", [("sdpa", "gelu", 4), ("eager", "gelu", 2), ("sdpa", "relu", 2)])
-def test_fuse_blocks_picks_what_it_can_run(attn, act, fused):
-    """Attention needs SDPA (eager attention takes an additive mask), the intermediate a GELU oneDNN has."""
-    assert fuse_blocks(tiny_bert(attn, act)) == fused
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float32])
+def test_fuse_blocks_picks_what_it_can_run(attn, act, fused, compute):
+    """Attention needs SDPA (eager attention takes an additive mask), the intermediate a GELU oneDNN has; float32
+    also fuses the two output blocks of each layer."""
+    outputs = 4 if compute == torch.float32 else 0
+    assert fuse_blocks(tiny_bert(attn, act), compute) == fused + outputs
 
 
 def mixed_bert() -> tuple[nn.Module, nn.Module]:
@@ -120,7 +125,86 @@ def test_mixed_backbone_against_float32_and_back():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, want)
 
 
-def test_float32_backbone_fuses_nothing():
-    model = backbone.prepare_backbone(tiny_bert())
-    assert not any(isinstance(m, (FusedSelfAttention, FusedIntermediate)) for m in model.modules())
+def padded_mask(rows: int = 3, width: int = 11) -> torch.Tensor:
+    """transformers' boolean [rows, 1, width, width] padding mask: row 1 padded after 6 tokens, row 2 all padding."""
+    valid = torch.ones(rows, width, dtype=torch.bool)
+    valid[1, 6:] = False
+    valid[2] = False
+    return valid[:, None, None, :].expand(rows, 1, width, width).contiguous()
+
+
+def test_float32_blocks_match_the_modules_they_replace():
+    model = tiny_bert()
+    layer = model.encoder.layer[0]
+    torch.manual_seed(3)
+    hidden, residual = torch.randn(3, 11, 48), torch.randn(3, 11, 48)
+    general = torch.rand(3, 1, 11, 11) > 0.3  # rows differ: not a padding mask
+    general[..., 0] = True
+    attention = FusedSelfAttention(layer.attention.self, torch.float32)
+    intermediate = FusedIntermediate(layer.intermediate, packed_linear.GELU_ERF, torch.float32)
+    with torch.inference_mode():
+        for mask in (padded_mask(), general, None):
+            want, _ = layer.attention.self(hidden, attention_mask=mask)
+            got, weights = attention(hidden, attention_mask=mask)
+            assert got.dtype == torch.float32 and weights is None
+            assert torch.equal(got.isnan(), want.isnan())  # an all-padding row: whatever SDPA gives for it
+            assert close(got.nan_to_num(), want.nan_to_num(), FP32_TOLERANCE)
+        assert close(intermediate(hidden), layer.intermediate(hidden), FP32_TOLERANCE)
+        wide = intermediate(hidden)
+        for output, x in ((layer.attention.output, hidden), (layer.output, wide)):
+            fused = FusedOutput(output)
+            got = fused(x, residual)
+            assert got.dtype == torch.float32 and close(got, output(x, residual), FP32_TOLERANCE)
+            assert not close(got, output.LayerNorm(output.dense(x)), FP32_TOLERANCE)  # the residual is in
+
+
+def test_output_block_runs_the_original_when_training_or_shapes_differ():
+    output = tiny_bert().encoder.layer[0].output
+    fused = FusedOutput(output)
+    x, residual = torch.randn(2, 5, 80), torch.randn(2, 5, 48)
+    with torch.inference_mode():
+        assert torch.equal(fused(x, residual[:, :1]), output(x, residual[:, :1]))  # broadcast residual
+    fused.train(), output.train()
+    torch.manual_seed(4)
+    got = fused(x, residual)
+    torch.manual_seed(4)
+    assert torch.equal(got, output(x, residual))  # the same dropout draw: the original ran
+
+
+def test_additive_mask_converts_once_per_forward():
+    masks = AdditiveMask()
+    assert masks.join() and not masks.join()  # the first layer converts in every forward, the others reuse
+    mask = padded_mask()
+    first = masks(mask, torch.float32, True)
+    assert first.shape == (3, 1, 1, 11) and masks(mask, torch.float32, False) is first
+    assert torch.equal(first[1, 0, 0], torch.tensor([0.0] * 6 + [float("-inf")] * 5))
+    assert masks(mask, torch.bfloat16, False).dtype == torch.bfloat16
+    assert masks(mask.clone(), torch.float32, False) is not first  # another mask
+    mask[0, 0, 2, 3] = False  # changed in place: the next forward's first layer converts again, now a general mask
+    again = masks(mask, torch.float32, True)
+    assert again.shape == (3, 1, 11, 11) and torch.equal(again == 0, mask)
+    assert masks(None, torch.float32, True) is None
+
+
+def test_float32_blocks_are_probed():
+    assert residual_epilogue_available()
+
+
+def test_float32_backbone_fuses_its_blocks_and_matches():
+    """A float32 model's blocks fuse in float32: its hidden states match the plain model's within float32 rounding;
+    unpacked it is the plain model again."""
+    reference, model = tiny_bert(), backbone.prepare_backbone(tiny_bert())
+    blocks = [m for m in model.modules() if isinstance(m, (FusedSelfAttention, FusedIntermediate, FusedOutput))]
+    assert len(blocks) == 8 and all(getattr(b, "_compute", torch.float32) == torch.float32 for b in blocks)
     assert all(m._compute == torch.float32 for m in model.modules() if isinstance(m, backbone.PackedLinear))
+    want, got, ids, mask = hidden_states_of(reference, model, vocab=(5, 64), shape=(3, 13), padded_row=2, valid=7)
+    assert close(got, want, FP32_TOLERANCE)
+    assert backbone.backbone_state_dict(model).keys() == reference.state_dict().keys()
+    backbone.unpack_linears(model)
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, want)
+
+
+def test_fuse_blocks_rejects_other_compute_types():
+    with pytest.raises(ValueError, match="compute"):
+        fuse_blocks(tiny_bert(), torch.float16)

@@ -11,7 +11,7 @@
   float32 and sums accumulate in float32, which is what a native half-precision GEMM computes too (up
   to summation order); the result is rounded back to the model's dtype.
 - A model loaded for a compute mode (model.compute) gets that mode's layers; bf16-mixed also fuses BERT's
-  attention and GELU blocks (model.fused_blocks).
+  attention and GELU blocks (model.fused_blocks), and a float32 model its attention, GELU and output blocks.
 Any other device, dtype or autograd use falls back to F.linear with the unchanged weight, so .to()
 and training still work.
 """
@@ -197,26 +197,30 @@ def _mode_layer(mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
     return None
 
 
-def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> tuple[Callable[[nn.Linear], nn.Module] | None, bool]:
-    """(the linear layer a CPU model of dtype takes, whether its BERT blocks are fused in bfloat16): its compute
-    mode's (bf16-mixed fuses the blocks), else oneDNN-packed float32 where that helps (float32 models; half
-    models on CPUs without native half GEMMs), else None (oneDNN's own kernels)."""
+def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> tuple[Callable[[nn.Linear], nn.Module] | None,
+                                                             torch.dtype | None]:
+    """(the linear layer a CPU model of dtype takes, the dtype its BERT blocks are fused in or None): its compute
+    mode's (bf16-mixed fuses the blocks in bfloat16), else oneDNN-packed float32 where that helps (float32 models,
+    whose blocks fuse in float32; half models on CPUs without native half GEMMs), else None (oneDNN's own
+    kernels)."""
     mode = marked_mode(model)
     if mode is not None and dtype == mode.load_dtype:
         layer = _mode_layer(mode)
         if layer is not None:
-            return layer, mode.matmul == "bfloat16"
+            return layer, (torch.bfloat16 if mode.matmul == "bfloat16" else None)
     packs = dtype == torch.float32 or (dtype in HALF_TYPES and not cpu_has_native(dtype))
-    return (PackedLinear if packs and _probe_linear("float32") else None), False
+    if not (packs and _probe_linear("float32")):
+        return None, None
+    return PackedLinear, (torch.float32 if dtype == torch.float32 else None)
 
 
 def prepare_backbone(model: nn.Module) -> nn.Module:
     """Drop an unused pooler head and, on CPU, swap the linear layers for faster ones (in place).
 
     A model loaded for a compute mode (model.compute) gets that mode's layers (bf16-mixed: also the fused
-    bfloat16 attention and GELU blocks of model.fused_blocks). Otherwise layers are packed for
-    float32 models, and for bfloat16 / float16 models where the CPU lacks native support for them; with
-    native support (AMX, AVX512-BF16/FP16) oneDNN's own kernels run.
+    bfloat16 attention and GELU blocks of model.fused_blocks). Otherwise layers are packed for float32 models
+    (with model.fused_blocks' float32 blocks), and for bfloat16 / float16 models where the CPU lacks native
+    support for them; with native support (AMX, AVX512-BF16/FP16) oneDNN's own kernels run.
     """
     pooler_optional = "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
     if pooler_optional and isinstance(getattr(model, "pooler", None), nn.Module):
@@ -229,9 +233,9 @@ def prepare_backbone(model: nn.Module) -> nn.Module:
             logger.warning("dtype=%r is a CPU compute mode: on %s the model runs in %s",
                            marked_mode(model).name, param.device, param.dtype)
         return model
-    layer, fuse = _cpu_layer(model, param.dtype)
-    if fuse:
-        fuse_blocks(model)
+    layer, fused_dtype = _cpu_layer(model, param.dtype)
+    if fused_dtype is not None:
+        fuse_blocks(model, fused_dtype)
     if layer is not None:
         _replace_linears(model, layer)
     return model

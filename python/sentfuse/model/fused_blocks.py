@@ -1,23 +1,29 @@
-"""bfloat16 blocks for BERT-family encoders on CPUs with bf16 matrix units (the bf16-mixed compute mode).
+"""Fused blocks for BERT-family encoders on CPU: the float32 backbone's and the bf16-mixed compute mode's.
 
-Two transformers modules, found by their shape rather than their class, so BERT, RoBERTa, XLM-R, ELECTRA and
+Three transformers modules, found by their shape rather than their class, so BERT, RoBERTa, XLM-R, ELECTRA and
 the other models built on transformers' BERT layer all qualify:
 
 - self-attention (query / key / value nn.Linear, SDPA attention): the three projections are one product with
-  one prepacked [3 x hidden, hidden] bf16 weight; the heads go to SDPA in bfloat16 (its CPU flash kernel
-  takes the exponentials and row sums in float32); the output stays bfloat16, since the output projection
-  rounds its input to bfloat16 anyway.
-- intermediate (dense nn.Linear + GELU): bias and GELU fused into the product's float32 epilogue, output in
-  bfloat16, the down projection's input.
+  one prepacked [3 x hidden, hidden] weight; the heads go to SDPA. The boolean mask transformers builds per
+  forward ([batch, 1, query, key]) becomes SDPA's additive mask once per forward instead of once per layer,
+  [batch, 1, 1, key] when it is a padding mask (AdditiveMask).
+- intermediate (dense nn.Linear + GELU): bias and GELU fused into the product's float32 epilogue.
+- output (dense nn.Linear, dropout, LayerNorm of the sum with the residual; float32 only): bias and residual
+  add fused into the product's epilogue, then LayerNorm.
 
-What the mode keeps float32 stays so: the residual stream, LayerNorm, softmax, pooling; the projections
-whose output joins the residual stream (backbone.PackedLinear) take these blocks' bfloat16 outputs directly.
-Measured against per-layer fp32-in / fp32-out products (oneDNN's fpmath mode, which converts the float32
+In float32 each block computes what the modules it replaces compute, in the same order of operations.
+In bf16-mixed the products multiply in bfloat16 (SDPA's CPU flash kernel takes the exponentials and row sums
+in float32); the attention and intermediate outputs stay bfloat16, since the next projection rounds its input
+to bfloat16 anyway. What the mode keeps float32 stays so: the residual stream, LayerNorm, softmax, pooling; the
+projections whose output joins the residual stream (backbone.PackedLinear) take these blocks' bfloat16 outputs
+directly. Measured against per-layer fp32-in / fp32-out products (oneDNN's fpmath mode, which converts the float32
 weight on every call): about 2x faster projections, and one conversion pass per block instead of three.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -28,6 +34,39 @@ from . import packed_linear
 from .packed_linear import StandIn
 
 BF16 = torch.bfloat16
+COMPUTE_TYPES = (torch.float32, BF16)
+
+
+class AdditiveMask:
+    """SDPA's additive float mask for transformers' boolean one, made once per forward and shared by every layer
+    (SDPA would convert the boolean mask in each layer): [batch, 1, 1, key] when every query row of the
+    [batch, 1, query, key] mask is the same (a padding mask), else the full shape.
+
+    The first layer to join (the forward's first attention layer) converts on every call; the others reuse its
+    conversion while they get the very mask it converted (inference tensors carry no version counter, so a mask
+    changed in place between forwards is caught by converting anew in each forward's first layer). The mask is kept
+    with its conversion, so its address cannot be reused by another."""
+
+    def __init__(self) -> None:
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (bool mask, additive)
+        self._joined = 0
+
+    def join(self) -> bool:
+        """Register a layer; True for the first, the one that converts on every call."""
+        self._joined += 1
+        return self._joined == 1
+
+    def __call__(self, mask: torch.Tensor | None, dtype: torch.dtype, convert: bool) -> torch.Tensor | None:
+        if mask is None or mask.dtype != torch.bool:
+            return mask
+        last = self._last  # one read: another thread may replace it meanwhile
+        if not convert and last is not None and last[0] is mask and last[1].dtype == dtype:
+            return last[1]
+        rows = mask[:, :, :1] if mask.dim() == 4 else mask
+        keep = rows if rows is not mask and torch.equal(mask, rows.expand_as(mask)) else mask
+        additive = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, float("-inf"))
+        self._last = (mask, additive)
+        return additive
 
 
 def _attention_shape(module: nn.Module) -> bool:
@@ -47,42 +86,53 @@ def _attention_shape(module: nn.Module) -> bool:
     )
 
 
+def _runs_fast(block: StandIn, x: torch.Tensor, inputs: tuple[torch.dtype, ...], weights: tuple[torch.Tensor, ...],
+               packed_from: tuple) -> bool:
+    """Whether a block's fused path applies to input x: CPU inference with the weights it packed."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in inputs
+        and not block.training  # dropout
+        and packed_linear.unchanged(weights, packed_from)
+        and not packed_linear.records_grad(x, weights)
+    )
+
+
 class FusedSelfAttention(StandIn):
-    """BERT self-attention: one packed QKV product and SDPA, both in bfloat16; returns (context, None)."""
+    """BERT self-attention: one packed QKV product and SDPA, in `compute` (float32 or bfloat16); returns
+    (context, None), context in `compute`."""
 
     inner_name = "original"
 
-    def __init__(self, attention: nn.Module) -> None:
+    def __init__(self, attention: nn.Module, compute: torch.dtype = BF16, masks: AdditiveMask | None = None) -> None:
         super().__init__(attention)
         parts = [attention.query, attention.key, attention.value]
+        self._compute = compute
+        self._masks = AdditiveMask() if masks is None else masks
+        self._converts_mask = self._masks.join()
         self._packed_from = packed_linear.fingerprint(tuple(p.weight for p in parts))
-        self._packed = packed_linear.pack(torch.cat([p.weight.detach() for p in parts]), BF16)
+        self._packed = packed_linear.pack(torch.cat([p.weight.detach() for p in parts]), compute)
         self._bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts]).float()
         self._heads, self._head_size = attention.num_attention_heads, attention.attention_head_size
 
-    def _fast(self, hidden: torch.Tensor, mask: torch.Tensor | None, cache: Any) -> bool:
-        weights = tuple(p.weight for p in (self.original.query, self.original.key, self.original.value))
-        return (
-            hidden.device.type == "cpu"
-            and hidden.dtype in (torch.float32, BF16)
-            and hidden.dim() == 3
-            and cache is None
-            and (mask is None or mask.dtype == torch.bool)
-            and packed_linear.unchanged(weights, self._packed_from)
-            and not packed_linear.records_grad(hidden, weights)
-        )
-
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: Any = None,
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
-        if not self._fast(hidden_states, attention_mask, cache):
+        weights = tuple(p.weight for p in (self.original.query, self.original.key, self.original.value))
+        inputs = COMPUTE_TYPES if self._compute == BF16 else (torch.float32,)
+        if (cache is not None or hidden_states.dim() != 3
+                or (attention_mask is not None and attention_mask.dtype != torch.bool)
+                or not _runs_fast(self, hidden_states, inputs, weights, self._packed_from)):
             return self.original(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
         rows, width, _ = hidden_states.shape
-        qkv = packed_linear.run(hidden_states.to(BF16), self._packed, self._bias)  # [rows, width, 3 * hidden]
-        # one copy into [3, rows, heads, width, head size]: SDPA's CPU kernel ran ~12% faster on contiguous heads
-        # than on strided views of qkv (head size 32, MiniLM), the copy included
-        heads = qkv.view(rows, width, 3, self._heads, self._head_size).permute(2, 0, 3, 1, 4).contiguous()
-        q, k, v = heads.unbind(0)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.original.scaling)
+        qkv = packed_linear.run(hidden_states.to(self._compute), self._packed, self._bias)  # [rows, width, 3 * hidden]
+        heads = qkv.view(rows, width, 3, self._heads, self._head_size).permute(2, 0, 3, 1, 4)
+        if self._compute == BF16:
+            # SDPA's CPU kernel ran ~12% faster in bf16 on contiguous heads than on strided views of qkv (head size
+            # 32, MiniLM), the copy included; in float32 the copy cost more than it saved
+            heads = heads.contiguous()
+        q, k, v = heads.unbind(0)  # [rows, heads, width, head size] each
+        mask = self._masks(attention_mask, self._compute, self._converts_mask)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.original.scaling)
         return context.transpose(1, 2).reshape(rows, width, self._heads * self._head_size), None
 
 
@@ -92,43 +142,100 @@ def _intermediate_shape(module: nn.Module) -> bool:
 
 
 class FusedIntermediate(StandIn):
-    """BERT's intermediate block: GELU(x W.T + b) with bias and GELU in the bf16 product's epilogue; bf16 out."""
+    """BERT's intermediate block: GELU(x W.T + b) with bias and GELU in the product's float32 epilogue; output in
+    `compute` (float32, or bfloat16 for bf16-mixed)."""
 
     inner_name = "original"
 
-    def __init__(self, intermediate: nn.Module, epilogue: tuple[str, str]) -> None:
+    def __init__(self, intermediate: nn.Module, epilogue: tuple[str, str], compute: torch.dtype = BF16) -> None:
         super().__init__(intermediate)
         dense = intermediate.dense
+        self._compute = compute
         self._packed_from = packed_linear.fingerprint((dense.weight,))
-        self._packed = packed_linear.pack(dense.weight, BF16)
+        self._packed = packed_linear.pack(dense.weight, compute)
         self._bias = None if dense.bias is None else dense.bias.detach().float()
         self._epilogue = epilogue
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        weights = (self.original.dense.weight,)
-        if (
-            hidden_states.device.type != "cpu"
-            or hidden_states.dtype not in (torch.float32, BF16)
-            or not packed_linear.unchanged(weights, self._packed_from)
-            or packed_linear.records_grad(hidden_states, weights)
-        ):
+        inputs = COMPUTE_TYPES if self._compute == BF16 else (torch.float32,)
+        if not _runs_fast(self, hidden_states, inputs, (self.original.dense.weight,), self._packed_from):
             return self.original(hidden_states)
-        return packed_linear.run(hidden_states.to(BF16), self._packed, self._bias, self._epilogue)
+        return packed_linear.run(hidden_states.to(self._compute), self._packed, self._bias, self._epilogue)
 
 
-def fuse_blocks(model: nn.Module) -> int:
-    """Replace every BERT-style self-attention and GELU intermediate block of model in place; the count."""
+def _output_shape(module: nn.Module) -> bool:
+    """transformers' BERT output blocks (BertSelfOutput, BertOutput): LayerNorm(dropout(dense(x)) + residual)."""
+    children = dict(module.named_children())
+    return (
+        children.keys() == {"dense", "dropout", "LayerNorm"}
+        and type(children["dense"]) is nn.Linear
+        and type(children["dropout"]) is nn.Dropout
+        and type(children["LayerNorm"]) is nn.LayerNorm
+        and list(inspect.signature(type(module).forward).parameters) == ["self", "hidden_states", "input_tensor"]
+    )
+
+
+@functools.cache
+def residual_epilogue_available() -> bool:
+    """oneDNN's product with a residual add in its epilogue is a private op: used only if it gives
+    F.linear(x) + residual here (checked once per process)."""
+    try:
+        gen = torch.Generator().manual_seed(0)
+        linear = nn.Linear(40, 24)
+        x, residual = torch.randn(3, 5, 40, generator=gen), torch.randn(3, 5, 24, generator=gen)
+        with torch.inference_mode():
+            got = packed_linear.run_add(x, packed_linear.pack(linear.weight, torch.float32), linear.bias, residual)
+            return bool(torch.allclose(got, F.linear(x, linear.weight, linear.bias) + residual, rtol=1e-5, atol=1e-5))
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return False
+
+
+class FusedOutput(StandIn):
+    """BERT's output block in float32: x W.T + b + residual in the product's epilogue, then the block's LayerNorm
+    (dropout is the identity in inference)."""
+
+    inner_name = "original"
+
+    def __init__(self, output: nn.Module) -> None:
+        super().__init__(output)
+        dense = output.dense
+        self._packed_from = packed_linear.fingerprint((dense.weight,))
+        self._packed = packed_linear.pack(dense.weight, torch.float32)
+        self._bias = None if dense.bias is None else dense.bias.detach().float()
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        dense = self.original.dense
+        if (input_tensor.dtype != torch.float32
+                or input_tensor.shape != (*hidden_states.shape[:-1], dense.out_features)
+                or not _runs_fast(self, hidden_states, (torch.float32,), (dense.weight,), self._packed_from)):
+            return self.original(hidden_states, input_tensor)
+        summed = packed_linear.run_add(hidden_states, self._packed, self._bias, input_tensor.contiguous())
+        return self.original.LayerNorm(summed)
+
+
+def _replacement(child: nn.Module, compute: torch.dtype, masks: AdditiveMask) -> StandIn | None:
+    if _attention_shape(child):
+        return FusedSelfAttention(child, compute, masks)
+    if _intermediate_shape(child):
+        epilogue = packed_linear.activation_epilogue(child.intermediate_act_fn)
+        return None if epilogue is None else FusedIntermediate(child, epilogue, compute)
+    if compute == torch.float32 and _output_shape(child) and residual_epilogue_available():
+        return FusedOutput(child)
+    return None
+
+
+def fuse_blocks(model: nn.Module, compute: torch.dtype = BF16, masks: AdditiveMask | None = None) -> int:
+    """Replace every BERT-style block of model that has a fused twin in `compute` (float32 or bfloat16), in place;
+    the count. The attention blocks share one AdditiveMask (the mask is the same in every layer)."""
+    if compute not in COMPUTE_TYPES:
+        raise ValueError(f"compute must be one of {COMPUTE_TYPES}, got {compute}")
+    masks = AdditiveMask() if masks is None else masks
     fused = 0
     for name, child in list(model.named_children()):
-        replacement = None
-        if _attention_shape(child):
-            replacement = FusedSelfAttention(child)
-        elif _intermediate_shape(child):
-            epilogue = packed_linear.activation_epilogue(child.intermediate_act_fn)
-            replacement = None if epilogue is None else FusedIntermediate(child, epilogue)
+        replacement = _replacement(child, compute, masks)
         if replacement is not None:
             setattr(model, name, replacement)
             fused += 1
         elif not isinstance(child, StandIn):
-            fused += fuse_blocks(child)
+            fused += fuse_blocks(child, compute, masks)
     return fused

@@ -43,6 +43,12 @@ def run(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm)
 
 
+def run_add(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
+    """x @ W.T + bias + other, the sum in the product's epilogue (no second pass over the output); float32, other
+    contiguous and of the output's shape (fused_blocks probes the op once before using it)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, packed, bias, "add")
+
+
 def activation_epilogue(act: torch.nn.Module | object) -> tuple[str, str] | None:
     """The oneDNN epilogue computing act (a transformers activation module), or None when it is not a GELU oneDNN
     has: decided by evaluating act, since transformers names several GELU variants."""
@@ -70,6 +76,7 @@ class StandIn(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
         setattr(self, self.inner_name, inner)
+        self.train(inner.training)  # a stand-in for an eval-mode module starts in eval mode too
 
     @property
     def inner(self) -> torch.nn.Module:
