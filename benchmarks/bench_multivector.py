@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -165,7 +166,7 @@ def bench_encode(args) -> dict:
     ratios = [t / s for s, t in zip(times["sentfuse"], times["st"])]
     return {"texts": len(texts), "tokens": sum(len(t) for t in out["st"]), "dim": out["st"][0].shape[1],
             "sentfuse_s": times["sentfuse"], "st_s": times["st"], "speedup_per_round": ratios,
-            "speedup_median": sorted(ratios)[len(ratios) // 2], "max_abs_diff": diff, "same_shapes": same_shapes,
+            "speedup_median": statistics.median(ratios), "max_abs_diff": diff, "same_shapes": same_shapes,
             "load_average": os.getloadavg()}
 
 
