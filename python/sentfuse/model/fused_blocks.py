@@ -69,20 +69,28 @@ class AdditiveMask:
         return additive
 
 
-def _attention_shape(module: nn.Module) -> bool:
-    """transformers' BERT self-attention: query/key/value linears, heads of equal width, SDPA, no decoder use."""
-    config = getattr(module, "config", None)
+def bert_heads(module: nn.Module) -> bool:
+    """transformers' BERT self-attention heads, by shape: query / key / value linears of one shape, heads of equal
+    width filling their output, a float scaling, no decoder use (what both the fused inference blocks and the
+    packed training forward rely on)."""
     parts = [getattr(module, name, None) for name in ("query", "key", "value")]
     return (
         all(type(p) is nn.Linear for p in parts)
+        and len({(p.in_features, p.out_features, p.bias is None) for p in parts}) == 1
         and isinstance(getattr(module, "num_attention_heads", None), int)
         and isinstance(getattr(module, "attention_head_size", None), int)
         and isinstance(getattr(module, "scaling", None), float)
-        and getattr(config, "_attn_implementation", None) == "sdpa"
-        and not getattr(module, "is_decoder", False)
-        and not getattr(module, "is_causal", False)
         and parts[0].out_features == module.num_attention_heads * module.attention_head_size
-        and len({(p.in_features, p.out_features, p.bias is None) for p in parts}) == 1
+        and not getattr(module, "is_decoder", False)
+    )
+
+
+def _attention_shape(module: nn.Module) -> bool:
+    """BERT self-attention heads run by SDPA, not causal."""
+    return (
+        bert_heads(module)
+        and getattr(getattr(module, "config", None), "_attn_implementation", None) == "sdpa"
+        and not getattr(module, "is_causal", False)
     )
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.fused_blocks import bert_heads
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 from .dropout import dropout
 from .lookup_grad import lookup
@@ -129,17 +130,11 @@ def _layer_shape(layer: nn.Module) -> bool:
     heads = getattr(attention, "self", None)
     out = getattr(attention, "output", None)
     inner, final = getattr(layer, "intermediate", None), getattr(layer, "output", None)
-    parts = [getattr(heads, n, None) for n in ("query", "key", "value")]
     return (
-        all(_is_linear(p) for p in parts)
-        and len({(p.in_features, p.out_features, p.bias is None) for p in parts}) == 1
-        and isinstance(getattr(heads, "num_attention_heads", None), int)
-        and isinstance(getattr(heads, "attention_head_size", None), int)
-        and isinstance(getattr(heads, "scaling", None), float)
+        bert_heads(heads)
         and _is_dropout(getattr(heads, "dropout", None))
-        and parts[0].out_features == heads.num_attention_heads * heads.attention_head_size
         and getattr(heads, "position_embedding_type", "absolute") == "absolute"
-        and not getattr(heads, "is_decoder", False) and not getattr(layer, "add_cross_attention", False)
+        and not getattr(layer, "add_cross_attention", False)
         and not getattr(layer, "chunk_size_feed_forward", 0)
         and all(_is_linear(getattr(m, "dense", None)) and _is_layer_norm(getattr(m, "LayerNorm", None))
                 and _is_dropout(getattr(m, "dropout", None)) for m in (out, final))
