@@ -59,6 +59,12 @@ TORCH_LIBRARY(sentfuse, m) {
         "str score=\"maxsim\", bool bf16_rescore=False) -> (Tensor, Tensor)");
   m.def("maxsim_candidates(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, Tensor candidates, *, "
         "str score=\"maxsim\") -> Tensor");
+  // Self-attention heads from a packed QKV product. qkv [rows, width, 3 * heads * head_size] (q, k, v, each heads x
+  // head_size), lengths [rows]: row r's tokens 0..lengths[r] - 1 are valid (clamped to [0, width]) -> context
+  // [rows, width, heads * head_size] in out_dtype (float32 or qkv's dtype; none: qkv's): softmax(scale q kᵀ) v over
+  // the valid keys for each valid query, zeros at the padded queries.
+  m.def("packed_attention(Tensor qkv, Tensor lengths, int heads, float scale, *, ScalarType? out_dtype=None, "
+        "bool split_probabilities=False) -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

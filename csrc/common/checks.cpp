@@ -385,3 +385,28 @@ void check_maxsim_finite(const char* op, const at::Tensor& queries, const at::Te
 }
 
 }  // namespace sentfuse
+
+// ---- packed_attention ----
+namespace sentfuse {
+
+PackedAttentionArgs check_packed_attention_args(const at::Tensor& qkv, const at::Tensor& lengths, int64_t heads,
+                                                double scale, std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "packed_attention";
+  SENTFUSE_CHECK_VALUE(qkv.dim() == 3, op, ": qkv must be [rows, width, 3 * hidden], got shape ", qkv.sizes());
+  check_float_input(op, "qkv", qkv);
+  SENTFUSE_CHECK_VALUE(heads >= 1, op, ": heads must be >= 1, got ", heads);
+  SENTFUSE_CHECK_VALUE(qkv.size(2) > 0 && qkv.size(2) % (3 * heads) == 0, op, ": qkv's last dimension must be 3 x ",
+                       heads, " heads x head size, got shape ", qkv.sizes());
+  SENTFUSE_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == qkv.size(0), op, ": lengths must be [", qkv.size(0),
+                       "] (one per row of qkv), got shape ", lengths.sizes());
+  SENTFUSE_CHECK_TYPE(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt, op,
+                      ": lengths must be int32 or int64, got ", lengths.scalar_type());
+  check_same_device(op, "lengths", lengths, "qkv", qkv);
+  SENTFUSE_CHECK_VALUE(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  const at::ScalarType out = out_dtype.value_or(qkv.scalar_type());
+  SENTFUSE_CHECK_TYPE(out == at::kFloat || out == qkv.scalar_type(), op, ": out_dtype must be float32 or qkv's dtype (",
+                      qkv.scalar_type(), "), got ", out);
+  return {qkv.size(0), qkv.size(1), heads, qkv.size(2) / (3 * heads), out};
+}
+
+}  // namespace sentfuse

@@ -122,3 +122,17 @@ void check_maxsim_candidates(const at::Tensor& candidates, const at::Tensor& que
 void check_maxsim_finite(const char* op, const at::Tensor& queries, const at::Tensor& docs);
 
 }  // namespace sentfuse
+
+// ---- packed_attention (self-attention heads of a packed QKV product) ----
+namespace sentfuse {
+
+struct PackedAttentionArgs {
+  int64_t rows, width, heads, head_size;
+  at::ScalarType out_dtype;
+};
+// qkv [rows, width, 3 * heads * head_size] float (q, k, v, each heads x head_size), lengths [rows] int32/int64 on
+// qkv's device, heads >= 1, finite scale, out_dtype float32 or qkv's dtype (none: qkv's).
+PackedAttentionArgs check_packed_attention_args(const at::Tensor& qkv, const at::Tensor& lengths, int64_t heads,
+                                                double scale, std::optional<at::ScalarType> out_dtype);
+
+}  // namespace sentfuse
