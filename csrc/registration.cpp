@@ -63,8 +63,8 @@ TORCH_LIBRARY(sentfuse, m) {
   // head_size), lengths [rows]: row r's tokens 0..lengths[r] - 1 are valid (clamped to [0, width]) -> context
   // [rows, width, heads * head_size] in out_dtype (float32 or qkv's dtype; none: qkv's): softmax(scale q kᵀ) v over
   // the valid keys for each valid query, zeros at the padded queries.
-  m.def("packed_attention(Tensor qkv, Tensor lengths, int heads, float scale, *, ScalarType? out_dtype=None, "
-        "bool split_probabilities=False) -> Tensor");
+  m.def("packed_attention(Tensor qkv, Tensor lengths, int heads, float scale, *, ScalarType? out_dtype=None) "
+        "-> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

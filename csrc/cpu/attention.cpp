@@ -24,7 +24,7 @@ bool amx_applies(const at::Tensor& qkv, const PackedAttentionArgs& args) {
 }
 
 at::Tensor packed_attention_cpu(const at::Tensor& qkv, const at::Tensor& lengths, int64_t heads, double scale,
-                                std::optional<at::ScalarType> out_dtype, bool split_probabilities) {
+                                std::optional<at::ScalarType> out_dtype) {
   const PackedAttentionArgs args = check_packed_attention_args(qkv, lengths, heads, scale, out_dtype);
   if (qkv.numel() == 0) return at::zeros({args.rows, args.width, heads * args.head_size}, qkv.options().dtype(args.out_dtype));
   if (!amx_applies(qkv, args)) return packed_attention_composite(qkv, lengths, scale, args);
@@ -34,7 +34,7 @@ at::Tensor packed_attention_cpu(const at::Tensor& qkv, const at::Tensor& lengths
   at::Tensor out = at::empty({args.rows, args.width, heads * args.head_size}, qkv.options().dtype(args.out_dtype));
   amx::attention_bf16(reinterpret_cast<const uint16_t*>(input.const_data_ptr<at::BFloat16>()),
                       valid.const_data_ptr<int64_t>(), args.rows, args.width, heads, args.head_size,
-                      static_cast<float>(scale), out.data_ptr(), args.out_dtype == at::kFloat, split_probabilities);
+                      static_cast<float>(scale), out.data_ptr(), args.out_dtype == at::kFloat);
   return out;
 #endif
   return {};  // not reached: amx_applies is false without AMX

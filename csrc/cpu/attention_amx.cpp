@@ -4,7 +4,7 @@
 // One work item is one (row, head): its valid keys packed once into the tiles' pair layout (K as the right-hand
 // operand of Q Kᵀ, V as that of P V), then 16 queries at a time: their scores against every valid key from the
 // tile registers (head size 32 is one tile depth, so one tile multiply per 16 x 16 block), the softmax of each
-// valid query's row in fp32, P rounded to bf16 (optionally as hi + lo terms) and P V accumulated in fp32 tiles,
+// valid query's row in fp32, P as two bf16 terms (hi + lo) and P V accumulated in fp32 tiles,
 // normalized by the row sums of the very probabilities multiplied. The queries read Q straight from the packed
 // product's output (a tile load takes any row stride); the context is written straight into the layout the
 // output projection reads, [rows, width, heads * head size].
@@ -118,9 +118,9 @@ void score_queries(const uint16_t* q, int64_t q_stride, int64_t n, int64_t padde
   }
 }
 
-// Row i's probabilities exp(scale (x - max)) over its n keys as bf16 (hi, and lo = the rest when split), zeros up
+// Row i's probabilities exp(scale (x - max)) over its n keys as two bf16 terms (hi, and lo = the rest), zeros up
 // to `padded`; inverse_sum[i] = 1 / the sum of the terms written, so that P V is normalized by what it multiplied.
-void softmax_row(int64_t i, int64_t n, int64_t padded, float scale, bool split, Scratch& s) {
+void softmax_row(int64_t i, int64_t n, int64_t padded, float scale, Scratch& s) {
   const float* x = s.scores.data() + i * padded;
   uint16_t* hi = s.probs.data() + i * padded;
   uint16_t* lo = hi + kTileRows * padded;
@@ -133,18 +133,15 @@ void softmax_row(int64_t i, int64_t n, int64_t padded, float scale, bool split, 
     const __m512 e = _mm512_maskz_mov_ps(valid, exp_nonpositive(_mm512_fmadd_ps(_mm512_loadu_ps(x + c), factor, shift)));
     const __m256bh h = _mm512_cvtneps_pbh(e);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + c), reinterpret_cast<const __m256i&>(h));
-    sum = _mm512_add_ps(sum, widen(h));
-    if (split) {
-      const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(e, widen(h)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + c), reinterpret_cast<const __m256i&>(l));
-      sum = _mm512_add_ps(sum, widen(l));
-    }
+    const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(e, widen(h)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + c), reinterpret_cast<const __m256i&>(l));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(widen(h), widen(l)));
   }
   s.inverse_sum[i] = 1.f / _mm512_reduce_add_ps(sum);
 }
 
-// context [16, head size] = P (16 rows, both terms when split) x the n packed values, unnormalized, fp32.
-void weigh_values(int64_t n, int64_t padded, bool split, Scratch& s) {
+// context [16, head size] = P (16 rows, both terms) x the n packed values, unnormalized, fp32.
+void weigh_values(int64_t n, int64_t padded, Scratch& s) {
   const int64_t blocks = (n + kValueBlock - 1) / kValueBlock;
   const uint16_t* hi = s.probs.data();
   const uint16_t* lo = hi + kTileRows * padded;
@@ -158,11 +155,9 @@ void weigh_values(int64_t n, int64_t padded, bool split, Scratch& s) {
       _tile_loadd(4, v + kTileValues, 64);
       _tile_dpbf16ps(0, 2, 3);
       _tile_dpbf16ps(1, 2, 4);
-      if (split) {
-        _tile_loadd(5, lo + kb * kValueBlock, padded * 2);
-        _tile_dpbf16ps(0, 5, 3);
-        _tile_dpbf16ps(1, 5, 4);
-      }
+      _tile_loadd(5, lo + kb * kValueBlock, padded * 2);
+      _tile_dpbf16ps(0, 5, 3);
+      _tile_dpbf16ps(1, 5, 4);
     }
     _tile_stored(0, s.context.data() + g * kTileRows, s.head_size * 4);
     _tile_stored(1, s.context.data() + (g + 1) * kTileRows, s.head_size * 4);
@@ -187,7 +182,7 @@ void write_row(int64_t i, void* out, bool out_fp32, const Scratch& s) {
 }  // namespace
 
 void attention_bf16(const uint16_t* qkv, const int64_t* lengths, int64_t rows, int64_t width, int64_t heads,
-                    int64_t head_size, float scale, void* out, bool out_fp32, bool split_probabilities) {
+                    int64_t head_size, float scale, void* out, bool out_fp32) {
   const int64_t hidden = heads * head_size, stride = 3 * hidden;
   const int64_t out_size = out_fp32 ? 4 : 2;
   at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
@@ -215,13 +210,13 @@ void attention_bf16(const uint16_t* qkv, const int64_t* lengths, int64_t rows, i
         score_queries(block, block_stride, n, padded, s);
         for (int64_t i = 0; i < kTileRows; ++i) {
           if (i < count) {
-            softmax_row(i, n, padded, scale, split_probabilities, s);
+            softmax_row(i, n, padded, scale, s);
           } else {  // rows past the valid queries multiply too: keep them zero, never stale NaN
             std::memset(s.probs.data() + i * padded, 0, padded * 2);
             std::memset(s.probs.data() + (kTileRows + i) * padded, 0, padded * 2);
           }
         }
-        weigh_values(n, padded, split_probabilities, s);
+        weigh_values(n, padded, s);
         for (int64_t i = 0; i < count; ++i) write_row(i, o + (q0 + i) * hidden * out_size, out_fp32, s);
       }
     }

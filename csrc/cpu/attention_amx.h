@@ -17,10 +17,11 @@ inline bool attention_head_size_fits(int64_t head_size) {
 // qkv [rows, width, 3 * heads * head_size] bf16 (contiguous; q, k, v, each heads x head_size), lengths [rows]
 // (row r's tokens 0..lengths[r] - 1 are valid, clamped to [0, width]) -> out [rows, width, heads * head_size],
 // bf16 (out_fp32 false) or fp32: softmax(scale q kᵀ) v over the valid keys for each valid query, zeros for the
-// others. P is kept as two bf16 terms (hi + lo) when `split_probabilities`, so P V sees ~16 mantissa bits of
-// each probability instead of 8.
+// others. P enters P V as two bf16 terms (hi + lo = ~16 mantissa bits): rounding it to one bf16 term gave
+// 1.6x the mean rerank score difference to fp32 on the worst pairs (0.63% against 0.40% of max |score|) for
+// ~15% more time in this kernel.
 void attention_bf16(const uint16_t* qkv, const int64_t* lengths, int64_t rows, int64_t width, int64_t heads,
-                    int64_t head_size, float scale, void* out, bool out_fp32, bool split_probabilities);
+                    int64_t head_size, float scale, void* out, bool out_fp32);
 
 }  // namespace amx
 }  // namespace sentfuse

@@ -1,5 +1,5 @@
 // CUDA packed_attention: the ATen composite (at::scaled_dot_product_attention picks its flash or memory-efficient
-// kernel), on qkv's device and current stream. split_probabilities concerns the CPU kernel's bf16 P and is ignored.
+// kernel), on qkv's device and current stream.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -10,7 +10,7 @@ namespace sentfuse {
 namespace {
 
 at::Tensor packed_attention_cuda(const at::Tensor& qkv, const at::Tensor& lengths, int64_t heads, double scale,
-                                 std::optional<at::ScalarType> out_dtype, bool split_probabilities) {
+                                 std::optional<at::ScalarType> out_dtype) {
   const PackedAttentionArgs args = check_packed_attention_args(qkv, lengths, heads, scale, out_dtype);
   const c10::cuda::CUDAGuard guard(qkv.device());
   if (qkv.numel() == 0) return at::zeros({args.rows, args.width, heads * args.head_size}, qkv.options().dtype(args.out_dtype));

@@ -428,3 +428,25 @@ def _maxsim_topk_fake(queries, query_mask, docs, cu_seqlens, k, *, score="maxsim
 def _maxsim_candidates_fake(queries, query_mask, docs, cu_seqlens, candidates, *, score="maxsim"):
     torch._check(queries.dim() == 3 and docs.dim() == 2, lambda: "maxsim_candidates: queries must be 3-D")
     return queries.new_empty(tuple(candidates.shape), dtype=torch.float32)
+
+
+def packed_attention(
+    qkv: torch.Tensor,
+    lengths: torch.Tensor,
+    heads: int,
+    scale: float,
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Self-attention heads from a packed QKV product: qkv [rows, width, 3 * heads * head_size] (q, k, v, each heads
+    x head_size), lengths [rows] (row r's tokens 0..lengths[r] - 1 valid) -> context [rows, width, heads *
+    head_size] in out_dtype (float32 or qkv's dtype; None: qkv's), zeros at padded queries. On CPUs with AMX, bf16
+    qkv and head sizes of whole tile depths (32, 64, 96, 128) run sentfuse's tile kernel (softmax in float32, the
+    probabilities as two bf16 terms for P V); elsewhere SDPA runs."""
+    return torch.ops.sentfuse.packed_attention.default(qkv, lengths, heads, scale, out_dtype=out_dtype)
+
+
+@torch.library.register_fake("sentfuse::packed_attention")
+def _packed_attention_fake(qkv, lengths, heads, scale, *, out_dtype=None):
+    rows, width, packed = qkv.shape
+    return qkv.new_empty((rows, width, packed // 3), dtype=out_dtype or qkv.dtype)

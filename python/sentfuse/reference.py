@@ -357,3 +357,18 @@ def maxsim_candidates(
     if candidates.numel() and (int(candidates.min()) < 0 or int(candidates.max()) >= n):
         raise IndexError(f"maxsim_candidates: candidates must lie in [0, {n})")
     return maxsim(queries, query_mask, docs, cu_seqlens, score=score).gather(1, candidates)
+
+
+def packed_attention(qkv: torch.Tensor, lengths: torch.Tensor, heads: int, scale: float, *,
+                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Self-attention heads of a packed QKV product in float32: softmax(scale q kᵀ) v over each row's valid keys
+    (positions < lengths[row]) for each valid query; padded queries, and every query of a row without valid keys,
+    get zeros."""
+    rows, width, packed = qkv.shape
+    head_size = packed // (3 * heads)
+    q, k, v = qkv.float().view(rows, width, 3, heads, head_size).permute(2, 0, 3, 1, 4)
+    valid = torch.arange(width, device=qkv.device)[None] < lengths.to(qkv.device, torch.int64)[:, None]
+    scores = (q @ k.transpose(-1, -2) * scale).masked_fill(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no valid key: a row of NaN, zeroed below anyway
+    context = (probs @ v).transpose(1, 2).reshape(rows, width, heads * head_size)
+    return context.masked_fill(~valid[..., None], 0.0).to(out_dtype or qkv.dtype)

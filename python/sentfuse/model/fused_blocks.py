@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _ops as ops
+from .. import cpu_features
 from . import packed_linear
 from .packed_linear import StandIn
 
@@ -49,6 +52,7 @@ class AdditiveMask:
 
     def __init__(self) -> None:
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (bool mask, additive)
+        self._last_lengths: tuple[torch.Tensor | None, int, torch.Tensor | None] | None = None  # (mask, width, lengths)
         self._joined = 0
 
     def join(self) -> bool:
@@ -67,6 +71,25 @@ class AdditiveMask:
         additive = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, float("-inf"))
         self._last = (mask, additive)
         return additive
+
+    def lengths(self, mask: torch.Tensor | None, rows: int, width: int, convert: bool) -> torch.Tensor | None:
+        """The valid-token count of each row when mask ([rows, 1, query, key] bool, or None: every token valid)
+        is a right-padding mask (each row's valid keys a prefix, the same for every query), else None. Made and
+        reused like the additive mask."""
+        last = self._last_lengths
+        if not convert and last is not None and last[0] is mask and last[1] == width:
+            return last[2]
+        lengths = None
+        if mask is None:
+            lengths = torch.full((rows,), width, dtype=torch.int64)
+        elif mask.dim() == 4 and mask.shape[0] == rows and mask.shape[1] == 1 and mask.shape[-1] == width:
+            keys = mask[:, 0, :1, :]  # [rows, 1, key]
+            counts = keys.sum(-1, dtype=torch.int64)  # [rows, 1]
+            prefix = torch.arange(width) < counts
+            if torch.equal(keys[:, 0], prefix) and torch.equal(mask, keys[:, None].expand_as(mask)):
+                lengths = counts[:, 0]
+        self._last_lengths = (mask, width, lengths)
+        return lengths
 
 
 def bert_heads(module: nn.Module) -> bool:
@@ -106,6 +129,18 @@ def _runs_fast(block: StandIn, x: torch.Tensor, inputs: tuple[torch.dtype, ...],
     )
 
 
+def _amx_attention(head_size: int) -> bool:
+    """Whether sentfuse's packed_attention runs its AMX kernel for bf16 heads of head_size: the CPU has bf16
+    matrix units (SENTFUSE_CPU_AMX=off says no) and the heads are whole tile depths. Elsewhere SDPA stays, as fast
+    as before."""
+    return (
+        cpu_features.has_bf16_matrix_units()
+        and os.environ.get("SENTFUSE_CPU_AMX", "").strip().lower() != "off"
+        and head_size % 32 == 0
+        and head_size <= 128
+    )
+
+
 class FusedSelfAttention(StandIn):
     """BERT self-attention: one packed QKV product and SDPA, in `compute` (float32 or bfloat16); returns
     (context, None), context in `compute`."""
@@ -122,6 +157,7 @@ class FusedSelfAttention(StandIn):
         self._packed = packed_linear.pack(torch.cat([p.weight.detach() for p in parts]), compute)
         self._bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts]).float()
         self._heads, self._head_size = attention.num_attention_heads, attention.attention_head_size
+        self._amx = compute == BF16 and _amx_attention(self._head_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: Any = None,
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -133,6 +169,12 @@ class FusedSelfAttention(StandIn):
             return self.original(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
         rows, width, _ = hidden_states.shape
         qkv = packed_linear.run(hidden_states.to(self._compute), self._packed, self._bias)  # [rows, width, 3 * hidden]
+        lengths = self._masks.lengths(attention_mask, rows, width, self._converts_mask) if self._amx else None
+        if lengths is not None:
+            # the heads straight from qkv, the context straight in the output projection's layout; padded queries
+            # get zeros (nothing downstream reads them)
+            context = ops.packed_attention(qkv, lengths, self._heads, self.original.scaling)
+            return context, None
         heads = qkv.view(rows, width, 3, self._heads, self._head_size).permute(2, 0, 3, 1, 4)
         if self._compute == BF16:
             # SDPA's CPU kernel ran ~12% faster in bf16 on contiguous heads than on strided views of qkv (head size
