@@ -6,7 +6,12 @@ Rows alternate round by round; each row's figure is its median over --rounds, as
 actually needed (4 x valid queries x valid keys x head size per head, the softmax not counted), beside the bf16
 GEMM ceiling (gemm_ceiling.py) measured in the same run.
 
-    python benchmarks/bench_attention.py [--rows 32 --width 256 --heads 12 --head-size 32] [--json out.json]
+With --encode N: the bundled all-MiniLM-L6-v2 Encoder in bf16-mixed encoding the first N SQuAD questions (short
+sequences, the encoder's shapes), with packed_attention and with SDPA (SENTFUSE_CPU_ATTENTION=sdpa at load),
+alternated over --encode-rounds rounds: questions/s (median, min-max) and the min cosine between the two.
+
+    python benchmarks/bench_attention.py [--rows 32 --width 256 --heads 12 --head-size 32] [--encode 2000]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import torch.nn.functional as F
 import bench_encode
 import gemm_ceiling
 import sentfuse._ops  # noqa: F401  (registers torch.ops.sentfuse)
+from sentfuse.model.fused_blocks import ATTENTION_ENV
+
+QUESTIONS = Path(__file__).resolve().parents[1] / "data/squad/questions.txt"
 
 
 def sdpa_path(qkv: torch.Tensor, mask: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
@@ -31,6 +39,37 @@ def sdpa_path(qkv: torch.Tensor, mask: torch.Tensor, heads: int, scale: float) -
     q, k, v = qkv.view(rows, width, 3, heads, -1).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return context.transpose(1, 2).reshape(rows, width, -1)
+
+
+def encode_ab(count: int, rounds: int) -> dict:
+    """bf16-mixed encode of `count` questions with packed_attention and with SDPA, alternated: questions/s, min cosine."""
+    from sentfuse import Encoder
+
+    texts = [t for t in QUESTIONS.read_text(encoding="utf-8").splitlines() if t.strip()][:count]
+    models = {}
+    for name, forced in (("bf16-mixed, SDPA attention", "sdpa"), ("bf16-mixed, packed_attention", None)):
+        if forced:
+            os.environ[ATTENTION_ENV] = forced
+        models[name] = Encoder(device="cpu", dtype="bf16-mixed")
+        os.environ.pop(ATTENTION_ENV, None)
+    rates, embeddings = {name: [] for name in models}, {}
+    for name, model in models.items():
+        model.encode(texts[:64], show_progress_bar=False)
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            embeddings[name] = model.encode(texts, convert_to_tensor=True, show_progress_bar=False)
+            rates[name].append(len(texts) / (time.perf_counter() - start))
+    a, b = embeddings.values()
+    cosine = float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).min())
+    base = statistics.median(next(iter(rates.values())))
+    print(f"\nencode {len(texts)} questions, bf16-mixed, {rounds} alternated rounds; min cosine between the two "
+          f"{cosine:.6f}")
+    for name, r in rates.items():
+        print(f"{name:<40}{statistics.median(r):>9.0f} questions/s ({min(r):.0f}-{max(r):.0f})"
+              f"{statistics.median(r) / base:>7.2f}x")
+    return {"questions": len(texts), "min_cosine": cosine,
+            "rows": {name: {"median": statistics.median(r), "range": [min(r), max(r)]} for name, r in rates.items()}}
 
 
 def main() -> None:
@@ -41,6 +80,8 @@ def main() -> None:
     parser.add_argument("--head-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--encode", type=int, default=0, metavar="N", help="also A/B bf16-mixed encode of N questions")
+    parser.add_argument("--encode-rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -82,9 +123,10 @@ def main() -> None:
                       "gflops": flop / med / 1e9, "speedup_vs_sdpa": base / med})
         print(f"{name:<40}{med * 1e3:>9.2f} ms ({min(t) * 1e3:.2f}-{max(t) * 1e3:.2f}){flop / med / 1e9:>9.1f} GFLOP/s"
               f"{base / med:>7.2f}x")
+    encode = encode_ab(args.encode, args.encode_rounds) if args.encode else None
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "args": vars(args) | {"json": str(args.json)},
-                                         "rows": table, "bf16_ceiling": ceiling}, indent=2))
+                                         "rows": table, "gemm_ceilings": ceiling, "encode": encode}, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ speed; the real encoder keeps the scores apart enough that the top-10 order is a
 
 Rows: sentence-transformers fp32 (its default, batch_size 32; fp16 too with --device cuda), sentfuse fp32,
 sentfuse bf16 (pure bfloat16), sentfuse bf16-mixed (the CPU compute mode: bf16 matrix products, float32
-elsewhere; int8-dynamic and fp16 with --dtypes). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
+elsewhere; int8-dynamic and fp16 with --dtypes; --sdpa-row adds bf16-mixed with its attention on SDPA instead of
+sentfuse's AMX kernel, the A/B of packed_attention in one run). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
 --repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
 machine shared with other jobs the wall time mostly measures the others, the CPU time the work done).
@@ -22,7 +23,8 @@ top-10 order is the same (exactly, and up to ties: a hit may swap only with one 
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend (its default precision, torch's
 thread count: --threads) runs after the other rows through openvino_peer.py with the peer venv's python
 (--openvino PYTHON to name another,
---no-openvino to skip; without the venv it is reported unmeasured).
+--no-openvino to skip; without the venv it is reported unmeasured). On CPU the measured GEMM ceilings per dtype
+(gemm_ceiling.py) are printed before and after the rows: this shared VM's matrix units drift with the load.
 
     python benchmarks/bench_rerank.py [--questions 50 --docs 100] [--dtypes fp32 bf16 bf16-mixed] [--device cuda]
         [--json out.json]
@@ -45,7 +47,9 @@ import numpy as np
 import torch
 
 import bench_encode  # its machine description: one for every benchmark that reports the CPU
+import gemm_ceiling
 import openvino_peer
+from sentfuse.model.fused_blocks import ATTENTION_ENV
 
 DATA = Path(__file__).resolve().parents[1] / "data/squad"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mixed": "bf16-mixed",
@@ -62,6 +66,13 @@ def machine(device: str) -> dict:
     """bench_encode's machine description (versions, CPU, flags) and the load average, which this shared-VM
     benchmark reports beside its times."""
     return bench_encode.machine(torch.device(device)) | {"load_average": os.getloadavg()}
+
+
+def print_ceilings(when: str) -> dict[str, float]:
+    """gemm_ceiling's figures (this shared VM's matrix units drift with the load), printed beside the times."""
+    ceilings = gemm_ceiling.ceilings()
+    print(f"GEMM ceilings {when} the rows (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items()))
+    return ceilings
 
 
 def load_work(data: Path, questions: int, docs: int, retrieve: bool) -> tuple[list[str], list[str], list[list[int]]]:
@@ -169,6 +180,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA sentence-transformers fp16 runs too)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--sdpa-row", action="store_true",
+                        help="add bf16-mixed with SDPA attention instead of the AMX kernel (A/B in one run)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -180,6 +193,8 @@ def main() -> None:
     info = machine(args.device)
     print(f"CPU: {info['cpu']}; flags: {' '.join(info['flags'])}; {info['cpus']} cores, torch threads "
           f"{info['threads']}, load average {info['load_average'][0]:.1f}")
+    if args.device == "cpu":
+        info["gemm_ceilings_before"] = print_ceilings("before")
     questions, paragraphs, ids = load_work(args.data, args.questions, args.docs, not args.no_retrieve)
     docs = [[paragraphs[i] for i in row] for row in ids]
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,6 +207,11 @@ def main() -> None:
         for name in args.dtypes:
             model = sentfuse.CrossEncoder(folder, device=args.device, dtype=DTYPES[name])
             rows[f"sentfuse {name}"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
+        if args.sdpa_row:
+            os.environ[ATTENTION_ENV] = "sdpa"  # read at load: this model's bf16 heads stay on SDPA
+            model = sentfuse.CrossEncoder(folder, device=args.device, dtype="bf16-mixed")
+            del os.environ[ATTENTION_ENV]
+            rows["sentfuse bf16-mixed, SDPA attention"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
         results = run_rows(rows, questions, docs, args.repeats)
         if not args.no_openvino:
             peer = openvino_row(args.openvino, folder, questions, docs, args.repeats)
@@ -244,6 +264,8 @@ def report(args, info: dict, results: dict, pairs: int) -> None:
                 print(f"goal {name}: max |score diff| {100 * row['max_rel_score_diff']:.2f}% of max |score|, top-10 "
                       f"same up to ties in {row['top10_same_up_to_ties']:.0%} of questions "
                       f"({'met' if agree else 'NOT met'})")
+    if args.device == "cpu":
+        info["gemm_ceilings_after"] = print_ceilings("after")
     if args.json:
         info["load_average_after"] = os.getloadavg()
         args.json.write_text(json.dumps({"machine": info, "questions": args.questions, "docs": args.docs,

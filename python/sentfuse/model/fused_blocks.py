@@ -129,12 +129,21 @@ def _runs_fast(block: StandIn, x: torch.Tensor, inputs: tuple[torch.dtype, ...],
     )
 
 
+# SENTFUSE_CPU_ATTENTION=sdpa keeps SDPA for the bf16 heads where packed_attention's AMX kernel would run (read
+# when a model is loaded; benchmarks A/B the two with it).
+ATTENTION_ENV = "SENTFUSE_CPU_ATTENTION"
+
+
 def _amx_attention(head_size: int) -> bool:
     """Whether sentfuse's packed_attention runs its AMX kernel for bf16 heads of head_size: the CPU has bf16
-    matrix units (SENTFUSE_CPU_AMX=off says no) and the heads are whole tile depths. Elsewhere SDPA stays, as fast
-    as before."""
+    matrix units (SENTFUSE_CPU_AMX=off or SENTFUSE_CPU_ATTENTION=sdpa say no) and the heads are whole tile
+    depths. Elsewhere SDPA stays, as fast as before."""
+    forced = os.environ.get(ATTENTION_ENV, "").strip().lower()
+    if forced not in ("", "amx", "sdpa"):
+        raise ValueError(f"{ATTENTION_ENV} must be 'amx' or 'sdpa', got {forced!r}")
     return (
-        cpu_features.has_bf16_matrix_units()
+        forced != "sdpa"
+        and cpu_features.has_bf16_matrix_units()
         and os.environ.get("SENTFUSE_CPU_AMX", "").strip().lower() != "off"
         and head_size % 32 == 0
         and head_size <= 128
