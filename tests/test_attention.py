@@ -150,3 +150,14 @@ def test_fused_attention_runs_the_op_and_matches_the_module(monkeypatch):
         assert not calls
         want, _ = attention(hidden, attention_mask=left)
         assert (got.float() - want).abs().max() <= 2 ** -6 * want.abs().max()
+
+
+def test_attention_env_keeps_sdpa(monkeypatch):
+    monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "sdpa")
+    assert not fused_blocks._amx_attention(32)
+    monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "flash")
+    with pytest.raises(ValueError, match="SENTFUSE_CPU_ATTENTION"):
+        fused_blocks._amx_attention(32)
+    monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "amx")
+    assert fused_blocks._amx_attention(32) == AMX
+    assert not fused_blocks._amx_attention(48)  # not whole tile depths: SDPA

@@ -107,6 +107,27 @@ void pack_values(const uint16_t* v, int64_t stride, int64_t n, Scratch& s) {
 // scores [16, padded keys] = the 16 queries at q (stride in bf16 values) against the n packed keys.
 void score_queries(const uint16_t* q, int64_t q_stride, int64_t n, int64_t padded, Scratch& s) {
   const int64_t blocks = (n + kTileRows - 1) / kTileRows;
+  if (s.steps == 1) {  // head size 32: the queries stay in one tile, two accumulators alternate
+    _tile_loadd(1, q, q_stride * 2);
+    int64_t kb = 0;
+    for (; kb + 1 < blocks; kb += 2) {
+      _tile_zero(0);
+      _tile_zero(3);
+      _tile_loadd(2, s.keys.data() + kb * kTileValues, 64);
+      _tile_loadd(4, s.keys.data() + (kb + 1) * kTileValues, 64);
+      _tile_dpbf16ps(0, 1, 2);
+      _tile_dpbf16ps(3, 1, 4);
+      _tile_stored(0, s.scores.data() + kb * kTileRows, padded * 4);
+      _tile_stored(3, s.scores.data() + (kb + 1) * kTileRows, padded * 4);
+    }
+    if (kb < blocks) {
+      _tile_zero(0);
+      _tile_loadd(2, s.keys.data() + kb * kTileValues, 64);
+      _tile_dpbf16ps(0, 1, 2);
+      _tile_stored(0, s.scores.data() + kb * kTileRows, padded * 4);
+    }
+    return;
+  }
   for (int64_t kb = 0; kb < blocks; ++kb) {
     _tile_zero(0);
     for (int64_t step = 0; step < s.steps; ++step) {
