@@ -1,5 +1,6 @@
 // CUDA packed_attention: the ATen composite (at::scaled_dot_product_attention picks its flash or memory-efficient
 // kernel), on qkv's device and current stream.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
