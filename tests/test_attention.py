@@ -161,3 +161,12 @@ def test_attention_env_keeps_sdpa(monkeypatch):
     monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "amx")
     assert fused_blocks._amx_attention(32) == AMX
     assert not fused_blocks._amx_attention(48)  # not whole tile depths: SDPA
+
+
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512f", "avx512_bf16"}])
+def test_cpus_without_amx_keep_sdpa(monkeypatch, flags):
+    """AVX2-only and AVX-512 (bf16 vector) CPUs: the model keeps SDPA, the path it had before packed_attention."""
+    monkeypatch.setattr(fused_blocks.cpu_features, "cpu_flags", lambda: frozenset(flags))
+    assert not fused_blocks._amx_attention(32)
+    fused = FusedSelfAttention(bert_32().encoder.layer[0].attention.self)
+    assert not fused._amx
