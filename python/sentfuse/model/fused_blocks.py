@@ -157,8 +157,8 @@ def _amx_attention(head_size: int) -> bool:
 
 
 class FusedSelfAttention(StandIn):
-    """BERT self-attention: one packed QKV product and SDPA, in `compute` (float32 or bfloat16); returns
-    (context, None), context in `compute`."""
+    """BERT self-attention: one packed QKV product and SDPA (bf16 on AMX CPUs: packed_attention, see the module
+    docstring), in `compute` (float32 or bfloat16); returns (context, None), context in `compute`."""
 
     inner_name = "original"
 
