@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import packed_linear
+from . import int8_plan, packed_linear
 from .compute import ComputeMode, int8_engine_available, marked_mode
 from .fused_blocks import fuse_blocks
 from .packed_linear import StandIn
@@ -122,11 +122,20 @@ def _quantized_engine(name: str) -> Iterator[None]:
 class Int8Linear(_CpuLinear):
     """The int8-dynamic mode's layer: the weight quantized once per output channel (symmetric int8) and packed
     for oneDNN's int8 kernels; each call quantizes its float32 input per tensor from the input's range
-    (quint8) and gets float32 back (torch.ops.quantized.linear_dynamic)."""
+    (quint8) and gets float32 back (torch.ops.quantized.linear_dynamic).
 
-    def __init__(self, linear: nn.Linear) -> None:
+    With `smooth` (per-input-channel factors s, model.int8_plan) the packed weight is W·diag(s) and the input is
+    divided by s first: the same product in exact arithmetic, with the input's outlier channels scaled down
+    before they set the per-tensor scale."""
+
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
         super().__init__(linear)
         w = linear.weight.detach().float()
+        if smooth is not None:
+            if smooth.shape != (linear.in_features,):
+                raise ValueError(f"smooth must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
+            w = w * smooth.float()
+        self._inverse_smooth = None if smooth is None else smooth.float().reciprocal()
         scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny).double()
         zero_points = torch.zeros(w.shape[0], dtype=torch.long)
         bias = None if linear.bias is None else linear.bias.detach().float()
@@ -137,7 +146,27 @@ class Int8Linear(_CpuLinear):
             self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        if self._inverse_smooth is not None:
+            x = x * self._inverse_smooth
         return torch.ops.quantized.linear_dynamic(x, self._packed, False)
+
+
+def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
+    """The int8-dynamic mode's layer for each linear of model (model.int8_plan): smoothed int8 after a LayerNorm,
+    bf16-mixed's bfloat16 product after an activation, plain int8 elsewhere; a score head (fewer than NARROW_OUTPUT
+    outputs) stays float32 as in bf16-mixed."""
+    layer_plans = int8_plan.plan(model)
+    bf16 = cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16")
+
+    def make(linear: nn.Linear) -> nn.Module:
+        found = layer_plans.get(linear, int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN))
+        if linear.out_features < NARROW_OUTPUT:
+            return PackedLinear(linear)
+        if found.role is int8_plan.Int8Role.BF16:
+            return PackedLinear(linear, torch.bfloat16 if bf16 else torch.float32)
+        return Int8Linear(linear, found.smooth)
+
+    return make
 
 
 def _replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
@@ -186,12 +215,12 @@ def _bf16_layer(linear: nn.Linear) -> PackedLinear:
     return PackedLinear(linear, torch.float32 if linear.out_features < NARROW_OUTPUT else torch.bfloat16)
 
 
-def _mode_layer(mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
+def _mode_layer(model: nn.Module, mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
     """The layer that runs mode's matrix products on this CPU, or None (with a warning) where it cannot."""
     if mode.matmul == "bfloat16" and cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16"):
         return _bf16_layer
     if mode.matmul == "int8" and int8_engine_available() and _probe_linear("int8"):
-        return Int8Linear
+        return _int8_layers(model)
     logger.warning("dtype=%r: this CPU (or torch build) has no %s path for the linear layers (sentfuse info lists "
                    "the modes available); the model runs in float32", mode.name, mode.matmul)
     return None
@@ -205,7 +234,7 @@ def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> tuple[Callable[[nn.Linea
     kernels)."""
     mode = marked_mode(model)
     if mode is not None and dtype == mode.load_dtype:
-        layer = _mode_layer(mode)
+        layer = _mode_layer(model, mode)
         if layer is not None:
             return layer, (torch.bfloat16 if mode.matmul == "bfloat16" else None)
     packs = dtype == torch.float32 or (dtype in HALF_TYPES and not cpu_has_native(dtype))
