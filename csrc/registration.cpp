@@ -59,6 +59,10 @@ TORCH_LIBRARY(sentfuse, m) {
         "str score=\"maxsim\", bool bf16_rescore=False) -> (Tensor, Tensor)");
   m.def("maxsim_candidates(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, Tensor candidates, *, "
         "str score=\"maxsim\") -> Tensor");
+  // The int8 compute mode's input quantization. x [..., K] float32, inverse_smooth [K] float32 or None (ones) ->
+  // (codes [..., K] uint8, scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold
+  // 0 split into 255 steps, codes = clamp(round(v / scale) + zero_point, 0, 255) (ties to even).
+  m.def("smooth_quantize(Tensor x, Tensor? inverse_smooth) -> (Tensor codes, Tensor scale, Tensor zero_point)");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

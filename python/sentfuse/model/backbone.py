@@ -21,14 +21,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _ops
 from . import int8_plan, packed_linear
 from .compute import ComputeMode, int8_engine_available, marked_mode
 from .fused_blocks import fuse_blocks
@@ -108,25 +107,15 @@ class PackedLinear(_CpuLinear):
         return y if y.dtype == self._dtype else y.to(self._dtype)
 
 
-@contextmanager
-def _quantized_engine(name: str) -> Iterator[None]:
-    """torch's quantized engine set to name inside the block (it picks the kernels a weight is packed for)."""
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = before
-
-
 class Int8Linear(_CpuLinear):
     """The int8-dynamic mode's layer: the weight quantized once per output channel (symmetric int8) and packed
-    for oneDNN's int8 kernels; each call quantizes its float32 input per tensor from the input's range
-    (quint8) and gets float32 back (torch.ops.quantized.linear_dynamic).
+    for oneDNN's int8 kernels; each call quantizes its float32 input per tensor from the input's range (uint8 with
+    a zero point, sentfuse's smooth_quantize: one pass for the range, one for the codes) and oneDNN multiplies,
+    adding the bias and scaling back to float32 in the product's epilogue.
 
     With `smooth` (per-input-channel factors s, model.int8_plan) the packed weight is W·diag(s) and the input is
-    divided by s first: the same product in exact arithmetic, with the input's outlier channels scaled down
-    before they set the per-tensor scale."""
+    divided by s inside the quantization pass: the same product in exact arithmetic, with the input's outlier
+    channels scaled down before they set the per-tensor scale."""
 
     def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
         super().__init__(linear)
@@ -135,20 +124,18 @@ class Int8Linear(_CpuLinear):
             if smooth.shape != (linear.in_features,):
                 raise ValueError(f"smooth must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
             w = w * smooth.float()
-        self._inverse_smooth = None if smooth is None else smooth.float().reciprocal()
-        scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny).double()
-        zero_points = torch.zeros(w.shape[0], dtype=torch.long)
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        # quantized tensors are deprecated in torch but still the only way into its int8 linear kernels
-        with _quantized_engine("onednn"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            qweight = torch.quantize_per_channel(w, scales, zero_points, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self._inverse_smooth = None if smooth is None else smooth.float().reciprocal().contiguous()
+        self._weight_scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        self._weight_zero_points = torch.zeros(w.shape[0], dtype=torch.long)
+        codes = torch.round(w / self._weight_scales[:, None]).clamp_(-127, 127).to(torch.int8)
+        self._packed = torch.ops.onednn.qlinear_prepack(codes, None)
+        self._bias = None if linear.bias is None else linear.bias.detach().float()
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        if self._inverse_smooth is not None:
-            x = x * self._inverse_smooth
-        return torch.ops.quantized.linear_dynamic(x, self._packed, False)
+        codes, scale, zero_point = _ops.smooth_quantize(x, self._inverse_smooth)
+        return torch.ops.onednn.qlinear_pointwise.tensor(
+            codes, scale, zero_point, self._packed, self._weight_scales, self._weight_zero_points, self._bias,
+            1.0, 0, torch.float32, "none", [], "")
 
 
 def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
