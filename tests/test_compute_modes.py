@@ -60,6 +60,8 @@ def check_layers(model: nn.Module, mode: str) -> None:
         assert all(m._compute == (torch.bfloat16 if m.linear.out_features >= backbone.NARROW_OUTPUT else torch.float32)
                    for m in layers)
         assert blocks  # BERT's attention and GELU blocks run fused
+    elif mode == "int8-dynamic" and compute.int8_engine_available() and backbone.cpu_has_native(torch.bfloat16):
+        assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)  # GELU in the int8 FFN1's epilogue
     else:
         assert not blocks
     assert next(model.parameters()).dtype == torch.float32  # the residual stream stays float32
@@ -229,7 +231,7 @@ def test_int8_without_engine_runs_float32(folders, monkeypatch, caplog):
 
 
 def bert_plan(model: nn.Module) -> dict[str, int8_plan.Int8Role]:
-    plans = int8_plan.plan(model)
+    plans = int8_plan.plan(model).layers
     return {name: plans[m].role for name, m in model.named_modules() if m in plans}
 
 
@@ -246,6 +248,9 @@ def test_int8_plan_roles(folders):
         else:
             assert role is int8_plan.Int8Role.PLAIN, name  # attention's context, the pooler's first token
     assert bert_plan(model) == roles  # seeded: the same plan on every load
+    activated = int8_plan.plan(model).activated
+    assert [name for name, m in model.named_modules() if m in activated] == \
+        [f"encoder.layer.{i}.intermediate" for i in range(model.config.num_hidden_layers)]
 
 
 def test_smoothing_folded_equals_unfolded():

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # activations' range into the weights, which keeps the per-channel weight scales tame on other models too.
 ALPHA = 0.5
 # The calibration forward: rows x tokens of random ids, seeded so a model's plan is the same on every load.
-CALIBRATION_SHAPE = (16, 64)
+CALIBRATION_SHAPE = (8, 32)
 SEED = 0
 # Random ids are drawn from above the vocabulary's first ids, where BERT-family vocabularies keep special and
 # unused tokens.
@@ -79,15 +79,30 @@ def _calibration_ids(model: nn.Module) -> torch.Tensor | None:
     return torch.randint(low, vocab, CALIBRATION_SHAPE, generator=torch.Generator().manual_seed(SEED))
 
 
-def plan(model: nn.Module) -> dict[nn.Linear, LayerPlan]:
-    """Each nn.Linear of model and how the int8-dynamic mode multiplies it, from one float32 forward on random
-    tokens. A model that cannot run that forward (no vocabulary size, other inputs) gets plain int8 everywhere."""
+@dataclass(frozen=True)
+class Int8Plan:
+    layers: dict[nn.Linear, LayerPlan]  # every nn.Linear of the model
+    # modules computing activation(linear(x)) and nothing else (BERT's intermediate block): (linear, activation)
+    activated: dict[nn.Module, tuple[nn.Linear, nn.Module]]
+
+
+def plan(model: nn.Module) -> Int8Plan:
+    """Each nn.Linear of model and how the int8-dynamic mode multiplies it, and the blocks that only activate a
+    linear's output, from one float32 forward on random tokens. A model that cannot run that forward (no
+    vocabulary size, other inputs) gets plain int8 everywhere."""
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     ids = _calibration_ids(model)
     if ids is None:
-        return {lin: LayerPlan(Int8Role.PLAIN) for lin in linears}
+        return Int8Plan({lin: LayerPlan(Int8Role.PLAIN) for lin in linears}, {})
     producers: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # id(output) -> (module, output kept alive)
     seen: dict[nn.Linear, tuple[torch.Tensor, nn.Module | None]] = {}
+    flow: dict[nn.Module, tuple[int, int]] = {}  # module -> (id(input), id(output)), tensors kept alive in `alive`
+    alive: list[torch.Tensor] = []
+
+    def record_flow(module: nn.Module, inputs: tuple, output: object) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            flow[module] = (id(inputs[0]), id(output))
+            alive.extend((inputs[0], output))
 
     def record_output(module: nn.Module, inputs: tuple, output: object) -> None:
         passes_through = any(output is x for x in inputs)  # eval-mode dropout, identity: keep the real producer
@@ -103,6 +118,7 @@ def plan(model: nn.Module) -> dict[nn.Linear, LayerPlan]:
 
     hooks = [m.register_forward_hook(record_output) for m in model.modules() if type(m) is not nn.Linear]
     hooks += [lin.register_forward_pre_hook(record_input) for lin in linears]
+    hooks += [m.register_forward_hook(record_flow) for m in model.modules()]
     try:
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -112,7 +128,23 @@ def plan(model: nn.Module) -> dict[nn.Linear, LayerPlan]:
     finally:
         for hook in hooks:
             hook.remove()
-    return {lin: _layer_plan(lin, *seen[lin]) if lin in seen else LayerPlan(Int8Role.PLAIN) for lin in linears}
+    layers = {lin: _layer_plan(lin, *seen[lin]) if lin in seen else LayerPlan(Int8Role.PLAIN) for lin in linears}
+    return Int8Plan(layers, _activated_blocks(model, flow))
+
+
+def _activated_blocks(model: nn.Module, flow: dict[nn.Module, tuple[int, int]]) -> dict[nn.Module, tuple]:
+    """Modules whose two children are a linear and a parameter-free activation, seen computing act(linear(x))."""
+    found = {}
+    for block in model.modules():
+        children = list(block.children())
+        linear = next((c for c in children if type(c) is nn.Linear), None)
+        act = next((c for c in children if c is not linear), None)
+        if len(children) != 2 or linear is None or any(True for _ in act.parameters()):
+            continue
+        if all(m in flow for m in (block, linear, act)) and flow[block][0] == flow[linear][0] \
+                and flow[act][0] == flow[linear][1] and flow[block][1] == flow[act][1]:
+            found[block] = (linear, act)
+    return found
 
 
 def _layer_plan(linear: nn.Linear, act_amax: torch.Tensor, producer: nn.Module | None) -> LayerPlan:
