@@ -7,12 +7,14 @@ QKV 0.9981, FFN1 0.9970, FFN2 0.9962, attention output 0.9999; all of them 0.991
 - A product fed by a LayerNorm (QKV, FFN1) gets SmoothQuant's per-input-channel factors s = amax_x^a / amax_w^(1-a):
   the int8 weight is W·diag(s) and the input is divided by s before its per-tensor quantization, so the outlier
   channels no longer set the scale (QKV 0.9996, FFN1 0.9994). BERT puts LayerNorm after the residual add, so the
-  LayerNorm's output is also the next residual and the factors cannot be folded into its weights: the division is
-  one multiply of the (narrow) input instead.
+  LayerNorm's output is also the next residual and the factors cannot be folded into its weights: the division
+  happens inside the input's quantization pass instead (sentfuse's smooth_quantize), at no extra pass.
 - A product fed by an activation (FFN2, whose GELU input is heavy-tailed; smoothing made it worse: 0.988) runs
-  the bf16-mixed mode's bfloat16 product (the alternative, per-row int8 scales, measured 0.9989 but needs a
-  quantize pass oneDNN's per-tensor kernels cannot take).
-Together: 0.998 (bench_encode --compute-modes gives the full figures).
+  the bf16-mixed mode's bfloat16 product (the alternative, per-row int8 scales, measured 0.9989 but needs
+  scales per row, which oneDNN's int8 kernels cannot apply in their epilogue).
+Together: 0.998 (bench_encode --compute-modes gives the full figures). A block computing activation(linear(x))
+(BERT's intermediate; found in the same forward) then runs the activation in the int8 product's epilogue
+(backbone.Int8Activated).
 
 The activation maxima come from the model itself on seeded random tokens of its own vocabulary, not from a data
 set: an installed package has no shipped text, and the outlier channels are the model's (random-token
