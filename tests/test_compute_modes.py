@@ -339,3 +339,19 @@ def test_smooth_quantize_opcheck(device):  # noqa: F811
     x = torch.randn(5, 24, device=device)
     for inverse in (None, torch.rand(24, device=device) + 0.5):
         torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse))
+
+
+def test_int8_activated_block():
+    """GELU(linear(x)) with GELU in the int8 product's epilogue, bfloat16 out; autograd and training run the block."""
+    torch.manual_seed(4)
+    block = nn.Sequential(nn.Linear(24, 40), nn.GELU()).eval()
+    fused = backbone.Int8Activated(block, block[0], ("gelu", "none"))
+    x = torch.randn(3, 5, 24)
+    with torch.inference_mode():
+        got, expected = fused(x), block(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (3, 5, 40)
+    assert (got.float() - expected).abs().max() <= 0.03 * expected.abs().max()
+    assert torch.equal(fused(x), block(x))  # autograd records: the original block
+    fused.train()
+    with torch.inference_mode():
+        assert torch.equal(fused(x), block(x))
