@@ -149,8 +149,7 @@ def _amx_attention(head_size: int) -> bool:
         raise ValueError(f"{ATTENTION_ENV} must be 'amx' or 'sdpa', got {forced!r}")
     return (
         forced != "sdpa"
-        and cpu_features.has_bf16_matrix_units()
-        and os.environ.get("SENTFUSE_CPU_AMX", "").strip().lower() != "off"
+        and cpu_features.amx_kernels()
         and head_size % 32 == 0
         and head_size <= 128
     )
