@@ -92,6 +92,6 @@ AMX_ENV = "SENTFUSE_CPU_AMX"
 
 
 def amx_kernels() -> bool:
-    """Whether threshold_pairs, the bf16 top-k scan and packed_attention run sentfuse's AMX kernels: AMX-BF16 present and
-    SENTFUSE_CPU_AMX not 'off' (the C++ side also needs the OS to grant the tile state, as Linux does)."""
+    """Whether threshold_pairs, the bf16 top-k scan and packed_attention run sentfuse's AMX kernels: AMX-BF16
+    present and SENTFUSE_CPU_AMX not 'off' (the C++ side also needs the OS to grant the tile state, as Linux does)."""
     return has_bf16_matrix_units() and os.environ.get(AMX_ENV, "").strip().lower() != "off"
