@@ -59,6 +59,11 @@ TORCH_LIBRARY(sentfuse, m) {
         "str score=\"maxsim\", bool bf16_rescore=False) -> (Tensor, Tensor)");
   m.def("maxsim_candidates(Tensor queries, Tensor? query_mask, Tensor docs, Tensor cu_seqlens, Tensor candidates, *, "
         "str score=\"maxsim\") -> Tensor");
+  // Training dropout. x [...] -> [...] (dtype: given, else x's promoted with residual's): x * keep / (1 - p),
+  // plus residual when given; element i (row-major) is kept when dropout_bits(seed, i) >= round(p * 2^32)
+  // (common/dropout_hash.h), so a seed repeats its mask on every device and the backward pass is this op
+  // on the gradient with the same seed.
+  m.def("dropout(Tensor x, float p, int seed, Tensor? residual=None, ScalarType? dtype=None) -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

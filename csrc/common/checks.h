@@ -122,3 +122,13 @@ void check_maxsim_candidates(const at::Tensor& candidates, const at::Tensor& que
 void check_maxsim_finite(const char* op, const at::Tensor& queries, const at::Tensor& docs);
 
 }  // namespace sentfuse
+
+// ---- dropout ----
+namespace sentfuse {
+
+// x float, p in [0, 1], residual none or x's shape, float, on x's device; dtype none or a float type.
+// Returns the output dtype: dtype, else the promoted type of x and residual.
+at::ScalarType check_dropout_args(const at::Tensor& x, double p, const std::optional<at::Tensor>& residual,
+                                  std::optional<at::ScalarType> dtype);
+
+}  // namespace sentfuse

@@ -428,3 +428,37 @@ def _maxsim_topk_fake(queries, query_mask, docs, cu_seqlens, k, *, score="maxsim
 def _maxsim_candidates_fake(queries, query_mask, docs, cu_seqlens, candidates, *, score="maxsim"):
     torch._check(queries.dim() == 3 and docs.dim() == 2, lambda: "maxsim_candidates: queries must be 3-D")
     return queries.new_empty(tuple(candidates.shape), dtype=torch.float32)
+
+
+# ---- Dropout --------------------------------------------------------------------------------------------------
+
+
+def dropout(x: torch.Tensor, p: float, seed: int, residual: torch.Tensor | None = None,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x * keep / (1 - p), plus residual when given, in dtype (default: x's type promoted with residual's).
+    Element i (row-major) is kept when a hash of (seed, i) clears round(p * 2**32) (csrc/common/dropout_hash.h):
+    the mask is a function of the seed, identical on every device, and nothing is stored for the backward."""
+    return torch.ops.sentfuse.dropout.default(x, p, seed, residual, dtype)
+
+
+@torch.library.register_fake("sentfuse::dropout")
+def _dropout_fake(x, p, seed, residual=None, dtype=None):
+    if dtype is None:
+        dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    return x.new_empty(x.shape, dtype=dtype)
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    x, p, seed, residual, _ = inputs
+    ctx.mask_args = (p, seed)
+    ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+
+
+def _dropout_backward(ctx, grad):
+    # The same mask from the same seed: the gradient of x is this op on the incoming gradient.
+    x_dtype, residual_dtype = ctx.dtypes
+    grad_x = torch.ops.sentfuse.dropout.default(grad, *ctx.mask_args, None, x_dtype)
+    return grad_x, None, None, None if residual_dtype is None else grad.to(residual_dtype), None
+
+
+torch.library.register_autograd("sentfuse::dropout", _dropout_backward, setup_context=_dropout_setup_context)

@@ -188,11 +188,10 @@ def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
     out = layer.attention.output
-    h = dropout(out.dense(_attend(layer.attention.self, x, batch)), out.dropout.p, out.training)
-    x = out.LayerNorm(h + x)
+    x = out.LayerNorm(dropout(out.dense(_attend(layer.attention.self, x, batch)), out.dropout.p, out.training, x))
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     final = layer.output
-    return final.LayerNorm(dropout(final.dense(h), final.dropout.p, final.training) + x)
+    return final.LayerNorm(dropout(final.dense(h), final.dropout.p, final.training, x))
 
 
 def packed_forward(backbone: nn.Module, batch: PackedTokens) -> torch.Tensor:
