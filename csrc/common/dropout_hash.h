@@ -26,9 +26,19 @@ SENTFUSE_HD uint32_t lowbias32(uint32_t x) {
   return x;
 }
 
+// The second round's key: the seed's high half mixed with the index's high half (constant over runs of 2^32
+// indices, so a loop over indices hoists it and hashes 32-bit lanes only).
+SENTFUSE_HD uint32_t dropout_key(uint64_t seed, uint32_t index_high) {
+  return static_cast<uint32_t>(seed >> 32) ^ (index_high * 0x9e3779b9U);
+}
+
+SENTFUSE_HD uint32_t dropout_bits_of(uint32_t seed_low, uint32_t key, uint32_t index_low) {
+  return lowbias32(lowbias32(index_low ^ seed_low) ^ key);
+}
+
 SENTFUSE_HD uint32_t dropout_bits(uint64_t seed, uint64_t index) {
-  const uint32_t first = lowbias32(static_cast<uint32_t>(index) ^ static_cast<uint32_t>(seed));
-  return lowbias32(first ^ static_cast<uint32_t>(seed >> 32) ^ (static_cast<uint32_t>(index >> 32) * 0x9e3779b9U));
+  return dropout_bits_of(static_cast<uint32_t>(seed), dropout_key(seed, static_cast<uint32_t>(index >> 32)),
+                         static_cast<uint32_t>(index));
 }
 
 // p in [0, 1] -> the smallest kept value of dropout_bits, as uint64 so that p = 1 keeps nothing.

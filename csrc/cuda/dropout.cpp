@@ -30,9 +30,11 @@ at::Tensor dropout_cuda(const at::Tensor& x_in, double p, int64_t seed, const st
     using out_t = scalar_t;
     const out_t* res = residual.defined() ? residual.const_data_ptr<out_t>() : nullptr;
     SENTFUSE_DISPATCH_FLOAT_TYPES(x.scalar_type(), "sentfuse_dropout_cuda", [&] {
-      C10_CUDA_CHECK(launch_dropout<scalar_t, out_t>(x.const_data_ptr<scalar_t>(), res, out.mutable_data_ptr<out_t>(),
-                                                     out.numel(), static_cast<uint64_t>(seed), threshold, scale,
-                                                     at::cuda::getCurrentCUDAStream()));
+      const cudaError_t err = launch_dropout<scalar_t, out_t>(x.const_data_ptr<scalar_t>(), res,
+                                                              out.mutable_data_ptr<out_t>(), out.numel(),
+                                                              static_cast<uint64_t>(seed), threshold, scale,
+                                                              at::cuda::getCurrentCUDAStream());
+      C10_CUDA_CHECK(err);
     });
   });
   return out;

@@ -22,7 +22,8 @@ __global__ void dropout_kernel(const in_t* __restrict__ x, const out_t* __restri
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     const bool keep = dropout_bits(seed, static_cast<uint64_t>(i)) >= threshold;
-    float value = keep ? static_cast<float>(x[i]) * scale : 0.0f;
+    // __fmul_rn: never contracted with the residual add into a fused multiply-add (reference.dropout rounds twice)
+    float value = keep ? __fmul_rn(static_cast<float>(x[i]), scale) : 0.0f;
     if (residual != nullptr) value += static_cast<float>(residual[i]);
     out[i] = static_cast<out_t>(value);
   }

@@ -179,10 +179,10 @@ def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if p == 0.0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias.to(q.dtype), scale=heads.scaling)
     # SDPA would draw its dropout mask with torch's slow CPU sampler.
-    # The bias in the scores' own type: a float32 bias would widen the [texts, heads, width, width] scores
-    # of a 16-bit product (softmax accumulates in float32 either way).
-    scores = torch.matmul(q, k.transpose(-1, -2)) * heads.scaling + key_bias.to(q.dtype)
-    probs = dropout(scores.softmax(dim=-1).to(v.dtype), p, True)
+    # The float32 key bias widens 16-bit scores to float32: torch's CPU softmax (and its backward) is several
+    # times slower in bfloat16 than in float32 at these widths.
+    scores = torch.matmul(q, k.transpose(-1, -2)) * heads.scaling + key_bias
+    probs = dropout(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), p, True)
     return torch.matmul(probs, v)
 
 
