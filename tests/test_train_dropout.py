@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sentfuse import _ops, reference
-from tests.op_devices import device  # noqa: F401  (fixture)
+from op_devices import device  # noqa: F401  (fixture)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -76,12 +76,15 @@ def test_dropout_opcheck(device):
     torch.library.opcheck(torch.ops.sentfuse.dropout.default, (x.bfloat16(), 0.3, 11, None, torch.float32))
 
 
-def test_dropout_rejects_bad_arguments():
-    x = torch.randn(4, 4)
+def test_dropout_rejects_bad_arguments(device):
+    x = torch.randn(4, 4, device=device)
+    other = "meta" if device == "cpu" else "cpu"
+    with pytest.raises(ValueError, match="residual is on"):
+        _ops.dropout(x, 0.1, 0, torch.randn(4, 4, device=other))
     with pytest.raises(ValueError, match="p must be in"):
         _ops.dropout(x, 1.5, 0)
     with pytest.raises(ValueError, match="residual must have x's shape"):
-        _ops.dropout(x, 0.1, 0, torch.randn(4, 5))
+        _ops.dropout(x, 0.1, 0, torch.randn(4, 5, device=device))
     with pytest.raises(TypeError, match="x must be float32"):
         _ops.dropout(x.long(), 0.1, 0)
     with pytest.raises(TypeError, match="dtype must be"):

@@ -443,6 +443,9 @@ def dropout(x: torch.Tensor, p: float, seed: int, residual: torch.Tensor | None 
 
 @torch.library.register_fake("sentfuse::dropout")
 def _dropout_fake(x, p, seed, residual=None, dtype=None):
+    # A meta residual with a real x dispatches here: the device check the kernels share must hold here too.
+    torch._check_value(residual is None or residual.device == x.device,
+                       lambda: f"dropout: residual is on {residual.device} but x is on {x.device}")
     if dtype is None:
         dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     return x.new_empty(x.shape, dtype=dtype)
