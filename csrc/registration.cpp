@@ -69,6 +69,11 @@ TORCH_LIBRARY(sentfuse, m) {
   // (codes [..., K] uint8, scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold
   // 0 split into 255 steps, codes = clamp(round(v / scale) + zero_point, 0, 255) (ties to even).
   m.def("smooth_quantize(Tensor x, Tensor? inverse_smooth) -> (Tensor codes, Tensor scale, Tensor zero_point)");
+  // Training dropout. x [...] -> [...] (dtype: given, else x's promoted with residual's): x * keep / (1 - p),
+  // plus residual when given; element i (row-major) is kept when dropout_bits(seed, i) >= round(p * 2^32)
+  // (common/dropout_hash.h), so a seed repeats its mask on every device and the backward pass is this op
+  // on the gradient with the same seed.
+  m.def("dropout(Tensor x, float p, int seed, Tensor? residual=None, ScalarType? dtype=None) -> Tensor");
 }
 
 // Importing sentfuse._C loads this library, which runs the registrations above.

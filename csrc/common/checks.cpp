@@ -432,3 +432,29 @@ void check_smooth_quantize_range(float lo, float hi) {
 }
 
 }  // namespace sentfuse
+
+// ---- dropout ----
+namespace sentfuse {
+
+at::ScalarType check_dropout_args(const at::Tensor& x, double p, const std::optional<at::Tensor>& residual,
+                                  std::optional<at::ScalarType> dtype) {
+  check_float_input("dropout", "x", x);
+  SENTFUSE_CHECK_VALUE(p >= 0.0 && p <= 1.0, "dropout: p must be in [0, 1], got ", p);
+  at::ScalarType out = x.scalar_type();
+  if (residual.has_value()) {
+    check_float_input("dropout", "residual", *residual);
+    check_same_device("dropout", "residual", *residual, "x", x);
+    SENTFUSE_CHECK_VALUE(residual->sizes() == x.sizes(), "dropout: residual must have x's shape ", x.sizes(),
+                         ", got ", residual->sizes());
+    out = at::promote_types(out, residual->scalar_type());
+  }
+  if (dtype.has_value()) {
+    const auto dt = *dtype;
+    SENTFUSE_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+                        "dropout: dtype must be float32, float16 or bfloat16, got ", dt);
+    out = dt;
+  }
+  return out;
+}
+
+}  // namespace sentfuse

@@ -146,3 +146,13 @@ void check_smooth_quantize_args(const at::Tensor& x, const std::optional<at::Ten
 void check_smooth_quantize_range(float lo, float hi);
 
 }  // namespace sentfuse
+
+// ---- dropout ----
+namespace sentfuse {
+
+// x float, p in [0, 1], residual none or x's shape, float, on x's device; dtype none or a float type.
+// Returns the output dtype: dtype, else the promoted type of x and residual.
+at::ScalarType check_dropout_args(const at::Tensor& x, double p, const std::optional<at::Tensor>& residual,
+                                  std::optional<at::ScalarType> dtype);
+
+}  // namespace sentfuse

@@ -470,3 +470,40 @@ def _smooth_quantize_fake(x, inverse_smooth):
     torch._check(x.dim() >= 1, lambda: "smooth_quantize: x must be [..., K]")
     return (x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((), dtype=torch.float32),
             x.new_empty((), dtype=torch.int32))
+
+
+# ---- Dropout --------------------------------------------------------------------------------------------------
+
+
+def dropout(x: torch.Tensor, p: float, seed: int, residual: torch.Tensor | None = None,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x * keep / (1 - p), plus residual when given, in dtype (default: x's type promoted with residual's).
+    Element i (row-major) is kept when a hash of (seed, i) clears round(p * 2**32) (csrc/common/dropout_hash.h):
+    the mask is a function of the seed, identical on every device, and nothing is stored for the backward."""
+    return torch.ops.sentfuse.dropout.default(x, p, seed, residual, dtype)
+
+
+@torch.library.register_fake("sentfuse::dropout")
+def _dropout_fake(x, p, seed, residual=None, dtype=None):
+    # A meta residual with a real x dispatches here: the device check the kernels share must hold here too.
+    torch._check_value(residual is None or residual.device == x.device,
+                       lambda: f"dropout: residual is on {residual.device} but x is on {x.device}")
+    if dtype is None:
+        dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    return x.new_empty(x.shape, dtype=dtype)
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    x, p, seed, residual, _ = inputs
+    ctx.mask_args = (p, seed)
+    ctx.dtypes = (x.dtype, None if residual is None else residual.dtype)
+
+
+def _dropout_backward(ctx, grad):
+    # The same mask from the same seed: the gradient of x is this op on the incoming gradient.
+    x_dtype, residual_dtype = ctx.dtypes
+    grad_x = torch.ops.sentfuse.dropout.default(grad, *ctx.mask_args, None, x_dtype)
+    return grad_x, None, None, None if residual_dtype is None else grad.to(residual_dtype), None
+
+
+torch.library.register_autograd("sentfuse::dropout", _dropout_backward, setup_context=_dropout_setup_context)

@@ -394,3 +394,46 @@ def smooth_quantize(
     t = (v * (1 / scale)).clamp(-512, 512).round()
     codes = (t + zero_point).clamp(0, 255).to(torch.uint8)
     return codes, scale, zero_point.to(torch.int32)
+
+
+_U32 = 0xFFFFFFFF
+
+
+def _mul_u32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 x holding 32-bit values, in 16-bit halves so nothing overflows int64."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _U32
+
+
+def _lowbias32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul_u32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul_u32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout_bits(seed: int, numel: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[numel] int64: the 32 mask bits of elements 0..numel-1 under seed (csrc/common/dropout_hash.h)."""
+    seed &= 0xFFFFFFFFFFFFFFFF
+    index = torch.arange(numel, dtype=torch.int64, device=device)
+    first = _lowbias32((index & _U32) ^ (seed & _U32))
+    return _lowbias32(first ^ (seed >> 32) ^ _mul_u32(index >> 32, 0x9E3779B9))
+
+
+def dropout(x: torch.Tensor, p: float, seed: int, residual: torch.Tensor | None = None,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x * keep / (1 - p) (+ residual) in dtype (default: x's promoted with residual's), element i (row-major)
+    kept when dropout_bits(seed, i) >= round(p * 2**32); arithmetic in float32."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if dtype is None:
+        dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    threshold = int(p * 2**32 + 0.5)
+    keep = (dropout_bits(seed, x.numel(), x.device) >= threshold).view(x.shape)
+    scale = torch.tensor(1.0 / (1.0 - p) if p < 1.0 else 0.0, dtype=compute_dtype(x))
+    out = torch.where(keep, x.to(scale.dtype) * scale, 0.0)
+    if residual is not None:
+        out = out + residual.to(dtype).to(scale.dtype)
+    return out.to(dtype)

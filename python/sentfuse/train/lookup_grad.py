@@ -18,15 +18,29 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 
 class _KeptGradient:
-    """The last gradient accumulated into one table's .grad, kept for reuse."""
+    """The last gradient accumulated into one table's .grad, kept for reuse, and which of its rows can be
+    non-zero while it is the table's gradient from one backward pass of lookup."""
 
     def __init__(self, weight: nn.Parameter) -> None:
         self.buffer: torch.Tensor | None = None
+        # The memory of the gradient lookup's backward returned last (autograd may store it as .grad under a
+        # new tensor object, never in other memory unless it copies), and its ids.
+        self.produced: int | None = None
+        self.produced_ids: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None  # .grad's possibly non-zero rows, when .grad is that gradient
         weight.register_post_accumulate_grad_hook(self._keep)
 
     def _keep(self, weight: nn.Parameter) -> None:
         grad = weight.grad
         self.buffer = grad if grad is not None and grad.layout == torch.strided and grad.is_contiguous() else None
+        # Accumulation into an earlier gradient (several backward passes per step) leaves the rows unknown.
+        fresh = grad is not None and self.produced is not None and self.produced == grad.data_ptr()
+        self.rows = self.produced_ids if fresh else None
+        self.produced = self.produced_ids = None
+
+    def record(self, gradient: torch.Tensor, ids: torch.Tensor) -> None:
+        """gradient, about to be returned by lookup's backward, is zero outside the rows in ids."""
+        self.produced, self.produced_ids = gradient.data_ptr(), ids
 
     def take(self, weight: nn.Parameter) -> torch.Tensor:
         """A zeroed gradient for weight: the kept one when it is free, else a new one."""
@@ -56,7 +70,17 @@ class _Lookup(torch.autograd.Function):
             grad = grad.masked_fill((ids == ctx.padding_idx)[:, None], 0)
         table = ctx.kept.take(ctx.weight)
         table.index_add_(0, ids, grad.to(table.dtype))
+        ctx.kept.record(table, ids)
         return table, None, None, None
+
+
+def gradient_rows(weight: torch.Tensor) -> torch.Tensor | None:
+    """The sorted ids of the only rows of weight.grad that can be non-zero, when weight.grad is the gradient
+    of one backward pass of lookup (every other row is exactly zero); else None."""
+    kept = _KEPT.get(weight)
+    if kept is None or kept.rows is None or weight.grad is None or weight.grad is not kept.buffer:
+        return None
+    return torch.unique(kept.rows)
 
 
 def _plain(embedding: nn.Embedding) -> bool:

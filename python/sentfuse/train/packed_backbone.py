@@ -28,6 +28,7 @@ from torch import nn
 from ..model.fused_blocks import bert_heads
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 from .dropout import dropout
+from .grid_rows import from_grids, to_grids
 from .lookup_grad import lookup
 
 
@@ -160,8 +161,8 @@ def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Ten
     parts = (heads.query, heads.key, heads.value)
     weight = torch.cat([p.weight for p in parts])
     bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
-    qkv = F.linear(x, weight, bias)[:batch.tokens]  # [T, 3 * hidden]: one product instead of three
-    grids = qkv.new_zeros(batch.grid_size, qkv.shape[1]).index_copy(0, batch.grid_rows, qkv)
+    qkv = F.linear(x, weight, bias)  # [rows, 3 * hidden]: one product instead of three
+    grids = to_grids(qkv, batch.grid_rows, batch.grid_size)
     contexts, base = [], 0
     for group in batch.groups:
         rows = grids[base:base + group.texts * group.width]
@@ -169,8 +170,7 @@ def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Ten
         q, k, v = rows.view(group.texts, group.width, 3, heads.num_attention_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         context = _attention(heads, q, k, v, group.key_bias)  # [texts, heads, width, head]
         contexts.append(context.transpose(1, 2).reshape(group.texts * group.width, -1))
-    context = torch.cat(contexts).index_select(0, batch.grid_rows)
-    return F.pad(context, (0, 0, 0, x.shape[0] - batch.tokens))
+    return from_grids(torch.cat(contexts), batch.grid_rows, x.shape[0])
 
 
 def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -179,6 +179,8 @@ def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if p == 0.0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias.to(q.dtype), scale=heads.scaling)
     # SDPA would draw its dropout mask with torch's slow CPU sampler.
+    # The float32 key bias widens 16-bit scores to float32: torch's CPU softmax (and its backward) is several
+    # times slower in bfloat16 than in float32 at these widths.
     scores = torch.matmul(q, k.transpose(-1, -2)) * heads.scaling + key_bias
     probs = dropout(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), p, True)
     return torch.matmul(probs, v)
@@ -186,11 +188,10 @@ def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
     out = layer.attention.output
-    h = dropout(out.dense(_attend(layer.attention.self, x, batch)), out.dropout.p, out.training)
-    x = out.LayerNorm(h + x)
+    x = out.LayerNorm(dropout(out.dense(_attend(layer.attention.self, x, batch)), out.dropout.p, out.training, x))
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     final = layer.output
-    return final.LayerNorm(dropout(final.dense(h), final.dropout.p, final.training) + x)
+    return final.LayerNorm(dropout(final.dense(h), final.dropout.p, final.training, x))
 
 
 def packed_forward(backbone: nn.Module, batch: PackedTokens) -> torch.Tensor:

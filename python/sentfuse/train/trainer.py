@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
@@ -20,6 +21,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from .args import SentenceTransformerTrainingArguments
 from .checkpoint import load_weights
+from .clipping import clip_grad_norm
 from .data import TextPairCollator, dataset_columns
 from .mode import inference_mode, trainable_modules, training_mode
 from .samplers import BatchSamplers, NoDuplicatesBatchSampler, ShuffledBatchSampler
@@ -108,6 +110,14 @@ class SentenceTransformerTrainer(Trainer):
                 f"the loss is {loss.item()} at step {step}, in the batch whose first texts are {inputs['texts']!r}; "
                 f"training stopped and the weights before this step are saved in {kept}")
         return (loss, {}) if return_outputs else loss
+
+    def _clip_grad_norm(self, model: nn.Module):
+        """One process, no loss scaling: sentfuse's clipping (clipping.py); anything else: Trainer's."""
+        plain = (self.accelerator.distributed_type == DistributedType.NO and self.accelerator.scaler is None
+                 and not self._has_mixed_mesh_grads(model))
+        if not plain:
+            return super()._clip_grad_norm(model)
+        return clip_grad_norm(model.parameters(), self.args.max_grad_norm)
 
     def get_train_dataloader(self) -> DataLoader:
         args = self.args
