@@ -113,8 +113,10 @@ class SentenceTransformerTrainer(Trainer):
 
     def _clip_grad_norm(self, model: nn.Module):
         """One process, no loss scaling: sentfuse's clipping (clipping.py); anything else: Trainer's."""
+        # _has_mixed_mesh_grads is Trainer's own (private) test: where a transformers version lacks it, Trainer clips
+        mixed_mesh = getattr(self, "_has_mixed_mesh_grads", lambda _model: True)
         plain = (self.accelerator.distributed_type == DistributedType.NO and self.accelerator.scaler is None
-                 and not self._has_mixed_mesh_grads(model))
+                 and not mixed_mesh(model))
         if not plain:
             return super()._clip_grad_norm(model)
         return clip_grad_norm(model.parameters(), self.args.max_grad_norm)
