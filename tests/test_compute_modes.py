@@ -17,7 +17,7 @@ from sentfuse.cli.args import add_backbone_options
 from op_devices import device  # noqa: F401  (fixture)
 from sentfuse import _ops, reference
 from sentfuse.model import backbone, compute, int8_plan
-from sentfuse.model.backbone import Int8Linear, PackedLinear
+from sentfuse.model.backbone import Int8Linear, Int8Weight, PackedLinear
 from sentfuse.model.compute import BF16_MIXED, COMPUTE_MODES, INT8_DYNAMIC
 from sentfuse.model.packed_linear import StandIn
 from sentfuse.model.options import parse_load_options
@@ -35,7 +35,7 @@ AMX = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "a
 def expected_layer(mode: str, layer: nn.Module) -> type:
     """The layer class a mode's linear layer becomes on this CPU (float32 PackedLinear where it has no path): in
     int8-dynamic, int8 but for products fed by an activation (bfloat16) and score heads (float32)."""
-    if mode == "int8-dynamic" and compute.int8_engine_available():
+    if mode == "int8-dynamic":
         fed_by_activation = layer.linear.in_features > layer.linear.out_features >= backbone.NARROW_OUTPUT  # BERT FFN2
         return PackedLinear if fed_by_activation or layer.linear.out_features < backbone.NARROW_OUTPUT else Int8Linear
     return PackedLinear
@@ -53,18 +53,23 @@ def check_layers(model: nn.Module, mode: str) -> None:
     layers, blocks = linear_layers(model), fused_blocks(model)
     inside_blocks = sum(type(m) is nn.Linear for b in blocks for m in b.modules())
     # every linear swapped, or multiplied by the fused block that holds it
-    assert layers and len(layers) + inside_blocks == sum(type(m) is nn.Linear for m in model.modules())
-    assert all(type(m) is expected_layer(mode, m) for m in layers)
-    if mode == "bf16-mixed" and backbone.cpu_has_native(torch.bfloat16):
+    assert (layers or blocks) and len(layers) + inside_blocks == sum(type(m) is nn.Linear for m in model.modules())
+    assert next(model.parameters()).dtype == torch.float32  # the residual stream stays float32
+    if not backbone.mode_available(COMPUTE_MODES[mode]):
+        # no path for the mode on this CPU (bf16-mixed on AVX2): the float32 model's packed layers and fused blocks
+        assert all(type(m) is PackedLinear and m._compute == torch.float32 for m in layers)
+        assert all(getattr(b, "_compute", torch.float32) == torch.float32 for b in blocks)
+        return
+    assert layers and all(type(m) is expected_layer(mode, m) for m in layers)
+    if mode == "bf16-mixed":
         # bf16 products; a score head's few outputs per row stay float32
         assert all(m._compute == (torch.bfloat16 if m.linear.out_features >= backbone.NARROW_OUTPUT else torch.float32)
                    for m in layers)
         assert blocks  # BERT's attention and GELU blocks run fused
-    elif mode == "int8-dynamic" and compute.int8_engine_available() and backbone.cpu_has_native(torch.bfloat16):
+    elif mode == "int8-dynamic" and backbone.cpu_has_native(torch.bfloat16):
         assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)  # GELU in the int8 FFN1's epilogue
     else:
         assert not blocks
-    assert next(model.parameters()).dtype == torch.float32  # the residual stream stays float32
 
 
 def min_cosine(a, b) -> float:
@@ -157,8 +162,10 @@ def test_layers_fall_back_off_the_fast_path():
     """Autograd, or a weight cast after packing (model.to(...)), run the plain layer: F.linear's result exactly."""
     torch.manual_seed(0)
     x = torch.randn(4, 24)
-    for make in (lambda lin: PackedLinear(lin, torch.bfloat16), Int8Linear,
-                 lambda lin: Int8Linear(lin, torch.rand(lin.in_features) + 0.5)):
+    makers = [Int8Linear, lambda lin: Int8Linear(lin, torch.rand(lin.in_features) + 0.5)]
+    if backbone.cpu_has_native(torch.bfloat16):  # oneDNN packs bf16 weights only there (not on AVX2)
+        makers.append(lambda lin: PackedLinear(lin, torch.bfloat16))
+    for make in makers:
         linear = nn.Linear(24, 16)
         layer = make(linear)
         calls, fast = [], layer._fast
@@ -179,6 +186,8 @@ def test_layers_match_rounded_reference(mode):
     torch.manual_seed(1)
     linear = nn.Linear(37, 19)
     x = torch.randn(3, 7, 37)
+    if not backbone.mode_available(COMPUTE_MODES[mode]):
+        pytest.skip(f"{mode} has no path on this CPU (models loaded for it run float32)")
     with torch.inference_mode():
         if mode == "bf16-mixed":
             got = PackedLinear(linear, torch.bfloat16)(x)
@@ -207,6 +216,18 @@ def test_describe_per_cpu():
     assert avx512 == {"bf16-mixed": "AVX512-BF16", "int8-dynamic": "VNNI"}
     avx2 = compute.hardware_support(frozenset({"avx2"}))
     assert avx2["bf16-mixed"].startswith("emulated") and avx2["int8-dynamic"].startswith("AVX2")
+    assert "7-bit" in avx2["int8-dynamic"]
+
+
+@pytest.mark.parametrize("flags, limit", [(AMX, 127), (frozenset({"avx2", "avx_vnni"}), 127),
+                                          (frozenset({"avx2"}), 63), (frozenset({"avx2", "avx512f", "avx512bw"}), 63)])
+def test_int8_weight_codes_per_cpu(monkeypatch, flags, limit):
+    """Without VNNI oneDNN's u8 x s8 pair sums saturate at int16: the weights then take 7-bit codes."""
+    monkeypatch.setattr(backbone.cpu_features, "cpu_flags", lambda: flags)
+    assert compute.int8_weight_limit(flags) == limit
+    linear = nn.Linear(24, 16)
+    # the packed codes are opaque: the per-channel scales they were made with say the range
+    assert torch.allclose(Int8Weight(linear, None).scales, linear.weight.detach().abs().amax(1) / limit)
 
 
 def test_info_lists_the_modes(capsys, monkeypatch):

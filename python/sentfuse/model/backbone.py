@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _ops
+from .. import _ops, cpu_features
 from . import int8_plan, packed_linear
-from .compute import ComputeMode, int8_engine_available, marked_mode
+from .compute import ComputeMode, int8_engine_available, int8_weight_limit, marked_mode
 from .fused_blocks import fuse_blocks
 from .packed_linear import StandIn
 
@@ -109,7 +109,7 @@ class PackedLinear(_CpuLinear):
 
 class Int8Weight:
     """A linear layer's weight as the int8-dynamic mode multiplies it: quantized once per output channel (symmetric
-    int8) and packed for oneDNN's int8 kernels. Each product quantizes its float32 input per tensor from the
+    int8; 7-bit codes on CPUs without VNNI, compute.int8_weight_limit) and packed for oneDNN's int8 kernels. Each product quantizes its float32 input per tensor from the
     input's range (uint8 with a zero point, sentfuse's smooth_quantize: one pass for the range, one for the codes)
     and oneDNN multiplies, adding the bias, scaling back and applying an activation in the product's epilogue.
 
@@ -124,9 +124,10 @@ class Int8Weight:
                 raise ValueError(f"smooth must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
             w = w * smooth.float()
         self.inverse_smooth = None if smooth is None else smooth.float().reciprocal().contiguous()
-        self.scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        limit = int8_weight_limit(cpu_features.cpu_flags())
+        self.scales = (w.abs().amax(dim=1) / limit).clamp_min(torch.finfo(torch.float32).tiny)
         self.zero_points = torch.zeros(w.shape[0], dtype=torch.long)
-        codes = torch.round(w / self.scales[:, None]).clamp_(-127, 127).to(torch.int8)
+        codes = torch.round(w / self.scales[:, None]).clamp_(-limit, limit).to(torch.int8)
         self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
         self.bias = None if linear.bias is None else linear.bias.detach().float()
 
@@ -253,12 +254,17 @@ def _bf16_layer(linear: nn.Linear) -> PackedLinear:
     return PackedLinear(linear, torch.float32 if linear.out_features < NARROW_OUTPUT else torch.bfloat16)
 
 
+def mode_available(mode: ComputeMode) -> bool:
+    """Whether this CPU and torch build run mode's matrix products (else a model loaded for it runs float32)."""
+    if mode.matmul == "bfloat16":
+        return cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16")
+    return mode.matmul == "int8" and int8_engine_available() and _probe_linear("int8")
+
+
 def _mode_layer(model: nn.Module, mode: ComputeMode) -> Callable[[nn.Linear], nn.Module] | None:
     """The layer that runs mode's matrix products on this CPU, or None (with a warning) where it cannot."""
-    if mode.matmul == "bfloat16" and cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16"):
-        return _bf16_layer
-    if mode.matmul == "int8" and int8_engine_available() and _probe_linear("int8"):
-        return _int8_layers(model)
+    if mode_available(mode):
+        return _bf16_layer if mode.matmul == "bfloat16" else _int8_layers(model)
     logger.warning("dtype=%r: this CPU (or torch build) has no %s path for the linear layers (sentfuse info lists "
                    "the modes available); the model runs in float32", mode.name, mode.matmul)
     return None

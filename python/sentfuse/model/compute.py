@@ -11,7 +11,8 @@ only how each nn.Linear multiplies:
   that only feed another product stay bfloat16. Softmax's exponentials and sums, LayerNorm, the residual
   stream, pooling and score heads (fewer than 16 outputs per row) stay float32, which is what keeps
   embeddings within ~1e-4 of float32 (min cosine) where a pure bfloat16 model drifts further.
-- "int8-dynamic": weights quantized to int8 once (per output channel, symmetric), each linear layer's input
+- "int8-dynamic": weights quantized to int8 once (per output channel, symmetric; 7-bit codes on CPUs without
+  VNNI, see int8_weight_limit), each linear layer's input
   quantized per call (per tensor, uint8 from its range: sentfuse's smooth_quantize op) and multiplied by oneDNN's
   int8 kernels (AMX-INT8 / AVX512-VNNI where the CPU has them), bias and scales in the epilogue, output in float32.
   Products fed by a LayerNorm (attention's Q/K/V, the FFN's first) divide their input by SmoothQuant factors
@@ -86,6 +87,19 @@ def int8_engine_available() -> bool:
     return "onednn" in torch.backends.quantized.supported_engines
 
 
+# Flags of CPUs whose int8 dot-product instructions sum u8 x s8 products in 32 bits (VNNI, AMX-INT8).
+INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def int8_weight_limit(flags: frozenset[str]) -> int:
+    """The largest |code| of the int8-dynamic mode's weights on a CPU with these flags: 127 where the CPU has
+    32-bit int8 dot products (INT8_DOT_FLAGS), else 63. Without them oneDNN multiplies with vpmaddubsw, which adds
+    two u8 x s8 products into int16 and saturates past 32,767: 2 x 255 x 127 overflows (measured on a Zen 3: 16% of
+    the largest output off), 2 x 255 x 63 cannot. Halving the weights' range, not the inputs', kept MiniLM's
+    1,536-wide products closer to float32 (1.25% against 2.0% of the largest output, random inputs)."""
+    return 127 if any(flag in flags for flag in INT8_DOT_FLAGS) else 63
+
+
 def hardware_support(flags: frozenset[str]) -> dict[str, str]:
     """For each mode, how this CPU (its /proc/cpuinfo flags) runs the matrix products: the unit, or "emulated"."""
     if {"amx_bf16", "amx_tile"} <= flags:
@@ -101,7 +115,7 @@ def hardware_support(flags: frozenset[str]) -> dict[str, str]:
     elif "avx512_vnni" in flags or "avx_vnni" in flags:
         int8 = "VNNI"
     else:
-        int8 = "AVX2/AVX-512 int8 (no VNNI)"
+        int8 = "AVX2/AVX-512 int8 without VNNI: 7-bit weight codes"
     return {BF16_MIXED.name: bf16, INT8_DYNAMIC.name: int8}
 
 
