@@ -66,10 +66,10 @@ def check_layers(model: nn.Module, mode: str) -> None:
         assert all(m._compute == (torch.bfloat16 if m.linear.out_features >= backbone.NARROW_OUTPUT else torch.float32)
                    for m in layers)
         assert blocks  # BERT's attention and GELU blocks run fused
-    elif mode == "int8-dynamic" and backbone.cpu_has_native(torch.bfloat16):
-        assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)  # GELU in the int8 FFN1's epilogue
-    else:
-        assert not blocks
+    else:  # int8-dynamic: GELU in the int8 FFN1's epilogue, its output the FFN2's input dtype
+        assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)
+        ffn2 = torch.bfloat16 if backbone.cpu_has_native(torch.bfloat16) else torch.float32
+        assert all(b._out == ffn2 for b in blocks)
 
 
 def min_cosine(a, b) -> float:
@@ -362,15 +362,17 @@ def test_smooth_quantize_opcheck(device):  # noqa: F811
         torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse))
 
 
-def test_int8_activated_block():
-    """GELU(linear(x)) with GELU in the int8 product's epilogue, bfloat16 out; autograd and training run the block."""
+@pytest.mark.parametrize("out", [torch.bfloat16, torch.float32])
+def test_int8_activated_block(out):
+    """GELU(linear(x)) with GELU in the int8 product's epilogue, out in bfloat16 (a bf16 FFN2 next) or float32 (CPUs
+    without bf16 products); autograd and training run the block."""
     torch.manual_seed(4)
     block = nn.Sequential(nn.Linear(24, 40), nn.GELU()).eval()
-    fused = backbone.Int8Activated(block, block[0], ("gelu", "none"))
+    fused = backbone.Int8Activated(block, block[0], ("gelu", "none"), out=out)
     x = torch.randn(3, 5, 24)
     with torch.inference_mode():
         got, expected = fused(x), block(x)
-    assert got.dtype == torch.bfloat16 and got.shape == (3, 5, 40)
+    assert got.dtype == out and got.shape == (3, 5, 40)
     assert (got.float() - expected).abs().max() <= 0.03 * expected.abs().max()
     assert torch.equal(fused(x), block(x))  # autograd records: the original block
     fused.train()

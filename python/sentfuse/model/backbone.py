@@ -154,14 +154,16 @@ class Int8Linear(_CpuLinear):
 
 class Int8Activated(StandIn):
     """A block computing activation(linear(x)) (BERT's intermediate) in the int8-dynamic mode: the activation (a
-    GELU oneDNN has) in the int8 product's epilogue and the output in bfloat16, which the next product (bf16-mixed's,
-    model.int8_plan's choice after an activation) takes as it is: no float32 activation pass, no conversion."""
+    GELU oneDNN has) in the int8 product's epilogue, the output in `out`: bfloat16 where the next product (model.
+    int8_plan's choice after an activation) is bf16-mixed's, which takes it as it is, else float32 (CPUs without
+    bf16 products). Either way no separate activation pass and no conversion."""
 
     inner_name = "original"
 
     def __init__(self, block: nn.Module, linear: nn.Linear, epilogue: tuple[str, str],
-                 smooth: torch.Tensor | None = None) -> None:
+                 smooth: torch.Tensor | None = None, out: torch.dtype = torch.bfloat16) -> None:
         super().__init__(block)
+        self._out = out
         self._linear = (linear,)  # a tuple: the linear stays registered once, inside the original block
         self._int8 = Int8Weight(linear, smooth)
         self._epilogue = epilogue
@@ -172,18 +174,17 @@ class Int8Activated(StandIn):
         if (x.device.type != "cpu" or x.dtype != torch.float32 or self.training
                 or not packed_linear.unchanged((w,), self._packed_from) or packed_linear.records_grad(x, (w,))):
             return self.original(x)
-        return self._int8.multiply(x, torch.bfloat16, self._epilogue)
+        return self._int8.multiply(x, self._out, self._epilogue)
 
 
 def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
     """The int8-dynamic mode's layer for each linear of model (model.int8_plan): smoothed int8 after a LayerNorm,
     bf16-mixed's bfloat16 product after an activation, plain int8 elsewhere; a score head (fewer than NARROW_OUTPUT
-    outputs) stays float32 as in bf16-mixed. Blocks that activate an int8 product whose output only feeds bf16
-    products get Int8Activated first."""
+    outputs) stays float32 as in bf16-mixed (and products after an activation too where the CPU has no bf16 path).
+    Blocks that activate an int8 product get Int8Activated first, handing on the next product's input dtype."""
     found = int8_plan.plan(model)
     bf16 = cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16")
-    if bf16:
-        _activate_in_epilogue(model, found)
+    _activate_in_epilogue(model, found, torch.bfloat16 if bf16 else torch.float32)
 
     def make(linear: nn.Linear) -> nn.Module:
         layer = found.layers.get(linear, int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN))
@@ -196,8 +197,9 @@ def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
     return make
 
 
-def _activate_in_epilogue(model: nn.Module, found: int8_plan.Int8Plan) -> None:
-    """Replace each block of found.activated whose activation oneDNN has with Int8Activated, in place."""
+def _activate_in_epilogue(model: nn.Module, found: int8_plan.Int8Plan, out: torch.dtype) -> None:
+    """Replace each block of found.activated whose activation oneDNN has with Int8Activated (output in `out`), in
+    place."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if child not in found.activated:
@@ -205,7 +207,7 @@ def _activate_in_epilogue(model: nn.Module, found: int8_plan.Int8Plan) -> None:
             linear, act = found.activated[child]
             epilogue = packed_linear.activation_epilogue(act)
             if epilogue is not None and linear.out_features >= NARROW_OUTPUT:
-                setattr(parent, name, Int8Activated(child, linear, epilogue, found.layers[linear].smooth))
+                setattr(parent, name, Int8Activated(child, linear, epilogue, found.layers[linear].smooth, out))
 
 
 def _replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
