@@ -2,8 +2,8 @@
 //
 // Dividing x by the layer's smoothing factors, finding the range and writing uint8 codes takes torch three or
 // more passes over x (and linear_dynamic's own two); here it is one pass for the range and one for the codes,
-// each reading x once, rows split over torch's threads; AVX-512 loops where the CPU has them (checked at run time),
-// plain loops elsewhere, both giving the same codes.
+// each reading x once, rows split over torch's threads; AVX-512 or AVX2 loops where the CPU has them (checked at
+// run time), plain loops elsewhere, all giving the same codes.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -20,7 +20,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define SENTFUSE_QUANTIZE_AVX512 1
+#define SENTFUSE_QUANTIZE_AVX512 1  // and the AVX2 loops
 #endif
 
 namespace sentfuse {
@@ -41,9 +41,10 @@ struct RowSpan {
   int64_t K, begin, end;
 };
 
-void range_plain(const RowSpan& span, RowRange& out) {
+// Columns [from, K) of each row (from > 0: the tail a vector loop left).
+void range_plain(const RowSpan& span, RowRange& out, int64_t from = 0) {
   for (int64_t r = span.begin; r < span.end; ++r) {
-    for (int64_t k = 0; k < span.K; ++k) {
+    for (int64_t k = from; k < span.K; ++k) {
       const float v = span.s ? span.x[r * span.K + k] * span.s[k] : span.x[r * span.K + k];
       out.lo = std::min(out.lo, v);
       out.hi = std::max(out.hi, v);
@@ -53,9 +54,9 @@ void range_plain(const RowSpan& span, RowRange& out) {
 }
 
 // codes = clamp(round(v * inverse_scale) + zero_point, 0, 255), ties to even (the FPU's default mode, as torch.round).
-void codes_plain(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes) {
+void codes_plain(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes, int64_t from = 0) {
   for (int64_t r = span.begin; r < span.end; ++r) {
-    for (int64_t k = 0; k < span.K; ++k) {
+    for (int64_t k = from; k < span.K; ++k) {
       const float v = span.s ? span.x[r * span.K + k] * span.s[k] : span.x[r * span.K + k];
       const float t = std::nearbyint(std::clamp(v * inverse_scale, -kCodeBound, kCodeBound));
       codes[r * span.K + k] = static_cast<uint8_t>(std::clamp(static_cast<int32_t>(t) + zero_point, 0, 255));
@@ -105,11 +106,73 @@ bool has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   return yes;
 }
+
+// AVX2 CPUs (no AVX-512): 8 values a step, the row's last K % 8 through the plain loops (same results). The plain
+// loops do not vectorize (nearbyint, and min/max that must keep their order), which made quantizing 2,048 x 384 cost
+// ~40% of its int8 product on a Zen 3.
+__attribute__((target("avx2"))) __m256 load_v8(const RowSpan& span, int64_t r, int64_t k) {
+  const __m256 x = _mm256_loadu_ps(span.x + r * span.K + k);
+  return span.s ? _mm256_mul_ps(x, _mm256_loadu_ps(span.s + k)) : x;
+}
+
+__attribute__((target("avx2"))) float reduce8(__m256 v, __m128 (*op)(__m128, __m128)) {
+  __m128 x = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = op(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(op(x, _mm_shuffle_ps(x, x, 1)));
+}
+
+__attribute__((target("avx2"))) void range_avx2(const RowSpan& span, RowRange& out) {
+  const int64_t whole = span.K - span.K % 8;
+  __m256 lo = _mm256_set1_ps(out.lo), hi = _mm256_set1_ps(out.hi), poison = _mm256_setzero_ps();
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t r = span.begin; r < span.end; ++r) {
+    for (int64_t k = 0; k < whole; k += 8) {
+      const __m256 v = load_v8(span, r, k);
+      lo = _mm256_min_ps(lo, v);  // a NaN may be dropped here: poison still catches it
+      hi = _mm256_max_ps(hi, v);
+      poison = _mm256_add_ps(poison, _mm256_mul_ps(v, zero));
+    }
+  }
+  out.lo = std::min(out.lo, reduce8(lo, [](__m128 a, __m128 b) { return _mm_min_ps(a, b); }));
+  out.hi = std::max(out.hi, reduce8(hi, [](__m128 a, __m128 b) { return _mm_max_ps(a, b); }));
+  out.poison += reduce8(poison, [](__m128 a, __m128 b) { return _mm_add_ps(a, b); });
+  if (whole < span.K) range_plain(span, out, whole);
+}
+
+// 32 values a step: four vectors of int32 codes packed with saturation to bytes; the packs interleave 128-bit
+// lanes, which one permute puts back in order.
+__attribute__((target("avx2"))) void codes_avx2(const RowSpan& span, float inverse_scale, int32_t zero_point,
+                                                uint8_t* codes) {
+  const int64_t whole = span.K - span.K % 32;
+  const __m256 scale = _mm256_set1_ps(inverse_scale), bound = _mm256_set1_ps(kCodeBound);
+  const __m256 neg_bound = _mm256_set1_ps(-kCodeBound);
+  const __m256i zp = _mm256_set1_epi32(zero_point), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t r = span.begin; r < span.end; ++r) {
+    for (int64_t k = 0; k < whole; k += 32) {
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256 v = _mm256_mul_ps(load_v8(span, r, k + 8 * j), scale);
+        q[j] = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, neg_bound), bound)), zp);
+      }  // cvtps rounds ties to even, as nearbyint
+      const __m256i ab = _mm256_packs_epi32(q[0], q[1]);  // int16, saturating
+      const __m256i cd = _mm256_packs_epi32(q[2], q[3]);
+      const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);  // clamps to 0..255
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + r * span.K + k), bytes);
+    }
+  }
+  if (whole < span.K) codes_plain(span, inverse_scale, zero_point, codes, whole);
+}
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
 #endif
 
 void row_range(const RowSpan& span, RowRange& out) {
 #ifdef SENTFUSE_QUANTIZE_AVX512
   if (has_avx512()) return range_avx512(span, out);
+  if (has_avx2()) return range_avx2(span, out);
 #endif
   range_plain(span, out);
 }
@@ -117,6 +180,7 @@ void row_range(const RowSpan& span, RowRange& out) {
 void row_codes(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes) {
 #ifdef SENTFUSE_QUANTIZE_AVX512
   if (has_avx512()) return codes_avx512(span, inverse_scale, zero_point, codes);
+  if (has_avx2()) return codes_avx2(span, inverse_scale, zero_point, codes);
 #endif
   codes_plain(span, inverse_scale, zero_point, codes);
 }
