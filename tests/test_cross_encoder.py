@@ -356,7 +356,11 @@ def test_pool_of_workers(ce_root, monkeypatch):
     want = ours.predict(PAIRS)
     with ours.start_multi_process_pool(["cpu"]) as pool:
         np.testing.assert_allclose(ours.predict(PAIRS, pool=pool, chunk_size=5), want, rtol=1e-6)
-        assert ours.rank(QUERY, DOCUMENTS, pool=pool) == ours.rank(QUERY, DOCUMENTS)
+        # the pool batches other pairs together: another padded width, which on some CPUs (AVX2) rounds scores
+        # differently in the 7th digit
+        got, expected = ours.rank(QUERY, DOCUMENTS, pool=pool), ours.rank(QUERY, DOCUMENTS)
+        assert [r["corpus_id"] for r in got] == [r["corpus_id"] for r in expected]
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], rtol=1e-6)
         with pytest.raises(ValueError, match="either pool or device"):
             ours.predict(PAIRS, pool=pool, device="cpu")
         # A device list starts a pool for the call and stops it after: this one, so no second spawn is paid for.

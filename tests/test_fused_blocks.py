@@ -17,6 +17,10 @@ from sentfuse.model.fused_blocks import (AdditiveMask, FusedIntermediate, FusedO
 pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="torch built without oneDNN")
 BF16_TOLERANCE = 2 ** -6  # relative to the largest output: a few bf16 roundings of operands and output
 FP32_TOLERANCE = 1e-5  # float32 blocks: the same operations, at most in another summation order
+# oneDNN packs bf16 weights only on CPUs with AVX512-BW/VL/DQ or AVX-NE-CONVERT; elsewhere (AVX2) bf16-mixed models
+# run float32 and no bf16 block is ever built.
+needs_bf16 = pytest.mark.skipif(not backbone.cpu_has_native(torch.bfloat16),
+                                reason="oneDNN cannot pack bf16 weights on this CPU")
 
 
 def tiny_bert(attn: str = "sdpa", act: str = "gelu") -> nn.Module:
@@ -35,6 +39,7 @@ def close(got: torch.Tensor, want: torch.Tensor, tolerance: float = BF16_TOLERAN
     return bool((got.float() - want.float()).abs().max() <= tolerance * want.abs().max())
 
 
+@needs_bf16
 def test_packed_product_matches_rounded_linear_with_gelu_epilogue():
     torch.manual_seed(1)
     linear = nn.Linear(37, 53)
@@ -62,6 +67,7 @@ def test_activation_epilogue_names_only_the_gelus_onednn_has():
     assert packed_linear.activation_epilogue(ACT2FN["silu"]) is None
 
 
+@needs_bf16
 def test_blocks_match_the_modules_they_replace():
     model = tiny_bert()
     layer = model.encoder.layer[0]
@@ -83,6 +89,7 @@ def test_blocks_match_the_modules_they_replace():
     assert torch.equal(fused_intermediate(hidden), intermediate(hidden))
 
 
+@needs_bf16
 def test_blocks_run_the_original_after_a_weight_change():
     model = tiny_bert()
     attention = model.encoder.layer[0].attention.self
@@ -94,7 +101,7 @@ def test_blocks_run_the_original_after_a_weight_change():
 
 
 @pytest.mark.parametrize("attn, act, fused", [("sdpa", "gelu", 4), ("eager", "gelu", 2), ("sdpa", "relu", 2)])
-@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("compute", [pytest.param(torch.bfloat16, marks=needs_bf16), torch.float32])
 def test_fuse_blocks_picks_what_it_can_run(attn, act, fused, compute):
     """Attention needs SDPA (eager attention takes an additive mask), the intermediate a GELU oneDNN has; float32
     also fuses the two output blocks of each layer."""
@@ -109,7 +116,7 @@ def mixed_bert() -> tuple[nn.Module, nn.Module]:
     return reference, backbone.prepare_backbone(model)
 
 
-@pytest.mark.skipif(not backbone.cpu_has_native(torch.bfloat16), reason="this CPU has no bf16 matrix instructions")
+@needs_bf16
 def test_mixed_backbone_against_float32_and_back():
     """bf16-mixed hidden states close to float32; its weights keep transformers' names; unpacked it is the float32
     model again, bit for bit."""

@@ -103,7 +103,10 @@ def test_loss_and_gradients_match_sentence_transformers(models, name, kwargs, n_
     torch.testing.assert_close(value.detach(), st_value.detach(), atol=1e-5, rtol=1e-5)
     assert our_grads.keys() <= st_grads.keys() and len(our_grads) > 10
     for key, grad in our_grads.items():
-        torch.testing.assert_close(grad, st_grads[key], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+        # within 1e-5 of the gradient's own scale: an embedding table's gradient sums every token's, and the two
+        # libraries' summation orders differ (token_type_embeddings: max 1.52, 1.1e-5 apart on a Zen 3)
+        scale = max(1.0, st_grads[key].abs().max().item())
+        torch.testing.assert_close(grad, st_grads[key], atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{key}: {m}")
 
 
 def test_wrong_columns_and_labels_are_named(tiny_model_root):
