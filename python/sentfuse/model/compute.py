@@ -101,13 +101,16 @@ def int8_weight_limit(flags: frozenset[str]) -> int:
 
 
 def hardware_support(flags: frozenset[str]) -> dict[str, str]:
-    """For each mode, how this CPU (its /proc/cpuinfo flags) runs the matrix products: the unit, or "emulated"."""
+    """For each mode, how this CPU (its /proc/cpuinfo flags) runs the matrix products: the unit, "emulated", or
+    that the mode has no path and the model runs float32."""
     if {"amx_bf16", "amx_tile"} <= flags:
         bf16 = "AMX-BF16"
     elif "avx512_bf16" in flags:
         bf16 = "AVX512-BF16"
-    else:
+    elif {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags:
         bf16 = "emulated (float32 arithmetic, no faster than float32)"
+    else:  # oneDNN packs no bf16 weights here (AVX2)
+        bf16 = "none here: a model loaded for it runs float32"
     if not int8_engine_available():
         int8 = "unavailable (torch built without oneDNN's quantized engine)"
     elif {"amx_int8", "amx_tile"} <= flags:
