@@ -115,7 +115,7 @@ def main() -> None:
     base = statistics.median(times[next(iter(rows))])
     print(f"{args.rows} rows x {args.width} tokens (lengths {int(lengths.min())}-{int(lengths.max())}), "
           f"{args.heads} heads x {args.head_size}; {flop / 1e9:.2f} GFLOP; load average {info['load_average'][0]:.1f}; "
-          f"GEMM ceilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()))
+          f"GEMM ceilings (GFLOP/s): " + gemm_ceiling.summary(ceiling))
     table = []
     for name, t in times.items():
         med = statistics.median(t)

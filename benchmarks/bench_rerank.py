@@ -71,7 +71,7 @@ def machine(device: str) -> dict:
 def print_ceilings(when: str) -> dict[str, float]:
     """gemm_ceiling's figures (this shared VM's matrix units drift with the load), printed beside the times."""
     ceilings = gemm_ceiling.ceilings()
-    print(f"GEMM ceilings {when} the rows (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in ceilings.items()))
+    print(f"GEMM ceilings {when} the rows (GFLOP/s): " + gemm_ceiling.summary(ceilings))
     return ceilings
 
 

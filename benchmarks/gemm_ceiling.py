@@ -34,8 +34,9 @@ def _best_rate(fn: Callable[[], object], flops: float, min_seconds: float = 0.3,
     return flops / best / 1e9
 
 
-def ceilings(shape: tuple[int, int, int] = SHAPE) -> dict[str, float]:
-    """{dtype: GFLOP/s (GOP/s for int8)} of oneDNN's linear at shape, for float32, bfloat16 and int8."""
+def ceilings(shape: tuple[int, int, int] = SHAPE) -> dict[str, float | None]:
+    """{dtype: GFLOP/s (GOP/s for int8)} of oneDNN's linear at shape, for float32, bfloat16 and int8; None where
+    oneDNN has no such linear on this CPU (bfloat16 on AVX2: no bf16 weight packing, bf16-mixed runs float32)."""
     m, k, n = shape
     flops = 2.0 * m * k * n
     gen = torch.Generator().manual_seed(0)
@@ -43,7 +44,11 @@ def ceilings(shape: tuple[int, int, int] = SHAPE) -> dict[str, float]:
     rates = {}
     with torch.inference_mode():
         for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            packed = torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), None)
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), None)
+            except RuntimeError:
+                rates[name] = None
+                continue
             xd = x.to(dtype)
             rates[name] = _best_rate(
                 lambda: torch.ops.mkldnn._linear_pointwise(xd, packed, bias, "none", [], ""), flops)
@@ -52,14 +57,23 @@ def ceilings(shape: tuple[int, int, int] = SHAPE) -> dict[str, float]:
 
 
 def _int8_rate(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, flops: float) -> float:
-    """oneDNN's int8 linear (uint8 activations x int8 weights -> float32), the int8-dynamic mode's kernel."""
-    scales = (w.abs().amax(1) / 127).double()
+    """oneDNN's int8 linear (uint8 activations x int8 weights -> float32), the int8-dynamic mode's kernel, with the
+    weight codes' range the mode uses on this CPU (7-bit without VNNI)."""
+    from sentfuse import cpu_features
+    from sentfuse.model.compute import int8_weight_limit
+
+    scales = (w.abs().amax(1) / int8_weight_limit(cpu_features.cpu_flags())).double()
     qweight = torch.round(w / scales[:, None].float()).to(torch.int8)
     packed = torch.ops.onednn.qlinear_prepack(qweight, list(x.shape))
     xq = torch.randint(0, 256, x.shape, dtype=torch.uint8)
     zeros = torch.zeros(w.shape[0], dtype=torch.long)
     return _best_rate(lambda: torch.ops.onednn.qlinear_pointwise(
         xq, 0.05, 128, packed, scales.float(), zeros, bias, 1.0, 0, torch.float32, "none", [], ""), flops)
+
+
+def summary(rates: dict[str, float | None]) -> str:
+    """'float32 208, bfloat16 629, int8 746' (n/a where the CPU has no such linear)."""
+    return ", ".join(f"{name} {rate:,.0f}" if rate is not None else f"{name} n/a" for name, rate in rates.items())
 
 
 def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
