@@ -125,7 +125,8 @@ def compare_topk(a: dict, b: dict) -> str:
     diff = float((a["scores"] - b["scores"]).abs().max())
     same = (a["indices"] == b["indices"]) | ((a["scores"] - b["scores"]).abs() <= SCORE_TOL)
     agree = diff <= SCORE_TOL and bool(same.all())
-    return f"{'agree' if agree else 'DIFFER'}: max |score diff| {diff:.1e}, indices equal {float((a['indices'] == b['indices']).float().mean()):.2%}"
+    equal = float((a["indices"] == b["indices"]).float().mean())
+    return f"{'agree' if agree else 'DIFFER'}: max |score diff| {diff:.1e}, indices equal {equal:.2%}"
 
 
 def compare_pairs(a, b) -> str:
@@ -157,7 +158,8 @@ def compare_vectors(a, b) -> str:
     diff = float((a - b).abs().max())
     rel = diff / max(float(a.abs().max()), 1e-12)
     cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
-    return f"{'agree' if rel <= 1e-3 else 'DIFFER'}: max |diff| {diff:.1e} ({rel:.1e} of max |value|), min row cosine {cosine:.6f}"
+    return (f"{'agree' if rel <= 1e-3 else 'DIFFER'}: max |diff| {diff:.1e} ({rel:.1e} of max |value|), "
+            f"min row cosine {cosine:.6f}")
 
 
 def topk_workload(queries: int, corpus: int, k: int, calls: int):
@@ -455,8 +457,9 @@ def report(header: list[str], trees: list[str], what: dict[str, str], results: d
         for t in trees:
             row = table[w][t]
             paired = {k: "" if t == first else speed_cell(row[f"speed_{k}"]) for k in ("wall", "cpu")}
+            overlap = "" if t == first else row.get("wall_ranges_overlap", "n/a")
             lines.append(f"{w if t == first else '':<17}{t:<7}{cell(row['wall']):>26}{paired['wall']:>24}"
-                         f"{cell(row['cpu']):>26}{paired['cpu']:>24}  {'' if t == first else row.get('wall_ranges_overlap', 'n/a')}")
+                         f"{cell(row['cpu']):>26}{paired['cpu']:>24}  {overlap}")
     lines += ["", "per round, wall seconds (in run order; each round ran every tree back to back):"]
     for w in results:
         for t in trees:
@@ -504,7 +507,8 @@ def measure(args: argparse.Namespace) -> dict:
     ]
     for t, path in trees.items():
         header.append(f"tree {t}: {path} @ {tree_commit(path)}; cpu_features: {infos[t]['cpu_features'] or 'absent'}")
-    return {"header": header, "trees": {t: {"path": str(p), "commit": tree_commit(p), **infos[t]} for t, p in trees.items()},
+    described = {t: {"path": str(p), "commit": tree_commit(p), **infos[t]} for t, p in trees.items()}
+    return {"header": header, "trees": described,
             "rounds": args.rounds, "load_before": load_before, "load_after": load_after, "loads_during": run["loads"],
             "workloads": {w: WORKLOADS[w]["what"] for w in args.workloads}, "results": run["results"], "answers": agree}
 
@@ -516,7 +520,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--out", type=Path, help="write STEM.txt and STEM.json")
-    parser.add_argument("--render", type=Path, metavar="JSON", help="print (and with --out rewrite) a saved run's report")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="print (and with --out rewrite) a saved run's report")
     parser.add_argument("--child", choices=list(WORKLOADS) + ["info"], help=argparse.SUPPRESS)
     parser.add_argument("--answer", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
