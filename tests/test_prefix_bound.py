@@ -89,6 +89,31 @@ def test_cost_model_choice(squad, monkeypatch):  # noqa: F811
     assert_same_pairs(got, unit(squad), None, 0.85, metric="dot")
 
 
+def test_plan_eigendecomposition_on_one_thread(squad, monkeypatch):  # noqa: F811
+    """The plan's eigh runs on one thread (threaded, it stalls for seconds on a shared CPU) and the thread count
+    comes back, also when eigh raises."""
+    seen = []
+
+    def eigh(moment):
+        seen.append(torch.get_num_threads())
+        return real_eigh(moment)
+
+    real_eigh, threads = torch.linalg.eigh, torch.get_num_threads()
+    monkeypatch.setattr(prefix_bound, "_MIN_ROWS", 0)
+    monkeypatch.setattr(prefix_bound, "_FIXED_SECONDS", 0.0)
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
+    torch.set_num_threads(2)  # a count above one, so that a threaded call would show
+    try:
+        assert prefix_bound._plan(unit(squad), 0.85, seed=0) is not None
+        assert seen == [1] and torch.get_num_threads() == 2
+        monkeypatch.setattr(torch.linalg, "eigh", lambda moment: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            prefix_bound._plan(unit(squad), 0.85, seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_pair_score_quantile():
     x = structured(2000, seed=6)
     cutoff = prefix_bound.pair_score_quantile(x, 0.01)

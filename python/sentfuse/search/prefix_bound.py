@@ -73,6 +73,19 @@ def pair_score_quantile(x: torch.Tensor, fraction: float, seed: int = 0) -> floa
     return float(np.partition(scores, rank)[rank])  # the same order statistic as kthvalue, ~10x faster
 
 
+def _eigh_one_thread(moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.linalg.eigh of the [D, D] second moment on one CPU thread. At D = 384 threads gain nothing (~20 ms),
+    but MKL's threaded eigensolver waits on a descheduled thread for seconds when another process holds a
+    core: 4.9 s with 2 threads against 0.022 s with 1 on the 2-core AVX2 EPYC at load 5. The thread count is
+    the process's: torch work in other Python threads runs on one thread for these milliseconds too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(moment)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _plan(
     x: torch.Tensor, bound: float, seed: int, prefix: int | None = None
 ) -> tuple[torch.Tensor, int, float] | None:
@@ -86,7 +99,7 @@ def _plan(
         return None  # no prefix can pay for the plan itself: skip its eigendecomposition and sample
     g = torch.Generator().manual_seed(seed)
     rows = _sample_rows(x, _MOMENT_ROWS, g)
-    eigenvalues, vectors = torch.linalg.eigh((rows.T @ rows).double())
+    eigenvalues, vectors = _eigh_one_thread((rows.T @ rows).double())
     rotation = vectors[:, eigenvalues.argsort(descending=True)].to(x.dtype)
 
     # Every pair of _SAMPLE_ROWS rows: their prefix dot products (grown one slice of coordinates at a
