@@ -45,7 +45,6 @@ import inspect
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -53,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import cpu_info
 from peak_memory import peak_memory
 
 DATA = Path(__file__).resolve().parents[1] / "data/squad"
@@ -138,18 +138,7 @@ def machine(device: torch.device) -> dict:
             info[name] = __import__(name).__version__
         except (ImportError, AttributeError):
             info[name] = None
-    cpu, flags = platform.processor() or "cpu", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    cpu = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
+    cpu, flags = cpu_info.model_and_flags()
     info["flags"] = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
     isa = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
     info["cpu"] = f"{cpu} ({', '.join(isa) or 'no AVX2'})"

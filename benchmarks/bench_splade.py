@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_info  # noqa: E402
 from peak_memory import peak_memory  # noqa: E402
 
 from sentfuse import _ops  # noqa: E402
@@ -46,15 +46,7 @@ def median_s(fn, min_run_time: float) -> float:
 def machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    flags: set[str] = set()
-    name = platform.processor() or "cpu"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+    name, flags = cpu_info.model_and_flags()
     isa = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if flag in flags]
     return f"{name} ({torch.get_num_threads()} threads; {' '.join(isa)})"
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data/squad"
@@ -335,15 +336,7 @@ def cross_encoder_folder(folder: Path) -> Path:
 
 
 def cpu_description(reported_flags: list[str]) -> tuple[str, list[str]]:
-    model, flags = platform.processor() or "cpu", set()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+    model, flags = cpu_info.model_and_flags()
     return model, [f for f in reported_flags if f in flags]
 
 
