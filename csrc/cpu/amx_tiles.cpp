@@ -1,5 +1,8 @@
-// AMX score blocks (see amx_tiles.h). Built with -mamx-tile -mamx-bf16 -mavx512bf16 -mavx512f -mavx512dq;
-// every other file stays generic, so nothing here runs unless available() checked the CPU first.
+// AMX score blocks (see amx_tiles.h). Only the kernels, between the target pragmas, are built for AMX and AVX-512;
+// the headers, available() and the tile configuration's load-time initializer stay generic. (Built with -mamx /
+// -mavx512 for the whole file, the sanitizer build's available() stored ASan's shadow with an AVX-512 instruction
+// and died on an AVX2 CPU, and the file's copies of std::string's inline functions were AVX-512 code another file
+// could be linked to.) Nothing inside the pragmas runs unless available() checked the CPU first.
 #include "cpu/amx_tiles.h"
 
 #include <cpuid.h>
@@ -46,6 +49,23 @@ const TileConfig kConfig = [] {
   }
   return config;
 }();
+
+}  // namespace
+
+bool available() {
+  static const bool ok = [] {
+    const char* choice = std::getenv("SENTFUSE_CPU_AMX");
+    if (choice != nullptr && std::string(choice) == "off") return false;
+    // Asking again when torch's oneDNN already did is harmless; a kernel without AMX support refuses.
+    return cpu_has_amx_bf16() && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
+  }();
+  return ok;
+}
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,f16c")
+
+namespace {
 
 // Inputs widened to fp32, 16 at a time; lanes past `count` read as 0.
 inline __m512 load16(const float* p, int count) { return _mm512_maskz_loadu_ps(__mmask16((1u << count) - 1), p); }
@@ -101,20 +121,17 @@ float dot_any(const float* x, const T* y, int64_t D) {
 
 }  // namespace
 
-bool available() {
-  static const bool ok = [] {
-    const char* choice = std::getenv("SENTFUSE_CPU_AMX");
-    if (choice != nullptr && std::string(choice) == "off") return false;
-    // Asking again when torch's oneDNN already did is harmless; a kernel without AMX support refuses.
-    return cpu_has_amx_bf16() && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) == 0;
-  }();
-  return ok;
-}
 
+// TileScope's members take the target options of their class (declared in the header, before the pragma), so
+// they call these, which are built for AMX.
+namespace {
+void load_tile_config() { _tile_loadconfig(&kConfig); }
+void release_tiles() { _tile_release(); }
+}  // namespace
 
-TileScope::TileScope() { _tile_loadconfig(&kConfig); }
+TileScope::TileScope() { load_tile_config(); }
 
-TileScope::~TileScope() { _tile_release(); }
+TileScope::~TileScope() { release_tiles(); }
 
 bool pack_unit_rows(const float* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms, float* inverse) {
   return pack_unit_rows_any(rows, n, D, Dp, out, norms, inverse);
@@ -225,6 +242,8 @@ uint32_t filter_block(const float* c, int64_t rows, uint32_t columns, const floa
   }
   return any;
 }
+
+#pragma GCC pop_options
 
 }  // namespace amx
 }  // namespace sentfuse

@@ -1,5 +1,6 @@
-// packed_attention on AMX (see attention_amx.h). Built with AMX and AVX-512 flags like amx_tiles.cpp; nothing
-// here runs unless amx::available() checked the CPU first.
+// packed_attention on AMX (see attention_amx.h). The code after the includes is built for AMX and AVX-512 by a
+// target pragma, as in amx_tiles.cpp (the headers stay generic); nothing here runs unless amx::available() checked
+// the CPU first.
 //
 // One work item is one (row, head): its valid keys packed once into the tiles' pair layout (K as the right-hand
 // operand of Q Kᵀ, V as that of P V), then 16 queries at a time: their scores against every valid key from the
@@ -18,6 +19,9 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/amx_tiles.h"
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,f16c")
 
 namespace sentfuse {
 namespace amx {
@@ -246,3 +250,5 @@ void attention_bf16(const uint16_t* qkv, const int64_t* lengths, int64_t rows, i
 
 }  // namespace amx
 }  // namespace sentfuse
+
+#pragma GCC pop_options
