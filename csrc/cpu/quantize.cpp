@@ -20,7 +20,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define SENTFUSE_QUANTIZE_AVX512 1  // and the AVX2 loops
+#define SENTFUSE_QUANTIZE_X86 1  // the AVX-512 and AVX2 loops
 #endif
 
 namespace sentfuse {
@@ -64,7 +64,7 @@ void codes_plain(const RowSpan& span, float inverse_scale, int32_t zero_point, u
   }
 }
 
-#ifdef SENTFUSE_QUANTIZE_AVX512
+#ifdef SENTFUSE_QUANTIZE_X86
 // The same two loops, 16 values a step (the tail masked); cvtps rounds ties to even like nearbyint.
 __attribute__((target("avx512f,avx512bw"))) __m512 load_v(const RowSpan& span, int64_t r, int64_t k, __mmask16 m) {
   const __m512 x = _mm512_maskz_loadu_ps(m, span.x + r * span.K + k);
@@ -170,7 +170,7 @@ bool has_avx2() {
 #endif
 
 void row_range(const RowSpan& span, RowRange& out) {
-#ifdef SENTFUSE_QUANTIZE_AVX512
+#ifdef SENTFUSE_QUANTIZE_X86
   if (has_avx512()) return range_avx512(span, out);
   if (has_avx2()) return range_avx2(span, out);
 #endif
@@ -178,7 +178,7 @@ void row_range(const RowSpan& span, RowRange& out) {
 }
 
 void row_codes(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes) {
-#ifdef SENTFUSE_QUANTIZE_AVX512
+#ifdef SENTFUSE_QUANTIZE_X86
   if (has_avx512()) return codes_avx512(span, inverse_scale, zero_point, codes);
   if (has_avx2()) return codes_avx2(span, inverse_scale, zero_point, codes);
 #endif

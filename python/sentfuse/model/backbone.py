@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import _ops, cpu_features
 from . import int8_plan, packed_linear
-from .compute import ComputeMode, int8_engine_available, int8_weight_limit, marked_mode
+from .compute import BF16_MIXED, ComputeMode, int8_engine_available, int8_weight_limit, marked_mode
 from .fused_blocks import fuse_blocks
 from .packed_linear import StandIn
 
@@ -109,9 +109,10 @@ class PackedLinear(_CpuLinear):
 
 class Int8Weight:
     """A linear layer's weight as the int8-dynamic mode multiplies it: quantized once per output channel (symmetric
-    int8; 7-bit codes on CPUs without VNNI, compute.int8_weight_limit) and packed for oneDNN's int8 kernels. Each product quantizes its float32 input per tensor from the
-    input's range (uint8 with a zero point, sentfuse's smooth_quantize: one pass for the range, one for the codes)
-    and oneDNN multiplies, adding the bias, scaling back and applying an activation in the product's epilogue.
+    int8; 7-bit codes on CPUs without VNNI, compute.int8_weight_limit) and packed for oneDNN's int8 kernels. Each
+    product quantizes its float32 input per tensor from the input's range (uint8 with a zero point, sentfuse's
+    smooth_quantize: one pass for the range, one for the codes) and oneDNN multiplies, adding the bias, scaling back
+    and applying an activation in the product's epilogue.
 
     With `smooth` (per-input-channel factors s, model.int8_plan) the packed weight is W·diag(s) and the input is
     divided by s inside the quantization pass: the same product in exact arithmetic, with the input's outlier
@@ -183,7 +184,7 @@ def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
     outputs) stays float32 as in bf16-mixed (and products after an activation too where the CPU has no bf16 path).
     Blocks that activate an int8 product get Int8Activated first, handing on the next product's input dtype."""
     found = int8_plan.plan(model)
-    bf16 = cpu_has_native(torch.bfloat16) and _probe_linear("bfloat16")
+    bf16 = mode_available(BF16_MIXED)
     _activate_in_epilogue(model, found, torch.bfloat16 if bf16 else torch.float32)
 
     def make(linear: nn.Linear) -> nn.Module:
