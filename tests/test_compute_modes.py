@@ -34,10 +34,13 @@ AMX = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "a
 
 def expected_layer(mode: str, layer: nn.Module) -> type:
     """The layer class a mode's linear layer becomes on this CPU (float32 PackedLinear where it has no path): in
-    int8-dynamic, int8 but for products fed by an activation (bfloat16) and score heads (float32)."""
+    int8-dynamic, int8 but for score heads (float32) and products fed by an activation where the CPU has bf16
+    products (bfloat16; elsewhere per-row int8)."""
     if mode == "int8-dynamic":
         fed_by_activation = layer.linear.in_features > layer.linear.out_features >= backbone.NARROW_OUTPUT  # BERT FFN2
-        return PackedLinear if fed_by_activation or layer.linear.out_features < backbone.NARROW_OUTPUT else Int8Linear
+        if fed_by_activation and not backbone._activated_in_int8():
+            return PackedLinear
+        return PackedLinear if layer.linear.out_features < backbone.NARROW_OUTPUT else Int8Linear
     return PackedLinear
 
 
@@ -68,8 +71,11 @@ def check_layers(model: nn.Module, mode: str) -> None:
         assert blocks  # BERT's attention and GELU blocks run fused
     else:  # int8-dynamic: GELU in the int8 FFN1's epilogue, its output the FFN2's input dtype
         assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)
-        ffn2 = torch.bfloat16 if backbone.cpu_has_native(torch.bfloat16) else torch.float32
-        assert all(b._out == ffn2 for b in blocks)
+        per_row = backbone._activated_in_int8()
+        bf16 = backbone.mode_available(BF16_MIXED) and not per_row
+        assert all(b._out == (torch.bfloat16 if bf16 else torch.float32) for b in blocks)
+        assert all(m._int8.per_row == (per_row and m.linear.in_features > m.linear.out_features)
+                   for m in layers if type(m) is Int8Linear)  # per-row input scales: FFN2 only
 
 
 def min_cosine(a, b) -> float:
@@ -267,7 +273,7 @@ def test_int8_plan_roles(folders):
         if name.endswith(("query", "key", "value", "intermediate.dense")):
             assert role is int8_plan.Int8Role.SMOOTHED, name  # fed by a LayerNorm
         elif name.endswith("output.dense") and "attention" not in name:
-            assert role is int8_plan.Int8Role.BF16, name  # fed by GELU
+            assert role is int8_plan.Int8Role.ACTIVATED, name  # fed by GELU
         else:
             assert role is int8_plan.Int8Role.PLAIN, name  # attention's context, the pooler's first token
     assert bert_plan(model) == roles  # seeded: the same plan on every load
@@ -321,19 +327,23 @@ QUANTIZE_SHAPES = [(3, 7, 37), (1, 1), (0, 5), (5, 16), (4, 33), (130, 384)]
 
 @pytest.mark.parametrize("shape", QUANTIZE_SHAPES)
 @pytest.mark.parametrize("smoothed", [False, True])
-def test_smooth_quantize_matches_reference(device, shape, smoothed):  # noqa: F811
+@pytest.mark.parametrize("per_row", [False, True])
+def test_smooth_quantize_matches_reference(device, shape, smoothed, per_row):  # noqa: F811
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(*shape, generator=gen) * 3).to(device)
+    if x.dim() > 1 and x.shape[0] > 1:
+        x[1:2] *= 40  # rows of different ranges
     inverse = (torch.rand(shape[-1], generator=gen) + 0.5).to(device) if smoothed else None
-    got = _ops.smooth_quantize(x, inverse)
-    expected = reference.smooth_quantize(x.cpu(), None if inverse is None else inverse.cpu())
+    got = _ops.smooth_quantize(x, inverse, per_row=per_row)
+    expected = reference.smooth_quantize(x.cpu(), None if inverse is None else inverse.cpu(), per_row=per_row)
     assert [t.dtype for t in got] == [torch.uint8, torch.float32, torch.int32]
+    assert got[1].shape == (x.shape[:-1] if per_row else ())
     for g, e in zip(got, expected):
         assert torch.equal(g.cpu(), e)
-    if x.numel():  # the codes represent x: within half a step
+    if x.numel():  # the codes represent x: within half a step (of its row's, per row)
         v = x.cpu() if inverse is None else x.cpu() * inverse.cpu()
-        step = got[1].item()
-        assert ((got[0].cpu().float() - got[2].item()) * step - v).abs().max() <= 0.5001 * step
+        step, zero = got[1].cpu()[..., None], got[2].cpu()[..., None]
+        assert ((((got[0].cpu().float() - zero) * step - v).abs() <= 0.5001 * step)).all()
 
 
 def test_smooth_quantize_edges(device):  # noqa: F811
@@ -358,10 +368,58 @@ def test_smooth_quantize_edges(device):  # noqa: F811
         _ops.smooth_quantize(torch.zeros(3, 0, device=device))
 
 
+def test_smooth_quantize_per_row_edges(device):  # noqa: F811
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 255.0], [-2.0, -1.0, 0.0]], device=device)
+    codes, scale, zero_point = _ops.smooth_quantize(x, per_row=True)
+    assert scale[:2].tolist() == [1.0, 1.0] and zero_point.tolist() == [0, 0, 255]  # a zero row: exact
+    assert scale[2].item() == pytest.approx(2 / 255, rel=1e-6)
+    assert codes.tolist()[:2] == [[0, 0, 0], [0, 1, 255]]
+    y = torch.randn(4, 8, device=device)
+    y[3, 5] = float("inf")  # the last row: every row is checked
+    with pytest.raises(ValueError, match="NaN or inf"):
+        _ops.smooth_quantize(y, per_row=True)
+    strided = torch.randn(8, 12, device=device)[:, ::2]
+    assert all(torch.equal(a, b) for a, b in zip(_ops.smooth_quantize(strided, per_row=True),
+                                                 _ops.smooth_quantize(strided.contiguous(), per_row=True)))
+
+
 def test_smooth_quantize_opcheck(device):  # noqa: F811
     x = torch.randn(5, 24, device=device)
     for inverse in (None, torch.rand(24, device=device) + 0.5):
-        torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse))
+        for per_row in (False, True):
+            torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse), {"per_row": per_row})
+
+
+def test_int8_per_row_layer():
+    """Per-row input scales: rows far apart in size each keep their precision (one scale for all would round the
+    small row to nothing), with and without a bias; no activation may follow in the epilogue."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 5, 48).abs().sub_(0.17)  # GELU-like: a small negative floor
+    x[0, 1] *= 1e3
+    x[1, 2] *= 1e-3
+    for bias in (True, False):
+        linear = nn.Linear(48, 24, bias=bias)
+        with torch.inference_mode():
+            got = Int8Linear(linear, per_row=True)(x)
+            expected = F.linear(x, linear.weight, linear.bias)
+        assert got.shape == (2, 5, 24) and got.dtype == torch.float32
+        rows_error = (got - expected).abs().amax(-1) / expected.abs().amax(-1)
+        assert rows_error.max() <= 0.03, rows_error
+    with pytest.raises(ValueError, match="no activation"):
+        Int8Weight(linear, per_row=True).multiply(x, activation=("gelu", "none"))
+
+
+def test_int8_activated_products_choice(folders, monkeypatch):
+    """SENTFUSE_INT8_ACTIVATED: bf16 keeps bf16-mixed's product after GELU (float32 where the CPU has none), int8
+    takes per-row int8; anything else is refused by name."""
+    for choice, per_row in (("bf16", False), ("int8", True)):
+        monkeypatch.setenv(backbone.INT8_ACTIVATED_ENV, choice)
+        model = sentfuse.Encoder(folders["dense"], device="cpu", dtype="int8-dynamic")
+        check_layers(model._model, "int8-dynamic")
+        assert any(getattr(getattr(m, "_int8", None), "per_row", False) for m in linear_layers(model._model)) == per_row
+    monkeypatch.setenv(backbone.INT8_ACTIVATED_ENV, "fp8")
+    with pytest.raises(ValueError, match=backbone.INT8_ACTIVATED_ENV):
+        sentfuse.Encoder(folders["dense"], device="cpu", dtype="int8-dynamic")
 
 
 @pytest.mark.parametrize("out", [torch.bfloat16, torch.float32])

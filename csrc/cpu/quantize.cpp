@@ -3,7 +3,7 @@
 // Dividing x by the layer's smoothing factors, finding the range and writing uint8 codes takes torch three or
 // more passes over x (and linear_dynamic's own two); here it is one pass for the range and one for the codes,
 // each reading x once, rows split over torch's threads; AVX-512 or AVX2 loops where the CPU has them (checked at
-// run time), plain loops elsewhere, all giving the same codes.
+// run time), plain loops elsewhere, all giving the same codes. Per tensor (one scale for x) or per row.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -199,17 +199,53 @@ RowRange range_of(const float* x, const float* s, int64_t rows, int64_t K) {
   return all;
 }
 
+// per_row: each row its own range, scale and zero point, found and applied while the row is in cache (one read of x
+// from memory). The NaN / inf check covers every row at the end.
+void quantize_rows(const float* x, const float* s, int64_t rows, int64_t K, uint8_t* codes, float* scales,
+                   int32_t* zero_points) {
+  const int64_t step = grain(K);
+  std::vector<float> poison((rows + step - 1) / step, 0.0f);  // per task, as range_of
+  at::parallel_for(0, static_cast<int64_t>(poison.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t r = p * step; r < std::min(rows, (p + 1) * step); ++r) {
+        const RowSpan row{x, s, K, r, r + 1};
+        RowRange range;
+        row_range(row, range);
+        poison[p] += range.poison;
+        const Quint8Range q = quint8_range(range.lo, range.hi);
+        row_codes(row, q.inverse_scale, q.zero_point, codes);
+        scales[r] = q.scale;
+        zero_points[r] = q.zero_point;
+      }
+    }
+  });
+  float all = 0.0f;
+  for (const float p : poison) all += p;
+  check_smooth_quantize_range(all, all);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_quantize_cpu(const at::Tensor& x_in,
-                                                                   const std::optional<at::Tensor>& inverse_smooth) {
+                                                                   const std::optional<at::Tensor>& inverse_smooth,
+                                                                   bool per_row) {
   check_smooth_quantize_args(x_in, inverse_smooth);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor s = inverse_smooth.has_value() ? inverse_smooth->contiguous() : at::Tensor();
   const int64_t K = x.size(-1), rows = x.numel() / K;
   at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  const float* xp = rows > 0 ? x.const_data_ptr<float>() : nullptr;
+  const float* sp = s.defined() ? s.const_data_ptr<float>() : nullptr;
+  if (per_row) {
+    const at::IntArrayRef lead = x.sizes().slice(0, x.dim() - 1);
+    at::Tensor scales = at::empty(lead, x.options());
+    at::Tensor zero_points = at::empty(lead, x.options().dtype(at::kInt));
+    if (rows > 0) {
+      quantize_rows(xp, sp, rows, K, codes.mutable_data_ptr<uint8_t>(), scales.mutable_data_ptr<float>(),
+                    zero_points.mutable_data_ptr<int32_t>());
+    }
+    return {codes, scales, zero_points};
+  }
   Quint8Range q = quint8_range(0.0f, 0.0f);
   if (rows > 0) {
-    const float* xp = x.const_data_ptr<float>();
-    const float* sp = s.defined() ? s.const_data_ptr<float>() : nullptr;
     const RowRange range = range_of(xp, sp, rows, K);
     check_smooth_quantize_range(range.lo + range.poison, range.hi + range.poison);
     q = quint8_range(range.lo, range.hi);

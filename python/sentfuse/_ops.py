@@ -453,23 +453,25 @@ def _packed_attention_fake(qkv, lengths, heads, scale, *, out_dtype=None):
 
 
 def smooth_quantize(
-    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None
+    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None, *, per_row: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The int8 compute mode's input quantization, in one pass for the range and one for the codes.
 
     x [..., K] float32, inverse_smooth [K] float32 (per-channel factors, None: ones) -> (codes [..., K] uint8,
     scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold 0 split into 255
-    steps, codes = clamp(round(v / scale) + zero_point, 0, 255), so v ~ (codes - zero_point) * scale. Raises
-    ValueError when v holds NaN or inf.
+    steps, codes = clamp(round(v / scale) + zero_point, 0, 255), so v ~ (codes - zero_point) * scale. per_row:
+    each row of v [..., K] quantized from its own range, scale [...] and zero_point [...] (x's leading shape).
+    Raises ValueError when v holds NaN or inf.
     """
-    return torch.ops.sentfuse.smooth_quantize.default(x, inverse_smooth)
+    return torch.ops.sentfuse.smooth_quantize.default(x, inverse_smooth, per_row=per_row)
 
 
 @torch.library.register_fake("sentfuse::smooth_quantize")
-def _smooth_quantize_fake(x, inverse_smooth):
+def _smooth_quantize_fake(x, inverse_smooth, *, per_row=False):
     torch._check(x.dim() >= 1, lambda: "smooth_quantize: x must be [..., K]")
-    return (x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((), dtype=torch.float32),
-            x.new_empty((), dtype=torch.int32))
+    lead = x.shape[:-1] if per_row else ()
+    return (x.new_empty(x.shape, dtype=torch.uint8), x.new_empty(lead, dtype=torch.float32),
+            x.new_empty(lead, dtype=torch.int32))
 
 
 # ---- Dropout --------------------------------------------------------------------------------------------------

@@ -375,15 +375,24 @@ def packed_attention(qkv: torch.Tensor, lengths: torch.Tensor, heads: int, scale
 
 
 def smooth_quantize(
-    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None
+    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None, *, per_row: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The range of v = x * inverse_smooth, widened to hold 0, in 255 steps; codes round(v / step) + zero point
-    (ties to even), clamped to [0, 255]; all in float32 as the kernels compute it."""
+    """The range of v = x * inverse_smooth (per_row: of each row of v, scale and zero point of x's leading shape),
+    widened to hold 0, in 255 steps; codes round(v / step) + zero point (ties to even), clamped to [0, 255]; all in
+    float32 as the kernels compute it."""
     if x.dtype != torch.float32 or x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError("smooth_quantize: x must be float32 [..., K] with K >= 1")
     v = x if inverse_smooth is None else x * inverse_smooth
     if v.numel() and not torch.isfinite(v).all():
         raise ValueError("smooth_quantize: x (times inverse_smooth) contains NaN or inf")
+    if per_row:
+        rows = v.reshape(-1, v.shape[-1])
+        parts = [smooth_quantize(row) for row in rows]
+        lead = v.shape[:-1]
+        if not parts:
+            return (torch.empty(v.shape, dtype=torch.uint8), torch.empty(lead), torch.empty(lead, dtype=torch.int32))
+        codes, scales, zeros = (torch.stack(t) for t in zip(*parts))
+        return codes.reshape(v.shape), scales.reshape(lead), zeros.reshape(lead)
     zero = torch.zeros((), dtype=torch.float32)
     lo = torch.minimum(v.min(), zero) if v.numel() else zero
     hi = torch.maximum(v.max(), zero) if v.numel() else zero

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 from collections.abc import Callable
 
 import torch
@@ -116,9 +117,15 @@ class Int8Weight:
 
     With `smooth` (per-input-channel factors s, model.int8_plan) the packed weight is W·diag(s) and the input is
     divided by s inside the quantization pass: the same product in exact arithmetic, with the input's outlier
-    channels scaled down before they set the per-tensor scale."""
+    channels scaled down before they set the per-tensor scale.
 
-    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
+    With `per_row` each input row is quantized from its own range (scale s_r, zero point z_r). oneDNN's int8 kernels
+    take one input scale, so they multiply the codes at unit scale, raw = w_scale_c · Σ_k code_rk · wcode_ck, and
+    one rank-2 update of the output finishes y_rc = s_r · raw_rc − s_r z_r · cw_c + b_c (cw_c = w_scale_c ·
+    Σ_k wcode_ck): two passes over the output, which for BERT's FFN2 is a quarter of the input's size. No activation
+    in the epilogue then (it would have to follow the row scale)."""
+
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None, per_row: bool = False) -> None:
         w = linear.weight.detach().float()
         if smooth is not None:
             if smooth.shape != (linear.in_features,):
@@ -131,23 +138,42 @@ class Int8Weight:
         codes = torch.round(w / self.scales[:, None]).clamp_(-limit, limit).to(torch.int8)
         self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
         self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.per_row = per_row
+        if per_row:
+            column_terms = codes.sum(dim=1, dtype=torch.float32) * self.scales  # cw [out]
+            bias = torch.zeros_like(column_terms) if self.bias is None else self.bias
+            self._row_update = torch.stack([column_terms, bias])  # [2, out]: rows (cw, b) of the rank-2 update
+            self._unit = (torch.ones((), dtype=torch.float32), torch.zeros((), dtype=torch.int32))
 
     def multiply(self, x: torch.Tensor, out: torch.dtype = torch.float32,
                  activation: tuple[str, str] = packed_linear.NO_ACTIVATION) -> torch.Tensor:
         """activation(x W.T + b) for float32 x [..., in], in dtype `out`."""
+        if self.per_row:
+            if activation != packed_linear.NO_ACTIVATION:
+                raise ValueError("per-row int8 products take no activation in their epilogue")
+            return self._multiply_rows(x).to(out)
         codes, scale, zero_point = _ops.smooth_quantize(x, self.inverse_smooth)
         attr, algorithm = activation
         return torch.ops.onednn.qlinear_pointwise.tensor(
             codes, scale, zero_point, self.packed, self.scales, self.zero_points, self.bias, 1.0, 0, out, attr, [],
             algorithm)
 
+    def _multiply_rows(self, x: torch.Tensor) -> torch.Tensor:
+        codes, scale, zero_point = _ops.smooth_quantize(x, self.inverse_smooth, per_row=True)
+        raw = torch.ops.onednn.qlinear_pointwise.tensor(
+            codes, *self._unit, self.packed, self.scales, self.zero_points, None, 1.0, 0, torch.float32, "none", [],
+            "")
+        flat, s = raw.view(-1, raw.shape[-1]), scale.reshape(-1, 1)
+        per_row = torch.cat([-(s * zero_point.reshape(-1, 1)), torch.ones_like(s)], dim=1)  # [rows, 2]: (-s z, 1)
+        return flat.mul_(s).addmm_(per_row, self._row_update).view(raw.shape)
+
 
 class Int8Linear(_CpuLinear):
     """The int8-dynamic mode's linear layer (Int8Weight), float32 in and out."""
 
-    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None, per_row: bool = False) -> None:
         super().__init__(linear)
-        self._int8 = Int8Weight(linear, smooth)
+        self._int8 = Int8Weight(linear, smooth, per_row)
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
         return self._int8.multiply(x)
@@ -178,20 +204,37 @@ class Int8Activated(StandIn):
         return self._int8.multiply(x, self._out, self._epilogue)
 
 
+# SENTFUSE_INT8_ACTIVATED=bf16|int8 picks how the int8-dynamic mode multiplies a product fed by an activation (read
+# when a model is loaded; benchmarks A/B the two with it): bf16-mixed's product (float32 where the CPU has no bf16
+# path) or int8 with per-row input scales. Default: bf16 where the CPU has bf16 products, else int8.
+INT8_ACTIVATED_ENV = "SENTFUSE_INT8_ACTIVATED"
+
+
+def _activated_in_int8() -> bool:
+    forced = os.environ.get(INT8_ACTIVATED_ENV, "").strip().lower()
+    if forced not in ("", "bf16", "int8"):
+        raise ValueError(f"{INT8_ACTIVATED_ENV} must be 'bf16' or 'int8', got {forced!r}")
+    return forced == "int8" or (forced == "" and not mode_available(BF16_MIXED))
+
+
 def _int8_layers(model: nn.Module) -> Callable[[nn.Linear], nn.Module]:
-    """The int8-dynamic mode's layer for each linear of model (model.int8_plan): smoothed int8 after a LayerNorm,
-    bf16-mixed's bfloat16 product after an activation, plain int8 elsewhere; a score head (fewer than NARROW_OUTPUT
-    outputs) stays float32 as in bf16-mixed (and products after an activation too where the CPU has no bf16 path).
-    Blocks that activate an int8 product get Int8Activated first, handing on the next product's input dtype."""
+    """The int8-dynamic mode's layer for each linear of model (model.int8_plan): smoothed int8 after a LayerNorm;
+    after an activation bf16-mixed's bfloat16 product, or int8 with per-row input scales where the CPU has no bf16
+    path (INT8_ACTIVATED_ENV chooses); plain int8 elsewhere; a score head (fewer than NARROW_OUTPUT outputs) stays
+    float32 as in bf16-mixed. Blocks that activate an int8 product get Int8Activated first, handing on the next
+    product's input dtype."""
     found = int8_plan.plan(model)
-    bf16 = mode_available(BF16_MIXED)
+    int8 = _activated_in_int8()
+    bf16 = mode_available(BF16_MIXED) and not int8
     _activate_in_epilogue(model, found, torch.bfloat16 if bf16 else torch.float32)
 
     def make(linear: nn.Linear) -> nn.Module:
         layer = found.layers.get(linear, int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN))
         if linear.out_features < NARROW_OUTPUT:
             return PackedLinear(linear)
-        if layer.role is int8_plan.Int8Role.BF16:
+        if layer.role is int8_plan.Int8Role.ACTIVATED:
+            if int8:
+                return Int8Linear(linear, per_row=True)
             return PackedLinear(linear, torch.bfloat16 if bf16 else torch.float32)
         return Int8Linear(linear, layer.smooth)
 

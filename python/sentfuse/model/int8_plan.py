@@ -10,8 +10,8 @@ QKV 0.9981, FFN1 0.9970, FFN2 0.9962, attention output 0.9999; all of them 0.991
   LayerNorm's output is also the next residual and the factors cannot be folded into its weights: the division
   happens inside the input's quantization pass instead (sentfuse's smooth_quantize), at no extra pass.
 - A product fed by an activation (FFN2, whose GELU input is heavy-tailed; smoothing made it worse: 0.988) runs
-  the bf16-mixed mode's bfloat16 product (the alternative, per-row int8 scales, measured 0.9989 but needs
-  scales per row, which oneDNN's int8 kernels cannot apply in their epilogue).
+  the bf16-mixed mode's bfloat16 product where the CPU has one, else int8 with per-row input scales (0.9989;
+  oneDNN's int8 kernels take one input scale, so backbone.Int8Weight applies the rows' scales after them).
 Together: 0.998 (bench_encode --compute-modes gives the full figures). A block computing activation(linear(x))
 (BERT's intermediate; found in the same forward) then runs the activation in the int8 product's epilogue
 (backbone.Int8Activated).
@@ -53,7 +53,8 @@ class Int8Role(enum.Enum):
 
     SMOOTHED = "int8, smoothed input"  # fed by a LayerNorm
     PLAIN = "int8"  # fed by anything else measured benign (attention's context)
-    BF16 = "bfloat16"  # fed by an activation function
+    # fed by an activation function: bfloat16, or int8 with per-row input scales where the CPU has no bf16 product
+    ACTIVATED = "bfloat16 or per-row int8"
 
 
 @dataclass(frozen=True)
@@ -153,5 +154,5 @@ def _layer_plan(linear: nn.Linear, act_amax: torch.Tensor, producer: nn.Module |
     if isinstance(producer, nn.LayerNorm):
         return LayerPlan(Int8Role.SMOOTHED, smoothing_factors(act_amax, linear.weight))
     if producer is not None and not any(True for _ in producer.parameters()):  # a parameter-free activation
-        return LayerPlan(Int8Role.BF16)
+        return LayerPlan(Int8Role.ACTIVATED)
     return LayerPlan(Int8Role.PLAIN)
