@@ -19,6 +19,7 @@ from sentfuse import _ops, reference
 from sentfuse.model import backbone, compute, int8_plan
 from sentfuse.model.backbone import Int8Linear, Int8Weight, PackedLinear
 from sentfuse.model.compute import BF16_MIXED, COMPUTE_MODES, INT8_DYNAMIC
+from sentfuse.model.fused_blocks import FusedSelfAttention
 from sentfuse.model.packed_linear import StandIn
 from sentfuse.model.options import parse_load_options
 
@@ -69,8 +70,11 @@ def check_layers(model: nn.Module, mode: str) -> None:
         assert all(m._compute == (torch.bfloat16 if m.linear.out_features >= backbone.NARROW_OUTPUT else torch.float32)
                    for m in layers)
         assert blocks  # BERT's attention and GELU blocks run fused
-    else:  # int8-dynamic: GELU in the int8 FFN1's epilogue, its output the FFN2's input dtype
-        assert blocks and all(type(b) is backbone.Int8Activated for b in blocks)
+    else:  # int8-dynamic: GELU in the int8 FFN1's epilogue, its output the FFN2's input dtype; QKV one int8 product
+        assert blocks and {type(b) for b in blocks} == {backbone.Int8Activated, FusedSelfAttention}
+        assert all(getattr(b._project, "__self__", None).__class__ is Int8Weight
+                   for b in blocks if type(b) is FusedSelfAttention)
+        blocks = [b for b in blocks if type(b) is backbone.Int8Activated]
         per_row = backbone._activated_in_int8()
         bf16 = backbone.mode_available(BF16_MIXED) and not per_row
         assert all(b._out == (torch.bfloat16 if bf16 else torch.float32) for b in blocks)

@@ -215,3 +215,29 @@ def test_float32_backbone_fuses_its_blocks_and_matches():
 def test_fuse_blocks_rejects_other_compute_types():
     with pytest.raises(ValueError, match="compute"):
         fuse_blocks(tiny_bert(), torch.float16)
+
+
+@pytest.mark.skipif(not backbone.mode_available(compute.INT8_DYNAMIC), reason="no int8 path on this CPU / torch")
+def test_int8_attention_block_matches_the_module():
+    """int8-dynamic's attention: query, key and value as one smoothed int8 product, heads through SDPA in float32."""
+    import dataclasses
+
+    from sentfuse.model import int8_plan
+
+    model = tiny_bert()
+    plan = int8_plan.plan(model)
+    attention = model.encoder.layer[0].attention.self
+    project = backbone._int8_qkv(plan, attention)
+    assert project is not None and project.__self__.inverse_smooth is not None  # fed by a LayerNorm: smoothed
+    block = FusedSelfAttention(attention, torch.float32, project=project)
+    torch.manual_seed(3)
+    hidden = torch.randn(3, 11, 48)
+    with torch.inference_mode():
+        for mask in (padded_mask(), None):
+            want, _ = attention(hidden, attention_mask=mask)
+            got, _ = block(hidden, attention_mask=mask)
+            assert got.dtype == torch.float32 and close(got, want, 0.03)
+    with pytest.raises(ValueError, match="float32"):
+        FusedSelfAttention(attention, torch.bfloat16, project=project)
+    apart = dataclasses.replace(plan, layers={**plan.layers, attention.key: int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN)})
+    assert backbone._int8_qkv(apart, attention) is None  # the plan treats them apart: three products

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -161,15 +162,22 @@ class FusedSelfAttention(StandIn):
 
     inner_name = "original"
 
-    def __init__(self, attention: nn.Module, compute: torch.dtype = BF16, masks: AdditiveMask | None = None) -> None:
+    def __init__(self, attention: nn.Module, compute: torch.dtype = BF16, masks: AdditiveMask | None = None,
+                 project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """project: another QKV product (float32 [..., hidden] -> float32 [..., 3 x hidden], q k v in that order)
+        instead of the packed one: the int8 mode's (compute float32)."""
         super().__init__(attention)
         parts = [attention.query, attention.key, attention.value]
+        if project is not None and compute != torch.float32:
+            raise ValueError("a given QKV product (project) takes and gives float32: compute must be float32")
         self._compute = compute
         self._masks = AdditiveMask() if masks is None else masks
         self._converts_mask = self._masks.join()
         self._packed_from = packed_linear.fingerprint(tuple(p.weight for p in parts))
-        self._packed = packed_linear.pack(torch.cat([p.weight.detach() for p in parts]), compute)
-        self._bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts]).float()
+        self._project = project
+        if project is None:
+            self._packed = packed_linear.pack(torch.cat([p.weight.detach() for p in parts]), compute)
+            self._bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts]).float()
         self._heads, self._head_size = attention.num_attention_heads, attention.attention_head_size
         self._amx = compute == BF16 and _amx_attention(self._head_size)
 
@@ -182,7 +190,10 @@ class FusedSelfAttention(StandIn):
                 or not _runs_fast(self, hidden_states, inputs, weights, self._packed_from)):
             return self.original(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
         rows, width, _ = hidden_states.shape
-        qkv = packed_linear.run(hidden_states.to(self._compute), self._packed, self._bias)  # [rows, width, 3 * hidden]
+        if self._project is not None:
+            qkv = self._project(hidden_states)  # [rows, width, 3 * hidden]
+        else:
+            qkv = packed_linear.run(hidden_states.to(self._compute), self._packed, self._bias)
         lengths = self._masks.lengths(attention_mask, rows, width, self._converts_mask) if self._amx else None
         if lengths is not None:
             # the heads straight from qkv, the context straight in the output projection's layout; padded queries
@@ -286,6 +297,26 @@ def _replacement(child: nn.Module, compute: torch.dtype, masks: AdditiveMask) ->
     if compute == torch.float32 and _output_shape(child) and residual_epilogue_available():
         return FusedOutput(child)
     return None
+
+
+def fuse_attention(model: nn.Module, project_for: Callable[[nn.Module], Callable | None]) -> int:
+    """Replace every BERT self-attention block of model for which project_for(block) gives a QKV product (see
+    FusedSelfAttention) with a float32 FusedSelfAttention running it, in place; the count. The blocks share one
+    AdditiveMask."""
+    masks = AdditiveMask()
+
+    def replace(module: nn.Module) -> int:
+        fused = 0
+        for name, child in list(module.named_children()):
+            project = project_for(child) if _attention_shape(child) else None
+            if project is not None:
+                setattr(module, name, FusedSelfAttention(child, torch.float32, masks, project))
+                fused += 1
+            elif not isinstance(child, StandIn):
+                fused += replace(child)
+        return fused
+
+    return replace(model)
 
 
 def fuse_blocks(model: nn.Module, compute: torch.dtype = BF16, masks: AdditiveMask | None = None) -> int:

@@ -61,6 +61,7 @@ class Int8Role(enum.Enum):
 class LayerPlan:
     role: Int8Role
     smooth: torch.Tensor | None = None  # [in_features] float32 factors, SMOOTHED only
+    input_amax: torch.Tensor | None = None  # [in_features]: the input's largest magnitude per channel, SMOOTHED only
 
 
 def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
@@ -152,7 +153,7 @@ def _activated_blocks(model: nn.Module, flow: dict[nn.Module, tuple[int, int]]) 
 
 def _layer_plan(linear: nn.Linear, act_amax: torch.Tensor, producer: nn.Module | None) -> LayerPlan:
     if isinstance(producer, nn.LayerNorm):
-        return LayerPlan(Int8Role.SMOOTHED, smoothing_factors(act_amax, linear.weight))
+        return LayerPlan(Int8Role.SMOOTHED, smoothing_factors(act_amax, linear.weight), act_amax)
     if producer is not None and not any(True for _ in producer.parameters()):  # a parameter-free activation
         return LayerPlan(Int8Role.ACTIVATED)
     return LayerPlan(Int8Role.PLAIN)
