@@ -12,7 +12,9 @@ QKV 0.9981, FFN1 0.9970, FFN2 0.9962, attention output 0.9999; all of them 0.991
 - A product fed by an activation (FFN2, whose GELU input is heavy-tailed; smoothing made it worse: 0.988) runs
   the bf16-mixed mode's bfloat16 product where the CPU has one, else int8 with per-row input scales (0.9989;
   oneDNN's int8 kernels take one input scale, so backbone.Int8Weight applies the rows' scales after them).
-Together: 0.998 (bench_encode --compute-modes gives the full figures). A block computing activation(linear(x))
+Together: 0.998 (bench_encode --compute-modes gives the full figures; on an AVX2 CPU, 7-bit weights and FFN2 per-row
+int8: 0.9966). BERT's query, key and value share their input and run as one int8 product (backbone._int8_qkv,
+smoothed for the stacked weight from the same calibration maxima, kept in LayerPlan.input_amax). A block computing activation(linear(x))
 (BERT's intermediate; found in the same forward) then runs the activation in the int8 product's epilogue
 (backbone.Int8Activated).
 
