@@ -3,7 +3,9 @@ its OpenVINO backend, in one run.
 
 Rows: sentence-transformers fp32 (torch), OpenVINO (sentence-transformers backend="openvino", its default
 precision, in the peer venv: openvino_peer.py), and sentfuse float32, bfloat16 (pure), bf16-mixed and
-int8-dynamic, on the first --limit-questions SQuAD questions. The in-process rows alternate over --rounds
+int8-dynamic, on the first --limit-questions SQuAD questions; one more int8-dynamic row multiplies the FFN's
+second product the other way (SENTFUSE_INT8_ACTIVATED: bf16, float32 where the CPU has no bf16 product, or
+per-row int8), the same-run A/B of that choice. The in-process rows alternate over --rounds
 rounds (min-max reported); the OpenVINO peer times --rounds calls in its own process between the first and
 second rounds. Accuracy: min cosine to sentfuse float32 over the questions, and STS-B test Spearman
 (data/stsb/sts-test.tsv, cosine of the two sentences' embeddings vs the gold score, x100). Speed of the
@@ -16,6 +18,7 @@ of the same dtype's ceiling measured in this run on 2,048 x 384 x 1,536.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ STSB = Path(__file__).resolve().parents[1] / "data/stsb/sts-test.tsv"
 SENTFUSE_ROWS = [("sentfuse float32", "float32", "float32"), ("sentfuse bfloat16", "bfloat16", "bfloat16"),
                  ("sentfuse bf16-mixed", "bf16-mixed", "bfloat16"), ("sentfuse int8-dynamic", "int8-dynamic", "int8")]
 ST_ROW, OV_ROW = "sentence-transformers fp32", "sentence-transformers OpenVINO"
+INT8_ACTIVATED_ENV = "SENTFUSE_INT8_ACTIVATED"  # backbone.INT8_ACTIVATED_ENV, read when a model loads
 
 
 def _stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -66,8 +70,12 @@ def measure(model_path: str, questions: list[str], rounds: int, st_batch_size: i
     ceilings = gemm_ceiling.ceilings()
     models = {ST_ROW: SentenceTransformer(model_path, device="cpu", local_files_only=True)}
     models |= {label: sentfuse.Encoder(model_path, device="cpu", dtype=dtype) for label, dtype, _ in SENTFUSE_ROWS}
+    label, other = int8_other_row()
+    models[label] = sentfuse.Encoder(model_path, device="cpu", dtype="int8-dynamic")
+    os.environ.pop(INT8_ACTIVATED_ENV)
+    rows_run = SENTFUSE_ROWS + [(label, "int8-dynamic", "int8")]
     calls = {ST_ROW: lambda: models[ST_ROW].encode(questions, batch_size=st_batch_size, show_progress_bar=False)}
-    for label, _, _ in SENTFUSE_ROWS:
+    for label, _, _ in rows_run:
         calls[label] = (lambda m: lambda: m.encode(questions, show_progress_bar=False))(models[label])
     for label in calls:  # warm-up
         models[label].encode(questions[:64], show_progress_bar=False)
@@ -93,7 +101,7 @@ def measure(model_path: str, questions: list[str], rounds: int, st_batch_size: i
                "min_cos_vs_fp32": float((_unit(outputs[label]) * reference).sum(1).min())}
         if label in models:
             row["stsb_spearman"] = _spearman(lambda t, m=models[label]: m.encode(t, show_progress_bar=False), stsb)
-        match = next((c for lab, _, c in SENTFUSE_ROWS if lab == label), None)
+        match = next((c for lab, _, c in rows_run if lab == label), None)
         if match is not None:
             lin = gemm_ceiling.linear_rate(models[label]._model, calls[label])
             if ceilings[match] is None:  # no such product on this CPU (bf16 on AVX2): the layers ran float32
@@ -104,6 +112,18 @@ def measure(model_path: str, questions: list[str], rounds: int, st_batch_size: i
         rows.append(row)
     return {"ceilings": ceilings, "rows": rows, "n": len(questions), "rounds": rounds,
             "openvino_precision": None if peer is None else peer["inference_precision"]}
+
+
+def int8_other_row() -> tuple[str, str]:
+    """The int8-dynamic A/B row: the way of multiplying the FFN's second product (fed by GELU) this CPU does not
+    take by default (backbone.INT8_ACTIVATED_ENV), set in the environment for the row's model to load with."""
+    from sentfuse.model import backbone
+
+    if os.environ.get(INT8_ACTIVATED_ENV):
+        raise SystemExit(f"unset {INT8_ACTIVATED_ENV}: --compute-modes runs both of its choices")
+    other = "bf16" if backbone._activated_in_int8() else "int8"
+    os.environ[INT8_ACTIVATED_ENV] = other
+    return f"sentfuse int8, FFN2 {'bf16/fp32' if other == 'bf16' else 'per-row int8'}", other
 
 
 def goals(result: dict) -> list[dict]:
