@@ -79,15 +79,17 @@ def summary(rates: dict[str, float | None]) -> str:
 def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
     """Run call() once with every matrix product of backbone's linear layers timed: each product through
     sentfuse's packed path (model.packed_linear.run: PackedLinear layers and the fused bf16 blocks' QKV and
-    GELU products), and every other linear layer (nn.Linear, Int8Linear) by hooks. {'gflop', 'seconds' inside
-    those products, 'wall' seconds of the call}."""
+    GELU products), each int8 product (model.backbone.Int8Weight.multiply: Int8Linear layers, the int8 QKV and
+    GELU blocks; the input's quantization included), and every other linear layer (nn.Linear) by hooks.
+    {'gflop', 'seconds' inside those products, 'wall' seconds of the call}."""
+    from sentfuse.model import backbone as sentfuse_backbone
     from sentfuse.model import packed_linear
-    from sentfuse.model.backbone import PackedLinear, _CpuLinear
+    from sentfuse.model.backbone import Int8Linear, Int8Weight, PackedLinear, _CpuLinear
 
     totals = {"gflop": 0.0, "seconds": 0.0}
     inner = {id(m.linear) for m in backbone.modules() if isinstance(m, _CpuLinear)}
     layers = [m for m in backbone.modules() if isinstance(m, (nn.Linear, _CpuLinear))
-              and not isinstance(m, PackedLinear) and id(m) not in inner]
+              and not isinstance(m, (PackedLinear, Int8Linear)) and id(m) not in inner]
     started: dict[int, float] = {}
 
     def before(layer: nn.Module, args: tuple) -> None:
@@ -97,7 +99,7 @@ def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, fl
         totals["seconds"] += time.perf_counter() - started[id(layer)]
         totals["gflop"] += 2.0 * args[0].numel() * layer.weight.shape[0] / 1e9
 
-    run = packed_linear.run
+    run, multiply = packed_linear.run, Int8Weight.multiply
 
     def timed_run(x: torch.Tensor, packed: torch.Tensor, *args: object) -> torch.Tensor:
         start = time.perf_counter()
@@ -106,14 +108,21 @@ def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, fl
         totals["gflop"] += 2.0 * x.numel() * packed.shape[0] / 1e9
         return y
 
+    def timed_multiply(weight: Int8Weight, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        start = time.perf_counter()
+        y = multiply(weight, x, *args, **kwargs)
+        totals["seconds"] += time.perf_counter() - start
+        totals["gflop"] += 2.0 * x.numel() * weight.scales.shape[0] / 1e9
+        return y
+
     handles = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    packed_linear.run = timed_run
+    packed_linear.run, sentfuse_backbone.Int8Weight.multiply = timed_run, timed_multiply
     try:
         start = time.perf_counter()
         call()
         totals["wall"] = time.perf_counter() - start
     finally:
-        packed_linear.run = run
+        packed_linear.run, sentfuse_backbone.Int8Weight.multiply = run, multiply
         for handle in handles:
             handle.remove()
     return totals

@@ -72,8 +72,7 @@ def check_layers(model: nn.Module, mode: str) -> None:
         assert blocks  # BERT's attention and GELU blocks run fused
     else:  # int8-dynamic: GELU in the int8 FFN1's epilogue, its output the FFN2's input dtype; QKV one int8 product
         assert blocks and {type(b) for b in blocks} == {backbone.Int8Activated, FusedSelfAttention}
-        assert all(getattr(b._project, "__self__", None).__class__ is Int8Weight
-                   for b in blocks if type(b) is FusedSelfAttention)
+        assert all(type(b._project) is Int8Weight for b in blocks if type(b) is FusedSelfAttention)
         blocks = [b for b in blocks if type(b) is backbone.Int8Activated]
         per_row = backbone._activated_in_int8()
         bf16 = backbone.mode_available(BF16_MIXED) and not per_row

@@ -228,7 +228,7 @@ def test_int8_attention_block_matches_the_module():
     plan = int8_plan.plan(model)
     attention = model.encoder.layer[0].attention.self
     project = backbone._int8_qkv(plan, attention)
-    assert project is not None and project.__self__.inverse_smooth is not None  # fed by a LayerNorm: smoothed
+    assert project is not None and project.inverse_smooth is not None  # fed by a LayerNorm: smoothed
     block = FusedSelfAttention(attention, torch.float32, project=project)
     torch.manual_seed(3)
     hidden = torch.randn(3, 11, 48)

@@ -158,6 +158,10 @@ class Int8Weight:
             codes, scale, zero_point, self.packed, self.scales, self.zero_points, self.bias, 1.0, 0, out, attr, [],
             algorithm)
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """multiply(x): float32 in and out (a fused block's product)."""
+        return self.multiply(x)
+
     def _multiply_rows(self, x: torch.Tensor) -> torch.Tensor:
         codes, scale, zero_point = _ops.smooth_quantize(x, self.inverse_smooth, per_row=True)
         raw = torch.ops.onednn.qlinear_pointwise.tensor(
@@ -260,7 +264,7 @@ def _int8_qkv(found: int8_plan.Int8Plan, attention: nn.Module) -> Callable[[torc
     if roles == {int8_plan.Int8Role.SMOOTHED}:
         amax = torch.stack([plan.input_amax for plan in plans]).amax(dim=0)  # one input: the same maxima
         smooth = int8_plan.smoothing_factors(amax, stacked.weight)
-    return Int8Weight(stacked, smooth).multiply
+    return Int8Weight(stacked, smooth)
 
 
 def _activate_in_epilogue(model: nn.Module, found: int8_plan.Int8Plan, out: torch.dtype) -> None:
