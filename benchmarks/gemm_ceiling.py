@@ -78,8 +78,8 @@ def summary(rates: dict[str, float | None]) -> str:
 
 def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
     """Run call() once with every matrix product of backbone's linear layers timed: each product through
-    sentfuse's packed path (model.packed_linear.run: PackedLinear layers and the fused bf16 blocks' QKV and
-    GELU products), each int8 product (model.backbone.Int8Weight.multiply: Int8Linear layers, the int8 QKV and
+    sentfuse's packed path (model.packed_linear.run / run_add: PackedLinear layers and the fused blocks' QKV, GELU
+    and residual-add products), each int8 product (model.backbone.Int8Weight.multiply: Int8Linear layers, the int8 QKV and
     GELU blocks; the input's quantization included), and every other linear layer (nn.Linear) by hooks.
     {'gflop', 'seconds' inside those products, 'wall' seconds of the call}."""
     from sentfuse.model import backbone as sentfuse_backbone
@@ -99,14 +99,17 @@ def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, fl
         totals["seconds"] += time.perf_counter() - started[id(layer)]
         totals["gflop"] += 2.0 * args[0].numel() * layer.weight.shape[0] / 1e9
 
-    run, multiply = packed_linear.run, Int8Weight.multiply
+    run, run_add, multiply = packed_linear.run, packed_linear.run_add, Int8Weight.multiply
 
-    def timed_run(x: torch.Tensor, packed: torch.Tensor, *args: object) -> torch.Tensor:
-        start = time.perf_counter()
-        y = run(x, packed, *args)
-        totals["seconds"] += time.perf_counter() - start
-        totals["gflop"] += 2.0 * x.numel() * packed.shape[0] / 1e9
-        return y
+    def timed(product: Callable) -> Callable:
+        def timed_product(x: torch.Tensor, packed: torch.Tensor, *args: object) -> torch.Tensor:
+            start = time.perf_counter()
+            y = product(x, packed, *args)
+            totals["seconds"] += time.perf_counter() - start
+            totals["gflop"] += 2.0 * x.numel() * packed.shape[0] / 1e9
+            return y
+
+        return timed_product
 
     def timed_multiply(weight: Int8Weight, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         start = time.perf_counter()
@@ -116,13 +119,14 @@ def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, fl
         return y
 
     handles = [h for m in layers for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    packed_linear.run, sentfuse_backbone.Int8Weight.multiply = timed_run, timed_multiply
+    packed_linear.run, packed_linear.run_add = timed(run), timed(run_add)
+    sentfuse_backbone.Int8Weight.multiply = timed_multiply
     try:
         start = time.perf_counter()
         call()
         totals["wall"] = time.perf_counter() - start
     finally:
-        packed_linear.run, sentfuse_backbone.Int8Weight.multiply = run, multiply
+        packed_linear.run, packed_linear.run_add, sentfuse_backbone.Int8Weight.multiply = run, run_add, multiply
         for handle in handles:
             handle.remove()
     return totals
