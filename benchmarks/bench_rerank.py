@@ -13,7 +13,8 @@ speed; the real encoder keeps the scores apart enough that the top-10 order is a
 Rows: sentence-transformers fp32 (its default, batch_size 32; fp16 too with --device cuda), sentfuse fp32,
 sentfuse bf16 (pure bfloat16), sentfuse bf16-mixed (the CPU compute mode: bf16 matrix products, float32
 elsewhere; int8-dynamic and fp16 with --dtypes; --sdpa-row adds bf16-mixed with its attention on SDPA instead of
-sentfuse's AMX kernel, the A/B of packed_attention in one run). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
+sentfuse's AMX kernel, the A/B of packed_attention in one run; --int8-activated-row bf16|int8 adds int8-dynamic
+with the FFN's second product multiplied the other way, SENTFUSE_INT8_ACTIVATED's A/B). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
 --repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
 machine shared with other jobs the wall time mostly measures the others, the CPU time the work done).
@@ -49,6 +50,7 @@ import torch
 import bench_encode  # its machine description: one for every benchmark that reports the CPU
 import gemm_ceiling
 import openvino_peer
+from sentfuse.model.backbone import INT8_ACTIVATED_ENV
 from sentfuse.model.fused_blocks import ATTENTION_ENV
 
 DATA = Path(__file__).resolve().parents[1] / "data/squad"
@@ -182,6 +184,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sdpa-row", action="store_true",
                         help="add bf16-mixed with SDPA attention instead of the AMX kernel (A/B in one run)")
+    parser.add_argument("--int8-activated-row", choices=("bf16", "int8"),
+                        help="add int8-dynamic with the FFN's second product multiplied this way (bf16: bf16-mixed's, "
+                             "float32 without bf16 products; int8: per-row int8), the A/B of that choice in one run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -212,6 +217,12 @@ def main() -> None:
             model = sentfuse.CrossEncoder(folder, device=args.device, dtype="bf16-mixed")
             del os.environ[ATTENTION_ENV]
             rows["sentfuse bf16-mixed, SDPA attention"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
+        if args.int8_activated_row:
+            os.environ[INT8_ACTIVATED_ENV] = args.int8_activated_row  # read at load, as ATTENTION_ENV
+            model = sentfuse.CrossEncoder(folder, device=args.device, dtype="int8-dynamic")
+            del os.environ[INT8_ACTIVATED_ENV]
+            label = f"sentfuse int8, FFN2 {'bf16/fp32' if args.int8_activated_row == 'bf16' else 'per-row int8'}"
+            rows[label] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
         results = run_rows(rows, questions, docs, args.repeats)
         if not args.no_openvino:
             peer = openvino_row(args.openvino, folder, questions, docs, args.repeats)
