@@ -68,8 +68,10 @@ TORCH_LIBRARY(sentfuse, m) {
   // The int8 compute mode's input quantization. x [..., K] float32, inverse_smooth [K] float32 or None (ones) ->
   // (codes [..., K] uint8, scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold
   // 0 split into 255 steps, codes = clamp(round(v / scale) + zero_point, 0, 255) (ties to even).
-  m.def("smooth_quantize(Tensor x, Tensor? inverse_smooth, *, bool per_row=False) -> (Tensor codes, Tensor scale, "
-        "Tensor zero_point)");
+  // per_row: each row of v its own range (scale and zero_point of x's leading shape); max_code: codes in
+  // [0, max_code] (1..255), max_code steps.
+  m.def("smooth_quantize(Tensor x, Tensor? inverse_smooth, *, bool per_row=False, int max_code=255) -> (Tensor codes, "
+        "Tensor scale, Tensor zero_point)");
   // Training dropout. x [...] -> [...] (dtype: given, else x's promoted with residual's): x * keep / (1 - p),
   // plus residual when given; element i (row-major) is kept when dropout_bits(seed, i) >= round(p * 2^32)
   // (common/dropout_hash.h), so a seed repeats its mask on every device and the backward pass is this op

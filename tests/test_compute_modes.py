@@ -236,6 +236,9 @@ def test_int8_weight_codes_per_cpu(monkeypatch, flags, limit):
     """Without VNNI oneDNN's u8 x s8 pair sums saturate at int16: the weights then take 7-bit codes."""
     monkeypatch.setattr(backbone.cpu_features, "cpu_flags", lambda: flags)
     assert compute.int8_weight_limit(flags) == limit
+    # per-row products: 7-bit inputs instead, where the weights would have lost the bit
+    assert compute.int8_row_codes(flags) == ((127, 255) if limit == 127 else (127, 127))
+    assert Int8Weight(nn.Linear(24, 16), per_row=True).max_code == compute.int8_row_codes(flags)[1]
     linear = nn.Linear(24, 16)
     # the packed codes are opaque: the per-channel scales they were made with say the range
     assert torch.allclose(Int8Weight(linear, None).scales, linear.weight.detach().abs().amax(1) / limit)
@@ -330,15 +333,17 @@ QUANTIZE_SHAPES = [(3, 7, 37), (1, 1), (0, 5), (5, 16), (4, 33), (130, 384)]
 
 @pytest.mark.parametrize("shape", QUANTIZE_SHAPES)
 @pytest.mark.parametrize("smoothed", [False, True])
-@pytest.mark.parametrize("per_row", [False, True])
-def test_smooth_quantize_matches_reference(device, shape, smoothed, per_row):  # noqa: F811
+@pytest.mark.parametrize("per_row, max_code", [(False, 255), (True, 255), (True, 127), (False, 127)])
+def test_smooth_quantize_matches_reference(device, shape, smoothed, per_row, max_code):  # noqa: F811
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(*shape, generator=gen) * 3).to(device)
     if x.dim() > 1 and x.shape[0] > 1:
         x[1:2] *= 40  # rows of different ranges
     inverse = (torch.rand(shape[-1], generator=gen) + 0.5).to(device) if smoothed else None
-    got = _ops.smooth_quantize(x, inverse, per_row=per_row)
-    expected = reference.smooth_quantize(x.cpu(), None if inverse is None else inverse.cpu(), per_row=per_row)
+    got = _ops.smooth_quantize(x, inverse, per_row=per_row, max_code=max_code)
+    expected = reference.smooth_quantize(x.cpu(), None if inverse is None else inverse.cpu(), per_row=per_row,
+                                         max_code=max_code)
+    assert x.numel() == 0 or got[0].max().item() <= max_code
     assert [t.dtype for t in got] == [torch.uint8, torch.float32, torch.int32]
     assert got[1].shape == (x.shape[:-1] if per_row else ())
     for g, e in zip(got, expected):
@@ -369,6 +374,9 @@ def test_smooth_quantize_edges(device):  # noqa: F811
         _ops.smooth_quantize(x, torch.ones(7, device=device))
     with pytest.raises(ValueError, match="K >= 1"):
         _ops.smooth_quantize(torch.zeros(3, 0, device=device))
+    for bad in (0, 256):
+        with pytest.raises(ValueError, match=r"max_code must be in \[1, 255\]"):
+            _ops.smooth_quantize(x, max_code=bad)
 
 
 def test_smooth_quantize_per_row_edges(device):  # noqa: F811
@@ -390,7 +398,8 @@ def test_smooth_quantize_opcheck(device):  # noqa: F811
     x = torch.randn(5, 24, device=device)
     for inverse in (None, torch.rand(24, device=device) + 0.5):
         for per_row in (False, True):
-            torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse), {"per_row": per_row})
+            torch.library.opcheck(torch.ops.sentfuse.smooth_quantize.default, (x, inverse),
+                                  {"per_row": per_row, "max_code": 255 if per_row else 127})
 
 
 def test_int8_per_row_layer():

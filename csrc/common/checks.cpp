@@ -413,8 +413,10 @@ PackedAttentionArgs check_packed_attention_args(const at::Tensor& qkv, const at:
 
 namespace sentfuse {
 
-void check_smooth_quantize_args(const at::Tensor& x, const std::optional<at::Tensor>& inverse_smooth) {
+void check_smooth_quantize_args(const at::Tensor& x, const std::optional<at::Tensor>& inverse_smooth,
+                                int64_t max_code) {
   constexpr const char* op = "smooth_quantize";
+  SENTFUSE_CHECK_VALUE(max_code >= 1 && max_code <= 255, op, ": max_code must be in [1, 255], got ", max_code);
   SENTFUSE_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
   SENTFUSE_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, op, ": x must be [..., K] with K >= 1, got shape ",
                        x.sizes());

@@ -140,8 +140,10 @@ PackedAttentionArgs check_packed_attention_args(const at::Tensor& qkv, const at:
 // ---- smooth_quantize (the int8 compute mode's input quantization) ----
 namespace sentfuse {
 
-// x [..., K] float32 with K >= 1, inverse_smooth [K] float32 on x's device or none.
-void check_smooth_quantize_args(const at::Tensor& x, const std::optional<at::Tensor>& inverse_smooth);
+// x [..., K] float32 with K >= 1, inverse_smooth [K] float32 on x's device or none,
+// max_code in [1, 255].
+void check_smooth_quantize_args(const at::Tensor& x, const std::optional<at::Tensor>& inverse_smooth,
+                                int64_t max_code);
 // The range found: x (times inverse_smooth) must be finite, since its codes would be meaningless.
 void check_smooth_quantize_range(float lo, float hi);
 

@@ -26,7 +26,7 @@
 namespace sentfuse {
 namespace {
 
-constexpr float kCodeBound = 512.0f;  // |v * inverse_scale| is at most 255.5 in exact arithmetic
+constexpr float kCodeBound = 512.0f;  // |v * inverse_scale| is at most max_code + 0.5 in exact arithmetic
 
 struct RowRange {
   float lo = std::numeric_limits<float>::max();
@@ -53,13 +53,14 @@ void range_plain(const RowSpan& span, RowRange& out, int64_t from = 0) {
   }
 }
 
-// codes = clamp(round(v * inverse_scale) + zero_point, 0, 255), ties to even (the FPU's default mode, as torch.round).
-void codes_plain(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes, int64_t from = 0) {
+// codes = clamp(round(v * inverse_scale) + zero_point, 0, max_code), ties to even (the FPU's default mode, as
+// torch.round).
+void codes_plain(const RowSpan& span, const Quint8Range& q, uint8_t* codes, int64_t from = 0) {
   for (int64_t r = span.begin; r < span.end; ++r) {
     for (int64_t k = from; k < span.K; ++k) {
       const float v = span.s ? span.x[r * span.K + k] * span.s[k] : span.x[r * span.K + k];
-      const float t = std::nearbyint(std::clamp(v * inverse_scale, -kCodeBound, kCodeBound));
-      codes[r * span.K + k] = static_cast<uint8_t>(std::clamp(static_cast<int32_t>(t) + zero_point, 0, 255));
+      const float t = std::nearbyint(std::clamp(v * q.inverse_scale, -kCodeBound, kCodeBound));
+      codes[r * span.K + k] = static_cast<uint8_t>(std::clamp(static_cast<int32_t>(t) + q.zero_point, 0, q.max_code));
     }
   }
 }
@@ -87,17 +88,18 @@ __attribute__((target("avx512f,avx512bw"))) void range_avx512(const RowSpan& spa
          out.poison + _mm512_reduce_add_ps(poison)};
 }
 
-__attribute__((target("avx512f,avx512bw"))) void codes_avx512(const RowSpan& span, float inverse_scale,
-                                                               int32_t zero_point, uint8_t* codes) {
-  const __m512 scale = _mm512_set1_ps(inverse_scale), bound = _mm512_set1_ps(kCodeBound);
+__attribute__((target("avx512f,avx512bw"))) void codes_avx512(const RowSpan& span, const Quint8Range& range,
+                                                               uint8_t* codes) {
+  const __m512 scale = _mm512_set1_ps(range.inverse_scale), bound = _mm512_set1_ps(kCodeBound);
   const __m512 neg_bound = _mm512_set1_ps(-kCodeBound);
-  const __m512i zp = _mm512_set1_epi32(zero_point), zero = _mm512_setzero_si512();
+  const __m512i zp = _mm512_set1_epi32(range.zero_point), zero = _mm512_setzero_si512();
+  const __m512i top = _mm512_set1_epi32(range.max_code);
   for (int64_t r = span.begin; r < span.end; ++r) {
     for (int64_t k = 0; k < span.K; k += 16) {
       const __mmask16 m = span.K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (span.K - k)) - 1);
       const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(load_v(span, r, k, m), scale), neg_bound), bound);
-      const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp), zero);
-      _mm512_mask_cvtusepi32_storeu_epi8(codes + r * span.K + k, m, q);  // saturates above 255
+      const __m512i q = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp), zero), top);
+      _mm512_mask_cvtusepi32_storeu_epi8(codes + r * span.K + k, m, q);
     }
   }
 }
@@ -141,12 +143,12 @@ __attribute__((target("avx2"))) void range_avx2(const RowSpan& span, RowRange& o
 
 // 32 values a step: four vectors of int32 codes packed with saturation to bytes; the packs interleave 128-bit
 // lanes, which one permute puts back in order.
-__attribute__((target("avx2"))) void codes_avx2(const RowSpan& span, float inverse_scale, int32_t zero_point,
-                                                uint8_t* codes) {
+__attribute__((target("avx2"))) void codes_avx2(const RowSpan& span, const Quint8Range& range, uint8_t* codes) {
   const int64_t whole = span.K - span.K % 32;
-  const __m256 scale = _mm256_set1_ps(inverse_scale), bound = _mm256_set1_ps(kCodeBound);
+  const __m256 scale = _mm256_set1_ps(range.inverse_scale), bound = _mm256_set1_ps(kCodeBound);
   const __m256 neg_bound = _mm256_set1_ps(-kCodeBound);
-  const __m256i zp = _mm256_set1_epi32(zero_point), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i zp = _mm256_set1_epi32(range.zero_point), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i top = _mm256_set1_epi8(static_cast<char>(range.max_code));
   for (int64_t r = span.begin; r < span.end; ++r) {
     for (int64_t k = 0; k < whole; k += 32) {
       __m256i q[4];
@@ -157,10 +159,10 @@ __attribute__((target("avx2"))) void codes_avx2(const RowSpan& span, float inver
       const __m256i ab = _mm256_packs_epi32(q[0], q[1]);  // int16, saturating
       const __m256i cd = _mm256_packs_epi32(q[2], q[3]);
       const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);  // clamps to 0..255
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + r * span.K + k), bytes);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + r * span.K + k), _mm256_min_epu8(bytes, top));
     }
   }
-  if (whole < span.K) codes_plain(span, inverse_scale, zero_point, codes, whole);
+  if (whole < span.K) codes_plain(span, range, codes, whole);
 }
 
 bool has_avx2() {
@@ -177,12 +179,12 @@ void row_range(const RowSpan& span, RowRange& out) {
   range_plain(span, out);
 }
 
-void row_codes(const RowSpan& span, float inverse_scale, int32_t zero_point, uint8_t* codes) {
+void row_codes(const RowSpan& span, const Quint8Range& q, uint8_t* codes) {
 #ifdef SENTFUSE_QUANTIZE_X86
-  if (has_avx512()) return codes_avx512(span, inverse_scale, zero_point, codes);
-  if (has_avx2()) return codes_avx2(span, inverse_scale, zero_point, codes);
+  if (has_avx512()) return codes_avx512(span, q, codes);
+  if (has_avx2()) return codes_avx2(span, q, codes);
 #endif
-  codes_plain(span, inverse_scale, zero_point, codes);
+  codes_plain(span, q, codes);
 }
 
 // Rows per task: enough work per thread to outweigh the split (~32k values).
@@ -201,8 +203,8 @@ RowRange range_of(const float* x, const float* s, int64_t rows, int64_t K) {
 
 // per_row: each row its own range, scale and zero point, found and applied while the row is in cache (one read of x
 // from memory). The NaN / inf check covers every row at the end.
-void quantize_rows(const float* x, const float* s, int64_t rows, int64_t K, uint8_t* codes, float* scales,
-                   int32_t* zero_points) {
+void quantize_rows(const float* x, const float* s, int64_t rows, int64_t K, int32_t max_code, uint8_t* codes,
+                   float* scales, int32_t* zero_points) {
   const int64_t step = grain(K);
   std::vector<float> poison((rows + step - 1) / step, 0.0f);  // per task, as range_of
   at::parallel_for(0, static_cast<int64_t>(poison.size()), 1, [&](int64_t begin, int64_t end) {
@@ -212,8 +214,8 @@ void quantize_rows(const float* x, const float* s, int64_t rows, int64_t K, uint
         RowRange range;
         row_range(row, range);
         poison[p] += range.poison;
-        const Quint8Range q = quint8_range(range.lo, range.hi);
-        row_codes(row, q.inverse_scale, q.zero_point, codes);
+        const Quint8Range q = quint8_range(range.lo, range.hi, max_code);
+        row_codes(row, q, codes);
         scales[r] = q.scale;
         zero_points[r] = q.zero_point;
       }
@@ -226,8 +228,9 @@ void quantize_rows(const float* x, const float* s, int64_t rows, int64_t K, uint
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_quantize_cpu(const at::Tensor& x_in,
                                                                    const std::optional<at::Tensor>& inverse_smooth,
-                                                                   bool per_row) {
-  check_smooth_quantize_args(x_in, inverse_smooth);
+                                                                   bool per_row, int64_t max_code) {
+  check_smooth_quantize_args(x_in, inverse_smooth, max_code);
+  const auto top = static_cast<int32_t>(max_code);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor s = inverse_smooth.has_value() ? inverse_smooth->contiguous() : at::Tensor();
   const int64_t K = x.size(-1), rows = x.numel() / K;
@@ -239,20 +242,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_quantize_cpu(const at::Ten
     at::Tensor scales = at::empty(lead, x.options());
     at::Tensor zero_points = at::empty(lead, x.options().dtype(at::kInt));
     if (rows > 0) {
-      quantize_rows(xp, sp, rows, K, codes.mutable_data_ptr<uint8_t>(), scales.mutable_data_ptr<float>(),
+      quantize_rows(xp, sp, rows, K, top, codes.mutable_data_ptr<uint8_t>(), scales.mutable_data_ptr<float>(),
                     zero_points.mutable_data_ptr<int32_t>());
     }
     return {codes, scales, zero_points};
   }
-  Quint8Range q = quint8_range(0.0f, 0.0f);
+  Quint8Range q = quint8_range(0.0f, 0.0f, top);
   if (rows > 0) {
     const RowRange range = range_of(xp, sp, rows, K);
     check_smooth_quantize_range(range.lo + range.poison, range.hi + range.poison);
-    q = quint8_range(range.lo, range.hi);
+    q = quint8_range(range.lo, range.hi, top);
     uint8_t* out = codes.mutable_data_ptr<uint8_t>();
-    at::parallel_for(0, rows, grain(K), [&](int64_t begin, int64_t end) {
-      row_codes({xp, sp, K, begin, end}, q.inverse_scale, q.zero_point, out);
-    });
+    at::parallel_for(0, rows, grain(K), [&](int64_t begin, int64_t end) { row_codes({xp, sp, K, begin, end}, q, out); });
   }
   return {codes, at::scalar_tensor(q.scale, x.options()), at::scalar_tensor(q.zero_point, x.options().dtype(at::kInt))};
 }

@@ -453,7 +453,7 @@ def _packed_attention_fake(qkv, lengths, heads, scale, *, out_dtype=None):
 
 
 def smooth_quantize(
-    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None, *, per_row: bool = False
+    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None, *, per_row: bool = False, max_code: int = 255
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The int8 compute mode's input quantization, in one pass for the range and one for the codes.
 
@@ -461,13 +461,14 @@ def smooth_quantize(
     scale [] float32, zero_point [] int32): v = x * inverse_smooth, its range widened to hold 0 split into 255
     steps, codes = clamp(round(v / scale) + zero_point, 0, 255), so v ~ (codes - zero_point) * scale. per_row:
     each row of v [..., K] quantized from its own range, scale [...] and zero_point [...] (x's leading shape).
-    Raises ValueError when v holds NaN or inf.
+    max_code (1..255): codes in [0, max_code], max_code steps (127: 7-bit codes). Raises ValueError when v holds
+    NaN or inf.
     """
-    return torch.ops.sentfuse.smooth_quantize.default(x, inverse_smooth, per_row=per_row)
+    return torch.ops.sentfuse.smooth_quantize.default(x, inverse_smooth, per_row=per_row, max_code=max_code)
 
 
 @torch.library.register_fake("sentfuse::smooth_quantize")
-def _smooth_quantize_fake(x, inverse_smooth, *, per_row=False):
+def _smooth_quantize_fake(x, inverse_smooth, *, per_row=False, max_code=255):
     torch._check(x.dim() >= 1, lambda: "smooth_quantize: x must be [..., K]")
     lead = x.shape[:-1] if per_row else ()
     return (x.new_empty(x.shape, dtype=torch.uint8), x.new_empty(lead, dtype=torch.float32),

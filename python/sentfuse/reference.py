@@ -375,19 +375,21 @@ def packed_attention(qkv: torch.Tensor, lengths: torch.Tensor, heads: int, scale
 
 
 def smooth_quantize(
-    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None, *, per_row: bool = False
+    x: torch.Tensor, inverse_smooth: torch.Tensor | None = None, *, per_row: bool = False, max_code: int = 255
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The range of v = x * inverse_smooth (per_row: of each row of v, scale and zero point of x's leading shape),
-    widened to hold 0, in 255 steps; codes round(v / step) + zero point (ties to even), clamped to [0, 255]; all in
-    float32 as the kernels compute it."""
+    widened to hold 0, in max_code steps; codes round(v / step) + zero point (ties to even), clamped to
+    [0, max_code]; all in float32 as the kernels compute it."""
     if x.dtype != torch.float32 or x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError("smooth_quantize: x must be float32 [..., K] with K >= 1")
+    if not 1 <= max_code <= 255:
+        raise ValueError(f"smooth_quantize: max_code must be in [1, 255], got {max_code}")
     v = x if inverse_smooth is None else x * inverse_smooth
     if v.numel() and not torch.isfinite(v).all():
         raise ValueError("smooth_quantize: x (times inverse_smooth) contains NaN or inf")
     if per_row:
         rows = v.reshape(-1, v.shape[-1])
-        parts = [smooth_quantize(row) for row in rows]
+        parts = [smooth_quantize(row, max_code=max_code) for row in rows]
         lead = v.shape[:-1]
         if not parts:
             return (torch.empty(v.shape, dtype=torch.uint8), torch.empty(lead), torch.empty(lead, dtype=torch.int32))
@@ -396,12 +398,12 @@ def smooth_quantize(
     zero = torch.zeros((), dtype=torch.float32)
     lo = torch.minimum(v.min(), zero) if v.numel() else zero
     hi = torch.maximum(v.max(), zero) if v.numel() else zero
-    scale = (hi - lo) / 255
+    scale = (hi - lo) / max_code
     if not (scale > 0 and torch.isfinite(1 / scale)):
         scale = torch.ones((), dtype=torch.float32)
-    zero_point = torch.round(-lo / scale).clamp(0, 255)
+    zero_point = torch.round(-lo / scale).clamp(0, max_code)
     t = (v * (1 / scale)).clamp(-512, 512).round()
-    codes = (t + zero_point).clamp(0, 255).to(torch.uint8)
+    codes = (t + zero_point).clamp(0, max_code).to(torch.uint8)
     return codes, scale, zero_point.to(torch.int32)
 
 

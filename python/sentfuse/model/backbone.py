@@ -30,7 +30,8 @@ from torch import nn
 
 from .. import _ops, cpu_features
 from . import int8_plan, packed_linear
-from .compute import BF16_MIXED, ComputeMode, int8_engine_available, int8_weight_limit, marked_mode
+from .compute import (BF16_MIXED, ComputeMode, int8_engine_available, int8_row_codes, int8_weight_limit,
+                      marked_mode)
 from .fused_blocks import fuse_attention, fuse_blocks
 from .packed_linear import StandIn
 
@@ -119,7 +120,8 @@ class Int8Weight:
     divided by s inside the quantization pass: the same product in exact arithmetic, with the input's outlier
     channels scaled down before they set the per-tensor scale.
 
-    With `per_row` each input row is quantized from its own range (scale s_r, zero point z_r). oneDNN's int8 kernels
+    With `per_row` each input row is quantized from its own range (scale s_r, zero point z_r; 7-bit codes and 8-bit
+    weights without VNNI, compute.int8_row_codes). oneDNN's int8 kernels
     take one input scale, so they multiply the codes at unit scale, raw = w_scale_c · Σ_k code_rk · wcode_ck, and
     one rank-2 update of the output finishes y_rc = s_r · raw_rc − s_r z_r · cw_c + b_c (cw_c = w_scale_c ·
     Σ_k wcode_ck): two passes over the output, which for BERT's FFN2 is a quarter of the input's size. No activation
@@ -132,7 +134,8 @@ class Int8Weight:
                 raise ValueError(f"smooth must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
             w = w * smooth.float()
         self.inverse_smooth = None if smooth is None else smooth.float().reciprocal().contiguous()
-        limit = int8_weight_limit(cpu_features.cpu_flags())
+        flags = cpu_features.cpu_flags()
+        limit, self.max_code = int8_row_codes(flags) if per_row else (int8_weight_limit(flags), 255)
         self.scales = (w.abs().amax(dim=1) / limit).clamp_min(torch.finfo(torch.float32).tiny)
         self.zero_points = torch.zeros(w.shape[0], dtype=torch.long)
         codes = torch.round(w / self.scales[:, None]).clamp_(-limit, limit).to(torch.int8)
@@ -163,7 +166,7 @@ class Int8Weight:
         return self.multiply(x)
 
     def _multiply_rows(self, x: torch.Tensor) -> torch.Tensor:
-        codes, scale, zero_point = _ops.smooth_quantize(x, self.inverse_smooth, per_row=True)
+        codes, scale, zero_point = _ops.smooth_quantize(x, self.inverse_smooth, per_row=True, max_code=self.max_code)
         raw = torch.ops.onednn.qlinear_pointwise.tensor(
             codes, *self._unit, self.packed, self.scales, self.zero_points, None, 1.0, 0, torch.float32, "none", [],
             "")
