@@ -45,7 +45,7 @@ if ! ls "$CUDA_HOME"/lib64/libnvrtc.so* >/dev/null 2>&1; then
   if [ -n "$nvrtc" ]; then build_args+=(-C "cmake.define.CUDA_nvrtc_LIBRARY=$nvrtc"); fi
 fi
 
-OP_TESTS=(tests/test_pooling.py tests/test_topk.py tests/test_topk_cuda.py tests/test_topk_fused_cuda.py tests/test_pairs.py tests/test_pairs_cuda.py
+OP_TESTS=(tests/test_pooling.py tests/test_topk.py tests/test_topk_fused_cuda.py tests/test_pairs.py
   tests/test_pair_scores.py tests/test_op_errors.py tests/test_op_properties.py tests/test_rescore_bound.py
   tests/test_splade.py tests/test_pooling_grad.py tests/test_contrastive_loss.py tests/test_maxsim.py
   tests/test_attention.py tests/test_train_dropout.py tests/test_compute_modes.py)
