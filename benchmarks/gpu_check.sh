@@ -48,7 +48,7 @@ fi
 OP_TESTS=(tests/test_pooling.py tests/test_topk.py tests/test_topk_fused_cuda.py tests/test_pairs.py
   tests/test_pair_scores.py tests/test_op_errors.py tests/test_op_properties.py tests/test_rescore_bound.py
   tests/test_splade.py tests/test_pooling_grad.py tests/test_contrastive_loss.py tests/test_maxsim.py
-  tests/test_attention.py tests/test_train_dropout.py tests/test_compute_modes.py)
+  tests/test_attention.py tests/test_train_dropout.py tests/test_compute_modes.py tests/test_smooth_quantize.py)
 OP_TESTS=($(ls "${OP_TESTS[@]}" 2>/dev/null))
 
 step device 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv; nvcc --version | tail -1; \
