@@ -79,8 +79,8 @@ def summary(rates: dict[str, float | None]) -> str:
 def linear_rate(backbone: nn.Module, call: Callable[[], object]) -> dict[str, float]:
     """Run call() once with every matrix product of backbone's linear layers timed: each product through
     sentfuse's packed path (model.packed_linear.run / run_add: PackedLinear layers and the fused blocks' QKV, GELU
-    and residual-add products), each int8 product (model.backbone.Int8Weight.multiply: Int8Linear layers, the int8 QKV and
-    GELU blocks; the input's quantization included), and every other linear layer (nn.Linear) by hooks.
+    and residual-add products), each int8 product (model.backbone.Int8Weight.multiply: Int8Linear layers, the int8
+    QKV and GELU blocks; the input's quantization included), and every other linear layer (nn.Linear) by hooks.
     {'gflop', 'seconds' inside those products, 'wall' seconds of the call}."""
     from sentfuse.model import backbone as sentfuse_backbone
     from sentfuse.model import packed_linear

@@ -239,5 +239,6 @@ def test_int8_attention_block_matches_the_module():
             assert got.dtype == torch.float32 and close(got, want, 0.03)
     with pytest.raises(ValueError, match="float32"):
         FusedSelfAttention(attention, torch.bfloat16, project=project)
-    apart = dataclasses.replace(plan, layers={**plan.layers, attention.key: int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN)})
+    plain = int8_plan.LayerPlan(int8_plan.Int8Role.PLAIN)
+    apart = dataclasses.replace(plan, layers={**plan.layers, attention.key: plain})
     assert backbone._int8_qkv(apart, attention) is None  # the plan treats them apart: three products

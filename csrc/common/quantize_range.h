@@ -1,5 +1,6 @@
 // smooth_quantize's one formula from a tensor's range to its uint8 codes, shared by the CPU and CUDA hosts and
-// mirrored by reference.smooth_quantize: asymmetric, the range widened to hold 0 (so 0 is exact), max_code steps (255 by default).
+// mirrored by reference.smooth_quantize: asymmetric, the range widened to hold 0 (so 0 is exact), max_code steps
+// (255 by default).
 #pragma once
 
 #include <algorithm>

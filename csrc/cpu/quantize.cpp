@@ -253,7 +253,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_quantize_cpu(const at::Ten
     check_smooth_quantize_range(range.lo + range.poison, range.hi + range.poison);
     q = quint8_range(range.lo, range.hi, top);
     uint8_t* out = codes.mutable_data_ptr<uint8_t>();
-    at::parallel_for(0, rows, grain(K), [&](int64_t begin, int64_t end) { row_codes({xp, sp, K, begin, end}, q, out); });
+    at::parallel_for(0, rows, grain(K),
+                     [&](int64_t begin, int64_t end) { row_codes({xp, sp, K, begin, end}, q, out); });
   }
   return {codes, at::scalar_tensor(q.scale, x.options()), at::scalar_tensor(q.zero_point, x.options().dtype(at::kInt))};
 }

@@ -23,7 +23,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tens
   const at::Tensor usable = scale.gt(0.0).logical_and_(scale.reciprocal().isfinite());
   scale = at::where(usable, scale, at::ones_like(scale));
   const at::Tensor zero = lo.neg().div_(scale).round_().clamp_(0, max_code);
-  const at::Tensor codes = (v * scale.reciprocal().unsqueeze(-1)).clamp_(-512.0, 512.0).round_().add_(zero.unsqueeze(-1))
+  const at::Tensor codes = (v * scale.reciprocal().unsqueeze(-1))
+                               .clamp_(-512.0, 512.0)
+                               .round_()
+                               .add_(zero.unsqueeze(-1))
                                .clamp_(0, max_code);
   return {codes.to(at::kByte), scale, zero.to(at::kInt)};
 }

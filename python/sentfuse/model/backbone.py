@@ -121,11 +121,11 @@ class Int8Weight:
     channels scaled down before they set the per-tensor scale.
 
     With `per_row` each input row is quantized from its own range (scale s_r, zero point z_r; 7-bit codes and 8-bit
-    weights without VNNI, compute.int8_row_codes). oneDNN's int8 kernels
-    take one input scale, so they multiply the codes at unit scale, raw = w_scale_c · Σ_k code_rk · wcode_ck, and
-    one rank-2 update of the output finishes y_rc = s_r · raw_rc − s_r z_r · cw_c + b_c (cw_c = w_scale_c ·
-    Σ_k wcode_ck): two passes over the output, which for BERT's FFN2 is a quarter of the input's size. No activation
-    in the epilogue then (it would have to follow the row scale)."""
+    weights without VNNI, compute.int8_row_codes). oneDNN's int8 kernels take one input scale, so they multiply the
+    codes at unit scale, raw = w_scale_c · Σ_k code_rk · wcode_ck, and one rank-2 update of the output finishes
+    y_rc = s_r · raw_rc − s_r z_r · cw_c + b_c (cw_c = w_scale_c · Σ_k wcode_ck): two passes over the output, which
+    for BERT's FFN2 is a quarter of the input's size. No activation in the epilogue then (it would have to follow
+    the row scale)."""
 
     def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None, per_row: bool = False) -> None:
         w = linear.weight.detach().float()

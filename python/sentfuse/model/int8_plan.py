@@ -14,9 +14,9 @@ QKV 0.9981, FFN1 0.9970, FFN2 0.9962, attention output 0.9999; all of them 0.991
   oneDNN's int8 kernels take one input scale, so backbone.Int8Weight applies the rows' scales after them).
 Together: 0.998 (bench_encode --compute-modes gives the full figures; on an AVX2 CPU, 7-bit weights and FFN2 per-row
 int8: 0.9966). BERT's query, key and value share their input and run as one int8 product (backbone._int8_qkv,
-smoothed for the stacked weight from the same calibration maxima, kept in LayerPlan.input_amax). A block computing activation(linear(x))
-(BERT's intermediate; found in the same forward) then runs the activation in the int8 product's epilogue
-(backbone.Int8Activated).
+smoothed for the stacked weight from the same calibration maxima, kept in LayerPlan.input_amax). A block computing
+activation(linear(x)) (BERT's intermediate; found in the same forward) then runs the activation in the int8 product's
+epilogue (backbone.Int8Activated).
 
 The activation maxima come from the model itself on seeded random tokens of its own vocabulary, not from a data
 set: an installed package has no shipped text, and the outlier channels are the model's (random-token
