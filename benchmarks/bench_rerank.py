@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import bench_encode  # its machine description: one for every benchmark that reports the CPU
+import encode_modes
 import gemm_ceiling
 import openvino_peer
 from sentfuse.model.backbone import INT8_ACTIVATED_ENV
@@ -221,8 +222,8 @@ def main() -> None:
             os.environ[INT8_ACTIVATED_ENV] = args.int8_activated_row  # read at load, as ATTENTION_ENV
             model = sentfuse.CrossEncoder(folder, device=args.device, dtype="int8-dynamic")
             del os.environ[INT8_ACTIVATED_ENV]
-            label = f"sentfuse int8, FFN2 {'bf16/fp32' if args.int8_activated_row == 'bf16' else 'per-row int8'}"
-            rows[label] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
+            rows[encode_modes.int8_activated_label(args.int8_activated_row)] = \
+                lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
         results = run_rows(rows, questions, docs, args.repeats)
         if not args.no_openvino:
             peer = openvino_row(args.openvino, folder, questions, docs, args.repeats)

@@ -29,13 +29,13 @@ import torch
 import gemm_ceiling
 import openvino_peer
 from sentfuse import cpu_features
+from sentfuse.model.backbone import INT8_ACTIVATED_ENV
 
 STSB = Path(__file__).resolve().parents[1] / "data/stsb/sts-test.tsv"
 # sentfuse rows: (label, dtype keyword, ceiling its linear layers are measured against)
 SENTFUSE_ROWS = [("sentfuse float32", "float32", "float32"), ("sentfuse bfloat16", "bfloat16", "bfloat16"),
                  ("sentfuse bf16-mixed", "bf16-mixed", "bfloat16"), ("sentfuse int8-dynamic", "int8-dynamic", "int8")]
 ST_ROW, OV_ROW = "sentence-transformers fp32", "sentence-transformers OpenVINO"
-INT8_ACTIVATED_ENV = "SENTFUSE_INT8_ACTIVATED"  # backbone.INT8_ACTIVATED_ENV, read when a model loads
 
 
 def _stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -70,7 +70,7 @@ def measure(model_path: str, questions: list[str], rounds: int, st_batch_size: i
     ceilings = gemm_ceiling.ceilings()
     models = {ST_ROW: SentenceTransformer(model_path, device="cpu", local_files_only=True)}
     models |= {label: sentfuse.Encoder(model_path, device="cpu", dtype=dtype) for label, dtype, _ in SENTFUSE_ROWS}
-    label, other = int8_other_row()
+    label = int8_other_row()
     models[label] = sentfuse.Encoder(model_path, device="cpu", dtype="int8-dynamic")
     os.environ.pop(INT8_ACTIVATED_ENV)
     rows_run = SENTFUSE_ROWS + [(label, "int8-dynamic", "int8")]
@@ -114,16 +114,21 @@ def measure(model_path: str, questions: list[str], rounds: int, st_batch_size: i
             "openvino_precision": None if peer is None else peer["inference_precision"]}
 
 
-def int8_other_row() -> tuple[str, str]:
-    """The int8-dynamic A/B row: the way of multiplying the FFN's second product (fed by GELU) this CPU does not
-    take by default (backbone.INT8_ACTIVATED_ENV), set in the environment for the row's model to load with."""
+def int8_activated_label(choice: str) -> str:
+    """The row name of int8-dynamic with the FFN's second product multiplied `choice`'s way (INT8_ACTIVATED_ENV)."""
+    return f"sentfuse int8, FFN2 {'bf16/fp32' if choice == 'bf16' else 'per-row int8'}"
+
+
+def int8_other_row() -> str:
+    """The int8-dynamic A/B row's name: the way of multiplying the FFN's second product (fed by GELU) this CPU does
+    not take by default, set in the environment (INT8_ACTIVATED_ENV) for the row's model to load with."""
     from sentfuse.model import backbone
 
     if os.environ.get(INT8_ACTIVATED_ENV):
         raise SystemExit(f"unset {INT8_ACTIVATED_ENV}: --compute-modes runs both of its choices")
     other = "bf16" if backbone._activated_in_int8() else "int8"
     os.environ[INT8_ACTIVATED_ENV] = other
-    return f"sentfuse int8, FFN2 {'bf16/fp32' if other == 'bf16' else 'per-row int8'}", other
+    return int8_activated_label(other)
 
 
 def goals(result: dict) -> list[dict]:

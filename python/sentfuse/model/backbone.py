@@ -258,7 +258,8 @@ def _int8_qkv(found: int8_plan.Int8Plan, attention: nn.Module) -> Callable[[torc
     roles = {None if plan is None else plan.role for plan in plans}
     if len(roles) != 1 or roles <= {None, int8_plan.Int8Role.ACTIVATED}:
         return None
-    stacked = nn.Linear(parts[0].in_features, 3 * parts[0].out_features, bias=parts[0].bias is not None)
+    stacked = torch.nn.utils.skip_init(nn.Linear, parts[0].in_features, 3 * parts[0].out_features,
+                                       bias=parts[0].bias is not None)  # filled below: no random init at load
     with torch.no_grad():
         stacked.weight.copy_(torch.cat([p.weight.detach() for p in parts]))
         if stacked.bias is not None:
