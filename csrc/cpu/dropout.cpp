@@ -2,6 +2,7 @@
 // common/dropout_hash.h, in one pass over x (and residual) with nothing stored for the backward pass.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -26,8 +27,19 @@ struct Mask {
   float scale;
 };
 
-// One block: hash (32-bit lanes only) and write. Inlined into a default and an AVX-512 build of the loop
-// (16 lanes of 32-bit multiplies), the latter chosen once at run time where the CPU has it.
+// v where keep, else +0.0f: a bit mask, not a select, which GCC if-converts for AVX-512 only (its masks), so the
+// AVX2 build of the loop would stay scalar.
+__attribute__((always_inline)) inline float keep_or_zero(float v, bool keep) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= 0u - static_cast<uint32_t>(keep);
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// One block: hash (32-bit lanes only) and write. Inlined into a default, an AVX2 (8 lanes of 32-bit multiplies)
+// and an AVX-512 (16 lanes) build of the loop, one chosen once at run time by the CPU's features; without a
+// vector 32-bit multiply (the default build's SSE2) the hash runs one element at a time, ~8 ns each.
 template <typename in_t, typename out_t, bool kResidual>
 __attribute__((always_inline)) inline void dropout_block(const in_t* __restrict__ x, const out_t* __restrict__ residual,
                                                          out_t* __restrict__ out, int64_t start, int64_t n,
@@ -38,34 +50,51 @@ __attribute__((always_inline)) inline void dropout_block(const in_t* __restrict_
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t bits = dropout_bits_of(seed_low, key, low + static_cast<uint32_t>(i));
     const float scaled = static_cast<float>(x[i]) * mask.scale;  // read unconditionally: a masked load blocks vectorization
-    float value = bits >= mask.threshold ? scaled : 0.0f;
+    float value = keep_or_zero(scaled, bits >= mask.threshold);
     if constexpr (kResidual) value += static_cast<float>(residual[i]);
     out[i] = static_cast<out_t>(value);
   }
 }
 
+// Blocks [first, last) of x, one dropout_block each.
 template <typename in_t, typename out_t, bool kResidual>
-void dropout_blocks_default(const in_t* x, const out_t* residual, out_t* out, int64_t numel, int64_t first,
-                            int64_t last, const Mask& mask) {
+__attribute__((always_inline)) inline void dropout_blocks(const in_t* x, const out_t* residual, out_t* out,
+                                                          int64_t numel, int64_t first, int64_t last, const Mask& mask) {
   for (int64_t start = first * kBlock; start < std::min(last * kBlock, numel); start += kBlock) {
     dropout_block<in_t, out_t, kResidual>(x + start, residual + (kResidual ? start : 0), out + start, start,
                                           std::min(kBlock, numel - start), mask);
   }
 }
 
+// The builds of dropout_blocks, by the instruction set they are compiled for (the same arithmetic: no
+// contraction in this file, so every build writes the same bits).
+enum class Isa { kDefault, kAvx2, kAvx512 };
+
+template <typename in_t, typename out_t, bool kResidual>
+void dropout_blocks_default(const in_t* x, const out_t* residual, out_t* out, int64_t numel, int64_t first,
+                            int64_t last, const Mask& mask) {
+  dropout_blocks<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
+}
+
 #if defined(__GNUC__) && defined(__x86_64__)
+template <typename in_t, typename out_t, bool kResidual>
+__attribute__((target("avx2"))) void dropout_blocks_avx2(const in_t* x, const out_t* residual, out_t* out,
+                                                         int64_t numel, int64_t first, int64_t last, const Mask& mask) {
+  dropout_blocks<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
+}
+
 template <typename in_t, typename out_t, bool kResidual>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void dropout_blocks_avx512(
     const in_t* x, const out_t* residual, out_t* out, int64_t numel, int64_t first, int64_t last, const Mask& mask) {
-  for (int64_t start = first * kBlock; start < std::min(last * kBlock, numel); start += kBlock) {
-    dropout_block<in_t, out_t, kResidual>(x + start, residual + (kResidual ? start : 0), out + start, start,
-                                          std::min(kBlock, numel - start), mask);
-  }
+  dropout_blocks<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
 }
-bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
+
+Isa cpu_isa() {
+  static const Isa isa = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl"))
+                             ? Isa::kAvx512
+                             : __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kDefault;
+  return isa;
 }
 #endif
 
@@ -73,7 +102,11 @@ template <typename in_t, typename out_t, bool kResidual>
 void dropout_all(const in_t* x, const out_t* residual, out_t* out, int64_t numel, const Mask& mask) {
   at::parallel_for(0, (numel + kBlock - 1) / kBlock, 16, [&](int64_t first, int64_t last) {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (has_avx512()) return dropout_blocks_avx512<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
+    switch (cpu_isa()) {
+      case Isa::kAvx512: return dropout_blocks_avx512<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
+      case Isa::kAvx2: return dropout_blocks_avx2<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
+      case Isa::kDefault: break;
+    }
 #endif
     dropout_blocks_default<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
   });
