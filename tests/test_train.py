@@ -165,3 +165,16 @@ def test_train_command_reads_parquet_and_checks_every_row(tmp_path):
     pq.write_table(pa.table({"sentence1": ["a"], "sentence2": ["c"], "score": [float("nan")]}), path)
     with pytest.raises(CommandError, match="row 1, column 'score': expected a finite number"):
         read_columns(path)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_products_trains_in_float32(model, tmp_path, monkeypatch, caplog, native):
+    from sentfuse import SentenceTransformerTrainer
+    from sentfuse.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_has_native", lambda dtype: native)
+    args = _args(tmp_path, bf16=True)
+    with caplog.at_level("WARNING", logger=trainer_module.__name__):
+        SentenceTransformerTrainer(model=model, args=args, train_dataset=_pairs())
+    assert args.bf16 is native and args.mixed_precision == ("bf16" if native else "no")
+    assert ("no bf16 matrix instructions" in caplog.text) is not native
