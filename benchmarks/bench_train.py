@@ -149,7 +149,10 @@ def worker_speed(library: str, dtype: str, opts: argparse.Namespace) -> dict:
     timed = timer.times[opts.skip:]
     rate = 16 * (len(timed) - 1) / (timed[-1] - timed[0])
     losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return dict(library=library, dtype=dtype, steps=steps, test_rows=len(test["score"]), timed_steps=len(timed) - 1,
+    # sentfuse's trainer turns bf16 off on CPUs without bf16 instructions (a warning says so); this is what ran.
+    computed = "bf16" if trainer.args.bf16 else "fp32"
+    return dict(library=library, dtype=dtype, computed=computed, steps=steps, test_rows=len(test["score"]),
+                timed_steps=len(timed) - 1,
                 samples_per_s=rate, peak_rss_mb=peak_rss_mb(), spearman_before=before,
                 spearman_after=spearman_on(model, test), logged_loss=losses_logged)
 
@@ -226,6 +229,9 @@ def report_speed(results: list[dict], opts: argparse.Namespace) -> dict:
     for r in results:
         print(f"{r['library']:22} {r['dtype']:5} {r['steps']:5d} {r['samples_per_s']:10.2f} {r['peak_rss_mb']:12.0f} "
               f"{r['spearman_before']:16.2f} {r['spearman_after']:7.2f}")
+    for r in results:
+        if r.get("computed", r["dtype"]) != r["dtype"]:
+            print(f"note: {r['library']} {r['dtype']} trained in {r['computed']} (no bf16 instructions on this CPU)")
     by = {(r["library"], r["dtype"]): r for r in results}
     ratios = {}
     for r in (r for r in results if r["library"] == "sentfuse"):
