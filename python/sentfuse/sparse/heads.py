@@ -58,8 +58,7 @@ class SpladeHead:
         if hidden.shape[-1] != self.weight.shape[1]:
             raise ModelFolderError(f"{self.where}: the masked-LM head gives {hidden.shape[-1]} features, but its "
                                    f"vocabulary projection expects {self.weight.shape[1]}")
-        if self.weight.dtype == torch.float32:
-            hidden = hidden.float()  # a half backbone's output, where _widen_on_cpu widened the projection
+        hidden = hidden.to(self.weight.dtype)  # a half backbone's output where _widen_on_cpu widened the projection
         return _ops.splade_pool(hidden, mask, self.weight, self.bias, self.activation, self.pooling)
 
     def finish(self, x: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
