@@ -53,7 +53,10 @@ def test_packed_forward_equals_the_padded_forward(tiny_model_root, name, texts, 
         torch.testing.assert_close(grad, padded_grads[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
-def test_the_training_attention_path_equals_sdpa_when_dropout_keeps_everything(tiny_model_root):
+@pytest.mark.parametrize("row_multiple", [1, 64])
+def test_the_training_attention_path_equals_sdpa_when_dropout_keeps_everything(tiny_model_root, row_multiple):
+    """The explicit attention path (train mode), over two attention groups with padding slots and, at row multiple
+    64, padding rows: the same hidden states and gradients as the padded SDPA forward."""
     from torch import nn
 
     from sentfuse import Encoder
@@ -62,16 +65,42 @@ def test_the_training_attention_path_equals_sdpa_when_dropout_keeps_everything(t
 
     model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
     rows = tokenize_column(model, SHORT_AND_LONG).input_ids
-    with training_mode(model), torch.no_grad():
+    batch = pack_rows(rows, torch.device("cpu"), row_multiple)
+    assert len(batch.groups) == 2 and batch.grid_size > batch.tokens
+    with training_mode(model):
         backbone = model._model
         backbone.eval()
         padded = _padded(backbone, rows)
+        padded_grads = _grads(backbone, padded)
         backbone.train()
         for module in backbone.modules():
             if isinstance(module, nn.Dropout):
                 module.p = 1e-12  # training mode (the explicit attention path), yet no element dropped
-        packed = packed_forward(backbone, pack_rows(rows, torch.device("cpu")))
+        packed = packed_forward(backbone, batch)
+        packed_grads = _grads(backbone, packed)
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    for key, grad in packed_grads.items():
+        torch.testing.assert_close(grad, padded_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_head_slots_place_every_token_head_once_and_invert():
+    """split_heads then merge_heads of the values' part returns each token's value heads to its own row."""
+    from sentfuse.train.grid_rows import head_slots, merge_heads, split_heads
+    from sentfuse.train.packed_backbone import pack_rows
+
+    lengths = [3, 1, 7, 2, 2, 9]
+    batch = pack_rows([[5] * n for n in lengths], torch.device("cpu"), 8)
+    heads, head = 2, 3
+    rows = len(batch.input_ids)
+    slots = head_slots(batch.grid_rows, [(g.texts, g.width) for g in batch.groups], rows, heads, head)
+    assert sorted(slots.qkv_slot.tolist()) == sorted(set(slots.qkv_slot.tolist()))
+    qkv = torch.randn(rows, 3 * heads * head, dtype=torch.float64, requires_grad=True)
+    values = [v for _, _, v in split_heads(qkv, slots)]
+    back = merge_heads(values, slots)
+    expected = qkv.detach()[:, 2 * heads * head:].clone()
+    expected[batch.tokens:] = 0  # pack_rows' padding rows come back as zeros
+    torch.testing.assert_close(back, expected, atol=0, rtol=0)
+    assert torch.autograd.gradcheck(lambda t: merge_heads([v for _, _, v in split_heads(t, slots)], slots), (qkv,))
 
 
 @pytest.mark.parametrize("name", ["roberta-cls-dense", "mpnet-weightedmean-noprompt", "distilbert-lasttoken-sqrt-lower",

@@ -28,7 +28,7 @@ from torch import nn
 from ..model.fused_blocks import bert_heads
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 from .dropout import dropout
-from .grid_rows import from_grids, to_grids
+from .grid_rows import HeadSlots, head_slots, merge_heads, split_heads
 from .lookup_grad import lookup
 
 
@@ -156,21 +156,15 @@ def _embed(embeddings: nn.Module, batch: PackedTokens) -> torch.Tensor:
     return dropout(x, embeddings.dropout.p, embeddings.training)
 
 
-def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
-    """Self-attention context [T, hidden] of the packed tokens x [T, hidden], each text attending to its own."""
+def _attend(heads: nn.Module, x: torch.Tensor, batch: PackedTokens, slots: HeadSlots) -> torch.Tensor:
+    """Self-attention context [R, hidden] of the packed rows x [R, hidden], each text attending to its own."""
     parts = (heads.query, heads.key, heads.value)
     weight = torch.cat([p.weight for p in parts])
     bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
     qkv = F.linear(x, weight, bias)  # [rows, 3 * hidden]: one product instead of three
-    grids = to_grids(qkv, batch.grid_rows, batch.grid_size)
-    contexts, base = [], 0
-    for group in batch.groups:
-        rows = grids[base:base + group.texts * group.width]
-        base += group.texts * group.width
-        q, k, v = rows.view(group.texts, group.width, 3, heads.num_attention_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        context = _attention(heads, q, k, v, group.key_bias)  # [texts, heads, width, head]
-        contexts.append(context.transpose(1, 2).reshape(group.texts * group.width, -1))
-    return from_grids(torch.cat(contexts), batch.grid_rows, x.shape[0])
+    contexts = [_attention(heads, q, k, v, group.key_bias)  # [texts, heads, width, head]
+                for (q, k, v), group in zip(split_heads(qkv, slots), batch.groups)]
+    return merge_heads(contexts, slots)
 
 
 def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -186,9 +180,12 @@ def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return torch.matmul(probs, v)
 
 
-def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tensor:
-    out = layer.attention.output
-    x = out.LayerNorm(dropout(out.dense(_attend(layer.attention.self, x, batch)), out.dropout.p, out.training, x))
+def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens, slots: dict[tuple[int, int], HeadSlots]) -> torch.Tensor:
+    out, heads = layer.attention.output, layer.attention.self
+    shape = (heads.num_attention_heads, heads.attention_head_size)
+    if shape not in slots:  # computed once per batch: every layer of BERT's has the same heads
+        slots[shape] = head_slots(batch.grid_rows, [(g.texts, g.width) for g in batch.groups], x.shape[0], *shape)
+    x = out.LayerNorm(dropout(out.dense(_attend(heads, x, batch, slots[shape])), out.dropout.p, out.training, x))
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     final = layer.output
     return final.LayerNorm(dropout(final.dense(h), final.dropout.p, final.training, x))
@@ -197,8 +194,9 @@ def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens) -> torch.Tens
 def packed_forward(backbone: nn.Module, batch: PackedTokens) -> torch.Tensor:
     """Last hidden states [T, hidden] of the packed batch, in the backbone's current mode (train: dropout)."""
     x = _embed(backbone.embeddings, batch)
+    slots: dict[tuple[int, int], HeadSlots] = {}
     for layer in backbone.encoder.layer:
-        x = _layer(layer, x, batch)
+        x = _layer(layer, x, batch, slots)
     return x[:batch.tokens]
 
 
