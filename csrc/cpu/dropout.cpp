@@ -66,17 +66,11 @@ __attribute__((always_inline)) inline void dropout_blocks(const in_t* x, const o
   }
 }
 
-// The builds of dropout_blocks, by the instruction set they are compiled for (the same arithmetic: no
-// contraction in this file, so every build writes the same bits).
+#if defined(__GNUC__) && defined(__x86_64__)
+// Builds of dropout_blocks for wider vectors, picked once at run time (the same arithmetic: no contraction in
+// this file, so every build writes the same bits as the baseline build inlined in dropout_all).
 enum class Isa { kDefault, kAvx2, kAvx512 };
 
-template <typename in_t, typename out_t, bool kResidual>
-void dropout_blocks_default(const in_t* x, const out_t* residual, out_t* out, int64_t numel, int64_t first,
-                            int64_t last, const Mask& mask) {
-  dropout_blocks<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
-}
-
-#if defined(__GNUC__) && defined(__x86_64__)
 template <typename in_t, typename out_t, bool kResidual>
 __attribute__((target("avx2"))) void dropout_blocks_avx2(const in_t* x, const out_t* residual, out_t* out,
                                                          int64_t numel, int64_t first, int64_t last, const Mask& mask) {
@@ -108,7 +102,7 @@ void dropout_all(const in_t* x, const out_t* residual, out_t* out, int64_t numel
       case Isa::kDefault: break;
     }
 #endif
-    dropout_blocks_default<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
+    dropout_blocks<in_t, out_t, kResidual>(x, residual, out, numel, first, last, mask);
   });
 }
 

@@ -5,8 +5,8 @@
 - On CPU every nn.Linear runs through oneDNN with its weight reordered once into oneDNN's blocked
   layout (what torch.compile's freezing does); on AVX2 CPUs this measured 5-10% faster than the default
   GEMM for the encoder's shapes.
-- A bfloat16 / float16 model on a CPU without instructions for that type (no AVX512-BF16/AMX,
-  AVX512-FP16) would run its GEMMs emulated, ~15x slower than float32. Those layers instead multiply
+- A bfloat16 / float16 model on a CPU where oneDNN has no matrix kernels for that type (bfloat16's need
+  AVX-512, float16's AVX512-FP16) would run its GEMMs emulated, ~15x slower than float32. Those layers instead multiply
   in float32 arithmetic: the half-precision inputs and weights widen exactly, each product is exact in
   float32 and sums accumulate in float32, which is what a native half-precision GEMM computes too (up
   to summation order); the result is rounded back to the model's dtype.
@@ -54,8 +54,9 @@ def warn_if_emulated(device: torch.device, dtype: torch.dtype) -> None:
     if device.type == "cpu" and not cpu_has_native(dtype):
         name = str(dtype).removeprefix("torch.")
         logger.warning(
-            "this CPU has no %s instructions (AVX512-BF16/AMX or AVX512-FP16): the linear layers multiply %s "
-            "values with float32 arithmetic, so %s runs no faster than float32 here", name, name, name
+            "oneDNN has no %s matrix kernels for this CPU (bfloat16's need AVX-512, float16's AVX512-FP16): "
+            "the linear layers multiply %s values with float32 arithmetic, so %s runs no faster than float32 here",
+            name, name, name,
         )
 
 

@@ -31,7 +31,7 @@ class HeadSlots:
     tokens: int  # T
     head: int  # the width of one head
     shapes: tuple[tuple[int, int, int], ...]  # per group (texts, heads, width)
-    qkv_source: tuple[tuple[torch.Tensor, ...], ...]  # per group, per q / k / v: [texts*heads*width] rows of qkv's heads
+    qkv_source: tuple[tuple[torch.Tensor, ...], ...]  # per group, per q/k/v: [texts*heads*width] rows of qkv's heads
     context_source: tuple[torch.Tensor, ...]  # per group: [texts*heads*width] rows of the contexts' heads
     padding: tuple[torch.Tensor, ...]  # per group: the flat slots no token fills
     qkv_slot: torch.Tensor  # [T * 3 * heads] each (token, part, head)'s place in the groups' q, k, v laid end to end

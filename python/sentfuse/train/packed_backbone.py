@@ -180,7 +180,8 @@ def _attention(heads: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return torch.matmul(probs, v)
 
 
-def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens, slots: dict[tuple[int, int], HeadSlots]) -> torch.Tensor:
+def _layer(layer: nn.Module, x: torch.Tensor, batch: PackedTokens,
+           slots: dict[tuple[int, int], HeadSlots]) -> torch.Tensor:
     out, heads = layer.attention.output, layer.attention.self
     shape = (heads.num_attention_heads, heads.attention_head_size)
     if shape not in slots:  # computed once per batch: every layer of BERT's has the same heads

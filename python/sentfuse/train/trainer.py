@@ -36,12 +36,12 @@ logger = logging.getLogger(__name__)
 
 
 def _drop_emulated_bf16(args: SentenceTransformerTrainingArguments) -> None:
-    """bf16=True on a CPU without bf16 instructions (AVX512-BF16 / AMX) trains in float32 instead, with a
-    warning: there torch multiplies bf16 matrices element by element, ~25x slower than float32 (2-core AVX2
-    EPYC, CoSENT on STS-B: 1.5 against 37 samples/s), and float32 is the more accurate of the two."""
+    """bf16=True on a CPU where oneDNN has no bf16 matrix kernels (those need AVX-512) trains in float32 instead,
+    with a warning: there torch multiplies bf16 matrices element by element, ~25x slower than float32 (2-core
+    AVX2 EPYC, CoSENT on STS-B: 1.5 against 37 samples/s), and float32 is the more accurate of the two."""
     if args.bf16 and args.device.type == "cpu" and not cpu_has_native(torch.bfloat16):
-        logger.warning("bf16=True: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), where torch's bf16 "
-                       "products run ~25x slower than float32; training in float32 instead")
+        logger.warning("bf16=True: oneDNN has no bf16 matrix kernels for this CPU (they need AVX-512), so torch's "
+                       "bf16 products run ~25x slower than float32 here; training in float32 instead")
         args.bf16 = False
         args.mixed_precision = "no"  # what accelerate reads; TrainingArguments set it from bf16
 
