@@ -4,9 +4,9 @@ The padded backbone call spends most of a CPU training step in matrix products w
 cut into runs of near-equal length (batching.py), each its own call. Here every valid token of the whole
 batch (all input columns) is one row of a [T, hidden] tensor, and every Linear, LayerNorm, GELU and dropout
 of every layer is one operation over all T rows, with no padding. Only attention needs the texts apart: its
-query / key / value rows are scattered into a [texts, heads, width, head] grid (width: the group's longest
-text) through a precomputed row index (texts of near-equal length share a grid), masked so padding keys get no
-weight, and gathered back.
+query / key / value heads are gathered into [texts, heads, width, head] grids (width: the group's longest
+text; texts of near-equal length share a grid) through slot indices computed once per batch (grid_rows.py),
+masked so padding keys get no weight, and gathered back.
 
 The arithmetic is transformers' BertLayer's (embeddings: word + token type 0 + position, LayerNorm,
 dropout; per layer: attention, dense, dropout, residual LayerNorm, dense + activation, dense, dropout,
