@@ -34,8 +34,7 @@ def _st_loss(st, name, **kwargs):
     if name == "MatryoshkaLoss":
         inner = kwargs.pop("inner")
         return losses.MatryoshkaLoss(st, _st_loss(st, inner, **kwargs.pop("inner_kwargs", {})), **kwargs)
-    if name == "TripletLoss" and "distance_metric" in kwargs:
-        kwargs["distance_metric"] = getattr(losses.TripletDistanceMetric, kwargs["distance_metric"])
+    _metric_by_name(losses, name, kwargs)
     if name == "CoSENTLoss":
         kwargs.setdefault("similarity_fct", pairwise_cos_sim)
     return getattr(losses, name)(st, **kwargs)
@@ -47,56 +46,124 @@ def _our_loss(model, name, **kwargs):
     if name == "MatryoshkaLoss":
         inner = kwargs.pop("inner")
         return losses.MatryoshkaLoss(model, _our_loss(model, inner, **kwargs.pop("inner_kwargs", {})), **kwargs)
-    if name == "TripletLoss" and "distance_metric" in kwargs:
-        kwargs["distance_metric"] = getattr(losses.TripletDistanceMetric, kwargs["distance_metric"])
+    _metric_by_name(losses, name, kwargs)
     return getattr(losses, name)(model, **kwargs)
 
 
+def _metric_by_name(losses, name, kwargs) -> None:
+    """kwargs' distance_metric given by member name, as the library's own enum member."""
+    enum = {"TripletLoss": "TripletDistanceMetric", "ContrastiveLoss": "SiameseDistanceMetric",
+            "OnlineContrastiveLoss": "SiameseDistanceMetric"}.get(name)
+    if name.startswith("Batch"):
+        enum = "BatchHardTripletLossDistanceFunction"
+    if enum and "distance_metric" in kwargs:
+        kwargs["distance_metric"] = getattr(getattr(losses, enum), kwargs["distance_metric"])
+
+
+def _labels(kind: str | None, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(sentence-transformers' labels, ours) for a case: ours are float32, as sentfuse's collator makes them;
+    sentence-transformers' class labels are int64, as its collator makes them from ints."""
+    rows = len(ANCHORS)
+    generator = torch.Generator().manual_seed(7)
+    labels = {
+        None: None,
+        "score": torch.tensor(SCORES),
+        "binary": torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        "class": torch.tensor([0.0, 2.0, 1.0, 0.0]),
+        "groups": torch.tensor([0.0, 1.0, 0.0, 1.0]),  # two classes of two rows: the in-batch triplet losses
+        "teacher": torch.randn(rows, dim, generator=generator),  # one teacher embedding for every column
+        "teacher_per_column": torch.randn(rows, 2, dim, generator=generator),
+        "teacher_24": torch.randn(rows, 24, generator=generator),  # another width: needs projection_dim=24
+        "scores": torch.randn(rows, 2, generator=generator),  # positive's and negative's teacher scores
+    }[kind]
+    return (labels.long() if kind in ("class", "groups") else labels), labels
+
+
 CASES = [
-    ("MultipleNegativesRankingLoss", {}, 2, False),
-    ("MultipleNegativesRankingLoss", {}, 3, False),
-    ("MultipleNegativesRankingLoss", dict(directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")), 3, False),
-    ("MultipleNegativesRankingLoss", dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"), 2, False),
-    ("MultipleNegativesRankingLoss", dict(hardness_mode="hard_negatives", hardness_strength=5.0), 3, False),
-    ("MultipleNegativesRankingLoss", dict(hardness_mode="in_batch_negatives", hardness_strength=9.0, scale=10.0), 3, False),
-    ("MultipleNegativesRankingLoss", dict(hardness_mode="all_negatives", hardness_strength=2.0), 3, False),
-    ("MultipleNegativesSymmetricRankingLoss", {}, 2, False),
-    ("CachedMultipleNegativesRankingLoss", dict(mini_batch_size=3), 3, False),
-    ("CachedMultipleNegativesRankingLoss", dict(mini_batch_size=2, directions=("query_to_doc", "doc_to_query")), 2, False),
-    ("CoSENTLoss", {}, 2, True),
-    ("CosineSimilarityLoss", {}, 2, True),
-    ("TripletLoss", {}, 3, False),
-    ("TripletLoss", dict(distance_metric="COSINE", triplet_margin=0.5), 3, False),
-    ("MatryoshkaLoss", dict(inner="CoSENTLoss", matryoshka_dims=[32, 16, 8]), 2, True),
-    ("MatryoshkaLoss", dict(inner="MultipleNegativesRankingLoss", matryoshka_dims=[32, 8], matryoshka_weights=[1, 0.5]), 3, False),
+    ("MultipleNegativesRankingLoss", {}, 2, None),
+    ("MultipleNegativesRankingLoss", {}, 3, None),
+    ("MultipleNegativesRankingLoss", dict(directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")), 3, None),
+    ("MultipleNegativesRankingLoss", dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"), 2, None),
+    ("MultipleNegativesRankingLoss", dict(hardness_mode="hard_negatives", hardness_strength=5.0), 3, None),
+    ("MultipleNegativesRankingLoss", dict(hardness_mode="in_batch_negatives", hardness_strength=9.0, scale=10.0), 3, None),
+    ("MultipleNegativesRankingLoss", dict(hardness_mode="all_negatives", hardness_strength=2.0), 3, None),
+    ("MultipleNegativesSymmetricRankingLoss", {}, 2, None),
+    ("CachedMultipleNegativesRankingLoss", dict(mini_batch_size=3), 3, None),
+    ("CachedMultipleNegativesRankingLoss", dict(mini_batch_size=2, directions=("query_to_doc", "doc_to_query")), 2, None),
+    ("CoSENTLoss", {}, 2, "score"),
+    ("CosineSimilarityLoss", {}, 2, "score"),
+    ("TripletLoss", {}, 3, None),
+    ("TripletLoss", dict(distance_metric="COSINE", triplet_margin=0.5), 3, None),
+    ("MatryoshkaLoss", dict(inner="CoSENTLoss", matryoshka_dims=[32, 16, 8]), 2, "score"),
+    ("MatryoshkaLoss", dict(inner="MultipleNegativesRankingLoss", matryoshka_dims=[32, 8], matryoshka_weights=[1, 0.5]), 3, None),
     ("MatryoshkaLoss", dict(inner="CachedMultipleNegativesRankingLoss", inner_kwargs=dict(mini_batch_size=2),
-                            matryoshka_dims=[32, 16]), 2, False),
+                            matryoshka_dims=[32, 16]), 2, None),
+    ("ContrastiveLoss", {}, 2, "binary"),
+    ("ContrastiveLoss", dict(distance_metric="EUCLIDEAN", margin=2.0, size_average=False), 2, "binary"),
+    ("OnlineContrastiveLoss", {}, 2, "binary"),
+    ("OnlineContrastiveLoss", dict(distance_metric="MANHATTAN", margin=8.0), 2, "binary"),
+    ("AnglELoss", {}, 2, "score"),
+    ("AnglELoss", dict(scale=10.0), 3, None),
+    ("MSELoss", {}, 1, "teacher"),
+    ("MSELoss", {}, 2, "teacher_per_column"),
+    ("EmbedDistillLoss", {}, 2, "teacher"),
+    ("EmbedDistillLoss", dict(distance_metric="l2", projection_dim=24), 2, "teacher_24"),
+    ("MarginMSELoss", {}, 3, "score"),
+    ("MarginMSELoss", {}, 3, "scores"),
+    ("SoftmaxLoss", dict(num_labels=3), 2, "class"),
+    ("SoftmaxLoss", dict(num_labels=3, concatenation_sent_multiplication=True), 2, "class"),
+    ("BatchHardTripletLoss", {}, 1, "groups"),
+    ("BatchHardTripletLoss", dict(distance_metric="cosine_distance", margin=0.5), 1, "groups"),
+    ("BatchHardSoftMarginTripletLoss", {}, 1, "groups"),
+    ("BatchAllTripletLoss", {}, 1, "groups"),
+    ("BatchAllTripletLoss", dict(distance_metric="cosine_distance", margin=0.05), 1, "groups"),
+    ("BatchSemiHardTripletLoss", {}, 1, "groups"),
+    ("BatchSemiHardTripletLoss", dict(distance_metric="cosine_distance", margin=0.1), 1, "groups"),
+    ("DistillKLDivLoss", {}, 3, "scores"),
+    ("DistillKLDivLoss", dict(temperature=2.0, teacher_temperature=0.5), 3, "scores"),
+    ("CachedMultipleNegativesSymmetricRankingLoss", dict(mini_batch_size=2), 2, None),
+    ("GlobalOrthogonalRegularizationLoss", {}, 2, None),
+    ("GlobalOrthogonalRegularizationLoss", dict(mean_weight=0.5, second_moment_weight=None, aggregation="sum"), 3, None),
 ]
+
+
+def _total(loss):
+    """A loss's value; the sum of its terms where it returns them by name, as both trainers take it."""
+    return torch.stack(list(loss.values())).sum() if isinstance(loss, dict) else loss
 
 
 def _grads(module_params) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in module_params if p.grad is not None}
 
 
-@pytest.mark.parametrize("name,kwargs,n_columns,labelled", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_loss_and_gradients_match_sentence_transformers(models, name, kwargs, n_columns, labelled):
+# The losses that own trained layers (a classifier, a projection): both libraries' copies start from the same weights.
+OWN_LAYERS = ("classifier", "projection")
+
+
+@pytest.mark.parametrize("name,kwargs,n_columns,labels", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_loss_and_gradients_match_sentence_transformers(models, name, kwargs, n_columns, labels):
     from sentfuse.train import tokenize_column, training_mode
 
     st, ours = models
     st.zero_grad(set_to_none=True)
     ours._model.zero_grad(set_to_none=True)
     texts = [ANCHORS, POSITIVES, NEGATIVES][:n_columns]
-    labels = torch.tensor(SCORES) if labelled else torch.zeros(len(ANCHORS))
+    if name == "SoftmaxLoss":
+        kwargs = dict(kwargs, embedding_dimension=st.get_embedding_dimension())
+    st_labels, labels = _labels(labels, st.get_embedding_dimension())
 
     st_loss = _st_loss(st, name, **dict(kwargs))
-    st_value = st_loss([st.tokenize(column) for column in texts], labels)
+    st_value = _total(st_loss([st.tokenize(column) for column in texts], st_labels))
     st_value.backward()
     st_grads = _grads(st[0].auto_model.named_parameters())
 
     with training_mode(ours) as modules:
         modules.eval()  # dropout off, as in the sentence-transformers model
         our_loss = _our_loss(ours, name, **dict(kwargs))
-        value = our_loss([tokenize_column(ours, column) for column in texts], labels)
+        for layer in OWN_LAYERS:
+            if getattr(st_loss, layer, None) is not None:
+                getattr(our_loss, layer).load_state_dict(getattr(st_loss, layer).state_dict())
+        value = _total(our_loss([tokenize_column(ours, column) for column in texts], labels))
         value.backward()
         our_grads = _grads(ours._model.named_parameters())
 
@@ -107,6 +174,10 @@ def test_loss_and_gradients_match_sentence_transformers(models, name, kwargs, n_
         # libraries' summation orders differ (token_type_embeddings: max 1.52, 1.1e-5 apart on a Zen 3)
         scale = max(1.0, st_grads[key].abs().max().item())
         torch.testing.assert_close(grad, st_grads[key], atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+    for layer in OWN_LAYERS:
+        if getattr(st_loss, layer, None) is not None:
+            torch.testing.assert_close(getattr(our_loss, layer).weight.grad, getattr(st_loss, layer).weight.grad,
+                                       atol=1e-5, rtol=1e-4)
 
 
 def test_wrong_columns_and_labels_are_named(tiny_model_root):

@@ -1,8 +1,8 @@
 """sentfuse answers to every public name of sentence-transformers 6.3 a script may use, or says why not.
 
 Covered: what SentenceTransformer defines itself or inherits from sentence-transformers' own base classes
-(not torch's nn.Module / nn.Sequential), what SparseEncoder defines itself, both constructors, and every
-public name of sentence_transformers.util. Each must exist in sentfuse (Encoder, SparseEncoder,
+(not torch's nn.Module / nn.Sequential), what SparseEncoder defines itself, both constructors, every
+public name of sentence_transformers.util, and every training loss (with its constructor's parameters). Each must exist in sentfuse (Encoder, SparseEncoder,
 sentfuse.util) with the same parameter names, positions and defaults (deprecated keyword spellings
 included), or be listed in the README's "Not supported" list with its reason. A listed name that sentfuse
 does have fails too, so the list and the code cannot drift apart.
@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import inspect
 import re
+from enum import Enum
 from pathlib import Path
 
 import pytest
+import torch
 
 st = pytest.importorskip("sentence_transformers")
 
+from sentence_transformers.sentence_transformer import losses as st_losses  # noqa: E402
+
 import sentfuse  # noqa: E402
+from sentfuse import losses as sf_losses  # noqa: E402
 from sentfuse import util as sf_util  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -62,6 +67,12 @@ def _function(value: object) -> object:
 
 
 def _same_default(a: object, b: object) -> bool:
+    if isinstance(b, Enum) and not isinstance(a, Enum):
+        # sentfuse's distance enums have callable members; sentence-transformers' class of the same name holds
+        # plain functions (lambdas) under the same member names.
+        return vars(getattr(st_losses, type(b).__name__, object)).get(b.name) is a
+    if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):  # e.g. loss_fct=nn.MSELoss()
+        return repr(a) == repr(b)
     if callable(a) and callable(b):  # e.g. score_function=cos_sim: sentence-transformers' and sentfuse's own
         return getattr(a, "__name__", a) == getattr(b, "__name__", b)
     return a is b or a == b
@@ -101,6 +112,7 @@ def cases() -> list[tuple[str, object, object]]:
         out.append((f"{label}.__init__", cls.__init__, ours))
         out += [(f"{label}.{name}", value, ours) for name, value in st_public_names(cls, prefix).items()]
     out += [(f"util.{name}", value, sf_util) for name, value in st_util_names().items()]
+    out += [(f"losses.{name}", getattr(st_losses, name), sf_losses) for name in st_losses.__all__]
     return out
 
 
@@ -116,20 +128,24 @@ def test_name_exists_with_the_same_parameters(name: str, st_value: object, owner
         assert ours is None, f"{name} exists in sentfuse but README lists it as not supported; remove the entry"
         return
     assert ours is not None, f"sentfuse lacks {name}; add it or list it in README's {NOT_SUPPORTED_HEADING}"
+    if isinstance(st_value, type) and owner is sf_losses:  # a loss: its constructor's parameters
+        st_value, ours, label = st_value.__init__, getattr(owner, attribute).__init__, f"{name}.__init__"
+    else:
+        ours, label = getattr(owner, attribute), name
     st_callable = _function(st_value)
     if not callable(st_callable) or isinstance(st_value, (type, property)):
         return
-    differences = parameter_differences(st_value, getattr(owner, attribute))
-    listed = {p for p in differences if f"{name}({p})" in NOT_SUPPORTED}
-    stale = [f"{name}({p})" for p in inspect.signature(st_callable).parameters
-             if f"{name}({p})" in NOT_SUPPORTED and p not in differences]
+    differences = parameter_differences(st_value, ours)
+    listed = {p for p in differences if f"{label}({p})" in NOT_SUPPORTED}
+    stale = [f"{label}({p})" for p in inspect.signature(st_callable).parameters
+             if f"{label}({p})" in NOT_SUPPORTED and p not in differences]
     assert not stale, f"README lists {stale} as differing, but sentfuse matches; remove the entries"
     unexplained = {p: d for p, d in differences.items() if p not in listed}
-    assert not unexplained, f"{name}: parameters differ from sentence-transformers 6.3: {unexplained}"
+    assert not unexplained, f"{label}: parameters differ from sentence-transformers 6.3: {unexplained}"
 
 
 def test_readme_entries_name_real_sentence_transformers_names() -> None:
-    known = {name for name, _, _ in CASES}
+    known = {name for name, _, _ in CASES} | {f"{name}.__init__" for name, _, owner in CASES if owner is sf_losses}
     for entry in NOT_SUPPORTED:
         assert entry.split("(", 1)[0] in known, f"README {NOT_SUPPORTED_HEADING} entry {entry} is no sentence-transformers name"
 

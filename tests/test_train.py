@@ -133,6 +133,14 @@ def test_train_command(tiny_model_root, tmp_path, capsys):
     assert main(argv) == 1
     assert "holds no examples" in capsys.readouterr().err
 
+    # A distillation loss reads a label column of lists: the teacher's embeddings.
+    rng = np.random.default_rng(0)
+    data.write_text("".join(json.dumps({"text": a, "label": rng.normal(size=32).tolist()}) + "\n" for a in ANCHORS))
+    assert main(argv[:3] + ["MSELoss"] + argv[4:]) == 0
+    data.write_text(json.dumps({"text": "a", "label": [1.0, None]}) + "\n")
+    assert main(argv[:3] + ["MSELoss"] + argv[4:]) == 1
+    assert "row 1, column 'label': expected a finite number (or a list of them), got None" in capsys.readouterr().err
+
 
 def test_no_duplicates_sampler_keeps_repeated_texts_apart_and_visits_every_row():
     from datasets import Dataset
@@ -178,3 +186,49 @@ def test_bf16_on_a_cpu_without_bf16_products_trains_in_float32(model, tmp_path, 
         SentenceTransformerTrainer(model=model, args=args, train_dataset=_pairs())
     assert args.bf16 is native and args.mixed_precision == ("bf16" if native else "no")
     assert ("no bf16 matrix kernels" in caplog.text) is not native
+
+
+def test_labels_reach_the_loss_as_sentence_transformers_collates_them(model):
+    from datasets import Dataset
+
+    from sentfuse.train.data import TextPairCollator, dataset_columns
+
+    def collate(columns: dict):
+        data = Dataset.from_dict(columns)
+        return TextPairCollator(model, dataset_columns(data))(list(data))["labels"]
+
+    assert collate({"anchor": ["a", "b"], "positive": ["c", "d"]}) is None  # no label column: None, not zeros
+    for name in ("label", "labels", "score", "scores"):
+        torch.testing.assert_close(collate({"s1": ["a", "b"], "s2": ["c", "d"], name: [1, 0]}), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(collate({"s1": ["a", "b"], "s2": ["c", "d"], "label": [True, False]}),
+                               torch.tensor([1.0, 0.0]))
+    teacher = [[0.5, -1.0, 2.0], [0.0, 1.0, 0.25]]
+    torch.testing.assert_close(collate({"text": ["a", "b"], "label": teacher}), torch.tensor(teacher))
+    with pytest.raises(ValueError, match="column 'label', row 1: expected a finite number"):
+        collate({"text": ["a", "b"], "label": [[0.5, 1.0], [float("inf"), 1.0]]})
+    with pytest.raises(ValueError, match="column 'label': the rows' labels differ in shape"):
+        TextPairCollator(model, dataset_columns(Dataset.from_dict({"text": ["a"], "label": [[1.0]]})))(
+            [{"text": "a", "label": [1.0, 2.0]}, {"text": "b", "label": [1.0]}])
+
+
+def test_distillation_pulls_the_student_to_the_teacher(model, tiny_model_root, tmp_path):
+    """MSELoss on a 'label' column of teacher embeddings (here the model's own, moved by noise): the student's
+    embeddings move towards them; SoftmaxLoss's classifier trains alongside the encoder."""
+    from datasets import Dataset
+
+    from sentfuse import Encoder, SentenceTransformerTrainer, losses
+
+    teacher = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+    targets = teacher.encode(ANCHORS) + np.random.default_rng(0).normal(0, 0.3, (len(ANCHORS), teacher.get_embedding_dimension()))
+    gap = lambda: float(np.mean((model.encode(ANCHORS) - targets) ** 2))  # noqa: E731
+    before = gap()
+    data = Dataset.from_dict({"text": ANCHORS * 4, "label": [t.tolist() for t in targets] * 4})
+    SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=data,
+                               loss=losses.MSELoss(model)).train()
+    assert gap() < 0.9 * before
+
+    loss = losses.SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=3)
+    start = loss.classifier.weight.detach().clone()
+    nli = Dataset.from_dict({"premise": ANCHORS * 4, "hypothesis": POSITIVES * 4, "label": [0, 1, 2] * 8})
+    SentenceTransformerTrainer(model=model, args=_args(tmp_path / "nli"), train_dataset=nli, loss=loss).train()
+    assert not torch.equal(loss.classifier.weight.detach(), start)

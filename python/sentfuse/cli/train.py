@@ -2,13 +2,12 @@
 
 The file's fields are the dataset's columns, in sentence-transformers' conventions: text columns in
 the order the loss reads them (anchor, positive[, negative...] or sentence1, sentence2), and an optional
-numeric "label" or "score" column. Checkpoints go to OUTPUT/checkpoints, the final model to OUTPUT.
+"label" or "score" column (a number, or a list of numbers for the distillation losses). Checkpoints go to OUTPUT/checkpoints, the final model to OUTPUT.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ from .args import positive
 from .errors import CommandError
 
 LOSSES = ("MultipleNegativesRankingLoss", "MultipleNegativesSymmetricRankingLoss", "CachedMultipleNegativesRankingLoss",
-          "CoSENTLoss", "CosineSimilarityLoss", "TripletLoss")
+          "CoSENTLoss", "AnglELoss", "CosineSimilarityLoss", "TripletLoss", "ContrastiveLoss", "OnlineContrastiveLoss",
+          "MSELoss", "MarginMSELoss")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -56,7 +56,9 @@ def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def read_columns(path: Path) -> dict[str, list]:
-    """The file's columns, every row checked: same fields, text cells strings, labels finite numbers."""
+    """The file's columns, every row checked: same fields, text cells strings, labels finite numbers (or lists)."""
+    from ..train.data import LABEL_COLUMNS, label_problem
+
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -72,9 +74,10 @@ def read_columns(path: Path) -> dict[str, list]:
         if list(row) != names:
             raise CommandError(f"{path}, row {number}: fields {list(row)} differ from the first row's {names}")
         for name, value in row.items():
-            if name in ("label", "score"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise CommandError(f"{path}, row {number}, column {name!r}: expected a finite number, got {value!r}")
+            if name in LABEL_COLUMNS:
+                problem = label_problem(value)
+                if problem:
+                    raise CommandError(f"{path}, row {number}, column {name!r}: {problem}")
             elif not isinstance(value, str):
                 raise CommandError(f"{path}, row {number}, column {name!r}: expected a string, got "
                                    f"{type(value).__name__} {value!r}")

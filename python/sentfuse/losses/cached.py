@@ -135,3 +135,16 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size,
                 "mini_batch_num_tokens": self.mini_batch_num_tokens}
+
+
+class CachedMultipleNegativesSymmetricRankingLoss(CachedMultipleNegativesRankingLoss):
+    """CachedMultipleNegativesRankingLoss with directions ("query_to_doc", "doc_to_query"), one softmax each
+    (sentence-transformers deprecates this name for those arguments; it stays for the scripts that use it)."""
+
+    def __init__(self, model: Encoder, scale: float = 20.0,
+                 similarity_fct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cos_sim,
+                 mini_batch_size: int = 32, mini_batch_num_tokens: int | None = None,
+                 gather_across_devices: bool = False, show_progress_bar: bool = False) -> None:
+        super().__init__(model, scale, similarity_fct, mini_batch_size, mini_batch_num_tokens, gather_across_devices,
+                         directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction",
+                         show_progress_bar=show_progress_bar)

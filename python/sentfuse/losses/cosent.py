@@ -1,4 +1,5 @@
-"""CoSENTLoss (Su, 2022): every pair scored below a pair with a higher label adds to a log-sum-exp."""
+"""CoSENTLoss (Su, 2022): every pair scored below a pair with a higher label adds to a log-sum-exp; AnglELoss
+(Li and Li, 2023) is the same ranking over the AnglE similarity."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..search.similarity import pairwise_cos_sim
+from ..search.similarity import pairwise_angle_sim, pairwise_cos_sim
 from .base import EmbeddingLoss, expect_columns, one_label_per_row
 
 if TYPE_CHECKING:
@@ -42,3 +43,23 @@ class CoSENTLoss(EmbeddingLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct))}
+
+
+class AnglELoss(CoSENTLoss):
+    """CoSENTLoss scored by pairwise_angle_sim. Columns (sentence_A, sentence_B) with a label, or (anchor,
+    positive, negatives...) where every anchor-positive pair counts as label 1 (or the row's label) and every
+    anchor-negative pair as 1 - label, as sentence-transformers reads such batches."""
+
+    def __init__(self, model: Encoder, scale: float = 20.0) -> None:
+        super().__init__(model, scale, similarity_fct=pairwise_angle_sim)
+
+    def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+        if len(embeddings) <= 2:
+            if labels is None:
+                raise ValueError("AnglELoss needs a label per pair: the dataset needs a 'label' or 'score' column")
+            return super().compute_loss_from_embeddings(embeddings, labels)
+        anchor, others = embeddings[0], embeddings[1:]
+        labels = (torch.ones(anchor.shape[0], device=anchor.device) if labels is None
+                  else one_label_per_row(self, embeddings, labels))
+        pairs = [anchor.repeat(len(others), 1), torch.cat(others)]
+        return super().compute_loss_from_embeddings(pairs, torch.cat([labels, (1 - labels).repeat(len(others) - 1)]))

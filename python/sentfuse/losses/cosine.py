@@ -16,11 +16,12 @@ if TYPE_CHECKING:
 class CosineSimilarityLoss(EmbeddingLoss):
     """Columns (sentence_A, sentence_B) with a float label; loss_fct(cos_score_transformation(cos), label)."""
 
-    def __init__(self, model: Encoder, loss_fct: nn.Module | None = None,
-                 cos_score_transformation: nn.Module | None = None) -> None:
+    # Stateless module defaults, as sentence-transformers' signature has them (one instance serves every loss).
+    def __init__(self, model: Encoder, loss_fct: nn.Module = nn.MSELoss(),
+                 cos_score_transformation: nn.Module = nn.Identity()) -> None:
         super().__init__(model)
-        self.loss_fct = nn.MSELoss() if loss_fct is None else loss_fct
-        self.cos_score_transformation = nn.Identity() if cos_score_transformation is None else cos_score_transformation
+        self.loss_fct = loss_fct
+        self.cos_score_transformation = cos_score_transformation
 
     def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
         expect_columns(self, embeddings, 2)

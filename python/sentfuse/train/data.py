@@ -1,8 +1,10 @@
 """Training data in sentence-transformers' column conventions, checked, and collated into token columns.
 
 A dataset's columns are, in order, the texts a loss reads (anchor, positive, negatives..., or
-sentence1, sentence2); a column named "label" or "score" holds the label instead. Problems are
-reported before training starts, naming the column (and the row, for a bad cell).
+sentence1, sentence2); a column named "label", "labels", "score" or "scores" holds the label instead: a number
+(or a bool) per row, or a list of numbers per row (teacher embeddings or scores for the distillation losses).
+Without one, losses receive labels=None, as sentence-transformers' do. Problems are reported before training
+starts, naming the column (and the row, for a bad cell).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .forward import TokenColumn, tokenize_column
 if TYPE_CHECKING:
     from ..encode.encoder import Encoder
 
-LABEL_COLUMNS = ("label", "score")
+LABEL_COLUMNS = ("label", "labels", "score", "scores")  # sentence-transformers' names, in its order
 RESERVED_COLUMNS = ("return_loss", "dataset_name")
 
 
@@ -48,7 +50,7 @@ def dataset_columns(dataset: Any, name: str = "train_dataset") -> Columns:
         dtype = getattr(features.get(column), "dtype", "string")
         if dtype not in ("string", "large_string"):
             raise ValueError(f"{name}: column {column!r} holds {dtype}, not text; text columns must be strings "
-                             f"(a label column must be named 'label' or 'score')")
+                             f"(a label column must be named one of {', '.join(LABEL_COLUMNS)})")
     return Columns(texts, label)
 
 
@@ -58,14 +60,34 @@ def _check_cell(value: Any, column: str, row: int) -> str:
     return value
 
 
-def _label(value: Any, row: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"column 'label', row {row}: expected a finite number, got {value!r}")
-    return float(value)
+def label_problem(value: Any) -> str | None:
+    """Why value cannot be a training label (None where it can): a finite number or bool, or a non-empty
+    list (nested lists too) of them."""
+    value = value.tolist() if hasattr(value, "tolist") else value  # numpy / torch cells
+    if isinstance(value, (list, tuple)):
+        return next((p for p in map(label_problem, value) if p), None) if value else "expected numbers, got []"
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)):
+        return None
+    return f"expected a finite number (or a list of them), got {value!r}"
+
+
+def labels_tensor(values: list[Any], column: str) -> torch.Tensor:
+    """[B] or [B, ...] float32 labels, every cell checked (the message names the column and the row)."""
+    cells = [v.tolist() if hasattr(v, "tolist") else v for v in values]
+    for row, cell in enumerate(cells):
+        problem = label_problem(cell)
+        if problem:
+            raise ValueError(f"column {column!r}, row {row}: {problem}")
+    try:
+        return torch.tensor(cells, dtype=torch.float32)
+    except (ValueError, TypeError):
+        raise ValueError(f"column {column!r}: the rows' labels differ in shape (every row needs as many "
+                         f"numbers)") from None
 
 
 class TextPairCollator:
-    """Rows (dicts) -> {"columns": [TokenColumn per text column], "labels": [B] tensor, "texts": first texts}.
+    """Rows (dicts) -> {"columns": [TokenColumn per text column], "labels": [B] or [B, ...] tensor or None,
+    "texts": first texts}.
 
     Texts are tokenized unpadded here, in the data loader; padding happens per length run in the forward.
     """
@@ -76,10 +98,8 @@ class TextPairCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         texts = [[_check_cell(r[c], c, i) for i, r in enumerate(rows)] for c in self.columns.texts]
-        if self.columns.label is None:
-            labels = torch.zeros(len(rows))
-        else:
-            labels = torch.tensor([_label(r[self.columns.label], i) for i, r in enumerate(rows)])
+        label = self.columns.label
+        labels = None if label is None else labels_tensor([r[label] for r in rows], label)
         return {
             "columns": [tokenize_column(self.model, column) for column in texts],
             "labels": labels,
@@ -110,4 +130,5 @@ def rows_from_examples(examples: list[Any]) -> dict[str, list]:
     return columns
 
 
-__all__ = ["Columns", "InputExample", "TextPairCollator", "TokenColumn", "dataset_columns", "rows_from_examples"]
+__all__ = ["Columns", "InputExample", "TextPairCollator", "TokenColumn", "dataset_columns", "label_problem",
+           "labels_tensor", "rows_from_examples"]

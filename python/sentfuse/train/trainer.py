@@ -59,7 +59,9 @@ class _TrainModule(nn.Module):
         self.loss = loss
 
     def forward(self, columns, labels=None, texts=None) -> torch.Tensor:
-        return self.loss(columns, labels)
+        loss = self.loss(columns, labels)
+        # A loss may return named terms (GlobalOrthogonalRegularizationLoss): their sum is what trains.
+        return torch.stack(list(loss.values())).sum() if isinstance(loss, dict) else loss
 
 
 class LossProgressCallback(ProgressCallback):
