@@ -65,3 +65,81 @@ def test_information_retrieval_evaluator(models):
     assert mine.keys() == theirs.keys()
     for key in theirs:
         assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def _stsb_pairs(rows: int = 120):
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data/stsb/sts-test.tsv"
+    with open(path, encoding="utf-8", newline="") as f:
+        data = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:rows]
+    return [r["sentence1"] for r in data], [r["sentence2"] for r in data], [float(r["score"]) for r in data]
+
+
+@pytest.mark.parametrize("similar", [True, False])
+def test_threshold_search_matches_sentence_transformers_on_ties(similar):
+    from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as Theirs
+    from sklearn.metrics import average_precision_score
+
+    from sentfuse.evaluation.binary import average_precision, best_accuracy, best_f1
+
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n = int(rng.integers(1, 40))
+        scores = rng.integers(0, 6, n).astype(np.float32) / 4  # few distinct values: many ties
+        labels = rng.integers(0, 2, n)
+        assert best_accuracy(scores, labels, similar) == Theirs.find_best_acc_and_threshold(scores, labels, similar)
+        assert best_f1(scores, labels, similar) == Theirs.find_best_f1_and_threshold(scores, labels, similar)
+        if 0 < labels.sum() < n:
+            expected = average_precision_score(labels, scores if similar else -scores)
+            assert average_precision(scores if similar else -scores, labels) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("fns", [None, ["cosine", "dot", "euclidean", "manhattan"]])
+def test_binary_classification_evaluator(models, tmp_path, fns):
+    from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as Theirs
+
+    from sentfuse.evaluation import BinaryClassificationEvaluator
+
+    st, ours = models
+    first, second, scores = _stsb_pairs()
+    labels = [int(s >= 3) for s in scores]
+    theirs = Theirs(first, second, labels, name="dup", write_csv=False, similarity_fn_names=fns)
+    expected = theirs(st)
+    evaluator = BinaryClassificationEvaluator(first, second, labels, name="dup", similarity_fn_names=fns)
+    mine = evaluator(ours, output_path=str(tmp_path))
+    assert list(mine) == list(expected) and evaluator.primary_metric == theirs.primary_metric
+    for key in expected:
+        # thresholds and scores from embeddings that agree to ~1e-6 (different kernels)
+        assert mine[key] == pytest.approx(expected[key], abs=1e-4), key
+    header = (tmp_path / "binary_classification_evaluation_dup_results.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,steps,cosine_accuracy,cosine_accuracy_threshold,cosine_f1")
+
+
+def test_triplet_and_sequential_evaluators(models):
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as TheirSimilarity
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator as TheirSequence
+    from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator as Theirs
+
+    from sentfuse.evaluation import EmbeddingSimilarityEvaluator, SequentialEvaluator, TripletEvaluator
+
+    st, ours = models
+    first, second, scores = _stsb_pairs()
+    negatives = second[7:] + second[:7]
+    for kwargs in (dict(), dict(similarity_fn_names=["cosine", "manhattan"], margin={"cosine": 0.05}),
+                   dict(main_similarity_function="dot", margin=0.02)):
+        expected = Theirs(first, second, negatives, name="t", write_csv=False, **kwargs)(st)
+        evaluator = TripletEvaluator(first, second, negatives, name="t", **kwargs)
+        mine = evaluator(ours)
+        assert mine.keys() == expected.keys() and 0 < mine[evaluator.primary_metric] < 1
+        for key in expected:
+            assert mine[key] == pytest.approx(expected[key], abs=1 / len(first) + 1e-9), key  # one triplet at most
+
+    stsb = dict(sentences1=first, sentences2=second, scores=scores, name="sts", write_csv=False)
+    triplet = dict(anchors=first, positives=second, negatives=negatives, name="t", write_csv=False)
+    expected = TheirSequence([Theirs(**triplet), TheirSimilarity(**stsb)], main_score_function=max)(st)
+    mine = SequentialEvaluator([TripletEvaluator(**triplet), EmbeddingSimilarityEvaluator(**stsb)],
+                               main_score_function=max)(ours)
+    assert mine.keys() == expected.keys()
+    assert mine["sequential_score"] == pytest.approx(expected["sequential_score"], abs=1e-4)
