@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -46,7 +48,7 @@ def test_embedding_similarity_evaluator(models, tmp_path):
     assert (tmp_path / "similarity_evaluation_sts_results.csv").read_text().startswith("epoch,steps,pearson_cosine")
 
 
-def test_information_retrieval_evaluator(models):
+def test_information_retrieval_evaluator(models, tmp_path):
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator as Theirs
 
     from sentfuse.evaluation import InformationRetrievalEvaluator
@@ -58,13 +60,21 @@ def test_information_retrieval_evaluator(models):
     relevant = {"q0": {"d0"}, "q1": {"d6", "d5"}, "q2": {"d10"}, "q3": {"d8", "d2", "d4"}}
     kwargs = dict(mrr_at_k=[3, 10], ndcg_at_k=[2, 10], accuracy_at_k=[1, 5], precision_recall_at_k=[1, 3, 10],
                   map_at_k=[5], name="toy")
-    theirs = Theirs(queries, corpus, relevant, write_csv=False, **kwargs)(st)
-    evaluator = InformationRetrievalEvaluator(queries, corpus, relevant, write_csv=False, **kwargs)
-    mine = evaluator(ours)
+    theirs = Theirs(queries, corpus, relevant, write_csv=False, write_predictions=True, **kwargs)(st, str(tmp_path / "st"))
+    evaluator = InformationRetrievalEvaluator(queries, corpus, relevant, write_csv=False, write_predictions=True,
+                                              **kwargs)
+    mine = evaluator(ours, str(tmp_path / "sf"))
     assert evaluator.primary_metric == "toy_cosine_ndcg@10"
     assert mine.keys() == theirs.keys()
     for key in theirs:
         assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    # The predictions file: same name, same queries, same hits in the same order, same scores.
+    name = "Information-Retrieval_evaluation_toy_predictions_cosine.jsonl"
+    read = lambda side: [json.loads(line) for line in (tmp_path / side / name).read_text().splitlines()]  # noqa: E731
+    for a, b in zip(read("sf"), read("st"), strict=True):
+        assert (a["query_id"], a["query"]) == (b["query_id"], b["query"])
+        assert [h["corpus_id"] for h in a["results"]] == [h["corpus_id"] for h in b["results"]]
+        np.testing.assert_allclose([h["score"] for h in a["results"]], [h["score"] for h in b["results"]], atol=1e-5)
 
 
 def _stsb_pairs(rows: int = 120):
@@ -143,3 +153,67 @@ def test_triplet_and_sequential_evaluators(models):
                                main_score_function=max)(ours)
     assert mine.keys() == expected.keys()
     assert mine["sequential_score"] == pytest.approx(expected["sequential_score"], abs=1e-4)
+
+
+def test_mse_translation_mining_and_reranking_evaluators(models, tmp_path):
+    from sentence_transformers.sentence_transformer import evaluation as theirs
+
+    from sentfuse import evaluation
+
+    st, ours = models
+    first, second, scores = _stsb_pairs(80)
+    checks = []
+    # Distillation: the teacher's embeddings of first against the student's of second.
+    checks.append((theirs.MSEEvaluator(first, second, teacher_model=st, name="mse", write_csv=False)(st),
+                   evaluation.MSEEvaluator(first, second, teacher_model=ours, name="mse")(ours, str(tmp_path))))
+    checks.append((theirs.TranslationEvaluator(first, second, name="tr", write_csv=False)(st),
+                   evaluation.TranslationEvaluator(first, second, name="tr")(ours, str(tmp_path))))
+    sentences = {f"s{i}": text for i, text in enumerate(first + second)}
+    duplicates = [(f"s{i}", f"s{len(first) + i}") for i, score in enumerate(scores) if score >= 4]
+    duplicates += [("s0", "s1"), ("s1", "s2")]  # a chain, for the transitive closure
+    for closure in (False, True):
+        kwargs = dict(duplicates_list=duplicates, add_transitive_closure=closure, top_k=5, name="pm")
+        checks.append((theirs.ParaphraseMiningEvaluator(sentences, write_csv=False, **kwargs)(st),
+                       evaluation.ParaphraseMiningEvaluator(sentences, **kwargs)(ours, str(tmp_path))))
+    samples = [{"query": first[i], "positive": [second[i]] + ([first[i + 1]] if i % 3 == 0 else []),
+                "negative": second[i + 1:i + 6]} for i in range(0, 60, 4)]
+    for at_k in (3, 10):
+        checks.append((theirs.RerankingEvaluator(samples, at_k=at_k, name="rr", write_csv=False)(st),
+                       evaluation.RerankingEvaluator(samples, at_k=at_k, name="rr")(ours, str(tmp_path))))
+    for expected, mine in checks:
+        assert list(mine) == list(expected)
+        for key in expected:
+            assert mine[key] == pytest.approx(expected[key], abs=1e-4), key
+    assert 0 < checks[2][1]["pm_average_precision"] < 1 and 0 < checks[4][1]["rr_ndcg@3"] < 1
+
+
+def test_tied_ndcg_matches_scikit_learn():
+    from sklearn.metrics import ndcg_score
+
+    from sentfuse.evaluation.reranking import tied_ndcg
+
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        relevant = rng.integers(0, 2, n)
+        relevant[0] = 1
+        scores = rng.integers(0, 4, n).astype(float)  # heavy ties
+        for k in (1, 3, 10):
+            assert tied_ndcg(relevant, scores, k) == pytest.approx(ndcg_score([relevant], [scores], k=k), abs=1e-12)
+
+
+def test_custom_evaluators_subclass_the_base_as_in_sentence_transformers(models):
+    from sentfuse.evaluation import BaseEvaluator, SentenceEvaluator
+
+    class Norms(SentenceEvaluator):
+        def __init__(self):
+            self.primary_metric = "mean_norm"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            norms = np.linalg.norm(model.encode(SENTENCES[:4]), axis=1)
+            return self.prefix_name_to_metrics({"mean_norm": norms.mean()}, "toy")
+
+    evaluator = Norms()
+    assert isinstance(evaluator, BaseEvaluator) and evaluator.description == "Norms"
+    assert evaluator(models[1]) == {"toy_mean_norm": pytest.approx(1.0, abs=1e-5)}
+    assert evaluator.primary_metric == "toy_mean_norm"

@@ -2,7 +2,8 @@
 
 Covered: what SentenceTransformer defines itself or inherits from sentence-transformers' own base classes
 (not torch's nn.Module / nn.Sequential), what SparseEncoder defines itself, both constructors, every
-public name of sentence_transformers.util, and every training loss (with its constructor's parameters). Each must exist in sentfuse (Encoder, SparseEncoder,
+public name of sentence_transformers.util, and every training loss and evaluator (with its constructor's
+parameters). Each must exist in sentfuse (Encoder, SparseEncoder,
 sentfuse.util) with the same parameter names, positions and defaults (deprecated keyword spellings
 included), or be listed in the README's "Not supported" list with its reason. A listed name that sentfuse
 does have fails too, so the list and the code cannot drift apart.
@@ -20,9 +21,11 @@ import torch
 
 st = pytest.importorskip("sentence_transformers")
 
+from sentence_transformers.sentence_transformer import evaluation as st_evaluation  # noqa: E402
 from sentence_transformers.sentence_transformer import losses as st_losses  # noqa: E402
 
 import sentfuse  # noqa: E402
+from sentfuse import evaluation as sf_evaluation  # noqa: E402
 from sentfuse import losses as sf_losses  # noqa: E402
 from sentfuse import util as sf_util  # noqa: E402
 
@@ -71,6 +74,8 @@ def _same_default(a: object, b: object) -> bool:
         # sentfuse's distance enums have callable members; sentence-transformers' class of the same name holds
         # plain functions (lambdas) under the same member names.
         return vars(getattr(st_losses, type(b).__name__, object)).get(b.name) is a
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):  # sentfuse's defaults are tuples, never lists
+        return list(a) == list(b)
     if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):  # e.g. loss_fct=nn.MSELoss()
         return repr(a) == repr(b)
     if callable(a) and callable(b):  # e.g. score_function=cos_sim: sentence-transformers' and sentfuse's own
@@ -113,7 +118,12 @@ def cases() -> list[tuple[str, object, object]]:
         out += [(f"{label}.{name}", value, ours) for name, value in st_public_names(cls, prefix).items()]
     out += [(f"util.{name}", value, sf_util) for name, value in st_util_names().items()]
     out += [(f"losses.{name}", getattr(st_losses, name), sf_losses) for name in st_losses.__all__]
+    out += [(f"evaluation.{name}", getattr(st_evaluation, name), sf_evaluation) for name in st_evaluation.__all__]
     return out
+
+
+# Modules whose classes are checked by their constructors' parameters.
+CLASS_MODULES = (sf_losses, sf_evaluation)
 
 
 CASES = cases()
@@ -128,7 +138,7 @@ def test_name_exists_with_the_same_parameters(name: str, st_value: object, owner
         assert ours is None, f"{name} exists in sentfuse but README lists it as not supported; remove the entry"
         return
     assert ours is not None, f"sentfuse lacks {name}; add it or list it in README's {NOT_SUPPORTED_HEADING}"
-    if isinstance(st_value, type) and owner is sf_losses:  # a loss: its constructor's parameters
+    if isinstance(st_value, type) and owner in CLASS_MODULES:  # a loss or an evaluator: its constructor
         st_value, ours, label = st_value.__init__, getattr(owner, attribute).__init__, f"{name}.__init__"
     else:
         ours, label = getattr(owner, attribute), name
@@ -145,7 +155,7 @@ def test_name_exists_with_the_same_parameters(name: str, st_value: object, owner
 
 
 def test_readme_entries_name_real_sentence_transformers_names() -> None:
-    known = {name for name, _, _ in CASES} | {f"{name}.__init__" for name, _, owner in CASES if owner is sf_losses}
+    known = {name for name, _, _ in CASES} | {f"{name}.__init__" for name, _, owner in CASES if owner in CLASS_MODULES}
     for entry in NOT_SUPPORTED:
         assert entry.split("(", 1)[0] in known, f"README {NOT_SUPPORTED_HEADING} entry {entry} is no sentence-transformers name"
 

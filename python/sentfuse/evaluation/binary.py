@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
+from .base import BaseEvaluator
 from .writing import prefixed, write_csv_row
 
 # Euclidean and Manhattan are reported as distances (lower means more similar), as sentence-transformers does.
@@ -91,7 +92,7 @@ def matthews(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float((tp * tn - fp * fn) / denominator) if denominator > 0 else 0.0
 
 
-class BinaryClassificationEvaluator:
+class BinaryClassificationEvaluator(BaseEvaluator):
     """Per similarity function (default: the model's own): {fn}_accuracy, _accuracy_threshold, _f1, _precision,
     _recall, _f1_threshold, _ap, _mcc (max_* with several functions), prefixed by name; primary: ap."""
 

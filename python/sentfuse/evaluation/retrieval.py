@@ -3,13 +3,17 @@ against the relevant documents: accuracy, precision and recall@k, MRR@k, NDCG@k 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import atomic_write
 from ..search.similarity import cos_sim, dot_score
 from ..search.topk import search_topk
+from .base import BaseEvaluator
 from .writing import prefixed, write_csv_row
 
 SCORE_FUNCTIONS = {"cosine": cos_sim, "dot": dot_score}
@@ -43,7 +47,7 @@ def ranking_metrics(ranked: list[list[str]], relevant: list[set[str]], ks: dict[
     return {k: v / len(ranked) for k, v in sums.items()}
 
 
-class InformationRetrievalEvaluator:
+class InformationRetrievalEvaluator(BaseEvaluator):
     """queries {qid: text}, corpus {cid: text}, relevant_docs {qid: set of cids}; queries without relevant
     documents are left out. Metric names as sentence-transformers': cosine_ndcg@10 (primary),
     cosine_mrr@10, cosine_recall@k, ... (prefixed by name)."""
@@ -55,7 +59,8 @@ class InformationRetrievalEvaluator:
                  write_csv: bool = True, truncate_dim: int | None = None,
                  score_functions: dict[str, Any] | None = None, main_score_function: str | None = None,
                  query_prompt: str | None = None, query_prompt_name: str | None = None,
-                 corpus_prompt: str | None = None, corpus_prompt_name: str | None = None) -> None:
+                 corpus_prompt: str | None = None, corpus_prompt_name: str | None = None,
+                 write_predictions: bool = False) -> None:
         self.query_ids = [q for q in queries if relevant_docs.get(q)]
         if not self.query_ids:
             raise ValueError("no query has a relevant document in relevant_docs")
@@ -70,8 +75,20 @@ class InformationRetrievalEvaluator:
         self.corpus_chunk_size, self.batch_size = corpus_chunk_size, batch_size
         self.show_progress_bar, self.name, self.write_csv, self.truncate_dim = show_progress_bar, name, write_csv, truncate_dim
         self.prompts = dict(query=(query_prompt, query_prompt_name), corpus=(corpus_prompt, corpus_prompt_name))
+        self.write_predictions = write_predictions
         self.greater_is_better = True
         self.primary_metric = ""
+
+    def _write_predictions(self, output_path: str, fn_name: str, scores: torch.Tensor, indices: torch.Tensor) -> None:
+        """Each query's hits as a JSON line {query_id, query, results: [{corpus_id, score}]}, best first (ties by
+        corpus id), in Information-Retrieval_evaluation[_name]_predictions_{fn_name}.jsonl, written atomically."""
+        name = f"Information-Retrieval_evaluation{'_' + self.name if self.name else ''}_predictions_{fn_name}.jsonl"
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+        with atomic_write(Path(output_path) / name, "w", encoding="utf-8") as f:
+            for qid, query, row_scores, row in zip(self.query_ids, self.queries, scores.tolist(), indices.tolist()):
+                hits = sorted(({"corpus_id": self.corpus_ids[i], "score": s} for s, i in zip(row_scores, row) if i >= 0),
+                              key=lambda hit: (-hit["score"], hit["corpus_id"]))
+                f.write(json.dumps({"query_id": qid, "query": query, "results": hits}) + "\n")
 
     def _embed(self, model: Any, texts: list[str], side: str) -> torch.Tensor:
         # encode_query / encode_document: the model's own query and document prompts unless one is given.
@@ -88,7 +105,10 @@ class InformationRetrievalEvaluator:
         relevant = [self.relevant_docs[q] for q in self.query_ids]
         metrics: dict[str, float] = {}
         for fn_name, fn in functions.items():
-            _, indices = search_topk(queries, corpus, top, score_function=fn, corpus_chunk_size=self.corpus_chunk_size)
+            scores, indices = search_topk(queries, corpus, top, score_function=fn,
+                                          corpus_chunk_size=self.corpus_chunk_size)
+            if self.write_predictions and output_path:
+                self._write_predictions(output_path, fn_name, scores, indices)
             ranked = [[self.corpus_ids[i] for i in row if i >= 0] for row in indices.tolist()]
             metrics.update({f"{fn_name}_{k}": v for k, v in ranking_metrics(ranked, relevant, self.ks).items()})
         main = self.main_score_function or next(iter(functions))

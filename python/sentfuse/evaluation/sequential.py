@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .base import BaseEvaluator
 
-class SequentialEvaluator:
+
+class SequentialEvaluator(BaseEvaluator):
     """Every evaluator's metrics, plus sequential_score: main_score_function over their primary scores
     (default: the last evaluator's)."""
 

@@ -8,11 +8,12 @@ import numpy as np
 import torch
 
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
+from .base import BaseEvaluator
 from .stats import pearson, spearman
 from .writing import prefixed, write_csv_row
 
 
-class EmbeddingSimilarityEvaluator:
+class EmbeddingSimilarityEvaluator(BaseEvaluator):
     """Pearson and Spearman correlation between gold scores and the model's similarity of each
     (sentences1[i], sentences2[i]), for each similarity function (default: the model's own). Metric names
     as sentence-transformers': pearson_cosine, spearman_cosine, ... (prefixed by name); primary: spearman."""

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
+from .base import BaseEvaluator
 from .writing import prefixed, write_csv_row
 
 
-class TripletEvaluator:
+class TripletEvaluator(BaseEvaluator):
     """Accuracy of sim(anchor, positive) > sim(anchor, negative) + margin, per similarity function (default: the
     model's own). Anchors are encoded as queries, positives and negatives as documents. Metric names as
     sentence-transformers': cosine_accuracy, ... (max_accuracy with several functions), prefixed by name."""
