@@ -192,3 +192,38 @@ def test_wrong_columns_and_labels_are_named(tiny_model_root):
         losses.TripletLoss(model)([column, column], None)
     with pytest.raises(ValueError, match="hardness_mode"):
         losses.MultipleNegativesRankingLoss(model, hardness_mode="hardest")
+
+
+@pytest.mark.parametrize("guide_folder,kwargs,n_columns", [
+    ("bert-legacy-cls-max-mean-dense", {}, 2),  # the model's vocabulary: the guide reads the batch's token ids
+    ("bert-legacy-cls-max-mean-dense", dict(margin=0.05, margin_strategy="relative", contrast_anchors=False), 3),
+    ("distilbert-lasttoken-sqrt-lower", dict(temperature=0.05, margin=0.02, contrast_positives=False), 3),  # retokenized
+])
+def test_gist_loss_matches_sentence_transformers(models, tiny_model_root, guide_folder, kwargs, n_columns):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from sentfuse import Encoder, losses
+    from sentfuse.train import tokenize_column, training_mode
+
+    st, ours = models
+    st.zero_grad(set_to_none=True)
+    ours._model.zero_grad(set_to_none=True)
+    st_guide = SentenceTransformer(str(tiny_model_root / guide_folder), device="cpu").eval()
+    texts = [ANCHORS, POSITIVES, NEGATIVES][:n_columns]
+    st_loss = st_losses.GISTEmbedLoss(st, st_guide, **kwargs)
+    st_value = st_loss([st.tokenize(column) for column in texts], None)
+    st_value.backward()
+    with training_mode(ours) as modules:
+        modules.eval()
+        our_loss = losses.GISTEmbedLoss(ours, Encoder(str(tiny_model_root / guide_folder), device="cpu"), **kwargs)
+        assert our_loss.must_retokenize == st_loss.must_retokenize
+        value = our_loss([tokenize_column(ours, column) for column in texts], None)
+        value.backward()
+        our_grads = _grads(ours._model.named_parameters())
+    torch.testing.assert_close(value.detach(), st_value.detach(), atol=1e-5, rtol=1e-5)
+    st_grads = _grads(st[0].auto_model.named_parameters())
+    assert our_grads.keys() <= st_grads.keys() and len(our_grads) > 10
+    for key, grad in our_grads.items():
+        scale = max(1.0, st_grads[key].abs().max().item())
+        torch.testing.assert_close(grad, st_grads[key], atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{key}: {m}")

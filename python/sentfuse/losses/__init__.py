@@ -13,6 +13,7 @@ from .contrastive import ContrastiveLoss, OnlineContrastiveLoss, SiameseDistance
 from .cosent import AnglELoss, CoSENTLoss
 from .cosine import CosineSimilarityLoss
 from .distill import DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss
+from .gist import GISTEmbedLoss
 from .matryoshka import MatryoshkaLoss
 from .ranking import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
 from .regularization import GlobalOrthogonalRegularizationLoss
@@ -34,6 +35,7 @@ __all__ = [
     "DistillKLDivLoss",
     "EmbedDistillLoss",
     "EmbeddingLoss",
+    "GISTEmbedLoss",
     "GlobalOrthogonalRegularizationLoss",
     "MSELoss",
     "MarginMSELoss",
