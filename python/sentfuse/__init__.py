@@ -22,6 +22,7 @@ from .search import (
     similarity_matrix,
 )
 from .encode.quantize import quantize_embeddings
+from .search.hard_negatives import mine_hard_negatives
 from .search.similarity import SimilarityFunction
 
 # sentence-transformers' name for the Encoder, so that scripts switch by their import line alone.
@@ -60,6 +61,7 @@ __all__ = [
     "masked_pool_varlen",
     "maxsim_candidates",
     "maxsim_topk",
+    "mine_hard_negatives",
     "paraphrase_mining",
     "paraphrase_mining_embeddings",
     "quantize_embeddings",

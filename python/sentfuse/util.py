@@ -34,6 +34,7 @@ from .search import (
     pytorch_cos_sim,
     semantic_search,
 )
+from .search.hard_negatives import mine_hard_negatives
 from .search.similarity import SimilarityFunction, normalize_embeddings, pairwise_angle_sim
 from .sparse.vectors import keep_largest
 
@@ -54,6 +55,7 @@ __all__ = [
     "maxsim_pairwise",
     "mean_maxsim",
     "mean_maxsim_pairwise",
+    "mine_hard_negatives",
     "normalize_embeddings",
     "pairwise_angle_sim",
     "pairwise_cos_sim",
