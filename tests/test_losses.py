@@ -227,3 +227,16 @@ def test_gist_loss_matches_sentence_transformers(models, tiny_model_root, guide_
     for key, grad in our_grads.items():
         scale = max(1.0, st_grads[key].abs().max().item())
         torch.testing.assert_close(grad, st_grads[key], atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_config_names_the_distance_metric_either_library_gave(tiny_model_root):
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from sentfuse import Encoder, losses
+
+    model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu")
+    for metric in (losses.SiameseDistanceMetric.EUCLIDEAN, st_losses.SiameseDistanceMetric.EUCLIDEAN):
+        config = losses.ContrastiveLoss(model, distance_metric=metric, margin=2.0).get_config_dict()
+        assert config == {"distance_metric": "SiameseDistanceMetric.EUCLIDEAN", "margin": 2.0, "size_average": True}
+    config = losses.BatchHardTripletLoss(model).get_config_dict()
+    assert config == {"distance_metric": "euclidean_distance", "margin": 5}

@@ -232,3 +232,68 @@ def test_distillation_pulls_the_student_to_the_teacher(model, tiny_model_root, t
     nli = Dataset.from_dict({"premise": ANCHORS * 4, "hypothesis": POSITIVES * 4, "label": [0, 1, 2] * 8})
     SentenceTransformerTrainer(model=model, args=_args(tmp_path / "nli"), train_dataset=nli, loss=loss).train()
     assert not torch.equal(loss.classifier.weight.detach(), start)
+
+
+class _Recording(torch.nn.Module):
+    """A loss that records the dataset of each batch it scores (by its columns' count and first text)."""
+
+    def __init__(self, inner, name, seen):
+        super().__init__()
+        self.inner, self.name, self.seen = inner, name, seen
+
+    def forward(self, columns, labels):
+        self.seen.append(self.name)
+        return self.inner(columns, labels)
+
+
+def test_several_datasets_train_with_a_loss_each(model, tmp_path):
+    from datasets import Dataset
+
+    from sentfuse import SentenceTransformerTrainer, losses
+
+    pairs = _pairs(1)  # 6 rows: 2 batches of 3
+    sts = Dataset.from_dict({"sentence1": ANCHORS * 2, "sentence2": POSITIVES[::-1] * 2,
+                             "score": [0.1, 0.9, 0.5, 0.3, 0.7, 0.2] * 2})  # 12 rows: 4 batches of 3
+    seen: list[str] = []
+    loss = {"pairs": _Recording(losses.MultipleNegativesRankingLoss(model), "pairs", seen),
+            "sts": _Recording(losses.CoSENTLoss(model), "sts", seen)}
+    args = _args(tmp_path, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=3, save_strategy="no",
+                 multi_dataset_batch_sampler="round_robin", eval_strategy="no")
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset={"pairs": pairs, "sts": sts}, loss=loss,
+                                         eval_dataset={"pairs": pairs, "sts": sts})
+    trainer.train()
+    assert seen == ["pairs", "sts", "pairs", "sts"]  # round robin stops with the smaller dataset
+    metrics = trainer.evaluate()
+    assert {"eval_pairs_loss", "eval_sts_loss"} <= metrics.keys()
+
+    seen.clear()
+    args = _args(tmp_path / "p", max_steps=-1, num_train_epochs=1, per_device_train_batch_size=3, save_strategy="no")
+    SentenceTransformerTrainer(model=model, args=args, train_dataset={"pairs": pairs, "sts": sts}, loss=loss).train()
+    assert sorted(seen) == ["pairs"] * 2 + ["sts"] * 4 and seen != sorted(seen)  # proportional: every batch, shuffled
+
+    with pytest.raises(ValueError, match=r"loss is a dict without an entry for the datasets \['sts'\]"):
+        SentenceTransformerTrainer(model=model, args=args, train_dataset={"pairs": pairs, "sts": sts},
+                                   loss={"pairs": losses.MultipleNegativesRankingLoss(model)})
+    with pytest.raises(ValueError, match="train_dataset is an empty dict"):
+        SentenceTransformerTrainer(model=model, args=args, train_dataset={})
+
+
+def test_multi_dataset_sampler_offsets_and_lengths():
+    from datasets import Dataset
+
+    from sentfuse.train.samplers import MultiDatasetBatchSampler, ShuffledBatchSampler
+    from sentfuse.training_args import BatchSamplers, MultiDatasetBatchSamplers  # sentence-transformers' module
+
+    assert MultiDatasetBatchSamplers("round_robin") and BatchSamplers.NO_DUPLICATES == "no_duplicates"
+
+    small, large = Dataset.from_dict({"t": list("abcd")}), Dataset.from_dict({"t": list("efghijklm")})
+    samplers = [ShuffledBatchSampler(small, 2, seed=1), ShuffledBatchSampler(large, 2, seed=1)]
+    for strategy, length in (("round_robin", 4), ("proportional", 7)):
+        sampler = MultiDatasetBatchSampler(samplers, [0, 4], strategy, seed=1)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == length
+        assert all(all(i < 4 for i in b) or all(i >= 4 for i in b) for b in batches)  # one dataset per batch
+        if strategy == "proportional":
+            assert sorted(i for b in batches for i in b) == list(range(13))
+            sampler.set_epoch(1)
+            assert list(sampler) != batches  # reshuffled per epoch

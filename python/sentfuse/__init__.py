@@ -9,7 +9,7 @@ from .encode import Encoder, EncoderPool, encode_multi_process, start_multi_proc
 from .sparse import SparseEncoder
 from .cross_encoder import CrossEncoder
 from . import evaluation, losses
-from .train import BatchSamplers, InputExample
+from .train import BatchSamplers, InputExample, MultiDatasetBatchSamplers
 from .multi_vector import MultiVectorEncoder
 from .search import (
     community_detection,
@@ -73,6 +73,7 @@ __all__ = [
     "threshold_pairs",
     "util",
     "BatchSamplers",
+    "MultiDatasetBatchSamplers",
     "InputExample",
     "SentenceTransformerTrainer",
     "SentenceTransformerTrainingArguments",

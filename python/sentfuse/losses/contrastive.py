@@ -29,8 +29,8 @@ def _cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class SiameseDistanceMetric(Enum):
-    """Distances between paired rows, under sentence-transformers' names. F.pairwise_distance adds its eps
-    to the difference, as sentence-transformers' metric does, so the values agree to the last bit."""
+    """Distances between paired rows, under sentence-transformers' names and computed by the same torch
+    functions, so the values agree exactly."""
 
     EUCLIDEAN = (_euclidean,)
     MANHATTAN = (_manhattan,)
@@ -49,10 +49,10 @@ def metric_name(metric: Any) -> str:
         try:
             from sentence_transformers.sentence_transformer.losses import SiameseDistanceMetric as theirs
         except ImportError:
-            theirs = None
-        for name, member in vars(theirs).items() if theirs is not None else ():
-            if member is metric:
-                return f"SiameseDistanceMetric.{name}"
+            theirs = object
+        name = next((n for n, member in vars(theirs).items() if member is metric), None)
+        if name:
+            return f"SiameseDistanceMetric.{name}"
     return getattr(metric, "__name__", str(metric))
 
 

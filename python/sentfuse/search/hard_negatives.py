@@ -32,7 +32,11 @@ NO_SCORE = -float("inf")
 
 
 def _texts(column: Any) -> list:
-    return column.tolist() if hasattr(column, "tolist") else list(column)
+    """A dataset column, array or list as a list. datasets' Column object iterates row by row (0.2 s per
+    5,000 rows); its slice converts through Arrow at once."""
+    if hasattr(column, "tolist"):
+        return column.tolist()
+    return list(column[:]) if hasattr(column, "__getitem__") else list(column)
 
 
 def _cached(folder: str | None, kind: str, key: tuple, compute) -> np.ndarray:

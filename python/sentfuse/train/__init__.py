@@ -10,7 +10,7 @@ from typing import Any
 from .data import InputExample, dataset_columns
 from .forward import TokenColumn, embed_tokens, tokenize_column
 from .mode import inference_mode, trainable_modules, training_mode
-from .samplers import BatchSamplers
+from .samplers import BatchSamplers, MultiDatasetBatchSamplers
 
 _LAZY = {
     "SentenceTransformerTrainer": ".trainer",
@@ -27,6 +27,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BatchSamplers",
+    "MultiDatasetBatchSamplers",
     "InputExample",
     "NonFiniteLossError",
     "SentenceTransformerTrainer",

@@ -9,6 +9,7 @@ starts, naming the column (and the row, for a bad cell).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,38 @@ class TextPairCollator:
         }
 
 
+DATASET_KEY = "__dataset__"  # the name of the dataset a row came from, in multi-dataset training
+
+
+class DatasetsEndToEnd(torch.utils.data.Dataset):
+    """Named datasets as one index space, each row tagged with its dataset's name (DATASET_KEY)."""
+
+    def __init__(self, datasets: dict[str, Any]) -> None:
+        self.names, self.parts = list(datasets), list(datasets.values())
+        self.offsets = [0]
+        for part in self.parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        part = bisect.bisect_right(self.offsets, index) - 1
+        return {**self.parts[part][index - self.offsets[part]], DATASET_KEY: self.names[part]}
+
+
+class MultiDatasetCollator:
+    """Batches drawn from one named dataset at a time: that dataset's TextPairCollator, plus "dataset_name"
+    (which picks the loss)."""
+
+    def __init__(self, model: Encoder, columns: dict[str, Columns]) -> None:
+        self.collators = {name: TextPairCollator(model, c) for name, c in columns.items()}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        name = rows[0][DATASET_KEY]
+        return {**self.collators[name](rows), "dataset_name": name}
+
+
 @dataclass
 class InputExample:
     """One training example in sentence-transformers' pre-3.0 form: its texts and an optional label."""
@@ -130,5 +163,5 @@ def rows_from_examples(examples: list[Any]) -> dict[str, list]:
     return columns
 
 
-__all__ = ["Columns", "InputExample", "TextPairCollator", "TokenColumn", "dataset_columns", "label_problem",
-           "labels_tensor", "rows_from_examples"]
+__all__ = ["Columns", "DatasetsEndToEnd", "InputExample", "MultiDatasetCollator", "TextPairCollator", "TokenColumn",
+           "dataset_columns", "label_problem", "labels_tensor", "rows_from_examples"]

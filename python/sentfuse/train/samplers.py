@@ -10,10 +10,19 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from .data import LABEL_COLUMNS
+
 
 class BatchSamplers(str, Enum):
     BATCH_SAMPLER = "batch_sampler"
     NO_DUPLICATES = "no_duplicates"
+
+
+class MultiDatasetBatchSamplers(str, Enum):
+    """How a training run over several datasets picks the dataset of each batch."""
+
+    ROUND_ROBIN = "round_robin"  # one batch of each in turn, until the smallest runs out
+    PROPORTIONAL = "proportional"  # every batch of every dataset, in an order shuffled per epoch
 
 
 class ShuffledBatchSampler(Sampler[list[int]]):
@@ -52,7 +61,7 @@ class NoDuplicatesBatchSampler(ShuffledBatchSampler):
     def __init__(self, dataset: Any, batch_size: int, drop_last: bool = False, seed: int = 0,
                  text_columns: tuple[str, ...] | None = None) -> None:
         super().__init__(dataset, batch_size, drop_last, seed)
-        names = text_columns or [c for c in dataset.column_names if c not in ("label", "score")]
+        names = text_columns or [c for c in dataset.column_names if c not in LABEL_COLUMNS]
         self._texts = [dataset[c] for c in names]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -72,3 +81,39 @@ class NoDuplicatesBatchSampler(ShuffledBatchSampler):
             waiting = later
             if len(batch) == self.batch_size or not self.drop_last:
                 yield batch
+
+
+class MultiDatasetBatchSampler(Sampler[list[int]]):
+    """Batches of one dataset at a time, as indices into the datasets laid end to end (offsets: where each
+    starts), each dataset batched by its own sampler."""
+
+    def __init__(self, samplers: list[ShuffledBatchSampler], offsets: list[int],
+                 strategy: MultiDatasetBatchSamplers, seed: int = 0) -> None:
+        self.samplers, self.offsets = samplers, offsets
+        self.strategy, self.seed, self.epoch = MultiDatasetBatchSamplers(strategy), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+
+    def _sources(self) -> list[int]:
+        """The dataset of each batch, in order."""
+        if self.strategy == MultiDatasetBatchSamplers.ROUND_ROBIN:
+            return list(range(len(self.samplers))) * min(len(s) for s in self.samplers)
+        sources = torch.tensor([i for i, s in enumerate(self.samplers) for _ in range(len(s))])
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return sources[torch.randperm(len(sources), generator=generator)].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = [iter(s) for s in self.samplers]
+        for source in self._sources():
+            batch = next(batches[source], None)  # a no-duplicates sampler may yield fewer batches than it counts
+            if batch is not None:
+                yield [self.offsets[source] + i for i in batch]
+
+    def __len__(self) -> int:
+        lengths = [len(s) for s in self.samplers]
+        if self.strategy == MultiDatasetBatchSamplers.ROUND_ROBIN:
+            return min(lengths) * len(lengths)
+        return sum(lengths)
