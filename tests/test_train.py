@@ -274,6 +274,8 @@ def test_several_datasets_train_with_a_loss_each(model, tmp_path):
     with pytest.raises(ValueError, match=r"loss is a dict without an entry for the datasets \['sts'\]"):
         SentenceTransformerTrainer(model=model, args=args, train_dataset={"pairs": pairs, "sts": sts},
                                    loss={"pairs": losses.MultipleNegativesRankingLoss(model)})
+    with pytest.raises(ValueError, match="train_dataset is a single dataset"):
+        SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
     with pytest.raises(ValueError, match="train_dataset is an empty dict"):
         SentenceTransformerTrainer(model=model, args=args, train_dataset={})
 

@@ -116,6 +116,9 @@ class SentenceTransformerTrainer(Trainer):
         self.encoder = model
         self.train_datasets = _named(train_dataset, "train_dataset")
         if self.train_datasets is None:
+            if isinstance(loss, dict):
+                raise ValueError("loss is a dict of losses by dataset name, but train_dataset is a single dataset: "
+                                 "give a dict (or DatasetDict) of datasets with the same names")
             self.columns = dataset_columns(train_dataset)
             self.loss = loss if loss is not None else self._default_loss(model, self.columns)
             collator = TextPairCollator(model, self.columns)
