@@ -23,6 +23,7 @@ from .search import (
 )
 from .encode.quantize import quantize_embeddings
 from .search.hard_negatives import mine_hard_negatives
+from .util import LoggingHandler
 from .search.similarity import SimilarityFunction
 
 # sentence-transformers' name for the Encoder, so that scripts switch by their import line alone.
@@ -46,6 +47,7 @@ __all__ = [
     "CrossEncoder",
     "Encoder",
     "EncoderPool",
+    "LoggingHandler",
     "MultiVectorEncoder",
     "SentenceTransformer",
     "SimilarityFunction",
