@@ -113,6 +113,22 @@ def test_fit_with_input_examples_and_an_evaluator(model, tmp_path):
     assert (tmp_path / "best" / "modules.json").exists()
 
 
+def test_fit_with_several_objectives_takes_a_batch_of_each_in_turn(model):
+    from torch.utils.data import DataLoader
+
+    from sentfuse import InputExample, losses
+
+    pairs = [InputExample(texts=[a, p]) for a, p in zip(ANCHORS, POSITIVES)]  # 2 batches of 3
+    triplets = [InputExample(texts=[a, p, n]) for a, p, n in zip(ANCHORS * 2, POSITIVES * 2, POSITIVES[::-1] * 2)]
+    seen: list[str] = []
+    objectives = [(DataLoader(pairs, batch_size=3), _Recording(losses.MultipleNegativesRankingLoss(model), "pairs", seen)),
+                  (DataLoader(triplets, batch_size=3), _Recording(losses.TripletLoss(model), "triplets", seen))]
+    model.fit(train_objectives=objectives, epochs=1, warmup_steps=0, show_progress_bar=False)
+    assert seen == ["pairs", "triplets", "pairs", "triplets"]
+    with pytest.raises(ValueError, match="at least one"):
+        model.fit(train_objectives=[], show_progress_bar=False)
+
+
 def test_train_command(tiny_model_root, tmp_path, capsys):
     from sentence_transformers import SentenceTransformer
 

@@ -74,7 +74,8 @@ class FitMixin:
         checkpoint_save_total_limit: int = 0,
         resume_from_checkpoint: bool = False,
     ) -> None:
-        """Train on one (DataLoader of InputExample, loss) objective, as sentence-transformers' fit does.
+        """Train on (DataLoader of InputExample, loss) objectives, as sentence-transformers' fit does (several:
+        a batch of each in turn until the smallest runs out).
         use_amp trains in bfloat16 mixed precision; output_path receives the final model or, with an
         evaluator and save_best_model, the best one evaluated."""
         # Long for sentence-transformers' signature; the body maps it onto the trainer's arguments.
@@ -85,14 +86,17 @@ class FitMixin:
         from .trainer import SentenceTransformerTrainer
 
         objectives = list(train_objectives)
-        if len(objectives) != 1:
-            raise ValueError(f"fit trains one (dataloader, loss) objective at a time; got {len(objectives)} "
-                             f"(call fit once per objective, or use SentenceTransformerTrainer)")
-        loader, loss = objectives[0]
-        dataset = Dataset.from_dict(rows_from_examples(list(loader.dataset)))
+        if not objectives:
+            raise ValueError("fit needs at least one (DataLoader of InputExample, loss) objective")
+        # Several objectives train as several datasets, a batch of each in turn (sentence-transformers' fit).
+        datasets = {f"_dataset_{i}": Dataset.from_dict(rows_from_examples(list(loader.dataset)))
+                    for i, (loader, _) in enumerate(objectives, start=1)}
+        losses = {name: loss for name, (_, loss) in zip(datasets, objectives)}
+        dataset, loss = (datasets, losses) if len(objectives) > 1 else (datasets["_dataset_1"], losses["_dataset_1"])
+        loader = objectives[-1][0]  # the batch size: the last objective's, as sentence-transformers takes it
         params = dict(optimizer_params)
         lr = params.pop("lr", 2e-5)
-        steps = {"max_steps": steps_per_epoch * epochs} if steps_per_epoch else {}
+        steps = {"max_steps": steps_per_epoch * epochs * len(objectives)} if steps_per_epoch else {}
         evaluating = evaluator is not None
         per_steps = evaluating and evaluation_steps > 0
         with tempfile.TemporaryDirectory(prefix="sentfuse-fit-") as scratch:
@@ -104,7 +108,7 @@ class FitMixin:
                 eval_strategy=("steps" if per_steps else "epoch") if evaluating else "no",
                 eval_steps=evaluation_steps if per_steps else None,
                 save_strategy="steps" if checkpoint_path else "no", save_steps=checkpoint_save_steps,
-                save_total_limit=checkpoint_save_total_limit or None,
+                save_total_limit=checkpoint_save_total_limit or None, multi_dataset_batch_sampler="round_robin",
             )
             best_path = output_path if save_best_model else None
             trainer = SentenceTransformerTrainer(
