@@ -10,7 +10,7 @@ import numpy as np
 
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
 from .base import BaseEvaluator
-from .writing import prefixed, write_csv_row
+from .writing import write_csv_row
 
 # Euclidean and Manhattan are reported as distances (lower means more similar), as sentence-transformers does.
 DISTANCES = ("euclidean", "manhattan")
@@ -158,8 +158,7 @@ class BinaryClassificationEvaluator(BaseEvaluator):
             self.primary_metric = "max_ap"
         else:
             self.primary_metric = f"{self.similarity_fn_names[0]}_ap"
-        self.primary_metric = prefixed(self.name, self.primary_metric)
-        return {prefixed(self.name, k): v for k, v in metrics.items()}
+        return self.prefix_name_to_metrics(metrics, self.name)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {} if self.truncate_dim is None else {"truncate_dim": self.truncate_dim}

@@ -7,11 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 from ..search.paraphrase import paraphrase_mining
-from ..search.similarity import cos_sim, dot_score
+from ..search.similarity import KERNEL_SCORE_FUNCTIONS
 from .base import BaseEvaluator
 from .writing import write_csv_row
-
-KERNEL_SCORES = {"cosine": cos_sim, "dot": dot_score}
 
 
 def _closed(duplicates: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]]:
@@ -62,7 +60,7 @@ class ParaphraseMiningEvaluator(BaseEvaluator):
         return bool(self.duplicates.get(a, {}).get(b) or self.duplicates.get(b, {}).get(a))
 
     def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        score_function = KERNEL_SCORES.get(getattr(model, "similarity_fn_name", None), model.similarity)
+        score_function = KERNEL_SCORE_FUNCTIONS.get(getattr(model, "similarity_fn_name", None), model.similarity)
         pairs = paraphrase_mining(model, self.sentences, show_progress_bar=self.show_progress_bar,
                                   batch_size=self.batch_size, query_chunk_size=self.query_chunk_size,
                                   corpus_chunk_size=self.corpus_chunk_size, max_pairs=self.max_pairs, top_k=self.top_k,

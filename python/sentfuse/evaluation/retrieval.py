@@ -11,12 +11,10 @@ from typing import Any
 import torch
 
 from .._io import atomic_write
-from ..search.similarity import cos_sim, dot_score
+from ..search.similarity import KERNEL_SCORE_FUNCTIONS, cos_sim
 from ..search.topk import search_topk
 from .base import BaseEvaluator
 from .writing import prefixed, write_csv_row
-
-SCORE_FUNCTIONS = {"cosine": cos_sim, "dot": dot_score}
 
 
 def ranking_metrics(ranked: list[list[str]], relevant: list[set[str]], ks: dict[str, list[int]]) -> dict[str, float]:
@@ -99,7 +97,7 @@ class InformationRetrievalEvaluator(BaseEvaluator):
                             truncate_dim=self.truncate_dim).float()
 
     def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        functions = self.score_functions or {model.similarity_fn_name: SCORE_FUNCTIONS.get(model.similarity_fn_name, cos_sim)}
+        functions = self.score_functions or {model.similarity_fn_name: KERNEL_SCORE_FUNCTIONS.get(model.similarity_fn_name, cos_sim)}
         queries, corpus = self._embed(model, self.queries, "query"), self._embed(model, self.corpus, "corpus")
         top = max(max(v) for v in self.ks.values())
         relevant = [self.relevant_docs[q] for q in self.query_ids]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
 from .base import BaseEvaluator
-from .writing import prefixed, write_csv_row
+from .writing import write_csv_row
 
 
 class TripletEvaluator(BaseEvaluator):
@@ -76,8 +76,7 @@ class TripletEvaluator(BaseEvaluator):
             self.primary_metric = f"{self.main_similarity_function}_accuracy"
         else:
             self.primary_metric = "max_accuracy" if len(names) > 1 else f"{names[0]}_accuracy"
-        self.primary_metric = prefixed(self.name, self.primary_metric)
-        return {prefixed(self.name, k): v for k, v in metrics.items()}
+        return self.prefix_name_to_metrics(metrics, self.name)
 
     def get_config_dict(self) -> dict[str, Any]:
         config: dict[str, Any] = {}

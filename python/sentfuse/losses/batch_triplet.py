@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..search.similarity import cos_sim
+from ..util import similarity_fct_name
 from .base import EmbeddingLoss, expect_columns, one_label_per_row
 
 if TYPE_CHECKING:
@@ -48,10 +49,6 @@ class BatchHardTripletLossDistanceFunction:
     eucledian_distance = euclidean_distance  # sentence-transformers' older spelling
 
 
-def _metric_name(metric: Any) -> str:
-    return getattr(metric, "__name__", str(metric))
-
-
 class _InBatchTripletLoss(EmbeddingLoss):
     """One text column, a class label per row; subclasses score the [B, B] distances."""
 
@@ -71,7 +68,7 @@ class _InBatchTripletLoss(EmbeddingLoss):
         raise NotImplementedError
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"distance_metric": _metric_name(self.distance_metric), "margin": self.triplet_margin}
+        return {"distance_metric": similarity_fct_name(self.distance_metric), "margin": self.triplet_margin}
 
 
 def _hardest(distances: torch.Tensor, same: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +96,7 @@ class BatchHardSoftMarginTripletLoss(BatchHardTripletLoss):
         return F.softplus(farthest_positive - closest_negative).mean()
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"distance_metric": _metric_name(self.distance_metric)}
+        return {"distance_metric": similarity_fct_name(self.distance_metric)}
 
 
 class BatchAllTripletLoss(_InBatchTripletLoss):

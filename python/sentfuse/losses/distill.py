@@ -15,6 +15,7 @@ from torch import nn
 
 from .._io import atomic_path
 from ..search.similarity import pairwise_dot_score
+from ..util import similarity_fct_name
 from .base import EmbeddingLoss
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class MarginMSELoss(EmbeddingLoss):
         return self.loss_fct(margins, labels.to(margins.dtype))
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct))}
+        return {"similarity_fct": similarity_fct_name(self.similarity_fct)}
 
 
 class DistillKLDivLoss(EmbeddingLoss):
@@ -188,7 +189,7 @@ class DistillKLDivLoss(EmbeddingLoss):
         return self.loss_fct(log_student, teacher) * self.student_temperature ** 2
 
     def get_config_dict(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct)),
+        config: dict[str, Any] = {"similarity_fct": similarity_fct_name(self.similarity_fct),
                                   "temperature": self.temperature}
         for name in ("student_temperature", "teacher_temperature"):
             if getattr(self, name) != self.temperature:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..search.similarity import cos_sim
+from ..util import similarity_fct_name
 from .base import EmbeddingLoss
 
 if TYPE_CHECKING:
@@ -56,6 +57,6 @@ class GlobalOrthogonalRegularizationLoss(EmbeddingLoss):
         return terms
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct)),
+        return {"similarity_fct": similarity_fct_name(self.similarity_fct),
                 "mean_weight": self.mean_weight, "second_moment_weight": self.second_moment_weight,
                 "aggregation": self.aggregation}

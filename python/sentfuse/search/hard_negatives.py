@@ -21,13 +21,12 @@ import numpy as np
 import torch
 
 from .._io import atomic_path
-from .similarity import cos_sim, dot_score
+from .similarity import KERNEL_SCORE_FUNCTIONS
 from .topk import search_topk
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
-KERNEL_SCORES = {"cosine": cos_sim, "dot": dot_score}
 NO_SCORE = -float("inf")
 
 
@@ -58,7 +57,7 @@ def _cached(folder: str | None, kind: str, key: tuple, compute) -> np.ndarray:
 def _candidates(model: Any, queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int,
                 width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[queries, width] best corpus scores and indices per query (k found, padded with -inf / -1)."""
-    function = KERNEL_SCORES.get(getattr(model, "similarity_fn_name", None))
+    function = KERNEL_SCORE_FUNCTIONS.get(getattr(model, "similarity_fn_name", None))
     if function is not None:
         scores, indices = search_topk(queries, corpus, k, score_function=function, query_chunk_size=chunk)
     else:  # any other similarity: the model's own function over a score matrix per chunk

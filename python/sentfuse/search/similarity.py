@@ -162,6 +162,11 @@ PAIRWISE_SIMILARITY_FUNCTIONS: dict[str, Callable[[Any, Any], torch.Tensor]] = {
     "manhattan": pairwise_manhattan_sim,
 }
 
+# The score functions the top-k and pair kernels compute, by metric name (the rest are called chunk by chunk).
+KERNEL_SCORE_FUNCTIONS: dict[str, Callable[[Any, Any], torch.Tensor]] = {
+    name: SIMILARITY_FUNCTIONS[name] for name in ("cosine", "dot")
+}
+
 # The score functions the kernels compute, by name, so that sentence-transformers' own cos_sim and
 # dot_score (what its users pass) take the kernels too.
 _KERNEL_FUNCTION_NAMES = {"cos_sim": "cosine", "pytorch_cos_sim": "cosine", "dot_score": "dot"}

@@ -62,7 +62,8 @@ class NoDuplicatesBatchSampler(ShuffledBatchSampler):
                  text_columns: tuple[str, ...] | None = None) -> None:
         super().__init__(dataset, batch_size, drop_last, seed)
         names = text_columns or [c for c in dataset.column_names if c not in LABEL_COLUMNS]
-        self._texts = [dataset[c] for c in names]
+        # As lists: datasets' Column reads one row per call through Arrow (0.7 s per 5,000 lookups here).
+        self._texts = [list(dataset[c][:]) for c in names]
 
     def __iter__(self) -> Iterator[list[int]]:
         waiting = self._order()
