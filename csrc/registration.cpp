@@ -3,6 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#ifdef SENTFUSE_WITH_AMX
+#include "cpu/amx_tiles.h"
+#endif
+
 TORCH_LIBRARY(sentfuse, m) {
   // hidden [B, L, H], attention_mask [B, L] -> [B, H]
   m.def("masked_pool(Tensor hidden, Tensor attention_mask, str mode, bool normalize=False, int skip_tokens=0) "
@@ -87,4 +91,16 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("WITH_CUDA") = false;
 #endif
+  // What scores the CPU's bf16 blocks in this process: "amx", "avx512_bf16" or "none" (cpu/amx_tiles.h), so
+  // that the tests can hold cpu_features.bf16_block_unit() to the kernels' own choice.
+  m.def("cpu_block_unit", [] {
+#ifdef SENTFUSE_WITH_AMX
+    switch (sentfuse::amx::block_unit()) {
+      case sentfuse::amx::BlockUnit::kTiles: return "amx";
+      case sentfuse::amx::BlockUnit::kVector: return "avx512_bf16";
+      default: break;
+    }
+#endif
+    return "none";
+  });
 }

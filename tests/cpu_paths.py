@@ -10,14 +10,16 @@ import torch
 
 from sentfuse import cpu_features
 
+VECTOR_BF16 = {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16", "avx512_vnni"}
 FEATURE_SETS = pytest.mark.parametrize(
     "flags,env,chosen",
     [({"avx2", "fma"}, "", False),  # AVX2 only: fp32
-     ({"avx512f", "avx512_bf16"}, "", False),  # bf16 vector instructions, no matrix units: fp32
+     (VECTOR_BF16, "", True),  # bf16 dot products in the vector units (Zen 4): the vector blocks
+     ({"avx512f", "avx512_bf16"}, "", False),  # without the AVX-512 subsets the blocks use: fp32
      ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, "", True),  # AMX: the bf16 path
      ({"avx512f", "amx_bf16", "amx_tile"}, "fp32", False),  # forced either way
      ({"avx2"}, "bf16", True)],
-    ids=["avx2", "avx512-bf16", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
+    ids=["avx2", "avx512-bf16", "avx512-bf16-partial", "amx", "amx-forced-fp32", "avx2-forced-bf16"],
 )
 
 
@@ -26,6 +28,8 @@ def spy_on_path(monkeypatch, flags: set[str], env_name: str, env: str, op_name: 
     argument of every later call of torch.ops.sentfuse.<op_name>."""
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setenv(env_name, env)
+    monkeypatch.delenv(cpu_features.BLOCKS_ENV, raising=False)
+    monkeypatch.delenv(cpu_features.AMX_ENV, raising=False)
     seen: list[bool] = []
     real = getattr(torch.ops.sentfuse, op_name).default
     spy = types.SimpleNamespace(default=lambda *a, **kw: seen.append(kw["bf16_rescore"]) or real(*a, **kw))

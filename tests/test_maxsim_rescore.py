@@ -48,9 +48,9 @@ def test_exact_ties_go_to_the_lower_index():
     cu = offsets([10, 10, 5, 5, 10, 10, 5])
     q = doc[:3].unsqueeze(0)
     scores, ids = _ops.maxsim_topk(q, docs, cu, 3, bf16_rescore=True)
-    if cpu_features.has_bf16_matrix_units():  # the exact rescoring ran: copies score alike, lower index first
+    if cpu_features.bf16_block_unit() is not None:  # the exact rescoring ran: copies score alike, lower index first
         assert ids.tolist() == [[2, 3, 6]] and scores[0, 0] == scores[0, 1] == scores[0, 2]
-    else:  # fp32 tiles (no AMX): a copy in another tile position may round differently (Zen 3: 70.1066132 vs 055)
+    else:  # fp32 tiles (no bf16 blocks): a copy in another tile position may round differently (Zen 3: 70.1066132 vs 055)
         assert sorted(ids[0].tolist()) == [2, 3, 6]
         torch.testing.assert_close(scores[0], scores[0, :1].expand(3), rtol=1e-6, atol=0)
 

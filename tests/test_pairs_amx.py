@@ -1,9 +1,10 @@
-"""threshold_pairs on the CPU's AMX units (no max_pairs), at the edges of its 32-row blocks and 256-column chunks.
+"""threshold_pairs on the CPU's bf16 block units (no max_pairs), at the edges of its 32-row blocks and 256-column
+chunks.
 
-On an AMX CPU the pairs come from bf16 blocks whose candidates are scored in fp32 (csrc/cpu/pairs.cpp); elsewhere,
-and with max_pairs, from fp32 tiles. Both must give the reference's pairs, up to fp32 rounding of scores equal
-to the threshold. The last test runs test_pairs.py with SENTFUSE_CPU_AMX=off, which covers the fp32 tiles on
-AMX CPUs.
+On a CPU with AMX or AVX512-BF16 the pairs come from bf16 blocks whose candidates are scored in fp32
+(csrc/cpu/pairs.cpp); elsewhere, and with max_pairs, from fp32 tiles. Both must give the reference's pairs, up to
+fp32 rounding of scores equal to the threshold. The last test runs test_pairs.py with SENTFUSE_CPU_BLOCKS=off,
+which covers the fp32 tiles on such CPUs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def test_non_finite_raises():
 
 
 def test_fp32_tiles_pass_the_pairs_tests():
-    env = dict(os.environ, SENTFUSE_CPU_AMX="off")
+    env = dict(os.environ, SENTFUSE_CPU_BLOCKS="off")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", str(TESTS / "test_pairs.py")],
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

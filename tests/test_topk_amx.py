@@ -1,10 +1,11 @@
-"""cosine_topk's bf16 scan on the CPU (bf16_rescore=True) at the edges of its AMX micro-kernel's blocks.
+"""cosine_topk's bf16 scan on the CPU (bf16_rescore=True) at the edges of its micro-kernel's blocks.
 
-On an AMX CPU the scan scores 32 x 32 blocks of packed bf16 unit rows (csrc/cpu/amx_tiles.cpp) in corpus chunks
-of 256 rows; elsewhere the same scan runs on ATen's bf16 GEMM. Either way the answer is the exact fp32 one:
-checked against reference.py on shapes that are not multiples of any block, ties and near-ties, k beyond the
-candidates, and non-finite inputs in a late chunk. The last test runs the bf16 cases again with
-SENTFUSE_CPU_AMX=off, which covers the ATen path on AMX CPUs.
+On a CPU with AMX or AVX512-BF16 the scan scores 32 x 32 blocks of packed bf16 unit rows (csrc/cpu/amx_tiles.cpp:
+tiles or vector dot products) in corpus chunks of 256 rows; elsewhere the same scan runs on ATen's bf16 GEMM.
+Either way the answer is the exact fp32 one: checked against reference.py on shapes that are not multiples of any
+block, ties and near-ties, k beyond the candidates, and non-finite inputs in a late chunk. The last tests run the
+bf16 cases again with SENTFUSE_CPU_BLOCKS=off (the ATen path) and, on AMX CPUs that have AVX512-BF16 too,
+SENTFUSE_CPU_BLOCKS=avx512_bf16 (the vector blocks).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentfuse import _ops, reference
+from sentfuse import _C, _ops, cpu_features, reference
 from test_topk import assert_same_topk, normal
 
 TESTS = Path(__file__).resolve().parent
@@ -114,12 +115,36 @@ def test_threads_agree():
     assert torch.equal(single[0], bf16_topk(queries, corpus, 25, metric="dot")[0])
 
 
-def test_aten_bf16_path_passes_the_same_tests():
-    env = dict(os.environ, SENTFUSE_CPU_AMX="off")
+def test_block_unit_is_the_kernels_choice():
+    assert cpu_features.bf16_block_unit() == (None if _C.cpu_block_unit() == "none" else _C.cpu_block_unit())
+
+
+def test_block_unit_env_is_checked(monkeypatch):
+    monkeypatch.setenv(cpu_features.BLOCKS_ENV, "tiles")
+    with pytest.raises(ValueError, match="SENTFUSE_CPU_BLOCKS"):
+        cpu_features.bf16_block_unit()
+
+
+def run_again(blocks: str, expected_unit: str) -> None:
+    """This file's other tests in a process whose blocks are SENTFUSE_CPU_BLOCKS=blocks."""
+    env = dict(os.environ, **{cpu_features.BLOCKS_ENV: blocks})
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not aten_bf16_path",
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not passes_the_same_tests",
          str(TESTS / "test_topk_amx.py")],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout
+    unit = subprocess.run([sys.executable, "-c", "from sentfuse import _C; print(_C.cpu_block_unit())"], env=env,
+                          capture_output=True, text=True, timeout=300).stdout.strip()
+    assert unit == expected_unit
+
+
+def test_aten_bf16_path_passes_the_same_tests():
+    run_again("off", "none")
+
+
+@pytest.mark.skipif(cpu_features.bf16_block_unit() != "amx" or not cpu_features.BF16_VECTOR_FLAGS
+                    <= cpu_features.cpu_flags(), reason="the vector blocks already ran above (or cannot run here)")
+def test_vector_blocks_pass_the_same_tests():
+    run_again("avx512_bf16", "avx512_bf16")

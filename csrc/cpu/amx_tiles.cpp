@@ -62,6 +62,29 @@ bool available() {
   return ok;
 }
 
+namespace {
+
+// AVX512-BF16 with the AVX-512 subsets the kernels use; libgcc's check includes the OS's 512-bit state.
+bool cpu_has_avx512_bf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bf16");
+}
+
+}  // namespace
+
+BlockUnit block_unit() {
+  static const BlockUnit unit = [] {
+    const char* env = std::getenv("SENTFUSE_CPU_BLOCKS");
+    const std::string choice = env == nullptr ? "" : env;
+    if (choice == "off") return BlockUnit::kNone;
+    if (choice != "avx512_bf16" && available()) return BlockUnit::kTiles;
+    return cpu_has_avx512_bf16() ? BlockUnit::kVector : BlockUnit::kNone;
+  }();
+  return unit;
+}
+
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,f16c")
 
@@ -129,9 +152,13 @@ void load_tile_config() { _tile_loadconfig(&kConfig); }
 void release_tiles() { _tile_release(); }
 }  // namespace
 
-TileScope::TileScope() { load_tile_config(); }
+TileScope::TileScope() : tiles_(block_unit() == BlockUnit::kTiles) {
+  if (tiles_) load_tile_config();
+}
 
-TileScope::~TileScope() { release_tiles(); }
+TileScope::~TileScope() {
+  if (tiles_) release_tiles();
+}
 
 bool pack_unit_rows(const float* rows, int64_t n, int64_t D, int64_t Dp, uint16_t* out, float* norms, float* inverse) {
   return pack_unit_rows_any(rows, n, D, Dp, out, norms, inverse);
@@ -166,7 +193,9 @@ void pack_pairs(const uint16_t* rows, int64_t m, int64_t Dp, uint16_t* out) {
   }
 }
 
-void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c) {
+namespace {
+
+void score_block_tiles(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c) {
   // Tiles 0-3: the four 16 x 16 fp32 quarters of c; 4-5: a's two row halves; 6-7: the two query groups.
   _tile_zero(0);
   _tile_zero(1);
@@ -189,6 +218,45 @@ void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int6
   _tile_stored(1, c + kTileRows, row_bytes);
   _tile_stored(2, c + kTileRows * kBlock, row_bytes);
   _tile_stored(3, c + kTileRows * kBlock + kTileRows, row_bytes);
+}
+
+// The pack_pairs layout is vdpbf16ps's right-hand operand: feature pair p of a 16-row group is one register
+// (16 rows x 2 features) at p * 32 values, whatever the step. Each of a's rows broadcasts its pair p and adds
+// the two products to its 16 columns' fp32 sums. kRows rows x 32 columns = 16 accumulators, so each group
+// register loaded serves kRows rows, and the 32 registers hold them, the two group values and a broadcast.
+constexpr int kRows = 8;
+
+void score_rows_vector(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c) {
+  __m512 lo[kRows], hi[kRows];
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < Dp / 2; ++p) {
+    const __m512bh g0 = (__m512bh)_mm512_loadu_si512(b0 + p * 32);
+    const __m512bh g1 = (__m512bh)_mm512_loadu_si512(b1 + p * 32);
+    for (int r = 0; r < kRows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * Dp + 2 * p, sizeof(pair));
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+      lo[r] = _mm512_dpbf16_ps(lo[r], x, g0);
+      hi[r] = _mm512_dpbf16_ps(hi[r], x, g1);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    _mm512_storeu_ps(c + r * kBlock, lo[r]);
+    _mm512_storeu_ps(c + r * kBlock + kTileRows, hi[r]);
+  }
+}
+
+void score_block_vector(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c) {
+  for (int64_t r = 0; r < kBlock; r += kRows) score_rows_vector(a + r * Dp, b0, b1, Dp, c + r * kBlock);
+}
+
+}  // namespace
+
+void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c) {
+  if (block_unit() == BlockUnit::kTiles)
+    score_block_tiles(a, b0, b1, Dp, c);
+  else
+    score_block_vector(a, b0, b1, Dp, c);
 }
 
 namespace {

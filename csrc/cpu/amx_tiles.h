@@ -1,6 +1,8 @@
-// bf16 score blocks on Intel AMX (cpu/amx_tiles.cpp, the only file built with AMX flags): rows packed to bf16
-// once, then 32 x 32 fp32 score blocks from the tile registers, filtered against per-query bars with AVX-512
-// so that only candidates leave the block. Call nothing here unless available() says yes.
+// bf16 score blocks on the CPU's bf16 units (cpu/amx_tiles.cpp, the only file built with AMX flags): rows packed
+// to bf16 once, then 32 x 32 fp32 score blocks from Intel AMX's tile registers or, on CPUs with AVX512-BF16 but no
+// AMX (AMD Zen 4 and later, Intel Cooper Lake), from vector bf16 dot products on the same packed layout; filtered
+// against per-query bars with AVX-512 so that only candidates leave the block. Call nothing here but
+// available() / block_unit() unless block_unit() says there is a unit.
 #pragma once
 
 #include <cstddef>
@@ -45,13 +47,23 @@ inline int64_t padded_depth(int64_t D) { return (D + kDepth - 1) / kDepth * kDep
 // says no (read once per process; the tests use it to cover the ATen bf16 GEMM path on AMX CPUs).
 bool available();
 
-// Holds the tile configuration for score_block on the calling thread; released on destruction.
+// What scores the blocks, chosen once per process: AMX tiles where available() says yes, else AVX512-BF16 dot
+// products where the CPU (and the OS, for the 512-bit state) has them, else none (the callers keep their fp32 or
+// ATen paths). SENTFUSE_CPU_BLOCKS=off says none, =avx512_bf16 skips the tiles (the tests cover each path so).
+enum class BlockUnit { kNone, kVector, kTiles };
+BlockUnit block_unit();
+inline bool blocks_available() { return block_unit() != BlockUnit::kNone; }
+
+// Holds the tile configuration for score_block on the calling thread (AMX only); released on destruction.
 class TileScope {
  public:
   TileScope();
   ~TileScope();
   TileScope(const TileScope&) = delete;
   TileScope& operator=(const TileScope&) = delete;
+
+ private:
+  bool tiles_;
 };
 
 // rows [n, D] (row stride D) scaled to unit length and rounded to bf16 into out [n, Dp], zeros past D; each
@@ -76,7 +88,8 @@ int64_t paired_size(int64_t m, int64_t Dp);
 void pack_pairs(const uint16_t* rows, int64_t m, int64_t Dp, uint16_t* out);
 
 // c [32, 32] fp32 (64-byte aligned, as a, b0 and b1) = a [32, Dp] (bf16 rows, stride Dp) x the two 16-row groups at b0, b1 (pack_pairs layout)
-// transposed: c[r][t] scores row r of a against row t of the groups. Needs a TileScope.
+// transposed: c[r][t] scores row r of a against row t of the groups. Needs a TileScope. Both units add exact
+// bf16 products in fp32 (other orders: the error bound of topk_bf16.h covers either).
 void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c);
 
 // For each of the first `rows` rows r of c [32, 32], bits t (within `columns`) where the upper bound

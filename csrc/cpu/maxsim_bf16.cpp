@@ -25,7 +25,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 bool maxsim_bf16_available() {
 #ifdef SENTFUSE_WITH_AMX
-  return amx::available();
+  return amx::blocks_available();
 #else
   return false;
 #endif
@@ -36,7 +36,7 @@ namespace {
 
 constexpr int64_t kQueryBlocks = 4;  // 32-token query blocks scored per pass over a tile: 32 KB, within L1
 
-// The scan runs only on AMX CPUs, which all have AVX-512: its loops may use it (the file's other code stays
+// The scan runs only on CPUs with AMX or AVX512-BF16, which all have AVX-512: its loops may use it (the file's other code stays
 // generic, and nothing AVX-512 runs before maxsim_bf16_available()).
 #define SENTFUSE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
@@ -89,7 +89,7 @@ SENTFUSE_AVX512 inline void fold_rows(const float* c, int64_t rows, float* m) {
 MaxSimBf16Scan::MaxSimBf16Scan(const at::Tensor& tokens, const std::vector<int64_t>& offsets,
                                const std::vector<float>& scale)
     : scale_(scale) {
-  TORCH_CHECK(maxsim_bf16_available(), "maxsim_topk: the bf16 scan needs AMX tiles");
+  TORCH_CHECK(maxsim_bf16_available(), "maxsim_topk: the bf16 scan needs AMX or AVX512-BF16");
   const int64_t Q = static_cast<int64_t>(scale.size());
   tokens_ = tokens.size(0);
   depth_ = tokens.size(1);

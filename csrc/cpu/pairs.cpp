@@ -290,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
   std::atomic<int64_t> total{0};
   bool non_finite = false;
 #ifdef SENTFUSE_WITH_AMX
-  if (amx::available() && !max_pairs.has_value()) {
+  if (amx::blocks_available() && !max_pairs.has_value()) {
     bool finite = true;
     if (self) {
       finite = amx_threshold_pairs(q, q.const_data_ptr<float>(), N, true, false, min_score, buffers);

@@ -312,7 +312,7 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
   for (int t = 0; t < at::get_num_threads(); ++t) scans.emplace_back(M, k);
   bool scanned = false;
 #ifdef SENTFUSE_WITH_AMX
-  if (amx::available()) {
+  if (amx::blocks_available()) {
     in.beta = bf16_error_bound(q.size(1), false);  // the blocks' scores stay fp32
     if (!amx_scan(q, in, scans)) return false;
     scanned = true;

@@ -37,7 +37,8 @@ _UNIT_SECONDS = 3e-11
 # On AMX CPUs threshold_pairs scores bf16 blocks on the matrix units (fp32 rescoring of candidates): its
 # GEMM work per feature costs about 1/8 of the fp32 kernel's (issue 21's table: 2,995 vs 341 GFLOP/s). Measured
 # on the 2-core AMX Xeon, 20,000 planted rows at paraphrase mining's cutoff: plain kernel 2.2 s, prefix 3.7 s.
-_AMX_GEMM_SPEEDUP = 8.0
+# On AVX512-BF16 CPUs without AMX the vector blocks run at ~2x the fp32 rate (2-core Zen 4 EPYC).
+_BLOCK_GEMM_SPEEDUP = {"amx": 8.0, "avx512_bf16": 2.0}
 _MIN_SAVING = 0.85  # take the prefix bound only when predicted to cost at most this fraction of the plain kernel
 # Margin for fp32 rounding in the rotation and the prefix GEMM: far above their typical error (~1e-6)
 # and above the worst-case bound for 384-d unit rows (~1e-3).
@@ -92,7 +93,7 @@ def _plan(
     """(rotation [D, D], prefix d, predicted fraction of pairs whose bound reaches `bound`), or None where
     the plain kernel is cheaper. A given prefix is taken whatever it costs."""
     dim = x.shape[1]
-    gemm = 1.0 / _AMX_GEMM_SPEEDUP if x.device.type == "cpu" and cpu_features.amx_kernels() else 1.0
+    gemm = 1.0 / _BLOCK_GEMM_SPEEDUP.get(cpu_features.bf16_block_unit(), 1.0) if x.device.type == "cpu" else 1.0
     plain_cost = dim * gemm + _SCAN_COST
     fixed_cost = _FIXED_SECONDS / (_UNIT_SECONDS * max(len(x) * (len(x) - 1) / 2, 1))
     if prefix is None and (_PREFIXES[0] + 1) * gemm + _SCAN_COST + fixed_cost > _MIN_SAVING * plain_cost:
