@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpu_paths import FEATURE_SETS, VECTOR_BF16, spy_on_path
+from cpu_paths import FEATURE_SETS, spy_on_path
 from op_devices import cuda_only, device  # noqa: F401  (fixture)
 from sentfuse import _ops, reference
 
@@ -217,19 +217,6 @@ def test_cpu_path_per_feature_set(monkeypatch, flags, env, chosen):
     # Fewer queries than a half block keep the fp32 tiles unless the environment forces bf16.
     _ops.cosine_topk(x[:1], x, 2)
     assert seen == [chosen, not chosen, chosen and env == "bf16"]
-
-
-@pytest.mark.parametrize("flags,chosen", [(VECTOR_BF16, True), (VECTOR_BF16 | {"amx_bf16", "amx_tile"}, True),
-                                          ({"avx2", "fma"}, False)], ids=["avx512-bf16", "amx", "avx2"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_16bit_corpus_takes_the_blocks_at_any_query_count(monkeypatch, flags, chosen, dtype):
-    from sentfuse import cpu_features
-
-    seen = spy_on_path(monkeypatch, flags, cpu_features.TOPK_ENV, "", "cosine_topk")
-    x = normal(40, 8, 42, dtype)
-    _ops.cosine_topk(x[:1], x, 2)
-    _ops.cosine_topk(x[:1].float(), x.float(), 2)  # fp32: one query keeps the fp32 tiles
-    assert seen == [chosen, False]
 
 
 def test_cpu_path_env_is_checked(monkeypatch):

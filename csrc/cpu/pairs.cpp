@@ -25,6 +25,7 @@
 #include "common/dispatch.h"
 #include "cpu/score_tiles.h"
 #include "cpu/topk_bf16.h"
+#include "cpu/widen.h"
 #ifdef SENTFUSE_WITH_AMX
 #include "cpu/amx_tiles.h"
 #endif
@@ -278,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
 
   // Rows of a become fp32 unit vectors once; b's norms are applied per tile, to its columns. Against
   // itself, a's normalized copy serves as both sides.
-  at::Tensor q = a.to(at::kFloat);
+  at::Tensor q = widen_to_float(a);
   if (args.metric == Metric::Cosine) q = q * tiles::inverse_norms(q).unsqueeze(1);
   q = q.contiguous();
 
@@ -313,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> threshold_pairs_cpu(const at::Ten
     if (self) {
       block = q.narrow(0, j0, n);
     } else {
-      block = b->narrow(0, j0, n).to(at::kFloat);  // no copy for fp32 input
+      block = widen_to_float(b->narrow(0, j0, n));  // no copy for fp32 input
       if (args.metric == Metric::Cosine) column_scale = tiles::inverse_norms(block);
     }
     // Against itself only rows i < j0 + n - 1 have a partner j > i in this column tile.

@@ -23,6 +23,7 @@
 #include "cpu/score_tiles.h"
 #include "cpu/topk_bf16.h"
 #include "cpu/topk_select.h"
+#include "cpu/widen.h"
 
 namespace sentfuse {
 namespace {
@@ -58,6 +59,8 @@ void write_sorted(std::vector<Candidate>& kept, int64_t k_out, int64_t corpus_of
   }
 }
 
+constexpr int64_t kWidenRows = 4096;  // 6 MB of fp32 at D = 384
+
 // Scores every (query, corpus row) pair tile by tile and feeds query i's scores to tops[i]. q [M, D] is fp32;
 // for Metric::Cosine, q rows are unit vectors and tile columns are scaled by 1 / ||corpus row||.
 // Returns false on a non-finite score.
@@ -65,7 +68,10 @@ bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, Metric metric, b
                  int64_t query_offset, int64_t corpus_offset, std::vector<TopK>& tops) {
   const int64_t M = q.size(0), N = corpus.size(0);
   const int64_t query_tile = std::min(M, tiles::kRows);
-  const int64_t corpus_tile = tiles::columns(query_tile, N);
+  // A 16-bit corpus is widened tile by tile into one buffer of at most kWidenRows rows (see widen.h).
+  const bool widen = corpus.scalar_type() != at::kFloat;
+  const int64_t corpus_tile = std::min(tiles::columns(query_tile, N), widen ? kWidenRows : N);
+  const at::Tensor widened = widen ? at::empty({corpus_tile * corpus.size(1)}, q.options()) : at::Tensor();
   const tiles::TileScorer score_tile(query_tile, corpus_tile, q.options());
   std::atomic<bool> non_finite{false};
 
@@ -73,8 +79,8 @@ bool scan_scores(const at::Tensor& q, const at::Tensor& corpus, Metric metric, b
   for (int64_t j0 = 0; j0 < N && !non_finite; j0 += corpus_tile) {
     const int64_t n = std::min(corpus_tile, N - j0);
     const at::Tensor rows = corpus.narrow(0, j0, n);
-    const at::Tensor block = rows.to(at::kFloat);  // no copy for fp32 input
-    const at::Tensor column_scale = metric == Metric::Dot ? at::Tensor() : tiles::inverse_norms(rows);
+    const at::Tensor block = widen ? widen_into(rows, widened.narrow(0, 0, rows.numel())) : rows;
+    const at::Tensor column_scale = metric == Metric::Dot ? at::Tensor() : tiles::inverse_norms(block);
     for (int64_t i0 = 0; i0 < M; i0 += query_tile) {
       const int64_t m = std::min(query_tile, M - i0);
       at::Tensor scores = score_tile(q.narrow(0, i0, m), block);

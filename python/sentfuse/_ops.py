@@ -118,7 +118,7 @@ def cosine_topk(
     deprecated (normalized=True is metric="dot").
     """
     if bf16_rescore is None:
-        bf16_rescore = queries.device.type == "cpu" and cpu_features.topk_bf16_default(len(queries), corpus.dtype)
+        bf16_rescore = queries.device.type == "cpu" and cpu_features.topk_bf16_default(len(queries))
     return torch.ops.sentfuse.cosine_topk.default(
         _scored_input("cosine_topk", "queries", queries), _scored_input("cosine_topk", "corpus", corpus), k,
         metric=_metric("cosine_topk", metric, normalized), exclude_self=exclude_self, min_score=min_score,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import os
 
-import torch
-
 # bf16 matrix units: Intel AMX. AVX512-BF16 alone (vector dot products) is not counted: there the bf16 GEMM
 # is ~2x fp32 at best and the fp32 path stays.
 BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
@@ -75,12 +73,11 @@ BF16_MIN_QUERIES = 16
 BF16_MIN_QUERIES_VECTOR = 2
 
 
-def topk_bf16_default(queries: int | None = None, dtype: torch.dtype | None = None) -> bool:
+def topk_bf16_default(queries: int | None = None) -> bool:
     """cosine_topk's CPU path when bf16_rescore is None: bf16 blocks + fp32 rescoring where the CPU has a unit
     for them (AMX when BF16_DEFAULT_ON_AMX, AVX512-BF16 when BF16_DEFAULT_ON_VECTORS) and, if given, at least
-    BF16_MIN_QUERIES (AMX) / BF16_MIN_QUERIES_VECTOR queries, any number for a 16-bit corpus (`dtype`), which
-    the fp32 tiles widen tile by tile (100k bf16 rows, 1 query, Zen 4: 133 ms against 12 ms); else fp32 tiles.
-    SENTFUSE_CPU_TOPK=bf16|fp32 overrides."""
+    BF16_MIN_QUERIES (AMX) / BF16_MIN_QUERIES_VECTOR queries; else fp32 tiles. SENTFUSE_CPU_TOPK=bf16|fp32
+    overrides."""
     forced = os.environ.get(TOPK_ENV, "").strip().lower()
     if forced in ("bf16", "fp32"):
         return forced == "bf16"
@@ -89,7 +86,7 @@ def topk_bf16_default(queries: int | None = None, dtype: torch.dtype | None = No
     unit = bf16_block_unit()
     on = BF16_DEFAULT_ON_AMX if unit == "amx" else unit == "avx512_bf16" and BF16_DEFAULT_ON_VECTORS
     least = BF16_MIN_QUERIES if unit == "amx" else BF16_MIN_QUERIES_VECTOR
-    enough = queries is None or queries >= least or dtype in (torch.bfloat16, torch.float16)
+    enough = queries is None or queries >= least
     return on and enough
 
 
