@@ -36,8 +36,8 @@ namespace {
 
 constexpr int64_t kQueryBlocks = 4;  // 32-token query blocks scored per pass over a tile: 32 KB, within L1
 
-// The scan runs only on CPUs with AMX or AVX512-BF16, which all have AVX-512: its loops may use it (the file's other code stays
-// generic, and nothing AVX-512 runs before maxsim_bf16_available()).
+// The scan runs only on CPUs with AMX or AVX512-BF16, which all have AVX-512: its loops may use it (the file's
+// other code stays generic, and nothing AVX-512 runs before maxsim_bf16_available()).
 #define SENTFUSE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
 struct RowNorms {

@@ -39,7 +39,8 @@ struct MaxSimDocTerms {
   float rounded = 0.f;   // M~: the largest |bf16(d_s)|
 };
 
-// Whether the scan can run here: built with the block kernels and the CPU has a unit for them (amx::blocks_available()).
+// Whether the scan can run here: built with the block kernels and the CPU has a unit for them
+// (amx::blocks_available()).
 bool maxsim_bf16_available();
 
 // The valid query tokens in the tiles' layout with each query's terms of the bound.

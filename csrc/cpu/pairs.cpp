@@ -1,5 +1,5 @@
-// CPU threshold_pairs: tiled GEMM + compaction, so memory grows with the pairs found, never N x M. On AMX CPUs
-// (without max_pairs) the tiles are bf16 blocks on the matrix units whose candidates are scored in fp32.
+// CPU threshold_pairs: tiled GEMM + compaction, so memory grows with the pairs found, never N x M. On CPUs with AMX
+// or AVX512-BF16 (without max_pairs) the tiles are bf16 blocks (cpu/amx_tiles.h) whose candidates are scored in fp32.
 //
 // As in cpu/topk.cpp, each tile of scores comes from one GEMM call on the calling thread (which threads
 // it), and the tile is then scanned in parallel over blocks of rows: one vectorized compare rejects most
@@ -125,7 +125,7 @@ bool scan_tile(const at::Tensor& scores, int64_t i0, int64_t m, int64_t first_co
 }
 
 #ifdef SENTFUSE_WITH_AMX
-// ---- threshold_pairs on the AMX units (no max_pairs): rows of a and columns (b, or a itself) become bf16 unit
+// ---- threshold_pairs on the bf16 blocks (no max_pairs): rows of a and columns (b, or a itself) become bf16 unit
 // rows; 32 x 32 blocks of approximate cosines u (|u - cosine| <= beta) come from amx::score_block, and only the
 // pairs whose upper bound (u + beta) |row| |column| reaches the threshold leave the block, to be scored in fp32
 // as the fp32 path scores them (row . column, times 1 / |column| for cosine against b) and kept at >= threshold.
@@ -193,7 +193,7 @@ void amx_pairs_block(const AmxPairsInputs& in, const float* q, const col_t* cols
   }
 }
 
-// The AMX scan of threshold_pairs: q [N, D] fp32 as the fp32 path scores it, cols [M, D] contiguous (q itself when
+// The block scan of threshold_pairs: q [N, D] fp32 as the fp32 path scores it, cols [M, D] contiguous (q itself when
 // self), hits into buffers. Column chunks outer (each in L2 while every row block scores it), row blocks
 // pulled by the threads from a counter. False on a NaN or inf.
 template <typename col_t>

@@ -1,8 +1,8 @@
 // cosine_topk's bf16 scan (see topk_bf16.h).
 //
 // Queries and corpus rows become bf16 unit rows, so each score tile holds approximate cosines u whatever the
-// metric. On AMX CPUs sentfuse's own blocks score them (cpu/amx_tiles.h: 32 x 32 blocks that stay in L1, an
-// AVX-512 filter lets only candidates out); elsewhere each thread takes whole corpus tiles and scores them with
+// metric. On CPUs with AMX or AVX512-BF16 sentfuse's own blocks score them (cpu/amx_tiles.h: 32 x 32 blocks that
+// stay in L1, an AVX-512 filter lets only candidates out); elsewhere each thread takes whole corpus tiles and scores them with
 // its own single-threaded ATen bf16 GEMMs. With |u - cosine| <= beta (bf16_error_bound) and
 // s = |q||c| under metric "dot" (1 for cosine), a pair's exact fp32 score lies in [(u - beta) s, (u + beta) s].
 // Each query keeps the k best lower bounds seen so far (L, its k-th) and the pairs whose upper bound reaches
@@ -90,7 +90,7 @@ struct ThreadScan {
   std::vector<TopK> lower;
   std::vector<Survivors> survivors;
   at::Tensor buffer;  // the score tile, [query_tile * corpus_tile] bf16
-  std::vector<float> bar;  // AMX scan: per query (padded to whole blocks), max(lower threshold, min_score)
+  std::vector<float> bar;  // block scan: per query (padded to whole blocks), max(lower threshold, min_score)
 
   ThreadScan(int64_t M, int64_t k) : slots(M * k), survivors(M) {
     lower.reserve(M);
@@ -166,8 +166,8 @@ bool rescore(const at::Tensor& q, const scalar_t* corpus, Metric metric, const f
 }
 
 #ifdef SENTFUSE_WITH_AMX
-// ---- The AMX scan: each thread packs its corpus chunks to bf16 unit rows and scores 32 x 32 blocks in the tile
-// registers against the queries packed once; only the pairs whose upper bound reaches the query's bar leave.
+// ---- The block scan: each thread packs its corpus chunks to bf16 unit rows and scores 32 x 32 blocks (AMX tiles
+// or AVX512-BF16 vectors) against the queries packed once; only the pairs whose upper bound reaches the query's bar leave.
 constexpr int64_t kAmxChunk = 256;  // corpus rows packed at a time: 192 KB of bf16 at D = 384, within L2
 
 // The queries in the right-hand tile layout and (metric "dot") their norms, padded to whole blocks.
@@ -193,7 +193,7 @@ bool pack_queries(const at::Tensor& q, AmxQueries& out) {
   return true;
 }
 
-// One thread's working memory for the AMX scan.
+// One thread's working memory for the block scan.
 struct AmxBuffers {
   amx::TileVector<uint16_t> rows;  // [kAmxChunk, Dp] packed corpus rows
   alignas(64) float scores[amx::kBlock * amx::kBlock];
@@ -256,7 +256,7 @@ bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_no
   return true;
 }
 
-// The whole scan on the AMX units. Threads take corpus chunks in increasing order from a shared counter, so a
+// The whole scan on the bf16 blocks. Threads take corpus chunks in increasing order from a shared counter, so a
 // thread the OS holds back delays only its own chunk, and each thread still sees its pairs in index order.
 // False on a NaN or inf.
 bool amx_scan(const at::Tensor& q, const ScanInputs& in, std::vector<ThreadScan>& scans) {

@@ -14,7 +14,7 @@
 namespace sentfuse {
 
 // Bound on |bf16-tile cosine - fp32 score| for unit rows: both inputs rounded to bf16 (2u + u^2), the
-// product rounded to bf16 once more (u) where the tile stores bf16 scores (ATen's GEMM; the AMX blocks keep
+// product rounded to bf16 once more (u) where the tile stores bf16 scores (ATen's GEMM; sentfuse's blocks keep
 // their fp32 accumulators), fp32 accumulation over D terms in both the tile and the fp32 path's score, and
 // 1% slack (which also covers the unit rows' own fp32 rounding).
 inline float bf16_error_bound(int64_t D, bool bf16_scores) {

@@ -16,11 +16,10 @@ BF16_MATRIX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 TOPK_ENV = "SENTFUSE_CPU_TOPK"
 # Whether AMX CPUs take the bf16 path by default. On: there the scan runs on sentfuse's own AMX micro-kernel
 # (csrc/cpu/amx_tiles.cpp): 2.6-3.9x the fp32 tiles with 2 threads on the 2-core AMX Xeon, shared at load 15
-# (benchmarks/results/cpu-xeon-amx/topk_amx_ab.txt). threshold_pairs takes the AMX blocks on every AMX CPU
-# (no max_pairs), decided in C++ (amx::available(); SENTFUSE_CPU_AMX=off turns both off).
+# (benchmarks/results/cpu-xeon-amx/topk_amx_ab.txt). AVX512-BF16 CPUs without AMX take the vector blocks from
+# BF16_MIN_QUERIES_VECTOR queries. threshold_pairs takes the blocks wherever there is a unit (no max_pairs), decided
+# in C++ (amx::blocks_available(); SENTFUSE_CPU_BLOCKS=off turns both off, SENTFUSE_CPU_AMX=off the tiles).
 BF16_DEFAULT_ON_AMX = True
-# Whether AVX512-BF16 CPUs without AMX take it too (the vector blocks): see topk_bf16_default.
-BF16_DEFAULT_ON_VECTORS = True
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,7 +74,7 @@ BF16_MIN_QUERIES_VECTOR = 2
 
 def topk_bf16_default(queries: int | None = None) -> bool:
     """cosine_topk's CPU path when bf16_rescore is None: bf16 blocks + fp32 rescoring where the CPU has a unit
-    for them (AMX when BF16_DEFAULT_ON_AMX, AVX512-BF16 when BF16_DEFAULT_ON_VECTORS) and, if given, at least
+    for them (AMX when BF16_DEFAULT_ON_AMX, or AVX512-BF16) and, if given, at least
     BF16_MIN_QUERIES (AMX) / BF16_MIN_QUERIES_VECTOR queries; else fp32 tiles. SENTFUSE_CPU_TOPK=bf16|fp32
     overrides."""
     forced = os.environ.get(TOPK_ENV, "").strip().lower()
@@ -84,10 +83,9 @@ def topk_bf16_default(queries: int | None = None) -> bool:
     if forced:
         raise ValueError(f"{TOPK_ENV} must be 'bf16' or 'fp32', got {forced!r}")
     unit = bf16_block_unit()
-    on = BF16_DEFAULT_ON_AMX if unit == "amx" else unit == "avx512_bf16" and BF16_DEFAULT_ON_VECTORS
-    least = BF16_MIN_QUERIES if unit == "amx" else BF16_MIN_QUERIES_VECTOR
-    enough = queries is None or queries >= least
-    return on and enough
+    if unit is None or (unit == "amx" and not BF16_DEFAULT_ON_AMX):
+        return False
+    return queries is None or queries >= (BF16_MIN_QUERIES if unit == "amx" else BF16_MIN_QUERIES_VECTOR)
 
 
 # SENTFUSE_CPU_MAXSIM=bf16 | fp32 forces maxsim_topk's default path on CPU (the bf16_rescore argument wins).
