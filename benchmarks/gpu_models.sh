@@ -12,6 +12,10 @@ LOG_NAME=models_log.txt SUMMARY_NAME=models_summary.txt STEP_ARGS="$*"
 DEFAULT_STEPS="import profile topk_fused rerank maxsim train"
 source benchmarks/gpu_steps.sh
 
+# A machine that went back between the two scripts starts bare: build first (gpu_check's own log and summary).
+if ! "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA' >/dev/null 2>&1; then
+  bash benchmarks/gpu_check.sh build
+fi
 step import 20 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "run benchmarks/gpu_check.sh build first"'
 # Host side of encode: the device-busy share (goal >= 70%) and the ops that hold the host.
 step profile 50 bash -c "cd benchmarks && $PYTHON profile_encode.py --device cuda --dtype bf16 --json $OUT/profile_encode.json"
