@@ -93,25 +93,36 @@ def even_subset(n: int, limit: int | None) -> list[int]:
     return [i * n // limit for i in range(limit)]
 
 
-def random_stand_in(folder: Path, data: Path) -> Path:
-    """A sentence-transformers folder with all-MiniLM-L6-v2's shapes and random weights."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+STAND_IN_VOCAB = 30522  # all-MiniLM-L6-v2's
 
-    vocab_size = 30522
+
+def stand_in_tokenizer(folder: Path, data: Path):
+    """A lower-casing WordPiece tokenizer of all-MiniLM-L6-v2's vocabulary size trained on data's texts (so token
+    counts are close to the real one's), saved in folder: the machines without the bundled model."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     corpus = load_texts(data, {"questions": 100_000, "paragraphs": 100_000})
     wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(corpus["paragraphs"] + corpus["questions"], vocab_size=vocab_size,
+    wordpiece.train_from_iterator(corpus["paragraphs"] + corpus["questions"], vocab_size=STAND_IN_VOCAB,
                                   special_tokens=specials, show_progress=False)
     vocab = [tok for tok, _ in sorted(wordpiece.get_vocab().items(), key=lambda kv: kv[1])]
-    vocab += [f"[unused{i}]" for i in range(vocab_size - len(vocab))]  # pad to the real vocab size
+    vocab += [f"[unused{i}]" for i in range(STAND_IN_VOCAB - len(vocab))]  # pad to the real vocab size
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=512)
     tokenizer.save_pretrained(str(folder))
+    return tokenizer
 
+
+def random_stand_in(folder: Path, data: Path) -> Path:
+    """A sentence-transformers folder with all-MiniLM-L6-v2's shapes and random weights."""
+    from transformers import BertConfig, BertModel
+
+    stand_in_tokenizer(folder, data)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+    config = BertConfig(vocab_size=STAND_IN_VOCAB, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                         intermediate_size=1536, max_position_embeddings=512, pad_token_id=0)
     BertModel(config).eval().save_pretrained(str(folder))
 

