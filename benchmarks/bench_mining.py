@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--other-max", type=int, default=None,
                         help="run sentence-transformers and the mm+mask baseline only up to this many rows")
     parser.add_argument("--device", default="cpu", help="where the embeddings live: cpu or cuda")
+    parser.add_argument("--cpu-check", type=int, default=0, metavar="N",
+                        help="on a GPU, also run sentfuse on a CPU copy of inputs of up to N rows and compare")
     parser.add_argument("--questions", type=Path, default=QUESTIONS,
                         help="questions file for --data squad, one per line (e.g. the full SQuAD set)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/sentfuse-bench"), help="folder for SQuAD embeddings")
@@ -179,9 +181,12 @@ def main() -> None:
           "paraphrase mining: ST defaults (top_k 100, max_pairs 500000)")
     # 6.0.1 (the H200 run) counted max_pairs before dropping the (j, i) twin of each (i, j) pair and returned
     # about half as many pairs; 6.2.0 keeps max_pairs distinct pairs, as sentfuse does.
+    # Before 6.2 community_detection also kept a proposal whose centre an earlier (larger) community had taken
+    # (6.0.1's answer on 100,000 planted rows: 485 communities, 6.2's and sentfuse's: 419, on CPU and GPU alike).
     print(f"sentence-transformers {sentence_transformers.__version__}"
           + ("" if st_version >= (6, 2) else ": an older paraphrase_mining that returns fewer than max_pairs "
-             "distinct pairs; sentfuse follows 6.2") + "\n")
+             "distinct pairs, and an older community_detection that keeps proposals whose centre is taken; "
+             "sentfuse follows 6.2") + "\n")
     header = (f"{'data':>7} {'N':>7} {'operation':<22} | {'sentfuse s':>10} {'MB':>6} | {'other':<10} {'s':>8} "
               f"{'MB':>6} | {'x':>5} | check")
     print(header)
@@ -200,19 +205,22 @@ def main() -> None:
             run_other = args.other_max is None or n <= args.other_max
             # ST computes the full n x n scores with torch.mm, then topk / Python work on top of them.
             st_estimate = 3 * 2 * n * n * DIM / (gflops * 1e9)
+            # sentfuse's side takes the rows as an argument: --cpu-check runs it again on a CPU copy.
             cases = [
-                ("paraphrase_mining", lambda: paraphrase_mining_embeddings(x),
+                ("paraphrase_mining", paraphrase_mining_embeddings,
                  "ST", lambda: util.paraphrase_mining_embeddings(x), lambda ours, theirs: agree_pairs(ours, theirs, x)),
-                ("community_detection", lambda: community_detection(x, args.threshold, args.min_size),
+                ("community_detection", lambda t: community_detection(t, args.threshold, args.min_size),
                  "ST", lambda: util.community_detection(x, args.threshold, args.min_size), agree_communities),
                 ("threshold_pairs " + str(args.threshold),
-                 lambda: _ops.threshold_pairs(x, None, args.threshold, metric="dot"),
+                 lambda t: _ops.threshold_pairs(t, None, args.threshold, metric="dot"),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold), agree_threshold_pairs),
-                ("self_pairs " + str(args.threshold), lambda: prefix_bound.self_pairs(x, args.threshold),
+                ("self_pairs " + str(args.threshold), lambda t: prefix_bound.self_pairs(t, args.threshold),
                  "mm+mask", lambda: mm_mask_pairs(x, args.threshold),
                  lambda ours, theirs: f"{agree_threshold_pairs(ours, theirs)}; {prune_choice(x, args.threshold)}"),
             ]
-            for name, ours_fn, other_name, other_fn, check in cases:
+            cpu_check = device != "cpu" and n <= args.cpu_check
+            for name, ours_on, other_name, other_fn, check in cases:
+                ours_fn = lambda f=ours_on: f(x)  # noqa: E731
                 ours_s, ours_mb, ours = measured(ours_fn, device)
                 row = dict(data=data, n=n, operation=name, sentfuse_s=ours_s, sentfuse_extra_mb=ours_mb,
                            other=other_name)
@@ -246,6 +254,10 @@ def main() -> None:
                     spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if args.rounds > 1 else ""
                     line = (f"{data:>7} {n:>7} {name:<22} | {best:10.2f} {ours_mb:6.0f} | {other_name:<10} "
                             f"{best_other:8.2f} {other_mb:6.0f} | {best_other / best:5.2f}{spread} | {verdict}")
+                if cpu_check:
+                    start = time.perf_counter()
+                    row["cpu_check"] = check(ours, ours_on(x.cpu()))
+                    line += f"; sentfuse on CPU ({time.perf_counter() - start:.1f} s): {row['cpu_check']}"
                 print(line, flush=True)
                 results.append(row)
             del x

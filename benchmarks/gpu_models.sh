@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 LOG_NAME=models_log.txt SUMMARY_NAME=models_summary.txt STEP_ARGS="$*"
-DEFAULT_STEPS="import profile topk_fused rerank maxsim train"
+DEFAULT_STEPS="import profile profile_topk topk_fused rerank maxsim train"
 source benchmarks/gpu_steps.sh
 
 # A machine that went back between the two scripts starts bare: build first (gpu_check's own log and summary).
@@ -19,6 +19,8 @@ fi
 step import 20 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "run benchmarks/gpu_check.sh build first"'
 # Host side of encode: the device-busy share (goal >= 70%) and the ops that hold the host.
 step profile 50 bash -c "cd benchmarks && $PYTHON profile_encode.py --device cuda --dtype bf16 --json $OUT/profile_encode.json"
+# Where cosine_topk's time goes on the cases furthest from their goals (1 query x 1M at ~1 ms, k = 4096).
+step profile_topk 45 bash -c "cd benchmarks && $PYTHON profile_topk.py --device cuda --json $OUT/profile_topk.json"
 # cosine_topk's fused scan (opt-in, SENTFUSE_CUDA_TOPK=fused) on gpu_check's topk shapes, against its tiled
 # scan there (goals: 1,000 x 1M fp16 <= 2 ms, fp32 exact <= 3 ms, 10,000 x 1M >= 2x torch.topk).
 step topk_fused 45 env SENTFUSE_CUDA_TOPK=fused "$PYTHON" benchmarks/bench_topk.py --device cuda --corpus 1000000 \
