@@ -377,7 +377,8 @@ def test_exact_ties_cuda(dtype, metric, exclude_self, k):
 @pytest.mark.parametrize("metric", ["cosine", "dot"])
 @pytest.mark.parametrize("m,k", [(1, 1), (1, 1100), (8, 64)], ids=str)
 def test_exact_ties_few_queries_cuda(dtype, metric, m, k):
-    # At most 8 queries take the fused scan (dot products and corpus norms from one read of the corpus).
+    # At most 8 queries take the fused scan under "cosine" (dot products and corpus norms from one read of the
+    # corpus), cuBLAS under "dot".
     assert_exact_ties(m, 3001, dtype, k, seed=m + k, metric=metric, exclude_self=True)
 
 
