@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 LOG_NAME=models_log.txt SUMMARY_NAME=models_summary.txt STEP_ARGS="$*"
-DEFAULT_STEPS="import profile profile_topk topk_fused rerank maxsim train train_speed"
+DEFAULT_STEPS="import profile profile_topk topk_tiles topk_fused rerank maxsim train train_speed"
 source benchmarks/gpu_steps.sh
 
 # A machine that went back between the two scripts starts bare: build first (gpu_check's own log and summary).
@@ -22,6 +22,9 @@ step profile 50 bash -c "cd benchmarks && $PYTHON profile_encode.py --device cud
 # Where cosine_topk's time goes on the cases furthest from their goals (1 query x 1M at ~1 ms, k = 4096).
 # (Its tables stay in the log: $OUT holds at most 8 files.)
 step profile_topk 45 bash -c "cd benchmarks && $PYTHON profile_topk.py --device cuda"
+# The tiled scan against its tile size (the selects of 64 L2-sized tiles took ~5 of 6.75 ms in the 2026-12-04 run);
+# its table stays in the log.
+step topk_tiles 45 "$PYTHON" benchmarks/sweep_topk_tiles.py
 # cosine_topk's fused scan (opt-in, SENTFUSE_CUDA_TOPK=fused) on gpu_check's topk shapes, against its tiled
 # scan there (goals: 1,000 x 1M fp16 <= 2 ms, fp32 exact <= 3 ms, 10,000 x 1M >= 2x torch.topk).
 step topk_fused 45 env SENTFUSE_CUDA_TOPK=fused "$PYTHON" benchmarks/bench_topk.py --device cuda --corpus 1000000 \

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -375,8 +376,14 @@ TilePlan plan_tiles(int64_t m, int64_t n, int64_t row_extra, int64_t bytes_per_e
 }
 
 // Workspace for one 16-bit tile: half the L2 cache, so the select pass reads what the GEMM just wrote
-// from L2, within the call's budget.
+// from L2, within the call's budget. SENTFUSE_CUDA_TOPK_TILE_MB overrides the half L2 (read at each call, for
+// benchmarks/sweep_topk_tiles.py): the H200 run spent ~5 of 6.75 ms of 1,000 x 1M fp16 in 64 tiles' selects,
+// and fewer, larger tiles trade per-tile overhead for traffic beyond L2.
 int64_t l2_tile_bytes() {
+  if (const char* env = std::getenv("SENTFUSE_CUDA_TOPK_TILE_MB")) {
+    const long long mb = std::atoll(env);
+    if (mb > 0) return std::min<int64_t>(static_cast<int64_t>(mb) << 20, workspace_bytes());
+  }
   const int64_t l2 = at::cuda::getCurrentDeviceProperties()->l2CacheSize;
   return std::clamp<int64_t>(l2 / 2, int64_t{8} << 20, workspace_bytes());
 }
