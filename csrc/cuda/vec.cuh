@@ -47,14 +47,27 @@ inline void dispatch_vec_width(int vec, Fn&& fn) {
   fn(std::integral_constant<int, 1>{});
 }
 
+template <typename scalar_t, int VEC>
+using VecWord = typename RawWord<sizeof(scalar_t) * VEC>::type;
+
+// VEC elements as loaded, unconverted: a kernel that keeps several loads in flight holds 16-bit data in half
+// the registers floats would take, and converts each word only when it uses it (unpack_vec).
 // Read-only path (LDG.NC): inputs are never written while a kernel reads them.
 template <typename scalar_t, int VEC>
-__device__ __forceinline__ void load_vec(const scalar_t* p, float (&out)[VEC]) {
-  using Word = typename RawWord<sizeof(scalar_t) * VEC>::type;
-  const Word word = __ldg(reinterpret_cast<const Word*>(p));
+__device__ __forceinline__ VecWord<scalar_t, VEC> load_raw(const scalar_t* p) {
+  return __ldg(reinterpret_cast<const VecWord<scalar_t, VEC>*>(p));
+}
+
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void unpack_vec(const VecWord<scalar_t, VEC>& word, float (&out)[VEC]) {
   const scalar_t* elems = reinterpret_cast<const scalar_t*>(&word);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) out[k] = static_cast<float>(elems[k]);
+}
+
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void load_vec(const scalar_t* p, float (&out)[VEC]) {
+  unpack_vec<scalar_t, VEC>(load_raw<scalar_t, VEC>(p), out);
 }
 
 template <typename scalar_t, int VEC>
