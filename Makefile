@@ -101,7 +101,7 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize=vptr -fno-sanitize-recov
 SAN_TESTS := tests/test_op_errors.py tests/test_pooling.py tests/test_pair_scores.py tests/test_op_properties.py \
 	tests/test_topk.py tests/test_pairs.py tests/test_pooling_grad.py tests/test_contrastive_loss.py tests/test_maxsim.py \
 	tests/test_splade.py tests/test_topk_amx.py tests/test_pairs_amx.py tests/test_maxsim_rescore.py \
-	tests/test_attention.py tests/test_train_dropout.py tests/test_smooth_quantize.py
+	tests/test_attention.py tests/test_train_dropout.py tests/test_smooth_quantize.py tests/test_wordpiece.py
 # The large-shape cases add minutes under the sanitizers and no code path the small ones miss.
 SAN_SKIP := not cuda and not torch_compile and not single_thread and not shapes_and_dtypes and not planted \
 	and not bf16_rescore_returns and not max_pairs_keeps and not aten_bf16_path and not fp32_tiles_pass

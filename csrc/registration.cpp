@@ -7,6 +7,10 @@
 #include "cpu/amx_tiles.h"
 #endif
 
+namespace sentfuse {
+void bind_wordpiece(pybind11::module_& m);  // text/wordpiece.cpp
+}
+
 TORCH_LIBRARY(sentfuse, m) {
   // hidden [B, L, H], attention_mask [B, L] -> [B, H]
   m.def("masked_pool(Tensor hidden, Tensor attention_mask, str mode, bool normalize=False, int skip_tokens=0) "
@@ -91,6 +95,7 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("WITH_CUDA") = false;
 #endif
+  sentfuse::bind_wordpiece(m);
   // What scores the CPU's bf16 blocks in this process: "amx", "avx512_bf16" or "none" (cpu/amx_tiles.h), so
   // that the tests can hold cpu_features.bf16_block_unit() to the kernels' own choice.
   m.def("cpu_block_unit", [] {

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..model.pretrained import backend_copy
+from .wordpiece import native_wordpiece, splice
 
 CHUNK_TEXTS = 1024  # most texts per tokenizer call: large enough to amortize the call, small enough to stream
 MIN_CHUNK_TEXTS = 64  # fewer texts than threads x 2 chunks still split down to this, so every core gets some
@@ -63,7 +64,8 @@ class ChunkTokenizer:
     cross-encoder's input: both segments, their separator and token types, truncated longest first).
     For a fast tokenizer it encodes with a private copy of the Rust tokenizer, truncation set once, so
     that threads never share (or reset) the caller's tokenizer state. special_tokens False leaves out the
-    special tokens the tokenizer adds (a static-embedding model's bag has none).
+    special tokens the tokenizer adds (a static-embedding model's bag has none). Single texts of BERT-family
+    tokenizers go through the native WordPiece where it is exact (wordpiece.py).
     """
 
     def __init__(self, tokenizer: Any, max_length: int, pairs: bool = False, special_tokens: bool = True) -> None:
@@ -73,12 +75,15 @@ class ChunkTokenizer:
         probe = ("a", "b") if pairs else ("a",)
         self._hf = tokenizer
         self._backend = None
+        self._native = None
         if getattr(tokenizer, "is_fast", False):
             backend = backend_copy(tokenizer, max_length)
             self._backend = backend
             encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
             self._encode_batch = partial(encode_batch, add_special_tokens=special_tokens)
             self.typed = any(backend.encode(*probe).type_ids)
+            if not pairs and not self.typed:
+                self._native = native_wordpiece(tokenizer, max_length, special_tokens)
         else:
             self.typed = any(tokenizer(*([p] for p in probe)).get("token_type_ids", [[0]])[0])
 
@@ -93,6 +98,12 @@ class ChunkTokenizer:
         return out["input_ids"], out["token_type_ids"] if self.typed else []
 
     def __call__(self, texts: list, start: int = 0) -> TokenChunk:
+        if self._native is not None:
+            # The native WordPiece (wordpiece.py) takes the texts it can; the rest take the tokenizer.
+            flat, offsets, rejected = self._native.encode_batch(texts)
+            if len(rejected):
+                flat, offsets = splice(flat, offsets, rejected, self._encode([texts[i] for i in rejected])[0])
+            return TokenChunk(start, flat, offsets, None)
         ids, types = self._encode(texts)
         flat, offsets = _flatten(ids)
         type_flat = _flatten(types)[0] if self.typed else None

