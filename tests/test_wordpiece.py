@@ -1,5 +1,6 @@
 """The native WordPiece (csrc/text/wordpiece.h, encode/wordpiece.py) gives the Hugging Face tokenizer's ids
-exactly, or hands the text back to it: compared through ChunkTokenizer with the native path on and off."""
+exactly, or hands the text back to it: compared through ChunkTokenizer with the native path on and off, on
+the shipped data, every ASCII character and a set of others in context, and random text."""
 
 from __future__ import annotations
 
@@ -25,11 +26,19 @@ def shipped_texts() -> list[str]:
     return questions[:2000] + paragraphs[:300]
 
 
+# Beyond ASCII: accented and other Latin letters, Greek (final sigma), Cyrillic, typographic punctuation,
+# symbols, a no-break space and a soft hyphen, a precomposed letter whose lower case grows (U+0130), and what
+# the native path must hand back: combining marks, CJK, emoji, a ligature.
+OTHER = "éÉüßæøŁłİıΣσςΩжЖ–—‘’“”…•°£€½™→≤\u00a0\u00ad\u200b\u0301\u0308野口😀ﬁ"
+
+
 def awkward_texts() -> list[str]:
-    """Every ASCII character alone, inside a word, between words and next to an added token; long words."""
-    out = ["", " ", "\t\n\r", "[CLS]", "a[SEP]b", "[mask] x", "x" * 100, "y" * 101, "ab" * 80 + " ok", "UNAFFABLE runs"]
-    for c in ASCII:
-        out += [c, f"a{c}b", f"word {c} Word", f"{c}{c}hello{c}", f"[{c}]"]
+    """Every ASCII character (and OTHER's) alone, inside a word, between words and next to an added token;
+    long words (max_input_chars_per_word counts characters, not bytes)."""
+    out = ["", " ", "\t\n\r", "[CLS]", "a[SEP]b", "[mask] x", "x" * 100, "y" * 101, "ab" * 80 + " ok", "UNAFFABLE runs",
+           "é" * 100, "é" * 101, "naïve café — déjà vu", "ΟΔΥΣΣΕΥΣ", "e\u0301te\u0301", "Zoë’s “quote”…"]
+    for c in ASCII + OTHER:
+        out += [c, f"a{c}b", f"word {c} Word", f"{c}{c}hello{c}", f"[{c}]", f"É{c}ß"]
     return out
 
 
@@ -75,20 +84,22 @@ def test_tiny_vocabularies_match(tiny_model_root, arch, max_length):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.text(alphabet=st.sampled_from(list(ASCII) + ["é", "—", "野"]), max_size=60), max_size=12),
+@given(texts=st.lists(st.text(alphabet=st.one_of(st.sampled_from(list(ASCII) + list(OTHER)),
+                                                  st.characters(max_codepoint=0x2200)), max_size=60), max_size=12),
        max_length=st.sampled_from([4, 9, 512]))
 def test_random_texts_match(minilm, texts, max_length):
     assert_same_chunks(minilm, texts, max_length)
 
 
-def test_rejected_texts_are_the_non_ascii_and_bracketed_ones(minilm):
+def test_rejected_texts_are_the_ones_outside_the_table_or_bracketed(minilm):
     wp = native_wordpiece(minilm, 128)
-    texts = ["plain", "café", "a [CLS] b", "fine too", "tab\there"]
+    texts = ["plain", "café", "a [CLS] b", "e\u0301", "野口", "ok 😀", "tab\there — ok", "\ud800"]
     ids, offsets, rejected = wp.encode_batch(texts)
-    assert rejected.tolist() == [1, 2]
-    assert np.diff(offsets)[rejected].tolist() == [0, 0]
+    assert rejected.tolist() == [2, 3, 4, 5, 7]
+    assert np.diff(offsets)[rejected].tolist() == [0] * 5
     backend = backend_copy(minilm, 128)
-    assert ids[offsets[4]:offsets[5]].tolist() == backend.encode("tab\there").ids
+    for i in (0, 1, 6):
+        assert ids[offsets[i]:offsets[i + 1]].tolist() == backend.encode(texts[i]).ids
 
 
 @pytest.mark.parametrize("arch", ["mpnet", "roberta", "xlm-roberta"])

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -22,11 +23,29 @@ bool is_punctuation(unsigned char c) {
 // What BertNormalizer's clean_text removes in ASCII: control characters other than \t \n \r.
 bool is_removed(unsigned char c) { return (c < 32 && c != '\t' && c != '\n' && c != '\r') || c == 127; }
 
+bool is_continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+// The code point starting at text[i] and its length in bytes; length 0 for invalid or overlong UTF-8.
+std::pair<uint32_t, size_t> decode(std::string_view text, size_t i) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  const size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+  if (n == 0 || i + n > text.size()) return {0, 0};
+  uint32_t cp = c & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    const auto b = static_cast<unsigned char>(text[i + k]);
+    if (!is_continuation(b)) return {0, 0};
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < least[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return {0, 0};
+  return {cp, n};
+}
+
 }  // namespace
 
 WordPiece::WordPiece(const std::vector<std::string>& pieces, const std::vector<int64_t>& ids, const std::string& prefix,
-                     WordPieceConfig config)
-    : config_(std::move(config)) {
+                     WordPieceConfig config, std::unordered_map<uint32_t, std::vector<NormalChar>> table)
+    : table_(std::move(table)), config_(std::move(config)) {
   for (size_t i = 0; i < pieces.size() && i < ids.size(); ++i) {
     const std::string& piece = pieces[i];
     if (!prefix.empty() && piece.size() > prefix.size() && piece.compare(0, prefix.size(), prefix) == 0) {
@@ -43,18 +62,25 @@ WordPiece::WordPiece(const std::vector<std::string>& pieces, const std::vector<i
 }
 
 void WordPiece::encode_word(std::string_view word, std::vector<int64_t>& out) const {
-  if (static_cast<int64_t>(word.size()) > config_.max_chars) {
+  int64_t chars = 0;
+  for (unsigned char c : word) chars += !is_continuation(c);
+  if (chars > config_.max_chars) {
     out.push_back(config_.unk_id);
     return;
   }
+  // Back to the first byte of a character: pieces are whole UTF-8 characters.
+  auto boundary = [&](size_t end, size_t start) {
+    while (end > start && end < word.size() && is_continuation(static_cast<unsigned char>(word[end]))) --end;
+    return end;
+  };
   const size_t mark = out.size();
   size_t start = 0;
   while (start < word.size()) {
     const PieceMap& pieces = start == 0 ? first_ : continuation_;
-    // No piece is longer than `longest`, so the longest match starts no further out.
-    size_t end = std::min(word.size(), start + (start == 0 ? longest_first_ : longest_continuation_));
+    // No piece is longer than `longest` bytes, so the longest match ends no further out.
+    size_t end = boundary(std::min(word.size(), start + (start == 0 ? longest_first_ : longest_continuation_)), start);
     int64_t id = -1;
-    for (; end > start; --end) {
+    for (; end > start; end = boundary(end - 1, start)) {
       const auto it = pieces.find(word.substr(start, end - start));
       if (it != pieces.end()) {
         id = it->second;
@@ -71,9 +97,23 @@ void WordPiece::encode_word(std::string_view word, std::vector<int64_t>& out) co
   }
 }
 
+bool WordPiece::accepts(std::string_view text) const {
+  for (size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 128) {
+      if (reject_[c]) return false;
+      ++i;
+      continue;
+    }
+    const auto [cp, n] = decode(text, i);
+    if (n == 0 || table_.find(cp) == table_.end()) return false;
+    i += n;
+  }
+  return true;
+}
+
 bool WordPiece::encode(std::string_view text, std::vector<int64_t>& out) const {
-  for (unsigned char c : text)
-    if (c >= 128 || reject_[c]) return false;
+  if (!accepts(text)) return false;
   if (config_.cls_id >= 0) out.push_back(config_.cls_id);
   const size_t body = out.size();
   // Tokens the text itself may keep: truncation (on the right) cuts the rest, so words past it are skipped.
@@ -86,14 +126,32 @@ bool WordPiece::encode(std::string_view text, std::vector<int64_t>& out) const {
     if (!word.empty()) encode_word(word, out);
     word.clear();
   };
-  for (size_t i = 0; i < text.size() && out.size() - body < limit; ++i) {
-    const unsigned char c = text[i];
+  auto punctuation = [&](std::string_view p) {
+    flush();
+    if (out.size() - body < limit) encode_word(p, out);
+  };
+  for (size_t i = 0; i < text.size() && out.size() - body < limit;) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 128) {  // accepts() found it in the table
+      const auto [cp, n] = decode(text, i);
+      for (const NormalChar& x : table_.find(cp)->second) {
+        if (x.kind == CharKind::kSpace) {
+          flush();
+        } else if (x.kind == CharKind::kPunctuation) {
+          punctuation(x.utf8);
+        } else {
+          word += x.utf8;
+        }
+      }
+      i += n;
+      continue;
+    }
+    ++i;
     if (is_removed(c)) continue;  // removed before splitting: the characters around it stay one word
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
       flush();
     } else if (is_punctuation(c)) {
-      flush();
-      if (out.size() - body < limit) encode_word(std::string_view(text.data() + i, 1), out);
+      punctuation(std::string_view(text.data() + i - 1, 1));
     } else {
       const bool upper = c >= 'A' && c <= 'Z';
       word.push_back(static_cast<char>(config_.lowercase && upper ? c - 'A' + 'a' : c));
@@ -112,19 +170,27 @@ namespace py = pybind11;
 namespace sentfuse {
 
 // The Python class sentfuse._C.WordPiece: encode_batch(texts) -> (ids int64 [total], offsets int64 [n + 1],
-// rejected int64 [r]); a rejected text (not a str, not ASCII, or holding a reject char) has no ids, for the
+// rejected int64 [r]); a rejected text (not a str, or one WordPiece::encode declines) has no ids, for the
 // caller's Hugging Face tokenizer.
 void bind_wordpiece(py::module_& m) {
   py::class_<text::WordPiece, std::shared_ptr<text::WordPiece>>(m, "WordPiece")
       .def(py::init([](const std::vector<std::string>& pieces, const std::vector<int64_t>& ids, const std::string& prefix,
                        int64_t unk_id, int64_t max_chars, bool lowercase, int64_t cls_id, int64_t sep_id,
-                       int64_t max_length, const std::string& reject_chars) {
+                       int64_t max_length, const std::string& reject_chars,
+                       const std::map<uint32_t, std::vector<std::pair<std::string, int>>>& table) {
+             std::unordered_map<uint32_t, std::vector<text::NormalChar>> chars;
+             for (const auto& [cp, normal] : table) {
+               auto& entry = chars[cp];
+               for (const auto& [utf8, kind] : normal) entry.push_back({utf8, static_cast<text::CharKind>(kind)});
+             }
              return std::make_shared<text::WordPiece>(
                  pieces, ids, prefix,
-                 text::WordPieceConfig{unk_id, max_chars, lowercase, cls_id, sep_id, max_length, reject_chars});
+                 text::WordPieceConfig{unk_id, max_chars, lowercase, cls_id, sep_id, max_length, reject_chars},
+                 std::move(chars));
            }),
            py::arg("pieces"), py::arg("ids"), py::arg("prefix"), py::arg("unk_id"), py::arg("max_chars"),
-           py::arg("lowercase"), py::arg("cls_id"), py::arg("sep_id"), py::arg("max_length"), py::arg("reject_chars"))
+           py::arg("lowercase"), py::arg("cls_id"), py::arg("sep_id"), py::arg("max_length"), py::arg("reject_chars"),
+           py::arg("table") = std::map<uint32_t, std::vector<std::pair<std::string, int>>>{})
       .def("encode_batch", [](const text::WordPiece& wp, const py::list& texts) {
         const size_t n = texts.size();
         // Strong references and views taken with the GIL; the work runs without it.
@@ -135,10 +201,16 @@ void bind_wordpiece(py::module_& m) {
         for (size_t i = 0; i < n; ++i) {
           py::object item = texts[i];
           PyObject* s = item.ptr();
-          if (PyUnicode_Check(s) && PyUnicode_IS_READY(s) && PyUnicode_IS_ASCII(s)) {
-            views[i] = std::string_view(static_cast<const char*>(PyUnicode_DATA(s)),
-                                        static_cast<size_t>(PyUnicode_GET_LENGTH(s)));
-            usable[i] = true;
+          if (PyUnicode_Check(s)) {
+            // ASCII strings hand out their own bytes; others their cached UTF-8 (made once, with the GIL).
+            Py_ssize_t size = 0;
+            const char* utf8 = PyUnicode_AsUTF8AndSize(s, &size);
+            if (utf8 != nullptr) {
+              views[i] = std::string_view(utf8, static_cast<size_t>(size));
+              usable[i] = true;
+            } else {
+              PyErr_Clear();  // e.g. a lone surrogate: the Hugging Face tokenizer reports it
+            }
           }
           keep.push_back(std::move(item));
         }

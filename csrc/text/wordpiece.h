@@ -1,13 +1,16 @@
-// BERT WordPiece tokenization of ASCII texts, without the GIL: the encode pipeline's tokenize stage for
-// the tokenizers that python/sentfuse/encode/wordpiece.py finds equivalent (BertNormalizer with clean_text,
-// BertPreTokenizer, a WordPiece model, [CLS] $A [SEP] or nothing around the text).
+// BERT WordPiece tokenization without the GIL: the encode pipeline's tokenize stage for the tokenizers that
+// python/sentfuse/encode/wordpiece.py finds equivalent (BertNormalizer with clean_text, BertPreTokenizer, a
+// WordPiece model, [CLS] $A [SEP] or nothing around the text).
 //
 // On ASCII text those steps reduce to: drop control characters, turn \t \n \r into spaces, lower-case (if
 // the normalizer does), split on spaces and cut out each ASCII punctuation character as a word of its own,
-// then greedy longest-prefix WordPiece per word (a word longer than max_chars, or one with no complete
-// split, becomes the unknown token). Accent stripping and the spacing of CJK characters change nothing in
-// ASCII. Texts this cannot take (non-ASCII, or holding a character an added token starts with, which the
-// Hugging Face tokenizer would match first) are reported back for the Hugging Face tokenizer.
+// then greedy longest-prefix WordPiece per word (a word longer than max_chars characters, or one with no
+// complete split, becomes the unknown token). Beyond ASCII, BertNormalizer works character by character
+// (cleaning, CJK spacing, NFD with nonspacing marks dropped, lower-casing) as long as no combining mark
+// follows: the characters of `table` carry what the tokenizer's own normalizer made of each, with how its
+// pre-tokenizer treats every resulting character. Texts this cannot take (a character neither ASCII nor in
+// the table, invalid UTF-8, or one an added token starts with, which the Hugging Face tokenizer would match
+// first) are reported back for the Hugging Face tokenizer.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +28,13 @@ struct PieceHash {
 };
 using PieceMap = std::unordered_map<std::string, int64_t, PieceHash, std::equal_to<>>;
 
+// One character of a table entry's normalized form and how the pre-tokenizer takes it.
+enum class CharKind : uint8_t { kWord = 0, kSpace = 1, kPunctuation = 2 };
+struct NormalChar {
+  std::string utf8;
+  CharKind kind;
+};
+
 struct WordPieceConfig {
   int64_t unk_id = 0;
   int64_t max_chars = 100;       // longer words become unk_id
@@ -38,15 +48,19 @@ struct WordPieceConfig {
 class WordPiece {
  public:
   // pieces[i] has id ids[i]; those starting with `prefix` continue a word (keyed without the prefix).
+  // table: non-ASCII code point -> its normalized characters (empty: removed).
   WordPiece(const std::vector<std::string>& pieces, const std::vector<int64_t>& ids, const std::string& prefix,
-            WordPieceConfig config);
+            WordPieceConfig config, std::unordered_map<uint32_t, std::vector<NormalChar>> table = {});
 
-  // Appends the ids of one ASCII text to out; false (out untouched) if the text needs the Hugging Face
-  // tokenizer: a byte >= 0x80 or one of reject_chars.
+  // Appends the ids of one UTF-8 text to out; false (out untouched) if the text needs the Hugging Face
+  // tokenizer: a character neither ASCII nor in the table, invalid UTF-8, or one of reject_chars.
   bool encode(std::string_view text, std::vector<int64_t>& out) const;
 
  private:
   void encode_word(std::string_view word, std::vector<int64_t>& out) const;
+  bool accepts(std::string_view text) const;
+
+  std::unordered_map<uint32_t, std::vector<NormalChar>> table_;
 
   PieceMap first_;         // pieces that begin a word
   PieceMap continuation_;  // pieces that continue one, without the prefix

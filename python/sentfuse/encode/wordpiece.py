@@ -3,19 +3,22 @@
 The Hugging Face tokenizer spends most of a short text's time outside its Rust core's WordPiece: a Python
 object per text and a list per text's ids, made while holding the GIL, which caps how many threads help
 (7x on 16 threads on the 2026-12-04 H200 run, where tokenizing, not the model, bounded encode). The native
-path encodes a whole chunk of ASCII texts without the GIL straight into flat id arrays.
+path encodes a whole chunk of texts without the GIL straight into flat id arrays.
 
 It is used only where the tokenizer's configuration is one it reproduces exactly: BertNormalizer with
 clean_text, BertPreTokenizer, a WordPiece model, [CLS] $A [SEP] (or nothing) around a single text with type
 id 0, right-side truncation. Anything else (pairs, other normalizers, added tokens it cannot rule out)
-keeps the Hugging Face tokenizer, and so do the texts it rejects: non-ASCII ones, and those holding the
-first character of an added token. SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
+keeps the Hugging Face tokenizer, and so do the texts it rejects: those holding a character outside ASCII and
+the table of TABLE_RANGES' characters (built from the tokenizer's own normalizer and pre-tokenizer, one
+character at a time), or the first character of an added token. SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import unicodedata
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,34 @@ import numpy as np
 from ..model.pretrained import UNBOUNDED_LENGTH
 
 ENV = "SENTFUSE_NATIVE_TOKENIZER"
+# Code points beyond ASCII the native path may take: Latin, IPA, Greek, Cyrillic, and the punctuation, currency,
+# letter-like, number and arrow blocks (what English and European text holds; others go to the tokenizer).
+TABLE_RANGES = [(0x80, 0x530), (0x1E00, 0x2000), (0x2000, 0x2200)]
+WORD, SPACE, PUNCTUATION = 0, 1, 2  # csrc/text/wordpiece.h CharKind
+
+
+def _char_table(backend: Any) -> dict[int, list[tuple[str, int]]]:
+    """Code point -> what the tokenizer's own normalizer makes of it, each resulting character with how its
+    pre-tokenizer takes it. Left out: combining marks (NFD reorders them across characters) and characters
+    whose normalized form keeps one or whose treatment is anything else."""
+    normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+
+    @cache
+    def kind(x: str) -> int | None:
+        parts = [p for p, _ in pre_tokenizer.pre_tokenize_str("a" + x + "b")]
+        return {("a" + x + "b",): WORD, ("a", "b"): SPACE, ("a", x, "b"): PUNCTUATION}.get(tuple(parts))
+
+    table = {}
+    for lo, hi in TABLE_RANGES:
+        for cp in range(lo, hi):
+            c = chr(cp)
+            if unicodedata.category(c) in ("Mn", "Mc", "Me", "Cs", "Cn"):
+                continue
+            normal = normalizer.normalize_str(c)
+            kinds = [kind(x) for x in normal]
+            if None not in kinds and not any(unicodedata.combining(x) for x in normal):
+                table[cp] = list(zip(normal, kinds))
+    return table
 
 
 def _specials(post: dict | None) -> tuple[int, int] | None:
@@ -76,7 +107,8 @@ def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = Tru
     return _C.WordPiece(list(vocab), [int(i) for i in vocab.values()], model.get("continuing_subword_prefix") or "",
                         int(vocab[model["unk_token"]]), int(model.get("max_input_chars_per_word", 100)),
                         bool(normalizer.get("lowercase")), specials[0], specials[1],
-                        max_length if bounded else -1, "".join(sorted(c for c in firsts if ord(c) < 128)))
+                        max_length if bounded else -1, "".join(sorted(c for c in firsts if ord(c) < 128)),
+                        {cp: v for cp, v in _char_table(backend).items() if chr(cp) not in firsts})
 
 
 def splice(ids: np.ndarray, offsets: np.ndarray, rejected: np.ndarray,
