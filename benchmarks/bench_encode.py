@@ -187,13 +187,18 @@ def fmt(value, spec: str, width: int) -> str:
 # --- pipeline measurements: tokenizer threads, second call, GPU busy fraction, settings sweep ---------
 
 
-def tokenizer_speed(encoder, texts: list[str], repeats: int = 3) -> dict:
-    """Tokens/s of encode's tokenize stage alone on one thread and on every core, in the same run."""
+def tokenizer_speed(tokenizer, max_length: int, texts: list, repeats: int = 3, pairs: bool = False,
+                    native: bool = True) -> dict:
+    """Tokens/s of encode's tokenize stage alone (texts, or a cross-encoder's pairs) on one thread and on every
+    core, in the same run; native False keeps every text on the Hugging Face tokenizer."""
     from sentfuse.encode.tokenize import ChunkTokenizer, cpu_cores, tokenize_chunks
 
-    tokenize = ChunkTokenizer(encoder.tokenizer, encoder.max_seq_length)
+    tokenize = ChunkTokenizer(tokenizer, max_length, pairs=pairs)
+    if not native:
+        tokenize._native = None
     cores = cpu_cores()
-    result = {"threads": cores, "texts": len(texts), "load_average": os.getloadavg()[0]}
+    result = {"threads": cores, "texts": len(texts), "native": tokenize._native is not None,
+              "load_average": os.getloadavg()[0]}
     # The Rust tokenizer's own thread pool off (it reads the variable at each call), so that one thread is one.
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -295,7 +300,7 @@ def pipeline_measurements(model_path: str, device: torch.device, dtype: str, tex
     encoder = sentfuse.Encoder(model_path, device=device, dtype=DTYPE_NAMES[dtype])
     out: dict = {"dtype": dtype}
     questions = texts.get("questions") or next(iter(texts.values()))
-    out["tokenizer"] = tokenizer_speed(encoder, questions)
+    out["tokenizer"] = tokenizer_speed(encoder.tokenizer, encoder.max_seq_length, questions)
     encoder.encode(questions[:64], show_progress_bar=False)  # warm-up: CUDA context, kernels, a few graphs
     half = len(questions) // 2
     calls = []

@@ -18,7 +18,8 @@ with the FFN's second product multiplied the other way, SENTFUSE_INT8_ACTIVATED'
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
 --repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
 machine shared with other jobs the wall time mostly measures the others, the CPU time the work done).
-Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
+Before the rows, the pairs' tokenize stage alone: sentfuse's native WordPiece against the Hugging Face tokenizer,
+on one thread and on every core. Agreement against sentence-transformers' fp32 scores (raw logits, activation Identity):
 the largest |score difference| over the largest |score| per question, and the share of questions whose
 top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend (its default precision, torch's
@@ -243,12 +244,33 @@ def main() -> None:
             del os.environ[INT8_ACTIVATED_ENV]
             rows[encode_modes.int8_activated_label(args.int8_activated_row)] = \
                 lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
+        info["tokenize_stage"] = tokenize_stage(folder, questions, docs)
         results = run_rows(rows, questions, docs, args.repeats)
         if not args.no_openvino:
             peer = openvino_row(args.openvino, folder, questions, docs, args.repeats)
             if peer is not None:
                 results[OPENVINO_ROW] = peer
     report(args, info, results, sum(map(len, docs)))
+
+
+def tokenize_stage(folder: Path, questions: list[str], docs: list[list[str]]) -> dict:
+    """The pairs' tokenize stage alone, sentfuse's native WordPiece against the Hugging Face tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    pairs = [(q, d) for q, row in zip(questions, docs) for d in row]
+    out = {}
+    for native in (True, False):
+        r = bench_encode.tokenizer_speed(tokenizer, 512, pairs, pairs=True, native=native)
+        out["native" if native else "hugging_face"] = r
+    n, native, hf = out["native"]["threads"], out["native"], out["hugging_face"]
+    label = "native WordPiece" if native["native"] else "native WordPiece NOT USED (tokenizer not supported)"
+    print(f"tokenize stage, {len(pairs):,} pairs (512 tokens at most): {label} 1 thread "
+          f"{native['tokens_per_s_1'] / 1e6:.2f}M tokens/s, {n} threads {native[f'tokens_per_s_{n}'] / 1e6:.2f}M; "
+          f"Hugging Face {hf['tokens_per_s_1'] / 1e6:.2f}M / {hf[f'tokens_per_s_{n}'] / 1e6:.2f}M "
+          f"({native['tokens_per_s_1'] / hf['tokens_per_s_1']:.1f}x / "
+          f"{native[f'tokens_per_s_{n}'] / hf[f'tokens_per_s_{n}']:.1f}x)")
+    return out
 
 
 def speed_goal(row: dict, minimum: float, peer: dict | None = None) -> dict:

@@ -54,17 +54,34 @@ def minilm():
     return tokenizer(Path(gt.get_model_path()))
 
 
-def assert_same_chunks(tok, texts: list[str], max_length: int, special_tokens: bool = True) -> None:
-    native = ChunkTokenizer(tok, max_length, special_tokens=special_tokens)
+def assert_same_chunks(tok, texts: list, max_length: int, special_tokens: bool = True, pairs: bool = False) -> None:
+    native = ChunkTokenizer(tok, max_length, pairs=pairs, special_tokens=special_tokens)
     assert native._native is not None, "expected the native WordPiece for this tokenizer"
-    plain = ChunkTokenizer(tok, max_length, special_tokens=special_tokens)
+    plain = ChunkTokenizer(tok, max_length, pairs=pairs, special_tokens=special_tokens)
     plain._native = None
     got, want = native(texts), plain(texts)
     assert got.offsets.tolist() == want.offsets.tolist()
-    mismatched = [i for i in range(len(texts)) if got.ids[got.offsets[i]:got.offsets[i + 1]].tolist()
-                  != want.ids[want.offsets[i]:want.offsets[i + 1]].tolist()]
+
+    def row(chunk, flat, i):
+        return flat[chunk.offsets[i]:chunk.offsets[i + 1]].tolist()
+
+    mismatched = [i for i in range(len(texts)) if row(got, got.ids, i) != row(want, want.ids, i)]
     assert not mismatched, [texts[i] for i in mismatched[:5]]
-    assert got.type_ids is None and want.type_ids is None
+    if pairs:
+        assert got.type_ids is not None and want.type_ids is not None
+        mistyped = [i for i in range(len(texts)) if row(got, got.type_ids, i) != row(want, want.type_ids, i)]
+        assert not mistyped, [texts[i] for i in mistyped[:5]]
+    else:
+        assert got.type_ids is None and want.type_ids is None
+
+
+def shipped_pairs() -> list:
+    """(question, paragraph) pairs, the other way round, of two questions, and as lists."""
+    texts = shipped_texts()
+    questions, paragraphs = texts[:300], texts[2000:]
+    pairs = list(zip(questions, paragraphs))
+    return pairs + [(p, q) for q, p in pairs[:100]] + list(zip(questions[:100], questions[100:200])) + [
+        [q, p] for q, p in pairs[:50]]
 
 
 @pytest.mark.parametrize("max_length", [256, 16, 3, UNBOUNDED_LENGTH])
@@ -107,10 +124,54 @@ def test_other_tokenizers_keep_the_hugging_face_path(tiny_model_root, arch):
     assert native_wordpiece(tokenizer(tiny_model_root / f"hf-{arch}"), 128) is None
 
 
-def test_pairs_and_the_switch_keep_the_hugging_face_path(minilm, monkeypatch):
-    assert ChunkTokenizer(minilm, 128, pairs=True)._native is None
+def test_the_switch_keeps_the_hugging_face_path(minilm, monkeypatch):
     monkeypatch.setenv(ENV, "0")
     assert ChunkTokenizer(minilm, 128)._native is None
+    assert ChunkTokenizer(minilm, 128, pairs=True)._native is None
+
+
+@pytest.mark.parametrize("max_length", [512, 128, 17, 16, 4, UNBOUNDED_LENGTH])
+def test_minilm_pairs_match_on_shipped_and_awkward_texts(minilm, max_length):
+    awkward = awkward_texts()
+    mixed = [(a, b) for a, b in zip(awkward, awkward[7:] + awkward[:7])]
+    assert_same_chunks(minilm, shipped_pairs() + mixed, max_length, pairs=True)
+
+
+@pytest.mark.parametrize("max_length", [4, 5, 8, 11, 12, 20])
+def test_pairs_truncate_longest_first_at_every_length(minilm, max_length):
+    # One token per word: every split of the budget, ties and odd budgets included.
+    pairs = [(" ".join(["x"] * n1), " ".join(["y"] * n2)) for n1 in range(14) for n2 in range(14)]
+    assert_same_chunks(minilm, pairs, max_length, pairs=True)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_tiny_vocabularies_match_on_pairs(tiny_model_root, arch):
+    assert_same_chunks(tokenizer(tiny_model_root / f"hf-{arch}"), shipped_pairs()[:200], 40, pairs=True)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(*[st.text(alphabet=st.sampled_from(list(ASCII) + list(OTHER)), max_size=40)] * 2),
+                      max_size=10),
+       max_length=st.sampled_from([4, 7, 512]))
+def test_random_pairs_match(minilm, pairs, max_length):
+    assert_same_chunks(minilm, pairs, max_length, pairs=True)
+
+
+def test_rejected_pairs_are_handed_back(minilm):
+    wp = native_wordpiece(minilm, 128, pairs=True)
+    pairs = [("a", "b"), ("a", "野口"), ("a", None), ("a",), ["c", "d"], "ab", ("x", "y", "z")]
+    ids, offsets, rejected, types = wp.encode_pairs(pairs)
+    assert rejected.tolist() == [1, 2, 3, 5, 6]
+    backend = backend_copy(minilm, 128)
+    for i in (0, 4):
+        want = backend.encode(*pairs[i])
+        assert ids[offsets[i]:offsets[i + 1]].tolist() == want.ids
+        assert types[offsets[i]:offsets[i + 1]].tolist() == want.type_ids
+
+
+def test_pairs_without_special_tokens_keep_the_hugging_face_path(minilm):
+    assert native_wordpiece(minilm, 128, special_tokens=False, pairs=True) is None
+    assert native_wordpiece(minilm, 3, pairs=True) is None  # no room for a token after the three specials
 
 
 def test_left_truncation_keeps_the_hugging_face_path(minilm):

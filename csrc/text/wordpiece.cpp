@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <tuple>
 #include <utility>
 
 #include <pybind11/numpy.h>
@@ -39,6 +40,18 @@ std::pair<uint32_t, size_t> decode(std::string_view text, size_t i) {
   const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
   if (cp < least[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return {0, 0};
   return {cp, n};
+}
+
+std::pair<size_t, size_t> longest_first(size_t n1, size_t n2, size_t budget) {
+  if (n1 + n2 <= budget) return {n1, n2};
+  // The shorter text keeps its tokens if they fit in half the budget and the longer takes the rest; else the
+  // shorter gets the lower half and the longer the upper (the first text on equal lengths), as the Hugging
+  // Face tokenizer's longest_first strategy does.
+  const bool swap = n1 > n2;
+  const size_t shorter = swap ? n2 : n1;
+  const auto [s, l] = 2 * shorter <= budget ? std::pair{shorter, budget - shorter}
+                                            : std::pair{budget / 2, budget / 2 + budget % 2};
+  return swap ? std::pair{l, s} : std::pair{s, l};
 }
 
 }  // namespace
@@ -112,14 +125,9 @@ bool WordPiece::accepts(std::string_view text) const {
   return true;
 }
 
-bool WordPiece::encode(std::string_view text, std::vector<int64_t>& out) const {
-  if (!accepts(text)) return false;
-  if (config_.cls_id >= 0) out.push_back(config_.cls_id);
+void WordPiece::pieces(std::string_view text, std::vector<int64_t>& out, size_t limit) const {
   const size_t body = out.size();
-  // Tokens the text itself may keep: truncation (on the right) cuts the rest, so words past it are skipped.
-  const int64_t specials = (config_.cls_id >= 0) + (config_.sep_id >= 0);
-  const size_t limit =
-      config_.max_length < 0 ? SIZE_MAX : static_cast<size_t>(std::max<int64_t>(config_.max_length - specials, 0));
+  // Truncation (on the right) cuts what passes the limit, so words past it are skipped.
   thread_local std::string word;
   word.clear();
   auto flush = [&] {
@@ -159,7 +167,38 @@ bool WordPiece::encode(std::string_view text, std::vector<int64_t>& out) const {
   }
   if (out.size() - body < limit) flush();
   if (out.size() - body > limit) out.resize(body + limit);
+}
+
+bool WordPiece::encode(std::string_view text, std::vector<int64_t>& out) const {
+  if (!accepts(text)) return false;
+  const int64_t specials = (config_.cls_id >= 0) + (config_.sep_id >= 0);
+  const size_t limit =
+      config_.max_length < 0 ? SIZE_MAX : static_cast<size_t>(std::max<int64_t>(config_.max_length - specials, 0));
+  if (config_.cls_id >= 0) out.push_back(config_.cls_id);
+  pieces(text, out, limit);
   if (config_.sep_id >= 0) out.push_back(config_.sep_id);
+  return true;
+}
+
+bool WordPiece::encode_pair(std::string_view first, std::string_view second, std::vector<int64_t>& out,
+                            std::vector<int64_t>& types) const {
+  if (!accepts(first) || !accepts(second)) return false;
+  // Longest-first truncation needs both texts' whole lengths.
+  thread_local std::vector<int64_t> a, b;
+  a.clear();
+  b.clear();
+  pieces(first, a, SIZE_MAX);
+  pieces(second, b, SIZE_MAX);
+  size_t n1 = a.size(), n2 = b.size();
+  if (config_.max_length >= 0)
+    std::tie(n1, n2) = longest_first(n1, n2, static_cast<size_t>(std::max<int64_t>(config_.max_length - 3, 0)));
+  out.push_back(config_.cls_id);
+  out.insert(out.end(), a.begin(), a.begin() + static_cast<std::ptrdiff_t>(n1));
+  out.push_back(config_.sep_id);
+  out.insert(out.end(), b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n2));
+  out.push_back(config_.sep_id);
+  types.insert(types.end(), n1 + 2, 0);
+  types.insert(types.end(), n2 + 1, 1);
   return true;
 }
 
@@ -169,9 +208,67 @@ namespace py = pybind11;
 
 namespace sentfuse {
 
+namespace {
+
+// UTF-8 views of a list's texts (items of `width` strings each when width > 1), taken with the GIL and kept
+// valid by strong references, so the work can run without it. An item that is not a str (or a list / tuple of
+// width strs), or that has no UTF-8 form (a lone surrogate), is unusable: the Hugging Face tokenizer reports it.
+struct Views {
+  Views(const py::list& items, size_t width) : n(items.size()), width_(width), views_(n * width), usable_(n, false) {
+    keep_.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      py::object item = items[i];
+      PyObject* o = item.ptr();
+      if (width == 1) {
+        usable_[i] = view(o, views_[i]);
+      } else if ((PyTuple_Check(o) || PyList_Check(o)) && static_cast<size_t>(PySequence_Size(o)) == width) {
+        bool all = true;
+        for (size_t k = 0; k < width && all; ++k) {
+          PyObject* s = PyTuple_Check(o) ? PyTuple_GET_ITEM(o, k) : PyList_GET_ITEM(o, k);
+          all = view(s, views_[i * width + k]);
+        }
+        usable_[i] = all;
+      }
+      keep_.push_back(std::move(item));
+    }
+  }
+  bool usable(size_t i) const { return usable_[i]; }
+  std::string_view text(size_t i, size_t k) const { return views_[i * width_ + k]; }
+
+  const size_t n;
+
+ private:
+  static bool view(PyObject* s, std::string_view& out) {
+    if (!PyUnicode_Check(s)) return false;
+    // ASCII strings hand out their own bytes; others their cached UTF-8 (made once, with the GIL).
+    Py_ssize_t size = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(s, &size);
+    if (utf8 == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    out = std::string_view(utf8, static_cast<size_t>(size));
+    return true;
+  }
+
+  size_t width_;
+  std::vector<py::object> keep_;
+  std::vector<std::string_view> views_;
+  std::vector<bool> usable_;
+};
+
+py::array_t<int64_t> as_array(const std::vector<int64_t>& v) {
+  py::array_t<int64_t> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+}  // namespace
+
 // The Python class sentfuse._C.WordPiece: encode_batch(texts) -> (ids int64 [total], offsets int64 [n + 1],
-// rejected int64 [r]); a rejected text (not a str, or one WordPiece::encode declines) has no ids, for the
-// caller's Hugging Face tokenizer.
+// rejected int64 [r]); encode_pairs(pairs) -> the same and types int64 [total]. A rejected item (not a str or
+// a pair of them, or one WordPiece::encode / encode_pair declines) has no ids, for the caller's Hugging Face
+// tokenizer.
 void bind_wordpiece(py::module_& m) {
   py::class_<text::WordPiece, std::shared_ptr<text::WordPiece>>(m, "WordPiece")
       .def(py::init([](const std::vector<std::string>& pieces, const std::vector<int64_t>& ids, const std::string& prefix,
@@ -191,44 +288,34 @@ void bind_wordpiece(py::module_& m) {
            py::arg("pieces"), py::arg("ids"), py::arg("prefix"), py::arg("unk_id"), py::arg("max_chars"),
            py::arg("lowercase"), py::arg("cls_id"), py::arg("sep_id"), py::arg("max_length"), py::arg("reject_chars"),
            py::arg("table") = std::map<uint32_t, std::vector<std::pair<std::string, int>>>{})
-      .def("encode_batch", [](const text::WordPiece& wp, const py::list& texts) {
-        const size_t n = texts.size();
-        // Strong references and views taken with the GIL; the work runs without it.
-        std::vector<py::object> keep;
-        std::vector<std::string_view> views(n);
-        std::vector<bool> usable(n, false);
-        keep.reserve(n);
-        for (size_t i = 0; i < n; ++i) {
-          py::object item = texts[i];
-          PyObject* s = item.ptr();
-          if (PyUnicode_Check(s)) {
-            // ASCII strings hand out their own bytes; others their cached UTF-8 (made once, with the GIL).
-            Py_ssize_t size = 0;
-            const char* utf8 = PyUnicode_AsUTF8AndSize(s, &size);
-            if (utf8 != nullptr) {
-              views[i] = std::string_view(utf8, static_cast<size_t>(size));
-              usable[i] = true;
-            } else {
-              PyErr_Clear();  // e.g. a lone surrogate: the Hugging Face tokenizer reports it
-            }
-          }
-          keep.push_back(std::move(item));
-        }
-        std::vector<int64_t> ids, offsets(n + 1, 0), rejected;
+      .def("encode_batch",
+           [](const text::WordPiece& wp, const py::list& texts) {
+             const Views views(texts, 1);
+             std::vector<int64_t> ids, offsets(views.n + 1, 0), rejected;
+             {
+               py::gil_scoped_release release;
+               ids.reserve(views.n * 24);
+               for (size_t i = 0; i < views.n; ++i) {
+                 if (!views.usable(i) || !wp.encode(views.text(i, 0), ids)) rejected.push_back(static_cast<int64_t>(i));
+                 offsets[i + 1] = static_cast<int64_t>(ids.size());
+               }
+             }
+             return py::make_tuple(as_array(ids), as_array(offsets), as_array(rejected));
+           })
+      .def("encode_pairs", [](const text::WordPiece& wp, const py::list& pairs) {
+        const Views views(pairs, 2);
+        std::vector<int64_t> ids, types, offsets(views.n + 1, 0), rejected;
         {
           py::gil_scoped_release release;
-          ids.reserve(n * 24);
-          for (size_t i = 0; i < n; ++i) {
-            if (!usable[i] || !wp.encode(views[i], ids)) rejected.push_back(static_cast<int64_t>(i));
+          ids.reserve(views.n * 64);
+          types.reserve(views.n * 64);
+          for (size_t i = 0; i < views.n; ++i) {
+            if (!views.usable(i) || !wp.encode_pair(views.text(i, 0), views.text(i, 1), ids, types))
+              rejected.push_back(static_cast<int64_t>(i));
             offsets[i + 1] = static_cast<int64_t>(ids.size());
           }
         }
-        auto as_array = [](const std::vector<int64_t>& v) {
-          py::array_t<int64_t> a(static_cast<py::ssize_t>(v.size()));
-          std::copy(v.begin(), v.end(), a.mutable_data());
-          return a;
-        };
-        return py::make_tuple(as_array(ids), as_array(offsets), as_array(rejected));
+        return py::make_tuple(as_array(ids), as_array(offsets), as_array(rejected), as_array(types));
       });
 }
 

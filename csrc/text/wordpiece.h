@@ -56,8 +56,16 @@ class WordPiece {
   // tokenizer: a character neither ASCII nor in the table, invalid UTF-8, or one of reject_chars.
   bool encode(std::string_view text, std::vector<int64_t>& out) const;
 
+  // A cross-encoder's pair: [CLS] first [SEP] second [SEP], token types 0 up to the first [SEP] and 1 after,
+  // the two texts truncated longest-first to max_length; appends ids to out and types to types, or returns
+  // false (both untouched) as encode does. Needs cls_id and sep_id.
+  bool encode_pair(std::string_view first, std::string_view second, std::vector<int64_t>& out,
+                   std::vector<int64_t>& types) const;
+
  private:
   void encode_word(std::string_view word, std::vector<int64_t>& out) const;
+  // The text's word pieces, no special tokens, the first `limit` of them; the text must be accepted.
+  void pieces(std::string_view text, std::vector<int64_t>& out, size_t limit) const;
   bool accepts(std::string_view text) const;
 
   std::unordered_map<uint32_t, std::vector<NormalChar>> table_;

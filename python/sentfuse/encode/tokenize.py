@@ -64,7 +64,7 @@ class ChunkTokenizer:
     cross-encoder's input: both segments, their separator and token types, truncated longest first).
     For a fast tokenizer it encodes with a private copy of the Rust tokenizer, truncation set once, so
     that threads never share (or reset) the caller's tokenizer state. special_tokens False leaves out the
-    special tokens the tokenizer adds (a static-embedding model's bag has none). Single texts of BERT-family
+    special tokens the tokenizer adds (a static-embedding model's bag has none). Texts and pairs of BERT-family
     tokenizers go through the native WordPiece where it is exact (wordpiece.py).
     """
 
@@ -82,8 +82,8 @@ class ChunkTokenizer:
             encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
             self._encode_batch = partial(encode_batch, add_special_tokens=special_tokens)
             self.typed = any(backend.encode(*probe).type_ids)
-            if not pairs and not self.typed:
-                self._native = native_wordpiece(tokenizer, max_length, special_tokens)
+            if pairs or not self.typed:
+                self._native = native_wordpiece(tokenizer, max_length, special_tokens, pairs)
         else:
             self.typed = any(tokenizer(*([p] for p in probe)).get("token_type_ids", [[0]])[0])
 
@@ -100,10 +100,16 @@ class ChunkTokenizer:
     def __call__(self, texts: list, start: int = 0) -> TokenChunk:
         if self._native is not None:
             # The native WordPiece (wordpiece.py) takes the texts it can; the rest take the tokenizer.
-            flat, offsets, rejected = self._native.encode_batch(texts)
+            if self.pairs:
+                flat, offsets, rejected, types = self._native.encode_pairs(texts)
+            else:
+                (flat, offsets, rejected), types = self._native.encode_batch(texts), None
             if len(rejected):
-                flat, offsets = splice(flat, offsets, rejected, self._encode([texts[i] for i in rejected])[0])
-            return TokenChunk(start, flat, offsets, None)
+                ids, other_types = self._encode([texts[i] for i in rejected])
+                if types is not None:
+                    types = splice(types, offsets, rejected, other_types)[0]
+                flat, offsets = splice(flat, offsets, rejected, ids)
+            return TokenChunk(start, flat, offsets, types)
         ids, types = self._encode(texts)
         flat, offsets = _flatten(ids)
         type_flat = _flatten(types)[0] if self.typed else None

@@ -7,8 +7,9 @@ path encodes a whole chunk of texts without the GIL straight into flat id arrays
 
 It is used only where the tokenizer's configuration is one it reproduces exactly: BertNormalizer with
 clean_text, BertPreTokenizer, a WordPiece model, [CLS] $A [SEP] (or nothing) around a single text with type
-id 0, right-side truncation. Anything else (pairs, other normalizers, added tokens it cannot rule out)
-keeps the Hugging Face tokenizer, and so do the texts it rejects: those holding a character outside ASCII and
+id 0, or [CLS] $A [SEP] $B [SEP] with types 0 then 1 around a cross-encoder's pair (truncated longest first),
+right-side truncation. Anything else (other normalizers, added tokens it cannot rule out) keeps the Hugging
+Face tokenizer, and so do the texts it rejects: those holding a character outside ASCII and
 the table of TABLE_RANGES' characters (built from the tokenizer's own normalizer and pre-tokenizer, one
 character at a time), or the first character of an added token. SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
 """
@@ -56,28 +57,42 @@ def _char_table(backend: Any) -> dict[int, list[tuple[str, int]]]:
     return table
 
 
-def _specials(post: dict | None) -> tuple[int, int] | None:
-    """(cls id, sep id) the post-processor puts around one text (-1: none), or None if it does more."""
+def _template_ids(items: list, table: dict, kinds: list[str], types: list[int]) -> list[int] | None:
+    """The special tokens' ids of a TemplateProcessing template whose items are kinds ("S": a special token,
+    "A" / "B": a text) with types as their type ids, each special token a single id; None if it differs."""
+    kind_names = {"S": "SpecialToken", "A": "Sequence", "B": "Sequence"}
+    if [next(iter(item)) for item in items] != [kind_names[k] for k in kinds]:
+        return None
+    if [next(iter(item.values()))["type_id"] for item in items] != types:
+        return None
+    ids = [table.get(item["SpecialToken"]["id"], {}).get("ids") for item, k in zip(items, kinds) if k == "S"]
+    if any(not isinstance(i, list) or len(i) != 1 for i in ids):
+        return None
+    return [int(i[0]) for i in ids]
+
+
+def _specials(post: dict | None, pairs: bool = False) -> tuple[int, int] | None:
+    """(cls id, sep id) the post-processor puts around one text (-1: none), or, with pairs, around and between
+    two texts as [CLS] A [SEP] B [SEP] with types 0 then 1; None if it does anything else."""
     if post is None:
-        return -1, -1
+        return None if pairs else (-1, -1)
     if post.get("type") == "BertProcessing":
         return int(post["cls"][1]), int(post["sep"][1])
     if post.get("type") != "TemplateProcessing":
         return None
-    single, table = post.get("single") or [], post.get("special_tokens") or {}
-    kinds = [next(iter(item)) for item in single]
-    if kinds != ["SpecialToken", "Sequence", "SpecialToken"] or any(
-            next(iter(item.values()))["type_id"] != 0 for item in single):
+    table = post.get("special_tokens") or {}
+    ids = _template_ids(post.get("single") or [], table, ["S", "A", "S"], [0, 0, 0])
+    if ids is None:
         return None
-    ids = [table.get(item["SpecialToken"]["id"], {}).get("ids") for item in (single[0], single[2])]
-    if any(not isinstance(i, list) or len(i) != 1 for i in ids):
+    if pairs and _template_ids(post.get("pair") or [], table, ["S", "A", "S", "B", "S"], [0, 0, 0, 1, 1]) != ids + ids[1:]:
         return None
-    return int(ids[0][0]), int(ids[1][0])
+    return ids[0], ids[1]
 
 
-def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = True) -> Any | None:
+def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = True, pairs: bool = False) -> Any | None:
     """A sentfuse._C.WordPiece equivalent to tokenizer (a fast Hugging Face tokenizer) on the texts it
-    accepts, truncating at max_length tokens; None where it is not."""
+    accepts (with pairs, on the (first, second) pairs its encode_pairs takes, truncated longest first),
+    truncating at max_length tokens; None where it is not."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or os.environ.get(ENV, "1") == "0":
         return None
@@ -92,11 +107,14 @@ def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = Tru
     vocab = model.get("vocab") or {}
     if model.get("unk_token") not in vocab:
         return None
-    specials = _specials(spec.get("post_processor")) if special_tokens else (-1, -1)
+    if pairs and not special_tokens:
+        return None
+    specials = _specials(spec.get("post_processor"), pairs) if special_tokens else (-1, -1)
     if specials is None:
         return None
     bounded = max_length < UNBOUNDED_LENGTH
-    if bounded and (getattr(tokenizer, "truncation_side", "right") != "right" or max_length <= sum(i >= 0 for i in specials)):
+    added = 3 if pairs else sum(i >= 0 for i in specials)
+    if bounded and (getattr(tokenizer, "truncation_side", "right") != "right" or max_length <= added):
         return None
     # The Hugging Face tokenizer matches added tokens in the text before anything else: a text that could
     # hold one (any case of their first character) goes to it.
