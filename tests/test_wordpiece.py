@@ -108,15 +108,41 @@ def test_random_texts_match(minilm, texts, max_length):
     assert_same_chunks(minilm, texts, max_length)
 
 
-def test_rejected_texts_are_the_ones_outside_the_table_or_bracketed(minilm):
+def test_rejected_texts_are_the_ones_outside_the_table_or_holding_an_added_token(minilm):
     wp = native_wordpiece(minilm, 128)
-    texts = ["plain", "café", "a [CLS] b", "e\u0301", "野口", "ok 😀", "tab\there — ok", "\ud800"]
+    texts = ["plain", "café", "a [CLS] b", "e\u0301", "野口英世", "ok 😀", "tab\there — ok", "\ud800", "see [1], [mask]",
+             "x[SEP]", "한국어", "−1 ≥ ①"]
     ids, offsets, rejected = wp.encode_batch(texts)
-    assert rejected.tolist() == [2, 3, 4, 5, 7]
-    assert np.diff(offsets)[rejected].tolist() == [0] * 5
+    assert rejected.tolist() == [2, 3, 5, 7, 9, 10]
+    assert np.diff(offsets)[rejected].tolist() == [0] * 6
     backend = backend_copy(minilm, 128)
-    for i in (0, 1, 6):
+    for i in (0, 1, 4, 6, 8, 11):
         assert ids[offsets[i]:offsets[i + 1]].tolist() == backend.encode(texts[i]).ids
+
+
+# Chinese and Japanese in context: ideographs (each a word of its own), kana, CJK punctuation, fullwidth forms,
+# next to Latin words and digits.
+CJK = ["野口英世は医者です。", "北京大学（Peking University）", "漢字abc漢字 123漢", "東京タワー、ＡＢＣ！",
+       "㐀㐁 䶵 一丁 龥鿿", "mixed 中文 and English，句号。"]
+
+
+@pytest.mark.parametrize("max_length", [512, 6])
+def test_cjk_text_matches(minilm, max_length):
+    assert_same_chunks(minilm, CJK + [a + " " + b for a in CJK for b in CJK], max_length)
+
+
+def test_added_tokens_are_rejected_exactly_or_by_first_character(tiny_model_root):
+    from tokenizers import AddedToken
+
+    tok = tokenizer(tiny_model_root / "hf-bert")
+    # Matched in the raw text: only a text holding it is handed back, even one starting with a letter.
+    tok.add_tokens([AddedToken("zebra9", normalized=False), AddedToken("<mark>", normalized=True)])
+    wp = native_wordpiece(tok, 64)
+    assert wp is not None
+    texts = ["a zebra9 b", "zebra 9", "ZEBRA9", "a <mark> b", "<MARK>", "<", "plain"]
+    rejected = wp.encode_batch(texts)[2].tolist()
+    assert rejected == [0, 3, 4, 5]  # normalized "<mark>": any text with "<" goes
+    assert_same_chunks(tok, texts + awkward_texts()[:200], 64)
 
 
 @pytest.mark.parametrize("arch", ["mpnet", "roberta", "xlm-roberta"])
@@ -159,7 +185,7 @@ def test_random_pairs_match(minilm, pairs, max_length):
 
 def test_rejected_pairs_are_handed_back(minilm):
     wp = native_wordpiece(minilm, 128, pairs=True)
-    pairs = [("a", "b"), ("a", "野口"), ("a", None), ("a",), ["c", "d"], "ab", ("x", "y", "z")]
+    pairs = [("a", "b"), ("a", "한국어"), ("a", None), ("a",), ["c", "d"], "ab", ("x", "y", "z")]
     ids, offsets, rejected, types = wp.encode_pairs(pairs)
     assert rejected.tolist() == [1, 2, 3, 5, 6]
     backend = backend_copy(minilm, 128)
@@ -181,3 +207,14 @@ def test_left_truncation_keeps_the_hugging_face_path(minilm):
         assert native_wordpiece(minilm, UNBOUNDED_LENGTH) is not None  # nothing to truncate
     finally:
         minilm.truncation_side = "right"
+
+
+def test_ideographs_keep_the_tokenizer_where_it_does_not_space_them(minilm):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(minilm.backend_tokenizer.to_str())
+    spec["normalizer"]["handle_chinese_chars"] = False  # ideographs then join the letters around them
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    assert native_wordpiece(tok, 64).encode_batch(CJK[:3])[2].tolist() == [0, 1, 2]
+    assert_same_chunks(tok, CJK + ["plain text"], 64)

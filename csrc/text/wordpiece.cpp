@@ -110,7 +110,15 @@ void WordPiece::encode_word(std::string_view word, std::vector<int64_t>& out) co
   }
 }
 
+bool WordPiece::in_word_ranges(uint32_t cp) const {
+  for (const auto& [lo, hi] : config_.word_ranges)
+    if (cp >= lo && cp < hi) return true;
+  return false;
+}
+
 bool WordPiece::accepts(std::string_view text) const {
+  for (const std::string& token : config_.reject_tokens)
+    if (text.find(token) != std::string_view::npos) return false;
   for (size_t i = 0; i < text.size();) {
     const auto c = static_cast<unsigned char>(text[i]);
     if (c < 128) {
@@ -119,7 +127,7 @@ bool WordPiece::accepts(std::string_view text) const {
       continue;
     }
     const auto [cp, n] = decode(text, i);
-    if (n == 0 || table_.find(cp) == table_.end()) return false;
+    if (n == 0 || (table_.find(cp) == table_.end() && !in_word_ranges(cp))) return false;
     i += n;
   }
   return true;
@@ -140,9 +148,15 @@ void WordPiece::pieces(std::string_view text, std::vector<int64_t>& out, size_t 
   };
   for (size_t i = 0; i < text.size() && out.size() - body < limit;) {
     const auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 128) {  // accepts() found it in the table
+    if (c >= 128) {  // accepts() found it in the table or the word ranges
       const auto [cp, n] = decode(text, i);
-      for (const NormalChar& x : table_.find(cp)->second) {
+      const auto entry = table_.find(cp);
+      if (entry == table_.end()) {  // a word of its own, as the normalizer's spaces around it make it
+        punctuation(text.substr(i, n));
+        i += n;
+        continue;
+      }
+      for (const NormalChar& x : entry->second) {
         if (x.kind == CharKind::kSpace) {
           flush();
         } else if (x.kind == CharKind::kPunctuation) {
@@ -274,7 +288,9 @@ void bind_wordpiece(py::module_& m) {
       .def(py::init([](const std::vector<std::string>& pieces, const std::vector<int64_t>& ids, const std::string& prefix,
                        int64_t unk_id, int64_t max_chars, bool lowercase, int64_t cls_id, int64_t sep_id,
                        int64_t max_length, const std::string& reject_chars,
-                       const std::map<uint32_t, std::vector<std::pair<std::string, int>>>& table) {
+                       const std::map<uint32_t, std::vector<std::pair<std::string, int>>>& table,
+                       const std::vector<std::string>& reject_tokens,
+                       const std::vector<std::pair<uint32_t, uint32_t>>& word_ranges) {
              std::unordered_map<uint32_t, std::vector<text::NormalChar>> chars;
              for (const auto& [cp, normal] : table) {
                auto& entry = chars[cp];
@@ -282,12 +298,15 @@ void bind_wordpiece(py::module_& m) {
              }
              return std::make_shared<text::WordPiece>(
                  pieces, ids, prefix,
-                 text::WordPieceConfig{unk_id, max_chars, lowercase, cls_id, sep_id, max_length, reject_chars},
+                 text::WordPieceConfig{unk_id, max_chars, lowercase, cls_id, sep_id, max_length, reject_chars,
+                                      reject_tokens, word_ranges},
                  std::move(chars));
            }),
            py::arg("pieces"), py::arg("ids"), py::arg("prefix"), py::arg("unk_id"), py::arg("max_chars"),
            py::arg("lowercase"), py::arg("cls_id"), py::arg("sep_id"), py::arg("max_length"), py::arg("reject_chars"),
-           py::arg("table") = std::map<uint32_t, std::vector<std::pair<std::string, int>>>{})
+           py::arg("table") = std::map<uint32_t, std::vector<std::pair<std::string, int>>>{},
+           py::arg("reject_tokens") = std::vector<std::string>{},
+           py::arg("word_ranges") = std::vector<std::pair<uint32_t, uint32_t>>{})
       .def("encode_batch",
            [](const text::WordPiece& wp, const py::list& texts) {
              const Views views(texts, 1);

@@ -9,14 +9,15 @@
 // (cleaning, CJK spacing, NFD with nonspacing marks dropped, lower-casing) as long as no combining mark
 // follows: the characters of `table` carry what the tokenizer's own normalizer made of each, with how its
 // pre-tokenizer treats every resulting character. Texts this cannot take (a character neither ASCII nor in
-// the table, invalid UTF-8, or one an added token starts with, which the Hugging Face tokenizer would match
-// first) are reported back for the Hugging Face tokenizer.
+// the table, invalid UTF-8, an added token or a character one starts with: the Hugging Face tokenizer would
+// match those first) are reported back for the Hugging Face tokenizer.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace sentfuse::text {
@@ -43,6 +44,10 @@ struct WordPieceConfig {
   int64_t sep_id = -1;           // -1: no token after it
   int64_t max_length = -1;       // most tokens per text, special ones included; -1: no limit
   std::string reject_chars;      // a text holding any of these goes to the Hugging Face tokenizer
+  std::vector<std::string> reject_tokens;  // and so does one holding any of these strings
+  // Code point ranges [lo, hi) whose characters are each a word of their own (BertNormalizer's spaces around
+  // CJK ideographs), taken without table entries.
+  std::vector<std::pair<uint32_t, uint32_t>> word_ranges;
 };
 
 class WordPiece {
@@ -53,7 +58,8 @@ class WordPiece {
             WordPieceConfig config, std::unordered_map<uint32_t, std::vector<NormalChar>> table = {});
 
   // Appends the ids of one UTF-8 text to out; false (out untouched) if the text needs the Hugging Face
-  // tokenizer: a character neither ASCII nor in the table, invalid UTF-8, or one of reject_chars.
+  // tokenizer: a character neither ASCII nor in the table, invalid UTF-8, one of reject_chars, or one of
+  // reject_tokens.
   bool encode(std::string_view text, std::vector<int64_t>& out) const;
 
   // A cross-encoder's pair: [CLS] first [SEP] second [SEP], token types 0 up to the first [SEP] and 1 after,
@@ -67,6 +73,7 @@ class WordPiece {
   // The text's word pieces, no special tokens, the first `limit` of them; the text must be accepted.
   void pieces(std::string_view text, std::vector<int64_t>& out, size_t limit) const;
   bool accepts(std::string_view text) const;
+  bool in_word_ranges(uint32_t cp) const;
 
   std::unordered_map<uint32_t, std::vector<NormalChar>> table_;
 

@@ -11,7 +11,8 @@ id 0, or [CLS] $A [SEP] $B [SEP] with types 0 then 1 around a cross-encoder's pa
 right-side truncation. Anything else (other normalizers, added tokens it cannot rule out) keeps the Hugging
 Face tokenizer, and so do the texts it rejects: those holding a character outside ASCII and
 the table of TABLE_RANGES' characters (built from the tokenizer's own normalizer and pre-tokenizer, one
-character at a time), or the first character of an added token. SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
+character at a time) and CJK ideographs, or an added token (or, for one matched after normalization, its first character).
+SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
 """
 
 from __future__ import annotations
@@ -27,16 +28,33 @@ import numpy as np
 from ..model.pretrained import UNBOUNDED_LENGTH
 
 ENV = "SENTFUSE_NATIVE_TOKENIZER"
-# Code points beyond ASCII the native path may take: Latin, IPA, Greek, Cyrillic, and the punctuation, currency,
-# letter-like, number and arrow blocks (what English and European text holds; others go to the tokenizer).
-TABLE_RANGES = [(0x80, 0x530), (0x1E00, 0x2000), (0x2000, 0x2200)]
+# Code points beyond ASCII the native path may take: Latin, IPA, Greek, Cyrillic; the punctuation, currency,
+# letter-like, number, arrow, mathematical, technical, shape and dingbat blocks; CJK punctuation, hiragana and
+# katakana; fullwidth forms (what English and European text holds, and the odd East Asian character beside them).
+TABLE_RANGES = [(0x80, 0x530), (0x1E00, 0x2800), (0x3000, 0x3100), (0xFF00, 0xFFF0)]
+# CJK ideographs (Extension A and the Unified block): BertNormalizer's handle_chinese_chars puts spaces around
+# each, so each is a word of its own; the native path takes them by that rule (csrc/text/wordpiece.h) once a
+# sample of them, read through the tokenizer, follows it.
+IDEOGRAPH_RANGES = [(0x3400, 0x4DC0), (0x4E00, 0xA000)]
+IDEOGRAPH_SAMPLE_STEP = 61
 WORD, SPACE, PUNCTUATION = 0, 1, 2  # csrc/text/wordpiece.h CharKind
 
+_TABLES: dict[str, tuple[dict[int, list[tuple[str, int]]], bool]] = {}  # per normalizer + pre-tokenizer
 
-def _char_table(backend: Any) -> dict[int, list[tuple[str, int]]]:
-    """Code point -> what the tokenizer's own normalizer makes of it, each resulting character with how its
-    pre-tokenizer takes it. Left out: combining marks (NFD reorders them across characters) and characters
-    whose normalized form keeps one or whose treatment is anything else."""
+
+def _char_table(backend: Any) -> tuple[dict[int, list[tuple[str, int]]], bool]:
+    """(code point -> what the tokenizer's own normalizer makes of it, each resulting character with how its
+    pre-tokenizer takes it; whether CJK ideographs become words of their own). Left out of the table:
+    combining marks (NFD reorders them across characters) and characters whose normalized form keeps one or
+    whose treatment is anything else. Built once per process for each normalizer and pre-tokenizer."""
+    spec = json.loads(backend.to_str())
+    key = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")], sort_keys=True)
+    if key not in _TABLES:
+        _TABLES[key] = _build_char_table(backend)
+    return _TABLES[key]
+
+
+def _build_char_table(backend: Any) -> tuple[dict[int, list[tuple[str, int]]], bool]:
     normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
 
     @cache
@@ -54,7 +72,9 @@ def _char_table(backend: Any) -> dict[int, list[tuple[str, int]]]:
             kinds = [kind(x) for x in normal]
             if None not in kinds and not any(unicodedata.combining(x) for x in normal):
                 table[cp] = list(zip(normal, kinds))
-    return table
+    sample = [chr(cp) for lo, hi in IDEOGRAPH_RANGES for cp in [*range(lo, hi, IDEOGRAPH_SAMPLE_STEP), hi - 1]]
+    ideographs = all(normalizer.normalize_str(c) == f" {c} " and kind(c) == WORD for c in sample)
+    return table, ideographs
 
 
 def _template_ids(items: list, table: dict, kinds: list[str], types: list[int]) -> list[int] | None:
@@ -116,17 +136,24 @@ def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = Tru
     added = 3 if pairs else sum(i >= 0 for i in specials)
     if bounded and (getattr(tokenizer, "truncation_side", "right") != "right" or max_length <= added):
         return None
-    # The Hugging Face tokenizer matches added tokens in the text before anything else: a text that could
-    # hold one (any case of their first character) goes to it.
-    firsts = {c for a in spec.get("added_tokens") or [] if a.get("content") for c in (a["content"][0].lower(),
-                                                                                          a["content"][0].upper())}
+    # The Hugging Face tokenizer matches added tokens in the text before anything else. One matched in the raw
+    # text (normalized False, as BERT's [CLS] [SEP] [MASK] ...) can only be there if its content is: a text
+    # holding it goes to the tokenizer. One matched in the normalized text could be made by the normalizer
+    # from other characters: a text holding any case of its first character goes.
+    added_tokens = [a for a in spec.get("added_tokens") or [] if a.get("content")]
+    exact = sorted({a["content"] for a in added_tokens if a.get("normalized") is False})
+    firsts = {c for a in added_tokens if a.get("normalized") is not False
+              for c in (a["content"][0].lower(), a["content"][0].upper())}
     if any(ord(c) < 128 and (c.isalnum() or c.isspace()) for c in firsts):
         return None  # such a character is in nearly every text: nothing left for the native path
+    table, ideographs = _char_table(backend)
+    ideographs = ideographs and not any(lo <= ord(c) < hi for c in firsts for lo, hi in IDEOGRAPH_RANGES)
     return _C.WordPiece(list(vocab), [int(i) for i in vocab.values()], model.get("continuing_subword_prefix") or "",
                         int(vocab[model["unk_token"]]), int(model.get("max_input_chars_per_word", 100)),
                         bool(normalizer.get("lowercase")), specials[0], specials[1],
                         max_length if bounded else -1, "".join(sorted(c for c in firsts if ord(c) < 128)),
-                        {cp: v for cp, v in _char_table(backend).items() if chr(cp) not in firsts})
+                        {cp: v for cp, v in table.items() if chr(cp) not in firsts}, exact,
+                        list(IDEOGRAPH_RANGES) if ideographs else [])
 
 
 def splice(ids: np.ndarray, offsets: np.ndarray, rejected: np.ndarray,
