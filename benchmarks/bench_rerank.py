@@ -244,7 +244,8 @@ def main() -> None:
             del os.environ[INT8_ACTIVATED_ENV]
             rows[encode_modes.int8_activated_label(args.int8_activated_row)] = \
                 lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
-        info["tokenize_stage"] = tokenize_stage(folder, questions, docs)
+        # One pass on a device: gpu_models.sh gives this whole benchmark a minute.
+        info["tokenize_stage"] = tokenize_stage(folder, questions, docs, repeats=3 if args.device == "cpu" else 1)
         results = run_rows(rows, questions, docs, args.repeats)
         if not args.no_openvino:
             peer = openvino_row(args.openvino, folder, questions, docs, args.repeats)
@@ -253,7 +254,7 @@ def main() -> None:
     report(args, info, results, sum(map(len, docs)))
 
 
-def tokenize_stage(folder: Path, questions: list[str], docs: list[list[str]]) -> dict:
+def tokenize_stage(folder: Path, questions: list[str], docs: list[list[str]], repeats: int = 3) -> dict:
     """The pairs' tokenize stage alone, sentfuse's native WordPiece against the Hugging Face tokenizer."""
     from transformers import AutoTokenizer
 
@@ -261,7 +262,7 @@ def tokenize_stage(folder: Path, questions: list[str], docs: list[list[str]]) ->
     pairs = [(q, d) for q, row in zip(questions, docs) for d in row]
     out = {}
     for native in (True, False):
-        r = bench_encode.tokenizer_speed(tokenizer, 512, pairs, pairs=True, native=native)
+        r = bench_encode.tokenizer_speed(tokenizer, 512, pairs, repeats, pairs=True, native=native)
         out["native" if native else "hugging_face"] = r
     n, native, hf = out["native"]["threads"], out["native"], out["hugging_face"]
     label = "native WordPiece" if native["native"] else "native WordPiece NOT USED (tokenizer not supported)"
