@@ -92,7 +92,7 @@ export -f probe_crash
 export crash_probe PYTHON
 step crash 60 bash -c probe_crash
 # The CUDA half of the op tests (the `device` fixture's cuda parameter), on 12 workers. -v names each test as it
-# ends: on 2026-12-04 the step's limit fell just after the last test, before pytest's summary, and 17 failures
+# ends: on 2026-12-04 the step's limit fell just after the last test, before pytest's summary, and 14 failures
 # went unnamed.
 step tests 170 "$PYTHON" -m pytest -v -n 12 -rfEs --tb=short --durations=15 -k cuda "${OP_TESTS[@]}" \
   tests/test_encode_pipeline.py

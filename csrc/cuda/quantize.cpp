@@ -1,5 +1,6 @@
 // CUDA smooth_quantize: the same codes as the CPU op (common/quantize_range.h) from ATen's elementwise kernels and
 // one min / max reduction; the int8 compute mode runs on CPU, so this is the op's device twin, not a fast path.
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -16,10 +17,15 @@ namespace {
 // per_row: quint8_range's formula on each row's range, as tensors (same float32 operations, so the same codes).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& v, int64_t max_code) {
   const auto [row_lo, row_hi] = at::aminmax(v, -1);
-  const float poison = (row_lo + row_hi).sum().mul(0.0f).item<float>();  // NaN once any row held NaN or inf: one sync
+  // Every row's range finite (one sync); a sum of the ranges would overflow to inf on large finite values.
+  const bool finite = at::isfinite(row_lo).logical_and_(at::isfinite(row_hi)).all().item<bool>();
+  const float poison = finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
   check_smooth_quantize_range(poison, poison);
   const at::Tensor lo = row_lo.clamp_max(0.0), hi = row_hi.clamp_min(0.0);
-  at::Tensor scale = (hi - lo).div_(static_cast<float>(max_code));
+  // Divided by a device tensor, not a host scalar: with a host scalar ATen's CUDA division multiplies by its
+  // reciprocal, one bit off the true quotient the CPU op and the reference take (the 2026-12-04 H200 run's
+  // failing per-row tests).
+  at::Tensor scale = (hi - lo).div_(at::scalar_tensor(static_cast<float>(max_code), hi.options()));
   const at::Tensor usable = scale.gt(0.0).logical_and_(scale.reciprocal().isfinite());
   scale = at::where(usable, scale, at::ones_like(scale));
   const at::Tensor zero = lo.neg().div_(scale).round_().clamp_(0, max_code);

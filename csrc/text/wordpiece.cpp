@@ -1,5 +1,5 @@
-// BERT WordPiece on ASCII texts (see wordpiece.h), and its Python binding: one call per chunk of texts, run
-// without the GIL, returning token ids as flat arrays.
+// BERT WordPiece (see wordpiece.h) for single texts and pairs, and its Python binding: one call per chunk of
+// texts or pairs, run without the GIL, returning token ids (and a pair's type ids) as flat arrays.
 #include "text/wordpiece.h"
 
 #include <algorithm>
