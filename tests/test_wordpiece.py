@@ -218,3 +218,20 @@ def test_ideographs_keep_the_tokenizer_where_it_does_not_space_them(minilm):
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     assert native_wordpiece(tok, 64).encode_batch(CJK[:3])[2].tolist() == [0, 1, 2]
     assert_same_chunks(tok, CJK + ["plain text"], 64)
+
+
+@pytest.mark.parametrize("pair, native", [("[CLS] $A [SEP] $B:1 [SEP]:1", True), ("[CLS] $B [SEP] $A:1 [SEP]:1", False),
+                                          ("[CLS] $A [SEP] $B [SEP]", False), ("$A [SEP] $B:1 [SEP]:1", False)])
+def test_pair_templates_other_than_bert_keep_the_hugging_face_path(minilm, pair, native):
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(minilm.backend_tokenizer.to_str())
+    ids = {t: minilm.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]")}
+    backend.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair=pair, special_tokens=list(ids.items()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    assert (native_wordpiece(tok, 128, pairs=True) is not None) == native
+    assert native_wordpiece(tok, 128) is not None  # single texts keep it
+    if native:
+        assert_same_chunks(tok, shipped_pairs()[:100], 64, pairs=True)

@@ -11,8 +11,8 @@ id 0, or [CLS] $A [SEP] $B [SEP] with types 0 then 1 around a cross-encoder's pa
 right-side truncation. Anything else (other normalizers, added tokens it cannot rule out) keeps the Hugging
 Face tokenizer, and so do the texts it rejects: those holding a character outside ASCII and
 the table of TABLE_RANGES' characters (built from the tokenizer's own normalizer and pre-tokenizer, one
-character at a time) and CJK ideographs, or an added token (or, for one matched after normalization, its first character).
-SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
+character at a time) and CJK ideographs, or an added token (or, for one matched after normalization, its
+first character). SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ WORD, SPACE, PUNCTUATION = 0, 1, 2  # csrc/text/wordpiece.h CharKind
 _TABLES: dict[str, tuple[dict[int, list[tuple[str, int]]], bool]] = {}  # per normalizer + pre-tokenizer
 
 
-def _char_table(backend: Any) -> tuple[dict[int, list[tuple[str, int]]], bool]:
+def _char_table(backend: Any, spec: dict) -> tuple[dict[int, list[tuple[str, int]]], bool]:
     """(code point -> what the tokenizer's own normalizer makes of it, each resulting character with how its
     pre-tokenizer takes it; whether CJK ideographs become words of their own). Left out of the table:
     combining marks (NFD reorders them across characters) and characters whose normalized form keeps one or
-    whose treatment is anything else. Built once per process for each normalizer and pre-tokenizer."""
-    spec = json.loads(backend.to_str())
+    whose treatment is anything else. Built once per process for each normalizer and pre-tokenizer (spec: the
+    tokenizer's JSON, parsed)."""
     key = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")], sort_keys=True)
     if key not in _TABLES:
         _TABLES[key] = _build_char_table(backend)
@@ -83,6 +83,8 @@ def _template_ids(items: list, table: dict, kinds: list[str], types: list[int]) 
     kind_names = {"S": "SpecialToken", "A": "Sequence", "B": "Sequence"}
     if [next(iter(item)) for item in items] != [kind_names[k] for k in kinds]:
         return None
+    if any(item["Sequence"].get("id") != k for item, k in zip(items, kinds) if k != "S"):
+        return None  # the texts in another order
     if [next(iter(item.values()))["type_id"] for item in items] != types:
         return None
     ids = [table.get(item["SpecialToken"]["id"], {}).get("ids") for item, k in zip(items, kinds) if k == "S"]
@@ -146,7 +148,7 @@ def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = Tru
               for c in (a["content"][0].lower(), a["content"][0].upper())}
     if any(ord(c) < 128 and (c.isalnum() or c.isspace()) for c in firsts):
         return None  # such a character is in nearly every text: nothing left for the native path
-    table, ideographs = _char_table(backend)
+    table, ideographs = _char_table(backend, spec)
     ideographs = ideographs and not any(lo <= ord(c) < hi for c in firsts for lo, hi in IDEOGRAPH_RANGES)
     return _C.WordPiece(list(vocab), [int(i) for i in vocab.values()], model.get("continuing_subword_prefix") or "",
                         int(vocab[model["unk_token"]]), int(model.get("max_input_chars_per_word", 100)),
