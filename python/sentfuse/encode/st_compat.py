@@ -21,7 +21,6 @@ from ..model.modules import DenseModule, TransformerModule, load_model_folder
 from ..model.save import save_model_folder
 from ..model.static import StaticBackbone
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
-from .tokenize import ChunkTokenizer
 
 ALL_OUTPUTS_BATCH_SIZE = 32  # encode(output_value=None) runs plain padded batches of this many texts by default
 
@@ -45,7 +44,9 @@ class SentenceTransformerMethods:
     def _tokenize_packed(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """A static-embedding model's input as sentence-transformers' StaticEmbedding gives it: every text's
         ids without special tokens, one after another [T], and where each text starts [N]."""
-        chunk = ChunkTokenizer(self._tokenizer, self.max_seq_length, special_tokens=False)(texts)
+        # encode's bag pipeline holds the same tokenizer (no special tokens, max_seq_length), built once, not per
+        # call (a fresh one copies the Rust tokenizer and the native WordPiece's vocabulary).
+        chunk = self._encode_pipeline().chunk_tokenizer(texts)
         return {"input_ids": torch.from_numpy(chunk.ids), "offsets": torch.from_numpy(chunk.offsets[:-1])}
 
     def _cast(self, dtype: torch.dtype) -> Any:
