@@ -194,8 +194,8 @@ def print_ab(n: int, m: int, k: int, times: dict[str, list[float]], ceilings: di
     return row
 
 
-def unit_rows(rows: int, seed: int, device: str) -> torch.Tensor:
-    x = torch.randn(rows, DIM, generator=torch.Generator(device).manual_seed(seed), device=device)
+def unit_rows(rows: int, seed: int, device: str, dim: int = DIM) -> torch.Tensor:
+    x = torch.randn(rows, dim, generator=torch.Generator(device).manual_seed(seed), device=device)
     return torch.nn.functional.normalize(x, dim=1)
 
 

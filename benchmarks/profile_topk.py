@@ -20,17 +20,13 @@ from torch.profiler import ProfilerActivity, profile
 from bench_encode import device_busy_seconds
 
 import sentfuse
+from bench_topk import unit_rows
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (queries, k, dtype, metric): the cases of the GPU issue's goals that were furthest from them. One query under
 # "cosine" takes the fused few-query scan, under "dot" cuBLAS (since the 2026-12-04 run): both are listed.
 CASES = [(1, 10, "fp16", "dot"), (1, 10, "fp16", "cosine"), (1, 10, "fp32", "dot"), (1000, 10, "fp16", "dot"),
          (1000, 10, "fp32", "dot"), (1000, 4096, "fp16", "dot")]
-
-
-def unit_rows(rows: int, dim: int, seed: int, device: str) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(rows, dim, generator=g), dim=1).to(device)
 
 
 def sync(device: str) -> None:
@@ -65,11 +61,11 @@ def main() -> None:
     parser.add_argument("--json", type=argparse.FileType("w"))
     args = parser.parse_args()
 
-    base = unit_rows(args.corpus, args.dim, 0, args.device)
+    base = unit_rows(args.corpus, 0, args.device, args.dim)
     results = []
     for m, k, dtype_name, metric in CASES:
         corpus = base.to(DTYPES[dtype_name])
-        queries = unit_rows(m, args.dim, 1, args.device).to(DTYPES[dtype_name])
+        queries = unit_rows(m, 1, args.device, args.dim).to(DTYPES[dtype_name])
         row = {"queries": m, "corpus": args.corpus, "k": k, "dtype": dtype_name, "metric": metric}
         row |= profile_case(queries, corpus, k, metric, args.calls, args.rows)
         busy = "" if row["device_busy"] is None else f", device busy {row['device_busy']:.0%} of wall"

@@ -15,15 +15,11 @@ import os
 import torch
 
 import sentfuse
+from bench_topk import unit_rows
 
 ENV = "SENTFUSE_CUDA_TOPK_TILE_MB"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CASES = [(1000, 10, "fp16"), (1000, 10, "fp32"), (10000, 10, "fp16"), (1000, 100, "fp16")]  # (queries, k, dtype)
-
-
-def unit_rows(rows: int, dim: int, seed: int, device: str) -> torch.Tensor:
-    g = torch.Generator(device=device).manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(rows, dim, generator=g, device=device), dim=1)
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -52,13 +48,13 @@ def main() -> None:
     l2_mb = torch.cuda.get_device_properties(0).L2_cache_size / 2**20
     print(f"{torch.cuda.get_device_name()}: L2 {l2_mb:.0f} MB (default tile: half of it); "
           f"corpus {args.corpus:,} x {args.dim}; CUDA-event medians of {args.repeats} calls, ms")
-    base = unit_rows(args.corpus, args.dim, 0, "cuda")
+    base = unit_rows(args.corpus, 0, "cuda", args.dim)
     sizes = [None] + args.sizes_mb
     print(f"{'queries':>7} {'k':>4} {'dtype':>5} | " + " ".join(f"{'default' if s is None else f'{s} MB':>8}" for s in sizes))
     rows = []
     for m, k, dtype_name in CASES:
         corpus = base.to(DTYPES[dtype_name])
-        queries = unit_rows(m, args.dim, 1, "cuda").to(DTYPES[dtype_name])
+        queries = unit_rows(m, 1, "cuda", args.dim).to(DTYPES[dtype_name])
         reference = None
         times = {}
         for size in sizes:
