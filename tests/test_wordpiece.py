@@ -102,7 +102,10 @@ def test_tiny_vocabularies_match(tiny_model_root, arch, max_length):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=st.lists(st.text(alphabet=st.one_of(st.sampled_from(list(ASCII) + list(OTHER)),
-                                                  st.characters(max_codepoint=0x2200)), max_size=60), max_size=12),
+                                                  st.characters(max_codepoint=0x2200),
+                                                  st.characters(min_codepoint=0x1100, max_codepoint=0x11FF),
+                                                  st.characters(min_codepoint=0xAC00, max_codepoint=0xD7A3)),
+                                     max_size=60), max_size=12),
        max_length=st.sampled_from([4, 9, 512]))
 def test_random_texts_match(minilm, texts, max_length):
     assert_same_chunks(minilm, texts, max_length)
@@ -111,12 +114,12 @@ def test_random_texts_match(minilm, texts, max_length):
 def test_rejected_texts_are_the_ones_outside_the_table_or_holding_an_added_token(minilm):
     wp = native_wordpiece(minilm, 128)
     texts = ["plain", "café", "a [CLS] b", "e\u0301", "野口英世", "ok 😀", "tab\there — ok", "\ud800", "see [1], [mask]",
-             "x[SEP]", "한국어", "−1 ≥ ①"]
+             "x[SEP]", "한국어", "−1 ≥ ①", "한́"]
     ids, offsets, rejected = wp.encode_batch(texts)
-    assert rejected.tolist() == [2, 3, 5, 7, 9, 10]
+    assert rejected.tolist() == [2, 3, 5, 7, 9, 12]
     assert np.diff(offsets)[rejected].tolist() == [0] * 6
     backend = backend_copy(minilm, 128)
-    for i in (0, 1, 4, 6, 8, 11):
+    for i in (0, 1, 4, 6, 8, 10, 11):
         assert ids[offsets[i]:offsets[i + 1]].tolist() == backend.encode(texts[i]).ids
 
 
@@ -185,7 +188,7 @@ def test_random_pairs_match(minilm, pairs, max_length):
 
 def test_rejected_pairs_are_handed_back(minilm):
     wp = native_wordpiece(minilm, 128, pairs=True)
-    pairs = [("a", "b"), ("a", "한국어"), ("a", None), ("a",), ["c", "d"], "ab", ("x", "y", "z")]
+    pairs = [("a", "b"), ("a", "ok 😀"), ("a", None), ("a",), ["c", "d"], "ab", ("x", "y", "z")]
     ids, offsets, rejected, types = wp.encode_pairs(pairs)
     assert rejected.tolist() == [1, 2, 3, 5, 6]
     backend = backend_copy(minilm, 128)
@@ -207,6 +210,41 @@ def test_left_truncation_keeps_the_hugging_face_path(minilm):
         assert native_wordpiece(minilm, UNBOUNDED_LENGTH) is not None  # nothing to truncate
     finally:
         minilm.truncation_side = "right"
+
+
+# Korean: syllables with and without a final consonant (the first and last of the block among them), jamo of
+# both kinds as typed, next to Latin, digits, CJK and punctuation.
+KOREAN = ["한국어 텍스트", "서울은 대한민국의 수도이다.", "가 힣 갂 각각", "ㄱㅏ ㅎㅎ 각", "BTS는 2013년에 데뷔했다!",
+          "漢字와 한글, ＡＢＣ", "ÉCOLE 학교 naïve"]
+
+
+def with_normalizer(tok, **settings):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    spec["normalizer"].update(settings)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+
+
+# lowercase with strip_accents unset or true: NFD makes each syllable its jamo; otherwise syllables are kept.
+@pytest.mark.parametrize("settings", [{}, {"lowercase": False}, {"lowercase": False, "strip_accents": True},
+                                      {"lowercase": True, "strip_accents": False}])
+@pytest.mark.parametrize("max_length", [512, 7])
+def test_korean_text_matches_whether_or_not_syllables_are_decomposed(minilm, settings, max_length):
+    tok = with_normalizer(minilm, **settings)
+    assert native_wordpiece(tok, max_length).encode_batch(KOREAN)[2].tolist() == []
+    assert_same_chunks(tok, KOREAN + [a + " " + b for a in KOREAN for b in KOREAN], max_length)
+    assert_same_chunks(tok, list(zip(KOREAN, reversed(KOREAN))), max_length, pairs=True)
+
+
+def test_korean_keeps_the_tokenizer_where_an_added_token_starts_with_a_syllable(minilm):
+    from tokenizers import AddedToken
+
+    tok = with_normalizer(minilm)
+    tok.add_tokens([AddedToken("한국", normalized=True)])
+    assert native_wordpiece(tok, 64).encode_batch(["한국어", "plain", "서울"])[2].tolist() == [0, 2]
+    assert_same_chunks(tok, KOREAN + ["plain text"], 64)
 
 
 def test_ideographs_keep_the_tokenizer_where_it_does_not_space_them(minilm):

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -40,6 +41,29 @@ std::pair<uint32_t, size_t> decode(std::string_view text, size_t i) {
   const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
   if (cp < least[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return {0, 0};
   return {cp, n};
+}
+
+constexpr uint32_t kHangulFirst = 0xAC00, kHangulEnd = 0xD7A4;
+
+void append_utf8(uint32_t cp, std::string& out) {  // cp < 0x10000
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+// Unicode's arithmetic decomposition of a Hangul syllable: leading consonant, vowel, optional trailing consonant.
+void append_hangul_jamo(uint32_t cp, std::string& out) {
+  const uint32_t s = cp - kHangulFirst;
+  append_utf8(0x1100 + s / (21 * 28), out);
+  append_utf8(0x1161 + (s % (21 * 28)) / 28, out);
+  if (s % 28 != 0) append_utf8(0x11A7 + s % 28, out);
 }
 
 std::pair<size_t, size_t> longest_first(size_t n1, size_t n2, size_t budget) {
@@ -116,6 +140,10 @@ bool WordPiece::in_word_ranges(uint32_t cp) const {
   return false;
 }
 
+bool WordPiece::takes_hangul(uint32_t cp) const {
+  return config_.hangul != HangulMode::kReject && cp >= kHangulFirst && cp < kHangulEnd;
+}
+
 bool WordPiece::accepts(std::string_view text) const {
   for (const std::string& token : config_.reject_tokens)
     if (text.find(token) != std::string_view::npos) return false;
@@ -127,7 +155,7 @@ bool WordPiece::accepts(std::string_view text) const {
       continue;
     }
     const auto [cp, n] = decode(text, i);
-    if (n == 0 || (table_.find(cp) == table_.end() && !in_word_ranges(cp))) return false;
+    if (n == 0 || (table_.find(cp) == table_.end() && !in_word_ranges(cp) && !takes_hangul(cp))) return false;
     i += n;
   }
   return true;
@@ -148,8 +176,17 @@ void WordPiece::pieces(std::string_view text, std::vector<int64_t>& out, size_t 
   };
   for (size_t i = 0; i < text.size() && out.size() - body < limit;) {
     const auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 128) {  // accepts() found it in the table or the word ranges
+    if (c >= 128) {  // accepts() found it in the table, the word ranges or the Hangul syllables
       const auto [cp, n] = decode(text, i);
+      if (takes_hangul(cp)) {
+        if (config_.hangul == HangulMode::kDecompose) {
+          append_hangul_jamo(cp, word);
+        } else {
+          word.append(text.substr(i, n));
+        }
+        i += n;
+        continue;
+      }
       const auto entry = table_.find(cp);
       if (entry == table_.end()) {  // a word of its own, as the normalizer's spaces around it make it
         punctuation(text.substr(i, n));
@@ -290,7 +327,8 @@ void bind_wordpiece(py::module_& m) {
                        int64_t max_length, const std::string& reject_chars,
                        const std::map<uint32_t, std::vector<std::pair<std::string, int>>>& table,
                        const std::vector<std::string>& reject_tokens,
-                       const std::vector<std::pair<uint32_t, uint32_t>>& word_ranges) {
+                       const std::vector<std::pair<uint32_t, uint32_t>>& word_ranges, int hangul) {
+             if (hangul < 0 || hangul > 2) throw py::value_error("hangul must be 0, 1 or 2, got " + std::to_string(hangul));
              std::unordered_map<uint32_t, std::vector<text::NormalChar>> chars;
              for (const auto& [cp, normal] : table) {
                auto& entry = chars[cp];
@@ -299,14 +337,14 @@ void bind_wordpiece(py::module_& m) {
              return std::make_shared<text::WordPiece>(
                  pieces, ids, prefix,
                  text::WordPieceConfig{unk_id, max_chars, lowercase, cls_id, sep_id, max_length, reject_chars,
-                                      reject_tokens, word_ranges},
+                                      reject_tokens, word_ranges, static_cast<text::HangulMode>(hangul)},
                  std::move(chars));
            }),
            py::arg("pieces"), py::arg("ids"), py::arg("prefix"), py::arg("unk_id"), py::arg("max_chars"),
            py::arg("lowercase"), py::arg("cls_id"), py::arg("sep_id"), py::arg("max_length"), py::arg("reject_chars"),
            py::arg("table") = std::map<uint32_t, std::vector<std::pair<std::string, int>>>{},
            py::arg("reject_tokens") = std::vector<std::string>{},
-           py::arg("word_ranges") = std::vector<std::pair<uint32_t, uint32_t>>{})
+           py::arg("word_ranges") = std::vector<std::pair<uint32_t, uint32_t>>{}, py::arg("hangul") = 0)
       .def("encode_batch",
            [](const text::WordPiece& wp, const py::list& texts) {
              const Views views(texts, 1);

@@ -8,7 +8,7 @@
 // complete split, becomes the unknown token). Beyond ASCII, BertNormalizer works character by character
 // (cleaning, CJK spacing, NFD with nonspacing marks dropped, lower-casing) as long as no combining mark
 // follows: the characters of `table` carry what the tokenizer's own normalizer made of each, with how its
-// pre-tokenizer treats every resulting character. Texts this cannot take (a character neither ASCII nor in
+// pre-tokenizer treats every resulting character, and Hangul syllables are decomposed by rule. Texts this cannot take (a character neither ASCII nor in
 // the table, invalid UTF-8, an added token or a character one starts with: the Hugging Face tokenizer would
 // match those first) are reported back for the Hugging Face tokenizer.
 #pragma once
@@ -31,6 +31,11 @@ using PieceMap = std::unordered_map<std::string, int64_t, PieceHash, std::equal_
 
 // One character of a table entry's normalized form and how the pre-tokenizer takes it.
 enum class CharKind : uint8_t { kWord = 0, kSpace = 1, kPunctuation = 2 };
+
+// What the normalizer makes of a Hangul syllable (U+AC00..U+D7A3; 11,172 of them, computed, not tabled):
+// unknown (a text holding one goes to the Hugging Face tokenizer), the syllable itself, or its conjoining jamo
+// (the NFD that BertNormalizer applies when it strips accents). Either way a word character.
+enum class HangulMode : uint8_t { kReject = 0, kKeep = 1, kDecompose = 2 };
 struct NormalChar {
   std::string utf8;
   CharKind kind;
@@ -48,6 +53,7 @@ struct WordPieceConfig {
   // Code point ranges [lo, hi) whose characters are each a word of their own (BertNormalizer's spaces around
   // CJK ideographs), taken without table entries.
   std::vector<std::pair<uint32_t, uint32_t>> word_ranges;
+  HangulMode hangul = HangulMode::kReject;
 };
 
 class WordPiece {
@@ -74,6 +80,7 @@ class WordPiece {
   void pieces(std::string_view text, std::vector<int64_t>& out, size_t limit) const;
   bool accepts(std::string_view text) const;
   bool in_word_ranges(uint32_t cp) const;
+  bool takes_hangul(uint32_t cp) const;
 
   std::unordered_map<uint32_t, std::vector<NormalChar>> table_;
 

@@ -11,7 +11,7 @@ id 0, or [CLS] $A [SEP] $B [SEP] with types 0 then 1 around a cross-encoder's pa
 right-side truncation. Anything else (other normalizers, added tokens it cannot rule out) keeps the Hugging
 Face tokenizer, and so do the texts it rejects: those holding a character outside ASCII and
 the table of TABLE_RANGES' characters (built from the tokenizer's own normalizer and pre-tokenizer, one
-character at a time) and CJK ideographs, or an added token (or, for one matched after normalization, its
+character at a time), CJK ideographs and Hangul syllables, or an added token (or, for one matched after normalization, its
 first character). SENTFUSE_NATIVE_TOKENIZER=0 turns it off.
 """
 
@@ -29,22 +29,32 @@ from ..model.pretrained import UNBOUNDED_LENGTH
 
 ENV = "SENTFUSE_NATIVE_TOKENIZER"
 # Code points beyond ASCII the native path may take: Latin, IPA, Greek, Cyrillic; the punctuation, currency,
-# letter-like, number, arrow, mathematical, technical, shape and dingbat blocks; CJK punctuation, hiragana and
-# katakana; fullwidth forms (what English and European text holds, and the odd East Asian character beside them).
-TABLE_RANGES = [(0x80, 0x530), (0x1E00, 0x2800), (0x3000, 0x3100), (0xFF00, 0xFFF0)]
+# letter-like, number, arrow, mathematical, technical, shape and dingbat blocks; CJK punctuation, hiragana,
+# katakana and Hangul jamo (conjoining and compatibility); fullwidth forms (what English and European text
+# holds, and the odd East Asian character beside them).
+TABLE_RANGES = [(0x80, 0x530), (0x1100, 0x1200), (0x1E00, 0x2800), (0x3000, 0x3190), (0xFF00, 0xFFF0)]
 # CJK ideographs (Extension A and the Unified block): BertNormalizer's handle_chinese_chars puts spaces around
 # each, so each is a word of its own; the native path takes them by that rule (csrc/text/wordpiece.h) once a
 # sample of them, read through the tokenizer, follows it.
 IDEOGRAPH_RANGES = [(0x3400, 0x4DC0), (0x4E00, 0xA000)]
 IDEOGRAPH_SAMPLE_STEP = 61
+# Hangul syllables: too many to table (start-up would take 5x longer); the normalizer keeps each or, where it
+# applies NFD (stripping accents), makes it its two or three conjoining jamo by Unicode's arithmetic rule. The
+# native path follows whichever of the two a sample read through the tokenizer shows (csrc/text/wordpiece.h
+# HangulMode).
+HANGUL_RANGE = (0xAC00, 0xD7A4)
+HANGUL_SAMPLE_STEP = 37
+HANGUL_REJECT, HANGUL_KEEP, HANGUL_DECOMPOSE = 0, 1, 2
 WORD, SPACE, PUNCTUATION = 0, 1, 2  # csrc/text/wordpiece.h CharKind
 
-_TABLES: dict[str, tuple[dict[int, list[tuple[str, int]]], bool]] = {}  # per normalizer + pre-tokenizer
+CharTable = tuple[dict[int, list[tuple[str, int]]], bool, int]
+_TABLES: dict[str, CharTable] = {}  # per normalizer + pre-tokenizer
 
 
-def _char_table(backend: Any, spec: dict) -> tuple[dict[int, list[tuple[str, int]]], bool]:
+def _char_table(backend: Any, spec: dict) -> CharTable:
     """(code point -> what the tokenizer's own normalizer makes of it, each resulting character with how its
-    pre-tokenizer takes it; whether CJK ideographs become words of their own). Left out of the table:
+    pre-tokenizer takes it; whether CJK ideographs become words of their own; the HANGUL_* mode that Hangul
+    syllables follow). Left out of the table:
     combining marks (NFD reorders them across characters) and characters whose normalized form keeps one or
     whose treatment is anything else. Built once per process for each normalizer and pre-tokenizer (spec: the
     tokenizer's JSON, parsed)."""
@@ -54,7 +64,7 @@ def _char_table(backend: Any, spec: dict) -> tuple[dict[int, list[tuple[str, int
     return _TABLES[key]
 
 
-def _build_char_table(backend: Any) -> tuple[dict[int, list[tuple[str, int]]], bool]:
+def _build_char_table(backend: Any) -> CharTable:
     normalizer, pre_tokenizer = backend.normalizer, backend.pre_tokenizer
 
     @cache
@@ -74,7 +84,17 @@ def _build_char_table(backend: Any) -> tuple[dict[int, list[tuple[str, int]]], b
                 table[cp] = list(zip(normal, kinds))
     sample = [chr(cp) for lo, hi in IDEOGRAPH_RANGES for cp in [*range(lo, hi, IDEOGRAPH_SAMPLE_STEP), hi - 1]]
     ideographs = all(normalizer.normalize_str(c) == f" {c} " and kind(c) == WORD for c in sample)
-    return table, ideographs
+    return table, ideographs, _hangul_mode(normalizer, kind)
+
+
+def _hangul_mode(normalizer: Any, kind: Any) -> int:
+    """The HANGUL_* mode a sample of syllables shows the normalizer following, words all (HANGUL_REJECT if neither)."""
+    lo, hi = HANGUL_RANGE
+    sample = [chr(cp) for cp in [*range(lo, hi, HANGUL_SAMPLE_STEP), hi - 1]]
+    for mode, form in ((HANGUL_KEEP, lambda c: c), (HANGUL_DECOMPOSE, lambda c: unicodedata.normalize("NFD", c))):
+        if all(normalizer.normalize_str(c) == form(c) and all(kind(x) == WORD for x in form(c)) for c in sample):
+            return mode
+    return HANGUL_REJECT
 
 
 def _template_ids(items: list, table: dict, kinds: list[str], types: list[int]) -> list[int] | None:
@@ -148,14 +168,16 @@ def native_wordpiece(tokenizer: Any, max_length: int, special_tokens: bool = Tru
               for c in (a["content"][0].lower(), a["content"][0].upper())}
     if any(ord(c) < 128 and (c.isalnum() or c.isspace()) for c in firsts):
         return None  # such a character is in nearly every text: nothing left for the native path
-    table, ideographs = _char_table(backend, spec)
+    table, ideographs, hangul = _char_table(backend, spec)
     ideographs = ideographs and not any(lo <= ord(c) < hi for c in firsts for lo, hi in IDEOGRAPH_RANGES)
+    if any(HANGUL_RANGE[0] <= ord(c) < HANGUL_RANGE[1] for c in firsts):
+        hangul = HANGUL_REJECT
     return _C.WordPiece(list(vocab), [int(i) for i in vocab.values()], model.get("continuing_subword_prefix") or "",
                         int(vocab[model["unk_token"]]), int(model.get("max_input_chars_per_word", 100)),
                         bool(normalizer.get("lowercase")), specials[0], specials[1],
                         max_length if bounded else -1, "".join(sorted(c for c in firsts if ord(c) < 128)),
                         {cp: v for cp, v in table.items() if chr(cp) not in firsts}, exact,
-                        list(IDEOGRAPH_RANGES) if ideographs else [])
+                        list(IDEOGRAPH_RANGES) if ideographs else [], hangul)
 
 
 def splice(ids: np.ndarray, offsets: np.ndarray, rejected: np.ndarray,
