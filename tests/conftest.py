@@ -236,3 +236,11 @@ def tiny_model(request, tiny_model_root) -> Path:
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     return list(SENTENCES)
+
+
+def copies(model) -> list:
+    """A deep copy and a pickled-and-loaded copy of a sentfuse model (its packed layers rebuilt in each)."""
+    import copy
+    import pickle
+
+    return [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]

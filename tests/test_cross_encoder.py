@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import SENTENCES, _tokenizer
+from conftest import SENTENCES, _tokenizer, copies
 from op_devices import device  # noqa: F401  (fixture)
 
 import sentfuse
@@ -222,10 +222,73 @@ def test_constructor_keywords(ce_root, caplog):
         sentfuse.CrossEncoder()
 
 
-def test_new_classifier_from_a_backbone(tiny_model_root):
-    """A folder without a classifier gets a new one of num_labels, as sentence-transformers builds it."""
+def test_new_classifier_from_a_backbone(tiny_model_root, tmp_path):
+    """A folder without a classifier gets a new one of num_labels (one unless asked), as sentence-transformers
+    builds it; save writes that classifier, not a fresh draw."""
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
     ours = sentfuse.CrossEncoder(tiny_model_root / "hf-bert", device="cpu", num_labels=4)
     assert ours.num_labels == 4 and ours.predict(PAIRS).shape == (len(PAIRS), 4)
+    default = sentfuse.CrossEncoder(tiny_model_root / "hf-bert", device="cpu")
+    st = STCrossEncoder(str(tiny_model_root / "hf-bert"), device="cpu")
+    assert default.num_labels == st.num_labels == 1
+    assert type(default.activation_fn) is type(st.activation_fn) is torch.nn.Sigmoid
+    want = default.predict(PAIRS)
+    default.save(tmp_path / "saved")
+    assert_close_scores(want, sentfuse.CrossEncoder(tmp_path / "saved", device="cpu").predict(PAIRS))
+    assert_close_scores(want, STCrossEncoder(str(tmp_path / "saved"), device="cpu").predict(PAIRS))
+
+
+def test_save_writes_the_running_weights(ce_root, tmp_path):
+    ours = sentfuse.CrossEncoder(ce_root / "bert-1", device="cpu")
+    with torch.no_grad():
+        ours.model.classifier.bias.add_(1.0)
+    want = ours.predict(PAIRS)
+    ours.save(tmp_path / "edited")
+    assert_close_scores(want, sentfuse.CrossEncoder(tmp_path / "edited", device="cpu").predict(PAIRS))
+
+
+@pytest.mark.parametrize("dtype", [None, "int8-dynamic"])
+def test_copies_and_pickles_score_the_same(ce_root, dtype):
+    ours = sentfuse.CrossEncoder(ce_root / "bert-1", device="cpu", dtype=dtype)
+    want = ours.predict(PAIRS)
+    for other in copies(ours):
+        assert other.model is not ours.model
+        np.testing.assert_array_equal(other.predict(PAIRS), want)
+    np.testing.assert_array_equal(ours.predict(PAIRS), want)
+
+
+def test_model_card_data_takes_evaluator_results(ce_root):
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    ours = sentfuse.CrossEncoder(ce_root / "bert-1", device="cpu")
+    samples = [{"query": QUERY, "positive": [DOCUMENTS[-1]], "negative": DOCUMENTS[:3]}]
+    metrics = CrossEncoderRerankingEvaluator(samples, name="t")(ours)
+    assert ours.model_card_data.eval_results[-1]["metrics"] == metrics
+
+
+def test_per_call_processing_kwargs(ce_root):
+    st, ours = _pair(ce_root / "bert-1")
+    for kwargs in ({"text": {"max_length": 12, "truncation": True}}, {"common": {"max_length": 20},
+                                                                       "text": {"padding": True}}):
+        assert_close_scores(st.predict(PAIRS, processing_kwargs=kwargs), ours.predict(PAIRS, processing_kwargs=kwargs))
+    assert_close_scores(st.predict(PAIRS), ours.predict(PAIRS))  # the model's own limit again
+    assert_close_scores(ours.predict(PAIRS, processing_kwargs={}), ours.predict(PAIRS))
+    for bad, error in (({"image": {}}, NotImplementedError), ({"text": {"stride": 2}}, NotImplementedError),
+                       ({"text": {"truncation": False}}, NotImplementedError), (3, TypeError),
+                       ({"text": {"max_length": 0}}, ValueError)):
+        with pytest.raises(error, match="processing_kwargs"):
+            ours.predict(PAIRS, processing_kwargs=bad)
+
+
+def test_a_chat_template_is_refused_not_ignored(ce_root):
+    """sentence-transformers renders pairs through a tokenizer's chat template (unless the folder pins the text
+    modality, as its own saves do): sentfuse refuses such a folder rather than score it differently."""
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(NotImplementedError, match="chat template"):
+        sentfuse.CrossEncoder(ce_root / "hf-bert-1", device="cpu", processor_kwargs={"chat_template": template})
+    pinned = sentfuse.CrossEncoder(ce_root / "bert-1", device="cpu", processor_kwargs={"chat_template": template})
+    assert pinned.predict(PAIRS[:2]).shape == (2,)
 
 
 def test_call_keywords(ce_root, caplog):
@@ -246,8 +309,10 @@ def test_call_keywords(ce_root, caplog):
     assert [(h["corpus_id"], h["text"]) for h in top] == [(h["corpus_id"], h["text"]) for h in want]
     assert set(ours.rank(QUERY, DOCUMENTS)[0]) == {"corpus_id", "score"}
     ours.predict(PAIRS, device="cpu", show_progress_bar=False)
-    with pytest.raises(TypeError, match="processing_kwargs"):
-        ours.predict(PAIRS, processing_kwargs={})
+    with pytest.raises(TypeError, match="tokenizer_kwargs"):
+        ours.predict(PAIRS, tokenizer_kwargs={})
+    with pytest.raises(TypeError, match="processing_kwargs"):  # predict's only, as in sentence-transformers
+        ours.rank(QUERY, DOCUMENTS, processing_kwargs={})
 
 
 @pytest.mark.parametrize("inputs, message", [

@@ -355,3 +355,12 @@ def test_properties(bert):
     assert bert.device == torch.device("cpu")
     assert bert.tokenizer("hi")["input_ids"][0] == bert.tokenizer.cls_token_id
     assert "bert-mean-normalize" in repr(bert)
+
+
+def test_copies_and_pickles_encode_the_same(tiny_model_root, sentences):
+    from conftest import copies
+
+    encoder = Encoder(tiny_model_root / "bert-mean-normalize", device="cpu")
+    want = encoder.encode(sentences)
+    for other in copies(encoder):
+        np.testing.assert_array_equal(other.encode(sentences), want)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SENTENCES, _save_hf_model
+from conftest import SENTENCES, _save_hf_model, copies
 from sentfuse import MultiVectorEncoder, util
 
 REL = 1e-5
@@ -193,3 +193,10 @@ def test_util_pairwise_matches_sentence_transformers(name):
         assert max_rel_diff(ours(a, b, **kwargs), theirs(a, b, **kwargs)) <= REL
     with pytest.raises(ValueError, match="same number of items"):
         ours(a, b[:2])
+
+
+def test_copies_and_pickles_encode_the_same(pair):
+    _, ours = pair
+    want = ours.encode(SENTENCES)
+    for other in copies(ours):
+        assert_same_tokens(other.encode(SENTENCES), want)

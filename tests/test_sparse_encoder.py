@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import SENTENCES, _tokenizer
+from conftest import SENTENCES, _tokenizer, copies
 
 import sentfuse
 from sentfuse.model.modules import ModelFolderError
@@ -243,3 +243,11 @@ def test_16_bit_vocabulary_projection_widens_where_the_cpu_emulates_it(sparse_ro
     assert_same_vectors(st.encode(TEXTS), ours.encode(TEXTS), torch.bfloat16)
     ours.to("cpu")  # a move keeps the choice
     assert head.weight.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+@pytest.mark.parametrize("name", ["bert-relu-max", "inference-free"])
+def test_copies_and_pickles_encode_the_same(sparse_root, name):
+    ours = sentfuse.SparseEncoder(sparse_root / name, device="cpu")
+    want = ours.encode_query(SENTENCES, convert_to_sparse_tensor=False)
+    for other in copies(ours):
+        assert torch.equal(other.encode_query(SENTENCES, convert_to_sparse_tensor=False), want)

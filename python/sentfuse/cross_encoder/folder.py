@@ -37,6 +37,9 @@ class CrossEncoderFolder:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     activation_paths: list[str] = field(default_factory=list)  # dotted class paths, the first that resolves wins
+    # Whether config.json names a *ForSequenceClassification architecture: a bare backbone gets a new one-label
+    # classifier unless num_labels says otherwise, as in sentence-transformers.
+    has_classifier: bool = True
 
 
 def _check_architecture(folder: Path) -> dict[str, Any]:
@@ -105,4 +108,6 @@ def load_cross_encoder_folder(folder: Path) -> CrossEncoderFolder:
     # sentence-transformers 4-5 kept the activation in config.json; older releases under another key.
     legacy = (config.get("sentence_transformers") or {}).get("activation_fn")
     activations += [a for a in (legacy, config.get("sbert_ce_default_activation_function")) if isinstance(a, str)]
-    return CrossEncoderFolder(folder, transformer, prompts, default_prompt_name, activations)
+    architectures = config.get("architectures") or []
+    has_classifier = any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in architectures)
+    return CrossEncoderFolder(folder, transformer, prompts, default_prompt_name, activations, has_classifier)

@@ -28,7 +28,8 @@ from .._checks import (
 from ..encode.owner import PipelineOwner, PoolMethods, placement
 from ..encode.pipeline import EncodeRequest, OutputHead, Pipeline
 from ..encode.run import RunOptions
-from ..model.backbone import prepare_backbone, warn_if_emulated
+from ..model.backbone import backbone_state_dict, prepare_backbone, warn_if_emulated
+from ..model.card import ModelCardData
 from ..model.options import (
     NO_EFFECT_PREDICT,
     NO_EFFECT_RANK,
@@ -36,6 +37,7 @@ from ..model.options import (
     RENAMED_PREDICT,
     check_extra_keywords,
     parse_load_options,
+    processing_token_limit,
     renamed_keywords,
 )
 from ..model.modules import ModelFolderError, check_prompt_name, choose_prompt, merge_prompts
@@ -116,11 +118,13 @@ class CrossEncoder(PipelineOwner, PoolMethods):
             config["classifier_dropout"] = classifier_dropout
         if num_labels is not None:
             config["num_labels"] = positive_int(num_labels, "num_labels")
-        self._load_options = replace(options, tokenizer_kwargs=tokenizer_kwargs, config_kwargs=config)
-        self.model_card_data = model_card_data
+        self.model_card_data = model_card_data if model_card_data is not None else ModelCardData(local_files_only)
 
         folder = load_cross_encoder_folder(
             resolve_model_path(model_name_or_path, local_files_only, cache_folder, revision, options.token))
+        if not folder.has_classifier and "num_labels" not in config:
+            config["num_labels"] = 1  # a new classifier on a bare backbone scores relevance, as in sentence-transformers
+        self._load_options = replace(options, tokenizer_kwargs=tokenizer_kwargs, config_kwargs=config)
         self.model_path = folder.path
         self._folder = folder
         self.prompts: dict[str, str] = merge_prompts(prompts, folder.prompts, always=())
@@ -148,6 +152,13 @@ class CrossEncoder(PipelineOwner, PoolMethods):
                                                CLASSIFIER_CLASS)
         except RuntimeError as e:  # a classifier of another size than num_labels asks for, say
             raise ModelFolderError(f"cannot load the classifier in {folder.transformer.path}: {e}") from e
+        if getattr(tokenizer, "chat_template", None) and not folder.transformer.modality_pinned:
+            # sentence-transformers renders each pair through the template (query and document roles) there.
+            raise NotImplementedError(
+                f"the tokenizer of {folder.transformer.path} has a chat template (from the folder or "
+                "processor_kwargs), through which sentence-transformers would render each pair; sentfuse scores "
+                "plain (query, document) pairs only, so it does not load this folder rather than score it "
+                "differently")
         set_token_limit(tokenizer, model.config, limit, folder.transformer.max_seq_length)
         if folder.transformer.do_lower_case:
             add_lowercasing(tokenizer)
@@ -210,11 +221,12 @@ class CrossEncoder(PipelineOwner, PoolMethods):
 
     @torch.inference_mode()
     def _logits(self, pairs: list[tuple[str, str]], prompt: str | None, batch_size: int | None,
-                max_batch_tokens: int | None, progress: bool) -> torch.Tensor:
-        """float32 logits [N, num_labels] on the model's device; the prompt goes before each pair's first text."""
+                max_batch_tokens: int | None, progress: bool, max_length: int | None = None) -> torch.Tensor:
+        """float32 logits [N, num_labels] on the model's device; the prompt goes before each pair's first text;
+        pairs truncated at max_length tokens (default: max_seq_length)."""
         if prompt:
             pairs = [(prompt + first, second) for first, second in pairs]
-        return self._own_pipeline(pairs=True).encode(EncodeRequest(
+        return self._own_pipeline(pairs=True, max_length=max_length).encode(EncodeRequest(
             texts=pairs, skip_tokens=0, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
             token_embeddings=False, dim=self.num_labels, normalize=False, out_dtype=torch.float32, progress=progress,
         ))
@@ -250,6 +262,7 @@ class CrossEncoder(PipelineOwner, PoolMethods):
         pool: EncoderPool | None = None,
         chunk_size: int | None = None,
         max_batch_tokens: int | None = None,
+        processing_kwargs: dict[str, Any] | None = None,
         **extra: Any,
     ) -> np.ndarray | torch.Tensor | list:
         """Scores of (text, text) pairs, with sentence-transformers' arguments and result types.
@@ -261,10 +274,12 @@ class CrossEncoder(PipelineOwner, PoolMethods):
         token count, at most batch_size pairs and max_batch_tokens padded tokens a batch (defaults by
         device, see sentfuse.encode.plan). device may be a list of devices, or pool a pool from
         start_multi_process_pool: the pairs are then split into chunks of chunk_size across processes.
+        processing_kwargs={"text": {"max_length": n}} truncates this call's pairs at n tokens instead.
         """
         # Long for its signature and docstring (sentence-transformers' arguments); the body checks them
         # and hands over to a pool or to the pipeline.
         check_extra_keywords(extra, NO_EFFECT_PREDICT, "CrossEncoder.predict")
+        max_length = processing_token_limit(processing_kwargs, "CrossEncoder.predict")
         single, pairs = check_pairs(inputs)
         progress = self._flag(show_progress_bar, "show_progress_bar", allow_none=True)
         if progress is None:
@@ -284,9 +299,10 @@ class CrossEncoder(PipelineOwner, PoolMethods):
         else:
             if pooled:
                 logits = self._pooled_logits(pairs, pool, devices, chunk_size, progress, prompt=resolved,
-                                             batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+                                             batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                             max_length=max_length)
             else:
-                logits = self._logits(pairs, resolved, batch_size, max_batch_tokens, progress)
+                logits = self._logits(pairs, resolved, batch_size, max_batch_tokens, progress, max_length)
             with torch.inference_mode():
                 scores = scores_from_logits(logits, activation_fn or self.activation_fn, apply_softmax)
         if convert_to_tensor:
@@ -344,13 +360,13 @@ class CrossEncoder(PipelineOwner, PoolMethods):
 
     def worker_description(self) -> dict[str, Any]:
         """What a worker pool needs: factory(**kwargs, device=...) rebuilds this model in another process, and
-        its encode(pairs, prompt=..., batch_size=..., max_batch_tokens=...) returns float32 logits."""
+        its encode(pairs, prompt=..., batch_size=..., max_batch_tokens=..., max_length=...) returns float32 logits."""
         from .workers import PairScorer
 
         kwargs = {"model_name_or_path": str(self.model_path), "dtype": self._load_options.dtype,
                   "max_seq_length": self.max_seq_length, **self._load_options.constructor_kwargs()}
         return {"factory": PairScorer, "kwargs": kwargs,
-                "encode_parameters": ("prompt", "batch_size", "max_batch_tokens"),
+                "encode_parameters": ("prompt", "batch_size", "max_batch_tokens", "max_length"),
                 "dim": self.num_labels, "model_dim": self.num_labels}
 
     # --- saving -----------------------------------------------------------------------------------
@@ -358,13 +374,13 @@ class CrossEncoder(PipelineOwner, PoolMethods):
     def save(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
              train_datasets: list[str] | None = None, safe_serialization: bool = True) -> None:
         """Write the model to folder `path` in sentence-transformers 6's CrossEncoder layout, which both
-        libraries load. Its max_seq_length, dtype, prompts and activation_fn are the model's now. The other
-        arguments are accepted for compatibility: no model card is written, weights are always safetensors."""
+        libraries load. Its weights, max_seq_length, dtype, prompts and activation_fn are the model's now. The
+        other arguments are accepted for compatibility: no model card is written, weights are always safetensors."""
         save_cross_encoder(path, self._folder, self._tokenizer, self._model.dtype, {
             "prompts": dict(self.prompts),
             "default_prompt_name": self.default_prompt_name,
             "activation_fn": activation_path(self.activation_fn),
-        }, self._load_options)
+        }, self._load_options, backbone_state_dict(self._model))
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """save, under its Hugging Face name."""

@@ -12,7 +12,7 @@ import torch
 
 from ..model.options import LoadOptions
 from ..model.pretrained import load_pretrained
-from ..model.save import replace_folder_entries, write_json
+from ..model.save import load_weights, quiet_progress_bars, replace_folder_entries, write_json
 from .folder import CLASSIFIER_OUTPUT, CLASSIFIER_TASK, CrossEncoderFolder
 
 # The module type sentence-transformers 6 writes for (and reads back as) its Transformer.
@@ -20,11 +20,13 @@ ST_TRANSFORMER_TYPE = "sentence_transformers.base.modules.transformer.Transforme
 
 
 def _fill(out: Path, folder: CrossEncoderFolder, tokenizer: Any, dtype: torch.dtype, settings: dict[str, Any],
-          options: LoadOptions) -> None:
-    # Weights come from the source folder again: the running model is prepared for inference (repacked
-    # linear layers), so its own state dict is not a checkpoint.
+          options: LoadOptions, weights: dict[str, torch.Tensor]) -> None:
+    # The running model is prepared for inference (stand-in layers), so the checkpoint is a fresh load of the
+    # source folder (its config, with the options' overrides) holding the running weights.
     _, model = load_pretrained(folder.transformer.path, dtype, options, "AutoModelForSequenceClassification")
-    model.save_pretrained(str(out))
+    load_weights(model, weights, folder.transformer.path)
+    with quiet_progress_bars():
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     write_json(out / "sentence_bert_config.json", {
         "transformer_task": CLASSIFIER_TASK,
@@ -44,9 +46,10 @@ def _fill(out: Path, folder: CrossEncoderFolder, tokenizer: Any, dtype: torch.dt
 
 
 def save_cross_encoder(path: str | os.PathLike, folder: CrossEncoderFolder, tokenizer: Any, dtype: torch.dtype,
-                       settings: dict[str, Any], options: LoadOptions) -> Path:
+                       settings: dict[str, Any], options: LoadOptions, weights: dict[str, torch.Tensor]) -> Path:
     """Write the cross-encoder to path (atomically per file, as model.save.replace_folder_entries does) with this
-    tokenizer (its current max length) and dtype; settings (prompts, default_prompt_name, activation_fn) go
-    to config_sentence_transformers.json; options are the loading keywords it was loaded with (config_kwargs'
-    overrides such as num_labels reach the saved config.json)."""
-    return replace_folder_entries(path, lambda out: _fill(out, folder, tokenizer, dtype, settings, options))
+    tokenizer (its current max length), dtype and weights (the running model's, under transformers' names);
+    settings (prompts, default_prompt_name, activation_fn) go to config_sentence_transformers.json; options are
+    the loading keywords it was loaded with (config_kwargs' overrides such as num_labels reach the saved
+    config.json)."""
+    return replace_folder_entries(path, lambda out: _fill(out, folder, tokenizer, dtype, settings, options, weights))

@@ -17,6 +17,8 @@ class PairScorer:
         self.model = CrossEncoder(device=device, **kwargs)
 
     def encode(self, pairs: list, show_progress_bar: bool = False, prompt: str | None = None,
-               batch_size: int | None = None, max_batch_tokens: int | None = None) -> np.ndarray:
-        logits = self.model._logits([tuple(p) for p in pairs], prompt, batch_size, max_batch_tokens, show_progress_bar)
+               batch_size: int | None = None, max_batch_tokens: int | None = None,
+               max_length: int | None = None) -> np.ndarray:
+        logits = self.model._logits([tuple(p) for p in pairs], prompt, batch_size, max_batch_tokens, show_progress_bar,
+                                    max_length)
         return logits.cpu().numpy()

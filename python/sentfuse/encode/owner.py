@@ -70,6 +70,20 @@ class PipelineOwner:
 
     special_tokens = True  # False: inputs are tokenized without the tokenizer's special tokens (a static bag)
 
+    # copy.deepcopy and pickle: the pipeline (native tokenizer, threads) is rebuilt on first use, and the model,
+    # whose stand-in layers come back as the layers they stood for (StandIn.__reduce_ex__), is prepared again.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pipeline"] = None
+        state.pop("_limited_pipelines", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from ..model.backbone import prepare_backbone
+
+        self.__dict__.update(state)
+        prepare_backbone(self._model)  # a no-op on a model already prepared (one shared by two owners)
+
     @property
     def device(self) -> torch.device:
         return next(self._model.parameters()).device
@@ -108,10 +122,22 @@ class PipelineOwner:
         """The transformers model's output for a batch of padded token ids, given the features its forward takes."""
         return self._model(**{k: v for k, v in features.items() if k in self._forward_args}, return_dict=True)
 
-    def _own_pipeline(self, pairs: bool = False) -> Pipeline:
-        """The Pipeline of this model, made on first use (again after a change of device, dtype or options)."""
+    def _own_pipeline(self, pairs: bool = False, max_length: int | None = None) -> Pipeline:
+        """The Pipeline of this model, made on first use (again after a change of device, dtype or options); for
+        a call's own token limit (max_length other than max_seq_length), one made for it, kept while the model's
+        own pipeline stays valid."""
         if self._pipeline is None:
-            self._pipeline = Pipeline(self._tokenizer, lambda features: self._forward(features), self._head,
-                                      self.device, self._model.dtype, self._run_options, pairs,
-                                      self.special_tokens)
-        return self._pipeline
+            self._pipeline = self._new_pipeline(pairs, None)
+        base = self._pipeline
+        if max_length is None or max_length == base.max_length:
+            return base
+        kept = getattr(self, "_limited_pipelines", None)
+        if kept is None or kept[0] is not base:  # made for an older pipeline (device, dtype or options since)
+            kept = self._limited_pipelines = (base, {})
+        if max_length not in kept[1]:
+            kept[1][max_length] = self._new_pipeline(pairs, max_length)
+        return kept[1][max_length]
+
+    def _new_pipeline(self, pairs: bool, max_length: int | None) -> Pipeline:
+        return Pipeline(self._tokenizer, lambda features: self._forward(features), self._head, self.device,
+                        self._model.dtype, self._run_options, pairs, self.special_tokens, max_length)

@@ -156,13 +156,15 @@ class Pipeline:
     normalize) are the only parts a model type adds; a head whose in_graph is False (it reads device results
     on the host) runs after the CUDA graph of the backbone instead of inside it. With pairs, each input is a
     (first, second) pair of texts tokenized together into one row; special_tokens False leaves out the
-    tokenizer's special tokens (a static bag has none).
+    tokenizer's special tokens (a static bag has none). Inputs are truncated at max_length tokens (default: the
+    tokenizer's model_max_length).
     """
 
     def __init__(self, tokenizer: Any, backbone: Callable, head: Any, device: torch.device,
-                 dtype: torch.dtype, options: RunOptions, pairs: bool = False, special_tokens: bool = True) -> None:
+                 dtype: torch.dtype, options: RunOptions, pairs: bool = False, special_tokens: bool = True,
+                 max_length: int | None = None) -> None:
         self.tokenizer = tokenizer
-        self.max_length = tokenizer.model_max_length
+        self.max_length = max_length if max_length is not None else tokenizer.model_max_length
         self.chunk_tokenizer = ChunkTokenizer(tokenizer, self.max_length, pairs, special_tokens)
         self.unit = "pair" if pairs else "sentence"  # what the progress bar counts
         self.backbone = backbone

@@ -100,6 +100,9 @@ class TransformerModule:
     path: Path
     max_seq_length: int | None = None
     do_lower_case: bool = False
+    # Whether its sentence-transformers config names the modalities (sentence-transformers 6 writes it); without,
+    # sentence-transformers infers them, and renders inputs through the tokenizer's chat template if it has one.
+    modality_pinned: bool = False
 
 
 @dataclass
@@ -344,6 +347,7 @@ def load_transformer(folder: Path, task: str = "feature-extraction", output: str
                 raise ModelFolderError(f"{path}: max_seq_length must be a positive integer, got {max_len!r}")
             module.max_seq_length = max_len
             module.do_lower_case = bool(config.get("do_lower_case", False))
+            module.modality_pinned = module.modality_pinned or "modality_config" in config
             found = config.get("transformer_task", "feature-extraction")
             text = (config.get("modality_config") or {}).get("text", {})
             if found != task or text.get("method", "forward") != "forward" or text.get(

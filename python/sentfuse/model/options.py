@@ -54,6 +54,39 @@ NO_EFFECT_RANK = (*NO_EFFECT_PREDICT, "apply_softmax", "convert_to_numpy", "conv
 
 _WARNED: set[tuple[str, str]] = set()
 
+# processing_kwargs settings (sentence-transformers 6's per-call tokenizer overrides) that change no result here:
+# sentfuse pads each batch itself and the attention mask hides padding.
+_NO_EFFECT_PROCESSING = ("padding", "pad_to_multiple_of")
+_TRUNCATING = (True, "longest_first")
+
+
+def processing_token_limit(processing_kwargs: Any, where: str) -> int | None:
+    """The per-call token limit in sentence-transformers' processing_kwargs ({"text": {...}, "common": {...}},
+    text's settings over common's): max_length, truncating longest first as sentfuse always does. Padding
+    settings are accepted (no effect on results); any other setting is an error naming it."""
+    if processing_kwargs is None:
+        return None
+    if not isinstance(processing_kwargs, dict):
+        raise TypeError(f"{where}: processing_kwargs must be a dict such as {{'text': {{'max_length': 256}}}}, "
+                        f"got {type(processing_kwargs).__name__}")
+    merged: dict[str, Any] = {}
+    for key in ("common", "text"):
+        settings = processing_kwargs.get(key, {})
+        if not isinstance(settings, dict):
+            raise TypeError(f"{where}: processing_kwargs[{key!r}] must be a dict, got {type(settings).__name__}")
+        merged.update(settings)
+    others = sorted(set(processing_kwargs) - {"common", "text"})
+    unsupported = sorted(set(merged) - {"max_length", "truncation", *_NO_EFFECT_PROCESSING})
+    if others or unsupported:
+        raise NotImplementedError(f"{where}: processing_kwargs {others + unsupported} are not supported; sentfuse "
+                                  "takes text's (or common's) max_length and truncation=True")
+    if merged.get("truncation", True) not in _TRUNCATING:
+        raise NotImplementedError(f"{where}: processing_kwargs truncation={merged['truncation']!r} is not "
+                                  "supported: sentfuse always truncates (longest first) at the token limit")
+    from .._checks import positive_int
+
+    return positive_int(merged.get("max_length"), "processing_kwargs max_length")
+
 
 def renamed_keywords(**renames: str) -> Callable[[F], F]:
     """Accept each old keyword (a deprecated sentence-transformers spelling) as its new name, with a warning;

@@ -12,6 +12,8 @@ rounded once at the end).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # oneDNN epilogues for transformers' activations: (the attr _linear_pointwise takes, its algorithm)
@@ -81,6 +83,15 @@ class StandIn(torch.nn.Module):
     @property
     def inner(self) -> torch.nn.Module:
         return getattr(self, self.inner_name)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        # A copy or pickle of a stand-in is the module it stands in for: what the stand-in adds (weights packed
+        # for oneDNN, tensors torch can neither copy nor serialize) is rebuilt by preparing the copy again.
+        return _stood_in_for, (self.inner,)
+
+
+def _stood_in_for(module: torch.nn.Module) -> torch.nn.Module:
+    return module
 
 
 def unchanged(weights: tuple[torch.Tensor, ...], packed_from: tuple[tuple[int, torch.dtype], ...]) -> bool:

@@ -38,14 +38,20 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Put a running model's weights (backbone_state_dict) into a fresh load of its folder; all of them must fit
+    (a pooler the running model dropped as unused keeps the folder's)."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any("pooler" not in k.split(".")[:2] for k in missing):
+        raise ValueError(f"the model's weights do not fit {source}: missing {missing}, unexpected {unexpected}")
+
+
 def _write_backbone(out: Path, module: TransformerModule, tokenizer: Any, dtype: torch.dtype,
                     weights: dict[str, torch.Tensor] | None = None) -> int:
     """The Hugging Face model and tokenizer into out; returns the hidden size."""
     _, model = load_pretrained(module.path, dtype)
     if weights is not None:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.startswith("pooler.") for k in missing):
-            raise ValueError(f"the backbone weights do not fit {module.path}: missing {missing}, unexpected {unexpected}")
+        load_weights(model, weights, module.path)
     with quiet_progress_bars():  # a checkpoint every few hundred steps: no "Writing model shards" bar each time
         model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

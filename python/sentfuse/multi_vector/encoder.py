@@ -97,13 +97,17 @@ class MultiVectorEncoder:
     def _pipeline(self, max_length: int) -> Pipeline:
         """One pipeline per token limit (a pipeline reads the limit at construction)."""
         if max_length not in self._pipelines:
-            saved, self._tokenizer.model_max_length = self._tokenizer.model_max_length, max_length
-            try:
-                self._pipelines[max_length] = Pipeline(self._tokenizer, self._forward, None, self.device,
-                                                       self._model.dtype, RunOptions.from_env())
-            finally:
-                self._tokenizer.model_max_length = saved
+            self._pipelines[max_length] = Pipeline(self._tokenizer, self._forward, None, self.device,
+                                                   self._model.dtype, RunOptions.from_env(), max_length=max_length)
         return self._pipelines[max_length]
+
+    # copy.deepcopy and pickle, as encode.owner.PipelineOwner's: pipelines rebuilt, the model prepared again.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pipelines": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        prepare_backbone(self._model)
 
     def _task_length(self, task: str | None) -> int:
         length = {"query": self.folder.query_length, "document": self.folder.document_length}.get(task)
