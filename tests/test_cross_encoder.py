@@ -258,6 +258,13 @@ def test_copies_and_pickles_score_the_same(ce_root, dtype):
     np.testing.assert_array_equal(ours.predict(PAIRS), want)
 
 
+def test_is_singular_input_as_sentence_transformers(ce_root):
+    st, ours = _pair(ce_root / "bert-1")
+    for inputs in (("a", "b"), ["a", "b"], [("a", "b")], [], np.array(["a", "b"]), np.array([["a", "b"]]),
+                   np.array([], dtype=str), [["a", "b"], ["c", "d"]]):
+        assert ours.is_singular_input(inputs) == st.is_singular_input(inputs), inputs
+
+
 def test_model_card_data_takes_evaluator_results(ce_root):
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 

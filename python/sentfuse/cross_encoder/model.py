@@ -239,6 +239,16 @@ class CrossEncoder(PipelineOwner, PoolMethods):
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
 
     @staticmethod
+    def is_singular_input(inputs: Any) -> bool:
+        """Whether inputs is one pair rather than a list of them, as predict tells them apart (sentence-transformers'
+        method of that name)."""
+        if isinstance(inputs, np.ndarray):
+            return inputs.size > 0 and inputs.ndim < 2
+        if isinstance(inputs, (list, tuple)):
+            return len(inputs) > 0 and not isinstance(inputs[0], (list, tuple))
+        return True
+
+    @staticmethod
     def _flag(value: Any, name: str, allow_none: bool = False) -> bool | None:
         if value is None and allow_none:
             return None
