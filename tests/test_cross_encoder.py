@@ -165,6 +165,25 @@ def test_prompts_and_activations(ce_root):
     np.testing.assert_allclose(ours.predict(PAIRS, activation_fn=lambda x: x * 2), logits * 2, rtol=1e-6)
 
 
+def test_an_activation_outside_torch(ce_root, tmp_path, caplog):
+    """Without trust_remote_code the default is used (with a warning), as sentence-transformers does; with it,
+    sentence-transformers would import the class, which sentfuse never does: an error, not other scores."""
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(ce_root / "bert-1", folder)
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config["activation_fn"] = "my_package.MyActivation"
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(sentfuse.CrossEncoder(folder, device="cpu").activation_fn, torch.nn.Sigmoid)
+    assert "my_package.MyActivation" in caplog.text
+    with pytest.raises(NotImplementedError, match="my_package.MyActivation"):
+        sentfuse.CrossEncoder(folder, device="cpu", trust_remote_code=True)
+    given = sentfuse.CrossEncoder(folder, device="cpu", trust_remote_code=True, activation_fn=torch.nn.Tanh())
+    assert isinstance(given.activation_fn, torch.nn.Tanh)
+
+
 def test_token_limits(ce_root):
     folder = ce_root / "bert-1"
     from sentence_transformers import CrossEncoder as STCrossEncoder

@@ -16,13 +16,19 @@ from ..model.modules import torch_activation
 logger = logging.getLogger(__name__)
 
 
-def default_activation(num_labels: int, paths: list[str], where: str) -> nn.Module:
+def default_activation(num_labels: int, paths: list[str], where: str, trust_remote_code: bool = False) -> nn.Module:
     """The activation a folder names (the first torch.nn class among paths), else sentence-transformers'
-    default: Sigmoid for one label, Identity for several."""
+    default: Sigmoid for one label, Identity for several. A class outside torch is an error with
+    trust_remote_code (sentence-transformers would import and run it; sentfuse never runs a folder's code), and
+    the default otherwise, as sentence-transformers falls back."""
     for path in paths:
         activation = torch_activation(path, where)
         if activation is not None:
             return activation
+        if trust_remote_code:
+            raise NotImplementedError(
+                f"{where}: activation_fn {path!r} is not a torch.nn class; sentence-transformers would import it "
+                "(trust_remote_code=True), sentfuse builds only torch.nn activations: pass activation_fn= yourself")
         logger.warning("%s: activation_fn %r is not a torch.nn class; sentfuse builds only those, so it uses "
                        "the default activation instead", where, path)
     return nn.Sigmoid() if num_labels == 1 else nn.Identity()

@@ -134,7 +134,7 @@ class CrossEncoder(PipelineOwner, PoolMethods):
             check_prompt_name(self.default_prompt_name, self.prompts, "default_prompt_name")
         self._load(folder, device_or_default(device), limit)
         self.activation_fn: Callable = activation_fn or default_activation(
-            self.num_labels, folder.activation_paths, str(folder.path))
+            self.num_labels, folder.activation_paths, str(folder.path), options.trust_remote_code)
 
     @staticmethod
     def _token_limit(max_seq_length: Any, max_length: Any, model_max_length: Any) -> int | None:
