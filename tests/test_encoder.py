@@ -232,6 +232,11 @@ def test_empty_input(bert):
     assert bert.encode([], truncate_dim=5).shape == (0, 5)
     binary = bert.encode([], precision="ubinary")
     assert binary.shape == (0, (dim + 7) // 8) and binary.dtype == np.uint8
+    for precision, dtype in (("int8", np.int8), ("uint8", np.uint8)):  # nothing to calibrate on, nothing refused
+        empty = bert.encode([], precision=precision)
+        assert empty.shape == (0, dim) and empty.dtype == dtype
+    with pytest.raises(ValueError, match="at least 2"):
+        bert.encode(["one"], precision="int8")
 
 
 def test_str_and_list_shapes(bert, sentences):

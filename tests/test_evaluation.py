@@ -123,8 +123,23 @@ def test_binary_classification_evaluator(models, tmp_path, fns):
     for key in expected:
         # thresholds and scores from embeddings that agree to ~1e-6 (different kernels)
         assert mine[key] == pytest.approx(expected[key], abs=1e-4), key
-    header = (tmp_path / "binary_classification_evaluation_dup_results.csv").read_text().splitlines()[0]
+    assert evaluator.csv_file == theirs.csv_file == "binary_classification_evaluation_dup_results.csv"
+    header = (tmp_path / evaluator.csv_file).read_text().splitlines()[0]
     assert header.startswith("epoch,steps,cosine_accuracy,cosine_accuracy_threshold,cosine_f1")
+
+
+def test_binary_threshold_search_as_sentence_transformers_static_methods():
+    from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as Theirs
+
+    from sentfuse.evaluation import BinaryClassificationEvaluator as Ours
+
+    rng = np.random.default_rng(1)
+    for n, higher in ((50, True), (50, False), (7, True)):
+        scores, labels = rng.integers(0, 8, n) / 4, rng.integers(0, 2, n)  # ties among the scores
+        assert Ours.find_best_acc_and_threshold(scores, labels, higher) == pytest.approx(
+            Theirs.find_best_acc_and_threshold(scores, labels, higher))
+        assert Ours.find_best_f1_and_threshold(scores, labels, higher) == pytest.approx(
+            Theirs.find_best_f1_and_threshold(scores, labels, higher))
 
 
 def test_triplet_and_sequential_evaluators(models):

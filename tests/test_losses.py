@@ -240,3 +240,54 @@ def test_config_names_the_distance_metric_either_library_gave(tiny_model_root):
         assert config == {"distance_metric": "SiameseDistanceMetric.EUCLIDEAN", "margin": 2.0, "size_average": True}
     config = losses.BatchHardTripletLoss(model).get_config_dict()
     assert config == {"distance_metric": "euclidean_distance", "margin": 5}
+
+
+def test_ranking_settings_assigned_after_construction_take_effect(models):
+    """sentence-transformers' losses keep scale, similarity_fct, ... as attributes a script may set between steps."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from sentfuse import losses
+    from sentfuse.search import dot_score
+    from sentfuse.train import tokenize_column, training_mode
+
+    st, ours = models
+    with training_mode(ours) as modules, torch.no_grad():
+        modules.eval()
+        columns = [tokenize_column(ours, ANCHORS), tokenize_column(ours, POSITIVES)]
+        for cls in (losses.MultipleNegativesRankingLoss, losses.CachedMultipleNegativesRankingLoss):
+            loss = cls(ours)
+            loss.scale, loss.similarity_fct = 5.0, dot_score
+            assert loss.temperature == 0.2 and loss.similarity_fct is dot_score
+            torch.testing.assert_close(loss(columns, None), cls(ours, scale=5.0, similarity_fct=dot_score)(columns, None))
+            with pytest.raises(ValueError, match="scale must be positive"):
+                loss.scale = -1
+            with pytest.raises(ValueError, match="directions"):
+                loss.directions = ("doc_to_doc",)
+    assert set(losses.MultipleNegativesRankingLoss(ours).get_config_dict()) == set(
+        st_losses.MultipleNegativesRankingLoss(st).get_config_dict())
+    assert losses.MultipleNegativesRankingLoss(ours).gather_across_devices is False
+
+
+def test_columns_as_sentence_transformers_tokenizes_them(models):
+    from sentfuse import losses
+    from sentfuse.train import tokenize_column, training_mode
+
+    _, ours = models
+    with training_mode(ours) as modules, torch.no_grad():
+        modules.eval()
+        loss = losses.MultipleNegativesRankingLoss(ours)
+        want = loss([tokenize_column(ours, ANCHORS), tokenize_column(ours, POSITIVES)], None)
+        torch.testing.assert_close(loss([ours.tokenize(ANCHORS), ours.tokenize(POSITIVES)], None), want)
+        with pytest.raises(TypeError, match="column 1 is list"):
+            loss([tokenize_column(ours, ANCHORS), POSITIVES], None)
+
+
+def test_matryoshka_dims_up_to_the_full_width_of_a_truncating_model(tiny_model_root):
+    from sentfuse import Encoder, losses
+
+    model = Encoder(str(tiny_model_root / "bert-mean-normalize"), device="cpu", truncate_dim=16)
+    full = model._dim
+    assert model.get_embedding_dimension() == 16 < full
+    losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), matryoshka_dims=[full, 16])
+    with pytest.raises(ValueError, match="exceed"):
+        losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), matryoshka_dims=[full + 1])

@@ -290,7 +290,7 @@ class Encoder(PipelineOwner, SentenceTransformerMethods, FitMixin):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         if show_progress_bar is not None and not isinstance(show_progress_bar, (bool, np.bool_)):
             raise TypeError(f"show_progress_bar must be a bool or None, got {type(show_progress_bar).__name__}")
-        if output_value == "sentence_embedding":
+        if output_value == "sentence_embedding" and n_texts:  # nothing to quantize: an empty result, as there
             check_calibration_rows(n_texts, precision, "sentences",
                                    "encode more at once or quantize later with calibration embeddings")
         if show_progress_bar is None:

@@ -14,6 +14,15 @@ class BaseEvaluator:
 
     greater_is_better: bool = True
     primary_metric: str | None = None
+    csv_kind: str | None = None  # what an evaluator writing a CSV names its file for (sentence-transformers' names)
+    name: str = ""
+
+    @property
+    def csv_file(self) -> str | None:
+        """The file under output_path that __call__ appends its results to: {csv_kind}[_{name}]_results.csv."""
+        if self.csv_kind is None:
+            return None
+        return f"{self.csv_kind}{'_' + self.name if self.name else ''}_results.csv"
 
     def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         raise NotImplementedError(f"{type(self).__name__} must define __call__")

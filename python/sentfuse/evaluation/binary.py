@@ -95,6 +95,7 @@ def matthews(labels: np.ndarray, predicted: np.ndarray) -> float:
 class BinaryClassificationEvaluator(BaseEvaluator):
     """Per similarity function (default: the model's own): {fn}_accuracy, _accuracy_threshold, _f1, _precision,
     _recall, _f1_threshold, _ap, _mcc (max_* with several functions), prefixed by name; primary: ap."""
+    csv_kind = "binary_classification_evaluation"
 
     def __init__(self, sentences1: list[str], sentences2: list[str], labels: list[int], name: str = "",
                  batch_size: int = 32, show_progress_bar: bool = False, write_csv: bool = True,
@@ -115,6 +116,17 @@ class BinaryClassificationEvaluator(BaseEvaluator):
         self.write_csv, self.truncate_dim = write_csv, truncate_dim
         self.greater_is_better = True
         self.primary_metric = ""
+
+    @staticmethod
+    def find_best_acc_and_threshold(scores: Any, labels: Any, high_score_more_similar: bool) -> tuple[float, Any]:
+        """(best accuracy, its threshold): sentence-transformers' static method of that name."""
+        return best_accuracy(np.asarray(scores), np.asarray(labels), high_score_more_similar)
+
+    @staticmethod
+    def find_best_f1_and_threshold(scores: Any, labels: Any,
+                                   high_score_more_similar: bool) -> tuple[float, float, float, Any]:
+        """(best F1, its precision, its recall, its threshold): sentence-transformers' static method of that name."""
+        return best_f1(np.asarray(scores), np.asarray(labels), high_score_more_similar)
 
     @classmethod
     def from_input_examples(cls, examples: list[Any], **kwargs: Any) -> BinaryClassificationEvaluator:
@@ -150,7 +162,7 @@ class BinaryClassificationEvaluator(BaseEvaluator):
         scores = self.compute_metrics(model)
         if output_path and self.write_csv:
             columns = {f"{fn}_{m}": float(values[m]) for fn, values in scores.items() for m in CSV_METRICS}
-            write_csv_row(output_path, "binary_classification_evaluation", self.name, epoch, steps, columns)
+            write_csv_row(output_path, self.csv_file, epoch, steps, columns)
         metrics = {f"{fn}_{m}": float(v) for fn, values in scores.items() for m, v in values.items()}
         if len(scores) > 1:
             first = next(iter(scores.values()))

@@ -29,6 +29,7 @@ class _Encoded(BaseEvaluator):
 class MSEEvaluator(_Encoded):
     """negative_mse: -100 x the mean squared difference between the teacher's embeddings of source_sentences
     (computed once, here) and the student's of target_sentences."""
+    csv_kind = "mse_evaluation"
 
     def __init__(self, source_sentences: list[str], target_sentences: list[str], teacher_model: Any = None,
                  show_progress_bar: bool = False, batch_size: int = 32, name: str = "", write_csv: bool = True,
@@ -47,7 +48,7 @@ class MSEEvaluator(_Encoded):
         target = self._embed(model, self.target_sentences, convert_to_numpy=True)
         mse = float(((self.source_embeddings - target) ** 2).mean() * 100)
         if output_path and self.write_csv:
-            write_csv_row(output_path, "mse_evaluation", self.name, epoch, steps, {"MSE": mse})
+            write_csv_row(output_path, self.csv_file, epoch, steps, {"MSE": mse})
         metrics = self.prefix_name_to_metrics({"negative_mse": -mse}, self.name)
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
@@ -60,6 +61,7 @@ class MSEEvaluator(_Encoded):
 class TranslationEvaluator(_Encoded):
     """src2trg_accuracy: how often a source sentence's most similar target (cosine, over all targets, by the
     top-k kernel) is its own translation (or an identical text); trg2src_accuracy the other way; mean_accuracy."""
+    csv_kind = "translation_evaluation"
 
     def __init__(self, source_sentences: list[str], target_sentences: list[str], show_progress_bar: bool = False,
                  batch_size: int = 16, name: str = "", print_wrong_matches: bool = False, write_csv: bool = True,
@@ -87,7 +89,7 @@ class TranslationEvaluator(_Encoded):
         forward = self._accuracy(source, target, self.target_sentences, "src2trg")
         backward = self._accuracy(target, source, self.source_sentences, "trg2src")
         if output_path and self.write_csv:
-            write_csv_row(output_path, "translation_evaluation", self.name, epoch, steps,
+            write_csv_row(output_path, self.csv_file, epoch, steps,
                           {"src2trg": forward, "trg2src": backward})
         metrics = self.prefix_name_to_metrics({"src2trg_accuracy": forward, "trg2src_accuracy": backward,
                                                "mean_accuracy": (forward + backward) / 2}, self.name)

@@ -35,6 +35,7 @@ def _closed(duplicates: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]
 
 class ParaphraseMiningEvaluator(BaseEvaluator):
     """sentences_map {id: text}; duplicates as (id1, id2) pairs or {id1: {id2: True}}."""
+    csv_kind = "paraphrase_mining_evaluation"
 
     def __init__(self, sentences_map: dict[str, str], duplicates_list: list[tuple[str, str]] | None = None,
                  duplicates_dict: dict[str, dict[str, bool]] | None = None, add_transitive_closure: bool = False,
@@ -84,7 +85,7 @@ class ParaphraseMiningEvaluator(BaseEvaluator):
             found_before = found
         ap = ap / total if total else 0.0
         if output_path and self.write_csv:
-            write_csv_row(output_path, "paraphrase_mining_evaluation", self.name, epoch, steps,
+            write_csv_row(output_path, self.csv_file, epoch, steps,
                           {"precision": best["precision"], "recall": best["recall"], "f1": best["f1"],
                            "threshold": best["threshold"], "average_precision": ap})
         metrics = self.prefix_name_to_metrics({"average_precision": ap, **best}, self.name)

@@ -30,6 +30,7 @@ def tied_ndcg(relevant: np.ndarray, scores: np.ndarray, k: int) -> float:
 class RerankingEvaluator(BaseEvaluator):
     """samples: [{"query": text, "positive": [texts], "negative": [texts]}] (a dict of them, or single texts,
     accepted); samples without a positive or a negative are left out."""
+    csv_kind = "RerankingEvaluator"
 
     def __init__(self, samples: Any, at_k: int = 10, name: str = "", write_csv: bool = True,
                  similarity_fct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -68,7 +69,7 @@ class RerankingEvaluator(BaseEvaluator):
         scores = self.compute_metrics(model)
         k = self.at_k
         if output_path and self.write_csv:
-            write_csv_row(output_path, "RerankingEvaluator", self.name, epoch, steps,
+            write_csv_row(output_path, self.csv_file, epoch, steps,
                           {"MAP": scores["map"], f"MRR@{k}": scores["mrr"], f"NDCG@{k}": scores["ndcg"]})
         metrics = self.prefix_name_to_metrics({"map": scores["map"], f"mrr@{k}": scores["mrr"],
                                                f"ndcg@{k}": scores["ndcg"]}, self.name)

@@ -49,6 +49,7 @@ class InformationRetrievalEvaluator(BaseEvaluator):
     """queries {qid: text}, corpus {cid: text}, relevant_docs {qid: set of cids}; queries without relevant
     documents are left out. Metric names as sentence-transformers': cosine_ndcg@10 (primary),
     cosine_mrr@10, cosine_recall@k, ... (prefixed by name)."""
+    csv_kind = "Information-Retrieval_evaluation"
 
     def __init__(self, queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set[str]],
                  corpus_chunk_size: int = 50000, mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,),
@@ -112,5 +113,5 @@ class InformationRetrievalEvaluator(BaseEvaluator):
         main = self.main_score_function or next(iter(functions))
         self.primary_metric = prefixed(self.name, f"{main}_ndcg@{max(self.ks['ndcg'])}")
         if output_path and self.write_csv:
-            write_csv_row(output_path, "Information-Retrieval_evaluation", self.name, epoch, steps, metrics)
+            write_csv_row(output_path, self.csv_file, epoch, steps, metrics)
         return {prefixed(self.name, k): v for k, v in metrics.items()}

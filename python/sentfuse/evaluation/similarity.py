@@ -17,6 +17,7 @@ class EmbeddingSimilarityEvaluator(BaseEvaluator):
     """Pearson and Spearman correlation between gold scores and the model's similarity of each
     (sentences1[i], sentences2[i]), for each similarity function (default: the model's own). Metric names
     as sentence-transformers': pearson_cosine, spearman_cosine, ... (prefixed by name); primary: spearman."""
+    csv_kind = "similarity_evaluation"
 
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
                  main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
@@ -55,6 +56,6 @@ class EmbeddingSimilarityEvaluator(BaseEvaluator):
             metrics["pearson_max"] = max(metrics[f"pearson_{fn}"] for fn in names)
             metrics["spearman_max"] = max(metrics[f"spearman_{fn}"] for fn in names)
         if output_path and self.write_csv:
-            write_csv_row(output_path, "similarity_evaluation", self.name, epoch, steps, metrics)
+            write_csv_row(output_path, self.csv_file, epoch, steps, metrics)
         self.primary_metric = prefixed(self.name, self.primary_metric)
         return {prefixed(self.name, k): v for k, v in metrics.items()}

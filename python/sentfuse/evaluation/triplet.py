@@ -16,6 +16,7 @@ class TripletEvaluator(BaseEvaluator):
     """Accuracy of sim(anchor, positive) > sim(anchor, negative) + margin, per similarity function (default: the
     model's own). Anchors are encoded as queries, positives and negatives as documents. Metric names as
     sentence-transformers': cosine_accuracy, ... (max_accuracy with several functions), prefixed by name."""
+    csv_kind = "triplet_evaluation"
 
     def __init__(self, anchors: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
                  main_similarity_function: str | None = None, margin: float | dict[str, float] | None = None,
@@ -69,7 +70,7 @@ class TripletEvaluator(BaseEvaluator):
             wins = score(anchors, positives) > score(anchors, negatives) + self.margin[fn]
             metrics[f"{fn}_accuracy"] = wins.float().mean().item()
         if output_path and self.write_csv:
-            write_csv_row(output_path, "triplet_evaluation", self.name, epoch, steps, metrics)
+            write_csv_row(output_path, self.csv_file, epoch, steps, metrics)
         if len(names) > 1:
             metrics["max_accuracy"] = max(metrics.values())
         if self.main_similarity_function:

@@ -10,9 +10,9 @@ def prefixed(name: str, metric: str) -> str:
     return f"{name}_{metric}" if name else metric
 
 
-def write_csv_row(output_path: str, kind: str, name: str, epoch: float, steps: int, metrics: dict[str, float]) -> None:
-    """Append (epoch, steps, metrics...) to output_path/{kind}[_name]_results.csv, with a header when new."""
-    path = Path(output_path) / f"{kind}{'_' + name if name else ''}_results.csv"
+def write_csv_row(output_path: str, csv_file: str, epoch: float, steps: int, metrics: dict[str, float]) -> None:
+    """Append (epoch, steps, metrics...) to output_path/csv_file (an evaluator's csv_file), with a header when new."""
+    path = Path(output_path) / csv_file
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as f:

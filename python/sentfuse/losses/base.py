@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..train.forward import TokenColumn, embed_tokens
+from ..train.forward import TokenColumn, as_token_columns, embed_tokens
 
 if TYPE_CHECKING:
     from ..encode.encoder import Encoder
@@ -24,7 +24,7 @@ class EmbeddingLoss(nn.Module):
         self.model = model
 
     def embed(self, sentence_features: Iterable[TokenColumn]) -> list[torch.Tensor]:
-        return embed_tokens(self.model, list(sentence_features))
+        return embed_tokens(self.model, as_token_columns(sentence_features))
 
     def forward(self, sentence_features: Iterable[TokenColumn], labels: torch.Tensor | None) -> torch.Tensor:
         return self.compute_loss_from_embeddings(self.embed(sentence_features), labels)

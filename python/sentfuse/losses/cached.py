@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..search.similarity import cos_sim
-from ..train.forward import TokenColumn, embed_tokens
+from ..train.forward import TokenColumn, as_token_columns, embed_tokens
 from .ranking import MultipleNegativesRankingLoss
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
                 fork.__exit__(None, None, None)
 
     def forward(self, sentence_features: Iterable[TokenColumn], labels: torch.Tensor | None) -> torch.Tensor:
-        columns = list(sentence_features)
+        columns = as_token_columns(sentence_features)
         if len(columns) < 2:
             raise ValueError(f"{type(self).__name__} expects at least 2 text columns (anchor, positive), got {len(columns)}")
         ranges = [minibatch_ranges(c, self.mini_batch_size, self.mini_batch_num_tokens) for c in columns]

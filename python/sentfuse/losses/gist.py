@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train.forward import TokenColumn, embed_tokens
+from ..train.forward import TokenColumn, as_token_columns, embed_tokens
 from .base import EmbeddingLoss
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class GISTEmbedLoss(EmbeddingLoss):
                                   show_progress_bar=False) for c in columns]
 
     def forward(self, sentence_features: Iterable[TokenColumn], labels: torch.Tensor | None) -> torch.Tensor:
-        columns = list(sentence_features)
+        columns = as_token_columns(sentence_features)
         return self.loss_from(self.embed(columns), self._guide_embeddings(columns))
 
     def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:

@@ -43,7 +43,7 @@ class MatryoshkaLoss(EmbeddingLoss):
         weights = [1] * len(matryoshka_dims) if matryoshka_weights is None else list(matryoshka_weights)
         if len(weights) != len(matryoshka_dims):
             raise ValueError("matryoshka_weights must be as long as matryoshka_dims")
-        full = model.get_embedding_dimension()
+        full = model._dim  # training embeds at the full width, whatever truncate_dim encode applies
         if any(d > full for d in matryoshka_dims):
             raise ValueError(f"matryoshka_dims {list(matryoshka_dims)} exceed the model's embedding dimension {full}")
         if full not in matryoshka_dims:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import _ops
 from ..search.similarity import cos_sim, metric_of
+from ..util import similarity_fct_name
 from .base import EmbeddingLoss
 
 if TYPE_CHECKING:
@@ -138,14 +139,28 @@ class MultipleNegativesRankingLoss(EmbeddingLoss):
         super().__init__(model)
         if gather_across_devices:
             raise ValueError("gather_across_devices=True needs several training processes; sentfuse trains in one")
+        self.gather_across_devices = False
         self.settings = RankingSettings(float(scale), similarity_fct, tuple(directions), partition_mode,
                                         hardness_mode, float(hardness_strength))
 
-    def __getattr__(self, name: str) -> Any:  # scale, directions, ... read from the settings
+    # scale, similarity_fct, directions, ... are read from the settings, and assigning one replaces the settings
+    # (checked again), as sentence-transformers' attributes of those names may be set between steps.
+    def __getattr__(self, name: str) -> Any:
         settings = self.__dict__.get("settings")
         if settings is not None and name in RankingSettings.__dataclass_fields__:
             return getattr(settings, name)
         return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        settings = self.__dict__.get("settings")
+        if settings is None or name not in RankingSettings.__dataclass_fields__:
+            super().__setattr__(name, value)
+            return
+        if name in ("scale", "hardness_strength"):
+            value = float(value)
+        elif name == "directions":
+            value = tuple(value)
+        super().__setattr__("settings", replace(settings, **{name: value}))
 
     @property
     def temperature(self) -> float:
@@ -159,8 +174,9 @@ class MultipleNegativesRankingLoss(EmbeddingLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         s = self.settings
-        return {"scale": s.scale, "similarity_fct": getattr(s.similarity_fct, "__name__", str(s.similarity_fct)),
-                "directions": s.directions, "partition_mode": s.partition_mode,
+        return {"scale": s.scale, "similarity_fct": similarity_fct_name(s.similarity_fct),
+                "gather_across_devices": self.gather_across_devices, "directions": s.directions,
+                "partition_mode": s.partition_mode,
                 "hardness_mode": s.hardness_mode, "hardness_strength": s.hardness_strength}
 
 

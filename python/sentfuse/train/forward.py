@@ -16,8 +16,9 @@ gradient in the backward pass (47 MB for MiniLM's), one more than a single padde
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +40,28 @@ class TokenColumn:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+def as_token_columns(sentence_features: Iterable[Any]) -> list[TokenColumn]:
+    """A batch's columns as the losses take them: TokenColumns (tokenize_column, the trainer's collator), or
+    sentence-transformers' tokenized features (a mapping with input_ids [B, L] and, for padded rows,
+    attention_mask), unpadded."""
+    columns = []
+    for i, features in enumerate(sentence_features):
+        if isinstance(features, TokenColumn):
+            columns.append(features)
+        elif isinstance(features, Mapping) and "input_ids" in features:
+            ids = torch.as_tensor(features["input_ids"]).cpu()
+            mask = features.get("attention_mask")
+            keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else torch.as_tensor(mask).cpu().bool()
+            if ids.dim() != 2 or keep.shape != ids.shape:
+                raise ValueError(f"column {i}: input_ids and attention_mask must be [batch, length] alike, got "
+                                 f"{tuple(ids.shape)} and {tuple(keep.shape)}")
+            columns.append(TokenColumn([row[m].tolist() for row, m in zip(ids, keep)]))
+        else:
+            raise TypeError(f"column {i} is {type(features).__name__}: a loss takes each column as "
+                            "sentfuse.train.tokenize_column(model, texts) makes it, or a mapping with input_ids")
+    return columns
 
 
 def tokenize_column(model: Encoder, texts: list[str]) -> TokenColumn:
