@@ -331,3 +331,48 @@ def test_module_order_is_checked(static_root, tmp_path, entries, message):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelFolderError, match=message):
         Encoder(folder)
+
+
+@pytest.mark.parametrize("name", ["static-normalize-truncated", "static-dense"])
+def test_a_loss_and_its_gradient_match_sentence_transformers(static_root, name):
+    """Training a static model: the bag's table (and a Dense layer) get sentence-transformers' gradients."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from sentfuse import losses
+    from sentfuse.train import tokenize_column, training_mode
+
+    anchors, positives = SENTENCES[:4], SENTENCES[4:8]
+    st = _st_model(static_root / name)
+    st_loss = st_losses.MultipleNegativesRankingLoss(st)([st.preprocess(anchors), st.preprocess(positives)], None)
+    st_loss.backward()
+    ours = Encoder(static_root / name, device="cpu")
+    with training_mode(ours):
+        loss = losses.MultipleNegativesRankingLoss(ours)
+        value = loss([tokenize_column(ours, anchors), tokenize_column(ours, positives)], None)
+        value.backward()
+        assert ours._model.table.requires_grad
+    assert not ours._model.table.requires_grad  # frozen again for inference
+    torch.testing.assert_close(value.detach(), st_loss.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours._model.table.grad, st[0].embedding.weight.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_a_trained_static_model_saves_its_trained_table(static_root, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from sentfuse import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+
+    model = Encoder(static_root / "static", device="cpu")
+    before = model.encode(SENTENCES)
+    data = Dataset.from_dict({"anchor": SENTENCES[:5] * 2, "positive": SENTENCES[5:10] * 2})
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3,
+                                                per_device_train_batch_size=4, learning_rate=1e-2, report_to="none",
+                                                save_strategy="no", disable_tqdm=True, use_cpu=True)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                               loss=losses.MultipleNegativesRankingLoss(model)).train()
+    after = model.encode(SENTENCES)
+    assert np.abs(after - before).max() > 1e-4
+    model.save(tmp_path / "saved")
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(SENTENCES), after,
+                               atol=1e-6)
+    np.testing.assert_allclose(Encoder(tmp_path / "saved", device="cpu").encode(SENTENCES), after, atol=1e-6)

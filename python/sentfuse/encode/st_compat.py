@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .._checks import device_or_default, positive_int
 from ..model.backbone import backbone_state_dict
-from ..model.modules import DenseModule, TransformerModule, load_model_folder
+from ..model.modules import DenseModule, StaticEmbeddingModule, TransformerModule, load_model_folder
 from ..model.save import save_model_folder
 from ..model.static import StaticBackbone
 from ..search.similarity import PAIRWISE_SIMILARITY_FUNCTIONS
@@ -93,10 +94,13 @@ class SentenceTransformerMethods:
         )
 
     def _live_folder(self) -> Any:
-        """The model folder's description with the Dense layers this encoder runs (fine-tuning changes them)."""
+        """The model folder's description with the Dense layers (and a static model's table) this encoder runs
+        (fine-tuning changes them)."""
         folder = load_model_folder(self.model_path)
         live = iter([m for m in self._head.post if isinstance(m, DenseModule)])
         folder.modules = [next(live) if isinstance(m, DenseModule) else m for m in folder.modules]
+        if isinstance(folder.modules[0], StaticEmbeddingModule):  # and the table it runs (fine-tuned, say)
+            folder.modules[0] = replace(folder.modules[0], table=self._model.table.detach().cpu())
         return folder
 
     save_pretrained = save  # sentence-transformers' Hugging Face name for save, same parameters

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import _ops
 from ..model.modules import NormalizeModule
+from ..model.static import StaticBackbone
 from .batching import DEFAULT_TRAIN_BATCH_TOKENS, plan_length_runs
 from .packed_backbone import pack_rows, packed_forward, row_multiple, takes_packed
 
@@ -65,6 +66,12 @@ def as_token_columns(sentence_features: Iterable[Any]) -> list[TokenColumn]:
 
 
 def tokenize_column(model: Encoder, texts: list[str]) -> TokenColumn:
+    """Each text's token ids as the model reads them: truncated, special tokens added (a static-embedding
+    model's bag has none)."""
+    if isinstance(model._model, StaticBackbone):
+        packed = model.tokenize(list(texts))
+        ids, starts = packed["input_ids"].tolist(), packed["offsets"].tolist()
+        return TokenColumn([ids[a:b] for a, b in zip(starts, [*starts[1:], len(ids)])])
     return TokenColumn(model._tokenize_unpadded(list(texts))["input_ids"])
 
 
@@ -145,11 +152,23 @@ def _padded_tokens(model: Encoder, rows: list[list[int]],
     return torch.cat(packed), cu_seqlens, runs.order
 
 
+def _head_post(head: Any, x: torch.Tensor) -> torch.Tensor:
+    """The head's modules after pooling (Dense, Normalize) on sentence embeddings x [N, D]."""
+    for stage in head.post:
+        x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
+    return x
+
+
 def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: int | None = None) -> list[torch.Tensor]:
     """Sentence embeddings [len(column), dim] of each column, differentiable, in the columns' own order."""
     rows = [ids for column in columns for ids in column.input_ids]
     if not rows:
         raise ValueError("embed_tokens: the batch has no texts")
+    head = model._head
+    if isinstance(model._model, StaticBackbone):  # the bag of each text's rows: no positions, no padding
+        lengths = torch.tensor([0] + [len(r) for r in rows], device=model.device)
+        ids = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=model.device)
+        return _head_post(head, model._model(ids, lengths.cumsum(0))).split([len(c) for c in columns])
     if any(len(r) == 0 for r in rows):
         raise ValueError("embed_tokens: a text has no tokens (the tokenizer returned an empty sequence)")
     order = None
@@ -158,11 +177,8 @@ def embed_tokens(model: Encoder, columns: list[TokenColumn], max_batch_tokens: i
         tokens, cu_seqlens = packed_forward(model._model, batch), batch.cu_seqlens
     else:
         tokens, cu_seqlens, order = _padded_tokens(model, rows, max_batch_tokens or DEFAULT_TRAIN_BATCH_TOKENS)
-    head = model._head
     pooled = [_ops.masked_pool_varlen(tokens, cu_seqlens, mode, head.fuse_normalize) for mode in head.pooling.modes]
-    x = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
-    for stage in head.post:
-        x = _ops.l2_normalize(x) if isinstance(stage, NormalizeModule) else stage(x)
+    x = _head_post(head, pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1))
     if order is not None:
         inverse = torch.empty(len(rows), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(rows))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..model.backbone import repack_linears, unpack_linears
+from ..model.static import StaticBackbone
 
 if TYPE_CHECKING:
     from ..encode.encoder import Encoder
@@ -25,11 +26,16 @@ def training_mode(model: Encoder) -> Iterator[nn.ModuleList]:
     on. After: eval mode, layers packed again from the trained weights, encode's cached pipeline rebuilt."""
     modules = trainable_modules(model)
     unpack_linears(model._model)
+    table = getattr(model._model, "table", None) if isinstance(model._model, StaticBackbone) else None
+    if table is not None:  # a static model's embedding table is its only weight: frozen for inference only
+        table.requires_grad_(True)
     modules.train()
     try:
         yield modules
     finally:
         modules.eval()
+        if table is not None:
+            table.requires_grad_(False)
         model._model = repack_linears(model._model)
         model._pipeline = None
 
