@@ -151,9 +151,13 @@ def test_similarity_decode_sparsity(sparse_root):
     assert ours.decode(queries, top_k=4) == st.decode(queries, top_k=4)
     assert ours.decode(queries[0]) == st.decode(queries[0])
     assert ours.sparsity(queries) == pytest.approx(st.sparsity(queries))
-    ours.similarity_fn_name = "cosine"
-    st.similarity_fn_name = "cosine"
-    torch.testing.assert_close(ours.similarity(queries, docs), st.similarity(queries, docs), atol=1e-5, rtol=1e-5)
+    three = ours.encode_document(TEXTS[3:6])
+    for name in ("cosine", "euclidean", "manhattan"):
+        ours.similarity_fn_name = st.similarity_fn_name = name
+        # (sentence-transformers' sparse euclidean goes through |a|^2 - 2ab + |b|^2: ~1e-5 relative)
+        torch.testing.assert_close(ours.similarity(queries, docs), st.similarity(queries, docs), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.similarity_pairwise(queries, three), st.similarity_pairwise(queries, three),
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_bad_arguments_and_folders(sparse_root, tmp_path):
@@ -164,7 +168,7 @@ def test_bad_arguments_and_folders(sparse_root, tmp_path):
     with pytest.raises(ValueError, match="prompt_name 'nope' is not one of the prompts"):
         ours.encode(["x"], prompt_name="nope")
     with pytest.raises(ValueError, match="similarity_fn_name must be one of"):
-        ours.similarity_fn_name = "euclidean"
+        ours.similarity_fn_name = "maxsim"
     with pytest.raises(TypeError, match="sentences\\[1\\] is int"):
         ours.encode(["x", 3])
     broken = tmp_path / "broken"
@@ -251,3 +255,33 @@ def test_copies_and_pickles_encode_the_same(sparse_root, name):
     want = ours.encode_query(SENTENCES, convert_to_sparse_tensor=False)
     for other in copies(ours):
         assert torch.equal(other.encode_query(SENTENCES, convert_to_sparse_tensor=False), want)
+
+
+def test_max_seq_length_can_be_set_on_every_route(sparse_root):
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+
+    for name in ("bert-relu-max", "inference-free"):
+        ours, st = sentfuse.SparseEncoder(sparse_root / name, device="cpu"), STSparseEncoder(str(sparse_root / name))
+        ours.max_seq_length = st.max_seq_length = 6
+        assert ours.max_seq_length == 6
+        long = [" ".join(TEXTS)]
+        assert_same_vectors(st.encode_document(long), ours.encode_document(long))
+        with pytest.raises(ValueError, match="max_seq_length"):
+            ours.max_seq_length = 0
+
+
+def test_a_plain_masked_lm_folder_is_splade_with_max_pooling(sparse_root):
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+
+    folder = sparse_root / "hf-bert"
+    assert_same_vectors(STSparseEncoder(str(folder), device="cpu").encode(TEXTS),
+                        sentfuse.SparseEncoder(folder, device="cpu").encode(TEXTS))
+
+
+def test_prompt_and_prompt_name_together_warn(sparse_root, caplog):
+    import logging
+
+    ours = sentfuse.SparseEncoder(sparse_root / "bert-relu-max", device="cpu")
+    with caplog.at_level(logging.WARNING):
+        ours.encode(TEXTS[:1], prompt="query: ", prompt_name="query")
+    assert "ignoring prompt_name" in caplog.text

@@ -245,8 +245,6 @@ class Encoder(PipelineOwner, SentenceTransformerMethods, FitMixin):
     # --- encoding ---------------------------------------------------------------------------------
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None and prompt_name is not None and isinstance(prompt, str):
-            logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
         return choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
     def _prompt_length(self, prompt: str) -> int:

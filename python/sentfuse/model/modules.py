@@ -75,6 +75,8 @@ def choose_prompt(prompts: dict[str, str], default_prompt_name: str | None, prom
     if prompt is not None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if prompt_name is not None:
+            logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
         return prompt
     if prompt_name is not None:
         check_prompt_name(prompt_name, prompts)

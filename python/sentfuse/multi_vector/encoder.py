@@ -145,8 +145,6 @@ class MultiVectorEncoder:
         return PackedTokens(finish(torch.cat(rows)), torch.arange(len(texts)), torch.cat(counts))
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None and prompt_name is not None:
-            logger.warning("both prompt and prompt_name given; using prompt and ignoring prompt_name")
         return choose_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
     @torch.inference_mode()

@@ -19,7 +19,7 @@ from ..model.modules import check_prompt_name, check_similarity_fn_name, choose_
 from ..model.options import RENAMED_ENCODE, RENAMED_INIT, parse_load_options, renamed_keywords
 from ..model.resolve import SPARSE_ORGANIZATION, resolve_model_path
 from ..search.similarity import similarity_name
-from .folder import SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
+from .folder import DISTANCE_NORMS, SIMILARITY_FN_NAMES, SparseFolder, SpladeRoute, load_sparse_folder
 from .heads import RouteModel, SpladeModel, StaticModel
 from .st_compat import SparseEncoderMethods
 from .vectors import SparseRows, as_dense_rows, decode_rows, sparsity_stats
@@ -138,6 +138,14 @@ class SparseEncoder(SparseEncoderMethods):
     def max_seq_length(self) -> int:
         return self._route(None).tokenizer.model_max_length
 
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        """The token limit of every route (a Router's query and document routes alike), and of pool workers."""
+        value = positive_int(value, "max_seq_length", allow_none=False)
+        for head in self._heads.values():
+            head.max_seq_length = value
+        self._settings["max_seq_length"] = value
+
     def get_embedding_dimension(self) -> int:
         """The vocabulary size: the width of every vector."""
         return self._route(None).vocab_size
@@ -248,11 +256,14 @@ class SparseEncoder(SparseEncoderMethods):
     # --- using the vectors ------------------------------------------------------------------------
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
-        """[N, M] fp32 scores between every row of embeddings1 and of embeddings2: dot products (or cosines,
-        with similarity_fn_name "cosine"); sparse or dense tensors, lists of them, or numpy arrays."""
+        """[N, M] fp32 scores between every row of embeddings1 and of embeddings2 under similarity_fn_name (dot,
+        cosine, or the negative euclidean / manhattan distance); sparse or dense tensors, lists of them, or numpy
+        arrays."""
         a, b = as_dense_rows(embeddings1, "embeddings1"), as_dense_rows(embeddings2, "embeddings2")
         if a.shape[1] != b.shape[1]:
             raise ValueError(f"embeddings1 has {a.shape[1]} dimensions but embeddings2 has {b.shape[1]}")
+        if self.similarity_fn_name in DISTANCE_NORMS:
+            return -torch.cdist(a, b.to(a.device), p=DISTANCE_NORMS[self.similarity_fn_name])
         scores = a @ b.to(a.device).T
         if self.similarity_fn_name == "cosine":
             norms = a.norm(dim=1, keepdim=True) * b.to(a.device).norm(dim=1).unsqueeze(0)

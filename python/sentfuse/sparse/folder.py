@@ -19,7 +19,8 @@ from ..model.modules import TRANSFORMER_CONFIG_FILES, ModelFolderError, read_jso
 
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 SPLADE_POOLINGS = ("max", "sum")
-SIMILARITY_FN_NAMES = ("dot", "cosine")
+SIMILARITY_FN_NAMES = ("dot", "cosine", "euclidean", "manhattan")
+DISTANCE_NORMS = {"euclidean": 2.0, "manhattan": 1.0}  # scored as the negative distance, as sentence-transformers does
 
 
 @dataclass
@@ -165,8 +166,35 @@ def _router(folder: Path) -> tuple[dict[str, SpladeRoute | StaticRoute], str | N
     return routes, default, mappings
 
 
+def _masked_lm(folder: Path) -> bool:
+    """Whether folder's config.json names a *ForMaskedLM architecture."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return False
+    architectures = read_json(path).get("architectures") or []
+    return any(isinstance(a, str) and a.endswith("ForMaskedLM") for a in architectures)
+
+
 def load_sparse_folder(folder: Path) -> SparseFolder:
-    """Read a sentence-transformers SparseEncoder folder; any other layout raises ModelFolderError."""
+    """Read a sentence-transformers SparseEncoder folder, or a plain Hugging Face masked-LM folder (SPLADE with
+    max pooling and relu on it, as sentence-transformers builds one); any other layout raises ModelFolderError."""
+    result = SparseFolder(path=folder, routes={}, default_route="default")
+    if not (folder / "modules.json").is_file() and _masked_lm(folder):
+        result.routes = {"default": SpladeRoute(path=folder)}
+    else:
+        entries = read_json(folder / "modules.json", " (a sentence-transformers SparseEncoder folder)")
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise ModelFolderError(f"modules.json in {folder} must hold a non-empty JSON list of modules")
+        where = f"modules.json in {folder}"
+        modules = [(_kind(e.get("type"), where), _subfolder(folder, e.get("path", ""), where)) for e in entries]
+        if [kind for kind, _ in modules] == ["Router"]:
+            result.routes, result.default_route, result.route_mappings = _router(modules[0][1])
+        else:
+            result.routes = {"default": _route(folder, modules, where)}
+    config = read_st_config(folder, SIMILARITY_FN_NAMES)
+    result.prompts, result.default_prompt_name = config.prompts, config.default_prompt_name
+    result.similarity_fn_name, result.max_active_dims = config.similarity_fn_name, config.max_active_dims
+    return result
     entries = read_json(folder / "modules.json", " (a sentence-transformers SparseEncoder folder)")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ModelFolderError(f"modules.json in {folder} must hold a non-empty JSON list of modules")

@@ -19,7 +19,7 @@ from .._checks import device_or_default
 from ..encode.owner import PoolMethods
 from ..model.modules import ST_CONFIG, TRANSFORMER_CONFIG_FILES
 from ..model.save import replace_folder_entries
-from .folder import SpladeRoute
+from .folder import DISTANCE_NORMS, SpladeRoute
 from .vectors import as_dense_rows
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,14 @@ class SparseEncoderMethods(PoolMethods):
     # --- using the vectors ----------------------------------------------------------------------------
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
-        """[N] fp32 scores of embeddings1[i] against embeddings2[i]: dot products (cosines with
-        similarity_fn_name "cosine"); sparse or dense tensors, lists of them, or numpy arrays."""
+        """[N] fp32 scores of embeddings1[i] against embeddings2[i] under similarity_fn_name (as similarity);
+        sparse or dense tensors, lists of them, or numpy arrays."""
         a, b = as_dense_rows(embeddings1, "embeddings1"), as_dense_rows(embeddings2, "embeddings2")
         if a.shape != b.shape:
             raise ValueError(f"embeddings1 {tuple(a.shape)} and embeddings2 {tuple(b.shape)} must have the same shape")
         b = b.to(a.device)
+        if self.similarity_fn_name in DISTANCE_NORMS:
+            return -(a - b).norm(p=DISTANCE_NORMS[self.similarity_fn_name], dim=1)
         scores = (a * b).sum(dim=1)
         if self.similarity_fn_name == "cosine":
             scores = torch.nan_to_num(scores / (a.norm(dim=1) * b.norm(dim=1)), nan=0.0)
