@@ -200,3 +200,53 @@ def test_copies_and_pickles_encode_the_same(pair):
     want = ours.encode(SENTENCES)
     for other in copies(ours):
         assert_same_tokens(other.encode(SENTENCES), want)
+
+
+def _pylate_folder(out, config: dict) -> None:
+    """A PyLate save: a BERT whose vocabulary holds [unused0] / [unused1], its projection as a pylate Dense, and
+    PyLate's settings at the top of config_sentence_transformers.json."""
+    import json
+
+    import transformers as tf
+    from conftest import _wordpieces
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
+                                        + _wordpieces())}
+    tokenizer = tf.BertTokenizer(vocab=vocab, do_lower_case=True)
+    tf.BertModel(tf.BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, max_position_embeddings=256), add_pooling_layer=False
+                 ).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    (out / "1_Dense").mkdir()
+    (out / "1_Dense" / "config.json").write_text(json.dumps({
+        "in_features": 32, "out_features": 16, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    save_file({"linear.weight": torch.randn(16, 32)}, str(out / "1_Dense" / "model.safetensors"))
+    (out / "config_sentence_transformers.json").write_text(json.dumps(config))
+
+
+PYLATE = {"query_prefix": "[unused0]", "document_prefix": "[unused1]", "query_length": 24, "document_length": 40,
+          "do_query_expansion": True, "attend_to_expansion_tokens": False}
+
+
+@pytest.mark.parametrize("config", [
+    {**PYLATE, "model_type": "ColBERT"},  # PyLate 3: masking and normalizing were inline
+    {**PYLATE, "model_type": "ColBERT", "skiplist_words": ["the"], "attend_to_expansion_tokens": True},
+    {**PYLATE, "similarity_fn_name": "MaxSim", "do_query_expansion": False},
+], ids=["pylate3", "pylate3-skiplist-attend", "maxsim-no-expansion"])
+def test_pylate_checkpoints_as_sentence_transformers_reads_them(tmp_path, config):
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    _pylate_folder(tmp_path / "pylate", config)
+    st = STMultiVectorEncoder(str(tmp_path / "pylate"), device="cpu")
+    ours = MultiVectorEncoder(tmp_path / "pylate", device="cpu")
+    assert ours.prompts == st.prompts and ours.prompts["query"].startswith("[unused0]")
+    assert ours.tokenizer.tokenize("[unused0] who") == ["[unused0]", "who"]  # the prefix stays one token
+    queries, documents = ["who wrote hamlet?", "the capital of france"], SENTENCES[:4]
+    assert_same_tokens(ours.encode_query(queries), st.encode_query(queries))
+    assert_same_tokens(ours.encode_document(documents), st.encode_document(documents))

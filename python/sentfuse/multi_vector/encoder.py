@@ -33,6 +33,24 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # encode_document's c
 CPU_BATCH_TOKENS = 4096
 
 
+def keep_prefixes_whole(tokenizer: Any, prefixes: list[str]) -> None:
+    """Register as special tokens the prefixes a PyLate save inserted as single tokens ([unused0], "[Q] ") that the
+    tokenizer knows (the whole prefix or its first word) but splits as text: prepended as text, they then give
+    the ids training saw. Unknown prefixes stay plain text; nothing grows the vocabulary."""
+    from tokenizers import AddedToken
+
+    known = set(tokenizer.get_vocab()) | set(getattr(tokenizer, "added_tokens_encoder", None) or {})
+    whole = []
+    for prefix in prefixes:
+        for candidate in (prefix, prefix.split(None, 1)[0]):
+            if candidate in known:
+                if tokenizer.tokenize(candidate) != [candidate]:
+                    whole.append(AddedToken(candidate, normalized=False, special=True))
+                break
+    if whole:
+        tokenizer.add_special_tokens({"additional_special_tokens": whole})
+
+
 class MultiVectorEncoder:
     """Token-level embeddings from a sentence-transformers MultiVectorEncoder folder (Transformer, token Dense,
     MultiVectorMask, Normalize), scored by MaxSim on sentfuse's kernels.
@@ -59,6 +77,7 @@ class MultiVectorEncoder:
         self.truncate_dim = positive_int(truncate_dim, "truncate_dim") or self.folder.truncate_dim
 
         tokenizer, model = load_pretrained(self.folder.transformer.path, parse_dtype(dtype))
+        keep_prefixes_whole(tokenizer, self.folder.prefix_tokens)
         limit = self.folder.transformer.max_seq_length or tokenizer.model_max_length
         positions = getattr(model.config, "max_position_embeddings", -1)
         if isinstance(positions, int) and positions > 0:

@@ -1,9 +1,17 @@
 """Reading sentence-transformers MultiVectorEncoder folders: the backbone Transformer (with its per-task
 lengths and ColBERT query expansion), then token-level Dense projections, the MultiVectorMask (skiplist) and
-Normalize, in modules.json order."""
+Normalize, in modules.json order.
+
+PyLate's checkpoints (most ColBERT models on the hub) are read as sentence-transformers reads them: their
+settings sit at the top of config_sentence_transformers.json (query_prefix / document_prefix, query_length,
+document_length, do_query_expansion, attend_to_expansion_tokens, skiplist_words) and become the prompts, the
+lengths and the query expansion; a save that lists only [Transformer, Dense] gets the skiplist and the token
+Normalize PyLate applied inline.
+"""
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,11 @@ from ..model.modules import (
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
 EXPANSION_STRATEGIES = ("fixed", "min")
+# Top-level keys of config_sentence_transformers.json that mark a PyLate (or Stanford-style) save.
+PYLATE_LENGTHS = ("query_length", "document_length", "query_expansion")
+PYLATE_MARKERS = (*PYLATE_LENGTHS, "do_query_expansion", "attend_to_expansion_tokens", "attend_to_mask_tokens",
+                  "query_prefix", "document_prefix", "skiplist_words")
+COLBERT_QUERY_LENGTH = 32  # ColBERT's query length where a PyLate save names none
 
 
 @dataclass
@@ -56,6 +69,9 @@ class MultiVectorFolder:
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
     truncate_dim: int | None = None
+    # Prefix tokens a PyLate save inserted as tokens ([unused0], "[Q] "): the prompts now carry them as text, so
+    # the tokenizer must keep each one piece (MultiVectorEncoder registers them as special tokens).
+    prefix_tokens: list[str] = field(default_factory=list)
 
 
 def _object(path: Path) -> dict[str, Any]:
@@ -130,15 +146,60 @@ def load_multi_vector_folder(folder: Path) -> MultiVectorFolder:
             head.append(_head_module(kind, folder / rel, where))
     transformer_dir = folder / entries[0].get("path", "")
     mv = MultiVectorFolder(folder, load_transformer(transformer_dir), head)
+    saved: set[str] = set()  # the length settings the Transformer's own config names (they win over PyLate's)
     for name in TRANSFORMER_CONFIG_FILES:
         path = transformer_dir / name
         if path.is_file():
             config = _object(path)
+            saved = {key for key in PYLATE_LENGTHS if key in config}
             mv.query_length = _positive(config.get("query_length"), "query_length", path)
             mv.document_length = _positive(config.get("document_length"), "document_length", path)
             mv.query_expansion = _expansion(config.get("query_expansion"), path)
             break
-    st = read_st_config(folder, SIMILARITY_FN_NAMES)
-    mv.prompts, mv.default_prompt_name, mv.similarity_fn_name = st.prompts, st.default_prompt_name, st.similarity_fn_name
+    st_path = folder / "config_sentence_transformers.json"
+    raw = _object(st_path) if st_path.is_file() else {}
+    similarity = raw.get("similarity_fn_name")
+    legacy_similarity = isinstance(similarity, str) and similarity not in SIMILARITY_FN_NAMES
+    st = read_st_config(folder, SIMILARITY_FN_NAMES + ((similarity,) if legacy_similarity else ()))
+    mv.prompts, mv.default_prompt_name = st.prompts, st.default_prompt_name
+    # A similarity a multi-vector model cannot use (PyLate saved "MaxSim", older ones "cosine") leaves MaxSim,
+    # as sentence-transformers ignores it.
+    mv.similarity_fn_name = None if legacy_similarity else st.similarity_fn_name
     mv.truncate_dim = st.truncate_dim
+    if any(key in raw for key in PYLATE_MARKERS) or raw.get("model_type") == "ColBERT":
+        _pylate_settings(mv, raw, saved, st_path)
     return mv
+
+
+def _pylate_settings(mv: MultiVectorFolder, raw: dict[str, Any], saved: set[str], where: Path) -> None:
+    """A PyLate save's top-level settings into mv (see the module's docstring)."""
+    for key, task in (("query_prefix", "query"), ("document_prefix", "document")):
+        if key in raw:
+            prefix = raw[key] or ""
+            if not isinstance(prefix, str):
+                raise ModelFolderError(f"{where}: {key} must be a string, got {prefix!r}")
+            mv.prompts[task] = prefix + mv.prompts.get(task, "").removeprefix(prefix)
+            if prefix.strip():
+                mv.prefix_tokens.append(prefix)
+    lengths = {key: raw[key] for key in PYLATE_LENGTHS if key in raw and (raw[key] is not None or key == "query_expansion")}
+    if "query_expansion" not in lengths:  # PyLate's flat flags; expansion on (to a fixed length) unless turned off
+        if raw.get("do_query_expansion") is False:
+            lengths["query_expansion"] = None
+        else:
+            attend = raw.get("attend_to_expansion_tokens", raw.get("attend_to_mask_tokens"))
+            length = lengths.pop("query_length", None) or COLBERT_QUERY_LENGTH
+            lengths["query_expansion"] = {"strategy": "fixed", "attend": bool(attend), "length": length}
+    if "query_length" in lengths and "query_length" not in saved:
+        mv.query_length = _positive(lengths["query_length"], "query_length", where)
+    if "document_length" in lengths and "document_length" not in saved:
+        mv.document_length = _positive(lengths["document_length"], "document_length", where)
+    if "query_expansion" not in saved:
+        mv.query_expansion = _expansion(lengths["query_expansion"], where)
+    # PyLate masked and normalized inline and listed only [Transformer, Dense]: the modules it did not list, as
+    # sentence-transformers adds them (its punctuation skiplist unless the save names one).
+    if raw.get("model_type") != "MultiVectorEncoder" and not any(
+            isinstance(m, (TokenMask, NormalizeModule)) for m in mv.head):
+        words = raw.get("skiplist_words")
+        if words is None:
+            words = list(string.punctuation) if raw.get("model_type") == "ColBERT" or mv.prefix_tokens else []
+        mv.head += [TokenMask(list(words)), NormalizeModule()]
