@@ -250,3 +250,33 @@ def test_pylate_checkpoints_as_sentence_transformers_reads_them(tmp_path, config
     queries, documents = ["who wrote hamlet?", "the capital of france"], SENTENCES[:4]
     assert_same_tokens(ours.encode_query(queries), st.encode_query(queries))
     assert_same_tokens(ours.encode_document(documents), st.encode_document(documents))
+
+
+@pytest.mark.parametrize("metadata", [{"query_maxlen": 20, "doc_maxlen": 40, "mask_punctuation": True},
+                                      {"query_maxlen": 16, "attend_to_mask_tokens": True, "mask_punctuation": False},
+                                      None], ids=["metadata", "attend-no-mask", "no-metadata"])
+def test_stanford_colbert_checkpoints_as_sentence_transformers_builds_them(tmp_path, metadata):
+    """colbertv2.0's layout: HF_ColBERT in config.json, the projection as linear.weight beside the encoder's
+    weights, settings in artifact.metadata."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+
+    folder = tmp_path / "colbert"
+    _pylate_folder(folder, {})
+    for extra in ("modules.json", "config_sentence_transformers.json"):
+        (folder / extra).unlink()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["HF_ColBERT"]}))
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["linear.weight"] = torch.randn(16, 32)
+    save_file(weights, str(folder / "model.safetensors"))
+    if metadata is not None:
+        (folder / "artifact.metadata").write_text(json.dumps(metadata))
+    st = STMultiVectorEncoder(str(folder), device="cpu")
+    ours = MultiVectorEncoder(folder, device="cpu")
+    assert ours.prompts == st.prompts == {"query": "[unused0] ", "document": "[unused1] "}
+    queries, documents = ["who wrote hamlet?", "the capital, of france"], SENTENCES[:4]
+    assert_same_tokens(ours.encode_query(queries), st.encode_query(queries))
+    assert_same_tokens(ours.encode_document(documents), st.encode_document(documents))

@@ -242,7 +242,7 @@ def torch_activation(name: str, where: str) -> nn.Module | None:
     return cls()
 
 
-def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     safetensors_file = folder / "model.safetensors"
     if safetensors_file.is_file():
         from safetensors.torch import load_file
@@ -272,7 +272,7 @@ def load_dense(folder: Path, features: str = "sentence_embedding") -> DenseModul
         activation=_resolve_activation(config.get("activation_function"), where),
         use_residual=bool(config.get("use_residual", False)),
     )
-    state = _load_state_dict(folder)
+    state = read_state_dict(folder)
     expected = {name: tuple(p.shape) for name, p in dense.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if found != expected:
@@ -307,7 +307,7 @@ def load_static_embedding(folder: Path) -> StaticEmbeddingModule:
     'embedding.weight' or model2vec's 'embeddings' (with optional 'mapping' and 'weights')."""
     if not (folder / "tokenizer.json").is_file():
         raise ModelFolderError(f"tokenizer.json not found in {folder} (the StaticEmbedding module's tokenizer)")
-    state = _load_state_dict(folder)
+    state = read_state_dict(folder)
     if "embedding.weight" in state:
         table = state["embedding.weight"]
     elif "embeddings" in state:

@@ -6,7 +6,9 @@ PyLate's checkpoints (most ColBERT models on the hub) are read as sentence-trans
 settings sit at the top of config_sentence_transformers.json (query_prefix / document_prefix, query_length,
 document_length, do_query_expansion, attend_to_expansion_tokens, skiplist_words) and become the prompts, the
 lengths and the query expansion; a save that lists only [Transformer, Dense] gets the skiplist and the token
-Normalize PyLate applied inline.
+Normalize PyLate applied inline. Stanford-NLP ColBERT checkpoints (config.json architectures HF_ColBERT, the
+projection as linear.weight beside the encoder's weights, settings in artifact.metadata; colbertv2.0's layout)
+are built as sentence-transformers builds them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..model.modules import (
     load_transformer,
     read_json,
     read_st_config,
+    read_state_dict,
 )
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
@@ -123,9 +126,42 @@ def _head_module(kind: str, sub: Path, where: str) -> DenseModule | TokenMask | 
                            "Transformer, Dense, MultiVectorMask and Normalize; token pooling is not supported yet)")
 
 
+def _stanford_colbert(folder: Path) -> MultiVectorFolder:
+    """A Stanford-NLP ColBERT checkpoint: the encoder, the root linear.weight as a bias-free projection, the
+    punctuation skiplist (unless artifact.metadata turns mask_punctuation off) and Normalize; the [unused0] /
+    [unused1] markers (or the metadata's) as prompts, queries expanded to query_maxlen (32) with [MASK]."""
+    import torch
+
+    weights = read_state_dict(folder)
+    if "linear.weight" not in weights:
+        raise ModelFolderError(f"{folder}: a HF_ColBERT checkpoint needs its projection as linear.weight")
+    out_features, in_features = weights["linear.weight"].shape
+    dense = DenseModule(in_features, out_features, bias=False, activation=torch.nn.Identity())
+    dense.load_state_dict({"linear.weight": weights["linear.weight"]})
+    path = folder / "artifact.metadata"
+    metadata = _object(path) if path.is_file() else {}
+    markers = {"query": (metadata.get("query_token_id") or "[unused0]") + " ",
+               "document": (metadata.get("doc_token_id") or "[unused1]") + " "}
+    mask = TokenMask(list(string.punctuation) if metadata.get("mask_punctuation", True) else [])
+    mv = MultiVectorFolder(folder, load_transformer(folder), [dense.eval(), mask, NormalizeModule()],
+                           prompts=dict(markers), prefix_tokens=list(markers.values()))
+    mv.document_length = _positive(metadata.get("doc_maxlen"), "doc_maxlen", path)
+    length = _positive(metadata.get("query_maxlen"), "query_maxlen", path) or COLBERT_QUERY_LENGTH
+    mv.query_expansion = QueryExpansion("fixed", length, bool(metadata.get("attend_to_mask_tokens")))
+    return mv
+
+
+def _architectures(folder: Path) -> list[str]:
+    path = folder / "config.json"
+    return list(_object(path).get("architectures") or []) if path.is_file() else []
+
+
 def load_multi_vector_folder(folder: Path) -> MultiVectorFolder:
-    """Read a MultiVectorEncoder folder (modules.json, config_sentence_transformers.json)."""
+    """Read a MultiVectorEncoder folder (modules.json, config_sentence_transformers.json), or a Stanford-NLP
+    ColBERT checkpoint."""
     modules_path = folder / "modules.json"
+    if not modules_path.is_file() and "HF_ColBERT" in _architectures(folder):
+        return _stanford_colbert(folder)
     if not modules_path.is_file():
         raise ModelFolderError(f"{folder} is not a MultiVectorEncoder folder: modules.json not found")
     entries = read_json(modules_path)
