@@ -280,3 +280,44 @@ def test_stanford_colbert_checkpoints_as_sentence_transformers_builds_them(tmp_p
     queries, documents = ["who wrote hamlet?", "the capital, of france"], SENTENCES[:4]
     assert_same_tokens(ours.encode_query(queries), st.encode_query(queries))
     assert_same_tokens(ours.encode_document(documents), st.encode_document(documents))
+
+
+@pytest.mark.parametrize("attend", [False, True])
+def test_expansion_without_a_mask_module_scores_what_is_attended(mv_root, tmp_path, attend, caplog):
+    import logging
+
+    from sentence_transformers import MultiVectorEncoder as STMultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+
+    torch.manual_seed(5)
+    STMultiVectorEncoder(modules=[
+        Transformer(str(mv_root / "hf"), query_expansion={"strategy": "fixed", "length": 12, "attend": attend}),
+        Dense(32, 16, bias=False, activation_function=torch.nn.Identity(), module_input_name="token_embeddings"),
+        Normalize(module_input_name="token_embeddings")], device="cpu").save(str(tmp_path / "no-mask"))
+    st = STMultiVectorEncoder(str(tmp_path / "no-mask"), device="cpu")
+    with caplog.at_level(logging.WARNING):
+        ours = MultiVectorEncoder(tmp_path / "no-mask", device="cpu")
+    assert "no MultiVectorMask" in caplog.text
+    queries = ["short query", "a somewhat longer query about cats"]
+    assert_same_tokens(ours.encode_query(queries), st.encode_query(queries))
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"query_expansion": {"strategy": "fixed", "length": 16, "token": "<not_a_token>"}}, "not in the tokenizer"),
+    ({"query_expansion": {"strategy": "fixed", "length": 16, "stride": 2}}, "unknown keys \\['stride'\\]"),
+    ({"query_expansion": {"strategy": "fixed", "length": 16, "attend": "yes"}}, "must be a bool"),
+    ({"query_length": 8, "query_expansion": {"strategy": "min", "length": 16}}, "query_length 8 is below"),
+])
+def test_expansion_settings_sentence_transformers_refuses_are_refused(mv_root, tmp_path, patch, message):
+    import json
+    import shutil
+
+    from sentfuse.model.modules import ModelFolderError
+
+    folder = tmp_path / "patched"
+    shutil.copytree(mv_root / next(iter(FOLDERS)), folder)
+    config_path = folder / "sentence_bert_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config_path.write_text(json.dumps({**config, **patch}))
+    with pytest.raises(ModelFolderError, match=message):
+        MultiVectorEncoder(folder, device="cpu")

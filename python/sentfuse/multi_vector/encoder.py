@@ -20,7 +20,7 @@ from ..model.pretrained import load_pretrained
 from ..model.resolve import resolve_model_path
 from . import index, scoring
 from .folder import SIMILARITY_FN_NAMES, load_multi_vector_folder
-from .head import MultiVectorHead, expand_queries
+from .head import MultiVectorHead, check_expansion_token, expand_queries
 from .save import save_multi_vector_folder
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ class MultiVectorEncoder:
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._head = MultiVectorHead(self.folder.head, model.config.hidden_size, target, model.dtype)
         self._head.resolve(tokenizer)
+        if self.folder.query_expansion is not None:
+            check_expansion_token(tokenizer, self.folder.query_expansion, self.model_path)
+        if self.folder.query_expansion is not None and not self._head.masks:
+            logger.warning("%s expands queries but has no MultiVectorMask module: the expansion tokens are not "
+                           "scored (unless attended to), as in sentence-transformers", self.model_path)
         self._pipelines: dict[int, Pipeline] = {}
 
     @property
@@ -157,7 +162,11 @@ class MultiVectorEncoder:
         for start in range(0, len(texts), batch_size):
             features = expand_queries(self._tokenizer, texts[start : start + batch_size], expansion,
                                       self._task_length("query"))
-            keep = features.pop("scored") & self._head.keep(features["input_ids"], "query")
+            scored = features.pop("scored")
+            # Without a MultiVectorMask module nothing marks the expansion tokens as scored: only the attended
+            # ones give vectors, as in sentence-transformers (which warns at load, as __init__ does).
+            keep = (scored if self._head.masks else features["attention_mask"] != 0) & self._head.keep(
+                features["input_ids"], "query")
             hidden = self._forward({k: v.to(self.device) for k, v in features.items()})
             rows.append(self._head(hidden[keep.to(hidden.device)]))
             counts.append(keep.sum(1))

@@ -33,6 +33,7 @@ from ..model.modules import (
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
 EXPANSION_STRATEGIES = ("fixed", "min")
+EXPANSION_KEYS = {"strategy", "length", "attend", "token"}
 # Top-level keys of config_sentence_transformers.json that mark a PyLate (or Stanford-style) save.
 PYLATE_LENGTHS = ("query_length", "document_length", "query_expansion")
 PYLATE_MARKERS = (*PYLATE_LENGTHS, "do_query_expansion", "attend_to_expansion_tokens", "attend_to_mask_tokens",
@@ -95,10 +96,15 @@ def _expansion(value: Any, where: Path) -> QueryExpansion | None:
         return None
     if not isinstance(value, dict) or value.get("strategy") not in EXPANSION_STRATEGIES:
         raise ModelFolderError(f"{where}: query_expansion must have strategy in {EXPANSION_STRATEGIES}, got {value!r}")
+    unknown = sorted(set(value) - EXPANSION_KEYS)
+    if unknown:
+        raise ModelFolderError(f"{where}: query_expansion has unknown keys {unknown}; it takes {sorted(EXPANSION_KEYS)}")
     length = _positive(value.get("length"), "query_expansion['length']", where)
     if length is None:
         raise ModelFolderError(f"{where}: query_expansion needs a 'length'")
-    return QueryExpansion(value["strategy"], length, bool(value.get("attend", False)), value.get("token"))
+    if not isinstance(value.get("attend", False), bool):
+        raise ModelFolderError(f"{where}: query_expansion['attend'] must be a bool, got {value['attend']!r}")
+    return QueryExpansion(value["strategy"], length, value.get("attend", False), value.get("token"))
 
 
 def _token_mask(folder: Path) -> TokenMask:
@@ -204,6 +210,10 @@ def load_multi_vector_folder(folder: Path) -> MultiVectorFolder:
     mv.truncate_dim = st.truncate_dim
     if any(key in raw for key in PYLATE_MARKERS) or raw.get("model_type") == "ColBERT":
         _pylate_settings(mv, raw, saved, st_path)
+    expansion = mv.query_expansion
+    if expansion is not None and mv.query_length is not None and mv.query_length < expansion.length:
+        raise ModelFolderError(f"{folder}: query_length {mv.query_length} is below query_expansion's length "
+                               f"{expansion.length}, the width every query is expanded to")
     return mv
 
 

@@ -63,6 +63,22 @@ class MultiVectorHead:
         return tokens
 
 
+def check_expansion_token(tokenizer: Any, expansion: QueryExpansion, where: Any) -> None:
+    """The expansion token must be one the tokenizer has (else every expansion position would be [UNK]); with
+    none named, the tokenizer needs a mask or an end-of-sequence token to fall back on."""
+    from ..model.modules import ModelFolderError
+
+    if expansion.token is None:
+        if tokenizer.mask_token_id is None and tokenizer.eos_token_id is None:
+            raise ModelFolderError(f"{where}: query_expansion names no token and the tokenizer has neither a mask "
+                                   "nor an end-of-sequence token to expand with; name one ('token')")
+        return
+    token_id = tokenizer.convert_tokens_to_ids(expansion.token)
+    if token_id is None or (token_id == tokenizer.unk_token_id and expansion.token != tokenizer.unk_token):
+        raise ModelFolderError(f"{where}: query_expansion token {expansion.token!r} is not in the tokenizer's "
+                               "vocabulary")
+
+
 def expand_queries(tokenizer: Any, texts: list[str], expansion: QueryExpansion, max_length: int) -> dict[str, torch.Tensor]:
     """Token ids of a batch of queries with ColBERT expansion: pads within the first expansion.length positions
     become the expansion token; "scored" marks the real and expansion positions, and attention_mask covers the
