@@ -68,6 +68,7 @@ def test_all_outputs(both):
     assert isinstance(got, list) and len(got) == 4
     for g, w in zip(got, want):
         assert {"input_ids", "attention_mask", "token_embeddings", "sentence_embedding"} <= set(g)
+        assert g["modality"] == w["modality"] == "text"
         mask = w["attention_mask"].bool()
         torch.testing.assert_close(g["input_ids"], w["input_ids"][mask])
         torch.testing.assert_close(g["token_embeddings"], w["token_embeddings"][mask], atol=2e-5, rtol=1e-4)

@@ -204,8 +204,10 @@ class SentenceTransformerMethods:
         return Encoder(input_path)
 
     def preprocess(self, inputs: list[str], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """The model's input tensors for texts: tokenize of each text with prompt in front."""
-        return self.tokenize([prompt + text for text in inputs] if prompt else list(inputs), **kwargs)
+        """The model's input tensors for texts: tokenize of each text with prompt in front, and their modality
+        ("text", as sentence-transformers 6 marks its features)."""
+        return {**self.tokenize([prompt + text for text in inputs] if prompt else list(inputs), **kwargs),
+                "modality": "text"}
 
     @torch.inference_mode()
     def forward(self, input: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
