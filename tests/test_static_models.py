@@ -349,6 +349,8 @@ def test_a_loss_and_its_gradient_match_sentence_transformers(static_root, name):
     with training_mode(ours):
         loss = losses.MultipleNegativesRankingLoss(ours)
         value = loss([tokenize_column(ours, anchors), tokenize_column(ours, positives)], None)
+        as_features = loss([ours.preprocess(anchors), ours.preprocess(positives)], None)  # sentence-transformers' way
+        torch.testing.assert_close(as_features, value)
         value.backward()
         assert ours._model.table.requires_grad
     assert not ours._model.table.requires_grad  # frozen again for inference

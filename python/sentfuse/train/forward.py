@@ -46,11 +46,16 @@ class TokenColumn:
 def as_token_columns(sentence_features: Iterable[Any]) -> list[TokenColumn]:
     """A batch's columns as the losses take them: TokenColumns (tokenize_column, the trainer's collator), or
     sentence-transformers' tokenized features (a mapping with input_ids [B, L] and, for padded rows,
-    attention_mask), unpadded."""
+    attention_mask; a static model's packed input_ids [T] and offsets [N]), unpadded."""
     columns = []
     for i, features in enumerate(sentence_features):
         if isinstance(features, TokenColumn):
             columns.append(features)
+        elif isinstance(features, Mapping) and "input_ids" in features and "offsets" in features:
+            # a static model's packed features: every text's ids one after another [T], where each starts [N]
+            flat = torch.as_tensor(features["input_ids"]).cpu().tolist()
+            starts = torch.as_tensor(features["offsets"]).cpu().tolist()
+            columns.append(TokenColumn([flat[a:b] for a, b in zip(starts, [*starts[1:], len(flat)])]))
         elif isinstance(features, Mapping) and "input_ids" in features:
             ids = torch.as_tensor(features["input_ids"]).cpu()
             mask = features.get("attention_mask")
