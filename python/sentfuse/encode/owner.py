@@ -62,7 +62,25 @@ class PoolMethods:
             return run(own_pool)
 
 
-class PipelineOwner:
+class PreparedCopies:
+    """copy.deepcopy and pickle of a model holding a prepared backbone in _model: what _rebuilt_on_copy names
+    (pipelines: a native tokenizer, threads) starts afresh in the copy, rebuilt on first use, and the backbone,
+    whose stand-in layers come back as the layers they stood for (StandIn.__reduce_ex__), is prepared again."""
+
+    def _rebuilt_on_copy(self) -> dict[str, Any]:
+        return {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, **self._rebuilt_on_copy()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from ..model.backbone import prepare_backbone
+
+        self.__dict__.update(state)
+        prepare_backbone(self._model)  # a no-op on a model already prepared (one shared by two owners)
+
+
+class PipelineOwner(PreparedCopies):
     """Mixed into Encoder, CrossEncoder and each route of a SparseEncoder (sparse/heads.py): each holds a model in
     _model (a transformers model, with the names its forward takes in _forward_args), its tokenizer in
     _tokenizer, its head in _head, its RunOptions in _run_options and a Pipeline (or None, rebuilt on next use)
@@ -70,19 +88,8 @@ class PipelineOwner:
 
     special_tokens = True  # False: inputs are tokenized without the tokenizer's special tokens (a static bag)
 
-    # copy.deepcopy and pickle: the pipeline (native tokenizer, threads) is rebuilt on first use, and the model,
-    # whose stand-in layers come back as the layers they stood for (StandIn.__reduce_ex__), is prepared again.
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_pipeline"] = None
-        state.pop("_limited_pipelines", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        from ..model.backbone import prepare_backbone
-
-        self.__dict__.update(state)
-        prepare_backbone(self._model)  # a no-op on a model already prepared (one shared by two owners)
+    def _rebuilt_on_copy(self) -> dict[str, Any]:
+        return {"_pipeline": None, "_limited_pipelines": None}
 
     @property
     def device(self) -> torch.device:

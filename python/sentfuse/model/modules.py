@@ -254,6 +254,18 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     raise ModelFolderError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 
+def read_tensor(folder: Path, name: str) -> torch.Tensor | None:
+    """One tensor of folder's weights (None where it has no tensor of that name): read alone from
+    model.safetensors, without loading the rest."""
+    safetensors_file = folder / "model.safetensors"
+    if not safetensors_file.is_file():
+        return read_state_dict(folder).get(name)
+    from safetensors import safe_open
+
+    with safe_open(str(safetensors_file), framework="pt") as f:
+        return f.get_tensor(name) if name in f.keys() else None
+
+
 def load_dense(folder: Path, features: str = "sentence_embedding") -> DenseModule:
     """A Dense folder that projects `features` (sentence_embedding, or token_embeddings in multi-vector models)."""
     config_path = folder / "config.json"

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .._checks import check_sentences, device_or_default, parse_device, parse_dtype, positive_int
+from ..encode.owner import PreparedCopies
 from ..encode.pipeline import EncodeRequest, PackedTokens, Pipeline
 from ..encode.run import RunOptions
 from ..model.backbone import prepare_backbone
@@ -51,7 +52,7 @@ def keep_prefixes_whole(tokenizer: Any, prefixes: list[str]) -> None:
         tokenizer.add_special_tokens({"additional_special_tokens": whole})
 
 
-class MultiVectorEncoder:
+class MultiVectorEncoder(PreparedCopies):
     """Token-level embeddings from a sentence-transformers MultiVectorEncoder folder (Transformer, token Dense,
     MultiVectorMask, Normalize), scored by MaxSim on sentfuse's kernels.
 
@@ -125,13 +126,8 @@ class MultiVectorEncoder:
                                                    self._model.dtype, RunOptions.from_env(), max_length=max_length)
         return self._pipelines[max_length]
 
-    # copy.deepcopy and pickle, as encode.owner.PipelineOwner's: pipelines rebuilt, the model prepared again.
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pipelines": {}}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        prepare_backbone(self._model)
+    def _rebuilt_on_copy(self) -> dict[str, Any]:
+        return {"_pipelines": {}}
 
     def _task_length(self, task: str | None) -> int:
         length = {"query": self.folder.query_length, "document": self.folder.document_length}.get(task)

@@ -28,7 +28,7 @@ from ..model.modules import (
     load_transformer,
     read_json,
     read_st_config,
-    read_state_dict,
+    read_tensor,
 )
 
 SIMILARITY_FN_NAMES = ("maxsim", "meanmaxsim")
@@ -138,12 +138,12 @@ def _stanford_colbert(folder: Path) -> MultiVectorFolder:
     [unused1] markers (or the metadata's) as prompts, queries expanded to query_maxlen (32) with [MASK]."""
     import torch
 
-    weights = read_state_dict(folder)
-    if "linear.weight" not in weights:
+    weight = read_tensor(folder, "linear.weight")  # the projection alone: the encoder's weights load with it
+    if weight is None:
         raise ModelFolderError(f"{folder}: a HF_ColBERT checkpoint needs its projection as linear.weight")
-    out_features, in_features = weights["linear.weight"].shape
+    out_features, in_features = weight.shape
     dense = DenseModule(in_features, out_features, bias=False, activation=torch.nn.Identity())
-    dense.load_state_dict({"linear.weight": weights["linear.weight"]})
+    dense.load_state_dict({"linear.weight": weight})
     path = folder / "artifact.metadata"
     metadata = _object(path) if path.is_file() else {}
     markers = {"query": (metadata.get("query_token_id") or "[unused0]") + " ",

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..model.modules import DenseModule, NormalizeModule
+from ..model.modules import DenseModule, ModelFolderError, NormalizeModule
 from .folder import QueryExpansion, TokenMask
 
 
@@ -66,8 +66,6 @@ class MultiVectorHead:
 def check_expansion_token(tokenizer: Any, expansion: QueryExpansion, where: Any) -> None:
     """The expansion token must be one the tokenizer has (else every expansion position would be [UNK]); with
     none named, the tokenizer needs a mask or an end-of-sequence token to fall back on."""
-    from ..model.modules import ModelFolderError
-
     if expansion.token is None:
         if tokenizer.mask_token_id is None and tokenizer.eos_token_id is None:
             raise ModelFolderError(f"{where}: query_expansion names no token and the tokenizer has neither a mask "
