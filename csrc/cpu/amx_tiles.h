@@ -92,11 +92,25 @@ void pack_pairs(const uint16_t* rows, int64_t m, int64_t Dp, uint16_t* out);
 // bf16 products in fp32 (other orders: the error bound of topk_bf16.h covers either).
 void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c);
 
+// score_block in two halves, so that the core can filter the previous block while the tiles compute this one
+// (a branch mispredicted in the filter then no longer discards the products queued behind it): start issues the
+// products (tiles: into the tile registers; the vector unit computes c at once), finish writes the block into c.
+// Between a start and its finish, nothing may use the tiles or c.
+void score_block_start(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c);
+void score_block_finish(float* c);
+
 // For each of the first `rows` rows r of c [32, 32], bits t (within `columns`) where the upper bound
 // (c[r][t] + beta) * (row_scale[r] * column_scale[t]) reaches bar[t] (scales nullptr: 1; scales >= 0). Returns
 // their OR; hits is written only when that is not 0.
 uint32_t filter_block(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
                       const float* column_scale, float beta, uint32_t* hits);
+
+// filter_block's test, answered per column: for each column t (within `columns`), bits r (r < rows) where the
+// upper bound reaches bar[t], into hits[t]. Returns the columns with a hit; hits[t] is written only for those.
+// Cheaper than filter_block when few columns hold a candidate, as in a top-k scan once its bars have risen: the
+// rows are tested only in the columns whose largest score can reach the bar.
+uint32_t filter_columns(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
+                        const float* column_scale, float beta, uint32_t* hits);
 
 }  // namespace amx
 }  // namespace sentfuse

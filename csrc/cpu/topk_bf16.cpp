@@ -2,12 +2,16 @@
 //
 // Queries and corpus rows become bf16 unit rows, so each score tile holds approximate cosines u whatever the
 // metric. On CPUs with AMX or AVX512-BF16 sentfuse's own blocks score them (cpu/amx_tiles.h: 32 x 32 blocks that
-// stay in L1, an AVX-512 filter lets only candidates out); elsewhere each thread takes whole corpus tiles and scores them with
-// its own single-threaded ATen bf16 GEMMs. With |u - cosine| <= beta (bf16_error_bound) and
+// stay in L1, an AVX-512 filter lets only candidates out); elsewhere each thread takes whole corpus tiles and
+// scores them with its own single-threaded ATen bf16 GEMMs. With |u - cosine| <= beta (bf16_error_bound) and
 // s = |q||c| under metric "dot" (1 for cosine), a pair's exact fp32 score lies in [(u - beta) s, (u + beta) s].
-// Each query keeps the k best lower bounds seen so far (L, its k-th) and the pairs whose upper bound reaches
-// max(L, min_score): L only rises, so every pair of the exact top-k is among them. The survivors (pruned
-// again by the final L) are rescored in fp32 as the fp32 path scores them (up to fp32 summation order).
+// A pair can only be in the top-k when its upper bound reaches max(L, min_score), L a k-th best score already
+// known for the query:
+// - the blocks score such a pair in fp32 at once, while its corpus row is in cache, and keep the query's exact
+//   top-k, whose k-th exact score is L;
+// - the ATen path keeps the k best lower bounds (L their k-th) and the pairs that pass, pruned again by the final
+//   L and rescored in fp32 after the scan.
+// L only rises, so every pair of the exact top-k is scored, as the fp32 path scores it (up to fp32 summation order).
 #include "cpu/topk_bf16.h"
 
 #include <algorithm>
@@ -72,6 +76,7 @@ at::Tensor unit_bf16(const at::Tensor& x, const at::Tensor& inverse_norms) {
 
 // What every thread's share of the scan reads.
 struct ScanInputs {
+  const float* q;           // [M, D] fp32, as given to bf16_scan
   at::Tensor q_bf16;        // [M, D] unit rows
   const float* q_norms;     // [M]
   at::Tensor corpus;        // [N, D] contiguous, as given
@@ -196,41 +201,76 @@ bool pack_queries(const at::Tensor& q, AmxQueries& out) {
 // One thread's working memory for the block scan.
 struct AmxBuffers {
   amx::TileVector<uint16_t> rows;  // [kAmxChunk, Dp] packed corpus rows
-  alignas(64) float scores[amx::kBlock * amx::kBlock];
-  uint32_t hits[amx::kBlock];
+  alignas(64) float scores[2][amx::kBlock * amx::kBlock];  // the block being scored and the one being filtered
+  uint32_t hits[amx::kBlock];  // per query of the block, its rows that passed
 };
 
-// The pairs of one score block whose upper bound passed the block's bars: checked again against the bars
-// of now (they only rise), fed to the query's lower bounds and survivors. Block rows j0..., queries i0...
-void take_hits(const ScanInputs& in, const AmxQueries& qs, const AmxBuffers& buf, int64_t rows, int64_t j0,
-               int64_t i0, const float* row_norms, ThreadScan& st) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (uint32_t bits = buf.hits[r]; bits != 0; bits &= bits - 1) {
-      const int64_t t = __builtin_ctz(bits), i = i0 + t, j = j0 + r;
+// A scored block waiting for its filter: rows [j, j + rows) against queries [i0, i0 + 32).
+struct ScoredBlock {
+  const float* scores = nullptr;  // none yet
+  int64_t i0 = 0, j = 0, rows = 0;
+  uint32_t columns = 0;
+};
+
+// The pairs of one score block whose upper bound passed the block's bars, checked again against the bars of now
+// (they only rise), get their exact fp32 scores at once, while the chunk's rows are still in cache (rescored
+// after the scan they were gathered again from memory), and feed the query's exact top-k: its k-th exact score
+// is the bar, a tighter one than the k-th lower bound.
+template <typename scalar_t>
+bool take_hits(const ScanInputs& in, const AmxQueries& qs, const ScoredBlock& block, uint32_t found,
+               const uint32_t* hits, const float* row_norms, ThreadScan& st) {
+  const int64_t D = in.corpus.size(1);
+  const scalar_t* corpus = in.corpus.const_data_ptr<scalar_t>();
+  bool finite = true;
+  for (uint32_t columns = found; columns != 0; columns &= columns - 1) {
+    const int64_t t = __builtin_ctz(columns), i = block.i0 + t;
+    for (uint32_t bits = hits[t]; bits != 0; bits &= bits - 1) {
+      const int64_t r = __builtin_ctz(bits), j = block.j + r;
       if (in.exclude_self && j == i + in.self_shift) continue;
-      const float v = buf.scores[r * amx::kBlock + t];
+      const float v = block.scores[r * amx::kBlock + t];
       const float s = in.dot ? row_norms[r] * qs.norms[i] : 1.f;
-      const float upper = (v + in.beta) * s;
-      TopK& lower = st.lower[i];
-      if (upper < std::max(lower.threshold(), in.min_score)) continue;
-      const float low = (v - in.beta) * s;
-      if (low > lower.threshold()) {
-        lower.push(low, j);
-        st.bar[i] = std::max(lower.threshold(), in.min_score);
+      if ((v + in.beta) * s < st.bar[i]) continue;
+      float exact = amx::dot(in.q + i * D, corpus + j * D, D);
+      if (!in.dot) exact *= in.corpus_inverse[j];
+      finite &= std::isfinite(exact);
+      TopK& best = st.lower[i];
+      if (exact > best.threshold()) {
+        best.push(exact, j);
+        st.bar[i] = std::max(best.threshold(), in.min_score);
       }
-      Survivors& out = st.survivors[i];
-      out.push(j, upper);
-      out.prune_if_due(st.bar[i]);
     }
   }
+  return finite;
+}
+
+// Filters a scored block against its queries' bars and takes its candidates. False on a non-finite exact score.
+template <typename scalar_t>
+bool filter_scored(const ScanInputs& in, const AmxQueries& qs, const float* corpus_norms, const ScoredBlock& block,
+                   AmxBuffers& buf, ThreadScan& st) {
+  const float* row_norms = in.dot ? corpus_norms + block.j : nullptr;
+  const uint32_t found = amx::filter_columns(block.scores, block.rows, block.columns, st.bar.data() + block.i0,
+                                             row_norms, in.dot ? qs.norms.data() + block.i0 : nullptr, in.beta,
+                                             buf.hits);
+  return found == 0 || take_hits<scalar_t>(in, qs, block, found, buf.hits, row_norms, st);
 }
 
 // Scores corpus rows [j0, j0 + n), n <= kAmxChunk, against every query; writes their norms into
 // corpus_norms [N] and their inverses into in.corpus_inverse. No ATen call in here: from inside a parallel
 // region they open nested OpenMP teams. False on a NaN or inf.
+// Source rows of the thread's next chunk, fetched into L2 a slice per scored block: the pack then reads them from
+// cache, and the memory traffic runs while the blocks compute.
+struct ChunkPrefetch {
+  const char* next = nullptr;  // none
+  int64_t lines = 0, per_block = 0;
+
+  void step() {
+    for (int64_t t = 0; t < per_block && lines > 0; ++t, --lines, next += 64) __builtin_prefetch(next, 0, 2);
+  }
+};
+
 template <typename scalar_t>
 bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_norms, int64_t j0, int64_t n,
-                    ThreadScan& st, AmxBuffers& buf) {
+                    int64_t next_j0, ThreadScan& st, AmxBuffers& buf) {
   const int64_t M = in.q_bf16.size(0), D = in.corpus.size(1), Dp = qs.Dp;
   const int64_t padded = (n + amx::kBlock - 1) / amx::kBlock * amx::kBlock;
   std::fill(buf.rows.begin() + n * Dp, buf.rows.begin() + padded * Dp, 0);
@@ -238,22 +278,36 @@ bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_no
                            corpus_norms + j0, in.corpus_inverse + j0))
     return false;
   const int64_t group = (Dp / amx::kDepth) * amx::kTileRows * amx::kDepth;  // one 16-query group's values
-  // Query blocks outer: the block's 24 KB of queries stay in L1 while the chunk's rows stream from L2.
+  // Query blocks outer: the block's 24 KB of queries stay in L1 while the chunk's rows stream from L2. Each block
+  // is filtered while the next one is being scored.
+  ScoredBlock pending;
+  int slot = 0;
+  ChunkPrefetch fetch;
+  if (next_j0 >= 0) {
+    fetch.next = reinterpret_cast<const char*>(in.corpus.const_data_ptr<scalar_t>() + next_j0 * D);
+    fetch.lines = (std::min(kAmxChunk, in.corpus.size(0) - next_j0) * D * sizeof(scalar_t) + 63) / 64;
+    const int64_t blocks = qs.blocks * (padded / amx::kBlock);
+    fetch.per_block = (fetch.lines + blocks - 1) / blocks;
+  }
   for (int64_t qb = 0; qb < qs.blocks; ++qb) {
     const int64_t i0 = qb * amx::kBlock;
     const uint16_t* b0 = qs.paired.data() + 2 * qb * group;
     const int64_t live = std::min(amx::kBlock, M - i0);
     const uint32_t columns = live == 32 ? ~0u : (1u << live) - 1;
     for (int64_t b = 0; b < n; b += amx::kBlock) {
-      const int64_t rows_here = std::min(amx::kBlock, n - b);
-      const float* row_norms = in.dot ? corpus_norms + j0 + b : nullptr;
-      amx::score_block(buf.rows.data() + b * Dp, b0, b0 + group, Dp, buf.scores);
-      if (amx::filter_block(buf.scores, rows_here, columns, st.bar.data() + i0, row_norms,
-                            in.dot ? qs.norms.data() + i0 : nullptr, in.beta, buf.hits) != 0)
-        take_hits(in, qs, buf, rows_here, j0 + b, i0, row_norms, st);
+      float* scores = buf.scores[slot];
+      amx::score_block_start(buf.rows.data() + b * Dp, b0, b0 + group, Dp, scores);
+      fetch.step();
+      if (pending.scores != nullptr && !filter_scored<scalar_t>(in, qs, corpus_norms, pending, buf, st)) {
+        amx::score_block_finish(scores);
+        return false;
+      }
+      amx::score_block_finish(scores);
+      pending = ScoredBlock{scores, i0, j0 + b, std::min(amx::kBlock, n - b), columns};
+      slot ^= 1;
     }
   }
-  return true;
+  return pending.scores == nullptr || filter_scored<scalar_t>(in, qs, corpus_norms, pending, buf, st);
 }
 
 // The whole scan on the bf16 blocks. Threads take corpus chunks in increasing order from a shared counter, so a
@@ -273,14 +327,32 @@ bool amx_scan(const at::Tensor& q, const ScanInputs& in, std::vector<ThreadScan>
       AmxBuffers buf;
       buf.rows.resize(kAmxChunk * qs.Dp);
       const amx::TileScope tile_config;
-      for (int64_t c = next++; c < chunks && !non_finite; c = next++) {
-        const int64_t j0 = c * kAmxChunk;
-        if (!amx_scan_chunk<scalar_t>(in, qs, corpus_norms.data(), j0, std::min(kAmxChunk, N - j0), st, buf))
+      // The next chunk is claimed before this one is scored, so that its rows can be fetched meanwhile.
+      for (int64_t c = next++; c < chunks && !non_finite;) {
+        const int64_t following = next++, j0 = c * kAmxChunk;
+        if (!amx_scan_chunk<scalar_t>(in, qs, corpus_norms.data(), j0, std::min(kAmxChunk, N - j0),
+                                      following < chunks ? following * kAmxChunk : -1, st, buf))
           non_finite = true;
+        c = following;
       }
     });
   });
   return !non_finite;
+}
+
+// Each thread's exact top-k of its share into tops, in increasing index order per query.
+void merge_exact(const std::vector<ThreadScan>& scans, int64_t k, std::vector<TopK>& tops) {
+  at::parallel_for(0, static_cast<int64_t>(tops.size()), 64, [&](int64_t begin, int64_t end) {
+    std::vector<Candidate> found;
+    for (int64_t i = begin; i < end; ++i) {
+      found.clear();
+      for (const ThreadScan& st : scans)
+        found.insert(found.end(), st.slots.begin() + i * k, st.slots.begin() + i * k + st.lower[i].size());
+      std::sort(found.begin(), found.end(), [](const Candidate& a, const Candidate& b) { return a.index < b.index; });
+      for (const Candidate& c : found)
+        if (c.score > tops[i].threshold()) tops[i].push(c.score, c.index);
+    }
+  });
 }
 #endif  // SENTFUSE_WITH_AMX
 
@@ -292,7 +364,8 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
   const bool dot = metric == Metric::Dot;
   const at::Tensor q_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kFloat).contiguous();
   at::Tensor corpus_inverse = at::empty({N}, q.options());
-  ScanInputs in{dot ? unit_bf16(q, tiles::inverse_norms(q)) : q.to(at::kBFloat16),
+  ScanInputs in{q.const_data_ptr<float>(),
+                dot ? unit_bf16(q, tiles::inverse_norms(q)) : q.to(at::kBFloat16),
                 q_norms.const_data_ptr<float>(),
                 corpus_in.contiguous(),
                 corpus_inverse.mutable_data_ptr<float>(),
@@ -310,15 +383,15 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
   std::vector<ThreadScan> scans;
   scans.reserve(at::get_num_threads());
   for (int t = 0; t < at::get_num_threads(); ++t) scans.emplace_back(M, k);
-  bool scanned = false;
 #ifdef SENTFUSE_WITH_AMX
   if (amx::blocks_available()) {
     in.beta = bf16_error_bound(q.size(1), false);  // the blocks' scores stay fp32
     if (!amx_scan(q, in, scans)) return false;
-    scanned = true;
+    merge_exact(scans, k, tops);
+    return true;
   }
 #endif
-  if (!scanned) {
+  {
     for (ThreadScan& st : scans)
       st.buffer = at::empty({in.query_tile * corpus_tile}, q.options().dtype(at::kBFloat16));
     std::atomic<bool> non_finite{false};
