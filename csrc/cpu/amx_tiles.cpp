@@ -292,58 +292,6 @@ void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int6
 
 namespace {
 
-// Whether some pair of the block may pass filter_block's test: per column, the largest c + beta over the rows
-// times the largest row scale times the column scale. Rounding is monotone and the scales are >= 0, so for a
-// column whose largest c + beta is >= 0 no pair passes when this bound stays below the bar; a column whose
-// largest c + beta is negative (or a NaN) always counts as possible.
-bool block_may_pass(const float* c, int64_t rows, uint32_t columns, __m512 bar0, __m512 bar1, const float* row_scale,
-                    __m512 cs0, __m512 cs1, __m512 beta) {
-  __m512 top0 = _mm512_loadu_ps(c), top1 = _mm512_loadu_ps(c + 16);
-  for (int64_t r = 1; r < rows; ++r) {
-    top0 = _mm512_max_ps(top0, _mm512_loadu_ps(c + r * kBlock));
-    top1 = _mm512_max_ps(top1, _mm512_loadu_ps(c + r * kBlock + 16));
-  }
-  top0 = _mm512_add_ps(top0, beta);
-  top1 = _mm512_add_ps(top1, beta);
-  float scale = 1.f;
-  if (row_scale != nullptr) scale = *std::max_element(row_scale, row_scale + rows);
-  const __m512 s = _mm512_set1_ps(scale), zero = _mm512_setzero_ps();
-  const __m512 up0 = _mm512_mul_ps(top0, _mm512_mul_ps(s, cs0)), up1 = _mm512_mul_ps(top1, _mm512_mul_ps(s, cs1));
-  const uint32_t below = _mm512_cmp_ps_mask(up0, bar0, _CMP_LT_OQ) & _mm512_cmp_ps_mask(top0, zero, _CMP_GE_OQ);
-  const uint32_t below_hi = _mm512_cmp_ps_mask(up1, bar1, _CMP_LT_OQ) & _mm512_cmp_ps_mask(top1, zero, _CMP_GE_OQ);
-  return (~(below | (below_hi << 16)) & columns) != 0;
-}
-
-}  // namespace
-
-uint32_t filter_block(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
-                      const float* column_scale, float beta, uint32_t* hits) {
-  const __m512 b = _mm512_set1_ps(beta);
-  const __m512 bar0 = _mm512_loadu_ps(bar), bar1 = _mm512_loadu_ps(bar + 16);
-  const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 cs0 = column_scale ? _mm512_loadu_ps(column_scale) : one;
-  const __m512 cs1 = column_scale ? _mm512_loadu_ps(column_scale + 16) : one;
-  // Once the bars have risen most blocks hold no candidate: one max over the rows settles those.
-  if (!block_may_pass(c, rows, columns, bar0, bar1, row_scale, cs0, cs1, b)) return 0;
-  uint32_t any = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    __m512 up0 = _mm512_add_ps(_mm512_loadu_ps(c + r * kBlock), b);
-    __m512 up1 = _mm512_add_ps(_mm512_loadu_ps(c + r * kBlock + 16), b);
-    if (row_scale != nullptr || column_scale != nullptr) {  // same rounding as the scalar (v + beta) * s
-      const __m512 rs = row_scale ? _mm512_set1_ps(row_scale[r]) : one;
-      up0 = _mm512_mul_ps(up0, _mm512_mul_ps(rs, cs0));
-      up1 = _mm512_mul_ps(up1, _mm512_mul_ps(rs, cs1));
-    }
-    const uint32_t lo = _mm512_cmp_ps_mask(up0, bar0, _CMP_GE_OQ);
-    const uint32_t hi = _mm512_cmp_ps_mask(up1, bar1, _CMP_GE_OQ);
-    hits[r] = (lo | (hi << 16)) & columns;
-    any |= hits[r];
-  }
-  return any;
-}
-
-namespace {
-
 // Per column of c's first `rows` rows, the largest value (32 rows: eight independent chains, not two long ones).
 inline void column_max(const float* c, int64_t rows, __m512& top0, __m512& top1) {
   if (rows == kBlock) {
@@ -388,7 +336,7 @@ uint32_t filter_columns(const float* c, int64_t rows, uint32_t columns, const fl
   const uint32_t below = _mm512_cmp_ps_mask(up0, bar0, _CMP_LT_OQ) & _mm512_cmp_ps_mask(top0, zero, _CMP_GE_OQ);
   const uint32_t below_hi = _mm512_cmp_ps_mask(up1, bar1, _CMP_LT_OQ) & _mm512_cmp_ps_mask(top1, zero, _CMP_GE_OQ);
   const uint32_t maybe = ~(below | (below_hi << 16)) & columns;
-  // The candidate columns' rows, gathered (stride kBlock) and tested as filter_block tests them.
+  // The candidate columns' rows, gathered (stride kBlock), each tested against the bound above.
   const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                             _mm512_set1_epi32(kBlock));
   uint32_t any = 0;

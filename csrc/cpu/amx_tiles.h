@@ -99,16 +99,10 @@ void score_block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int6
 void score_block_start(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int64_t Dp, float* c);
 void score_block_finish(float* c);
 
-// For each of the first `rows` rows r of c [32, 32], bits t (within `columns`) where the upper bound
-// (c[r][t] + beta) * (row_scale[r] * column_scale[t]) reaches bar[t] (scales nullptr: 1; scales >= 0). Returns
-// their OR; hits is written only when that is not 0.
-uint32_t filter_block(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
-                      const float* column_scale, float beta, uint32_t* hits);
-
-// filter_block's test, answered per column: for each column t (within `columns`), bits r (r < rows) where the
-// upper bound reaches bar[t], into hits[t]. Returns the columns with a hit; hits[t] is written only for those.
-// Cheaper than filter_block when few columns hold a candidate, as in a top-k scan once its bars have risen: the
-// rows are tested only in the columns whose largest score can reach the bar.
+// For each column t (within `columns`) of c [32, 32], bits r (r < rows) where the upper bound
+// (c[r][t] + beta) * (row_scale[r] * column_scale[t]) reaches bar[t] (scales nullptr: 1; scales >= 0), into hits[t].
+// Returns the columns with a hit; hits[t] is written only for those. The rows are tested only in the columns
+// whose largest score can reach the bar: once a scan's bars have risen, few columns of a block hold one.
 uint32_t filter_columns(const float* c, int64_t rows, uint32_t columns, const float* bar, const float* row_scale,
                         const float* column_scale, float beta, uint32_t* hits);
 

@@ -157,7 +157,8 @@ bool pack_all(const scalar_t* rows, int64_t n, int64_t D, int64_t Dp, amx::TileV
 }
 
 // One row block (rows i0..i0 + 31 of a) against column rows [j0, j1): its candidates, scored in fp32, appended
-// to the block's two hit buffers in increasing column order per row.
+// to the block's two hit buffers in increasing column order per row. Each score block is filtered while the next
+// one computes (amx::score_block_start).
 template <typename col_t>
 void amx_pairs_block(const AmxPairsInputs& in, const float* q, const col_t* cols, int64_t N, int64_t D, int64_t i0,
                      int64_t j0, int64_t j1, bool self, bool scale_columns, float threshold, float beta,
@@ -167,30 +168,42 @@ void amx_pairs_block(const AmxPairsInputs& in, const float* q, const col_t* cols
   const int64_t live = std::min(amx::kBlock, N - i0);
   const uint32_t rows_mask = live == 32 ? ~0u : (1u << live) - 1;
   float bar[amx::kBlock];
-  alignas(64) float scores[amx::kBlock * amx::kBlock];
+  alignas(64) float scores[2][amx::kBlock * amx::kBlock];
   uint32_t hits[amx::kBlock];
   std::fill_n(bar, amx::kBlock, threshold);
-  // Against itself only j > i: blocks wholly at or below the diagonal are skipped.
-  const int64_t first = self ? std::max(j0, (i0 + 1) / amx::kBlock * amx::kBlock) : j0;
-  for (int64_t jb = first; jb < j1; jb += amx::kBlock) {
-    const int64_t rows_here = std::min(amx::kBlock, j1 - jb);
-    amx::score_block(in.columns.data() + jb * in.Dp, b0, b0 + group, in.Dp, scores);
+  // The pairs of the block of column rows jb... that pass: hits[t] holds, for row i0 + t of a, its column rows.
+  auto take = [&](const float* block, int64_t jb, int64_t rows_here) {
     // Under cosine against b the fp32 score carries 1 / |column|: the column's factor is 1 there.
     const float* column_factor = scale_columns ? nullptr : in.column_norms.data() + jb;
-    if (amx::filter_block(scores, rows_here, rows_mask, bar, column_factor, in.row_norms.data() + i0, beta, hits) ==
-        0)
-      continue;
-    for (int64_t r = 0; r < rows_here; ++r) {
-      const int64_t j = jb + r;
-      for (uint32_t bits = hits[r]; bits != 0; bits &= bits - 1) {
-        const int64_t i = i0 + __builtin_ctz(bits);
+    const uint32_t found =
+        amx::filter_columns(block, rows_here, rows_mask, bar, column_factor, in.row_norms.data() + i0, beta, hits);
+    for (uint32_t rows = found; rows != 0; rows &= rows - 1) {
+      const int64_t t = __builtin_ctz(rows), i = i0 + t;
+      std::vector<Hit>& buffer = buffers[i / kRowBlock];
+      for (uint32_t bits = hits[t]; bits != 0; bits &= bits - 1) {
+        const int64_t j = jb + __builtin_ctz(bits);
         if (self && j <= i) continue;
         float s = amx::dot(q + i * D, cols + j * D, D);
         if (scale_columns) s *= in.column_inverse[j];
-        if (s >= threshold) buffers[i / kRowBlock].push_back({j, s, static_cast<int32_t>(i % kRowBlock)});
+        if (s >= threshold) buffer.push_back({j, s, static_cast<int32_t>(i % kRowBlock)});
       }
     }
+  };
+  // Against itself only j > i: blocks wholly at or below the diagonal are skipped.
+  const int64_t first = self ? std::max(j0, (i0 + 1) / amx::kBlock * amx::kBlock) : j0;
+  const float* pending = nullptr;
+  int64_t pending_jb = 0, pending_rows = 0;
+  int slot = 0;
+  for (int64_t jb = first; jb < j1; jb += amx::kBlock) {
+    amx::score_block_start(in.columns.data() + jb * in.Dp, b0, b0 + group, in.Dp, scores[slot]);
+    if (pending != nullptr) take(pending, pending_jb, pending_rows);
+    amx::score_block_finish(scores[slot]);
+    pending = scores[slot];
+    pending_jb = jb;
+    pending_rows = std::min(amx::kBlock, j1 - jb);
+    slot ^= 1;
   }
+  if (pending != nullptr) take(pending, pending_jb, pending_rows);
 }
 
 // The block scan of threshold_pairs: q [N, D] fp32 as the fp32 path scores it, cols [M, D] contiguous (q itself when
