@@ -20,6 +20,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -205,6 +206,25 @@ struct AmxBuffers {
   uint32_t hits[amx::kBlock];  // per query of the block, its rows that passed
 };
 
+// The highest bar any thread has reached per query. A thread's k-th exact score bounds the final k-th from below,
+// so every thread may prune against the highest one: a query's top-k then costs about k ln(N / k) candidates in
+// all, not that much per thread.
+class SharedBars {
+ public:
+  SharedBars(int64_t n, float floor) : bars_(new std::atomic<float>[n]) {
+    for (int64_t i = 0; i < n; ++i) bars_[i].store(floor, std::memory_order_relaxed);
+  }
+  float get(int64_t i) const { return bars_[i].load(std::memory_order_relaxed); }
+  void raise(int64_t i, float bar) {
+    float now = get(i);
+    while (bar > now && !bars_[i].compare_exchange_weak(now, bar, std::memory_order_relaxed)) {
+    }
+  }
+
+ private:
+  std::unique_ptr<std::atomic<float>[]> bars_;
+};
+
 // A scored block waiting for its filter: rows [j, j + rows) against queries [i0, i0 + 32).
 struct ScoredBlock {
   const float* scores = nullptr;  // none yet
@@ -218,7 +238,7 @@ struct ScoredBlock {
 // is the bar, a tighter one than the k-th lower bound.
 template <typename scalar_t>
 bool take_hits(const ScanInputs& in, const AmxQueries& qs, const ScoredBlock& block, uint32_t found,
-               const uint32_t* hits, const float* row_norms, ThreadScan& st) {
+               const uint32_t* hits, const float* row_norms, ThreadScan& st, SharedBars& shared) {
   const int64_t D = in.corpus.size(1);
   const scalar_t* corpus = in.corpus.const_data_ptr<scalar_t>();
   bool finite = true;
@@ -236,7 +256,10 @@ bool take_hits(const ScanInputs& in, const AmxQueries& qs, const ScoredBlock& bl
       TopK& best = st.lower[i];
       if (exact > best.threshold()) {
         best.push(exact, j);
-        st.bar[i] = std::max(best.threshold(), in.min_score);
+        if (best.threshold() > st.bar[i]) {
+          st.bar[i] = best.threshold();
+          shared.raise(i, best.threshold());
+        }
       }
     }
   }
@@ -246,12 +269,12 @@ bool take_hits(const ScanInputs& in, const AmxQueries& qs, const ScoredBlock& bl
 // Filters a scored block against its queries' bars and takes its candidates. False on a non-finite exact score.
 template <typename scalar_t>
 bool filter_scored(const ScanInputs& in, const AmxQueries& qs, const float* corpus_norms, const ScoredBlock& block,
-                   AmxBuffers& buf, ThreadScan& st) {
+                   AmxBuffers& buf, ThreadScan& st, SharedBars& shared) {
   const float* row_norms = in.dot ? corpus_norms + block.j : nullptr;
   const uint32_t found = amx::filter_columns(block.scores, block.rows, block.columns, st.bar.data() + block.i0,
                                              row_norms, in.dot ? qs.norms.data() + block.i0 : nullptr, in.beta,
                                              buf.hits);
-  return found == 0 || take_hits<scalar_t>(in, qs, block, found, buf.hits, row_norms, st);
+  return found == 0 || take_hits<scalar_t>(in, qs, block, found, buf.hits, row_norms, st, shared);
 }
 
 // Scores corpus rows [j0, j0 + n), n <= kAmxChunk, against every query; writes their norms into
@@ -270,7 +293,7 @@ struct ChunkPrefetch {
 
 template <typename scalar_t>
 bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_norms, int64_t j0, int64_t n,
-                    int64_t next_j0, ThreadScan& st, AmxBuffers& buf) {
+                    int64_t next_j0, ThreadScan& st, SharedBars& shared, AmxBuffers& buf) {
   const int64_t M = in.q_bf16.size(0), D = in.corpus.size(1), Dp = qs.Dp;
   const int64_t padded = (n + amx::kBlock - 1) / amx::kBlock * amx::kBlock;
   std::fill(buf.rows.begin() + n * Dp, buf.rows.begin() + padded * Dp, 0);
@@ -294,11 +317,12 @@ bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_no
     const uint16_t* b0 = qs.paired.data() + 2 * qb * group;
     const int64_t live = std::min(amx::kBlock, M - i0);
     const uint32_t columns = live == 32 ? ~0u : (1u << live) - 1;
+    for (int64_t t = i0; t < i0 + live; ++t) st.bar[t] = std::max(st.bar[t], shared.get(t));
     for (int64_t b = 0; b < n; b += amx::kBlock) {
       float* scores = buf.scores[slot];
       amx::score_block_start(buf.rows.data() + b * Dp, b0, b0 + group, Dp, scores);
       fetch.step();
-      if (pending.scores != nullptr && !filter_scored<scalar_t>(in, qs, corpus_norms, pending, buf, st)) {
+      if (pending.scores != nullptr && !filter_scored<scalar_t>(in, qs, corpus_norms, pending, buf, st, shared)) {
         amx::score_block_finish(scores);
         return false;
       }
@@ -307,7 +331,7 @@ bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_no
       slot ^= 1;
     }
   }
-  return pending.scores == nullptr || filter_scored<scalar_t>(in, qs, corpus_norms, pending, buf, st);
+  return pending.scores == nullptr || filter_scored<scalar_t>(in, qs, corpus_norms, pending, buf, st, shared);
 }
 
 // The whole scan on the bf16 blocks. Threads take corpus chunks in increasing order from a shared counter, so a
@@ -317,6 +341,7 @@ bool amx_scan(const at::Tensor& q, const ScanInputs& in, std::vector<ThreadScan>
   AmxQueries qs;
   if (!pack_queries(q, qs)) return false;
   for (ThreadScan& st : scans) st.bar.assign(qs.blocks * amx::kBlock, in.min_score);
+  SharedBars shared(q.size(0), in.min_score);
   std::vector<float> corpus_norms(in.corpus.size(0));
   const int64_t N = in.corpus.size(0), chunks = (N + kAmxChunk - 1) / kAmxChunk;
   std::atomic<int64_t> next{0};
@@ -331,7 +356,7 @@ bool amx_scan(const at::Tensor& q, const ScanInputs& in, std::vector<ThreadScan>
       for (int64_t c = next++; c < chunks && !non_finite;) {
         const int64_t following = next++, j0 = c * kAmxChunk;
         if (!amx_scan_chunk<scalar_t>(in, qs, corpus_norms.data(), j0, std::min(kAmxChunk, N - j0),
-                                      following < chunks ? following * kAmxChunk : -1, st, buf))
+                                      following < chunks ? following * kAmxChunk : -1, st, shared, buf))
           non_finite = true;
         c = following;
       }
