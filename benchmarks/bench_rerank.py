@@ -12,8 +12,8 @@ speed; the real encoder keeps the scores apart enough that the top-10 order is a
 
 Rows: sentence-transformers fp32 (its default, batch_size 32; fp16 too with --device cuda), sentfuse fp32,
 sentfuse bf16 (pure bfloat16), sentfuse bf16-mixed (the CPU compute mode: bf16 matrix products, float32
-elsewhere; int8-dynamic and fp16 with --dtypes; --amx-attention-row adds bf16-mixed with its attention on
-sentfuse's AMX kernel (SENTFUSE_CPU_ATTENTION=amx) instead of SDPA, the A/B of packed_attention in one run; --int8-activated-row bf16|int8 adds int8-dynamic
+elsewhere; int8-dynamic and fp16 with --dtypes; --sdpa-row adds bf16-mixed with its attention on SDPA instead of
+sentfuse's AMX kernel, the A/B of packed_attention in one run; --int8-activated-row bf16|int8 adds int8-dynamic
 with the FFN's second product multiplied the other way, SENTFUSE_INT8_ACTIVATED's A/B). rank returns Python floats, so each timed call ends synchronized. The rows' calls alternate question by question, so load from other processes on a shared
 machine falls on every row alike; each row's time is the sum over the questions of its fastest of
 --repeats calls, as wall seconds and as the process's CPU seconds (every thread's, tokenizers' included: on a
@@ -203,8 +203,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA sentence-transformers fp16 runs too)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--amx-attention-row", action="store_true",
-                        help="add bf16-mixed with its attention on packed_attention's AMX kernel (A/B against SDPA)")
+    parser.add_argument("--sdpa-row", action="store_true",
+                        help="add bf16-mixed with SDPA attention instead of the AMX kernel (A/B in one run)")
     parser.add_argument("--int8-activated-row", choices=("bf16", "int8"),
                         help="add int8-dynamic with the FFN's second product multiplied this way (bf16: bf16-mixed's, "
                              "float32 without bf16 products; int8: per-row int8), the A/B of that choice in one run")
@@ -233,11 +233,11 @@ def main() -> None:
         for name in args.dtypes:
             model = sentfuse.CrossEncoder(folder, device=args.device, dtype=DTYPES[name])
             rows[f"sentfuse {name}"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
-        if args.amx_attention_row:
-            os.environ[ATTENTION_ENV] = "amx"  # read at load: this model's bf16 heads run packed_attention
+        if args.sdpa_row:
+            os.environ[ATTENTION_ENV] = "sdpa"  # read at load: this model's bf16 heads stay on SDPA
             model = sentfuse.CrossEncoder(folder, device=args.device, dtype="bf16-mixed")
             del os.environ[ATTENTION_ENV]
-            rows["sentfuse bf16-mixed, AMX attention"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
+            rows["sentfuse bf16-mixed, SDPA attention"] = lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
         if args.int8_activated_row:
             os.environ[INT8_ACTIVATED_ENV] = args.int8_activated_row  # read at load, as ATTENTION_ENV
             model = sentfuse.CrossEncoder(folder, device=args.device, dtype="int8-dynamic")

@@ -15,7 +15,7 @@ from sentfuse.model.fused_blocks import AdditiveMask, FusedSelfAttention
 
 # max |error| relative to max |v|: fp32 another summation order; 16-bit: the output's rounding and SDPA's 16-bit P
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2 ** -8, torch.bfloat16: 2 ** -6}
-AMX = fused_blocks.amx_attention_kernel(32)
+AMX = fused_blocks._amx_attention(32)
 # (rows, width, heads, head size): widths off the 16-row tiles, head sizes of one and two tile depths, one the AMX
 # kernel does not take (48: the composite)
 SHAPES = [(3, 37, 2, 32), (2, 16, 3, 64), (4, 5, 1, 32), (1, 1, 2, 32), (2, 33, 2, 48), (2, 70, 12, 32)]
@@ -126,7 +126,6 @@ def bert_32() -> nn.Module:
 
 @pytest.mark.skipif(not (AMX and packed_linear.available()), reason="no AMX (bf16 matrix units) on this CPU")
 def test_fused_attention_runs_the_op_and_matches_the_module(monkeypatch):
-    monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "amx")
     attention = bert_32().encoder.layer[0].attention.self
     fused = FusedSelfAttention(attention)
     calls = []
@@ -153,9 +152,7 @@ def test_fused_attention_runs_the_op_and_matches_the_module(monkeypatch):
         assert (got.float() - want).abs().max() <= 2 ** -6 * want.abs().max()
 
 
-def test_attention_env_chooses_the_kernel(monkeypatch):
-    monkeypatch.delenv(fused_blocks.ATTENTION_ENV, raising=False)
-    assert not fused_blocks._amx_attention(32)  # SDPA by default
+def test_attention_env_keeps_sdpa(monkeypatch):
     monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "sdpa")
     assert not fused_blocks._amx_attention(32)
     monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "flash")
@@ -168,8 +165,7 @@ def test_attention_env_chooses_the_kernel(monkeypatch):
 
 @pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512f", "avx512_bf16"}])
 def test_cpus_without_amx_keep_sdpa(monkeypatch, flags):
-    """AVX2-only and AVX-512 (bf16 vector) CPUs: the model keeps SDPA even when the AMX kernel is asked for."""
-    monkeypatch.setenv(fused_blocks.ATTENTION_ENV, "amx")
+    """AVX2-only and AVX-512 (bf16 vector) CPUs: the model keeps SDPA, the path it had before packed_attention."""
     monkeypatch.setattr(fused_blocks.cpu_features, "cpu_flags", lambda: frozenset(flags))
     assert not fused_blocks._amx_attention(32)
     if backbone.cpu_has_native(torch.bfloat16):  # a bf16 block packs only there (AVX2 runs bf16-mixed in float32)

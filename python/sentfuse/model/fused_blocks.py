@@ -6,15 +6,13 @@ the other models built on transformers' BERT layer all qualify:
 - self-attention (query / key / value nn.Linear, SDPA attention): the three projections are one product with
   one prepacked [3 x hidden, hidden] weight; the heads go to SDPA. The boolean mask transformers builds per
   forward ([batch, 1, query, key]) becomes SDPA's additive mask once per forward instead of once per layer,
-  [batch, 1, 1, key] when it is a padding mask (AdditiveMask). With SENTFUSE_CPU_ATTENTION=amx, in bf16 on AMX
-  CPUs, with heads of whole tile depths and a right-padding mask (per-row lengths, also made once per forward),
-  sentfuse's packed_attention takes the heads instead: straight from the product's output, padded tokens
-  skipped, the context written in the output projection's layout (no head or context copies), P V on ~16-bit
-  probabilities. It is not the default: in isolation it ran 1.09-2.3x SDPA's bf16 CPU kernel on the rerank
-  shapes (MiniLM, 100-300 tokens), but whole reranks on the 2-core AMX Xeon ran faster on SDPA in three
-  alternated runs (50 questions x 100 paragraphs: 3.93x sentence-transformers fp32 against 3.41x, max score
-  difference 1.01% against 1.11%), and encode was level (benchmarks/bench_attention.py,
-  bench_rerank.py --amx-attention-row).
+  [batch, 1, 1, key] when it is a padding mask (AdditiveMask). In bf16 on AMX CPUs, with heads of whole tile
+  depths and a right-padding mask (per-row lengths, also made once per forward), sentfuse's packed_attention
+  takes the heads instead: straight from the product's output, padded tokens skipped, the context written in
+  the output projection's layout (no head or context copies), P V on ~16-bit probabilities. On the rerank
+  shapes (MiniLM, 100-300 tokens) it ran 1.6-2.3x SDPA's bf16 CPU kernel, and it took the worst rerank score
+  difference to fp32 from 1.29% to 0.91% of max |score| (10 questions; benchmarks/bench_attention.py,
+  bench_rerank.py --sdpa-row).
 - intermediate (dense nn.Linear + GELU): bias and GELU fused into the product's float32 epilogue.
 - output (dense nn.Linear, dropout, LayerNorm of the sum with the residual; float32 only): bias and residual
   add fused into the product's epilogue, then LayerNorm.
@@ -138,29 +136,29 @@ def _runs_fast(block: StandIn, x: torch.Tensor, inputs: tuple[torch.dtype, ...],
     )
 
 
-# SENTFUSE_CPU_ATTENTION=amx runs packed_attention's AMX kernel for the bf16 heads it takes; unset or sdpa keeps
-# SDPA (read when a model is loaded; benchmarks A/B the two with it).
+# SENTFUSE_CPU_ATTENTION=sdpa keeps SDPA for the bf16 heads where packed_attention's AMX kernel would run (read
+# when a model is loaded; benchmarks A/B the two with it).
 ATTENTION_ENV = "SENTFUSE_CPU_ATTENTION"
 
 
-def amx_attention_kernel(head_size: int) -> bool:
-    """Whether packed_attention has its AMX kernel for bf16 heads of head_size here: the CPU has bf16 matrix units
-    (SENTFUSE_CPU_AMX=off says no) and the heads are whole tile depths."""
-    return cpu_features.amx_kernels() and head_size % 32 == 0 and head_size <= 128
-
-
 def _amx_attention(head_size: int) -> bool:
-    """Whether a bf16 model's attention runs packed_attention's AMX kernel: asked for (SENTFUSE_CPU_ATTENTION=amx)
-    and available. Elsewhere SDPA, the faster of the two in whole reranks (module docstring)."""
+    """Whether sentfuse's packed_attention runs its AMX kernel for bf16 heads of head_size: the CPU has bf16
+    matrix units (SENTFUSE_CPU_AMX=off or SENTFUSE_CPU_ATTENTION=sdpa say no) and the heads are whole tile
+    depths. Elsewhere SDPA stays, as fast as before."""
     forced = os.environ.get(ATTENTION_ENV, "").strip().lower()
     if forced not in ("", "amx", "sdpa"):
         raise ValueError(f"{ATTENTION_ENV} must be 'amx' or 'sdpa', got {forced!r}")
-    return forced == "amx" and amx_attention_kernel(head_size)
+    return (
+        forced != "sdpa"
+        and cpu_features.amx_kernels()
+        and head_size % 32 == 0
+        and head_size <= 128
+    )
 
 
 class FusedSelfAttention(StandIn):
-    """BERT self-attention: one packed QKV product and SDPA (or packed_attention with SENTFUSE_CPU_ATTENTION=amx, see
-    the module docstring), in `compute` (float32 or bfloat16); returns (context, None), context in `compute`."""
+    """BERT self-attention: one packed QKV product and SDPA (bf16 on AMX CPUs: packed_attention, see the module
+    docstring), in `compute` (float32 or bfloat16); returns (context, None), context in `compute`."""
 
     inner_name = "original"
 
