@@ -6,8 +6,8 @@ precision, in the peer venv: openvino_peer.py), and sentfuse float32, bfloat16 (
 int8-dynamic, on the first --limit-questions SQuAD questions; one more int8-dynamic row multiplies the FFN's
 second product the other way (SENTFUSE_INT8_ACTIVATED: bf16, float32 where the CPU has no bf16 product, or
 per-row int8), the same-run A/B of that choice. The in-process rows alternate over --rounds
-rounds (min-max reported); the OpenVINO peer times --rounds calls in its own process between the first and
-second rounds. Accuracy: min cosine to sentfuse float32 over the questions, and STS-B test Spearman
+rounds (min-max reported); the OpenVINO peer times one call in its own process after each round (a process a
+round: its load and warm-up are not timed), so that its rounds alternate with the others too. Accuracy: min cosine to sentfuse float32 over the questions, and STS-B test Spearman
 (data/stsb/sts-test.tsv, cosine of the two sentences' embeddings vs the gold score, x100). Speed of the
 matrix products: each row's linear layers timed inside one encode (gemm_ceiling.linear_rate) as a fraction
 of the same dtype's ceiling measured in this run on 2,048 x 384 x 1,536.
@@ -81,17 +81,20 @@ def measure(model_path: str, questions: list[str], rounds: int, st_batch_size: i
         models[label].encode(questions[:64], show_progress_bar=False)
     times: dict[str, list[float]] = {label: [] for label in calls}
     outputs: dict[str, np.ndarray] = {}
-    peer = None
+    peer, peer_seconds = None, []
     for r in range(rounds):
         for label in (list(calls) if r % 2 == 0 else list(reversed(calls))):
             seconds, outputs[label] = _timed(calls[label])
             times[label].append(seconds)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k.split()[-1]} {v[-1]:.2f} s" for k, v in times.items()),
-              flush=True)
-        if r == 0:
-            peer = openvino_peer.run_peer("encode", model_path, questions, repeats=rounds, batch_size=st_batch_size)
+        # OpenVINO's process once a round, between the other rows' rounds, so that the VM's swings (minutes long
+        # on the shared AMX VM) fall on it as on them; it used to time all its rounds after the first one.
+        if r == 0 or peer is not None:
+            peer = openvino_peer.run_peer("encode", model_path, questions, repeats=1, batch_size=st_batch_size)
+            peer_seconds += peer["seconds"] if peer is not None else []
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k.split()[-1]} {v[-1]:.2f} s" for k, v in times.items())
+              + (f", OpenVINO {peer_seconds[-1]:.2f} s" if peer is not None else ""), flush=True)
     if peer is not None:
-        times[OV_ROW], outputs[OV_ROW] = peer["seconds"], peer["output"]
+        times[OV_ROW], outputs[OV_ROW] = peer_seconds, peer["output"]
 
     stsb = _stsb(STSB)
     rows = []
