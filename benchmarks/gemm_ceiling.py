@@ -71,6 +71,12 @@ def _int8_rate(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, flops: floa
         xq, 0.05, 128, packed, scales.float(), zeros, bias, 1.0, 0, torch.float32, "none", [], ""), flops)
 
 
+def best(*measured: dict[str, float | None]) -> dict[str, float | None]:
+    """Per dtype the highest of several ceilings() measurements (None stays None): on a shared VM the matrix units
+    run at a fraction of their speed while a neighbour uses them, and the ceiling is what they give when free."""
+    return {name: max((m[name] for m in measured if m[name] is not None), default=None) for name in measured[0]}
+
+
 def summary(rates: dict[str, float | None]) -> str:
     """'float32 208, bfloat16 629, int8 746' (n/a where the CPU has no such linear)."""
     return ", ".join(f"{name} {rate:,.0f}" if rate is not None else f"{name} n/a" for name, rate in rates.items())
