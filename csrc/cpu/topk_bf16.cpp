@@ -93,10 +93,10 @@ struct ScanInputs {
 // One thread's share of the scan: per query, the k best lower bounds it has seen and its survivors.
 struct ThreadScan {
   std::vector<Candidate> slots;  // [M, k]
-  std::vector<TopK> lower;
-  std::vector<Survivors> survivors;
-  at::Tensor buffer;  // the score tile, [query_tile * corpus_tile] bf16
-  std::vector<float> bar;  // block scan: per query (padded to whole blocks), max(lower threshold, min_score)
+  std::vector<TopK> lower;  // ATen path: the k best lower bounds; block scan: the k best exact scores
+  std::vector<Survivors> survivors;  // ATen path
+  at::Tensor buffer;  // ATen path: the score tile, [query_tile * corpus_tile] bf16
+  std::vector<float> bar;  // block scan: per query (padded to whole blocks), the highest bar known to this thread
 
   ThreadScan(int64_t M, int64_t k) : slots(M * k), survivors(M) {
     lower.reserve(M);
@@ -277,9 +277,6 @@ bool filter_scored(const ScanInputs& in, const AmxQueries& qs, const float* corp
   return found == 0 || take_hits<scalar_t>(in, qs, block, found, buf.hits, row_norms, st, shared);
 }
 
-// Scores corpus rows [j0, j0 + n), n <= kAmxChunk, against every query; writes their norms into
-// corpus_norms [N] and their inverses into in.corpus_inverse. No ATen call in here: from inside a parallel
-// region they open nested OpenMP teams. False on a NaN or inf.
 // Source rows of the thread's next chunk, fetched into L2 a slice per scored block: the pack then reads them from
 // cache, and the memory traffic runs while the blocks compute.
 struct ChunkPrefetch {
@@ -290,6 +287,11 @@ struct ChunkPrefetch {
     for (int64_t t = 0; t < per_block && lines > 0; ++t, --lines, next += 64) __builtin_prefetch(next, 0, 2);
   }
 };
+
+// Scores corpus rows [j0, j0 + n), n <= kAmxChunk, against every query; writes their norms into
+// corpus_norms [N] and their inverses into in.corpus_inverse; fetches the rows of the chunk at next_j0 (-1: none)
+// meanwhile. No ATen call in here: from inside a parallel region they open nested OpenMP teams. False on a NaN
+// or inf.
 
 template <typename scalar_t>
 bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_norms, int64_t j0, int64_t n,
