@@ -23,7 +23,8 @@ on one thread and on every core. Agreement against sentence-transformers' fp32 s
 the largest |score difference| over the largest |score| per question, and the share of questions whose
 top-10 order is the same (exactly, and up to ties: a hit may swap only with one whose reference score
 lies within 1% of max |score|). sentence-transformers' OpenVINO backend (its default precision, torch's
-thread count: --threads) runs after the other rows through openvino_peer.py with the peer venv's python
+thread count: --threads) takes its turn every 10 questions, between the other rows' questions, through
+openvino_peer.py with the peer venv's python, a process per turn (load and warm-up untimed)
 (--openvino PYTHON to name another,
 --no-openvino to skip; without the venv it is reported unmeasured). On CPU the measured GEMM ceilings per dtype
 (gemm_ceiling.py) are printed before and after the rows: this shared VM's matrix units drift with the load.
@@ -159,8 +160,10 @@ def scores_in_input_order(hits: list[dict], n: int) -> np.ndarray:
     return out
 
 
-def run_rows(rows: dict, questions: list[str], docs: list[list[str]], repeats: int) -> dict:
-    """Per row: the sum over questions of the fastest of `repeats` rank calls, and its scores per question."""
+def run_rows(rows: dict, questions: list[str], docs: list[list[str]], repeats: int, between=None,
+             every: int = 10) -> dict:
+    """Per row: the sum over questions of the fastest of `repeats` rank calls, and its scores per question.
+    between(lo, hi), if given, runs after questions lo..hi - 1, every `every` questions (a peer's turn)."""
     identity = torch.nn.Identity()
     for rank in rows.values():  # warm-up: first calls build threads, oneDNN primitives, pipelines
         rank(questions[0], docs[0][:16], identity)
@@ -177,6 +180,8 @@ def run_rows(rows: dict, questions: list[str], docs: list[list[str]], repeats: i
             results[name]["scores"].append(scores_in_input_order(hits, len(documents)))
         totals = "  ".join(f"{name}: {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU" for name, r in results.items())
         print(f"{i + 1}/{len(questions)} questions  {totals}", file=sys.stderr, flush=True)
+        if between is not None and ((i + 1) % every == 0 or i + 1 == len(questions)):
+            between((i // every) * every, i + 1)
     return results
 
 
@@ -186,8 +191,8 @@ def openvino_row(python: Path, folder: Path, questions: list[str], docs: list[li
                                     python=python)
     if result is None:
         return None
-    print(f"OpenVINO inference precision: {result['inference_precision']}")
-    return {"seconds": result["seconds"][0], "cpu_seconds": result["cpu_seconds"], "scores": list(result["output"])}
+    return {"seconds": result["seconds"][0], "cpu_seconds": result["cpu_seconds"], "scores": list(result["output"]),
+            "inference_precision": result["inference_precision"]}
 
 
 def main() -> None:
@@ -246,11 +251,26 @@ def main() -> None:
                 lambda q, d, a, m=model: m.rank(q, d, activation_fn=a)
         # One pass on a device: gpu_models.sh gives this whole benchmark a minute.
         info["tokenize_stage"] = tokenize_stage(folder, questions, docs, repeats=3 if args.device == "cpu" else 1)
-        results = run_rows(rows, questions, docs, args.repeats)
-        if not args.no_openvino:
-            peer = openvino_row(args.openvino, folder, questions, docs, args.repeats)
-            if peer is not None:
-                results[OPENVINO_ROW] = peer
+        # OpenVINO's process takes its turn every 10 questions, between the other rows' questions, so that the VM's
+        # swings (minutes long on the shared AMX VM) fall on it as on them; its load and warm-up are not timed.
+        peer = None if args.no_openvino else {"seconds": 0.0, "cpu_seconds": 0.0, "scores": []}
+
+        def openvino_turn(lo: int, hi: int) -> None:
+            nonlocal peer
+            if peer is None:
+                return
+            part = openvino_row(args.openvino, folder, questions[lo:hi], docs[lo:hi], args.repeats)
+            if part is None:
+                peer = None
+                return
+            if lo == 0:
+                print(f"OpenVINO inference precision: {part['inference_precision']}")
+            peer = {"seconds": peer["seconds"] + part["seconds"], "scores": peer["scores"] + part["scores"],
+                    "cpu_seconds": peer["cpu_seconds"] + part["cpu_seconds"]}
+
+        results = run_rows(rows, questions, docs, args.repeats, between=openvino_turn)
+        if peer is not None:
+            results[OPENVINO_ROW] = peer
     report(args, info, results, sum(map(len, docs)))
 
 
