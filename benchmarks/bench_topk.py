@@ -43,6 +43,7 @@ if "OPENBLAS_CORETYPE" not in os.environ and _openblas_coretype():
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import gemm_ceiling  # noqa: E402
 from peak_memory import peak_memory  # noqa: E402
 from sentfuse.search.topk import search_topk  # noqa: E402
 from sentfuse.search.similarity import dot_score  # noqa: E402
@@ -106,36 +107,26 @@ def cpu_flags_line() -> str:
 CEILING_SHAPE = (2048, 384, 1536)
 
 
-def _fastest_ms(fn, repeats: int = 10) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        fn()
-        best = min(best, (time.perf_counter() - begin) * 1e3)
-    return best
-
-
-def cpu_ceilings(before: dict[str, float] | None = None) -> dict[str, float]:
-    """Measured GEMM rate on CEILING_SHAPE per dtype: fp32 and bf16 (torch.mm), int8 (torch._int_mm), G(FL)OP/s;
-    the fastest of 10 calls, and the higher of that and `before` (a shared VM's matrix units run at a third of
-    their speed while a neighbour uses them: the ceiling is what they give when free, measured between rounds)."""
+def cpu_ceilings() -> dict[str, float]:
+    """Measured GEMM rate on CEILING_SHAPE per dtype: fp32 and bf16 (torch.mm), int8 (torch._int_mm), G(FL)OP/s,
+    each its fastest round (gemm_ceiling's timing). cpu_ab re-measures them before every round and keeps the best
+    (gemm_ceiling.best): a shared VM's matrix units run at a third of their speed while a neighbour uses them."""
     m, d, n = CEILING_SHAPE
     flop = 2 * m * d * n
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(m, d).to(dtype), torch.randn(d, n).to(dtype)
-        out[name] = flop / (_fastest_ms(lambda: a @ b) * 1e-3) / 1e9
+        out[name] = gemm_ceiling.best_rate(lambda: a @ b, flop)
     a8, b8 = torch.randint(-64, 64, (m, d), dtype=torch.int8), torch.randint(-64, 64, (d, n), dtype=torch.int8)
     try:
-        out["int8"] = flop / (_fastest_ms(lambda: torch._int_mm(a8, b8)) * 1e-3) / 1e9
+        out["int8"] = gemm_ceiling.best_rate(lambda: torch._int_mm(a8, b8), flop)
     except RuntimeError:  # no int8 GEMM in this torch build
         pass
-    return {name: max(rate, (before or {}).get(name, 0.0)) for name, rate in out.items()}
+    return out
 
 
 def ceilings_line(ceilings: dict[str, float]) -> str:
-    return ("GEMM ceiling on " + " x ".join(map(str, CEILING_SHAPE)) + " (fastest call, best of the rounds): "
+    return ("GEMM ceiling on " + " x ".join(map(str, CEILING_SHAPE)) + " (fastest timing round, best of the rounds): "
             + ", ".join(f"{k} {v:,.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in ceilings.items()))
 
 
@@ -185,7 +176,7 @@ def cpu_ab(args, rounds: int) -> tuple[dict[str, float], list[dict]]:
                     torch.testing.assert_close(methods[name]()[0], expected[0], atol=1e-5, rtol=0)
                 times = {name: [] for name in methods}
                 for _ in range(rounds):
-                    ceilings = cpu_ceilings(ceilings)
+                    ceilings = gemm_ceiling.best(ceilings, cpu_ceilings())
                     for name, fn in methods.items():
                         times[name].append(timed(fn, args.repeats, "cpu")[0])
                 results.append(print_ab(n, m, k, times, ceilings, cpu_features.topk_bf16_default(m)))

@@ -18,7 +18,7 @@ from torch import nn
 SHAPE = (2048, 384, 1536)  # M x K x N
 
 
-def _best_rate(fn: Callable[[], object], flops: float, min_seconds: float = 0.3, rounds: int = 5) -> float:
+def best_rate(fn: Callable[[], object], flops: float, min_seconds: float = 0.3, rounds: int = 5) -> float:
     """GFLOP/s of fn's fastest round (each round repeats fn for at least min_seconds / rounds)."""
     fn()
     best = float("inf")
@@ -50,7 +50,7 @@ def ceilings(shape: tuple[int, int, int] = SHAPE) -> dict[str, float | None]:
                 rates[name] = None
                 continue
             xd = x.to(dtype)
-            rates[name] = _best_rate(
+            rates[name] = best_rate(
                 lambda: torch.ops.mkldnn._linear_pointwise(xd, packed, bias, "none", [], ""), flops)
         rates["int8"] = _int8_rate(x, w, bias, flops)
     return rates
@@ -67,7 +67,7 @@ def _int8_rate(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, flops: floa
     packed = torch.ops.onednn.qlinear_prepack(qweight, list(x.shape))
     xq = torch.randint(0, 256, x.shape, dtype=torch.uint8)
     zeros = torch.zeros(w.shape[0], dtype=torch.long)
-    return _best_rate(lambda: torch.ops.onednn.qlinear_pointwise(
+    return best_rate(lambda: torch.ops.onednn.qlinear_pointwise(
         xq, 0.05, 128, packed, scales.float(), zeros, bias, 1.0, 0, torch.float32, "none", [], ""), flops)
 
 

@@ -78,8 +78,8 @@ at::Tensor unit_bf16(const at::Tensor& x, const at::Tensor& inverse_norms) {
 // What every thread's share of the scan reads.
 struct ScanInputs {
   const float* q;           // [M, D] fp32, as given to bf16_scan
-  at::Tensor q_bf16;        // [M, D] unit rows
-  const float* q_norms;     // [M]
+  at::Tensor q_bf16;        // ATen path: [M, D] unit rows
+  const float* q_norms;     // ATen path: [M]
   at::Tensor corpus;        // [N, D] contiguous, as given
   float* corpus_inverse;    // [N] 1 / |c_j|, written tile by tile
   bool dot;
@@ -178,7 +178,7 @@ constexpr int64_t kAmxChunk = 256;  // corpus rows packed at a time: 192 KB of b
 
 // The queries in the right-hand tile layout and (metric "dot") their norms, padded to whole blocks.
 struct AmxQueries {
-  int64_t Dp = 0, blocks = 0;
+  int64_t M = 0, Dp = 0, blocks = 0;
   amx::TileVector<uint16_t> paired;
   std::vector<float> norms;
 };
@@ -186,6 +186,7 @@ struct AmxQueries {
 // Packs q [M, D] fp32 as bf16 unit rows, with their norms. False on a NaN or inf.
 bool pack_queries(const at::Tensor& q, AmxQueries& out) {
   const int64_t M = q.size(0), D = q.size(1);
+  out.M = M;
   out.Dp = amx::padded_depth(D);
   out.blocks = (M + amx::kBlock - 1) / amx::kBlock;
   const int64_t Mp = out.blocks * amx::kBlock;
@@ -296,7 +297,7 @@ struct ChunkPrefetch {
 template <typename scalar_t>
 bool amx_scan_chunk(const ScanInputs& in, const AmxQueries& qs, float* corpus_norms, int64_t j0, int64_t n,
                     int64_t next_j0, ThreadScan& st, SharedBars& shared, AmxBuffers& buf) {
-  const int64_t M = in.q_bf16.size(0), D = in.corpus.size(1), Dp = qs.Dp;
+  const int64_t M = qs.M, D = in.corpus.size(1), Dp = qs.Dp;
   const int64_t padded = (n + amx::kBlock - 1) / amx::kBlock * amx::kBlock;
   std::fill(buf.rows.begin() + n * Dp, buf.rows.begin() + padded * Dp, 0);
   if (!amx::pack_unit_rows(in.corpus.const_data_ptr<scalar_t>() + j0 * D, n, D, Dp, buf.rows.data(),
@@ -389,11 +390,10 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
                int64_t query_offset, int64_t corpus_offset, float min_score, std::vector<TopK>& tops) {
   const int64_t M = q.size(0), N = corpus_in.size(0);
   const bool dot = metric == Metric::Dot;
-  const at::Tensor q_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kFloat).contiguous();
   at::Tensor corpus_inverse = at::empty({N}, q.options());
   ScanInputs in{q.const_data_ptr<float>(),
-                dot ? unit_bf16(q, tiles::inverse_norms(q)) : q.to(at::kBFloat16),
-                q_norms.const_data_ptr<float>(),
+                at::Tensor(),  // the block scan packs the queries itself; the ATen path fills these below
+                nullptr,
                 corpus_in.contiguous(),
                 corpus_inverse.mutable_data_ptr<float>(),
                 dot,
@@ -418,19 +418,20 @@ bool bf16_scan(const at::Tensor& q, const at::Tensor& corpus_in, int64_t k, Metr
     return true;
   }
 #endif
-  {
-    for (ThreadScan& st : scans)
-      st.buffer = at::empty({in.query_tile * corpus_tile}, q.options().dtype(at::kBFloat16));
-    std::atomic<bool> non_finite{false};
-    at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
-      ThreadScan& st = scans[at::get_thread_num()];
-      for (int64_t tile = begin; tile < end && !non_finite; ++tile) {
-        const int64_t j0 = tile * corpus_tile;
-        if (!scan_tile(in, j0, std::min(corpus_tile, N - j0), st)) non_finite = true;
-      }
-    });
-    if (non_finite) return false;
-  }
+  const at::Tensor q_norms = at::linalg_vector_norm(q, 2, {1}, false, at::kFloat).contiguous();
+  in.q_bf16 = dot ? unit_bf16(q, tiles::inverse_norms(q)) : q.to(at::kBFloat16);
+  in.q_norms = q_norms.const_data_ptr<float>();
+  for (ThreadScan& st : scans)
+    st.buffer = at::empty({in.query_tile * corpus_tile}, q.options().dtype(at::kBFloat16));
+  std::atomic<bool> non_finite{false};
+  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    ThreadScan& st = scans[at::get_thread_num()];
+    for (int64_t tile = begin; tile < end && !non_finite; ++tile) {
+      const int64_t j0 = tile * corpus_tile;
+      if (!scan_tile(in, j0, std::min(corpus_tile, N - j0), st)) non_finite = true;
+    }
+  });
+  if (non_finite) return false;
   bool finite = true;
   SENTFUSE_DISPATCH_FLOAT_TYPES(in.corpus.scalar_type(), "sentfuse_topk_rescore_cpu", [&] {
     finite = rescore(q, in.corpus.const_data_ptr<scalar_t>(), metric, corpus_inverse.const_data_ptr<float>(),
