@@ -7,7 +7,8 @@ int8-dynamic, on the first --limit-questions SQuAD questions; one more int8-dyna
 second product the other way (SENTFUSE_INT8_ACTIVATED: bf16, float32 where the CPU has no bf16 product, or
 per-row int8), the same-run A/B of that choice. The in-process rows alternate over --rounds
 rounds (min-max reported); the OpenVINO peer times one call in its own process after each round (a process a
-round: its load and warm-up are not timed), so that its rounds alternate with the others too. Accuracy: min cosine to sentfuse float32 over the questions, and STS-B test Spearman
+round: its load and warm-up are not timed), so that its rounds alternate with the others too. Accuracy: min
+cosine to sentfuse float32 over the questions, and STS-B test Spearman
 (data/stsb/sts-test.tsv, cosine of the two sentences' embeddings vs the gold score, x100). Speed of the
 matrix products: each row's linear layers timed inside one encode (gemm_ceiling.linear_rate) as a fraction
 of the same dtype's ceiling measured in this run on 2,048 x 384 x 1,536 (before and after the rounds, the
